@@ -1,0 +1,1 @@
+"""Command line: ``xraytriage <command>``. Each module here adds its own subcommands."""

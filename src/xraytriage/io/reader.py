@@ -1,0 +1,88 @@
+"""The one entry point: ``read_radiograph(path) -> Radiograph``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from xraytriage.errors import ImageReadError, UnreadableImageError
+from xraytriage.io.formats import ImageFormat, sniff_bytes
+
+DEFAULT_MAX_PIXELS = 60_000_000
+"""Decompression-bomb limit: the largest real radiographs are ~4300x3500 (15 MP)."""
+
+
+@dataclass
+class Radiograph:
+    """A decoded radiograph: ``pixels`` is float32 HxW in [0, 1], bright = dense."""
+
+    pixels: np.ndarray
+    path: str
+    format: ImageFormat
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def height(self) -> int:
+        return int(self.pixels.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.pixels.shape[1])
+
+
+def read_radiograph(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Radiograph:
+    """Read PNG/JPEG/TIFF/DICOM into a :class:`Radiograph`.
+
+    Raises a subclass of :class:`~xraytriage.errors.ImageReadError` naming the file for every
+    problem with the input (missing, empty, truncated, not an image, wrong modality, too large).
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if path.is_dir():
+            raise UnreadableImageError(path, "is a folder, not a file")
+        if size == 0:
+            raise UnreadableImageError(path, "file is empty (0 bytes)")
+        with open(path, "rb") as fh:
+            head = fh.read(136)
+    except FileNotFoundError:
+        raise UnreadableImageError(path, "file not found") from None
+    except PermissionError:
+        raise UnreadableImageError(path, "permission denied") from None
+    except IsADirectoryError:
+        raise UnreadableImageError(path, "is a folder, not a file") from None
+
+    fmt = sniff_bytes(head)
+    if fmt is ImageFormat.UNKNOWN and path.suffix.lower() in (".dcm", ".dicom", ".dic"):
+        fmt = ImageFormat.DICOM  # let pydicom have a go at headerless files; it names the problem
+    try:
+        if fmt is ImageFormat.DICOM:
+            from xraytriage.io.dicom import read_dicom
+
+            pixels, meta = read_dicom(path, max_pixels)
+        elif fmt is ImageFormat.UNKNOWN:
+            raise UnreadableImageError(
+                path, f"not a PNG, JPEG, TIFF or DICOM file (starts with {head[:8]!r})"
+            )
+        else:
+            from xraytriage.io.raster import read_raster
+
+            pixels, meta = read_raster(path, max_pixels)
+    except ImageReadError:
+        raise
+    except MemoryError:
+        raise UnreadableImageError(path, "not enough memory to decode the image") from None
+    except Exception as exc:  # any decoder failure becomes an error that names the file
+        raise UnreadableImageError(path, f"cannot decode {fmt.value} image: {exc}") from exc
+    if pixels.ndim != 2 or min(pixels.shape) < 2:
+        raise UnreadableImageError(path, f"decoded to an unusable shape {pixels.shape}")
+    if not np.isfinite(pixels).all():
+        pixels = np.nan_to_num(pixels, nan=0.0, posinf=1.0, neginf=0.0)
+    meta.setdefault("width", int(pixels.shape[1]))
+    meta.setdefault("height", int(pixels.shape[0]))
+    return Radiograph(
+        pixels=np.ascontiguousarray(pixels, dtype=np.float32), path=str(path), format=fmt, meta=meta
+    )

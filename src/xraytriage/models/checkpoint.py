@@ -1,0 +1,187 @@
+"""The checkpoint contract: everything triage, explain, evaluate and serve need, in one file.
+
+A checkpoint is a plain dict saved with ``torch.save`` and loaded with ``weights_only=True``
+(no pickled code, safe to load from others):
+
+    format, format_version, package_version, created
+    model          ModelConfig as dict
+    label_names    output order of the network
+    preprocess     PreprocessContract as dict
+    state_dict     weights (optionally stored in float16)
+    thresholds     {label: operating threshold on the calibrated probability}
+    calibration    {label: {"method": "temperature", "t": T} | {"method": "platt", "a": a, "b": b}}
+    abnormal       how to get P(abnormal): {"label": L, "invert": bool} or {"rule": "noisy_or"}
+    train_config   the resolved training config (dict), data_fingerprint, metrics, notes
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from xraytriage import __version__
+from xraytriage.errors import ConfigError, XRayTriageError
+from xraytriage.labels import ABNORMAL, NO_FINDING, NOT_DISEASE
+from xraytriage.models.factory import ModelConfig, build_model
+from xraytriage.preprocess import PreprocessContract
+
+FORMAT = "xraytriage-checkpoint"
+FORMAT_VERSION = 1
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(x, -60, 60)))
+
+
+@dataclass
+class Checkpoint:
+    model: ModelConfig
+    label_names: list[str]
+    preprocess: PreprocessContract
+    state_dict: dict[str, torch.Tensor]
+    thresholds: dict[str, float] = field(default_factory=dict)
+    calibration: dict[str, dict[str, Any]] = field(default_factory=dict)
+    abnormal: dict[str, Any] = field(default_factory=dict)
+    train_config: dict[str, Any] = field(default_factory=dict)
+    data_fingerprint: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    name: str = "xraytriage-model"
+    package_version: str = __version__
+    created: str = field(default_factory=lambda: _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
+
+    def __post_init__(self) -> None:
+        if len(self.label_names) != self.model.num_classes:
+            raise ConfigError(
+                f"checkpoint has {len(self.label_names)} label names but the model has {self.model.num_classes} outputs"
+            )
+        if not self.abnormal:
+            self.abnormal = default_abnormal_rule(self.label_names)
+
+    # --- network -------------------------------------------------------------------------
+    def build_model(self) -> nn.Module:
+        """The network with these weights, in eval mode, float32."""
+        net = build_model(self.model)
+        state = {k: v.float() if v.is_floating_point() else v for k, v in self.state_dict.items()}
+        net.load_state_dict(state)
+        return net.eval()
+
+    # --- probabilities -------------------------------------------------------------------
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities (N, L) from raw logits (N, L)."""
+        logits = np.asarray(logits, dtype=np.float64)
+        out = np.empty_like(logits)
+        for j, name in enumerate(self.label_names):
+            cal = self.calibration.get(name)
+            z = logits[:, j]
+            if cal and cal.get("method") == "temperature":
+                z = z / float(cal["t"])
+            elif cal and cal.get("method") == "platt":
+                z = float(cal["a"]) * z + float(cal["b"])
+            out[:, j] = _sigmoid(z)
+        return out.astype(np.float32)
+
+    def abnormal_probability(self, probs: np.ndarray) -> np.ndarray:
+        """P(study not normal) per row of calibrated probabilities."""
+        probs = np.asarray(probs, dtype=np.float64)
+        rule = self.abnormal
+        if "label" in rule:
+            p = probs[:, self.label_names.index(rule["label"])]
+            return (1.0 - p if rule.get("invert") else p).astype(np.float32)
+        disease = [i for i, n in enumerate(self.label_names) if n not in NOT_DISEASE]
+        return (1.0 - np.prod(1.0 - probs[:, disease], axis=1)).astype(np.float32)
+
+    def threshold(self, label: str) -> float:
+        return float(self.thresholds.get(label, 0.5))
+
+    @property
+    def findings(self) -> list[str]:
+        """Output labels that are findings (not No Finding / Abnormal)."""
+        return [n for n in self.label_names if n not in (NO_FINDING, ABNORMAL)]
+
+    # --- persistence ---------------------------------------------------------------------
+    def to_dict(self, half: bool = False) -> dict[str, Any]:
+        state = {
+            k: (v.detach().cpu().half() if half and v.is_floating_point() else v.detach().cpu())
+            for k, v in self.state_dict.items()
+        }
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "package_version": self.package_version,
+            "created": self.created,
+            "name": self.name,
+            "model": self.model.to_dict(),
+            "label_names": list(self.label_names),
+            "preprocess": self.preprocess.to_dict(),
+            "state_dict": state,
+            "thresholds": {k: float(v) for k, v in self.thresholds.items()},
+            "calibration": self.calibration,
+            "abnormal": self.abnormal,
+            "train_config": self.train_config,
+            "data_fingerprint": self.data_fingerprint,
+            "metrics": self.metrics,
+        }
+
+    def save(self, path: str | Path, half: bool = False) -> Path:
+        """Write atomically (a crash never leaves a half-written checkpoint)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(self.to_dict(half=half), tmp)
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Checkpoint:
+        if data.get("format") != FORMAT:
+            raise XRayTriageError("not an xraytriage checkpoint (missing format marker)")
+        if int(data.get("format_version", 0)) > FORMAT_VERSION:
+            raise XRayTriageError(
+                f"checkpoint format {data['format_version']} is newer than this xraytriage supports ({FORMAT_VERSION})"
+            )
+        return cls(
+            model=ModelConfig.from_dict(data["model"]),
+            label_names=list(data["label_names"]),
+            preprocess=PreprocessContract.from_dict(data["preprocess"]),
+            state_dict=data["state_dict"],
+            thresholds=dict(data.get("thresholds", {})),
+            calibration=dict(data.get("calibration", {})),
+            abnormal=dict(data.get("abnormal", {})),
+            train_config=dict(data.get("train_config", {})),
+            data_fingerprint=str(data.get("data_fingerprint", "")),
+            metrics=dict(data.get("metrics", {})),
+            name=str(data.get("name", "xraytriage-model")),
+            package_version=str(data.get("package_version", "?")),
+            created=str(data.get("created", "")),
+        )
+
+
+def default_abnormal_rule(label_names: list[str]) -> dict[str, Any]:
+    if ABNORMAL in label_names:
+        return {"label": ABNORMAL, "invert": False}
+    if NO_FINDING in label_names:
+        return {"label": NO_FINDING, "invert": True}
+    return {"rule": "noisy_or"}
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Load a checkpoint file; ``path=None``-style defaults are resolved by the caller."""
+    path = Path(path)
+    if not path.is_file():
+        raise XRayTriageError(f"{path}: checkpoint file not found")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise XRayTriageError(f"{path}: cannot load checkpoint: {exc}") from None
+    if not isinstance(data, dict):
+        raise XRayTriageError(f"{path}: not an xraytriage checkpoint")
+    try:
+        return Checkpoint.from_dict(data)
+    except XRayTriageError as exc:
+        raise XRayTriageError(f"{path}: {exc}") from None

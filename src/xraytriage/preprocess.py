@@ -1,0 +1,148 @@
+"""The preprocessing contract: one frozen description, stored in every checkpoint and cache.
+
+Two stages, so the expensive one can be cached and the cheap one can run on the accelerator:
+
+1. ``to_uint8(pixels)``: geometry and intensity. float [0,1] HxW from :mod:`xraytriage.io` ->
+   intensity mapping (``minmax`` stretch, ``percentile`` stretch or ``none``) -> resize
+   (``squash`` to size x size, ``letterbox`` keeping aspect and padding with black, or
+   ``center_crop`` of the short side) with area averaging -> uint8 size x size.
+   This is what the cache stores.
+2. ``normalize(batch_uint8)``: uint8 N x H x W (tensor or array) -> float (x/255 - mean)/std,
+   repeated to ``channels``. Training, evaluation, ONNX export and serving all call this one
+   function, so they cannot disagree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from PIL import Image
+
+from xraytriage.errors import ConfigError
+
+ResizeMode = Literal["squash", "letterbox", "center_crop"]
+IntensityMode = Literal["none", "minmax", "percentile"]
+
+
+@dataclass(frozen=True)
+class PreprocessContract:
+    size: int = 224
+    resize: ResizeMode = "squash"
+    intensity: IntensityMode = "minmax"
+    percentiles: tuple[float, float] = (0.5, 99.5)
+    channels: int = 1
+    mean: float = 0.5
+    std: float = 0.25
+    version: int = 1
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        if not 16 <= int(self.size) <= 2048:
+            raise ConfigError(f"preprocess.size must be in 16..2048, got {self.size}")
+        if self.resize not in ("squash", "letterbox", "center_crop"):
+            raise ConfigError(f"preprocess.resize must be squash|letterbox|center_crop, got {self.resize!r}")
+        if self.intensity not in ("none", "minmax", "percentile"):
+            raise ConfigError(f"preprocess.intensity must be none|minmax|percentile, got {self.intensity!r}")
+        if self.channels not in (1, 3):
+            raise ConfigError(f"preprocess.channels must be 1 or 3, got {self.channels}")
+        if not self.std > 0:
+            raise ConfigError(f"preprocess.std must be > 0, got {self.std}")
+        object.__setattr__(self, "percentiles", tuple(float(p) for p in self.percentiles))
+
+    # --- serialisation -------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["percentiles"] = list(self.percentiles)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PreprocessContract:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ConfigError(f"unknown preprocess field(s): {', '.join(unknown)}")
+        if "percentiles" in known:
+            known["percentiles"] = tuple(known["percentiles"])
+        return cls(**known)
+
+    def cache_key(self) -> str:
+        """Identifies stage 1 (what the cache stores); normalisation does not change it."""
+        stage1 = {k: self.to_dict()[k] for k in ("size", "resize", "intensity", "percentiles", "version")}
+        return hashlib.sha1(json.dumps(stage1, sort_keys=True).encode()).hexdigest()[:12]
+
+    # --- stage 1 -------------------------------------------------------------------------
+    def to_uint8(self, pixels: np.ndarray) -> np.ndarray:
+        """float [0,1] HxW -> uint8 size x size."""
+        return resize_to_uint8(stretch_intensity(pixels, self), self)
+
+    # --- stage 2 -------------------------------------------------------------------------
+    def normalize(self, batch: Any) -> Any:
+        """uint8 (N,H,W) or (N,1,H,W) -> float32 (N,C,H,W); torch in -> torch out, numpy in -> numpy out."""
+        return normalize_batch(batch, self)
+
+
+def stretch_intensity(pixels: np.ndarray, contract: PreprocessContract) -> np.ndarray:
+    pixels = np.asarray(pixels, dtype=np.float32)
+    if contract.intensity == "none":
+        return np.clip(pixels, 0.0, 1.0)
+    if contract.intensity == "minmax":
+        lo, hi = float(pixels.min()), float(pixels.max())
+    else:
+        lo, hi = (float(v) for v in np.percentile(pixels, contract.percentiles))
+    if hi - lo < 1e-6:
+        return np.zeros_like(pixels)
+    return np.clip((pixels - lo) / (hi - lo), 0.0, 1.0)
+
+
+def _resize(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    if image.size == size:
+        return image
+    # Area averaging (BOX) when shrinking avoids aliasing; bilinear when enlarging.
+    shrinking = size[0] <= image.size[0] and size[1] <= image.size[1]
+    return image.resize(size, Image.Resampling.BOX if shrinking else Image.Resampling.BILINEAR)
+
+
+def resize_to_uint8(pixels: np.ndarray, contract: PreprocessContract) -> np.ndarray:
+    size = int(contract.size)
+    image = Image.fromarray(np.asarray(pixels, dtype=np.float32), mode="F")
+    w, h = image.size
+    if contract.resize == "squash":
+        image = _resize(image, (size, size))
+    elif contract.resize == "center_crop":
+        scale = size / min(w, h)
+        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+        image = _resize(image, (nw, nh))
+        left, top = (nw - size) // 2, (nh - size) // 2
+        image = image.crop((left, top, left + size, top + size))
+    else:  # letterbox
+        scale = size / max(w, h)
+        nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+        resized = _resize(image, (nw, nh))
+        image = Image.new("F", (size, size), 0.0)
+        image.paste(resized, ((size - nw) // 2, (size - nh) // 2))
+    out = np.asarray(image, dtype=np.float32)
+    return np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)
+
+
+def normalize_batch(batch: Any, contract: PreprocessContract) -> Any:
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency
+        torch = None
+    if torch is not None and isinstance(batch, torch.Tensor):
+        x = batch
+        if x.ndim == 3:
+            x = x.unsqueeze(1)
+        x = (x.float() / 255.0 - contract.mean) / contract.std
+        return x.expand(-1, contract.channels, -1, -1).contiguous() if contract.channels != x.shape[1] else x
+    x = np.asarray(batch)
+    if x.ndim == 3:
+        x = x[:, None]
+    x = (x.astype(np.float32) / 255.0 - contract.mean) / contract.std
+    if contract.channels != x.shape[1]:
+        x = np.repeat(x, contract.channels, axis=1)
+    return np.ascontiguousarray(x, dtype=np.float32)
