@@ -35,8 +35,9 @@ class PreprocessContract:
     intensity: IntensityMode = "minmax"
     percentiles: tuple[float, float] = (0.5, 99.5)
     channels: int = 1
-    mean: float = 0.5
-    std: float = 0.25
+    mean: float | tuple[float, ...] = 0.5
+    std: float | tuple[float, ...] = 0.25
+    """Scalar, or one value per channel (e.g. ImageNet statistics for imported 3-channel weights)."""
     version: int = 1
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
@@ -49,7 +50,17 @@ class PreprocessContract:
             raise ConfigError(f"preprocess.intensity must be none|minmax|percentile, got {self.intensity!r}")
         if self.channels not in (1, 3):
             raise ConfigError(f"preprocess.channels must be 1 or 3, got {self.channels}")
-        if not self.std > 0:
+        for key in ("mean", "std"):
+            value = getattr(self, key)
+            if isinstance(value, (list, tuple)):
+                if len(value) not in (1, self.channels):
+                    raise ConfigError(f"preprocess.{key} needs 1 or {self.channels} values, got {len(value)}")
+                value = tuple(float(v) for v in value)
+                value = value[0] if len(value) == 1 else value
+            else:
+                value = float(value)
+            object.__setattr__(self, key, value)
+        if min(_as_tuple(self.std)) <= 0:
             raise ConfigError(f"preprocess.std must be > 0, got {self.std}")
         object.__setattr__(self, "percentiles", tuple(float(p) for p in self.percentiles))
 
@@ -57,6 +68,9 @@ class PreprocessContract:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["percentiles"] = list(self.percentiles)
+        for key in ("mean", "std"):
+            if isinstance(data[key], tuple):
+                data[key] = list(data[key])
         return data
 
     @classmethod
@@ -83,6 +97,10 @@ class PreprocessContract:
     def normalize(self, batch: Any) -> Any:
         """uint8 (N,H,W) or (N,1,H,W) -> float32 (N,C,H,W); torch in -> torch out, numpy in -> numpy out."""
         return normalize_batch(batch, self)
+
+
+def _as_tuple(value: float | tuple[float, ...]) -> tuple[float, ...]:
+    return tuple(value) if isinstance(value, (list, tuple)) else (float(value),)
 
 
 def stretch_intensity(pixels: np.ndarray, contract: PreprocessContract) -> np.ndarray:
@@ -133,16 +151,21 @@ def normalize_batch(batch: Any, contract: PreprocessContract) -> Any:
         import torch
     except ImportError:  # pragma: no cover - torch is a dependency
         torch = None
+    mean = np.asarray(_as_tuple(contract.mean), dtype=np.float32).reshape(1, -1, 1, 1)
+    std = np.asarray(_as_tuple(contract.std), dtype=np.float32).reshape(1, -1, 1, 1)
     if torch is not None and isinstance(batch, torch.Tensor):
         x = batch
         if x.ndim == 3:
             x = x.unsqueeze(1)
-        x = (x.float() / 255.0 - contract.mean) / contract.std
-        return x.expand(-1, contract.channels, -1, -1).contiguous() if contract.channels != x.shape[1] else x
+        if contract.channels != x.shape[1]:
+            x = x.expand(-1, contract.channels, -1, -1)
+        mean_t = torch.from_numpy(mean).to(x.device)
+        std_t = torch.from_numpy(std).to(x.device)
+        return ((x.float() / 255.0 - mean_t) / std_t).contiguous()
     x = np.asarray(batch)
     if x.ndim == 3:
         x = x[:, None]
-    x = (x.astype(np.float32) / 255.0 - contract.mean) / contract.std
     if contract.channels != x.shape[1]:
         x = np.repeat(x, contract.channels, axis=1)
+    x = (x.astype(np.float32) / 255.0 - mean) / std
     return np.ascontiguousarray(x, dtype=np.float32)
