@@ -1,0 +1,367 @@
+"""``xraytriage evaluate`` and ``xraytriage compare``.
+
+    xraytriage evaluate --model run/best.pt --dataset nih --root ../shared/data/nih --output eval/
+    xraytriage evaluate --model m.pt --dataset csv --csv labels.csv --val-fraction 0.3 \\
+        --calibrate temperature --save-checkpoint m.calibrated.pt --output eval/
+    xraytriage evaluate --model m.pt --dataset nih --root ../shared/data/nih \\
+        --compare-preds ../shared/data/anchors/chexnet_reproduction_preds.csv --output eval/
+    xraytriage evaluate --predictions oof.csv [--dataset nih --root ...] --output eval/
+    xraytriage compare runs/a runs/b runs/c --output compare/
+
+Dataset flags are exactly those of ``xraytriage datasets inspect`` (``--root``, ``--csv``,
+``--images``, ``--meta``, ...), passed to ``load_dataset``; the kind goes in ``--dataset``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import logging
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def _copy_dataset_flags(parser: argparse.ArgumentParser) -> None:
+    """Re-declare every dataset flag of ``datasets inspect`` here, so the two commands can never
+    drift apart (the kind itself is ``--dataset`` here, a positional there)."""
+    from xraytriage.cli.datasets import add_dataset_arguments
+
+    template = argparse.ArgumentParser(add_help=False)
+    add_dataset_arguments(template)
+    group = parser.add_argument_group("dataset options (as in `xraytriage datasets inspect`)")
+    for action in template._actions:
+        if not action.option_strings:
+            continue
+        accepted = inspect.signature(type(action).__init__).parameters
+        kwargs = {
+            key: getattr(action, key)
+            for key in ("dest", "default", "help", "type", "choices", "metavar", "nargs", "const")
+            if key in accepted and key != "option_strings"
+        }
+        group.add_argument(*action.option_strings, action=type(action), **kwargs)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="metrics with CIs, operating points, calibration, study level, triage simulation, report.html",
+        description="Evaluate a checkpoint on a dataset (or saved predictions): metrics.json, metrics.csv, "
+        "predictions.csv, PNG plots and a self-contained report.html in --output.",
+    )
+    source = parser.add_argument_group("what to evaluate")
+    source.add_argument("--model", type=Path, help="checkpoint (.pt) to run over --dataset")
+    source.add_argument(
+        "--predictions",
+        type=Path,
+        help="evaluate saved predictions instead (CSV: image or path, prob_<label>, label_<label> or --dataset)",
+    )
+    source.add_argument(
+        "--dataset", metavar="KIND", help="dataset kind: nih | chexpert | mura | csv | folder"
+    )
+    _copy_dataset_flags(parser)
+    val = parser.add_argument_group("validation (operating points and calibration are chosen on it)")
+    val.add_argument("--val-fraction", type=float, help="hold out this share of patients as validation")
+    val.add_argument(
+        "--val-split", metavar="NAME", help="validation = rows whose dataset `split` column is NAME"
+    )
+    val.add_argument("--calibrate", choices=("temperature", "platt"), help="fit calibration on validation")
+    val.add_argument("--save-checkpoint", type=Path, metavar="OUT.pt", help="write the calibrated checkpoint")
+    opts = parser.add_argument_group("metrics")
+    opts.add_argument("--thresholds", default="0.4,0.5,0.6,0.7,0.8", help="fixed thresholds (comma list)")
+    opts.add_argument(
+        "--operating-point",
+        default="youden",
+        help="youden | f1 | sensitivity[:TARGET] (default youden; target default 0.9)",
+    )
+    opts.add_argument(
+        "--bootstrap", type=int, default=1000, metavar="N", help="bootstrap replicates (default 1000)"
+    )
+    opts.add_argument("--seed", type=int, default=0)
+    opts.add_argument(
+        "--critical", default="Pneumothorax", help="labels that make a study critical (comma list)"
+    )
+    opts.add_argument("--max-wait", type=float, default=60.0, help="escalation after N minutes (0: none)")
+    opts.add_argument(
+        "--reading-minutes", type=float, help="reading time per study (default: 90%% of the day)"
+    )
+    opts.add_argument("--reading-time", choices=("fixed", "exponential"), default="fixed")
+    opts.add_argument("--no-simulation", action="store_true", help="skip the reading-queue simulation")
+    extra = parser.add_argument_group("side by side and training curves")
+    extra.add_argument("--compare-preds", type=Path, metavar="CSV", help="another model's predictions")
+    extra.add_argument("--compare-name", default="other", help="name of that model in tables")
+    extra.add_argument(
+        "--run", type=Path, action="append", default=[], metavar="RUN_DIR", help="training run(s)"
+    )
+    run = parser.add_argument_group("inference")
+    run.add_argument("--batch-size", type=int, default=32)
+    run.add_argument("--device", default="cpu")
+    run.add_argument("--workers", type=int, default=0, help="image decoding workers")
+    run.add_argument("--cache", type=Path, metavar="DIR", help="uint8 image cache (`datasets cache`)")
+    parser.add_argument("--output", type=Path, required=True, metavar="DIR")
+    parser.add_argument("--title", default=None)
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.set_defaults(handler=run_evaluate)
+
+    compare = subparsers.add_parser(
+        "compare",
+        help="compare training runs: labels x runs AUC table, curves, report.html",
+        description="Side by side of several runs, from their per-epoch metrics CSV or an evaluation's "
+        "metrics.json; runs evaluated on the same images are also compared by DeLong test.",
+    )
+    compare.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR")
+    compare.add_argument("--output", type=Path, required=True, metavar="DIR")
+    compare.add_argument("--bootstrap", type=int, default=1000, metavar="N")
+    compare.add_argument("--seed", type=int, default=0)
+    compare.set_defaults(handler=run_compare)
+
+
+# --- evaluate -----------------------------------------------------------------------------------
+def _config(args: argparse.Namespace):
+    from xraytriage.errors import ConfigError
+    from xraytriage.evaluate.operating_points import parse_method
+    from xraytriage.evaluate.runner import EvaluationConfig
+
+    try:
+        thresholds = tuple(float(t) for t in args.thresholds.split(",") if t.strip())
+    except ValueError:
+        raise ConfigError(f"--thresholds must be a comma list of numbers, got {args.thresholds!r}") from None
+    method, target = parse_method(args.operating_point)
+    if args.bootstrap < 1:
+        raise ConfigError("--bootstrap must be at least 1")
+    return EvaluationConfig(
+        thresholds=thresholds,
+        n_boot=args.bootstrap,
+        seed=args.seed,
+        operating_point=method,
+        target_sensitivity=target,
+        critical_labels=tuple(c.strip() for c in args.critical.split(",") if c.strip()),
+        simulate=not args.no_simulation,
+        reading_minutes=args.reading_minutes,
+        reading_kind=args.reading_time,
+        max_wait=args.max_wait or None,
+    )
+
+
+def _load_dataset(args: argparse.Namespace):
+    from xraytriage.cli.datasets import dataset_options
+    from xraytriage.data.registry import load_dataset
+
+    return load_dataset(args.dataset, **dataset_options(args))
+
+
+def _split_dataset(dataset, args: argparse.Namespace):
+    """(evaluation part, validation part or None)."""
+    import numpy as np
+
+    from xraytriage.data.splits import train_val_test_split
+    from xraytriage.errors import ConfigError
+
+    if args.val_split:
+        if "split" not in dataset.table.columns:
+            raise ConfigError(f"--val-split {args.val_split}: the dataset has no `split` column")
+        is_val = dataset.table["split"].astype(str).to_numpy() == args.val_split
+        if not is_val.any():
+            raise ConfigError(f"--val-split {args.val_split}: no row has that split")
+        return dataset.subset(~is_val), dataset.subset(is_val)
+    if args.val_fraction:
+        if not 0 < args.val_fraction < 1:
+            raise ConfigError("--val-fraction must be in (0, 1)")
+        parts = train_val_test_split(dataset, val=args.val_fraction, test=0.0, seed=args.seed)
+        return dataset.subset(parts["train"]), dataset.subset(parts.get("val", np.array([], int)))
+    return dataset, None
+
+
+def _split_frame(frame, args: argparse.Namespace):
+    import numpy as np
+
+    from xraytriage.data.splits import group_split
+    from xraytriage.errors import ConfigError
+
+    if args.val_split:
+        if "split" not in frame.columns:
+            raise ConfigError(f"--val-split {args.val_split}: the predictions have no `split` column")
+        is_val = frame["split"].astype(str).to_numpy() == args.val_split
+        return frame[~is_val].reset_index(drop=True), frame[is_val].reset_index(drop=True)
+    if args.val_fraction:
+        groups = frame["patient_id"] if "patient_id" in frame.columns else frame["image"]
+        keys = (
+            frame["abnormal"].fillna(-1).to_numpy() if "abnormal" in frame.columns else np.zeros(len(frame))
+        )
+        part = group_split(
+            groups.astype(str).to_numpy(), keys, [1 - args.val_fraction, args.val_fraction], args.seed
+        )
+        return frame[part == 0].reset_index(drop=True), frame[part == 1].reset_index(drop=True)
+    return frame, None
+
+
+def _refresh_probabilities(frame, checkpoint):
+    """Recompute prob_* and abnormal_probability from logit_* with (new) calibration."""
+    from xraytriage.evaluate.predictions import LOGIT, PROB
+
+    names = checkpoint.label_names
+    probs = checkpoint.probabilities(frame[[LOGIT + n for n in names]].to_numpy())
+    frame = frame.copy()
+    for j, n in enumerate(names):
+        frame[PROB + n] = probs[:, j].astype("float64")
+    frame["abnormal_probability"] = checkpoint.abnormal_probability(probs)
+    return frame
+
+
+def _from_model(args: argparse.Namespace, checkpoint):
+    from xraytriage.evaluate.predictions import predict_dataset
+
+    dataset = _load_dataset(args)
+    test_ds, val_ds = _split_dataset(dataset, args)
+    cache = None
+    if args.cache is not None:
+        from xraytriage.data.cache import ImageCache
+
+        cache = ImageCache(args.cache, checkpoint.preprocess)
+    kwargs: dict[str, Any] = {
+        "batch_size": args.batch_size,
+        "cache": cache,
+        "device": args.device,
+        "num_workers": args.workers,
+        "progress": not args.quiet,
+    }
+    test = predict_dataset(checkpoint, test_ds, **kwargs)
+    val = predict_dataset(checkpoint, val_ds, **kwargs) if val_ds is not None else None
+    errors = test.errors + (val.errors if val is not None else [])
+    return test.frame, (val.frame if val is not None else None), errors
+
+
+def _from_predictions(args: argparse.Namespace):
+    from xraytriage.evaluate.predictions import attach_labels, read_predictions_csv
+
+    frame = read_predictions_csv(args.predictions)
+    if args.dataset:
+        before = len(frame)
+        frame = attach_labels(frame, _load_dataset(args))
+        if len(frame) < before:
+            log.warning("%d of %d predicted images are not in the dataset", before - len(frame), before)
+    if "patient_id" not in frame.columns:
+        log.warning("predictions have no patient_id: bootstrap resamples images, not patients")
+    return _split_frame(frame, args)
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from xraytriage.errors import ConfigError
+    from xraytriage.evaluate.calibration import calibrate_checkpoint
+    from xraytriage.evaluate.predictions import label_matrix
+    from xraytriage.evaluate.runner import evaluate_predictions, write_evaluation
+
+    if (args.model is None) == (args.predictions is None):
+        raise ConfigError("give exactly one of --model (with --dataset) or --predictions")
+    if args.model is not None and not args.dataset:
+        raise ConfigError("--model needs --dataset KIND and its options")
+    if args.calibrate and args.model is None:
+        raise ConfigError("--calibrate needs --model (calibration is fitted on raw logits)")
+    if args.calibrate and not (args.val_fraction or args.val_split):
+        raise ConfigError("--calibrate needs a validation set: --val-fraction or --val-split")
+    cfg = _config(args)
+    checkpoint, errors = None, []
+    if args.model is not None:
+        from xraytriage.models.checkpoint import load_checkpoint
+
+        checkpoint = load_checkpoint(args.model)
+        test, val, errors = _from_model(args, checkpoint)
+    else:
+        test, val = _from_predictions(args)
+    if args.calibrate:
+        names = checkpoint.label_names
+        checkpoint = calibrate_checkpoint(
+            checkpoint,
+            val[["logit_" + n for n in names]].to_numpy(),
+            label_matrix(val, names),
+            args.calibrate,
+            cfg.operating_point,
+            cfg.target_sensitivity,
+        )
+        test, val = _refresh_probabilities(test, checkpoint), _refresh_probabilities(val, checkpoint)
+        target = args.save_checkpoint or args.output / "calibrated.pt"
+        checkpoint.save(target)
+        print(
+            f"calibrated checkpoint ({args.calibrate}, thresholds: {cfg.operating_point}) saved to {target}"
+        )
+    comparison = None
+    if args.compare_preds is not None:
+        from xraytriage.evaluate.compare import compare_predictions
+        from xraytriage.evaluate.predictions import read_predictions_csv
+
+        comparison = compare_predictions(
+            test,
+            read_predictions_csv(args.compare_preds),
+            args.bootstrap,
+            args.seed,
+            cfg.thresholds,
+            names=("ours", args.compare_name),
+        )
+    result = evaluate_predictions(test, val, cfg, checkpoint.thresholds if checkpoint is not None else None)
+    title = args.title or (
+        f"Evaluation of {args.model.name if args.model else args.predictions.name}"
+        + (f" on {args.dataset}" if args.dataset else "")
+    )
+    paths = write_evaluation(result, args.output, test, title, args.run, comparison)
+    if errors:
+        pd.DataFrame(errors).to_csv(args.output / "errors.csv", index=False)
+        print(f"{len(errors)} image(s) could not be read; listed in {args.output / 'errors.csv'}")
+    _print_summary(result, comparison)
+    print(f"wrote {paths['metrics.json']}, {paths['metrics.csv']} and {paths['report.html']}")
+    return 0
+
+
+def _print_summary(result: dict[str, Any], comparison) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    def fmt(v):
+        return "–" if v is None or v != v else f"{v:.3f}"
+
+    table = Table(title=f"{result['images']} images, {result.get('patients')} patients")
+    for col in ("label", "n", "pos", "AUC", "95% CI", "AP", "ECE"):
+        table.add_column(col, justify="left" if col == "label" else "right")
+    boot = result["bootstrap"]["labels"]
+    for name, m in result["metrics"]["labels"].items():
+        ci = boot[name]["auc"]
+        table.add_row(
+            name,
+            str(m["n"]),
+            str(m["positives"]),
+            fmt(m["auc"]),
+            f"[{fmt(ci['low'])}, {fmt(ci['high'])}]",
+            fmt(m["average_precision"]),
+            fmt(result["calibration"][name]["ece"]),
+        )
+    macro = result["bootstrap"]["macro"]["auc"]
+    table.add_row(
+        "macro",
+        "",
+        "",
+        fmt(result["metrics"]["macro"]["auc"]),
+        f"[{fmt(macro['low'])}, {fmt(macro['high'])}]",
+        fmt(result["metrics"]["macro"]["average_precision"]),
+        "",
+    )
+    console = Console()
+    console.print(table)
+    if "triage" in result:
+        tri = result["triage"]
+        console.print(
+            f"triage: priority AUC {fmt(tri['priority_auc'])}; abnormal found in top "
+            + ", ".join(f"{float(k):.0%}: {v:.0%}" for k, v in tri["abnormal_found_in_top"].items())
+        )
+    if comparison is not None:
+        console.print(f"side by side on {comparison['images']} shared images: see comparison.csv")
+
+
+# --- compare ------------------------------------------------------------------------------------
+def run_compare(args: argparse.Namespace) -> int:
+    from xraytriage.evaluate.report import build_runs_report
+
+    path = build_runs_report(args.runs, args.output, n_boot=args.bootstrap, seed=args.seed)
+    print(f"wrote {path}")
+    return 0

@@ -1,0 +1,145 @@
+"""Calibration: how far predicted probabilities are from observed frequencies, and fixing it.
+
+Expected calibration error and reliability-diagram bins measure it. Temperature scaling
+(one divisor T of the logit) and Platt scaling (a*logit + b) are fitted on *validation*
+logits per label and stored in the checkpoint's ``calibration`` field, which
+``Checkpoint.probabilities`` applies to raw logits, with thresholds chosen on the calibrated
+validation probabilities.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import minimize_scalar
+from sklearn.linear_model import LogisticRegression
+
+from xraytriage.errors import ConfigError
+from xraytriage.evaluate.metrics import has_both_classes, valid_pairs
+from xraytriage.evaluate.operating_points import choose_thresholds
+from xraytriage.models.checkpoint import Checkpoint
+
+CALIBRATION_METHODS = ("temperature", "platt")
+
+
+def _bin_index(p: np.ndarray, n_bins: int) -> np.ndarray:
+    """Equal-width bins on [0, 1]; 1.0 falls in the last bin (as sklearn's calibration_curve)."""
+    return np.clip(np.floor(p * n_bins).astype(int), 0, n_bins - 1)
+
+
+def reliability_table(y_true: np.ndarray, y_prob: np.ndarray, n_bins: int = 10) -> pd.DataFrame:
+    """One row per non-empty bin: bin edges, count, mean predicted probability, observed frequency."""
+    y, p = valid_pairs(y_true, y_prob)
+    idx = _bin_index(p, n_bins)
+    rows = []
+    for b in range(n_bins):
+        sel = idx == b
+        if sel.any():
+            rows.append(
+                {
+                    "bin": b,
+                    "low": b / n_bins,
+                    "high": (b + 1) / n_bins,
+                    "count": int(sel.sum()),
+                    "mean_predicted": float(p[sel].mean()),
+                    "fraction_positive": float(y[sel].mean()),
+                }
+            )
+    return pd.DataFrame(rows, columns=["bin", "low", "high", "count", "mean_predicted", "fraction_positive"])
+
+
+def expected_calibration_error(y_true: np.ndarray, y_prob: np.ndarray, n_bins: int = 10) -> float:
+    """ECE = sum over bins of (share of cases) * |observed frequency - mean probability|."""
+    table = reliability_table(y_true, y_prob, n_bins)
+    if table.empty:
+        return float("nan")
+    weights = table["count"] / table["count"].sum()
+    return float((weights * (table["fraction_positive"] - table["mean_predicted"]).abs()).sum())
+
+
+def logit(p: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=np.float64), eps, 1 - eps)
+    return np.log(p / (1 - p))
+
+
+def _nll(z: np.ndarray, y: np.ndarray) -> float:
+    # binary cross-entropy from logits, numerically stable
+    return float(np.mean(np.logaddexp(0.0, z) - y * z))
+
+
+def fit_temperature(logits: np.ndarray, y_true: np.ndarray) -> float:
+    """Temperature T > 0 minimising the validation NLL of sigmoid(logit / T)."""
+    y, z = valid_pairs(y_true, logits)
+    if not has_both_classes(y):
+        return 1.0
+    result = minimize_scalar(
+        lambda log_t: _nll(z / np.exp(log_t), y), bounds=(np.log(0.05), np.log(20.0)), method="bounded"
+    )
+    return float(np.exp(result.x))
+
+
+def fit_platt(logits: np.ndarray, y_true: np.ndarray) -> tuple[float, float]:
+    """Platt scaling: unregularised logistic regression of the label on the logit -> (a, b)."""
+    y, z = valid_pairs(y_true, logits)
+    if not has_both_classes(y):
+        return 1.0, 0.0
+    model = LogisticRegression(C=np.inf, solver="lbfgs", max_iter=1000).fit(z[:, None], y.astype(int))
+    return float(model.coef_[0, 0]), float(model.intercept_[0])
+
+
+def fit_calibration(
+    logits: np.ndarray, y_true: np.ndarray, label_names: Sequence[str], method: str = "temperature"
+) -> dict[str, dict[str, Any]]:
+    """Per-label calibration entries in the checkpoint format."""
+    if method not in CALIBRATION_METHODS:
+        raise ConfigError(f"calibration must be one of {', '.join(CALIBRATION_METHODS)}; got {method!r}")
+    logits = np.asarray(logits, dtype=np.float64)
+    y_true = np.asarray(y_true, dtype=np.float64)
+    out: dict[str, dict[str, Any]] = {}
+    for j, name in enumerate(label_names):
+        if method == "temperature":
+            out[name] = {"method": "temperature", "t": fit_temperature(logits[:, j], y_true[:, j])}
+        else:
+            a, b = fit_platt(logits[:, j], y_true[:, j])
+            out[name] = {"method": "platt", "a": a, "b": b}
+    return out
+
+
+def calibrate_checkpoint(
+    checkpoint: Checkpoint,
+    val_logits: np.ndarray,
+    val_labels: np.ndarray,
+    method: str = "temperature",
+    threshold_method: str = "youden",
+    target: float = 0.9,
+) -> Checkpoint:
+    """A copy of ``checkpoint`` with calibration fitted on validation *raw* logits and thresholds
+    chosen on the resulting calibrated validation probabilities. Labels of the checkpoint are
+    the columns of both arrays."""
+    names = list(checkpoint.label_names)
+    calibrated = copy.copy(checkpoint)
+    calibrated.calibration = fit_calibration(val_logits, val_labels, names, method)
+    probs = calibrated.probabilities(val_logits)
+    calibrated.thresholds = choose_thresholds(val_labels, probs, names, threshold_method, target)
+    calibrated.metrics = {
+        **checkpoint.metrics,
+        "calibration": {
+            "method": method,
+            "thresholds": threshold_method
+            if threshold_method != "sensitivity"
+            else f"sensitivity:{target:g}",
+            "validation_images": len(val_labels),
+            "ece_before": {
+                n: expected_calibration_error(val_labels[:, j], checkpoint.probabilities(val_logits)[:, j])
+                for j, n in enumerate(names)
+            },
+            "ece_after": {
+                n: expected_calibration_error(val_labels[:, j], probs[:, j]) for j, n in enumerate(names)
+            },
+        },
+    }
+    return calibrated

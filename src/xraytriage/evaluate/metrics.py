@@ -1,0 +1,183 @@
+"""Per-label classification metrics on (N, L) label and probability matrices.
+
+Labels are float with NaN = unknown: every metric masks NaN rows *per label*, so a label that
+one dataset leaves blank does not remove the image from the other labels. The numbers come from
+scikit-learn; this module only masks, loops over labels and names the results.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from scipy.stats import rankdata
+from sklearn.metrics import (
+    average_precision_score,
+    confusion_matrix,
+    precision_recall_fscore_support,
+    roc_auc_score,
+)
+
+DEFAULT_THRESHOLDS: tuple[float, ...] = (0.4, 0.5, 0.6, 0.7, 0.8)
+"""Fixed thresholds reported for every label (as in the seed thesis)."""
+
+
+def valid_pairs(y_true: np.ndarray, y_prob: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The (label, probability) pairs of one label where both are known."""
+    y = np.asarray(y_true, dtype=np.float64).ravel()
+    p = np.asarray(y_prob, dtype=np.float64).ravel()
+    if y.shape != p.shape:
+        raise ValueError(f"labels ({y.shape[0]}) and probabilities ({p.shape[0]}) differ in length")
+    keep = ~np.isnan(y) & ~np.isnan(p)
+    return y[keep], p[keep]
+
+
+def has_both_classes(y: np.ndarray) -> bool:
+    return bool(np.any(y == 1) and np.any(y == 0))
+
+
+def roc_auc(y_true: np.ndarray, y_prob: np.ndarray) -> float:
+    """ROC AUC of the known pairs; NaN when only one class is present."""
+    y, p = valid_pairs(y_true, y_prob)
+    return float(roc_auc_score(y, p)) if has_both_classes(y) else float("nan")
+
+
+def average_precision(y_true: np.ndarray, y_prob: np.ndarray) -> float:
+    """Average precision (area under the PR curve); NaN without positives."""
+    y, p = valid_pairs(y_true, y_prob)
+    return float(average_precision_score(y, p)) if has_both_classes(y) else float("nan")
+
+
+def rank_auc(y: np.ndarray, p: np.ndarray) -> float:
+    """ROC AUC by the Mann-Whitney rank sum: equal to ``roc_auc_score`` (ties count 1/2) but
+    without its input validation, for the thousands of calls a bootstrap makes. Expects
+    already-masked 0/1 labels."""
+    pos = y == 1
+    n_pos = int(pos.sum())
+    n_neg = y.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = rankdata(p)
+    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def step_average_precision(y: np.ndarray, p: np.ndarray) -> float:
+    """Average precision as ``average_precision_score`` defines it (sum over distinct thresholds
+    of recall increase x precision), without its input validation, for bootstrap loops.
+    Expects already-masked 0/1 labels."""
+    n_pos = float((y == 1).sum())
+    if n_pos == 0 or n_pos == y.size:
+        return float("nan")
+    order = np.argsort(-p, kind="mergesort")
+    ys, ps = (y[order] == 1), p[order]
+    last_of_tie = np.r_[np.flatnonzero(np.diff(ps)), ys.size - 1]
+    tps = np.cumsum(ys)[last_of_tie]
+    precision = tps / (last_of_tie + 1)
+    recall = tps / n_pos
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def threshold_metrics(y_true: np.ndarray, y_prob: np.ndarray, threshold: float) -> dict[str, float]:
+    """Confusion counts and precision / recall (sensitivity) / F1 / specificity / accuracy at
+    ``prob >= threshold``. Undefined ratios (no predicted positives...) are 0, as sklearn's
+    ``zero_division=0``."""
+    y, p = valid_pairs(y_true, y_prob)
+    pred = (p >= threshold).astype(int)
+    tn, fp, fn, tp = confusion_matrix(y.astype(int), pred, labels=[0, 1]).ravel()
+    precision, recall, f1, _ = precision_recall_fscore_support(
+        y.astype(int), pred, labels=[1], average=None, zero_division=0
+    )
+    n = tn + fp + fn + tp
+    return {
+        "threshold": float(threshold),
+        "tp": int(tp),
+        "fp": int(fp),
+        "tn": int(tn),
+        "fn": int(fn),
+        "precision": float(precision[0]),
+        "recall": float(recall[0]),
+        "sensitivity": float(recall[0]),
+        "f1": float(f1[0]),
+        "specificity": float(tn / (tn + fp)) if (tn + fp) else 0.0,
+        "accuracy": float((tp + tn) / n) if n else float("nan"),
+    }
+
+
+def confusion(y_true: np.ndarray, y_prob: np.ndarray, threshold: float) -> list[list[int]]:
+    """2x2 confusion matrix [[tn, fp], [fn, tp]] at ``prob >= threshold`` (sklearn layout)."""
+    y, p = valid_pairs(y_true, y_prob)
+    return confusion_matrix(y.astype(int), (p >= threshold).astype(int), labels=[0, 1]).tolist()
+
+
+def label_summary(
+    y_true: np.ndarray, y_prob: np.ndarray, thresholds: Sequence[float] = DEFAULT_THRESHOLDS
+) -> dict[str, Any]:
+    """All single-label numbers: counts, prevalence, AUC, AP and the fixed-threshold metrics."""
+    y, _ = valid_pairs(y_true, y_prob)
+    n_pos = int((y == 1).sum())
+    return {
+        "n": int(y.size),
+        "positives": n_pos,
+        "prevalence": float(n_pos / y.size) if y.size else float("nan"),
+        "auc": roc_auc(y_true, y_prob),
+        "average_precision": average_precision(y_true, y_prob),
+        "at_threshold": {f"{t:g}": threshold_metrics(y_true, y_prob, t) for t in thresholds},
+    }
+
+
+def micro_auc(y_true: np.ndarray, y_prob: np.ndarray) -> float:
+    """Micro-averaged AUC: every known (image, label) pair pooled, as sklearn ``average="micro"``
+    does for a complete matrix."""
+    y, p = valid_pairs(np.asarray(y_true).ravel(), np.asarray(y_prob).ravel())
+    return float(roc_auc_score(y, p)) if has_both_classes(y) else float("nan")
+
+
+def micro_average_precision(y_true: np.ndarray, y_prob: np.ndarray) -> float:
+    y, p = valid_pairs(np.asarray(y_true).ravel(), np.asarray(y_prob).ravel())
+    return float(average_precision_score(y, p)) if has_both_classes(y) else float("nan")
+
+
+def _nanmean(values: list[float]) -> float:
+    arr = np.asarray(values, dtype=np.float64)
+    return float(np.nanmean(arr)) if np.any(~np.isnan(arr)) else float("nan")
+
+
+def multilabel_metrics(
+    y_true: np.ndarray,
+    y_prob: np.ndarray,
+    label_names: Sequence[str],
+    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+) -> dict[str, Any]:
+    """Per-label summaries plus macro (mean over labels with a defined value) and micro means."""
+    y_true = np.asarray(y_true, dtype=np.float64)
+    y_prob = np.asarray(y_prob, dtype=np.float64)
+    if y_true.shape != y_prob.shape or y_true.ndim != 2 or y_true.shape[1] != len(label_names):
+        raise ValueError(
+            f"labels {y_true.shape} and probabilities {y_prob.shape} must both be N x {len(label_names)}"
+        )
+    per_label = {
+        name: label_summary(y_true[:, j], y_prob[:, j], thresholds) for j, name in enumerate(label_names)
+    }
+    macro = {
+        "auc": _nanmean([m["auc"] for m in per_label.values()]),
+        "average_precision": _nanmean([m["average_precision"] for m in per_label.values()]),
+    }
+    for t in thresholds:
+        key = f"{t:g}"
+        for metric in ("precision", "recall", "f1", "specificity"):
+            macro[f"{metric}@{key}"] = _nanmean([m["at_threshold"][key][metric] for m in per_label.values()])
+    micro = {"auc": micro_auc(y_true, y_prob), "average_precision": micro_average_precision(y_true, y_prob)}
+    for t in thresholds:
+        key = f"{t:g}"
+        counts = {
+            c: sum(m["at_threshold"][key][c] for m in per_label.values()) for c in ("tp", "fp", "tn", "fn")
+        }
+        tp, fp, tn, fn = counts["tp"], counts["fp"], counts["tn"], counts["fn"]
+        prec = tp / (tp + fp) if tp + fp else 0.0
+        rec = tp / (tp + fn) if tp + fn else 0.0
+        micro[f"precision@{key}"] = prec
+        micro[f"recall@{key}"] = rec
+        micro[f"f1@{key}"] = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
+        micro[f"specificity@{key}"] = tn / (tn + fp) if tn + fp else 0.0
+    return {"labels": per_label, "macro": macro, "micro": micro}

@@ -1,0 +1,206 @@
+"""Run a checkpoint over a dataset and keep everything evaluation needs in one table.
+
+The predictions table has one row per image that could be read:
+``path, image, patient_id, study_id, view``, then per checkpoint label ``logit_<L>`` (raw),
+``prob_<L>`` (calibrated by the checkpoint) and, for labels the dataset annotates, ``label_<L>``
+(1 / 0 / NaN); plus ``abnormal_probability`` (the checkpoint's P(abnormal), the triage priority)
+and ``abnormal`` (the dataset's derived abnormal target). Unreadable images are listed in
+``errors`` and skipped; one bad file never stops the run. The same layout is what
+``evaluate --predictions`` reads back (only ``image`` or ``path`` and ``prob_*`` are required).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from xraytriage.data.base import RadiographDataset
+from xraytriage.data.torch_dataset import UInt8Dataset, UInt8Source
+from xraytriage.errors import ConfigError, XRayTriageError
+from xraytriage.labels import abnormal_target, canonical_label, map_labels
+from xraytriage.models.checkpoint import Checkpoint
+
+log = logging.getLogger(__name__)
+
+PROB, LABEL, LOGIT = "prob_", "label_", "logit_"
+IMAGE_KEY_COLUMNS = ("image", "Image Index", "path", "Path", "filename", "file")
+
+
+@dataclass
+class Predictions:
+    frame: pd.DataFrame
+    label_names: list[str]
+    errors: list[dict[str, str]] = field(default_factory=list)
+
+    def labels(self, names: Sequence[str] | None = None) -> np.ndarray:
+        return label_matrix(self.frame, names or self.label_names)
+
+    def probabilities(self, names: Sequence[str] | None = None) -> np.ndarray:
+        return prob_matrix(self.frame, names or self.label_names)
+
+    def logits(self, names: Sequence[str] | None = None) -> np.ndarray:
+        names = names or self.label_names
+        return self.frame[[LOGIT + n for n in names]].to_numpy(dtype=np.float64)
+
+
+def prob_labels(frame: pd.DataFrame) -> list[str]:
+    """Label names that have a ``prob_`` column, in column order."""
+    return [c[len(PROB) :] for c in frame.columns if c.startswith(PROB)]
+
+
+def evaluable_labels(frame: pd.DataFrame) -> list[str]:
+    """Labels with both a probability and a ground-truth column."""
+    return [n for n in prob_labels(frame) if LABEL + n in frame.columns]
+
+
+def label_matrix(frame: pd.DataFrame, names: Sequence[str]) -> np.ndarray:
+    """(N, L) ground truth; a label without a column is all NaN."""
+    cols = [
+        frame[LABEL + n].to_numpy(dtype=np.float64) if LABEL + n in frame else np.full(len(frame), np.nan)
+        for n in names
+    ]
+    return np.column_stack(cols) if cols else np.zeros((len(frame), 0))
+
+
+def prob_matrix(frame: pd.DataFrame, names: Sequence[str]) -> np.ndarray:
+    return frame[[PROB + n for n in names]].to_numpy(dtype=np.float64)
+
+
+class _SafeImages(Dataset):
+    """Wraps UInt8Dataset so a failed read becomes an error item instead of an exception."""
+
+    def __init__(self, images: UInt8Dataset) -> None:
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int):
+        try:
+            return index, self.images.image(index), ""
+        except (XRayTriageError, OSError, ValueError) as exc:
+            return index, None, str(exc)
+
+
+def _collate(items):
+    return items
+
+
+def _image_name(path: str) -> str:
+    return Path(str(path)).name
+
+
+def predict_dataset(
+    checkpoint: Checkpoint,
+    dataset: RadiographDataset,
+    batch_size: int = 32,
+    cache: UInt8Source | None = None,
+    device: str = "cpu",
+    num_workers: int = 0,
+    progress: bool = True,
+    predictor=None,
+) -> Predictions:
+    """Predict every image of ``dataset``; ``predictor`` defaults to a ``TorchPredictor``
+    (anything with ``predict_logits(uint8 N x S x S)`` works, e.g. an ONNX backend)."""
+    if predictor is None:
+        from xraytriage.models.inference import TorchPredictor
+
+        predictor = TorchPredictor(checkpoint, device=device)
+    names = list(checkpoint.label_names)
+    images = UInt8Dataset(dataset, checkpoint.preprocess, cache=cache)
+    loader = DataLoader(
+        _SafeImages(images),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=_collate,
+    )
+    kept: list[int] = []
+    logits: list[np.ndarray] = []
+    errors: list[dict[str, str]] = []
+    with torch.inference_mode():
+        for batch in tqdm(loader, desc="predict", unit="batch", disable=not progress):
+            ok = [(i, img) for i, img, err in batch if img is not None]
+            for i, _, err in batch:
+                if err:
+                    errors.append({"path": dataset.table.at[i, "path"], "error": err})
+                    log.warning("skipped %s", err)
+            if ok:
+                kept += [i for i, _ in ok]
+                logits.append(np.asarray(predictor.predict_logits(np.stack([img for _, img in ok]))))
+    z = np.concatenate(logits) if logits else np.zeros((0, len(names)), np.float32)
+    probs = checkpoint.probabilities(z) if len(z) else np.zeros((0, len(names)), np.float32)
+    table = dataset.table.iloc[kept].reset_index(drop=True)
+    frame = pd.DataFrame(
+        {
+            "path": table["path"].astype(str),
+            "image": table["path"].map(_image_name),
+            "patient_id": table["patient_id"].astype(str),
+            "study_id": table["study_id"].astype(str),
+            "view": table["view"].astype(str),
+        }
+    )
+    truth = map_labels(dataset.labels[kept], dataset.label_names, names)
+    dataset_names = {canonical_label(n) for n in dataset.label_names}
+    for j, name in enumerate(names):
+        frame[LOGIT + name] = z[:, j].astype(np.float64)
+        frame[PROB + name] = probs[:, j].astype(np.float64)
+        if canonical_label(name) in dataset_names:
+            frame[LABEL + name] = truth[:, j].astype(np.float64)
+    frame["abnormal_probability"] = checkpoint.abnormal_probability(probs) if len(probs) else []
+    frame["abnormal"] = abnormal_target(dataset.labels[kept], dataset.label_names)
+    return Predictions(frame=frame, label_names=names, errors=errors)
+
+
+def read_predictions_csv(path: str | Path) -> pd.DataFrame:
+    """A predictions CSV from this tool or another model: needs an image column (``image``,
+    ``Image Index``, ``path``...) and ``prob_<label>`` columns; label names are harmonised
+    (``prob_Pleural_Thickening`` -> ``prob_Pleural Thickening``) and ``image`` is the file name."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: predictions CSV not found")
+    frame = pd.read_csv(path)
+    key = next((c for c in IMAGE_KEY_COLUMNS if c in frame.columns), None)
+    if key is None:
+        raise ConfigError(f"{path}: no image column (expected one of {', '.join(IMAGE_KEY_COLUMNS)})")
+    renamed = {}
+    for col in frame.columns:
+        for prefix in (PROB, LABEL, LOGIT):
+            if col.startswith(prefix):
+                renamed[col] = prefix + canonical_label(col[len(prefix) :])
+    frame = frame.rename(columns=renamed)
+    if not prob_labels(frame):
+        raise ConfigError(f"{path}: no prob_<label> columns")
+    frame["image"] = frame[key].astype(str).map(_image_name)
+    if frame["image"].duplicated().any():
+        dup = frame.loc[frame["image"].duplicated(), "image"].iloc[0]
+        raise ConfigError(f"{path}: image {dup!r} listed more than once")
+    for col in ("patient_id", "study_id"):
+        if col in frame.columns:
+            frame[col] = frame[col].astype(str)
+    return frame
+
+
+def attach_labels(frame: pd.DataFrame, dataset: RadiographDataset) -> pd.DataFrame:
+    """Add ``label_<L>`` (and patient/study ids, abnormal) from a dataset, joined on image file
+    name, for predictions saved without ground truth. Images the dataset lacks are dropped."""
+    names = prob_labels(frame)
+    shared = [n for n in names if canonical_label(n) in {canonical_label(x) for x in dataset.label_names}]
+    truth = pd.DataFrame(
+        map_labels(dataset.labels, dataset.label_names, shared), columns=[LABEL + n for n in shared]
+    )
+    truth["image"] = dataset.table["path"].map(_image_name).to_numpy()
+    truth["abnormal"] = abnormal_target(dataset.labels, dataset.label_names)
+    for col in ("patient_id", "study_id"):
+        truth[col] = dataset.table[col].astype(str).to_numpy()
+    truth = truth.drop_duplicates("image")
+    keep = frame.drop(columns=[c for c in truth.columns if c != "image" and c in frame.columns])
+    return keep.merge(truth, on="image", how="inner")

@@ -1,0 +1,517 @@
+"""Figures (PNG) and one self-contained ``report.html`` (images embedded as base64, inline CSS,
+no scripts, no external resources) so a report can be mailed or archived as a single file.
+
+Plots: ROC and PR curves per label, AUC per epoch from a training run's metrics CSV, the
+comparison of several runs, reliability diagrams, confusion matrices at the chosen operating
+points and the triage simulation. Matplotlib runs headless (Agg).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from sklearn.metrics import precision_recall_curve, roc_curve
+
+from xraytriage.evaluate.calibration import reliability_table
+from xraytriage.evaluate.metrics import average_precision, has_both_classes, roc_auc, valid_pairs
+from xraytriage.evaluate.runs import auc_columns
+
+
+def _grid(n: int, max_cols: int = 4, size: float = 3.0):
+    cols = max(1, min(max_cols, n))
+    rows = max(1, math.ceil(n / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, list(axes.flat)
+
+
+def _labels_with_both_classes(y: np.ndarray, p: np.ndarray, names: Sequence[str]) -> list[int]:
+    return [j for j in range(len(names)) if has_both_classes(valid_pairs(y[:, j], p[:, j])[0])]
+
+
+def plot_roc_curves(y: np.ndarray, p: np.ndarray, names: Sequence[str], title: str = "ROC curves"):
+    """One panel per label: ROC curve with its AUC; the diagonal is chance."""
+    cols = _labels_with_both_classes(y, p, names)
+    fig, axes = _grid(max(1, len(cols)))
+    for ax, j in zip(axes, cols, strict=False):
+        yy, pp = valid_pairs(y[:, j], p[:, j])
+        fpr, tpr, _ = roc_curve(yy, pp)
+        ax.plot(fpr, tpr, lw=1.5)
+        ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=0.8)
+        ax.set_title(f"{names[j]}  AUC {roc_auc(yy, pp):.3f}", fontsize=9)
+        ax.set_xlabel("1 - specificity", fontsize=8)
+        ax.set_ylabel("sensitivity", fontsize=8)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.01)
+    if not cols:
+        axes[0].text(0.5, 0.5, "no label has both classes", ha="center")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_pr_curves(
+    y: np.ndarray, p: np.ndarray, names: Sequence[str], title: str = "Precision-recall curves"
+):
+    """One panel per label: PR curve with its average precision; the line is the prevalence."""
+    cols = _labels_with_both_classes(y, p, names)
+    fig, axes = _grid(max(1, len(cols)))
+    for ax, j in zip(axes, cols, strict=False):
+        yy, pp = valid_pairs(y[:, j], p[:, j])
+        precision, recall, _ = precision_recall_curve(yy, pp)
+        ax.step(recall, precision, where="post", lw=1.5)
+        ax.axhline(yy.mean(), ls="--", c="grey", lw=0.8)
+        ax.set_title(f"{names[j]}  AP {average_precision(yy, pp):.3f}", fontsize=9)
+        ax.set_xlabel("recall", fontsize=8)
+        ax.set_ylabel("precision", fontsize=8)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.01)
+    if not cols:
+        axes[0].text(0.5, 0.5, "no label has both classes", ha="center")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_auc_per_epoch(history: pd.DataFrame, title: str = "Validation AUC per epoch"):
+    """AUC of every label per epoch (mean AUC bold) and, when present, the loss curves."""
+    x = history["epoch"] if "epoch" in history.columns else pd.Series(np.arange(1, len(history) + 1))
+    losses = [c for c in ("loss", "train_loss", "val_loss") if c in history.columns]
+    fig, axes = plt.subplots(1, 2 if losses else 1, figsize=(11 if losses else 6, 4), squeeze=False)
+    ax = axes[0, 0]
+    for col in auc_columns(history):
+        bold = col in ("mean_auc", "val_mean_auc")
+        label = col.removeprefix("val_").removeprefix("auc_")
+        ax.plot(
+            x,
+            history[col],
+            marker="o",
+            ms=3,
+            lw=2.5 if bold else 1.0,
+            c="black" if bold else None,
+            label=label,
+        )
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("AUC")
+    ax.set_title(title)
+    ax.legend(fontsize=7, ncol=2)
+    if losses:
+        for col in losses:
+            axes[0, 1].plot(x, history[col], marker="o", ms=3, label=col)
+        axes[0, 1].set_xlabel("epoch")
+        axes[0, 1].set_ylabel("loss")
+        axes[0, 1].set_title("Loss")
+        axes[0, 1].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_run_comparison(table: pd.DataFrame, title: str = "AUC per label and run"):
+    """Heat map of a labels x runs AUC table (the comparison slide)."""
+    values = table.to_numpy(dtype=np.float64)
+    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * table.shape[1], 1.0 + 0.35 * table.shape[0]))
+    im = ax.imshow(values, cmap="viridis", vmin=0.5, vmax=1.0, aspect="auto")
+    ax.set_xticks(range(table.shape[1]), [str(c) for c in table.columns], rotation=30, ha="right", fontsize=8)
+    ax.set_yticks(range(table.shape[0]), [str(i) for i in table.index], fontsize=8)
+    for (i, j), v in np.ndenumerate(values):
+        if np.isfinite(v):
+            ax.text(
+                j, i, f"{v:.3f}", ha="center", va="center", fontsize=7, c="white" if v < 0.75 else "black"
+            )
+    fig.colorbar(im, ax=ax, fraction=0.04)
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_calibration(
+    y: np.ndarray, p: np.ndarray, names: Sequence[str], n_bins: int = 10, title: str = "Calibration"
+):
+    """Reliability diagram (observed frequency vs mean probability per bin, every label) and
+    the histogram of predicted probabilities."""
+    fig, (ax, hist) = plt.subplots(1, 2, figsize=(11, 4.5))
+    ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=0.8, label="perfect")
+    for j, name in enumerate(names):
+        table = reliability_table(y[:, j], p[:, j], n_bins)
+        if not table.empty:
+            ax.plot(table["mean_predicted"], table["fraction_positive"], marker="o", ms=3, lw=1, label=name)
+    ax.set_xlabel("mean predicted probability")
+    ax.set_ylabel("observed frequency")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_title(title)
+    ax.legend(fontsize=7, ncol=2)
+    finite = p[np.isfinite(p)]
+    hist.hist(finite, bins=n_bins * 2, range=(0, 1), color="steelblue")
+    hist.set_xlabel("predicted probability")
+    hist.set_ylabel("count")
+    hist.set_title("Predicted probabilities")
+    fig.tight_layout()
+    return fig
+
+
+def plot_confusion_matrices(matrices: Mapping[str, Any], title: str = "Confusion matrices"):
+    """``{label: {"threshold": t, "matrix": [[tn, fp], [fn, tp]]}}`` -> one panel per label."""
+    names = list(matrices)
+    fig, axes = _grid(max(1, len(names)), size=2.6)
+    for ax, name in zip(axes, names, strict=False):
+        entry = matrices[name]
+        m = np.asarray(entry["matrix"])
+        ax.imshow(m, cmap="Blues")
+        for (i, j), v in np.ndenumerate(m):
+            ax.text(j, i, str(int(v)), ha="center", va="center", fontsize=10, c="black")
+        ax.set_xticks([0, 1], ["pred 0", "pred 1"], fontsize=7)
+        ax.set_yticks([0, 1], ["true 0", "true 1"], fontsize=7)
+        ax.set_title(f"{name} @ {entry['threshold']:.3g}", fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_triage(priority: np.ndarray, abnormal: np.ndarray, simulation: Mapping[str, Any] | None):
+    """Left: share of abnormal studies found against the share of the worklist read, triage
+    order vs FIFO (the diagonal). Right: mean and maximum wait of abnormal (and critical)
+    studies per reading order."""
+    fig, (gain, bars) = plt.subplots(1, 2, figsize=(11, 4.5))
+    priority = np.asarray(priority, dtype=np.float64)
+    abnormal = np.asarray(abnormal, dtype=np.float64)
+    order = np.argsort(-priority, kind="stable")
+    hits = np.cumsum(abnormal[order] == 1)
+    total = max(1, int((abnormal == 1).sum()))
+    frac = np.arange(1, len(order) + 1) / max(1, len(order))
+    gain.plot(np.r_[0, frac], np.r_[0, hits / total], label="triage order")
+    gain.plot([0, 1], [0, 1], ls="--", c="grey", label="arrival order (expected)")
+    gain.set_xlabel("share of worklist read")
+    gain.set_ylabel("share of abnormal studies found")
+    gain.set_title("Worklist gain")
+    gain.legend(fontsize=8)
+    if simulation:
+        orders = simulation["orders"]
+        groups = [
+            g
+            for g in ("abnormal", "critical", "normal")
+            if all(simulation["waits"][o].get(g, {}).get("n", 0) for o in orders)
+        ]
+        colours = {"abnormal": "tab:red", "critical": "tab:purple", "normal": "tab:blue"}
+        width = 0.8 / max(1, 2 * len(groups))
+        x = np.arange(len(orders))
+        k = 0
+        for g in groups:
+            for stat, hatch, alpha in (("mean", "", 1.0), ("max", "//", 0.45)):
+                vals = [simulation["waits"][o][g][stat] for o in orders]
+                offset = (k - len(groups) + 0.5) * width
+                bars.bar(
+                    x + offset, vals, width, color=colours[g], alpha=alpha, hatch=hatch, label=f"{g} {stat}"
+                )
+                k += 1
+        bars.set_xticks(x, orders, fontsize=8)
+        bars.set_ylabel("wait (minutes)")
+        bars.set_title(
+            f"Reading queue: {simulation['studies']} studies, utilisation {simulation['utilisation']:.0%}"
+        )
+        bars.legend(fontsize=8)
+    else:
+        bars.set_visible(False)
+    fig.tight_layout()
+    return fig
+
+
+class HtmlReport:
+    """Collects sections and writes PNG files plus one self-contained HTML page."""
+
+    def __init__(self, output_dir: str | Path, title: str) -> None:
+        self.output_dir = Path(output_dir)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.title = title
+        self.parts: list[str] = []
+        self.figures: list[Path] = []
+
+    def heading(self, text: str) -> None:
+        self.parts.append(f"<h2>{html.escape(text)}</h2>")
+
+    def paragraph(self, text: str) -> None:
+        self.parts.append(f"<p>{html.escape(text)}</p>")
+
+    def table(self, frame: pd.DataFrame, caption: str | None = None, digits: int = 3) -> None:
+        title = f"<h3>{html.escape(caption)}</h3>" if caption else ""
+        body = frame.to_html(float_format=lambda v: f"{v:.{digits}f}", na_rep="–", border=0, escape=True)
+        self.parts.append(title + body)
+
+    def figure(self, fig, name: str, caption: str = "") -> Path:
+        """Save ``fig`` as ``<name>.png`` and embed the same bytes in the page."""
+        path = self.output_dir / f"{name}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        data = base64.b64encode(path.read_bytes()).decode("ascii")
+        alt = html.escape(caption or name)
+        self.parts.append(
+            f'<figure><img alt="{alt}" src="data:image/png;base64,{data}"/>'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+        )
+        self.figures.append(path)
+        return path
+
+    def write(self, name: str = "report.html") -> Path:
+        style = (
+            "body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}"
+            "table{border-collapse:collapse;font-size:12px;margin:1em 0}"
+            "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}"
+            "img{max-width:100%}"
+            "figure{margin:1em 0}figcaption{font-size:12px;color:#555}"
+        )
+        page = (
+            "<!DOCTYPE html><html><head><meta charset='utf-8'>"
+            f"<title>{html.escape(self.title)}</title><style>{style}</style></head><body>"
+            f"<h1>{html.escape(self.title)}</h1>{''.join(self.parts)}</body></html>"
+        )
+        path = self.output_dir / name
+        path.write_text(page, encoding="utf-8")
+        return path
+
+
+def _summary_table(result: Mapping[str, Any]) -> pd.DataFrame:
+    boot = result["bootstrap"]["labels"]
+    rows = []
+    for name, m in result["metrics"]["labels"].items():
+        rows.append(
+            {
+                "label": name,
+                "n": m["n"],
+                "positives": m["positives"],
+                "prevalence": m["prevalence"],
+                "AUC": m["auc"],
+                "AUC 95% CI": _ci(boot[name]["auc"]),
+                "AP": m["average_precision"],
+                "AP 95% CI": _ci(boot[name]["average_precision"]),
+                "ECE": result["calibration"][name]["ece"],
+            }
+        )
+    macro = result["bootstrap"]["macro"]
+    rows.append(
+        {
+            "label": "macro mean",
+            "AUC": result["metrics"]["macro"]["auc"],
+            "AUC 95% CI": _ci(macro["auc"]),
+            "AP": result["metrics"]["macro"]["average_precision"],
+            "AP 95% CI": _ci(macro["average_precision"]),
+        }
+    )
+    rows.append(
+        {
+            "label": "micro",
+            "AUC": result["metrics"]["micro"]["auc"],
+            "AP": result["metrics"]["micro"]["average_precision"],
+        }
+    )
+    return pd.DataFrame(rows).set_index("label")
+
+
+def _ci(entry: Mapping[str, float]) -> str:
+    low, high = entry.get("low"), entry.get("high")
+    if low is None or high is None or not (np.isfinite(low) and np.isfinite(high)):
+        return "–"
+    return f"[{low:.3f}, {high:.3f}]"
+
+
+def _threshold_table(result: Mapping[str, Any]) -> pd.DataFrame:
+    rows = []
+    for name, m in result["metrics"]["labels"].items():
+        for t, at in m["at_threshold"].items():
+            rows.append(
+                {
+                    "label": name,
+                    "threshold": float(t),
+                    **{k: at[k] for k in ("precision", "recall", "f1", "specificity")},
+                }
+            )
+    return pd.DataFrame(rows).set_index(["label", "threshold"])
+
+
+def _operating_table(result: Mapping[str, Any]) -> pd.DataFrame:
+    rows = []
+    for rule, per_label in result["operating_points"]["rules"].items():
+        for name, at in per_label.items():
+            rows.append(
+                {
+                    "rule": rule,
+                    "label": name,
+                    **{k: at[k] for k in ("threshold", "sensitivity", "specificity", "precision", "f1")},
+                }
+            )
+    return pd.DataFrame(rows).set_index(["rule", "label"])
+
+
+def _study_table(result: Mapping[str, Any]) -> pd.DataFrame:
+    rows = []
+    for name, per_method in result["study_level"].items():
+        for method, m in per_method.items():
+            rows.append({"label": name, "aggregation": method, **m})
+    return pd.DataFrame(rows).set_index(["label", "aggregation"])
+
+
+def _wait_table(simulation: Mapping[str, Any]) -> pd.DataFrame:
+    rows = []
+    for order in simulation["orders"]:
+        for group, stats in simulation["waits"][order].items():
+            rows.append({"order": order, "studies": group, **stats})
+    return pd.DataFrame(rows).set_index(["order", "studies"])
+
+
+def build_evaluation_report(
+    result: Mapping[str, Any],
+    predictions: pd.DataFrame,
+    output_dir: str | Path,
+    title: str = "xraytriage evaluation",
+    run_dirs: Sequence[str | Path] = (),
+    comparison: Mapping[str, Any] | None = None,
+) -> Path:
+    """Every figure as PNG in ``output_dir`` and ``report.html`` embedding them."""
+    from xraytriage.evaluate.predictions import label_matrix, prob_matrix
+    from xraytriage.evaluate.runs import comparison_table, read_history
+
+    labels = list(result["labels"])
+    y, p = label_matrix(predictions, labels), prob_matrix(predictions, labels)
+    report = HtmlReport(output_dir, title)
+    report.paragraph(
+        f"{result['images']} images, {result.get('patients')} patients, {result.get('studies')} studies. "
+        f"95% confidence intervals: {result['bootstrap']['n_boot']} {result['bootstrap']['resampling']}-level "
+        f"bootstrap replicates (seed {result['bootstrap']['seed']})."
+    )
+    if result.get("unscored_model_labels"):
+        report.paragraph(
+            "Predicted but not annotated in this dataset (not scored): "
+            + ", ".join(result["unscored_model_labels"])
+        )
+    report.heading("Discrimination")
+    report.table(_summary_table(result), "Per label")
+    report.figure(plot_roc_curves(y, p, labels), "roc_curves", "ROC curve per label")
+    report.figure(plot_pr_curves(y, p, labels), "pr_curves", "Precision-recall curve per label")
+    report.heading("Fixed thresholds")
+    report.table(_threshold_table(result))
+    report.heading("Operating points")
+    ops = result["operating_points"]
+    report.paragraph(
+        f"Thresholds chosen on: {ops['source']}; sensitivity target {ops['target_sensitivity']:g}."
+    )
+    report.table(_operating_table(result))
+    chosen = result["config"]["operating_point"]
+    matrices = {
+        n: {"threshold": at["threshold"], "matrix": at["confusion"]} for n, at in ops["rules"][chosen].items()
+    }
+    report.figure(plot_confusion_matrices(matrices, f"Confusion matrices ({chosen})"), "confusion_matrices")
+    report.heading("Calibration")
+    report.figure(
+        plot_calibration(y, p, labels, result["config"]["n_bins"]), "calibration", "Reliability diagram"
+    )
+    if "study_level" in result:
+        report.heading("Study level")
+        report.table(_study_table(result), "Image probabilities aggregated per study")
+    if "triage" in result:
+        tri = result["triage"]
+        report.heading("Triage")
+        found = ", ".join(f"{float(k):.0%}: {v:.1%}" for k, v in tri["abnormal_found_in_top"].items())
+        report.paragraph(
+            f"Priority AUC (abnormal vs normal, {tri['studies']} studies): {tri['priority_auc']:.3f}. "
+            f"Share of abnormal studies in the first part of the worklist: {found}."
+        )
+        sim = tri["simulation"]
+        report.paragraph(
+            f"Reading-queue simulation: studies arrive at random over {sim['day_minutes']:g} minutes, one reader, "
+            f"{sim['reading_kind']} reading time {sim['reading_minutes']:.2f} min (utilisation {sim['utilisation']:.0%})"
+            + (f", escalation after {sim['max_wait']:g} min" if sim["max_wait"] is not None else "")
+            + ". Waiting times in minutes; mean and worst case."
+        )
+        report.table(_wait_table(sim))
+        report.figure(plot_triage(tri["priority"], tri["abnormal"], sim), "triage_simulation", "Triage")
+    if comparison is not None:
+        report.heading("Side by side with another model")
+        report.paragraph(f"{comparison['images']} images present in both prediction sets.")
+        report.table(
+            comparison["table"].set_index("label"),
+            "AUC difference: DeLong test and paired bootstrap",
+            digits=4,
+        )
+    if run_dirs:
+        report.heading("Training runs")
+        for run in run_dirs:
+            try:
+                history = read_history(run)
+            except Exception as exc:  # one unreadable run must not stop the report
+                report.paragraph(f"{run}: {exc}")
+                continue
+            report.figure(
+                plot_auc_per_epoch(history, f"{Path(run).name}: validation AUC"),
+                f"auc_per_epoch_{Path(run).name}",
+            )
+        if len(run_dirs) > 1:
+            table, _ = comparison_table(run_dirs)
+            report.table(table, "AUC per label and run")
+            report.figure(plot_run_comparison(table), "run_comparison")
+    return report.write()
+
+
+def build_runs_report(
+    run_dirs: Sequence[str | Path],
+    output_dir: str | Path,
+    title: str = "xraytriage run comparison",
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> Path:
+    """``xraytriage compare``: the labels x runs AUC table, its heat map, every run's AUC curves
+    and, for runs evaluated on the same images (``predictions.csv`` next to their
+    ``metrics.json``), DeLong / paired-bootstrap tests of each run against the first."""
+    from xraytriage.evaluate.compare import compare_predictions
+    from xraytriage.evaluate.predictions import read_predictions_csv
+    from xraytriage.evaluate.runs import comparison_table, find_evaluation, find_run_metrics, read_history
+
+    table, sources = comparison_table(run_dirs)
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "comparison.csv", index_label="label")
+    report = HtmlReport(out, title)
+    report.paragraph("; ".join(f"{name}: {src}" for name, src in sources.items()))
+    report.table(table, "AUC per label (rows) and run (columns)")
+    report.figure(plot_run_comparison(table), "run_comparison", "AUC per label and run")
+    for name, run in zip(table.columns, run_dirs, strict=True):
+        if find_run_metrics(run) is not None:
+            report.figure(
+                plot_auc_per_epoch(read_history(run), f"{name}: validation AUC"),
+                f"auc_per_epoch_{_safe(name)}",
+            )
+    predictions = {}
+    for name, run in zip(table.columns, run_dirs, strict=True):
+        evaluation = find_evaluation(run)
+        if evaluation is not None and (evaluation.parent / "predictions.csv").is_file():
+            predictions[name] = read_predictions_csv(evaluation.parent / "predictions.csv")
+    names = list(predictions)
+    for other in names[1:]:
+        try:
+            result = compare_predictions(
+                predictions[names[0]], predictions[other], n_boot, seed, names=(names[0], other)
+            )
+        except Exception as exc:  # runs on different images or labels: say so, keep the report
+            report.paragraph(f"{names[0]} vs {other}: not compared ({exc})")
+            continue
+        result["table"].to_csv(out / f"delong_{_safe(names[0])}_vs_{_safe(other)}.csv", index=False)
+        report.table(
+            result["table"].set_index("label"),
+            f"{names[0]} vs {other} on {result['images']} shared images (DeLong, paired bootstrap)",
+            digits=4,
+        )
+    return report.write()
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)

@@ -1,0 +1,271 @@
+"""One evaluation from a predictions table to metrics.json / metrics.csv / PNGs / report.html.
+
+Takes the predictions of the evaluation images (and optionally of separate validation images,
+on which operating points are chosen), computes every metric of this package and writes them.
+The CLI (``xraytriage evaluate``) is a thin layer over :func:`evaluate_predictions` and
+:func:`write_evaluation`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from xraytriage.errors import ConfigError
+from xraytriage.evaluate.bootstrap import bootstrap_label_intervals
+from xraytriage.evaluate.calibration import expected_calibration_error, reliability_table
+from xraytriage.evaluate.metrics import DEFAULT_THRESHOLDS, confusion, multilabel_metrics, threshold_metrics
+from xraytriage.evaluate.operating_points import METHODS, choose_thresholds
+from xraytriage.evaluate.predictions import (
+    LABEL,
+    PROB,
+    evaluable_labels,
+    label_matrix,
+    prob_labels,
+    prob_matrix,
+)
+from xraytriage.evaluate.study import AGGREGATIONS, aggregate_studies, evaluate_studies
+from xraytriage.evaluate.triage_eval import triage_metrics
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CRITICAL = ("Pneumothorax",)
+
+
+@dataclass
+class EvaluationConfig:
+    thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
+    n_boot: int = 1000
+    seed: int = 0
+    operating_point: str = "youden"
+    """Which rule's thresholds are "the" operating point (confusion matrices, study level)."""
+    target_sensitivity: float = 0.9
+    n_bins: int = 10
+    study_aggregations: tuple[str, ...] = AGGREGATIONS
+    critical_labels: tuple[str, ...] = DEFAULT_CRITICAL
+    simulate: bool = True
+    day_minutes: float = 480.0
+    reading_minutes: float | None = None
+    """Default: chosen so that reading fills 90 % of the day."""
+    reading_kind: str = "fixed"
+    max_wait: float | None = 60.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe: NaN/inf -> None, numpy scalars -> Python."""
+    if isinstance(value, Mapping):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _operating_points(
+    test: pd.DataFrame,
+    labels: list[str],
+    val: pd.DataFrame | None,
+    checkpoint_thresholds: Mapping[str, float] | None,
+    cfg: EvaluationConfig,
+) -> dict[str, Any]:
+    """Thresholds per rule (chosen on ``val`` when given, else on the evaluation images and
+    marked optimistic) and the evaluation metrics at each."""
+    source_frame, source = (val, "validation") if val is not None else (test, "evaluation set (optimistic)")
+    y_src, p_src = label_matrix(source_frame, labels), prob_matrix(source_frame, labels)
+    rules: dict[str, dict[str, float]] = {
+        m: choose_thresholds(y_src, p_src, labels, m, cfg.target_sensitivity) for m in METHODS
+    }
+    if checkpoint_thresholds:
+        rules["checkpoint"] = {n: float(checkpoint_thresholds.get(n, 0.5)) for n in labels}
+    y, p = label_matrix(test, labels), prob_matrix(test, labels)
+    out: dict[str, Any] = {"source": source, "target_sensitivity": cfg.target_sensitivity, "rules": {}}
+    for rule, thresholds in rules.items():
+        out["rules"][rule] = {
+            n: {
+                **threshold_metrics(y[:, j], p[:, j], thresholds[n]),
+                "confusion": confusion(y[:, j], p[:, j], thresholds[n]),
+            }
+            for j, n in enumerate(labels)
+        }
+    return out
+
+
+def _study_level(
+    test: pd.DataFrame, labels: list[str], thresholds: Mapping[str, float], cfg
+) -> dict[str, Any]:
+    out = {}
+    for n in labels:
+        out[n] = evaluate_studies(test, PROB + n, LABEL + n, thresholds.get(n, 0.5), cfg.study_aggregations)
+    return out
+
+
+def _triage(test: pd.DataFrame, cfg: EvaluationConfig) -> dict[str, Any] | None:
+    if not {"abnormal", "abnormal_probability"} <= set(test.columns):
+        return None
+    critical_cols = [LABEL + c for c in cfg.critical_labels if LABEL + c in test.columns]
+    frame = test.assign(critical=test[critical_cols].max(axis=1) if critical_cols else np.nan)
+    studies = aggregate_studies(frame, ["abnormal_probability"], ["abnormal", "critical"], "max")
+    known = studies["abnormal"].notna()
+    if known.sum() < 2 or studies.loc[known, "abnormal"].nunique() < 2:
+        return None
+    studies = studies[known]
+    n = len(studies)
+    reading = cfg.reading_minutes or 0.9 * cfg.day_minutes / n
+    critical = studies["critical"].to_numpy() if critical_cols else None
+    result = triage_metrics(
+        studies["abnormal_probability"].to_numpy(),
+        studies["abnormal"].to_numpy(),
+        critical,
+        day_minutes=cfg.day_minutes,
+        reading_minutes=reading,
+        reading_kind=cfg.reading_kind,
+        max_wait=cfg.max_wait,
+        seed=cfg.seed,
+    )
+    result["studies"] = n
+    result["critical_labels"] = [c.removeprefix(LABEL) for c in critical_cols]
+    result["priority"] = studies["abnormal_probability"].to_numpy()
+    result["abnormal"] = studies["abnormal"].to_numpy()
+    return result
+
+
+def evaluate_predictions(
+    test: pd.DataFrame,
+    val: pd.DataFrame | None = None,
+    config: EvaluationConfig | None = None,
+    checkpoint_thresholds: Mapping[str, float] | None = None,
+) -> dict[str, Any]:
+    """Every metric for a predictions table (see :mod:`xraytriage.evaluate.predictions`).
+
+    Labels scored are those with both ``prob_`` and ``label_`` columns; the others are listed
+    (cross-dataset: the model predicts labels the dataset does not annotate).
+    """
+    cfg = config or EvaluationConfig()
+    labels = evaluable_labels(test)
+    if not labels:
+        raise ConfigError("no label has both predictions (prob_*) and ground truth (label_*)")
+    y, p = label_matrix(test, labels), prob_matrix(test, labels)
+    groups = test["patient_id"].astype(str).to_numpy() if "patient_id" in test.columns else None
+    result: dict[str, Any] = {
+        "images": len(test),
+        "patients": int(test["patient_id"].nunique()) if "patient_id" in test.columns else None,
+        "studies": int(test["study_id"].nunique()) if "study_id" in test.columns else None,
+        "labels": labels,
+        "unscored_model_labels": [n for n in prob_labels(test) if n not in labels],
+        "config": asdict(cfg),
+    }
+    result["metrics"] = multilabel_metrics(y, p, labels, cfg.thresholds)
+    log.info("bootstrap: %d patient-level replicates", cfg.n_boot)
+    result["bootstrap"] = bootstrap_label_intervals(y, p, labels, groups, n_boot=cfg.n_boot, seed=cfg.seed)
+    result["operating_points"] = _operating_points(test, labels, val, checkpoint_thresholds, cfg)
+    result["calibration"] = {
+        n: {
+            "ece": expected_calibration_error(y[:, j], p[:, j], cfg.n_bins),
+            "reliability": reliability_table(y[:, j], p[:, j], cfg.n_bins).to_dict(orient="records"),
+        }
+        for j, n in enumerate(labels)
+    }
+    chosen = {n: v["threshold"] for n, v in result["operating_points"]["rules"][cfg.operating_point].items()}
+    if "study_id" in test.columns and test["study_id"].duplicated().any():
+        result["study_level"] = _study_level(test, labels, chosen, cfg)
+    if cfg.simulate:
+        triage = _triage(test, cfg)
+        if triage is not None:
+            result["triage"] = triage
+    return result
+
+
+def metrics_table(result: Mapping[str, Any]) -> pd.DataFrame:
+    """One row per label (plus macro/micro): the flat numbers of metrics.csv."""
+    rows = []
+    boot = result["bootstrap"]["labels"]
+    ops = result["operating_points"]["rules"]
+    for name, m in result["metrics"]["labels"].items():
+        row: dict[str, Any] = {
+            "label": name,
+            "n": m["n"],
+            "positives": m["positives"],
+            "prevalence": m["prevalence"],
+            "auc": m["auc"],
+            "auc_low": boot[name]["auc"]["low"],
+            "auc_high": boot[name]["auc"]["high"],
+            "average_precision": m["average_precision"],
+            "ap_low": boot[name]["average_precision"]["low"],
+            "ap_high": boot[name]["average_precision"]["high"],
+            "ece": result["calibration"][name]["ece"],
+        }
+        for t, at in m["at_threshold"].items():
+            for k in ("precision", "recall", "f1", "specificity"):
+                row[f"{k}@{t}"] = at[k]
+        for rule, per_label in ops.items():
+            row[f"threshold_{rule}"] = per_label[name]["threshold"]
+            row[f"sensitivity_{rule}"] = per_label[name]["sensitivity"]
+            row[f"specificity_{rule}"] = per_label[name]["specificity"]
+        rows.append(row)
+    for avg in ("macro", "micro"):
+        summary = result["metrics"][avg]
+        row = {"label": f"({avg})", "auc": summary["auc"], "average_precision": summary["average_precision"]}
+        if avg == "macro":
+            row["auc_low"] = result["bootstrap"]["macro"]["auc"]["low"]
+            row["auc_high"] = result["bootstrap"]["macro"]["auc"]["high"]
+        for key, v in summary.items():
+            if "@" in key:
+                row[key] = v
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def write_evaluation(
+    result: Mapping[str, Any],
+    output_dir: str | Path,
+    test: pd.DataFrame,
+    title: str = "xraytriage evaluation",
+    run_dirs: Sequence[str | Path] = (),
+    comparison: Mapping[str, Any] | None = None,
+) -> dict[str, Path]:
+    """Write metrics.json, metrics.csv, predictions.csv, the PNGs and report.html."""
+    from xraytriage.evaluate.report import build_evaluation_report
+
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    serialisable = {k: v for k, v in result.items() if k != "triage"}
+    if "triage" in result:
+        tri = result["triage"]
+        serialisable["triage"] = {
+            "studies": tri["studies"],
+            "priority_auc": tri["priority_auc"],
+            "abnormal_found_in_top": tri["abnormal_found_in_top"],
+            "critical_labels": tri["critical_labels"],
+            "simulation": {k: v for k, v in tri["simulation"].items() if k != "table"},
+        }
+        tri["simulation"]["table"].to_csv(out / "triage_simulation.csv", index=False)
+    if comparison is not None:
+        serialisable["comparison"] = {
+            "images": comparison["images"],
+            "labels": comparison["labels"],
+            "table": comparison["table"].to_dict(orient="records"),
+            "macro_auc": {name: comparison[name]["macro"]["auc"] for name in comparison["names"]},
+        }
+        comparison["table"].to_csv(out / "comparison.csv", index=False)
+    paths = {
+        "metrics.json": out / "metrics.json",
+        "metrics.csv": out / "metrics.csv",
+        "predictions.csv": out / "predictions.csv",
+    }
+    paths["metrics.json"].write_text(json.dumps(_clean(serialisable), indent=2), encoding="utf-8")
+    metrics_table(result).to_csv(paths["metrics.csv"], index=False)
+    test.to_csv(paths["predictions.csv"], index=False)
+    paths["report.html"] = build_evaluation_report(result, test, out, title, run_dirs, comparison)
+    return paths
