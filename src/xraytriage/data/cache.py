@@ -124,12 +124,13 @@ class ImageCache:
     # --- UInt8Source -------------------------------------------------------------------------
     @property
     def array(self) -> np.ndarray:
-        """``(rows, size, size)`` uint8, memory-mapped read-only."""
+        """``(rows, size, size)`` uint8, memory-mapped copy-on-write: the file is never
+        changed through it, and torch can wrap rows without a non-writable-array warning."""
         if self.n_rows == 0:
             return np.zeros((0, self.size, self.size), dtype=np.uint8)
         if self._array is None or self._array.shape[0] != self.n_rows:
             self._array = np.memmap(
-                self.pixels_file, dtype=np.uint8, mode="r", shape=(self.n_rows, self.size, self.size)
+                self.pixels_file, dtype=np.uint8, mode="c", shape=(self.n_rows, self.size, self.size)
             )
         return self._array
 
