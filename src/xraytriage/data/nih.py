@@ -184,7 +184,7 @@ class NIHChestXray14Dataset(RadiographDataset):
         super().__init__(table, labels, NIH_LABELS)
         self.boxes = self._boxes(bbox_csv) if bbox_csv is not None else self._empty_boxes()
         if self.missing:
-            log.info(
+            log.debug(
                 "nih: %d of %d listed images not found in %s", self.missing, self.listed, self.images_dirs
             )
 
