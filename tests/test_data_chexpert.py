@@ -155,3 +155,18 @@ def test_generated_pixels_at_listed_paths(tmp_path, csv):
     assert same.paths == ds.paths
     via_registry = load_dataset("chexpert", csv=str(csv), root=str(tmp_path), nrows=5, uncertainty="zeros")
     assert via_registry.paths == ds.paths
+
+
+def test_maps_onto_the_nih_overlap(csv, shared_data):
+    from xraytriage.data import NIHChestXray14Dataset
+    from xraytriage.labels import CHEXPERT_NIH_OVERLAP
+
+    chexpert = load(csv, uncertainty="U-Zeros").select_labels(CHEXPERT_NIH_OVERLAP)
+    nih_root = shared_data / "nih"
+    nih = NIHChestXray14Dataset(nih_root / "fullres", nih_root / "meta" / "Data_Entry_2017_v2020.csv.gz")
+    nih = nih.select_labels(CHEXPERT_NIH_OVERLAP)
+    assert chexpert.label_names == nih.label_names == list(CHEXPERT_NIH_OVERLAP)
+    base = load(csv, uncertainty="U-Zeros")
+    np.testing.assert_array_equal(
+        chexpert.labels[:, chexpert.label_names.index("Effusion")], column(base, "Effusion")
+    )

@@ -108,6 +108,7 @@ class CheXpertDataset(RadiographDataset):
     ``frontal_only=True`` is ``views=("Frontal",)``. ``uncertainty``: a policy name or
     ``{label: policy, "default": policy}``. ``labels``: subset of observations to keep.
     ``nrows``: read only the first rows of the CSV (quick looks, tests).
+    ``drop_uncertain`` and the "No Finding" rule look at the kept ``labels`` only.
     Table ``view`` is AP/PA/LL/RL for frontal images and LATERAL for lateral ones.
     """
 
