@@ -213,3 +213,22 @@ def test_calibrate_checkpoint_writes_calibration_and_thresholds(tmp_path):
         loaded.metrics["calibration"]["ece_after"][names[0]]
         < loaded.metrics["calibration"]["ece_before"][names[0]]
     )
+
+
+def test_threshold_metrics_equal_sklearn_on_random_cases():
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    rng = np.random.default_rng(9)
+    for _ in range(40):
+        n = int(rng.integers(1, 60))
+        y = rng.integers(0, 2, n).astype(float)
+        p = np.round(rng.random(n), 1)
+        t = float(rng.choice([0.0, 0.3, 0.5, 0.7, 1.0]))
+        pred = (p >= t).astype(int)
+        m = threshold_metrics(y, p, t)
+        tn, fp, fn, tp = confusion_matrix(y.astype(int), pred, labels=[0, 1]).ravel()
+        assert (m["tn"], m["fp"], m["fn"], m["tp"]) == (tn, fp, fn, tp)
+        prec, rec, f1, _ = precision_recall_fscore_support(y, pred, labels=[1], average=None, zero_division=0)
+        assert (m["precision"], m["recall"], m["f1"]) == pytest.approx((prec[0], rec[0], f1[0]))
+        spec = recall_score(1 - y, 1 - pred, zero_division=0)
+        assert m["specificity"] == pytest.approx(spec)

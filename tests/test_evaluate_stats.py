@@ -163,3 +163,36 @@ def test_paired_bootstrap_identical_models_p_one():
     y, _, s = _scores(10)
     out = paired_bootstrap_difference(y, s, s, "auc", np.arange(300) // 3, n_boot=100, seed=0)
     assert out["difference"] == 0.0 and out["p_value"] == 1.0 and out["low"] == out["high"] == 0.0
+
+
+def test_replicate_weights_are_the_sampled_rows():
+    groups = np.repeat(np.arange(25), 3)
+    sampler = ClusterSampler(groups)
+    idx = sampler.sample(np.random.default_rng(11))
+    weights = sampler.weights(np.random.default_rng(11))
+    np.testing.assert_array_equal(weights, np.bincount(idx, minlength=len(groups)))
+
+
+def test_weighted_replicate_metrics_equal_sklearn_on_resampled_arrays():
+    from sklearn.metrics import average_precision_score
+
+    from xraytriage.evaluate.bootstrap import WeightedRanking
+
+    rng = np.random.default_rng(12)
+    y = rng.integers(0, 2, 120).astype(float)
+    p = np.round(rng.random(120), 1)  # ties
+    ranking = WeightedRanking(y, p)
+    sampler = ClusterSampler(np.arange(120) // 4)
+    for _ in range(20):
+        idx = sampler.sample(rng)
+        w = np.bincount(idx, minlength=120).astype(float)
+        assert ranking.auc(w) == pytest.approx(roc_auc_score(y[idx], p[idx]), abs=1e-12)
+        assert ranking.average_precision(w) == pytest.approx(
+            average_precision_score(y[idx], p[idx]), abs=1e-12
+        )
+
+
+def test_custom_metric_callable_is_bootstrapped_too():
+    y, _, s = _scores(13, n=100)
+    ci = bootstrap_metric(y, s, lambda yy, pp: float(np.mean(pp[yy == 1])), n_boot=100, seed=0)
+    assert ci["low"] <= ci["estimate"] <= ci["high"]

@@ -3,6 +3,12 @@
 Images of one patient are correlated, so resampling images would make intervals too narrow.
 Each replicate draws *patients* with replacement and takes all their images; every label and
 every compared model sees the same replicate (paired). Seeded, so reports are reproducible.
+
+A replicate is represented by how many times each image was drawn (its weight). AUC and
+average precision of a replicate are then computed from data sorted once (weighted
+Mann-Whitney and weighted precision-at-each-threshold), giving exactly the numbers sklearn gives
+on the resampled arrays (tests check) at a fraction of the cost: 1000 replicates of 14 labels
+take about a second.
 """
 
 from __future__ import annotations
@@ -18,11 +24,11 @@ from xraytriage.evaluate.metrics import rank_auc, step_average_precision
 MetricFn = Callable[[np.ndarray, np.ndarray], float]
 
 METRICS: dict[str, MetricFn] = {"auc": rank_auc, "average_precision": step_average_precision}
-"""Replicate metrics: the same numbers as sklearn's (tests check), minus per-call validation."""
+"""Point-estimate functions (equal to sklearn's roc_auc_score / average_precision_score)."""
 
 
 class ClusterSampler:
-    """Draws bootstrap index sets that keep each group (patient) whole.
+    """Draws bootstrap replicates that keep each group (patient) whole.
 
     ``groups=None`` makes every row its own group (plain image-level bootstrap).
     """
@@ -34,19 +40,80 @@ class ClusterSampler:
             codes = np.arange(n)
         else:
             codes, _ = pd.factorize(pd.Series(np.asarray(groups)).astype(str))
+        self.codes = codes
         self.n_rows = len(codes)
         self.order = np.argsort(codes, kind="stable")
         self.counts = np.bincount(codes)
         self.starts = np.concatenate([[0], np.cumsum(self.counts)[:-1]])
         self.n_groups = len(self.counts)
 
+    def _draw(self, rng: np.random.Generator) -> np.ndarray:
+        return rng.integers(0, self.n_groups, size=self.n_groups)
+
     def sample(self, rng: np.random.Generator) -> np.ndarray:
         """Row indices of one replicate: ``n_groups`` groups drawn with replacement."""
-        chosen = rng.integers(0, self.n_groups, size=self.n_groups)
+        chosen = self._draw(rng)
         lengths = self.counts[chosen]
         offsets = np.repeat(np.cumsum(lengths) - lengths, lengths)
         within = np.arange(lengths.sum()) - offsets
         return self.order[np.repeat(self.starts[chosen], lengths) + within]
+
+    def weights(self, rng: np.random.Generator) -> np.ndarray:
+        """How often each row appears in one replicate (same draw as :meth:`sample`)."""
+        times_drawn = np.bincount(self._draw(rng), minlength=self.n_groups)
+        return times_drawn[self.codes].astype(np.float64)
+
+
+class WeightedRanking:
+    """One label's known (label, score) pairs, sorted once; AUC and AP for any row weights."""
+
+    def __init__(self, y: np.ndarray, p: np.ndarray) -> None:
+        order = np.argsort(-np.asarray(p, dtype=np.float64), kind="mergesort")  # descending
+        sp = np.asarray(p, dtype=np.float64)[order]
+        self.order = order
+        self.tie_group = np.r_[0, np.cumsum(np.diff(sp) != 0)]
+        self.n_ties = int(self.tie_group[-1]) + 1 if len(sp) else 0
+        self.positive = (np.asarray(y)[order] == 1).astype(np.float64)
+
+    def _group_weights(self, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        w = weights[self.order]
+        pos = np.bincount(self.tie_group, w * self.positive, self.n_ties)
+        neg = np.bincount(self.tie_group, w * (1.0 - self.positive), self.n_ties)
+        return pos, neg
+
+    def auc(self, weights: np.ndarray) -> float:
+        """Weighted Mann-Whitney: P(score of a positive > a negative), ties count 1/2."""
+        pos, neg = self._group_weights(weights)
+        total_pos, total_neg = pos.sum(), neg.sum()
+        if total_pos == 0 or total_neg == 0:
+            return float("nan")
+        neg_below = total_neg - np.cumsum(neg)  # groups are in descending score order
+        return float((pos * (neg_below + 0.5 * neg)).sum() / (total_pos * total_neg))
+
+    def average_precision(self, weights: np.ndarray) -> float:
+        """sum over thresholds of (recall gained) x (precision there), as sklearn defines AP."""
+        pos, neg = self._group_weights(weights)
+        total_pos, total_neg = pos.sum(), neg.sum()
+        if total_pos == 0 or total_neg == 0:
+            return float("nan")
+        tp = np.cumsum(pos)
+        predicted = tp + np.cumsum(neg)
+        precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+        return float((pos / total_pos * precision).sum())
+
+
+def _replicate_scorer(metric: str | MetricFn, y: np.ndarray, p: np.ndarray) -> Callable[[np.ndarray], float]:
+    """weights -> metric of that replicate."""
+    if isinstance(metric, str):
+        if metric not in METRICS:
+            raise ValueError(f"unknown bootstrap metric {metric!r}; choose from {', '.join(METRICS)}")
+        return getattr(WeightedRanking(y, p), metric)
+    counts = lambda w: w.astype(np.int64)  # noqa: E731
+    return lambda w: metric(np.repeat(y, counts(w)), np.repeat(p, counts(w)))
+
+
+def _point(metric: str | MetricFn, y: np.ndarray, p: np.ndarray) -> float:
+    return float(METRICS[metric](y, p) if isinstance(metric, str) else metric(y, p))
 
 
 def percentile_interval(values: np.ndarray, alpha: float = 0.05) -> tuple[float, float]:
@@ -59,6 +126,13 @@ def percentile_interval(values: np.ndarray, alpha: float = 0.05) -> tuple[float,
     return float(low), float(high)
 
 
+def _known(*arrays: np.ndarray) -> np.ndarray:
+    keep = np.ones(len(arrays[0]), dtype=bool)
+    for a in arrays:
+        keep &= ~np.isnan(np.asarray(a, dtype=np.float64))
+    return keep
+
+
 def bootstrap_metric(
     y_true: np.ndarray,
     y_prob: np.ndarray,
@@ -69,18 +143,17 @@ def bootstrap_metric(
     alpha: float = 0.05,
 ) -> dict[str, float]:
     """Point estimate and percentile CI of one metric on one label (NaN labels dropped first)."""
-    fn = METRICS[metric] if isinstance(metric, str) else metric
     y = np.asarray(y_true, dtype=np.float64)
     p = np.asarray(y_prob, dtype=np.float64)
-    keep = ~np.isnan(y) & ~np.isnan(p)
+    keep = _known(y, p)
     y, p = y[keep], p[keep]
-    g = None if groups is None else np.asarray(groups)[keep]
-    sampler = ClusterSampler(g, n=len(y))
+    sampler = ClusterSampler(None if groups is None else np.asarray(groups)[keep], n=len(y))
+    score = _replicate_scorer(metric, y, p)
     rng = np.random.default_rng(seed)
-    reps = np.array([fn(y[idx], p[idx]) for idx in (sampler.sample(rng) for _ in range(n_boot))])
+    reps = np.array([score(sampler.weights(rng)) for _ in range(n_boot)])
     low, high = percentile_interval(reps, alpha)
     return {
-        "estimate": float(fn(y, p)),
+        "estimate": _point(metric, y, p),
         "low": low,
         "high": high,
         "n_boot": int(np.isfinite(reps).sum()),
@@ -103,32 +176,30 @@ def bootstrap_label_intervals(
     y_prob = np.asarray(y_prob, dtype=np.float64)
     n, n_labels = y_true.shape
     sampler = ClusterSampler(groups, n=n)
+    keeps = [_known(y_true[:, j], y_prob[:, j]) for j in range(n_labels)]
+    rankings = [WeightedRanking(y_true[k, j], y_prob[k, j]) for j, k in enumerate(keeps)]
     rng = np.random.default_rng(seed)
     reps = np.full((n_boot, n_labels, len(metrics)), np.nan)
     for b in range(n_boot):
-        idx = sampler.sample(rng)
-        yb, pb = y_true[idx], y_prob[idx]
-        for j in range(n_labels):
-            keep = ~np.isnan(yb[:, j]) & ~np.isnan(pb[:, j])
+        w = sampler.weights(rng)
+        for j, ranking in enumerate(rankings):
+            wj = w[keeps[j]]
             for k, name in enumerate(metrics):
-                reps[b, j, k] = METRICS[name](yb[keep, j], pb[keep, j])
+                reps[b, j, k] = getattr(ranking, name)(wj)
     out: dict[str, Any] = {"labels": {}, "macro": {}, "n_boot": n_boot, "alpha": alpha, "seed": seed}
     out["resampling"] = "patient" if groups is not None else "image"
     for j, label in enumerate(label_names):
-        keep = ~np.isnan(y_true[:, j]) & ~np.isnan(y_prob[:, j])
         out["labels"][label] = {}
         for k, name in enumerate(metrics):
             low, high = percentile_interval(reps[:, j, k], alpha)
-            estimate = METRICS[name](y_true[keep, j], y_prob[keep, j])
-            out["labels"][label][name] = {"estimate": float(estimate), "low": low, "high": high}
+            estimate = _point(name, y_true[keeps[j], j], y_prob[keeps[j], j])
+            out["labels"][label][name] = {"estimate": estimate, "low": low, "high": high}
     for k, name in enumerate(metrics):
-        with np.errstate(all="ignore"):
-            defined = ~np.all(np.isnan(reps[:, :, k]), axis=1)
-            macro_reps = np.full(n_boot, np.nan)
-            macro_reps[defined] = np.nanmean(reps[defined, :, k], axis=1)
-        estimates = [out["labels"][lab][name]["estimate"] for lab in label_names]
+        defined = ~np.all(np.isnan(reps[:, :, k]), axis=1)
+        macro_reps = np.full(n_boot, np.nan)
+        macro_reps[defined] = np.nanmean(reps[defined, :, k], axis=1)
+        finite = [v[name]["estimate"] for v in out["labels"].values() if np.isfinite(v[name]["estimate"])]
         low, high = percentile_interval(macro_reps, alpha)
-        finite = [e for e in estimates if np.isfinite(e)]
         out["macro"][name] = {
             "estimate": float(np.mean(finite)) if finite else float("nan"),
             "low": low,
@@ -149,19 +220,18 @@ def paired_bootstrap_difference(
 ) -> dict[str, float]:
     """Difference metric(a) - metric(b) on the same images, its CI, bootstrap standard error and
     a two-sided p-value (twice the share of replicates on the other side of zero)."""
-    fn = METRICS[metric] if isinstance(metric, str) else metric
     y = np.asarray(y_true, dtype=np.float64)
     a = np.asarray(prob_a, dtype=np.float64)
     b = np.asarray(prob_b, dtype=np.float64)
-    keep = ~np.isnan(y) & ~np.isnan(a) & ~np.isnan(b)
+    keep = _known(y, a, b)
     y, a, b = y[keep], a[keep], b[keep]
-    g = None if groups is None else np.asarray(groups)[keep]
-    sampler = ClusterSampler(g, n=len(y))
+    sampler = ClusterSampler(None if groups is None else np.asarray(groups)[keep], n=len(y))
+    score_a, score_b = _replicate_scorer(metric, y, a), _replicate_scorer(metric, y, b)
     rng = np.random.default_rng(seed)
     diffs = np.empty(n_boot)
     for i in range(n_boot):
-        idx = sampler.sample(rng)
-        diffs[i] = fn(y[idx], a[idx]) - fn(y[idx], b[idx])
+        w = sampler.weights(rng)
+        diffs[i] = score_a(w) - score_b(w)
     finite = diffs[np.isfinite(diffs)]
     low, high = percentile_interval(finite, alpha)
     if finite.size:
@@ -170,7 +240,7 @@ def paired_bootstrap_difference(
     else:
         p, se = float("nan"), float("nan")
     return {
-        "difference": float(fn(y, a) - fn(y, b)),
+        "difference": _point(metric, y, a) - _point(metric, y, b),
         "low": low,
         "high": high,
         "se": se,

@@ -12,12 +12,7 @@ from typing import Any
 
 import numpy as np
 from scipy.stats import rankdata
-from sklearn.metrics import (
-    average_precision_score,
-    confusion_matrix,
-    precision_recall_fscore_support,
-    roc_auc_score,
-)
+from sklearn.metrics import average_precision_score, roc_auc_score
 
 DEFAULT_THRESHOLDS: tuple[float, ...] = (0.4, 0.5, 0.6, 0.7, 0.8)
 """Fixed thresholds reported for every label (as in the seed thesis)."""
@@ -78,36 +73,50 @@ def step_average_precision(y: np.ndarray, p: np.ndarray) -> float:
     return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
 
 
+def confusion_counts(y: np.ndarray, p: np.ndarray, threshold: float) -> tuple[int, int, int, int]:
+    """(tn, fp, fn, tp) at ``p >= threshold`` for masked 0/1 labels: the same four numbers as
+    ``sklearn.metrics.confusion_matrix(..., labels=[0, 1]).ravel()`` (tests check), counted
+    directly because reports need them for every label x threshold x rule and sklearn's input
+    validation costs ~10 ms a call."""
+    pred = p >= threshold
+    pos = y == 1
+    tp = int(np.count_nonzero(pred & pos))
+    fp = int(np.count_nonzero(pred & ~pos))
+    fn = int(np.count_nonzero(~pred & pos))
+    return y.size - tp - fp - fn, fp, fn, tp
+
+
+def _ratio(a: float, b: float) -> float:
+    return float(a / b) if b else 0.0
+
+
 def threshold_metrics(y_true: np.ndarray, y_prob: np.ndarray, threshold: float) -> dict[str, float]:
     """Confusion counts and precision / recall (sensitivity) / F1 / specificity / accuracy at
     ``prob >= threshold``. Undefined ratios (no predicted positives...) are 0, as sklearn's
-    ``zero_division=0``."""
+    ``zero_division=0``; tests check every value against sklearn."""
     y, p = valid_pairs(y_true, y_prob)
-    pred = (p >= threshold).astype(int)
-    tn, fp, fn, tp = confusion_matrix(y.astype(int), pred, labels=[0, 1]).ravel()
-    precision, recall, f1, _ = precision_recall_fscore_support(
-        y.astype(int), pred, labels=[1], average=None, zero_division=0
-    )
-    n = tn + fp + fn + tp
+    tn, fp, fn, tp = confusion_counts(y, p, threshold)
+    precision, recall = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
     return {
         "threshold": float(threshold),
-        "tp": int(tp),
-        "fp": int(fp),
-        "tn": int(tn),
-        "fn": int(fn),
-        "precision": float(precision[0]),
-        "recall": float(recall[0]),
-        "sensitivity": float(recall[0]),
-        "f1": float(f1[0]),
-        "specificity": float(tn / (tn + fp)) if (tn + fp) else 0.0,
-        "accuracy": float((tp + tn) / n) if n else float("nan"),
+        "tp": tp,
+        "fp": fp,
+        "tn": tn,
+        "fn": fn,
+        "precision": precision,
+        "recall": recall,
+        "sensitivity": recall,
+        "f1": _ratio(2 * tp, 2 * tp + fp + fn),
+        "specificity": _ratio(tn, tn + fp),
+        "accuracy": _ratio(tp + tn, y.size) if y.size else float("nan"),
     }
 
 
 def confusion(y_true: np.ndarray, y_prob: np.ndarray, threshold: float) -> list[list[int]]:
     """2x2 confusion matrix [[tn, fp], [fn, tp]] at ``prob >= threshold`` (sklearn layout)."""
     y, p = valid_pairs(y_true, y_prob)
-    return confusion_matrix(y.astype(int), (p >= threshold).astype(int), labels=[0, 1]).tolist()
+    tn, fp, fn, tp = confusion_counts(y, p, threshold)
+    return [[tn, fp], [fn, tp]]
 
 
 def label_summary(
