@@ -3,6 +3,10 @@
 
 from __future__ import annotations
 
+import logging
+import os
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -26,3 +30,110 @@ class TorchPredictor:
 
     def predict_proba(self, batch_uint8: np.ndarray) -> np.ndarray:
         return self.checkpoint.probabilities(self.predict_logits(batch_uint8))
+
+
+def onnx_cache_dir() -> Path:
+    """Where exported ONNX files are kept: ``$XRAYTRIAGE_CACHE/onnx`` or ``~/.cache/xraytriage/onnx``."""
+    root = os.environ.get("XRAYTRIAGE_CACHE") or Path.home() / ".cache" / "xraytriage"
+    return Path(root) / "onnx"
+
+
+def resolve_onnx_file(checkpoint: Checkpoint, checkpoint_path: str | Path | None = None) -> Path:
+    """The ONNX file for ``checkpoint``, exporting it at most once.
+
+    Order: ``<checkpoint>.onnx`` next to the checkpoint file when its stored weight hash
+    matches; else the user cache (keyed by that hash), exported there if absent.
+    """
+    from xraytriage.models.onnx_export import export_onnx, onnx_matches, state_hash
+
+    if checkpoint_path is not None:
+        sibling = Path(checkpoint_path).with_suffix(".onnx")
+        if sibling.is_file() and onnx_matches(sibling, checkpoint):
+            return sibling
+    digest = state_hash(checkpoint)
+    safe_name = "".join(c if c.isalnum() or c in "-_" else "_" for c in checkpoint.name)[:40]
+    cached = onnx_cache_dir() / f"{safe_name}-{digest[:16]}.onnx"
+    if cached.is_file() and onnx_matches(cached, checkpoint):
+        return cached
+    logging.getLogger(__name__).info("exporting %s to ONNX once: %s", checkpoint.name, cached)
+    return export_onnx(checkpoint, cached)
+
+
+class OnnxPredictor:
+    """ONNX Runtime CPU backend; same interface as :class:`TorchPredictor`.
+
+    ``source`` is a :class:`Checkpoint`, a checkpoint file (``.pt``) or an exported ``.onnx``
+    file. Normalisation runs inside the graph, so the session is fed the uint8 batch as is.
+    """
+
+    name = "onnx"
+
+    def __init__(
+        self,
+        source: Checkpoint | str | Path,
+        checkpoint: Checkpoint | None = None,
+        intra_op_threads: int | None = None,
+    ) -> None:
+        import onnxruntime as ort
+
+        from xraytriage.models.checkpoint import load_checkpoint
+        from xraytriage.models.onnx_export import INPUT_NAME, head_checkpoint, read_onnx_metadata
+
+        if isinstance(source, Checkpoint):
+            self.checkpoint = source
+            self.onnx_path = resolve_onnx_file(source)
+        elif Path(source).suffix.lower() == ".onnx":
+            self.onnx_path = Path(source)
+            self.checkpoint = checkpoint or head_checkpoint(read_onnx_metadata(self.onnx_path))
+        else:
+            self.checkpoint = checkpoint or load_checkpoint(source)
+            self.onnx_path = resolve_onnx_file(self.checkpoint, source)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.inter_op_num_threads = 1
+        if intra_op_threads:
+            options.intra_op_num_threads = int(intra_op_threads)
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(str(self.onnx_path), options, providers=["CPUExecutionProvider"])
+        self.input_name = INPUT_NAME
+
+    def predict_logits(self, batch_uint8: np.ndarray) -> np.ndarray:
+        batch = np.ascontiguousarray(batch_uint8, dtype=np.uint8)
+        if batch.ndim == 4:  # (N, 1, S, S) -> (N, S, S)
+            batch = batch[:, 0]
+        (logits,) = self.session.run(None, {self.input_name: batch})
+        return np.asarray(logits, dtype=np.float32)
+
+    def predict_proba(self, batch_uint8: np.ndarray) -> np.ndarray:
+        return self.checkpoint.probabilities(self.predict_logits(batch_uint8))
+
+
+BACKENDS = ("onnx", "torch")
+
+
+def make_predictor(
+    checkpoint: Checkpoint | str | Path,
+    backend: str = "onnx",
+    threads: int | None = None,
+    checkpoint_path: str | Path | None = None,
+) -> TorchPredictor | OnnxPredictor:
+    """A predictor for ``checkpoint`` (object or file) on the chosen backend.
+
+    ``threads`` sets ONNX Runtime's intra-op threads, or ``torch.set_num_threads`` for torch.
+    """
+    from xraytriage.errors import ConfigError
+    from xraytriage.models.checkpoint import load_checkpoint
+
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
+    if not isinstance(checkpoint, Checkpoint):
+        checkpoint_path = checkpoint_path or checkpoint
+        checkpoint = load_checkpoint(checkpoint)
+    if backend == "torch":
+        if threads:
+            torch.set_num_threads(int(threads))
+        return TorchPredictor(checkpoint)
+    if checkpoint_path is not None:
+        return OnnxPredictor(checkpoint_path, checkpoint=checkpoint, intra_op_threads=threads)
+    return OnnxPredictor(checkpoint, intra_op_threads=threads)

@@ -1,0 +1,145 @@
+"""``xraytriage triage``: a worklist (CSV + JSON) from files and folders of radiographs."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from xraytriage.cli.common import add_model_argument, resolve_model_path
+
+EXIT_NOTHING_TRIAGED = 1
+
+
+def _default_workers() -> int:
+    return max(1, min(4, (os.cpu_count() or 2) // 2))
+
+
+def add_triage_options(p: argparse.ArgumentParser, top_default: int = 15) -> None:
+    """Options shared by ``triage`` and ``demo``."""
+    add_model_argument(p)
+    p.add_argument(
+        "--backend",
+        choices=("onnx", "torch"),
+        default="onnx",
+        help="onnx (ONNX Runtime, default, fastest on CPU; exported once and cached) or torch (eager)",
+    )
+    p.add_argument("--batch-size", type=int, default=16, help="images per model call (default 16)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=_default_workers(),
+        help="decoder processes reading files while the model runs (0: decode in the main process)",
+    )
+    p.add_argument("--threads", type=int, default=None, help="model threads (default: the backend's choice)")
+    p.add_argument("--top", type=int, default=top_default, help="studies shown in the table (and explained)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "triage",
+        help="triage radiographs into a prioritised worklist (CSV + JSON)",
+        description=(
+            "Read PNG/JPEG/DICOM files and folders (recursive), score each study with the model and "
+            "write DIR/worklist.csv and DIR/worklist.json, highest priority first. Files that cannot "
+            "be read are listed as error rows and never stop the run. Exit code 0 when at least one "
+            "image was triaged. Findings are model probabilities above operating thresholds, not a diagnosis."
+        ),
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders")
+    p.add_argument("--output", "-o", type=Path, required=True, help="folder for worklist.csv/.json")
+    add_triage_options(p)
+    p.add_argument(
+        "--study-from",
+        choices=("file", "folder"),
+        default="file",
+        help="non-DICOM images: one study per file (default) or per parent folder (MURA patientX/studyY/); "
+        "DICOM images are always grouped by StudyInstanceUID",
+    )
+    p.add_argument(
+        "--aggregate",
+        choices=("max", "mean", "noisy_or"),
+        default="max",
+        help="study score from its images (default max)",
+    )
+    p.add_argument(
+        "--urgency",
+        type=Path,
+        help="YAML/JSON of per-finding urgency weights in [0,1], e.g. Pneumothorax: 1.0",
+    )
+    p.add_argument(
+        "--site-priority",
+        type=Path,
+        help="CSV with columns study or path, and priority (0..1 or STAT/HIGH/MEDIUM/ROUTINE/LOW): "
+        "a floor the worklist never goes below",
+    )
+    p.add_argument("--explain", action="store_true", help="also write heatmaps of the listed findings")
+    p.set_defaults(handler=run)
+
+
+def execute(
+    inputs: list[str],
+    output: Path,
+    args: argparse.Namespace,
+    study_from: str = "file",
+    aggregate: str = "max",
+    urgency: Path | None = None,
+    site_priority: Path | None = None,
+    explain: bool = False,
+) -> int:
+    """Run triage and report; shared by ``triage`` and ``demo``. Returns the exit code."""
+    from rich.console import Console
+
+    from xraytriage.models.checkpoint import load_checkpoint
+    from xraytriage.models.inference import make_predictor
+    from xraytriage.triage import SitePriorities, TriageEngine, TriageOptions, UrgencyWeights, write_worklist
+    from xraytriage.triage.console import print_worklist
+
+    console = Console(stderr=False)
+    model_path = resolve_model_path(args.model)
+    checkpoint = load_checkpoint(model_path)
+    options = TriageOptions(
+        batch_size=args.batch_size,
+        workers=args.workers,
+        study_from=study_from,
+        aggregate=aggregate,
+        urgency=UrgencyWeights.load(urgency) if urgency else None,
+        site=SitePriorities.load(site_priority) if site_priority else None,
+        progress=not args.no_progress,
+    )
+    predictor = make_predictor(checkpoint, args.backend, threads=args.threads, checkpoint_path=model_path)
+    engine = TriageEngine(predictor, options)
+    result = engine.run(inputs)
+    csv_path, json_path = write_worklist(result.rows, output, result.label_names)
+    print_worklist(result.rows, result.images_total, result.seconds, top=args.top, console=console)
+    console.print(
+        f"worklist: {csv_path}  and  {json_path}  (model {checkpoint.name}, backend {predictor.name})"
+    )
+    if result.images_ok == 0:
+        reason = (
+            "no input files found"
+            if result.images_total == 0
+            else f"all {result.images_total} file(s) failed"
+        )
+        console.print(f"[red]error: no image could be triaged ({reason}); see the error rows above[/]")
+        return EXIT_NOTHING_TRIAGED
+    if explain:
+        from xraytriage.triage.heatmaps import write_heatmaps
+
+        written = write_heatmaps(checkpoint, result.rows, output / "heatmaps", top=args.top)
+        console.print(f"heatmaps: {len(written)} file(s) in {output / 'heatmaps'}")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    return execute(
+        args.inputs,
+        args.output,
+        args,
+        study_from=args.study_from,
+        aggregate=args.aggregate,
+        urgency=args.urgency,
+        site_priority=args.site_priority,
+        explain=args.explain,
+    )

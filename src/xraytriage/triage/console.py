@@ -1,0 +1,81 @@
+"""The readable summary of a worklist on the terminal (rich)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+from xraytriage.triage.worklist import WorklistRow
+
+
+def short_study(study: str, width: int = 32) -> str:
+    """The end of a long study name (file name, last folders, UID tail): what tells studies apart."""
+    if len(study) <= width:
+        return study
+    parts = study.replace("\\", "/").split("/")
+    tail = parts[-1]
+    for part in reversed(parts[:-1]):
+        if len(part) + 1 + len(tail) > width - 2:
+            break
+        tail = f"{part}/{tail}"
+    return "…" + tail[-(width - 1) :]
+
+
+def worklist_table(rows: Sequence[WorklistRow], top: int = 10, title: str | None = None) -> Table:
+    """Rank, study, priority, abnormal and the findings above threshold, for the ``top`` studies."""
+    table = Table(title=title, title_justify="left", header_style="bold")
+    table.add_column("rank", justify="right")
+    table.add_column("study", no_wrap=True)
+    table.add_column("priority", justify="right")
+    table.add_column("abnormal", justify="right")
+    table.add_column("images", justify="right")
+    table.add_column("findings above threshold (model probability)", overflow="fold")
+    for row in [r for r in rows if r.ok][: max(0, top)]:
+        style = "bold red" if (row.priority or 0) >= 0.8 else ("yellow" if (row.priority or 0) >= 0.5 else "")
+        site = f" (site {row.site_priority:.2f})" if row.site_priority is not None else ""
+        table.add_row(
+            str(row.rank),
+            short_study(row.study),
+            f"[{style}]{row.priority:.2f}[/]{site}" if style else f"{row.priority:.2f}{site}",
+            f"{row.abnormal:.2f}",
+            str(row.images),
+            row.findings or "-",
+        )
+    return table
+
+
+def summary_line(rows: Sequence[WorklistRow], images_total: int, seconds: float) -> str:
+    studies = sum(1 for r in rows if r.ok)
+    errors = [r for r in rows if not r.ok]
+    flagged = sum(1 for r in rows if r.ok and r.findings)
+    speed = f", {images_total / seconds:.1f} images/s" if seconds > 0 else ""
+    return (
+        f"{images_total} file(s) -> {studies} stud{'y' if studies == 1 else 'ies'} triaged, "
+        f"{flagged} with findings above threshold, {len(errors)} error(s){speed}"
+    )
+
+
+def print_worklist(
+    rows: Sequence[WorklistRow],
+    images_total: int,
+    seconds: float,
+    top: int = 10,
+    console: Console | None = None,
+    max_errors: int = 5,
+) -> None:
+    console = console or Console()
+    ok = [r for r in rows if r.ok]
+    if ok:
+        shown = min(top, len(ok))
+        console.print(worklist_table(rows, top=top, title=f"Worklist: top {shown} of {len(ok)}"))
+    errors = [r for r in rows if not r.ok]
+    for row in errors[:max_errors]:
+        console.print(f"[red]error[/] {row.error}", highlight=False, soft_wrap=True)
+    if len(errors) > max_errors:
+        console.print(f"[red]... and {len(errors) - max_errors} more error(s), see worklist.csv[/]")
+    console.print(summary_line(rows, images_total, seconds), highlight=False)
+    console.print(
+        "[dim]Triage aid: findings are model probabilities above operating thresholds, not a diagnosis.[/]"
+    )

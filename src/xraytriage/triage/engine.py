@@ -1,0 +1,320 @@
+"""The streaming triage pipeline.
+
+Worker processes read and preprocess files (stage 1 of the preprocessing contract: decode,
+intensity, resize to uint8) while the main process runs the model on batches. At most
+``prefetch`` images are decoded or being decoded at any time, so memory stays flat however
+many files there are; only each image's probabilities are kept. A file that cannot be read
+becomes an error result; a decoder process that crashes is replaced and the batch goes on.
+
+This module imports no deep-learning library: worker processes stay light, and the
+predictor (ONNX Runtime or PyTorch) is handed in.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import sys
+import time
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from xraytriage.errors import ConfigError, ImageReadError
+from xraytriage.preprocess import PreprocessContract
+from xraytriage.triage.aggregate import aggregate_probabilities, check_aggregation
+from xraytriage.triage.grouping import check_study_mode, study_key
+from xraytriage.triage.priority import PriorityRules, SitePriorities, UrgencyWeights, dicom_site_priority
+from xraytriage.triage.worklist import WorklistRow, format_findings, sort_worklist
+
+log = logging.getLogger(__name__)
+
+KEPT_META = ("study_uid", "priority", "modality", "patient_id", "accession", "view_position")
+
+
+class Predictor(Protocol):
+    """What the engine needs from a backend (``TorchPredictor``, ``OnnxPredictor``)."""
+
+    checkpoint: Any
+    name: str
+
+    def predict_logits(self, batch_uint8: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass
+class Prepared:
+    """A worker's answer for one file: the uint8 image, or the error that names the file."""
+
+    path: str
+    image: np.ndarray | None
+    meta: dict[str, Any]
+    error: str | None = None
+
+
+def prepare_image(path: str, contract: PreprocessContract) -> Prepared:
+    """Read and apply stage 1 of the contract; runs in a worker process. Never raises."""
+    from xraytriage.io import read_radiograph
+
+    try:
+        radiograph = read_radiograph(path)
+        image = contract.to_uint8(radiograph.pixels)
+    except ImageReadError as exc:
+        return Prepared(path, None, {}, str(exc))
+    except Exception as exc:  # a decoder bug must not stop the batch either
+        return Prepared(
+            path, None, {}, f"{path}: unexpected error while reading: {type(exc).__name__}: {exc}"
+        )
+    meta = {k: radiograph.meta[k] for k in KEPT_META if radiograph.meta.get(k)}
+    return Prepared(path, image, meta)
+
+
+@dataclass
+class TriageOptions:
+    batch_size: int = 16
+    workers: int = 1
+    """Decoder processes; 0 decodes in the main process (simplest, for tiny jobs and debugging)."""
+    study_from: str = "file"
+    aggregate: str = "max"
+    urgency: UrgencyWeights | None = None
+    site: SitePriorities | None = None
+    progress: bool = True
+    prefetch: int | None = None
+    """Most images decoded or being decoded at once (default: 2 batches, at least 4 per worker)."""
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError(f"batch size must be >= 1, got {self.batch_size}")
+        if self.workers < 0:
+            raise ConfigError(f"workers must be >= 0, got {self.workers}")
+        check_study_mode(self.study_from)
+        check_aggregation(self.aggregate)
+
+    @property
+    def max_in_flight(self) -> int:
+        return self.prefetch or max(2 * self.batch_size, 4 * self.workers)
+
+
+@dataclass
+class ImageResult:
+    """One image after the model: calibrated probabilities, or the error. No pixels."""
+
+    path: str
+    study: str
+    probabilities: np.ndarray | None = None
+    abnormal: float | None = None
+    error: str | None = None
+    site_priority: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass
+class TriageResult:
+    rows: list[WorklistRow]
+    label_names: list[str]
+    images_total: int
+    images_ok: int
+    seconds: float
+    backend: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def errors(self) -> int:
+        return self.images_total - self.images_ok
+
+    @property
+    def studies(self) -> int:
+        return sum(1 for r in self.rows if r.ok)
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images_total / self.seconds if self.seconds > 0 else 0.0
+
+
+def _pool_context() -> multiprocessing.context.BaseContext:
+    # A fresh interpreter per worker pool (never fork a process that holds ONNX Runtime or
+    # torch thread pools); forkserver makes restarts after a crash cheap.
+    if sys.platform.startswith("linux"):
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["xraytriage.triage.engine", "xraytriage.io"])
+        return context
+    return multiprocessing.get_context("spawn")
+
+
+class TriageEngine:
+    """Runs a predictor over files and turns the results into worklist rows."""
+
+    def __init__(
+        self,
+        predictor: Predictor,
+        options: TriageOptions | None = None,
+        prepare: Callable[[str, PreprocessContract], Prepared] = prepare_image,
+    ) -> None:
+        self.predictor = predictor
+        self.checkpoint = predictor.checkpoint
+        self.options = options or TriageOptions()
+        self.prepare = prepare
+        self.rules = PriorityRules(self.checkpoint.label_names, self.options.urgency, self.options.site)
+
+    # --- stage 1 in workers --------------------------------------------------------------------
+    def _new_pool(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(max_workers=self.options.workers, mp_context=_pool_context())
+
+    def _crashed(self, path: str) -> Prepared:
+        return Prepared(path, None, {}, f"{path}: the decoder process crashed while reading this file")
+
+    def iter_prepared(self, paths: Iterable[str]) -> Iterator[Prepared]:
+        """Prepared images in input order, with at most ``max_in_flight`` decoded ahead."""
+        contract = self.checkpoint.preprocess
+        if self.options.workers == 0:
+            for path in paths:
+                yield self.prepare(path, contract)
+            return
+        source = iter(paths)
+        pending: deque[tuple[str, Future]] = deque()
+        pool = self._new_pool()
+
+        def refill() -> None:
+            while len(pending) < self.options.max_in_flight:
+                path = next(source, None)
+                if path is None:
+                    return
+                pending.append((path, pool.submit(self.prepare, path, contract)))
+
+        try:
+            refill()
+            while pending:
+                path, future = pending.popleft()
+                try:
+                    yield future.result()
+                except BrokenProcessPool:
+                    # Some file in flight killed its decoder. Re-read the suspects one at a time
+                    # in a fresh pool: the one that crashes again is the culprit.
+                    suspects = [path, *(p for p, _ in pending)]
+                    pending.clear()
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    pool = self._new_pool()
+                    for suspect in suspects:
+                        try:
+                            yield pool.submit(self.prepare, suspect, contract).result()
+                        except BrokenProcessPool:
+                            log.warning("decoder crashed on %s", suspect)
+                            yield self._crashed(suspect)
+                            pool.shutdown(wait=False, cancel_futures=True)
+                            pool = self._new_pool()
+                except Exception as exc:  # pickling problems and the like: report, carry on
+                    yield Prepared(
+                        path, None, {}, f"{path}: could not be prepared: {type(exc).__name__}: {exc}"
+                    )
+                refill()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    # --- the model in the main process ---------------------------------------------------------
+    def _score(self, batch: list[Prepared]) -> list[ImageResult]:
+        images = np.stack([p.image for p in batch])
+        probs = self.checkpoint.probabilities(self.predictor.predict_logits(images))
+        abnormal = self.checkpoint.abnormal_probability(probs)
+        return [
+            ImageResult(
+                path=p.path,
+                study=study_key(p.path, p.meta, self.options.study_from),
+                probabilities=probs[i],
+                abnormal=float(abnormal[i]),
+                site_priority=dicom_site_priority(p.meta),
+            )
+            for i, p in enumerate(batch)
+        ]
+
+    def iter_results(self, paths: Iterable[str], progress: Any = None) -> Iterator[ImageResult]:
+        """Stream image results (errors included) for ``paths``; order follows batching."""
+        batch: list[Prepared] = []
+        for prepared in self.iter_prepared(paths):
+            if prepared.error is not None:
+                if progress is not None:
+                    progress.update(1)
+                yield ImageResult(
+                    path=prepared.path,
+                    study=study_key(prepared.path, None, self.options.study_from),
+                    error=prepared.error,
+                )
+                continue
+            batch.append(prepared)
+            if len(batch) >= self.options.batch_size:
+                yield from self._score(batch)
+                if progress is not None:
+                    progress.update(len(batch))
+                batch = []
+        if batch:
+            yield from self._score(batch)
+            if progress is not None:
+                progress.update(len(batch))
+
+    # --- studies and rows ----------------------------------------------------------------------
+    def study_rows(self, results: Sequence[ImageResult]) -> list[WorklistRow]:
+        """Group image results into studies and score them; error results become error rows."""
+        labels = list(self.checkpoint.label_names)
+        thresholds = {name: self.checkpoint.threshold(name) for name in self.checkpoint.findings}
+        studies: dict[str, list[ImageResult]] = defaultdict(list)
+        rows: list[WorklistRow] = []
+        for result in results:
+            if result.ok:
+                studies[result.study].append(result)
+            else:
+                rows.append(WorklistRow.error_row(result.study, result.path, result.error or "unknown error"))
+        method = self.options.aggregate
+        for study, images in studies.items():
+            probs = aggregate_probabilities(np.stack([r.probabilities for r in images]), method)
+            abnormal_each = np.array([r.abnormal for r in images], dtype=np.float64)
+            abnormal = float(aggregate_probabilities(abnormal_each, method))
+            paths = [r.path for r in images]
+            site = self.rules.site_priority(study, paths, (r.site_priority for r in images))
+            probabilities = {name: float(p) for name, p in zip(labels, probs, strict=True)}
+            rows.append(
+                WorklistRow(
+                    study=study,
+                    path=images[int(np.argmax(abnormal_each))].path,
+                    priority=self.rules.priority(abnormal, probs, site),
+                    abnormal=abnormal,
+                    findings=format_findings(probabilities, thresholds),
+                    probabilities=probabilities,
+                    images=len(images),
+                    site_priority=site,
+                    image_paths=paths,
+                )
+            )
+        return sort_worklist(rows)
+
+    def run(self, inputs: Iterable[str | Path]) -> TriageResult:
+        """Triage every file under ``inputs`` (files and folders, recursive)."""
+        from xraytriage.io import iter_input_files
+
+        paths = [str(p) for p in iter_input_files(inputs)]
+        start = time.perf_counter()
+        progress = None
+        if self.options.progress:
+            from tqdm import tqdm
+
+            progress = tqdm(total=len(paths), unit="img", desc="triage", dynamic_ncols=True, file=sys.stderr)
+        try:
+            results = list(self.iter_results(paths, progress))
+        finally:
+            if progress is not None:
+                progress.close()
+        seconds = time.perf_counter() - start
+        return TriageResult(
+            rows=self.study_rows(results),
+            label_names=list(self.checkpoint.label_names),
+            images_total=len(results),
+            images_ok=sum(1 for r in results if r.ok),
+            seconds=seconds,
+            backend=getattr(self.predictor, "name", ""),
+        )

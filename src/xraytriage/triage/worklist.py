@@ -1,0 +1,141 @@
+"""The worklist row: one per study (or per unreadable file), the same type for the CSV/JSON
+files, the web service's database and its API.
+
+Columns, in order: ``rank, study, path, priority, abnormal, status, error, findings``, one
+column per model label holding its calibrated probability, then ``images`` (how many images
+the study has) and ``site_priority`` (the priority the site gave, if any).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+BASE_COLUMNS = ("rank", "study", "path", "priority", "abnormal", "status", "error", "findings")
+TAIL_COLUMNS = ("images", "site_priority")
+STATUS_OK = "ok"
+STATUS_ERROR = "error"
+DECIMALS = 6
+
+
+def worklist_columns(label_names: Sequence[str]) -> list[str]:
+    return [*BASE_COLUMNS, *label_names, *TAIL_COLUMNS]
+
+
+def format_findings(probabilities: dict[str, float], thresholds: dict[str, float]) -> str:
+    """Findings at or above their operating threshold, most probable first: ``"Effusion 0.81; Mass 0.64"``.
+
+    ``thresholds`` lists the labels that count as findings; others (No Finding) are skipped.
+    These are model outputs to look at first, never a diagnosis.
+    """
+    flagged = [
+        (name, p)
+        for name, p in probabilities.items()
+        if name in thresholds and p is not None and p >= thresholds[name]
+    ]
+    flagged.sort(key=lambda item: (-item[1], item[0]))
+    return "; ".join(f"{name} {p:.2f}" for name, p in flagged)
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(float(value), DECIMALS)
+
+
+@dataclass
+class WorklistRow:
+    """One line of the worklist. ``rank`` is set when the worklist is sorted (None for errors)."""
+
+    study: str
+    path: str
+    status: str = STATUS_OK
+    priority: float | None = None
+    abnormal: float | None = None
+    error: str = ""
+    findings: str = ""
+    probabilities: dict[str, float] = field(default_factory=dict)
+    images: int = 1
+    site_priority: float | None = None
+    rank: int | None = None
+    image_paths: list[str] = field(default_factory=list)
+    """Every image of the study (``path`` is the one with the highest abnormal probability)."""
+
+    @classmethod
+    def error_row(cls, study: str, path: str, error: str) -> WorklistRow:
+        return cls(study=study, path=path, status=STATUS_ERROR, error=error, images=0, image_paths=[path])
+
+    @property
+    def ok(self) -> bool:
+        return self.status == STATUS_OK
+
+    def to_dict(self, label_names: Sequence[str] | None = None) -> dict[str, Any]:
+        """Flat, JSON-ready mapping in column order; ``None`` for blanks."""
+        labels = list(label_names) if label_names is not None else list(self.probabilities)
+        data: dict[str, Any] = {
+            "rank": self.rank,
+            "study": self.study,
+            "path": self.path,
+            "priority": _round(self.priority),
+            "abnormal": _round(self.abnormal),
+            "status": self.status,
+            "error": self.error or None,
+            "findings": self.findings or None,
+        }
+        for name in labels:
+            data[name] = _round(self.probabilities.get(name))
+        data["images"] = self.images
+        data["site_priority"] = _round(self.site_priority)
+        return data
+
+
+def sort_worklist(rows: Iterable[WorklistRow]) -> list[WorklistRow]:
+    """Triaged studies by priority, highest first (ties by study name), ranked 1..n; error
+    rows after them, unranked, by path."""
+    rows = list(rows)
+    ok = sorted((r for r in rows if r.ok), key=lambda r: (-(r.priority or 0.0), r.study, r.path))
+    errors = sorted((r for r in rows if not r.ok), key=lambda r: r.path)
+    for rank, row in enumerate(ok, start=1):
+        row.rank = rank
+    for row in errors:
+        row.rank = None
+    return [*ok, *errors]
+
+
+def write_worklist(
+    rows: Sequence[WorklistRow], output_dir: str | Path, label_names: Sequence[str]
+) -> tuple[Path, Path]:
+    """Write ``worklist.csv`` and ``worklist.json`` (a list of the same rows) into ``output_dir``."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    columns = worklist_columns(label_names)
+    records = [row.to_dict(label_names) for row in rows]
+    csv_path, json_path = output_dir / "worklist.csv", output_dir / "worklist.json"
+    tmp_csv, tmp_json = csv_path.with_suffix(".csv.tmp"), json_path.with_suffix(".json.tmp")
+    with open(tmp_csv, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns)
+        writer.writeheader()
+        for record in records:
+            writer.writerow({k: ("" if v is None else v) for k, v in record.items()})
+    tmp_json.write_text(json.dumps(records, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp_csv.replace(csv_path)
+    tmp_json.replace(json_path)
+    return csv_path, json_path
+
+
+def _parse_cell(column: str, text: str) -> Any:
+    if text == "":
+        return None
+    if column in ("rank", "images"):
+        return int(text)
+    if column in ("study", "path", "status", "error", "findings"):
+        return text
+    return float(text)
+
+
+def read_worklist_csv(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a worklist CSV with the types :meth:`WorklistRow.to_dict` gives (blank -> None)."""
+    with open(path, newline="", encoding="utf-8") as fh:
+        return [{k: _parse_cell(k, v) for k, v in record.items()} for record in csv.DictReader(fh)]
