@@ -290,7 +290,7 @@ def _build(cls: type, data: Any, where: str) -> Any:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{where or 'config'} must be a mapping, got {data!r}")
+        raise ConfigError(f"{where.rstrip('.') or 'config'} must be a mapping, got {data!r}")
     hints = _hints(cls)
     names = [f.name for f in dataclasses.fields(cls) if f.init]
     kwargs = {}

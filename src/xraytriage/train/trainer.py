@@ -622,7 +622,9 @@ class Trainer:
         )
         if self.ctx.is_main:
             self._write_predictions(probs)
-            write_json(self.output / "summary.json", summary_of(result, best))
+            write_json(
+                self.output / "summary.json", {**summary_of(result, best), "world_size": self.ctx.world_size}
+            )
         self.ctx.barrier()
         return result
 
