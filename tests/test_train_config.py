@@ -76,3 +76,13 @@ def test_cli_bad_config_exits_nonzero_with_message(tmp_path, capsys):
     assert main(["train", str(tmp_path / "missing.yaml")]) == 2
     assert "config file not found" in capsys.readouterr().err
     assert not (tmp_path / "r1").exists()
+
+
+def test_every_example_config_is_valid():
+    from pathlib import Path
+
+    configs = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+    assert len(configs) >= 8
+    for path in configs:
+        cfg = load_config(path)
+        assert cfg.epochs >= 1, path
