@@ -6,7 +6,9 @@ The predictions table has one row per image that could be read:
 (1 / 0 / NaN); plus ``abnormal_probability`` (the checkpoint's P(abnormal), the triage priority)
 and ``abnormal`` (the dataset's derived abnormal target). Unreadable images are listed in
 ``errors`` and skipped; one bad file never stops the run. The same layout is what
-``evaluate --predictions`` reads back (only ``image`` or ``path`` and ``prob_*`` are required).
+``evaluate --predictions`` reads back (only ``image`` or ``path`` and ``prob_*`` are required;
+ground truth may also be a bare ``<label>`` column, as in training's ``val_predictions.csv`` and
+``oof_predictions.csv``).
 """
 
 from __future__ import annotations
@@ -179,6 +181,11 @@ def read_predictions_csv(path: str | Path) -> pd.DataFrame:
     frame = frame.rename(columns=renamed)
     if not prob_labels(frame):
         raise ConfigError(f"{path}: no prob_<label> columns")
+    # training's val_predictions.csv / oof_predictions.csv keep the truth in a bare <label> column
+    bare = {canonical_label(c): c for c in frame.columns if not c.startswith((PROB, LABEL, LOGIT))}
+    for name in prob_labels(frame):
+        if LABEL + name not in frame.columns and name in bare:
+            frame[LABEL + name] = pd.to_numeric(frame[bare[name]], errors="coerce")
     frame["image"] = frame[key].astype(str).map(_image_name)
     if frame["image"].duplicated().any():
         dup = frame.loc[frame["image"].duplicated(), "image"].iloc[0]

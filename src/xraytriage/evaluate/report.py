@@ -25,7 +25,7 @@ from sklearn.metrics import precision_recall_curve, roc_curve
 
 from xraytriage.evaluate.calibration import reliability_table
 from xraytriage.evaluate.metrics import average_precision, has_both_classes, roc_auc, valid_pairs
-from xraytriage.evaluate.runs import auc_columns
+from xraytriage.evaluate.runs import auc_columns, label_of
 
 
 def _grid(n: int, max_cols: int = 4, size: float = 3.0):
@@ -88,12 +88,14 @@ def plot_pr_curves(
 def plot_auc_per_epoch(history: pd.DataFrame, title: str = "Validation AUC per epoch"):
     """AUC of every label per epoch (mean AUC bold) and, when present, the loss curves."""
     x = history["epoch"] if "epoch" in history.columns else pd.Series(np.arange(1, len(history) + 1))
-    losses = [c for c in ("loss", "train_loss", "val_loss") if c in history.columns]
+    losses = [
+        c for c in ("loss", "train_loss", "val_loss") if c in history.columns and history[c].notna().any()
+    ]
     fig, axes = plt.subplots(1, 2 if losses else 1, figsize=(11 if losses else 6, 4), squeeze=False)
     ax = axes[0, 0]
     for col in auc_columns(history):
         bold = col in ("mean_auc", "val_mean_auc")
-        label = col.removeprefix("val_").removeprefix("auc_")
+        label = label_of(col)
         ax.plot(
             x,
             history[col],

@@ -1,8 +1,10 @@
 """Reading training run directories: the per-epoch metrics CSV and a per-label AUC summary.
 
-The training pipeline writes one row per epoch (``epoch, loss, val_loss, auc_<label>...,
-mean_auc, lr``); only the ``auc_*`` / ``mean_auc`` columns that exist are used, so runs with
-different label sets can still be compared on the labels they share. A run that was evaluated
+``xraytriage train`` writes ``metrics.csv`` with one row per epoch (``epoch, lr, train_loss,
+val_loss, mean_auc, auc/<label>, ...``); ``xraytriage cv`` writes ``cv_epochs.csv`` with the
+mean and std over folds (``mean_auc_mean``, ``auc/<label>_mean``, ...), read here as its means.
+``auc_<label>`` spellings are accepted too. Only the AUC columns that exist are used, so runs
+with different label sets can still be compared on the labels they share. A run that was evaluated
 with ``xraytriage evaluate --output RUN/eval`` (a ``metrics.json`` in the run or below it) is
 summarised by those test-set AUCs instead of the validation curve.
 """
@@ -18,7 +20,8 @@ import pandas as pd
 
 from xraytriage.errors import ConfigError
 
-RUN_METRICS_FILES = ("metrics.csv", "history.csv", "epochs.csv")
+RUN_METRICS_FILES = ("metrics.csv", "cv_epochs.csv", "history.csv", "epochs.csv")
+AUC_PREFIXES = ("auc/", "auc_", "val_auc/", "val_auc_")
 MEAN_COLUMNS = ("mean_auc", "val_mean_auc")
 
 
@@ -39,20 +42,33 @@ def find_run_metrics(run_dir: str | Path) -> Path | None:
 
 
 def auc_columns(history: pd.DataFrame) -> list[str]:
-    """``auc_<label>`` (or ``val_auc_<label>``) columns, then the mean AUC column if present."""
-    cols = [c for c in history.columns if c.startswith(("auc_", "val_auc_"))]
+    """Per-label AUC columns (``auc/<label>``, ``auc_<label>``...), then the mean AUC column."""
+    cols = [c for c in history.columns if c.startswith(AUC_PREFIXES)]
     return cols + [c for c in MEAN_COLUMNS if c in history.columns]
 
 
 def label_of(column: str) -> str:
-    return column.removeprefix("val_").removeprefix("auc_")
+    name = column.removeprefix("val_")
+    for prefix in AUC_PREFIXES:
+        name = name.removeprefix(prefix)
+    return name
+
+
+def normalise_history(history: pd.DataFrame) -> pd.DataFrame:
+    """A CV summary (``<metric>_mean`` / ``<metric>_std`` columns) -> its means under the plain
+    metric names; a plain per-epoch table is returned unchanged."""
+    means = [c for c in history.columns if c.endswith("_mean")]
+    if not means or "mean_auc" in history.columns:
+        return history
+    renamed = history.rename(columns={c: c.removesuffix("_mean") for c in means})
+    return renamed.drop(columns=[c for c in renamed.columns if c.endswith("_std")])
 
 
 def read_history(run_dir: str | Path) -> pd.DataFrame:
     path = find_run_metrics(run_dir)
     if path is None:
         raise ConfigError(f"{run_dir}: no per-epoch metrics CSV (expected {' or '.join(RUN_METRICS_FILES)})")
-    return pd.read_csv(path)
+    return normalise_history(pd.read_csv(path))
 
 
 def best_epoch_row(history: pd.DataFrame) -> pd.Series:
