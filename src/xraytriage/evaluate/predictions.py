@@ -3,7 +3,8 @@
 The predictions table has one row per image that could be read:
 ``path, image, patient_id, study_id, view``, then per checkpoint label ``logit_<L>`` (raw),
 ``prob_<L>`` (calibrated by the checkpoint) and, for labels the dataset annotates, ``label_<L>``
-(1 / 0 / NaN); plus ``abnormal_probability`` (the checkpoint's P(abnormal), the triage priority)
+(1 / 0 / NaN; dataset labels the model does not predict get a ``label_`` column too, never
+scored but used e.g. to mark critical studies); plus ``abnormal_probability`` (the checkpoint's P(abnormal), the triage priority)
 and ``abnormal`` (the dataset's derived abnormal target). Unreadable images are listed in
 ``errors`` and skipped; one bad file never stops the run. The same layout is what
 ``evaluate --predictions`` reads back (only ``image`` or ``path`` and ``prob_*`` are required;
@@ -157,6 +158,11 @@ def predict_dataset(
         frame[PROB + name] = probs[:, j].astype(np.float64)
         if canonical_label(name) in dataset_names:
             frame[LABEL + name] = truth[:, j].astype(np.float64)
+    # ground truth the model does not predict: not scored, but it marks e.g. critical studies
+    model_names = {canonical_label(n) for n in names}
+    for j, name in enumerate(dataset.label_names):
+        if canonical_label(name) not in model_names and LABEL + name not in frame.columns:
+            frame[LABEL + name] = dataset.labels[kept, j].astype(np.float64)
     frame["abnormal_probability"] = checkpoint.abnormal_probability(probs) if len(probs) else []
     frame["abnormal"] = abnormal_target(dataset.labels[kept], dataset.label_names)
     return Predictions(frame=frame, label_names=names, errors=errors)
@@ -197,13 +203,10 @@ def read_predictions_csv(path: str | Path) -> pd.DataFrame:
 
 
 def attach_labels(frame: pd.DataFrame, dataset: RadiographDataset) -> pd.DataFrame:
-    """Add ``label_<L>`` (and patient/study ids, abnormal) from a dataset, joined on image file
-    name, for predictions saved without ground truth. Images the dataset lacks are dropped."""
-    names = prob_labels(frame)
-    shared = [n for n in names if canonical_label(n) in {canonical_label(x) for x in dataset.label_names}]
-    truth = pd.DataFrame(
-        map_labels(dataset.labels, dataset.label_names, shared), columns=[LABEL + n for n in shared]
-    )
+    """Add ``label_<L>`` for every dataset label (and patient/study ids, abnormal) from a
+    dataset, joined on image file name, for predictions saved without ground truth. Images the
+    dataset lacks are dropped; labels only one side has are kept but never scored."""
+    truth = pd.DataFrame(dataset.labels.astype(np.float64), columns=[LABEL + n for n in dataset.label_names])
     truth["image"] = dataset.table["path"].map(_image_name).to_numpy()
     truth["abnormal"] = abnormal_target(dataset.labels, dataset.label_names)
     for col in ("patient_id", "study_id"):

@@ -173,7 +173,8 @@ def plot_confusion_matrices(matrices: Mapping[str, Any], title: str = "Confusion
         m = np.asarray(entry["matrix"])
         ax.imshow(m, cmap="Blues")
         for (i, j), v in np.ndenumerate(m):
-            ax.text(j, i, str(int(v)), ha="center", va="center", fontsize=10, c="black")
+            dark = v > m.max() / 2
+            ax.text(j, i, str(int(v)), ha="center", va="center", fontsize=10, c="white" if dark else "black")
         ax.set_xticks([0, 1], ["pred 0", "pred 1"], fontsize=7)
         ax.set_yticks([0, 1], ["true 0", "true 1"], fontsize=7)
         ax.set_title(f"{name} @ {entry['threshold']:.3g}", fontsize=8)
