@@ -59,7 +59,7 @@ def test_anchor_auc_on_the_555_images_matches_sklearn(anchor, data_entry_truth):
     y, p = label_matrix(anchor, NIH_FINDINGS), prob_matrix(anchor, NIH_FINDINGS)
     result = multilabel_metrics(y, p, NIH_FINDINGS)
     joined = anchor[["image"]].merge(data_entry_truth, on="image")
-    for j, name in enumerate(NIH_FINDINGS):
+    for name in NIH_FINDINGS:
         if joined[name].nunique() == 2:
             expected = roc_auc_score(
                 joined[name], anchor.set_index("image").loc[joined["image"], f"prob_{name}"]

@@ -261,3 +261,59 @@ def test_read_predictions_rejects_files_without_probabilities(tmp_path):
     pd.DataFrame({"image": ["a.png"], "Mass": [1]}).to_csv(tmp_path / "p.csv", index=False)
     with pytest.raises(ConfigError, match=r"p\.csv: no prob_"):
         read_predictions_csv(tmp_path / "p.csv")
+
+
+def test_cv_epochs_csv_is_read_as_fold_means(tmp_path):
+    from xraytriage.evaluate.runs import read_history, run_label_aucs
+
+    pd.DataFrame(
+        {
+            "epoch": [1, 2],
+            "n_folds": [5, 5],
+            "mean_auc_mean": [0.7, 0.8],
+            "mean_auc_std": [0.05, 0.04],
+            "auc/Mass_mean": [0.75, 0.82],
+            "auc/Mass_std": [0.1, 0.1],
+            "val_loss_mean": [0.6, 0.5],
+            "val_loss_std": [0.01, 0.01],
+        }
+    ).to_csv(tmp_path / "cv_epochs.csv", index=False)
+    history = read_history(tmp_path)
+    assert {"mean_auc", "auc/Mass", "val_loss"} <= set(history.columns)
+    assert not any(c.endswith("_std") for c in history.columns)
+    aucs, source = run_label_aucs(tmp_path)
+    assert aucs == {"Mass": 0.82, "mean": 0.8} and "best epoch 2" in source
+
+
+def test_validation_split_column_chooses_operating_points(tmp_path):
+    rng = np.random.default_rng(2)
+    n = 200
+    y = rng.integers(0, 2, n).astype(float)
+    frame = pd.DataFrame(
+        {"image": [f"i{k}.png" for k in range(n)], "patient_id": [f"p{k}" for k in range(n)]}
+    )
+    frame["label_Mass"] = y
+    frame["prob_Mass"] = np.clip(0.4 * y + 0.6 * rng.random(n), 0, 1)
+    frame["split"] = np.where(np.arange(n) < 80, "val", "test")
+    frame.to_csv(tmp_path / "p.csv", index=False)
+    args = ["evaluate", "--predictions", str(tmp_path / "p.csv"), "--val-split", "val", "--bootstrap", "20"]
+    assert (
+        main(
+            [
+                *args,
+                "--operating-point",
+                "sensitivity:0.95",
+                "--no-simulation",
+                "--output",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 0
+    )
+    metrics = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert metrics["images"] == 120 and metrics["operating_points"]["source"] == "validation"
+    from xraytriage.evaluate.operating_points import sensitivity_threshold
+
+    val = frame[frame["split"] == "val"]
+    expected = sensitivity_threshold(val["label_Mass"], val["prob_Mass"], 0.95)
+    assert metrics["operating_points"]["rules"]["sensitivity"]["Mass"]["threshold"] == pytest.approx(expected)

@@ -196,3 +196,13 @@ def test_custom_metric_callable_is_bootstrapped_too():
     y, _, s = _scores(13, n=100)
     ci = bootstrap_metric(y, s, lambda yy, pp: float(np.mean(pp[yy == 1])), n_boot=100, seed=0)
     assert ci["low"] <= ci["estimate"] <= ci["high"]
+
+
+def test_label_without_any_known_value_gives_nan_not_error():
+    y, _, s = _scores(14, n=60)
+    ys = np.column_stack([y, np.full(60, np.nan)])
+    out = bootstrap_label_intervals(ys, np.column_stack([s, s]), ["known", "unknown"], n_boot=20)
+    assert np.isnan(out["labels"]["unknown"]["auc"]["estimate"]) and np.isnan(
+        out["labels"]["unknown"]["auc"]["low"]
+    )
+    assert out["macro"]["auc"]["estimate"] == pytest.approx(out["labels"]["known"]["auc"]["estimate"])

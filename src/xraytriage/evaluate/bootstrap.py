@@ -71,7 +71,7 @@ class WeightedRanking:
         order = np.argsort(-np.asarray(p, dtype=np.float64), kind="mergesort")  # descending
         sp = np.asarray(p, dtype=np.float64)[order]
         self.order = order
-        self.tie_group = np.r_[0, np.cumsum(np.diff(sp) != 0)]
+        self.tie_group = np.r_[0, np.cumsum(np.diff(sp) != 0)] if len(sp) else np.zeros(0, dtype=np.int64)
         self.n_ties = int(self.tie_group[-1]) + 1 if len(sp) else 0
         self.positive = (np.asarray(y)[order] == 1).astype(np.float64)
 

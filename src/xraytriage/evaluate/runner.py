@@ -12,7 +12,7 @@ import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +57,6 @@ class EvaluationConfig:
     """Default: chosen so that reading fills 90 % of the day."""
     reading_kind: str = "fixed"
     max_wait: float | None = 60.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _clean(value: Any) -> Any:
