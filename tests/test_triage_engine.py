@@ -253,3 +253,52 @@ def test_a_crashing_decoder_costs_one_error_row_not_the_batch(tiny_checkpoint, t
     errors = [r for r in result.rows if not r.ok]
     assert result.images_ok == 6
     assert len(errors) == 1 and "poison.png" in errors[0].error and "crashed" in errors[0].error
+
+
+def test_explain_writes_heatmaps_of_the_listed_findings(tiny_checkpoint_path, synthetic_dir, tmp_path):
+    images = sorted((synthetic_dir / "images").glob("*.png"))[:6]
+    out = tmp_path / "out"
+    code = run_cli(
+        *images, "--model", tiny_checkpoint_path, "--output", out, "--workers", "0", "--explain", "--top", "3"
+    )
+    assert code == 0
+    rows = [r for r in read_worklist_csv(out / "worklist.csv") if r["findings"]][:3]
+    expected = {
+        f"rank{r['rank']:03d}_{Path(r['path']).stem}_{item.rsplit(' ', 1)[0]}.png"
+        for r in rows
+        for item in r["findings"].split("; ")
+    }
+    written = {p.name for p in (out / "heatmaps").glob("*.png")}
+    assert rows and written == expected
+    with Image.open(next((out / "heatmaps").glob("*.png"))) as overlay:
+        assert overlay.mode == "RGB" and overlay.size == (64, 64)
+
+
+def test_demo_triages_the_bundled_samples(tiny_checkpoint_path, tmp_path, capsys):
+    out = tmp_path / "demo"
+    code = main(
+        [
+            "demo",
+            "--model",
+            str(tiny_checkpoint_path),
+            "--output",
+            str(out),
+            "--workers",
+            "0",
+            "--no-progress",
+        ]
+    )
+    assert code == 0
+    rows = read_worklist_csv(out / "worklist.csv")
+    assert len(rows) == 10 and all(r["status"] == "ok" for r in rows)  # 9 NIH PNGs + 1 SIIM DICOM
+    assert any(r["study"].startswith("1.2.276.") for r in rows)
+    printed = capsys.readouterr().out
+    assert "Worklist: top 10 of 10" in printed and str(out / "worklist.csv") in printed
+
+
+def test_demo_without_the_bundled_model_says_so(tmp_path, monkeypatch, capsys):
+    import xraytriage.cli.demo as demo
+
+    monkeypatch.setattr(demo, "default_model_path", lambda: tmp_path / "absent" / "model.pt")
+    assert main(["demo", "--output", str(tmp_path / "out")]) == 2
+    assert "bundled default model is missing" in capsys.readouterr().err

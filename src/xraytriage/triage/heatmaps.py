@@ -1,0 +1,62 @@
+"""``triage --explain``: heatmap overlays of the findings listed in the top worklist rows.
+
+Uses the explain module's API (``Explainer``, ``explain_image``, ``save_overlay``) on each
+row's key image (the study's most suspicious image), for the findings the row lists. Files:
+``rank003_<image>_<Finding>.png`` so they sort in worklist order.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+from xraytriage.triage.worklist import WorklistRow
+
+log = logging.getLogger(__name__)
+
+
+def listed_findings(row: WorklistRow) -> list[str]:
+    """Finding names of a row's ``findings`` text ("Effusion 0.81; Mass 0.64" -> [Effusion, Mass])."""
+    return [item.rsplit(" ", 1)[0] for item in (row.findings or "").split("; ") if item.strip()]
+
+
+def _file_part(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.+-]+", "_", text).strip("_") or "image"
+
+
+def write_heatmaps(
+    checkpoint, rows: Sequence[WorklistRow], output_dir: str | Path, top: int = 15, method: str = "gradcam"
+) -> list[Path]:
+    """Overlays for the listed findings of the first ``top`` triaged rows; returns the files written.
+
+    A row whose image cannot be explained is logged and skipped (the worklist is already written).
+    """
+    from xraytriage.explain import Explainer, explain_image
+    from xraytriage.explain.overlay import overlay_label, save_overlay
+    from xraytriage.io import read_radiograph
+
+    chosen = [r for r in rows if r.ok and r.findings][: max(0, top)]
+    if not chosen:
+        return []
+    explainer = Explainer(checkpoint, method=method)
+    output_dir = Path(output_dir)
+    written: list[Path] = []
+    for row in chosen:
+        try:
+            radiograph = read_radiograph(row.path)
+            explanations = explain_image(explainer, radiograph, listed_findings(row))
+        except Exception as exc:  # never lose the worklist over a picture
+            log.warning("cannot explain %s: %s", row.path, exc)
+            continue
+        stem = _file_part(Path(row.path).stem)
+        for explanation in explanations:
+            name = f"rank{row.rank:03d}_{stem}_{_file_part(explanation.finding)}.png"
+            label = overlay_label(explanation.finding, explanation.probability, explanation.threshold)
+            written.append(
+                save_overlay(
+                    output_dir / name, radiograph.pixels, explanation.heatmap, explanation.box, label
+                )
+            )
+    return written
