@@ -245,3 +245,60 @@ def test_fine_tune_reuses_head_rows_of_shared_labels(learned_run, learn_data, tm
     assert torch.allclose(
         tuned.state_dict[f"{head_name}.weight"][1], base.state_dict[f"{head_name}.weight"][0], atol=1e-6
     )
+
+
+def test_training_from_the_uint8_cache_matches_decoding(small_data, tmp_path):
+    preload = TrainConfig.from_dict(tiny_config(small_data, epochs=2, max_steps_per_epoch=2, batch_size=4))
+    cached = TrainConfig.from_dict(
+        tiny_config(
+            small_data, epochs=2, max_steps_per_epoch=2, batch_size=4, data={"cache": str(tmp_path / "cache")}
+        )
+    )
+    [a] = run_training(preload, tmp_path / "preload")
+    [b] = run_training(cached, tmp_path / "cached")
+    assert list((tmp_path / "cache").glob("*/pixels.u8"))  # the cache was built on the way
+    assert [r["train_loss"] for r in a.history] == pytest.approx(
+        [r["train_loss"] for r in b.history], abs=1e-6
+    )
+
+
+def test_an_unreadable_image_is_skipped_not_fatal(tmp_path, caplog):
+    csv = make_data(tmp_path / "data", n_images=16, size=32, n_patients=8, seed=9)
+    bad = sorted((tmp_path / "data" / "images").glob("*.png"))[3]
+    bad.write_bytes(b"not a png")
+    [result] = run_training(TrainConfig.from_dict(tiny_config(csv)), tmp_path / "run")
+    ckpt = load_checkpoint(result.best_checkpoint)
+    assert ckpt.metrics["n_train"] + ckpt.metrics["n_val"] == 15
+    assert bad.name in caplog.text
+
+
+def test_nih_training_through_the_registry_and_cache(shared_data, tmp_path):
+    nih = shared_data / "nih"
+    config = TrainConfig.from_dict(
+        tiny_config(
+            nih,
+            data={
+                "kind": "nih",
+                "options": {"root": str(nih), "images": [str(nih / "images-64")]},
+                "add_abnormal": True,
+                "cache": str(tmp_path / "cache"),
+            },
+            batch_size=16,
+        )
+    )
+    [result] = run_training(config, tmp_path / "run")
+    ckpt = load_checkpoint(result.best_checkpoint)
+    assert len(ckpt.label_names) == 16 and ckpt.label_names[-2:] == ["No Finding", "Abnormal"]
+    assert ckpt.model.num_classes == 16 and ckpt.model.in_channels == 1
+    val = pd.read_csv(result.output / "val_predictions.csv")
+    train_patients = _train_patients(config, val)
+    assert not train_patients & set(val["patient_id"].astype(str))  # patient-grouped split
+
+
+def _train_patients(config, val):
+    from xraytriage.train.data import load_source
+
+    dataset = load_source(config.data.kind, config.data.options)
+    patients = dict(zip(dataset.paths, dataset.patient_ids, strict=True))
+    val_paths = set(val["path"])
+    return {patients[p] for p in dataset.paths if p not in val_paths}
