@@ -317,3 +317,20 @@ def test_validation_split_column_chooses_operating_points(tmp_path):
     val = frame[frame["split"] == "val"]
     expected = sensitivity_threshold(val["label_Mass"], val["prob_Mass"], 0.95)
     assert metrics["operating_points"]["rules"]["sensitivity"]["Mass"]["threshold"] == pytest.approx(expected)
+
+
+def test_compare_tests_runs_on_their_validation_predictions(training_run, tmp_path):
+    """Two runs validated on the same images (same split seed): DeLong on ``val_predictions.csv``."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    for run in (a, b):
+        run.mkdir()
+        (run / "metrics.csv").write_bytes((training_run / "metrics.csv").read_bytes())
+    (a / "val_predictions.csv").write_bytes((training_run / "val_predictions.csv").read_bytes())
+    noisy = pd.read_csv(training_run / "val_predictions.csv")
+    noisy["prob_Mass"] = np.random.default_rng(0).random(len(noisy))
+    noisy.to_csv(b / "val_predictions.csv", index=False)
+    assert main(["compare", str(a), str(b), "--bootstrap", "30", "--output", str(tmp_path / "out")]) == 0
+    delong = pd.read_csv(tmp_path / "out" / "delong_a_vs_b.csv").set_index("label")
+    assert set(delong.index) == {"Mass", "Effusion", "No Finding"}
+    assert delong.at["Effusion", "difference"] == 0 and delong.at["Effusion", "delong_p"] == 1
+    assert delong.at["Mass", "n"] == len(noisy)

@@ -473,11 +473,11 @@ def build_runs_report(
     seed: int = 0,
 ) -> Path:
     """``xraytriage compare``: the labels x runs AUC table, its heat map, every run's AUC curves
-    and, for runs evaluated on the same images (``predictions.csv`` next to their
-    ``metrics.json``), DeLong / paired-bootstrap tests of each run against the first."""
+    and, for runs with predictions on shared images (see ``runs.run_predictions``), DeLong /
+    paired-bootstrap tests of each run against the first on the images they share."""
     from xraytriage.evaluate.compare import compare_predictions
     from xraytriage.evaluate.predictions import read_predictions_csv
-    from xraytriage.evaluate.runs import comparison_table, find_evaluation, find_run_metrics, read_history
+    from xraytriage.evaluate.runs import comparison_table, find_run_metrics, read_history, run_predictions
 
     table, sources = comparison_table(run_dirs)
     out = Path(output_dir)
@@ -495,9 +495,9 @@ def build_runs_report(
             )
     predictions = {}
     for name, run in zip(table.columns, run_dirs, strict=True):
-        evaluation = find_evaluation(run)
-        if evaluation is not None and (evaluation.parent / "predictions.csv").is_file():
-            predictions[name] = read_predictions_csv(evaluation.parent / "predictions.csv")
+        path = run_predictions(run)
+        if path is not None:
+            predictions[name] = read_predictions_csv(path)
     names = list(predictions)
     for other in names[1:]:
         try:

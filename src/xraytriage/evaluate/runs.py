@@ -92,6 +92,22 @@ def find_evaluation(run_dir: str | Path) -> Path | None:
     return None
 
 
+RUN_PREDICTION_FILES = ("val_predictions.csv", "oof_predictions.csv")
+
+
+def run_predictions(run_dir: str | Path) -> Path | None:
+    """Per-image predictions of a run: an evaluation's ``predictions.csv`` (next to its
+    ``metrics.json``), else training's ``val_predictions.csv`` or cross-validation's
+    ``oof_predictions.csv``."""
+    evaluation = find_evaluation(run_dir)
+    if evaluation is not None and (evaluation.parent / "predictions.csv").is_file():
+        return evaluation.parent / "predictions.csv"
+    for name in RUN_PREDICTION_FILES:
+        if (Path(run_dir) / name).is_file():
+            return Path(run_dir) / name
+    return None
+
+
 def run_label_aucs(run_dir: str | Path) -> tuple[dict[str, float], str]:
     """{label: AUC} of a run and where it came from (evaluation metrics.json, else the best
     epoch of the training metrics CSV)."""
