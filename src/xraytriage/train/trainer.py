@@ -41,6 +41,7 @@ from xraytriage.data.torch_dataset import UInt8Source
 from xraytriage.errors import ConfigError
 from xraytriage.models.checkpoint import Checkpoint, load_checkpoint
 from xraytriage.models.factory import ModelConfig, build_model
+from xraytriage.preprocess import PreprocessContract
 from xraytriage.train.augment import BatchAugment
 from xraytriage.train.config import OptimConfig, SchedulerConfig, TrainConfig
 from xraytriage.train.data import TrainImages, batch_collate
@@ -95,10 +96,24 @@ def head_module(net: nn.Module) -> tuple[str, nn.Linear]:
     return last
 
 
-def init_from_checkpoint(net: nn.Module, model_cfg: ModelConfig, label_names: list[str], path: str) -> str:
+def init_from_checkpoint(
+    net: nn.Module,
+    model_cfg: ModelConfig,
+    label_names: list[str],
+    path: str,
+    contract: PreprocessContract | None = None,
+) -> str:
     """Load a checkpoint's weights into ``net``. Same labels: everything. Other labels: the
     backbone, plus the head rows of the labels both share; the rest of the head starts fresh."""
     ckpt = load_checkpoint(path)
+    if contract is not None and ckpt.preprocess.to_dict() != contract.to_dict():
+        log.warning(
+            "init.checkpoint %s was trained with preprocessing %s; this run uses %s (set preprocess to match "
+            "unless the change is intended)",
+            path,
+            ckpt.preprocess.to_dict(),
+            contract.to_dict(),
+        )
     theirs = ckpt.model
     for key in ("backbone", "in_channels", "width"):
         if getattr(theirs, key) != getattr(model_cfg, key):
@@ -285,7 +300,9 @@ class Trainer:
         net = build_model(self.model_cfg)
         note = "random initialisation"
         if c.init.checkpoint:
-            note = init_from_checkpoint(net, self.model_cfg, self.label_names, c.init.checkpoint)
+            note = init_from_checkpoint(
+                net, self.model_cfg, self.label_names, c.init.checkpoint, self.contract
+            )
         params = [p for p in net.parameters() if p.requires_grad]
         if c.init.mode == "freeze_backbone":
             params = freeze_backbone(net)
