@@ -318,7 +318,8 @@ def _summary_table(result: Mapping[str, Any]) -> pd.DataFrame:
             "AP": result["metrics"]["micro"]["average_precision"],
         }
     )
-    return pd.DataFrame(rows).set_index("label")
+    table = pd.DataFrame(rows).set_index("label")
+    return table.astype({"n": "Int64", "positives": "Int64"})  # counts stay integers beside NaN rows
 
 
 def _ci(entry: Mapping[str, float]) -> str:
