@@ -195,14 +195,19 @@ def test_evaluate_saved_out_of_fold_predictions(tmp_path):
         frame[f"prob_{name}"] = np.clip(0.3 * y[:, j] + 0.7 * rng.random(n), 0, 1)
     frame.to_csv(tmp_path / "oof.csv", index=False)
     out = tmp_path / "out"
-    assert main(["evaluate", "--predictions", str(tmp_path / "oof.csv"), "--bootstrap", "50", "--no-simulation", "--output", str(out), "--quiet"]) == 0  # fmt: skip
+    assert main(["evaluate", "--predictions", str(tmp_path / "oof.csv"), "--bootstrap", "50", "--output", str(out), "--quiet"]) == 0  # fmt: skip
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["patients"] == 40
     assert metrics["metrics"]["labels"]["Pleural Thickening"]["auc"] == pytest.approx(
         roc_auc_score(y[:, 1], frame["prob_Pleural Thickening"])
     )
     assert metrics["operating_points"]["source"].startswith("evaluation set")  # no validation given
-    assert (out / "report.html").is_file() and not (out / "triage_simulation.png").exists()
+    # no abnormal columns saved: P(abnormal) = noisy-OR of the findings, truth from the labels
+    triage = metrics["triage"]
+    assert triage["studies"] == n  # no study ids: every image is a study
+    noisy_or = 1 - (1 - frame["prob_Mass"]) * (1 - frame["prob_Pleural Thickening"])
+    assert triage["priority_auc"] == pytest.approx(roc_auc_score(y.max(axis=1), noisy_or))
+    assert (out / "report.html").is_file() and (out / "triage_simulation.png").is_file()
 
 
 def test_predictions_skip_bad_files_and_use_the_cache(tiny_checkpoint, synthetic_holdout_dir, tmp_path):

@@ -147,3 +147,24 @@ def test_cross_dataset_metrics_score_only_shared_labels(shared_data):
     assert result["labels"]["Effusion"]["auc"] == pytest.approx(expected)
     assert result["labels"]["Effusion"]["n"] == len(nih)
     assert result["macro"]["auc"] > 0.7
+
+
+def test_mura_abnormal_label_is_the_triage_ground_truth(shared_data, tmp_path):
+    from xraytriage.data.mura import MURADataset
+    from xraytriage.evaluate.predictions import abnormal_truth, attach_labels
+
+    meta = shared_data / "mura" / "meta"
+    dataset = MURADataset(meta / "valid_image_paths.csv", meta / "valid_labeled_studies.csv", root=tmp_path)
+    truth = abnormal_truth(dataset.labels, dataset.label_names)
+    np.testing.assert_array_equal(truth, dataset.labels[:, 0])
+    # MURA file names repeat (image1.png in every study): predictions listed by their relative
+    # path join to the dataset's absolute paths through as many parent folders as needed
+    rows = np.arange(0, 600, 7)
+    preds = pd.DataFrame(
+        {"path": dataset.table["relative_path"].iloc[rows], "prob_Abnormal": np.linspace(0, 1, len(rows))}
+    )
+    joined = attach_labels(preds, dataset)
+    assert len(joined) == len(rows)
+    assert joined["study_id"].tolist() == dataset.table["study_id"].iloc[rows].tolist()
+    np.testing.assert_array_equal(joined["label_Abnormal"], dataset.labels[rows, 0])
+    assert (joined["abnormal"] == joined["label_Abnormal"]).all()

@@ -260,6 +260,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         raise ConfigError("--model needs --dataset KIND and its options")
     if args.calibrate and args.model is None:
         raise ConfigError("--calibrate needs --model (calibration is fitted on raw logits)")
+    if args.save_checkpoint and not args.calibrate:
+        raise ConfigError("--save-checkpoint writes the calibrated checkpoint: give --calibrate too")
     if args.calibrate and not (args.val_fraction or args.val_split):
         raise ConfigError("--calibrate needs a validation set: --val-fraction or --val-split")
     cfg = _config(args)

@@ -1,7 +1,8 @@
 """Side by side with another model's predictions on exactly the same images.
 
 The other model's CSV (image, probability per label; e.g. the CheXNet reproduction's
-``Image Index, prob_<Label>``) is inner-joined with ours by image file name, so both are scored
+``Image Index, prob_<Label>``) is inner-joined with ours by image file name (with parent
+folders where file names repeat, as in MURA), so both are scored
 on the same images and labels; per label we report both AUCs, the DeLong test of the
 difference and a patient-level paired bootstrap CI of it.
 """
@@ -18,18 +19,22 @@ from xraytriage.errors import ConfigError
 from xraytriage.evaluate.bootstrap import paired_bootstrap_difference
 from xraytriage.evaluate.delong import delong_test
 from xraytriage.evaluate.metrics import DEFAULT_THRESHOLDS, has_both_classes, multilabel_metrics
-from xraytriage.evaluate.predictions import PROB, evaluable_labels, label_matrix, prob_labels
+from xraytriage.evaluate.predictions import (
+    PROB,
+    evaluable_labels,
+    join_on_images,
+    label_matrix,
+    prob_labels,
+    source_paths,
+)
 
 
 def join_predictions(ours: pd.DataFrame, theirs: pd.DataFrame, suffix: str = "other") -> pd.DataFrame:
-    """Inner join on ``image`` (file name); their ``prob_<L>`` become ``<suffix>_prob_<L>``."""
-    for name, frame in (("our", ours), ("their", theirs)):
-        if "image" not in frame.columns:
-            raise ConfigError(f"{name} predictions have no 'image' column")
-    other = theirs[["image", *[PROB + n for n in prob_labels(theirs)]]].rename(
-        columns={PROB + n: f"{suffix}_{PROB}{n}" for n in prob_labels(theirs)}
-    )
-    return ours.merge(other, on="image", how="inner")
+    """Inner join on image identity (file name, or with parent folders where names repeat);
+    their ``prob_<L>`` become ``<suffix>_prob_<L>``."""
+    names = prob_labels(theirs)
+    other = theirs[[PROB + n for n in names]].rename(columns={PROB + n: f"{suffix}_{PROB}{n}" for n in names})
+    return join_on_images(ours, other, right_paths=source_paths(theirs))
 
 
 def compare_predictions(

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from xraytriage.data.base import RadiographDataset
 from xraytriage.data.torch_dataset import UInt8Dataset, UInt8Source
 from xraytriage.errors import ConfigError, XRayTriageError
-from xraytriage.labels import abnormal_target, canonical_label, map_labels
+from xraytriage.labels import ABNORMAL, abnormal_target, canonical_label, map_labels
 from xraytriage.models.checkpoint import Checkpoint
 
 log = logging.getLogger(__name__)
@@ -93,12 +93,54 @@ class _SafeImages(Dataset):
             return index, None, str(exc)
 
 
+def abnormal_truth(labels: np.ndarray, names: Sequence[str]) -> np.ndarray:
+    """Ground-truth "abnormal" per image: the dataset's own ``Abnormal`` label when it has one
+    (MURA), else derived from its findings (:func:`xraytriage.labels.abnormal_target`)."""
+    canonical = [canonical_label(n) for n in names]
+    if ABNORMAL in canonical:
+        return np.asarray(labels, dtype=np.float32)[:, canonical.index(ABNORMAL)]
+    return abnormal_target(labels, names)
+
+
 def _collate(items):
     return items
 
 
 def _image_name(path: str) -> str:
     return Path(str(path)).name
+
+
+def path_key(path: str, depth: int) -> str:
+    """The last ``depth`` components of a path (``depth=1``: the file name)."""
+    parts = str(path).replace("\\", "/").rstrip("/").split("/")
+    return "/".join(parts[-depth:])
+
+
+def source_paths(frame: pd.DataFrame) -> pd.Series:
+    """The fullest image reference a predictions table has: ``path`` if present, else ``image``."""
+    return frame["path" if "path" in frame.columns else "image"].astype(str)
+
+
+def join_depth(*paths: pd.Series, max_depth: int = 8) -> int:
+    """Fewest trailing path components that name every image uniquely on every side: 1 (file
+    name) for NIH-style unique names, more for MURA's ``.../study1_positive/image1.png``."""
+    for depth in range(1, max_depth + 1):
+        if all(not p.map(lambda v, d=depth: path_key(v, d)).duplicated().any() for p in paths):
+            return depth
+    raise ConfigError("image paths are not unique, even with their parent folders; cannot join")
+
+
+def join_on_images(
+    left: pd.DataFrame, right: pd.DataFrame, right_paths: pd.Series | None = None
+) -> pd.DataFrame:
+    """Inner join of two tables on image identity: the file name, or as many parent folders as
+    it takes to make names unique on both sides."""
+    right_paths = source_paths(right) if right_paths is None else right_paths
+    depth = join_depth(source_paths(left), right_paths)
+    key = "__image_key"
+    lhs = left.assign(**{key: source_paths(left).map(lambda v: path_key(v, depth)).to_numpy()})
+    rhs = right.assign(**{key: right_paths.map(lambda v: path_key(v, depth)).to_numpy()})
+    return lhs.merge(rhs, on=key, how="inner").drop(columns=key)
 
 
 def predict_dataset(
@@ -164,7 +206,7 @@ def predict_dataset(
         if canonical_label(name) not in model_names and LABEL + name not in frame.columns:
             frame[LABEL + name] = dataset.labels[kept, j].astype(np.float64)
     frame["abnormal_probability"] = checkpoint.abnormal_probability(probs) if len(probs) else []
-    frame["abnormal"] = abnormal_target(dataset.labels[kept], dataset.label_names)
+    frame["abnormal"] = abnormal_truth(dataset.labels[kept], dataset.label_names)
     return Predictions(frame=frame, label_names=names, errors=errors)
 
 
@@ -192,10 +234,10 @@ def read_predictions_csv(path: str | Path) -> pd.DataFrame:
     for name in prob_labels(frame):
         if LABEL + name not in frame.columns and name in bare:
             frame[LABEL + name] = pd.to_numeric(frame[bare[name]], errors="coerce")
-    frame["image"] = frame[key].astype(str).map(_image_name)
-    if frame["image"].duplicated().any():
-        dup = frame.loc[frame["image"].duplicated(), "image"].iloc[0]
+    if frame[key].astype(str).duplicated().any():
+        dup = frame.loc[frame[key].astype(str).duplicated(), key].iloc[0]
         raise ConfigError(f"{path}: image {dup!r} listed more than once")
+    frame["image"] = frame[key].astype(str).map(_image_name)
     for col in ("patient_id", "study_id"):
         if col in frame.columns:
             frame[col] = frame[col].astype(str)
@@ -204,13 +246,12 @@ def read_predictions_csv(path: str | Path) -> pd.DataFrame:
 
 def attach_labels(frame: pd.DataFrame, dataset: RadiographDataset) -> pd.DataFrame:
     """Add ``label_<L>`` for every dataset label (and patient/study ids, abnormal) from a
-    dataset, joined on image file name, for predictions saved without ground truth. Images the
-    dataset lacks are dropped; labels only one side has are kept but never scored."""
+    dataset, joined on image identity (:func:`join_on_images`), for predictions saved without
+    ground truth. Images the dataset lacks are dropped; labels only one side has are kept but
+    never scored."""
     truth = pd.DataFrame(dataset.labels.astype(np.float64), columns=[LABEL + n for n in dataset.label_names])
-    truth["image"] = dataset.table["path"].map(_image_name).to_numpy()
-    truth["abnormal"] = abnormal_target(dataset.labels, dataset.label_names)
+    truth["abnormal"] = abnormal_truth(dataset.labels, dataset.label_names)
     for col in ("patient_id", "study_id"):
         truth[col] = dataset.table[col].astype(str).to_numpy()
-    truth = truth.drop_duplicates("image")
-    keep = frame.drop(columns=[c for c in truth.columns if c != "image" and c in frame.columns])
-    return keep.merge(truth, on="image", how="inner")
+    keep = frame.drop(columns=[c for c in truth.columns if c in frame.columns])
+    return join_on_images(keep, truth, right_paths=dataset.table["path"].astype(str))

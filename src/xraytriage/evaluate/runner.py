@@ -31,6 +31,7 @@ from xraytriage.evaluate.predictions import (
     label_matrix,
     prob_labels,
     prob_matrix,
+    source_paths,
 )
 from xraytriage.evaluate.study import AGGREGATIONS, aggregate_studies, evaluate_studies
 from xraytriage.evaluate.triage_eval import triage_metrics
@@ -110,9 +111,38 @@ def _study_level(
     return out
 
 
+def with_abnormal_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """Fill ``abnormal_probability`` / ``abnormal`` when predictions lack them (e.g. training's
+    out-of-fold CSV): P(abnormal) by the checkpoint's default rule (Abnormal label, else
+    1 - No Finding, else noisy-OR of the findings), truth from the label columns."""
+    from xraytriage.evaluate.predictions import abnormal_truth
+    from xraytriage.labels import NOT_DISEASE
+    from xraytriage.models.checkpoint import default_abnormal_rule
+
+    frame = frame.copy()
+    names = prob_labels(frame)
+    if "abnormal_probability" not in frame.columns and names:
+        rule = default_abnormal_rule(names)
+        if "label" in rule:
+            p = frame[PROB + rule["label"]].to_numpy(dtype=np.float64)
+            frame["abnormal_probability"] = 1.0 - p if rule.get("invert") else p
+        else:
+            disease = [PROB + n for n in names if n not in NOT_DISEASE]
+            frame["abnormal_probability"] = 1.0 - np.prod(
+                1.0 - frame[disease].to_numpy(dtype=np.float64), axis=1
+            )
+    truth = [c.removeprefix(LABEL) for c in frame.columns if c.startswith(LABEL)]
+    if "abnormal" not in frame.columns and truth:
+        frame["abnormal"] = abnormal_truth(label_matrix(frame, truth), truth)
+    return frame
+
+
 def _triage(test: pd.DataFrame, cfg: EvaluationConfig) -> dict[str, Any] | None:
+    test = with_abnormal_columns(test)
     if not {"abnormal", "abnormal_probability"} <= set(test.columns):
         return None
+    if "study_id" not in test.columns:  # without study ids every image is its own study
+        test = test.assign(study_id=source_paths(test).to_numpy())
     critical_cols = [LABEL + c for c in cfg.critical_labels if LABEL + c in test.columns]
     frame = test.assign(critical=test[critical_cols].max(axis=1) if critical_cols else np.nan)
     studies = aggregate_studies(frame, ["abnormal_probability"], ["abnormal", "critical"], "max")
