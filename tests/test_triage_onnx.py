@@ -67,15 +67,18 @@ def test_tiny_model_onnx_matches_torch_on_real_images(tiny_checkpoint, shared_da
 
 
 @pytest.mark.parametrize(
-    "contract",
+    ("backbone", "contract"),
     [
-        PreprocessContract(size=64),
-        PreprocessContract(size=64, channels=3, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)),
+        ("densenet121", PreprocessContract(size=64)),
+        (
+            "vgg_like",
+            PreprocessContract(size=64, channels=3, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)),
+        ),
     ],
-    ids=["grey", "imagenet-rgb"],
+    ids=["densenet121-grey", "imagenet-rgb"],
 )
-def test_densenet121_onnx_matches_torch(contract, shared_data, tmp_path):
-    checkpoint = _random_checkpoint("densenet121", 64, contract)
+def test_onnx_matches_torch_with_normalisation_in_the_graph(backbone, contract, shared_data, tmp_path):
+    checkpoint = _random_checkpoint(backbone, 64, contract)
     path = export_onnx(checkpoint, tmp_path / "dn.onnx")
     batch = _nih_batch(shared_data, contract, n=3)
     onnx_predictor = OnnxPredictor(path, checkpoint=checkpoint, intra_op_threads=1)
