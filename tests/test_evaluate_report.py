@@ -255,6 +255,11 @@ def test_cross_dataset_predictions_score_only_labels_the_dataset_has(
     assert result["labels"] == ["Mass", "Effusion"]
     assert result["unscored_model_labels"] == ["Nodule", "No Finding"]
     assert "Pneumothorax" not in result["metrics"]["labels"]  # the model does not predict it
+    assert result["label_overlap"] == {
+        "shared": ["Mass", "Effusion"],
+        "model_only": ["Nodule", "No Finding"],
+        "dataset_only": ["Pneumothorax"],
+    }
     assert result["metrics"]["labels"]["Effusion"]["auc"] == pytest.approx(
         roc_auc_score(table["Effusion"], preds.frame["prob_Effusion"])
     )

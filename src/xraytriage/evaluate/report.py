@@ -393,11 +393,13 @@ def build_evaluation_report(
         f"95% confidence intervals: {result['bootstrap']['n_boot']} {result['bootstrap']['resampling']}-level "
         f"bootstrap replicates (seed {result['bootstrap']['seed']})."
     )
-    if result.get("unscored_model_labels"):
+    overlap = result.get("label_overlap", {})
+    if overlap.get("model_only"):
         report.paragraph(
-            "Predicted but not annotated in this dataset (not scored): "
-            + ", ".join(result["unscored_model_labels"])
+            "Predicted but not annotated in this dataset (not scored): " + ", ".join(overlap["model_only"])
         )
+    if overlap.get("dataset_only"):
+        report.paragraph("Annotated but not predicted by the model: " + ", ".join(overlap["dataset_only"]))
     report.heading("Discrimination")
     report.table(_summary_table(result), "Per label")
     report.figure(plot_roc_curves(y, p, labels), "roc_curves", "ROC curve per label")

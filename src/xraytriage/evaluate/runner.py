@@ -22,6 +22,7 @@ import pandas as pd
 from xraytriage.errors import ConfigError
 from xraytriage.evaluate.bootstrap import bootstrap_label_intervals
 from xraytriage.evaluate.calibration import expected_calibration_error, reliability_table
+from xraytriage.evaluate.cross_dataset import label_overlap
 from xraytriage.evaluate.metrics import DEFAULT_THRESHOLDS, confusion, multilabel_metrics, threshold_metrics
 from xraytriage.evaluate.operating_points import METHODS, choose_thresholds
 from xraytriage.evaluate.predictions import (
@@ -193,6 +194,9 @@ def evaluate_predictions(
         "studies": int(test["study_id"].nunique()) if "study_id" in test.columns else None,
         "labels": labels,
         "unscored_model_labels": [n for n in prob_labels(test) if n not in labels],
+        "label_overlap": label_overlap(
+            prob_labels(test), [c.removeprefix(LABEL) for c in test.columns if c.startswith(LABEL)]
+        ),
         "config": asdict(cfg),
     }
     result["metrics"] = multilabel_metrics(y, p, labels, cfg.thresholds)
