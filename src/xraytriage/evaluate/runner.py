@@ -28,6 +28,7 @@ from xraytriage.evaluate.operating_points import METHODS, choose_thresholds
 from xraytriage.evaluate.predictions import (
     LABEL,
     PROB,
+    abnormal_truth,
     evaluable_labels,
     label_matrix,
     prob_labels,
@@ -36,6 +37,8 @@ from xraytriage.evaluate.predictions import (
 )
 from xraytriage.evaluate.study import AGGREGATIONS, aggregate_studies, evaluate_studies
 from xraytriage.evaluate.triage_eval import triage_metrics
+from xraytriage.labels import NOT_DISEASE
+from xraytriage.models.checkpoint import default_abnormal_rule
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +107,7 @@ def _operating_points(
 
 
 def _study_level(
-    test: pd.DataFrame, labels: list[str], thresholds: Mapping[str, float], cfg
+    test: pd.DataFrame, labels: list[str], thresholds: Mapping[str, float], cfg: EvaluationConfig
 ) -> dict[str, Any]:
     out = {}
     for n in labels:
@@ -116,10 +119,6 @@ def with_abnormal_columns(frame: pd.DataFrame) -> pd.DataFrame:
     """Fill ``abnormal_probability`` / ``abnormal`` when predictions lack them (e.g. training's
     out-of-fold CSV): P(abnormal) by the checkpoint's default rule (Abnormal label, else
     1 - No Finding, else noisy-OR of the findings), truth from the label columns."""
-    from xraytriage.evaluate.predictions import abnormal_truth
-    from xraytriage.labels import NOT_DISEASE
-    from xraytriage.models.checkpoint import default_abnormal_rule
-
     frame = frame.copy()
     names = prob_labels(frame)
     if "abnormal_probability" not in frame.columns and names:
@@ -193,7 +192,6 @@ def evaluate_predictions(
         "patients": int(test["patient_id"].nunique()) if "patient_id" in test.columns else None,
         "studies": int(test["study_id"].nunique()) if "study_id" in test.columns else None,
         "labels": labels,
-        "unscored_model_labels": [n for n in prob_labels(test) if n not in labels],
         "label_overlap": label_overlap(
             prob_labels(test), [c.removeprefix(LABEL) for c in test.columns if c.startswith(LABEL)]
         ),
