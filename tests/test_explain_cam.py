@@ -69,7 +69,12 @@ def test_unknown_network_falls_back_to_last_spatial_layer():
 
 @pytest.mark.parametrize(
     ("backbone", "method"),
-    [("densenet121", "gradcam"), ("resnet10", "gradcam"), ("resnet10", "gradcam++"), ("vgg_like", "gradcam++")],
+    [
+        ("densenet121", "gradcam"),
+        ("resnet10", "gradcam"),
+        ("resnet10", "gradcam++"),
+        ("vgg_like", "gradcam++"),
+    ],
 )
 def test_batched_maps_equal_monai_class_by_class(backbone, method):
     net = _net(backbone, classes=4)

@@ -57,7 +57,9 @@ def test_score_case_hits_and_false_positives():
     assert case.false_positives[("IoU", 0.4)] == 1 and case.false_positives[("IoU", 0.5)] == 2
     assert case.pointing == [False, True]
     table = summarize([case, score_case("b.png", "Mass", heat, [Box(0, 0, 5, 5)], [])])
-    row = table[(table.finding == "Mass") & (table.metric == "IoU") & np.isclose(table.threshold, 0.4)].iloc[0]
+    row = table[(table.finding == "Mass") & (table.metric == "IoU") & np.isclose(table.threshold, 0.4)].iloc[
+        0
+    ]
     assert row.accuracy == pytest.approx(1 / 3) and row.afp == pytest.approx(1 / 2)  # 1 FP over 2 images
     pointing = table[(table.finding == "Mass") & (table.metric == "pointing")].iloc[0]
     assert pointing.accuracy == pytest.approx(1 / 3) and pointing.boxes == 3
@@ -89,7 +91,9 @@ def test_size_prior_prefers_the_typical_size():
 
 
 def test_size_priors_learned_as_relative_sizes():
-    boxes = pd.DataFrame({"finding": ["Nodule"] * 3 + ["Infiltrate"], "w": [50, 60, 70, 300], "h": [40, 60, 80, 200]})
+    boxes = pd.DataFrame(
+        {"finding": ["Nodule"] * 3 + ["Infiltrate"], "w": [50, 60, 70, 300], "h": [40, 60, 80, 200]}
+    )
     priors = learn_size_priors(boxes, 1000, 1000)
     assert priors["Nodule"].width == pytest.approx(0.06) and priors["Nodule"].height == pytest.approx(0.06)
     assert "Infiltration" in priors and priors["Nodule"].count == 3
@@ -112,7 +116,9 @@ def test_nih_ground_truth_is_scaled_from_1024(shared_data):
 
 def test_pixel_space_ground_truth(tmp_path):
     path = tmp_path / "boxes.csv"
-    pd.DataFrame([{"path": "images/a.png", "finding": "mass", "x": 1, "y": 2, "w": 3, "h": 4}]).to_csv(path, index=False)
+    pd.DataFrame([{"path": "images/a.png", "finding": "mass", "x": 1, "y": 2, "w": 3, "h": 4}]).to_csv(
+        path, index=False
+    )
     truth = load_ground_truth(path)
     assert truth.reference_size is None
     assert truth.boxes.iloc[0].tolist() == ["a.png", "Mass", 1, 2, 3, 4]

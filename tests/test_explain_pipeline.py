@@ -34,7 +34,9 @@ def localizer_path(localizer, tmp_path_factory):
 def holdout_result(localizer, synthetic_holdout_dir):
     explainer = Explainer(localizer, size_prior=True)
     truth = load_ground_truth(synthetic_holdout_dir / "boxes.csv")
-    return evaluate_localization(explainer, [synthetic_holdout_dir], truth, max_boxes=1, random_repeats=3, progress=False)
+    return evaluate_localization(
+        explainer, [synthetic_holdout_dir], truth, max_boxes=1, random_repeats=3, progress=False
+    )
 
 
 def _accuracy(table: pd.DataFrame, source: str, metric: str, threshold: float | None) -> float:
@@ -58,9 +60,10 @@ def test_heatmap_maximum_falls_inside_the_planted_box(holdout_result):
 def test_boxes_overlap_the_planted_box(holdout_result):
     per_box = holdout_result.per_box[holdout_result.per_box.finding.isin(LARGE_LESIONS)]
     assert (per_box.best_iou > 0.3).mean() > 0.5
-    assert _accuracy(holdout_result.table, "model", "IoU", 0.3) > _accuracy(
-        holdout_result.table, "random", "IoU", 0.3
-    ) + 0.3
+    assert (
+        _accuracy(holdout_result.table, "model", "IoU", 0.3)
+        > _accuracy(holdout_result.table, "random", "IoU", 0.3) + 0.3
+    )
 
 
 def test_explain_image_api_top_and_named(localizer, synthetic_holdout_dir):
@@ -73,7 +76,7 @@ def test_explain_image_api_top_and_named(localizer, synthetic_holdout_dir):
     assert [e.probability for e in top] == sorted((e.probability for e in top), reverse=True)
     (mass,) = explain_image(explainer, radiograph, "mass")
     assert mass.finding == "Mass" and mass.heatmap.shape == (64, 64)
-    assert 0.0 <= mass.heatmap.min() and mass.heatmap.max() == pytest.approx(1.0)
+    assert mass.heatmap.min() >= 0.0 and mass.heatmap.max() == pytest.approx(1.0)
     # The preprocessed uint8 (triage cache) gives the same map, at the original size asked for.
     cached = explainer.prepare(radiograph).uint8
     (again,) = explain_image(explainer, cached, ["Mass"], original_size=(64, 64))
@@ -105,7 +108,9 @@ def test_cli_explain_writes_overlays_and_boxes_and_survives_a_corrupt_file(
     assert not boxes.duplicated(["path", "finding"]).any()
 
 
-def test_cli_explain_top_says_when_nothing_is_above_threshold(localizer_path, synthetic_holdout_dir, tmp_path, capsys):
+def test_cli_explain_top_says_when_nothing_is_above_threshold(
+    localizer_path, synthetic_holdout_dir, tmp_path, capsys
+):
     labels = pd.read_csv(synthetic_holdout_dir / "labels.csv")
     normal = synthetic_holdout_dir / labels[labels["No Finding"] == 1].path.iloc[0]
     out = tmp_path / "out"
@@ -129,7 +134,9 @@ def test_cli_explain_without_model_names_the_problem(tmp_path, capsys, monkeypat
 
     monkeypatch.setattr(common, "default_model_path", lambda: tmp_path / "missing" / "model.pt")
     monkeypatch.setattr("xraytriage.cli.explain.default_model_path", common.default_model_path)
-    monkeypatch.setattr("xraytriage.cli.explain.resolve_model_path", lambda v: v or common.default_model_path())
+    monkeypatch.setattr(
+        "xraytriage.cli.explain.resolve_model_path", lambda v: v or common.default_model_path()
+    )
     assert main(["explain", str(tmp_path), "--output", str(tmp_path / "o")]) == 2
     assert "bundled default model" in capsys.readouterr().err
 
