@@ -61,6 +61,15 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one process so far (all its threads)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 def total_rss_mib() -> tuple[float, float]:
     """(main process, main + all descendants) resident memory in MiB."""
     me = os.getpid()
@@ -69,16 +78,27 @@ def total_rss_mib() -> tuple[float, float]:
 
 
 class Meter:
-    """A progress sink for ``TriageEngine.iter_results`` that samples memory as images complete."""
+    """A progress sink for ``TriageEngine.iter_results`` that samples memory as images complete,
+    and CPU time of the main process and its decoder processes (so a run on a loaded machine
+    can say how much CPU it actually got)."""
 
     def __init__(self, total: int, samples: int = 10) -> None:
         self.done = 0
         self.every = max(1, total // samples)
         self.next_sample = self.every
         self.memory: list[dict[str, float]] = []
+        self.cpu_start = time.process_time()
+        self.child_start = {pid: cpu_seconds(pid) for pid in descendants(os.getpid())}
+        self.child_last: dict[int, float] = dict(self.child_start)
+
+    def cpu_used(self) -> float:
+        children = sum(t - self.child_start.get(pid, 0.0) for pid, t in self.child_last.items())
+        return time.process_time() - self.cpu_start + children
 
     def update(self, n: int) -> None:
         self.done += n
+        for pid in descendants(os.getpid()):  # workers exit at the end: remember their last reading
+            self.child_last[pid] = cpu_seconds(pid)
         if self.done >= self.next_sample:
             main, everything = total_rss_mib()
             self.memory.append(
@@ -124,6 +144,7 @@ def run_one(checkpoint, backend: str, paths: list[str], args) -> dict:
     for result in engine.iter_results(paths, progress=meter):
         results.append(result)
     seconds = time.perf_counter() - start
+    cpu = meter.cpu_used()
     rows = engine.study_rows(results)
     ok = sum(1 for r in results if r.ok)
     return {
@@ -137,6 +158,9 @@ def run_one(checkpoint, backend: str, paths: list[str], args) -> dict:
         "seconds": round(seconds, 2),
         "images_per_s": round(len(paths) / seconds, 2),
         "setup_s": round(setup_s, 2),
+        "cpu_s": round(cpu, 2),
+        "cpu_share": round(cpu / seconds / args.cores, 2),
+        "images_per_cpu_s": round(len(paths) / cpu, 2),
         "memory": meter.memory,
     }
 
@@ -186,7 +210,8 @@ def main() -> int:
             print(
                 f"{name:12s} {result['size']:4d} px  {backend:5s}  {result['images_per_s']:7.2f} images/s  "
                 f"({result['seconds']:.1f} s; setup {result['setup_s']:.1f} s)  "
-                f"RSS main+workers {first:.0f} -> peak {peak:.0f} MiB"
+                f"RSS main+workers {first:.0f} -> peak {peak:.0f} MiB; got {100 * result['cpu_share']:.0f}% of "
+                f"{args.cores} cores, {result['images_per_cpu_s']:.2f} images per CPU-second"
             )
         by_backend = {r["backend"]: r for r in results if r["model"] == checkpoint.name}
         if {"onnx", "torch"} <= set(by_backend):
