@@ -378,7 +378,7 @@ def evaluate_localization(
     return LocalizationResult(
         table=summarize(cases),
         per_box=pd.DataFrame(per_box),
-        images=len({c.image for c in cases}),
+        images=len({c.image for c in cases if c.source == "model"}),
         skipped_findings={str(k): int(v) for k, v in skipped.items()},
         missing_images=missing,
         errors=errors,
