@@ -76,6 +76,7 @@ class RadiographDataset:
         idx = np.asarray(indices)
         if idx.dtype == bool:
             idx = np.flatnonzero(idx)
+        idx = idx.astype(np.int64, copy=False)  # an empty list is float64 to numpy
         return self._derive(self.table.iloc[idx], self.labels[idx], self.label_names)
 
     def select_labels(self, names: Sequence[str]) -> RadiographDataset:

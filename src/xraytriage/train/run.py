@@ -104,7 +104,11 @@ def run_training(config: TrainConfig, output: str | Path, resume: bool = False) 
     ctx = init_distributed(config.device)
     try:
         data = prepare_data(config, ctx)
-        if data.val_dataset is None:
+        if data.val_dataset is None and config.data.val_fraction == 0:
+            # Final model on every image: no validation, the last epoch is kept; thresholds and
+            # calibration come from cross-validation (`xraytriage calibrate --predictions oof.csv`).
+            train_set, val_set = data.dataset, data.dataset.subset([])
+        elif data.val_dataset is None:
             train_idx, val_idx = train_val_indices(
                 data.dataset, config.data.val_fraction, config.effective_split_seed
             )

@@ -270,6 +270,8 @@ class Trainer:
         self.device = resolve_device(config.device, self.ctx)
         self.amp_dtype = resolve_amp(config.amp, self.device)
         self.maximize = config.early_stopping.maximize
+        self.has_validation = len(val_set) > 0
+        """False for a final model trained on every image (``data.val_fraction: 0``)."""
 
     # --- setup ---------------------------------------------------------------------------------
     def _loaders(self) -> tuple[DataLoader, DataLoader, EpochSampler]:
@@ -421,7 +423,7 @@ class Trainer:
             data_fingerprint=self.train_set.fingerprint(),
             metrics={
                 "epoch": epoch,
-                "split": "validation",
+                "split": "validation" if self.has_validation else "none (trained on every image)",
                 "n_train": len(self.train_set),
                 "n_val": len(self.val_set),
                 "val_fingerprint": self.val_set.fingerprint(),
@@ -555,7 +557,10 @@ class Trainer:
                 lr = self.optimizer.param_groups[0]["lr"]
                 t0 = time.perf_counter()
                 train_loss, speed = self._train_epoch(epoch, train_loader)
-                metrics, probs = self._validate(val_loader)
+                if self.has_validation:
+                    metrics, probs = self._validate(val_loader)
+                else:
+                    metrics, probs = {"val_loss": math.nan, "mean_auc": math.nan}, None
                 speeds.append(speed)
                 row = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, **metrics, "images_per_s": speed,
                        "epoch_time_s": time.perf_counter() - t0}  # fmt: skip
@@ -570,7 +575,7 @@ class Trainer:
                         self.scheduler.step(value if math.isfinite(value) else metrics["val_loss"])
                     else:
                         self.scheduler.step()
-                improved = self.best_epoch is None or is_better(
+                improved = not self.has_validation or self.best_epoch is None or is_better(
                     value, self.best_value, self.maximize, c.early_stopping.min_delta
                 )
                 if improved:
@@ -578,10 +583,14 @@ class Trainer:
                 else:
                     self.bad_epochs += 1
                 stopped = (
-                    c.early_stopping.patience is not None and self.bad_epochs >= c.early_stopping.patience
+                    self.has_validation
+                    and c.early_stopping.patience is not None
+                    and self.bad_epochs >= c.early_stopping.patience
                 )
                 if ctx.is_main:
-                    thresholds = youden_thresholds(self.val_set.labels, probs, self.label_names)
+                    thresholds = (
+                        youden_thresholds(self.val_set.labels, probs, self.label_names) if probs is not None else {}
+                    )
                     ckpt = self._checkpoint(metrics, epoch + 1, thresholds)
                     if improved:
                         ckpt.save(self.output / "best.pt", half=c.save_half)
@@ -619,7 +628,10 @@ class Trainer:
         best = load_checkpoint(self.output / "best.pt")
         self.net.load_state_dict({k: v.float().to(self.device) if v.is_floating_point() else v
                                   for k, v in best.state_dict.items()})  # fmt: skip
-        probs = 1.0 / (1.0 + np.exp(-np.clip(self.predict_logits(val_loader), -60, 60)))
+        if self.has_validation:
+            probs = 1.0 / (1.0 + np.exp(-np.clip(self.predict_logits(val_loader), -60, 60)))
+        else:
+            probs = np.zeros((0, len(self.label_names)), np.float32)
         best_metrics = {
             k: v
             for k, v in best.metrics.items()
@@ -638,7 +650,8 @@ class Trainer:
             images_per_s=float(np.mean(speeds)) if speeds else math.nan,
         )
         if self.ctx.is_main:
-            self._write_predictions(probs)
+            if self.has_validation:
+                self._write_predictions(probs)
             write_json(
                 self.output / "summary.json", {**summary_of(result, best), "world_size": self.ctx.world_size}
             )
