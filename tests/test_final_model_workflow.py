@@ -86,3 +86,14 @@ def test_calibrate_names_missing_labels(all_images_run, tmp_path):
     code = main(["calibrate", "--model", str(all_images_run / "best.pt"), "--predictions", str(preds),
                  "--output", str(tmp_path / "x.pt")])  # fmt: skip
     assert code == 2
+
+
+def test_keep_last_makes_the_last_epoch_best_even_when_validation_got_worse(tmp_path):
+    csv = make_data(tmp_path / "d", n_images=24)
+    config = TrainConfig.from_dict(
+        tiny_config(csv, epochs=3, early_stopping={"keep_last": True}, optim={"lr": 0.5})  # diverges
+    )
+    run_training(config, tmp_path / "run")
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["best_epoch"] == 3
+    assert load_checkpoint(tmp_path / "run" / "best.pt").metrics["epoch"] == 3

@@ -170,6 +170,9 @@ class EarlyStoppingConfig:
     patience: int | None = None
     """Stop after this many epochs without improvement; None trains every epoch."""
     min_delta: float = 0.0
+    keep_last: bool = False
+    """Keep the last epoch as best.pt instead of selecting on validation: in cross-validation this
+    keeps out-of-fold predictions honest (no epoch chosen on the very fold being predicted)."""
 
     @property
     def maximize(self) -> bool:

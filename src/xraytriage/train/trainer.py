@@ -575,7 +575,8 @@ class Trainer:
                         self.scheduler.step(value if math.isfinite(value) else metrics["val_loss"])
                     else:
                         self.scheduler.step()
-                improved = not self.has_validation or self.best_epoch is None or is_better(
+                keep_last = c.early_stopping.keep_last or not self.has_validation
+                improved = keep_last or self.best_epoch is None or is_better(
                     value, self.best_value, self.maximize, c.early_stopping.min_delta
                 )
                 if improved:
