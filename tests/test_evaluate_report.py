@@ -343,3 +343,26 @@ def test_compare_tests_runs_on_their_validation_predictions(training_run, tmp_pa
     assert set(delong.index) == {"Mass", "Effusion", "No Finding"}
     assert delong.at["Effusion", "difference"] == 0 and delong.at["Effusion", "delong_p"] == 1
     assert delong.at["Mass", "n"] == len(noisy)
+
+
+def test_report_includes_localisation_tables_of_localize_eval(tmp_path):
+    rng = np.random.default_rng(2)
+    n = 60
+    frame = pd.DataFrame(
+        {"path": [f"/x/img{i}.png" for i in range(n)], "patient_id": [f"p{i}" for i in range(n)]}
+    )
+    frame["Mass"] = rng.integers(0, 2, n).astype(float)
+    frame["prob_Mass"] = rng.random(n)
+    frame.to_csv(tmp_path / "preds.csv", index=False)
+    loc = tmp_path / "loc"
+    loc.mkdir()
+    pd.DataFrame(
+        {"finding": ["Mass"], "metric": ["T(IoBB)=0.5"], "model": [0.4123], "random": [0.0871]}
+    ).to_csv(loc / "localization.csv", index=False)
+    out = tmp_path / "out"
+    args = ["evaluate", "--predictions", str(tmp_path / "preds.csv"), "--bootstrap", "20", "--no-simulation",
+            "--localization", str(loc), "--localization", str(tmp_path / "absent"), "--output", str(out), "--quiet"]  # fmt: skip
+    assert main(args) == 0
+    page = (out / "report.html").read_text()
+    assert "Localisation" in page and "0.412" in page and "0.087" in page
+    assert "absent/localization.csv: not found" in page

@@ -92,6 +92,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     extra.add_argument("--compare-preds", type=Path, metavar="CSV", help="another model's predictions")
     extra.add_argument("--compare-name", default="other", help="name of that model in tables")
     extra.add_argument(
+        "--localization",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="`xraytriage localize-eval` output folder(s) to include in the report",
+    )
+    extra.add_argument(
         "--run", type=Path, action="append", default=[], metavar="RUN_DIR", help="training run(s)"
     )
     run = parser.add_argument_group("inference")
@@ -307,7 +315,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         f"Evaluation of {args.model.name if args.model else args.predictions.name}"
         + (f" on {args.dataset}" if args.dataset else "")
     )
-    paths = write_evaluation(result, args.output, test, title, args.run, comparison)
+    paths = write_evaluation(result, args.output, test, title, args.run, comparison, args.localization)
     if errors:
         pd.DataFrame(errors).to_csv(args.output / "errors.csv", index=False)
         print(f"{len(errors)} image(s) could not be read; listed in {args.output / 'errors.csv'}")

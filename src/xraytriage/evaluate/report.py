@@ -380,8 +380,10 @@ def build_evaluation_report(
     title: str = "xraytriage evaluation",
     run_dirs: Sequence[str | Path] = (),
     comparison: Mapping[str, Any] | None = None,
+    localization_dirs: Sequence[str | Path] = (),
 ) -> Path:
-    """Every figure as PNG in ``output_dir`` and ``report.html`` embedding them."""
+    """Every figure as PNG in ``output_dir`` and ``report.html`` embedding them; the tables of
+    ``xraytriage localize-eval`` output folders (``localization.csv``) when given."""
     from xraytriage.evaluate.predictions import label_matrix, prob_matrix
     from xraytriage.evaluate.runs import comparison_table, read_history
 
@@ -449,6 +451,18 @@ def build_evaluation_report(
             "AUC difference: DeLong test and paired bootstrap",
             digits=4,
         )
+    if localization_dirs:
+        report.heading("Localisation")
+        report.paragraph(
+            "Wang et al. (2017) protocol: accuracy at T(IoBB) and T(IoU), pointing game and false positives "
+            "per image; each model figure next to a random-heatmap control computed the same way."
+        )
+        for folder in localization_dirs:
+            table_path = Path(folder) / "localization.csv"
+            if not table_path.is_file():
+                report.paragraph(f"{table_path}: not found (run `xraytriage localize-eval` first)")
+                continue
+            report.table(pd.read_csv(table_path), str(folder))
     if run_dirs:
         report.heading("Training runs")
         for run in run_dirs:

@@ -265,6 +265,7 @@ def write_evaluation(
     title: str = "xraytriage evaluation",
     run_dirs: Sequence[str | Path] = (),
     comparison: Mapping[str, Any] | None = None,
+    localization_dirs: Sequence[str | Path] = (),
 ) -> dict[str, Path]:
     """Write metrics.json, metrics.csv, predictions.csv, the PNGs and report.html."""
     from xraytriage.evaluate.report import build_evaluation_report
@@ -298,5 +299,7 @@ def write_evaluation(
     paths["metrics.json"].write_text(json.dumps(_clean(serialisable), indent=2), encoding="utf-8")
     metrics_table(result).to_csv(paths["metrics.csv"], index=False)
     test.to_csv(paths["predictions.csv"], index=False)
-    paths["report.html"] = build_evaluation_report(result, test, out, title, run_dirs, comparison)
+    paths["report.html"] = build_evaluation_report(
+        result, test, out, title, run_dirs, comparison, localization_dirs
+    )
     return paths
