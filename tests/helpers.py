@@ -20,7 +20,12 @@ from xraytriage.preprocess import PreprocessContract
 
 
 def train_tiny_checkpoint(
-    synthetic_dir: Path, epochs: int = 12, size: int = 64, seed: int = 0, backbone: str = "vgg_like", width: float = 0.25
+    synthetic_dir: Path,
+    epochs: int = 12,
+    size: int = 64,
+    seed: int = 0,
+    backbone: str = "vgg_like",
+    width: float = 0.25,
 ) -> Checkpoint:
     torch.manual_seed(seed)
     labels = [*SYNTHETIC_CLASSES, "No Finding"]
@@ -68,4 +73,7 @@ def synthetic_auc(checkpoint: Checkpoint, synthetic_dir: Path) -> dict[str, floa
     ds = UInt8Dataset(dataset, checkpoint.preprocess)
     batch = np.stack([ds.image(i) for i in range(len(ds))])
     probs = TorchPredictor(checkpoint).predict_proba(batch)
-    return {n: float(roc_auc_score(dataset.labels[:, j], probs[:, j])) for j, n in enumerate(checkpoint.label_names)}
+    return {
+        n: float(roc_auc_score(dataset.labels[:, j], probs[:, j]))
+        for j, n in enumerate(checkpoint.label_names)
+    }

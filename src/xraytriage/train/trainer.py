@@ -576,8 +576,10 @@ class Trainer:
                     else:
                         self.scheduler.step()
                 keep_last = c.early_stopping.keep_last or not self.has_validation
-                improved = keep_last or self.best_epoch is None or is_better(
-                    value, self.best_value, self.maximize, c.early_stopping.min_delta
+                improved = (
+                    keep_last
+                    or self.best_epoch is None
+                    or is_better(value, self.best_value, self.maximize, c.early_stopping.min_delta)
                 )
                 if improved:
                     self.best_value, self.best_epoch, self.bad_epochs = value, epoch + 1, 0
@@ -590,7 +592,9 @@ class Trainer:
                 )
                 if ctx.is_main:
                     thresholds = (
-                        youden_thresholds(self.val_set.labels, probs, self.label_names) if probs is not None else {}
+                        youden_thresholds(self.val_set.labels, probs, self.label_names)
+                        if probs is not None
+                        else {}
                     )
                     ckpt = self._checkpoint(metrics, epoch + 1, thresholds)
                     if improved:
