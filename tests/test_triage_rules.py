@@ -215,3 +215,12 @@ def test_console_table_shows_the_top_rows_only():
     assert short_study("/very/long/folder/name/that/goes/on/patient00001/study1", 24).endswith(
         "patient00001/study1"
     )
+
+
+def test_console_shows_the_top_three_findings_and_counts_the_rest():
+    from xraytriage.triage.console import top_findings
+
+    assert top_findings("") == "-"
+    assert top_findings("Mass 0.80; Nodule 0.40") == "Mass 0.80; Nodule 0.40"
+    cell = "Effusion 0.81; Mass 0.64; Nodule 0.30; Edema 0.20; Hernia 0.10"
+    assert top_findings(cell) == "Effusion 0.81; Mass 0.64; Nodule 0.30 (+2 more)"

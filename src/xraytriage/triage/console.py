@@ -23,6 +23,16 @@ def short_study(study: str, width: int = 32) -> str:
     return "…" + tail[-(width - 1) :]
 
 
+def top_findings(findings: str, limit: int = 3) -> str:
+    """The first ``limit`` findings of a worklist ``findings`` cell (most probable first),
+    with a count of the rest: the console stays readable, the CSV keeps them all."""
+    items = [f for f in (findings or "").split("; ") if f]
+    if not items:
+        return "-"
+    rest = len(items) - limit
+    return "; ".join(items[:limit]) + (f" (+{rest} more)" if rest > 0 else "")
+
+
 def worklist_table(rows: Sequence[WorklistRow], top: int = 10, title: str | None = None) -> Table:
     """Rank, study, priority, abnormal and the findings above threshold, for the ``top`` studies."""
     table = Table(title=title, title_justify="left", header_style="bold")
@@ -31,7 +41,7 @@ def worklist_table(rows: Sequence[WorklistRow], top: int = 10, title: str | None
     table.add_column("priority", justify="right")
     table.add_column("abnormal", justify="right")
     table.add_column("images", justify="right")
-    table.add_column("findings above threshold (model probability)", overflow="fold")
+    table.add_column("top findings above threshold (probability)", overflow="fold", min_width=24)
     for row in [r for r in rows if r.ok][: max(0, top)]:
         style = "bold red" if (row.priority or 0) >= 0.8 else ("yellow" if (row.priority or 0) >= 0.5 else "")
         site = f" (site {row.site_priority:.2f})" if row.site_priority is not None else ""
@@ -41,7 +51,7 @@ def worklist_table(rows: Sequence[WorklistRow], top: int = 10, title: str | None
             f"[{style}]{row.priority:.2f}[/]{site}" if style else f"{row.priority:.2f}{site}",
             f"{row.abnormal:.2f}",
             str(row.images),
-            row.findings or "-",
+            top_findings(row.findings),
         )
     return table
 
