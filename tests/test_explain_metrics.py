@@ -65,7 +65,9 @@ def test_score_case_hits_and_false_positives():
     assert pointing.accuracy == pytest.approx(1 / 3) and pointing.boxes == 3
     mean = table[(table.finding == "Mean") & (table.metric == "IoU") & np.isclose(table.threshold, 0.4)]
     assert mean.accuracy.iloc[0] == pytest.approx(1 / 3)
-    assert "T(IoU)=0.4 Acc." in markdown_table(table)
+    markdown = markdown_table(table)
+    assert "T(IoU)=0.4 Acc." in markdown
+    assert markdown.count("Pointing game") == 1  # one row, whatever the number of findings
 
 
 def test_boxes_from_heatmap_finds_each_blob_best_first():

@@ -195,8 +195,11 @@ def markdown_table(table: pd.DataFrame) -> str:
         return "–" if pd.isna(value) else f"{value:.2f}"
 
     lines = ["| T | " + " | ".join(findings) + " |", "|---|" + "---|" * len(findings)]
-    keys = list(dict.fromkeys((m, t) for m, t in zip(table["metric"], table["threshold"], strict=True)))
-    for metric, t in keys:
+    # NaN != NaN, so the threshold-free pointing rows are deduplicated on a printable key
+    unique: dict[tuple[str, str], tuple[str, float]] = {}
+    for m, t in zip(table["metric"], table["threshold"], strict=True):
+        unique.setdefault((m, repr(t)), (m, t))
+    for metric, t in unique.values():
         label = "Pointing game" if metric == "pointing" else f"T({metric})={t:g}"
         for column, suffix in (("accuracy", "Acc."), ("afp", "AFP")):
             if metric == "pointing" and column == "afp":
