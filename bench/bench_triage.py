@@ -27,8 +27,8 @@ sys.path.insert(0, str(REPO / "src"))
 MODELS = {
     # name: (backbone, width, size)
     "densenet121": ("densenet121", 1.0, 224),
-    # stand-in for the bundled default model's size class (a compact network, moderate resolution)
-    "compact": ("resnet18", 0.5, 160),
+    # the bundled default model's architecture (configs/nih-default-compact.yaml)
+    "compact": ("resnet10", 0.5, 128),
 }
 
 
