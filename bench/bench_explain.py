@@ -4,7 +4,7 @@
 
 Times the whole ``explain_image`` call (preprocess, one forward, three head backwards, maps
 back to 224 x 224, boxes) for a randomly initialised DenseNet-121 (224 px, 15 outputs) and the
-compact default model's architecture (DenseNet-121 width 0.5 at 128 px, 16 outputs; the
+bundled default model's architecture (ResNet-10 width 0.5 at 128 px, 16 outputs; the
 architecture is what sets latency, not the weights). Thresholds are set so that exactly three
 findings are above them, so ``"top"`` explains three. For reference it also times MONAI's
 ``GradCAM`` called once per finding (three forward + three full backward passes).
@@ -28,9 +28,9 @@ from xraytriage.models import Checkpoint, ModelConfig, build_model
 from xraytriage.preprocess import PreprocessContract
 
 
-def _checkpoint(width: float, size: int, labels: list[str]) -> Checkpoint:
+def _checkpoint(backbone: str, width: float, size: int, labels: list[str]) -> Checkpoint:
     torch.manual_seed(0)
-    cfg = ModelConfig(backbone="densenet121", num_classes=len(labels), width=width)
+    cfg = ModelConfig(backbone=backbone, num_classes=len(labels), width=width)
     net = build_model(cfg)
     return Checkpoint(cfg, labels, PreprocessContract(size=size), net.state_dict())
 
@@ -75,18 +75,18 @@ def main() -> None:
     image = _image()
     nih = [*NIH_FINDINGS, NO_FINDING]
     print(f"torch {torch.__version__}, {args.threads} threads, load average before: {os.getloadavg()[0]:.2f}")
-    for name, width, size, labels in (
-        ("densenet121 (224 px)", 1.0, 224, nih),
-        ("compact: densenet121 w0.5 (128 px)", 0.5, 128, [*nih, "Abnormal"]),
+    for name, backbone, width, size, labels in (
+        ("densenet121 (224 px)", "densenet121", 1.0, 224, nih),
+        ("default model: resnet10 w0.5 (128 px)", "resnet10", 0.5, 128, [*nih, "Abnormal"]),
     ):
-        checkpoint = _checkpoint(width, size, labels)
+        checkpoint = _checkpoint(backbone, width, size, labels)
         _three_above_threshold(checkpoint, image)
         explainer = Explainer(checkpoint)
         found = explain_image(explainer, image, "top")
         assert len(found) == 3, [e.finding for e in found]
         p50, p95 = time_call(lambda ex=explainer: explain_image(ex, image, "top"), args.runs)
         print(f"{name:38s} layer {explainer.layer:20s} top-3 explain: p50 {p50:7.1f} ms  p95 {p95:7.1f} ms")
-        if width == 1.0:
+        if backbone == "densenet121":
             from monai.visualize import GradCAM as MonaiGradCAM
 
             net = checkpoint.build_model()
