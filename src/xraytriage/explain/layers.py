@@ -89,7 +89,14 @@ def _map_sizes(model: nn.Module, names: tuple[str, ...], in_channels: int, size:
 
         return _record
 
-    handles = [modules[n].register_forward_hook(hook(n)) for n in names]
+    _probe_forward(model, [(modules[n], hook(n)) for n in names], in_channels, size)
+    return sizes
+
+
+def _probe_forward(model: nn.Module, hooks: list, in_channels: int, size: int) -> None:
+    """One no-grad, eval-mode forward of a blank image with forward ``hooks`` ((module, fn)
+    pairs) attached; hooks are removed and the training mode restored afterwards."""
+    handles = [module.register_forward_hook(fn) for module, fn in hooks]
     was_training = model.training
     try:
         model.eval()
@@ -99,7 +106,6 @@ def _map_sizes(model: nn.Module, names: tuple[str, ...], in_channels: int, size:
         for handle in handles:
             handle.remove()
         model.train(was_training)
-    return sizes
 
 
 def _in_channels(model: nn.Module) -> int:
@@ -154,16 +160,7 @@ def last_spatial_layer(model: nn.Module, in_channels: int | None = None, size: i
 
         return _record
 
-    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if n]
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(torch.zeros(1, in_channels, size, size))
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(was_training)
+    _probe_forward(model, [(m, hook(n)) for n, m in model.named_modules() if n], in_channels, size)
     spatial = [n for n, shape in order if len(shape) == 4 and shape[2] > 1 and shape[3] > 1 and calls[n] == 1]
     if not spatial:
         raise ConfigError("cannot find a CAM layer: no module produces a spatial feature map")
