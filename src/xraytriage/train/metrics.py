@@ -7,7 +7,7 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-from sklearn.metrics import roc_auc_score, roc_curve
+from sklearn.metrics import roc_auc_score
 
 
 def _binary(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -27,12 +27,12 @@ def label_auc(labels: np.ndarray, probs: np.ndarray) -> float:
 
 def youden_threshold(labels: np.ndarray, probs: np.ndarray, default: float = 0.5) -> float:
     """Probability threshold maximising Youden's J on these rows (``default`` if undefined)."""
-    y, p = _binary(labels, probs)
+    from xraytriage.evaluate.operating_points import youden_threshold as youden
+
+    y, p = _binary(labels, probs)  # training labels may be soft (LSR) or 2 (U-MultiClass)
     if len(np.unique(y)) < 2:
         return default
-    fpr, tpr, thresholds = roc_curve(y, p)
-    best = int(np.argmax(tpr - fpr))
-    return float(np.clip(thresholds[best], 0.0, 1.0))
+    return float(np.clip(youden(y, p), 0.0, 1.0))
 
 
 def validation_metrics(
