@@ -266,12 +266,28 @@ def test_explain_writes_heatmaps_of_the_listed_findings(tiny_checkpoint_path, sy
     expected = {
         f"rank{r['rank']:03d}_{Path(r['path']).stem}_{item.rsplit(' ', 1)[0]}.png"
         for r in rows
-        for item in r["findings"].split("; ")
+        for item in r["findings"].split("; ")[:4]  # at most the 4 most probable (--explain-findings)
     }
     written = {p.name for p in (out / "heatmaps").glob("*.png")}
     assert rows and written == expected
     with Image.open(next((out / "heatmaps").glob("*.png"))) as overlay:
         assert overlay.mode == "RGB" and overlay.size == (64, 64)
+
+
+def test_explain_findings_caps_heatmaps_per_study_most_probable_first(
+    tiny_checkpoint_path, synthetic_dir, tmp_path
+):
+    images = sorted((synthetic_dir / "images").glob("*.png"))[:6]
+    out = tmp_path / "out"
+    args = [*images, "--model", tiny_checkpoint_path, "--output", out, "--workers", "0", "--explain"]
+    assert run_cli(*args, "--top", "6", "--explain-findings", "1") == 0
+    rows = [r for r in read_worklist_csv(out / "worklist.csv") if r["findings"]]
+    expected = {
+        f"rank{r['rank']:03d}_{Path(r['path']).stem}_{r['findings'].split('; ')[0].rsplit(' ', 1)[0]}.png"
+        for r in rows
+    }
+    assert any(len(r["findings"].split("; ")) > 1 for r in rows)  # the cap has something to cut
+    assert {p.name for p in (out / "heatmaps").glob("*.png")} == expected
 
 
 def test_demo_triages_the_bundled_samples(tiny_checkpoint_path, tmp_path, capsys):

@@ -33,6 +33,13 @@ def add_triage_options(p: argparse.ArgumentParser, top_default: int = 15) -> Non
     )
     p.add_argument("--threads", type=int, default=None, help="model threads (default: the backend's choice)")
     p.add_argument("--top", type=int, default=top_default, help="studies shown in the table (and explained)")
+    p.add_argument(
+        "--explain-findings",
+        type=int,
+        default=4,
+        metavar="N",
+        help="with --explain: heatmaps of at most the N most probable listed findings per study (default 4)",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -127,7 +134,9 @@ def execute(
     if explain:
         from xraytriage.triage.heatmaps import write_heatmaps
 
-        written = write_heatmaps(checkpoint, result.rows, output / "heatmaps", top=args.top)
+        written = write_heatmaps(
+            checkpoint, result.rows, output / "heatmaps", top=args.top, max_findings=args.explain_findings
+        )
         console.print(f"heatmaps: {len(written)} file(s) in {output / 'heatmaps'}")
     return 0
 

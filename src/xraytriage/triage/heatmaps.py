@@ -27,9 +27,17 @@ def _file_part(text: str) -> str:
 
 
 def write_heatmaps(
-    checkpoint, rows: Sequence[WorklistRow], output_dir: str | Path, top: int = 15, method: str = "gradcam"
+    checkpoint,
+    rows: Sequence[WorklistRow],
+    output_dir: str | Path,
+    top: int = 15,
+    method: str = "gradcam",
+    max_findings: int = 4,
 ) -> list[Path]:
     """Overlays for the listed findings of the first ``top`` triaged rows; returns the files written.
+
+    At most ``max_findings`` per row, the most probable first (the seed tool's "Heatmap_top4"):
+    sensitivity-leaning thresholds can list many findings, and a reader looks at the top few.
 
     A row whose image cannot be explained is logged and skipped (the worklist is already written).
     """
@@ -46,7 +54,8 @@ def write_heatmaps(
     for row in chosen:
         try:
             radiograph = read_radiograph(row.path)
-            explanations = explain_image(explainer, radiograph, listed_findings(row))
+            findings = listed_findings(row)[: max(0, max_findings)]
+            explanations = explain_image(explainer, radiograph, findings)
         except Exception as exc:  # never lose the worklist over a picture
             log.warning("cannot explain %s: %s", row.path, exc)
             continue
