@@ -16,7 +16,10 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 KINDS = ("nih", "chexpert", "mura", "csv", "folder")
 
@@ -218,6 +221,18 @@ def inspect_report(dataset, args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
+def _count_table(title: str, column: str, counts: dict) -> Table:
+    """A two-column table of image counts per value (views, body parts)."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column(column)
+    table.add_column("images", justify="right")
+    for value, n in counts.items():
+        table.add_row(str(value), f"{n:,}")
+    return table
+
+
 def print_report(report: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -243,19 +258,9 @@ def print_report(report: dict[str, Any]) -> None:
         )
     console.print(labels)
 
-    views = Table(title="views")
-    views.add_column("view")
-    views.add_column("images", justify="right")
-    for view, n in report["views"].items():
-        views.add_row(str(view), f"{n:,}")
-    console.print(views)
+    console.print(_count_table("views", "view", report["views"]))
     if "body_parts" in report:
-        parts = Table(title="body parts")
-        parts.add_column("body part")
-        parts.add_column("images", justify="right")
-        for part, n in report["body_parts"].items():
-            parts.add_row(str(part), f"{n:,}")
-        console.print(parts)
+        console.print(_count_table("body parts", "body part", report["body_parts"]))
 
     if "splits" in report:
         splits = report["splits"]
