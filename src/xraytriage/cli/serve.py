@@ -1,0 +1,127 @@
+"""``xraytriage serve``: the web worklist, upload pages and REST API (and, with --dicom-port,
+the DICOM node) in one process."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import sys
+from pathlib import Path
+
+from xraytriage.cli.common import add_model_argument
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "serve",
+        help="run the web worklist + REST API (and optionally the DICOM node)",
+        description=(
+            "Start the triage service: upload pages, the worklist sorted by priority, study pages "
+            "with heatmaps, and the REST API under /api/v1 (OpenAPI docs at /docs). Uploads and "
+            "results are kept in --data-dir (SQLite by default) and survive restarts."
+        ),
+    )
+    p.add_argument(
+        "--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)"
+    )
+    p.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path("xraytriage-data"),
+        help="folder for stored uploads, pictures and the default database (default ./xraytriage-data)",
+    )
+    p.add_argument(
+        "--db",
+        default=None,
+        metavar="PATH|URL",
+        help="SQLite file, or any SQLAlchemy URL (postgresql://...); default DATA_DIR/xraytriage.db",
+    )
+    add_model_argument(p)
+    p.add_argument(
+        "--backend", choices=("onnx", "torch"), default="onnx", help="inference backend (default onnx)"
+    )
+    p.add_argument(
+        "--token-file",
+        type=Path,
+        default=None,
+        help="file whose first line is the access token (else $XRAYTRIAGE_TOKEN; none: no token)",
+    )
+    p.add_argument("--workers", type=int, default=2, help="background inference threads (0: store only)")
+    p.add_argument("--batch-size", type=int, default=16, help="images per model call (default 16)")
+    p.add_argument(
+        "--no-heatmaps", action="store_true", help="do not draw heatmaps ahead of time (still on demand)"
+    )
+    p.add_argument(
+        "--heatmap-findings", type=int, default=4, metavar="N", help="heatmaps drawn per study (default 4)"
+    )
+    p.add_argument(
+        "--max-upload-mb", type=float, default=64.0, help="largest file accepted, in MB (default 64)"
+    )
+    p.add_argument(
+        "--max-files", type=int, default=100, help="most files in one upload request (default 100)"
+    )
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    p.set_defaults(handler=run_serve)
+
+
+def _database_url(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if "://" in value:
+        return value
+    return f"sqlite:///{Path(value).expanduser().resolve()}"
+
+
+def _is_loopback(host: str) -> bool:
+    if host in ("localhost",):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def build_config(args: argparse.Namespace):
+    from xraytriage.serving.config import MB, ServeConfig, read_token
+
+    return ServeConfig(
+        data_dir=args.data_dir,
+        db_url=_database_url(args.db),
+        model_path=args.model,
+        backend=args.backend,
+        host=args.host,
+        port=args.port,
+        token=read_token(args.token_file),
+        workers=args.workers,
+        batch_size=args.batch_size,
+        heatmaps=not args.no_heatmaps,
+        heatmap_findings=args.heatmap_findings,
+        max_file_bytes=int(args.max_upload_mb * MB),
+        max_files=args.max_files,
+    )
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from xraytriage.serving import create_app
+
+    config = build_config(args)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if not _is_loopback(config.host) and not config.token:
+        print(
+            f"warning: serving on {config.host} without an access token: anyone who can reach this "
+            "port can upload and read studies. Use --token-file or $XRAYTRIAGE_TOKEN.",
+            file=sys.stderr,
+        )
+    app = create_app(config)
+    print(
+        f"xraytriage: http://{config.host}:{config.port}/  (API docs: /docs; data: {config.data_dir})",
+        file=sys.stderr,
+    )
+    uvicorn.run(app, host=config.host, port=config.port, log_level=args.log_level)
+    return 0

@@ -1,0 +1,89 @@
+"""The FastAPI application: API + pages + static files, one service object behind them."""
+
+from __future__ import annotations
+
+import time
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from xraytriage import __version__
+from xraytriage.serving.auth import BodyLimit, TokenAuth, login_page, login_submit
+from xraytriage.serving.config import ServeConfig
+from xraytriage.serving.service import TriageService
+
+
+def create_app(config: ServeConfig, service: TriageService | None = None) -> FastAPI:
+    """The ASGI app. The service starts (recovery, workers) when the app starts and stops with it."""
+    service = service or TriageService(config)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        service.start()
+        try:
+            yield
+        finally:
+            service.stop()
+
+    app = FastAPI(
+        title="xraytriage",
+        version=__version__,
+        description=(
+            "Radiograph triage: upload images, get a worklist sorted by the model's priority, "
+            "findings with probabilities and heatmaps. Model output, not a diagnosis."
+        ),
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    app.state.config = config
+    app.add_middleware(TokenAuth, token=config.token)
+    app.add_middleware(BodyLimit, limit=config.max_request_bytes)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_request: Request, exc: HTTPException) -> JSONResponse:
+        return JSONResponse(
+            {"error": str(exc.detail), "status": exc.status_code}, exc.status_code, exc.headers
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [
+            f"{'.'.join(str(p) for p in err.get('loc', ()) if p != 'body') or 'request'}: {err.get('msg', '')}"
+            for err in exc.errors()
+        ]
+        return JSONResponse({"error": "invalid request: " + "; ".join(problems), "status": 422}, 422)
+
+    @app.get("/healthz", tags=["service"], summary="Liveness and queue depth (no token needed)")
+    def healthz() -> dict:
+        return {
+            "status": "ok",
+            "version": __version__,
+            "model": service.checkpoint.name,
+            "queue": service.pending(),
+            "uptime_s": round(time.time() - service.started_at, 1),
+        }
+
+    @app.get("/login", include_in_schema=False)
+    def login_form(next: str = "/"):
+        return login_page(next)
+
+    @app.post("/login", include_in_schema=False)
+    async def login(request: Request):
+        return await login_submit(request, config.token)
+
+    from xraytriage.serving.api import router as api_router
+
+    app.include_router(api_router)
+    _mount_pages(app)
+    return app
+
+
+def _mount_pages(app: FastAPI) -> None:
+    """The web pages and their static files (served locally: no CDN)."""
+    try:
+        from xraytriage.serving import pages
+    except ImportError:  # pages are optional for API-only embedding
+        return
+    pages.mount(app)

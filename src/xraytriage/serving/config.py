@@ -1,0 +1,88 @@
+"""Typed settings of ``xraytriage serve``: what the command line sets, in one place."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from xraytriage.errors import ConfigError
+
+TOKEN_ENV = "XRAYTRIAGE_TOKEN"
+MB = 1024 * 1024
+
+
+@dataclass
+class ServeConfig:
+    """Settings of one service. ``data_dir`` holds the blobs, derived pictures and (by default)
+    the SQLite database; ``db_url`` may point elsewhere (any SQLAlchemy URL, e.g. PostgreSQL)."""
+
+    data_dir: Path = Path("xraytriage-data")
+    db_url: str | None = None
+    model_path: Path | None = None
+    backend: str = "onnx"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    token: str | None = None
+    workers: int = 2
+    """Inference threads; 0 accepts and stores uploads but processes nothing (maintenance)."""
+    batch_size: int = 16
+    heatmaps: bool = True
+    """Draw heatmaps of each study's listed findings in the background (others on demand)."""
+    heatmap_findings: int = 4
+    max_file_bytes: int = 64 * MB
+    max_files: int = 100
+    """Most files in one upload request."""
+    display_size: int = 1024
+    """Longest side of the pictures the pages show (the model sees its own input size)."""
+    poll_seconds: float = 1.0
+    dicom: DicomSettings | None = None
+
+    def __post_init__(self) -> None:
+        self.data_dir = Path(self.data_dir)
+        if self.workers < 0:
+            raise ConfigError(f"workers must be >= 0, got {self.workers}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch size must be >= 1, got {self.batch_size}")
+        if self.max_files < 1 or self.max_file_bytes < 1:
+            raise ConfigError("upload limits must be positive")
+        if self.token is not None and len(self.token) < 8:
+            raise ConfigError("the API token must be at least 8 characters")
+
+    @property
+    def database_url(self) -> str:
+        return self.db_url or f"sqlite:///{(self.data_dir / 'xraytriage.db').resolve()}"
+
+    @property
+    def max_request_bytes(self) -> int:
+        return self.max_files * self.max_file_bytes + MB
+
+
+@dataclass
+class DicomSettings:
+    """The DICOM node: a Storage SCP, and where results go (C-STORE SCU)."""
+
+    port: int = 11112
+    ae_title: str = "XRAYTRIAGE"
+    host: str | None = None
+    """Interface to listen on (default: the web service's host)."""
+    allowed_calling_aes: frozenset[str] | None = None
+    destination: str | None = None
+    """``AE@host:port`` of the PACS that receives the SC and SR results; None keeps them local."""
+    quiet_seconds: float = 10.0
+    """A study is complete when no new image arrived for this long."""
+    results: list[str] = field(default_factory=lambda: ["sr", "sc"])
+
+
+def read_token(token_file: Path | None) -> str | None:
+    """The bearer token from a file (first line) or ``$XRAYTRIAGE_TOKEN``; None when neither is set."""
+    if token_file is not None:
+        try:
+            text = Path(token_file).read_text(encoding="utf-8").strip().splitlines()
+        except OSError as exc:
+            raise ConfigError(f"{token_file}: cannot read the token file: {exc.strerror}") from None
+        if not text or not text[0].strip():
+            raise ConfigError(f"{token_file}: the token file is empty")
+        return text[0].strip()
+    value = os.environ.get(TOKEN_ENV, "").strip()
+    return value or None

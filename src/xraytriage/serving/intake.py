@@ -1,0 +1,134 @@
+"""Checks an upload before it is acknowledged: by content, never by file name.
+
+Cheap checks only (the worker decodes the pixels): the format from the first bytes, the
+header (PNG/JPEG/TIFF via Pillow without decoding; DICOM via pydicom without the pixels) for
+the size limit, the DICOM modality, the presence of pixel data and the UIDs that group images
+into studies. A file that fails gets an :class:`UploadRejected` naming it and the problem.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+
+from xraytriage.errors import XRayTriageError
+from xraytriage.io.formats import ImageFormat, sniff_bytes
+from xraytriage.io.reader import DEFAULT_MAX_PIXELS
+
+ACCEPTED_FORMATS = (ImageFormat.PNG, ImageFormat.JPEG, ImageFormat.TIFF, ImageFormat.DICOM)
+
+
+class UploadRejected(XRayTriageError):
+    """An upload that is not accepted; ``status`` is the HTTP status that fits the problem."""
+
+    def __init__(self, filename: str, problem: str, status: int = 422) -> None:
+        self.filename = filename
+        self.problem = problem
+        self.status = status
+        super().__init__(f"{filename}: {problem}")
+
+
+@dataclass
+class UploadInfo:
+    format: str
+    width: int | None = None
+    height: int | None = None
+    study_uid: str | None = None
+    sop_instance_uid: str | None = None
+    modality: str = ""
+    description: str = ""
+
+
+def inspect_upload(data: bytes, filename: str, max_bytes: int | None = None) -> UploadInfo:
+    """What the file is, or :class:`UploadRejected` saying why it is not accepted."""
+    if not data:
+        raise UploadRejected(filename, "file is empty (0 bytes)", 422)
+    if max_bytes is not None and len(data) > max_bytes:
+        raise UploadRejected(
+            filename, f"file is {len(data):,} bytes, over the limit of {max_bytes:,} bytes", 413
+        )
+    fmt = sniff_bytes(data[:136])
+    if fmt not in ACCEPTED_FORMATS:
+        raise UploadRejected(
+            filename, f"not a PNG, JPEG, TIFF or DICOM file by its content (starts with {data[:8]!r})", 415
+        )
+    if fmt is ImageFormat.DICOM:
+        return _inspect_dicom(data, filename)
+    return _inspect_raster(data, filename, fmt)
+
+
+def _inspect_raster(data: bytes, filename: str, fmt: ImageFormat) -> UploadInfo:
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+            image.verify()  # structure and checksums, without decoding the pixels
+    except Image.DecompressionBombError as exc:
+        raise UploadRejected(filename, f"image too large: {exc}", 413) from None
+    except Exception as exc:
+        raise UploadRejected(filename, f"cannot read the {fmt.value} file: {exc}", 422) from None
+    if width * height > DEFAULT_MAX_PIXELS:
+        raise UploadRejected(
+            filename, f"image is {width}x{height} pixels, over the limit of {DEFAULT_MAX_PIXELS:,}", 413
+        )
+    return UploadInfo(format=fmt.value, width=width, height=height)
+
+
+def _inspect_dicom(data: bytes, filename: str) -> UploadInfo:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    from xraytriage.io.dicom import RADIOGRAPH_MODALITIES
+
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), force=True)
+    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as exc:
+        raise UploadRejected(filename, f"not a readable DICOM file: {exc}", 422) from None
+    modality = str(ds.get("Modality", "") or "").strip().upper()
+    if modality and modality not in RADIOGRAPH_MODALITIES:
+        raise UploadRejected(
+            filename,
+            f"modality {modality} is not a projection radiograph (accepted: {', '.join(sorted(RADIOGRAPH_MODALITIES))})",
+            422,
+        )
+    if "PixelData" not in ds:
+        raise UploadRejected(
+            filename, f"DICOM object has no pixel data (SOP class {ds.get('SOPClassUID', '?')})", 422
+        )
+    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    if rows * cols == 0:
+        raise UploadRejected(filename, "DICOM header declares an empty image (Rows or Columns is 0)", 422)
+    if rows * cols > DEFAULT_MAX_PIXELS:
+        raise UploadRejected(
+            filename, f"DICOM image is {cols}x{rows} pixels, over the limit of {DEFAULT_MAX_PIXELS:,}", 413
+        )
+    description = " ".join(
+        str(ds.get(k, "") or "").strip() for k in ("Modality", "BodyPartExamined", "ViewPosition")
+    ).strip()
+    return UploadInfo(
+        format=ImageFormat.DICOM.value,
+        width=cols,
+        height=rows,
+        study_uid=str(ds.get("StudyInstanceUID", "") or "").strip() or None,
+        sop_instance_uid=str(ds.get("SOPInstanceUID", "") or "").strip() or None,
+        modality=modality,
+        description=description,
+    )
+
+
+def _short(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:15]
+
+
+def study_id_for(info: UploadInfo, digest: str, study_key: str | None = None) -> str:
+    """Stable study id: the DICOM StudyInstanceUID, else a client's study key, else the file itself.
+
+    Stable ids make the same file (or study) sent twice land in the same study.
+    """
+    if info.study_uid:
+        return "d" + _short("dicom:" + info.study_uid)
+    if study_key:
+        return "u" + _short("upload:" + study_key.strip())
+    return "i" + digest[:15]

@@ -1,0 +1,88 @@
+"""Pictures the pages and the API serve, drawn once and kept beside the blob.
+
+- ``display.png``: the radiograph as the model reads it (DICOM modality LUT, VOI window and
+  MONOCHROME1 already applied by :func:`xraytriage.io.read_radiograph`), so it looks right
+  without any window/level control; longest side at most ``display_size``.
+- ``heat_<finding>.png``: the finding's heatmap (8-bit, display size). From it, on request,
+  a transparent colour layer (the page toggles it over the image) or a burned-in overlay with
+  the box and the label (the API's picture for other programs).
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from xraytriage.explain.boxes import Box
+from xraytriage.serving.storage import write_atomic
+
+
+def finding_file_part(finding: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", finding).strip("_") or "finding"
+
+
+def display_size_for(height: int, width: int, limit: int) -> tuple[int, int]:
+    """(height, width) with the longest side at most ``limit``, aspect kept."""
+    scale = min(1.0, limit / max(height, width))
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def to_display(pixels: np.ndarray, limit: int) -> np.ndarray:
+    """float [0, 1] H x W -> uint8 at display size."""
+    height, width = display_size_for(*pixels.shape, limit)
+    image = Image.fromarray(np.clip(np.rint(pixels * 255.0), 0, 255).astype(np.uint8), mode="L")
+    if (height, width) != pixels.shape:
+        image = image.resize((width, height), Image.Resampling.LANCZOS)
+    return np.asarray(image)
+
+
+def heat_to_display(heatmap: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """float [0, 1] heatmap at the original size -> uint8 at the display shape."""
+    image = Image.fromarray(np.clip(np.rint(heatmap * 255.0), 0, 255).astype(np.uint8), mode="L")
+    if image.size != (shape[1], shape[0]):
+        image = image.resize((shape[1], shape[0]), Image.Resampling.BILINEAR)
+    return np.asarray(image)
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=False)
+    return buffer.getvalue()
+
+
+def save_png(path: Path, array: np.ndarray) -> Path:
+    return write_atomic(path, png_bytes(Image.fromarray(array)))
+
+
+def load_png(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert("L"))
+
+
+def heat_layer_png(heat: np.ndarray, alpha: float = 0.65, colour_map: str = "jet") -> bytes:
+    """Transparent RGBA layer: colour by heat, opacity in proportion to heat (cold = clear)."""
+    from matplotlib import colormaps
+
+    values = heat.astype(np.float32) / 255.0
+    rgba = colormaps[colour_map](values)
+    rgba[..., 3] = np.clip(values * alpha / max(float(values.max()), 1e-6), 0.0, 1.0)
+    return png_bytes(Image.fromarray(np.rint(rgba * 255.0).astype(np.uint8), mode="RGBA"))
+
+
+def overlay_png(display: np.ndarray, heat: np.ndarray, box: Box | None, label: str) -> bytes:
+    """The radiograph with the heatmap blended in, the box and the label burned in."""
+    from xraytriage.explain.overlay import render_overlay
+
+    return png_bytes(render_overlay(display, heat.astype(np.float32) / 255.0, box, label))
+
+
+def scale_box(box: dict | None, width: int, height: int, display_shape: tuple[int, int]) -> Box | None:
+    """A box stored in original pixels, in display pixels."""
+    if not box:
+        return None
+    sy, sx = display_shape[0] / max(height, 1), display_shape[1] / max(width, 1)
+    return Box(box["x"] * sx, box["y"] * sy, box["w"] * sx, box["h"] * sy, box.get("score", 1.0))

@@ -1,0 +1,212 @@
+"""Database rows -> the JSON the API returns and the CSV it exports (one shape for both pages
+and programs). Findings are model probabilities at or above operating thresholds, never a
+diagnosis; the study JSON says so in ``disclaimer``."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import select
+
+from xraytriage.labels import canonical_label
+from xraytriage.serving.db import DONE, ERROR, Heatmap, Image, Study
+
+DISCLAIMER = "Model output to prioritise reading; not a diagnosis."
+CSV_BASE = (
+    "rank",
+    "study_id",
+    "name",
+    "received_at",
+    "state",
+    "read_status",
+    "priority",
+    "abnormal",
+    "findings",
+)
+
+
+def iso(seconds: float | None) -> str | None:
+    if seconds is None:
+        return None
+    return dt.datetime.fromtimestamp(seconds, dt.UTC).isoformat(timespec="seconds")
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(float(value), 6)
+
+
+def parse_findings(text: str) -> list[dict[str, Any]]:
+    """``"Effusion 0.81; Mass 0.64"`` -> [{"name": "Effusion", "probability": 0.81}, ...]."""
+    items = []
+    for part in (text or "").split("; "):
+        if not part.strip():
+            continue
+        name, _, value = part.rpartition(" ")
+        items.append({"name": name, "probability": float(value)})
+    return items
+
+
+def sort_key(study: Study) -> tuple:
+    """Triaged studies by priority (highest first); then those still waiting (oldest first);
+    then the ones that could not be read."""
+    if study.state == DONE:
+        return (0, -(study.priority or 0.0), study.received_at, study.id)
+    if study.state == ERROR:
+        return (2, 0.0, study.received_at, study.id)
+    return (1, 0.0, study.received_at, study.id)
+
+
+def study_summary(study: Study, rank: int | None = None) -> dict[str, Any]:
+    return {
+        "id": study.id,
+        "rank": rank,
+        "name": study.name,
+        "source": study.source,
+        "state": study.state,
+        "read_status": study.read_status,
+        "priority": _round(study.priority),
+        "abnormal": _round(study.abnormal),
+        "findings": parse_findings(study.findings),
+        "findings_text": study.findings,
+        "images": len(study.images),
+        "error": study.error or None,
+        "received_at": iso(study.received_at),
+        "predicted_at": iso(study.predicted_at),
+        "explained_at": iso(study.explained_at),
+        "heatmaps_state": study.heatmaps_state,
+        "url": f"/studies/{study.id}",
+        "api_url": f"/api/v1/studies/{study.id}",
+    }
+
+
+def ranked(studies: Iterable[Study]) -> list[tuple[Study, int | None]]:
+    ordered = sorted(studies, key=sort_key)
+    out, rank = [], 0
+    for study in ordered:
+        if study.state == DONE:
+            rank += 1
+            out.append((study, rank))
+        else:
+            out.append((study, None))
+    return out
+
+
+def worklist(
+    session, read_status: str | None = None, finding: str | None = None, state: str | None = None
+) -> list[tuple[Study, int | None]]:
+    """All studies, ranked, then filtered (ranks stay those of the whole worklist)."""
+    rows = ranked(session.scalars(select(Study)).all())
+    if read_status:
+        rows = [(s, r) for s, r in rows if s.read_status == read_status]
+    if state:
+        rows = [(s, r) for s, r in rows if s.state == state]
+    if finding:
+        key = canonical_label(finding)
+        rows = [
+            (s, r)
+            for s, r in rows
+            if any(canonical_label(f["name"]) == key for f in parse_findings(s.findings))
+        ]
+    return rows
+
+
+def image_dict(image: Image) -> dict[str, Any]:
+    return {
+        "id": image.id,
+        "filename": image.filename,
+        "format": image.format,
+        "state": image.state,
+        "error": image.error or None,
+        "width": image.width,
+        "height": image.height,
+        "modality": image.modality or None,
+        "abnormal": _round(image.abnormal),
+        "received_at": iso(image.received_at),
+        "processed_at": iso(image.processed_at),
+        "display_url": f"/api/v1/images/{image.id}/display.png",
+    }
+
+
+def heatmap_dict(study_id: str, heatmap: Heatmap) -> dict[str, Any]:
+    base = f"/api/v1/studies/{study_id}/heatmaps/{heatmap.finding}.png?image={heatmap.image_id}"
+    return {
+        "finding": heatmap.finding,
+        "image_id": heatmap.image_id,
+        "probability": _round(heatmap.probability),
+        "threshold": _round(heatmap.threshold),
+        "box": heatmap.box,
+        "url": base,
+        "layer_url": base + "&style=layer",
+    }
+
+
+def study_detail(session, study: Study, checkpoint) -> dict[str, Any]:
+    """Everything the study page shows: summary, findings table, images, heatmaps."""
+    rows = ranked(session.scalars(select(Study)).all())
+    rank = next((r for s, r in rows if s.id == study.id), None)
+    data = study_summary(study, rank)
+    probabilities = study.probabilities
+    table = []
+    for name in checkpoint.label_names:
+        if name not in probabilities:
+            continue
+        threshold = checkpoint.threshold(name) if name in checkpoint.findings else None
+        p = probabilities[name]
+        table.append(
+            {
+                "name": name,
+                "probability": _round(p),
+                "threshold": _round(threshold),
+                "flagged": threshold is not None and p >= threshold,
+                "is_finding": name in checkpoint.findings,
+            }
+        )
+    table.sort(key=lambda item: (not item["is_finding"], -(item["probability"] or 0.0)))
+    image_ids = [image.id for image in study.images]
+    heatmaps = (
+        session.scalars(select(Heatmap).where(Heatmap.image_id.in_(image_ids))).all() if image_ids else []
+    )
+    listed = [f["name"] for f in data["findings"]]
+    order = {name: i for i, name in enumerate(listed)}
+    heatmaps = sorted(
+        heatmaps, key=lambda h: (h.image_id != study.key_image_id, order.get(h.finding, 99), h.finding)
+    )
+    data.update(
+        {
+            "key_image_id": study.key_image_id,
+            "findings_table": table,
+            "image_list": [image_dict(image) for image in study.images],
+            "heatmaps": [heatmap_dict(study.id, h) for h in heatmaps],
+            "disclaimer": DISCLAIMER,
+        }
+    )
+    return data
+
+
+def worklist_csv(rows: Sequence[tuple[Study, int | None]], label_names: Sequence[str]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow([*CSV_BASE, *label_names, "images", "error"])
+    for study, rank in rows:
+        probabilities = study.probabilities
+        writer.writerow(
+            [
+                "" if rank is None else rank,
+                study.id,
+                study.name,
+                iso(study.received_at),
+                study.state,
+                study.read_status,
+                "" if study.priority is None else f"{study.priority:.6f}",
+                "" if study.abnormal is None else f"{study.abnormal:.6f}",
+                study.findings,
+                *["" if probabilities.get(n) is None else f"{probabilities[n]:.6f}" for n in label_names],
+                len(study.images),
+                study.error,
+            ]
+        )
+    return buffer.getvalue()
