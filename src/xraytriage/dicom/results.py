@@ -1,0 +1,356 @@
+"""Triage results as DICOM objects in the source study (new series), for a PACS to display.
+
+* ``build_secondary_capture``: the heatmap overlay as an RGB Secondary Capture (Modality OT)
+  with a black caption band burned in on top, always starting "NOT FOR DIAGNOSTIC USE".
+* ``build_structured_report``: a Comprehensive SR following TID 1500 (Measurement Report), in
+  the spirit of the IHE AI Results profile: the model is the device observer, one measurement
+  group per finding holds its probability, its operating threshold and whether it is flagged;
+  VerificationFlag is UNVERIFIED and a comment states that this is an unverified AI result.
+
+Finding names have no standard code shared by every label set, so they are coded in a local
+scheme ``99XRAYTRIAGE`` (private schemes start with "99", PS3.16 8.1) with the name as meaning.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import textwrap
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import highdicom as hd
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+from pydicom import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from xraytriage.dicom.acceptance import CHEST_BODY_PARTS, normalize_body_part
+
+MANUFACTURER = "xraytriage"
+NOT_FOR_DIAGNOSTIC_USE = "NOT FOR DIAGNOSTIC USE"
+LOCAL_SCHEME = "99XRAYTRIAGE"
+AI_STATEMENT = (
+    "AI result produced automatically by {model}; NOT VERIFIED by a physician. "
+    "Not for diagnostic use: triage aid only."
+)
+
+PLAIN_CHEST_XRAY = hd.sr.CodedConcept("399208008", "SCT", "Plain chest X-ray")
+PLAIN_RADIOGRAPHY = hd.sr.CodedConcept(*codes.SCT.PlainRadiography[:3])
+OPERATING_THRESHOLD = hd.sr.CodedConcept("OPERATING_THRESHOLD", LOCAL_SCHEME, "Operating threshold")
+FLAGGED = hd.sr.CodedConcept("AT_OR_ABOVE_THRESHOLD", LOCAL_SCHEME, "At or above operating threshold")
+ABNORMAL_NAME = "Abnormal"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The model that produced the result: reported as the SR's device observer and in SC headers."""
+
+    name: str
+    version: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} {self.version}"
+
+    @property
+    def device_uid(self) -> str:
+        """A stable UID per model name and version (same model, same device observer UID)."""
+        return generate_uid(entropy_srcs=[MANUFACTURER, self.name, self.version])
+
+
+@dataclass(frozen=True)
+class FindingResult:
+    """One finding's probability and the operating threshold it is flagged at."""
+
+    name: str
+    probability: float
+    threshold: float
+
+    def __post_init__(self) -> None:
+        for what, value in (("probability", self.probability), ("threshold", self.threshold)):
+            if not 0.0 <= float(value) <= 1.0:
+                raise ValueError(f"finding {self.name!r}: {what} {value} is not in [0, 1]")
+
+    @property
+    def flagged(self) -> bool:
+        return self.probability >= self.threshold
+
+
+# --------------------------------------------------------------------------- secondary capture
+
+
+@contextlib.contextmanager
+def _quiet_person_names() -> Iterator[None]:
+    """highdicom warns when a PatientName has one component; PACS data often do, and the warning
+    would put the name into the logs."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name")
+        yield
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)  # Pillow's bundled scalable font
+    except (TypeError, OSError):  # Pillow without FreeType: the small bitmap font
+        return ImageFont.load_default()
+
+
+def caption_lines(caption: str) -> list[str]:
+    """The caption as burned in: "NOT FOR DIAGNOSTIC USE" first, then the caption itself."""
+    text = " ".join(caption.split())
+    if text.upper().startswith(NOT_FOR_DIAGNOSTIC_USE):
+        text = text[len(NOT_FOR_DIAGNOSTIC_USE) :].lstrip(" -:.,")
+    return [NOT_FOR_DIAGNOSTIC_USE, *([text] if text else [])]
+
+
+def burn_caption(overlay_rgb: np.ndarray, caption: str) -> np.ndarray:
+    """A black band with the caption in white, stacked on top of the overlay (which stays whole)."""
+    if overlay_rgb.ndim != 3 or overlay_rgb.shape[2] != 3 or overlay_rgb.dtype != np.uint8:
+        raise ValueError(
+            f"overlay must be an (H, W, 3) uint8 array, got {overlay_rgb.dtype} {overlay_rgb.shape}"
+        )
+    width = overlay_rgb.shape[1]
+    size = max(10, width // 40)
+    font = _font(size)
+    margin = max(4, size // 3)
+    char_width = max(1.0, font.getlength("M") * 0.8)
+    lines: list[str] = []
+    for line in caption_lines(caption):
+        lines.extend(textwrap.wrap(line, max(8, int((width - 2 * margin) / char_width))) or [""])
+    line_height = int(size * 1.3)
+    band = Image.new("RGB", (width, 2 * margin + line_height * len(lines)), (0, 0, 0))
+    draw = ImageDraw.Draw(band)
+    for i, line in enumerate(lines):
+        colour = (255, 255, 0) if i == 0 else (255, 255, 255)  # the warning stands out in yellow
+        draw.text((margin, margin + i * line_height), line, fill=colour, font=font)
+    return np.concatenate([np.asarray(band, dtype=np.uint8), overlay_rgb], axis=0)
+
+
+def _patient_orientation(source: Dataset) -> tuple[str, str] | None:
+    value = source.get("PatientOrientation")
+    if value is not None and not isinstance(value, str) and len(value) == 2 and all(value):
+        return str(value[0]), str(value[1])
+    return None
+
+
+def _image_reference(source: Dataset) -> Dataset:
+    item = Dataset()
+    item.ReferencedSOPClassUID = source.SOPClassUID
+    item.ReferencedSOPInstanceUID = source.SOPInstanceUID
+    return item
+
+
+def build_secondary_capture(
+    source: Dataset,
+    overlay_rgb: np.ndarray,
+    caption: str,
+    series_instance_uid: str,
+    series_number: int,
+    instance_number: int,
+    model: ModelInfo,
+) -> Dataset:
+    """An RGB Secondary Capture of ``overlay_rgb`` with ``caption`` burned in, in the source's study.
+
+    Patient and study attributes come from ``source``; the source image is referenced in
+    SourceImageSequence. The result is uncompressed (Explicit VR Little Endian).
+    """
+    pixels = burn_caption(overlay_rgb, caption)
+    orientation = _patient_orientation(source)
+    with _quiet_person_names():
+        sc = hd.sc.SCImage.from_ref_dataset(
+            ref_dataset=source,
+            pixel_array=pixels,
+            photometric_interpretation="RGB",
+            bits_allocated=8,
+            coordinate_system="PATIENT",
+            series_instance_uid=series_instance_uid,
+            series_number=series_number,
+            sop_instance_uid=generate_uid(),
+            instance_number=instance_number,
+            manufacturer=MANUFACTURER,
+            patient_orientation=orientation or ("L", "F"),
+            transfer_syntax_uid=ExplicitVRLittleEndian,
+            manufacturer_model_name=model.name[:64],
+            software_versions=model.version[:64],
+            series_description=f"AI heatmaps ({NOT_FOR_DIAGNOSTIC_USE.lower()})"[:64],
+        )
+    if orientation is None:
+        sc.PatientOrientation = None  # unknown in the source: leave empty (type 2) rather than guess
+    sc.BurnedInAnnotation = "YES"
+    sc.RecognizableVisualFeatures = "NO"
+    sc.ImageComments = " ".join(caption_lines(caption))[:10240]
+    sc.DerivationDescription = f"Heatmap overlay by {model.label} ({MANUFACTURER}); {NOT_FOR_DIAGNOSTIC_USE}"[
+        :1024
+    ]
+    sc.SourceImageSequence = [_image_reference(source)]
+    if "ImageLaterality" in source or "Laterality" in source:
+        sc.Laterality = source.get("ImageLaterality") or source.get("Laterality")
+    return sc
+
+
+# --------------------------------------------------------------------------- structured report
+
+_TYPE2_FOR_EVIDENCE = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "AccessionNumber",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+)
+
+
+def _evidence_copy(source: Dataset) -> Dataset:
+    """The source without pixels, with absent type-2 patient/study attributes present but empty
+    (highdicom reads them unconditionally; PACS objects sometimes omit them)."""
+    ds = Dataset()
+    for element in source:
+        if element.keyword not in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
+            ds.add(copy.deepcopy(element))
+    for keyword in _TYPE2_FOR_EVIDENCE:
+        if keyword not in ds:
+            setattr(ds, keyword, None)
+    return ds
+
+
+def _library_possible(evidence: Sequence[Dataset]) -> bool:
+    """Whether highdicom can describe the sources in an Image Library (TID 1600, optional in
+    TID 1500): it needs rows, columns and, for radiographs, patient orientation and imager pixel
+    spacing, which many radiographs leave empty. The groups reference the sources either way."""
+    try:
+        hd.sr.ImageLibrary(evidence)
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError):
+        return False
+    return True
+
+
+def _local_code(name: str) -> hd.sr.CodedConcept:
+    value = "_".join("".join(ch if ch.isalnum() else " " for ch in name.upper()).split())
+    return hd.sr.CodedConcept(value or "UNNAMED", LOCAL_SCHEME, name[:64])
+
+
+def procedure_for(sources: Sequence[Dataset]) -> hd.sr.CodedConcept:
+    """Plain chest X-ray when any source is a chest (or says nothing), else plain radiography."""
+    parts = {normalize_body_part(ds.get("BodyPartExamined", "")) for ds in sources}
+    if parts & (CHEST_BODY_PARTS | {""}):
+        return PLAIN_CHEST_XRAY
+    return PLAIN_RADIOGRAPHY
+
+
+def _probability(value: float) -> hd.sr.Measurement:
+    return hd.sr.Measurement(
+        name=codes.DCM.Probability, value=round(float(value), 6), unit=codes.UCUM.NoUnits
+    )
+
+
+def _group(
+    name: str,
+    probability: float,
+    threshold: float | None,
+    model: ModelInfo,
+    sources: Sequence[Dataset],
+) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    measurements = [_probability(probability)]
+    evaluations = []
+    if threshold is not None:
+        measurements.append(
+            hd.sr.Measurement(
+                name=OPERATING_THRESHOLD, value=round(float(threshold), 6), unit=codes.UCUM.NoUnits
+            )
+        )
+        flagged = codes.SCT.Yes if probability >= threshold else codes.SCT.No
+        evaluations.append(hd.sr.QualitativeEvaluation(name=FLAGGED, value=flagged))
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=name[:64]),
+        finding_type=_local_code(name),
+        algorithm_id=hd.sr.AlgorithmIdentification(name=model.name[:64], version=model.version[:64]),
+        measurements=measurements,
+        qualitative_evaluations=evaluations or None,
+        source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(ds) for ds in sources],
+    )
+
+
+def build_structured_report(
+    sources: Sequence[Dataset],
+    findings: Sequence[FindingResult],
+    model: ModelInfo,
+    series_instance_uid: str,
+    series_number: int,
+    instance_number: int,
+    abnormal: float | None = None,
+) -> Dataset:
+    """A TID 1500 Comprehensive SR of ``findings`` for the images ``sources`` (same study).
+
+    One measurement group per finding (Probability, Operating threshold, At or above operating
+    threshold: Yes/No) plus one for the abnormal score when given; UNVERIFIED, PRELIMINARY.
+    """
+    if not sources:
+        raise ValueError("a structured report needs at least one source image")
+    if not findings and abnormal is None:
+        raise ValueError("a structured report needs at least one finding or the abnormal score")
+    evidence = [_evidence_copy(ds) for ds in sources]
+    groups = [_group(f.name, f.probability, f.threshold, model, evidence) for f in findings]
+    if abnormal is not None:
+        if not 0.0 <= float(abnormal) <= 1.0:
+            raise ValueError(f"abnormal score {abnormal} is not in [0, 1]")
+        groups.append(_group(ABNORMAL_NAME, abnormal, None, model, evidence))
+    with _quiet_person_names():
+        return _comprehensive_sr(
+            evidence, sources, groups, model, series_instance_uid, series_number, instance_number
+        )
+
+
+def _comprehensive_sr(
+    evidence: Sequence[Dataset],
+    sources: Sequence[Dataset],
+    groups: list[hd.sr.MeasurementsAndQualitativeEvaluations],
+    model: ModelInfo,
+    series_instance_uid: str,
+    series_number: int,
+    instance_number: int,
+) -> Dataset:
+    context = hd.sr.ObservationContext(
+        observer_device_context=hd.sr.ObserverContext(
+            observer_type=codes.DCM.Device,
+            observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+                uid=model.device_uid,
+                name=model.label[:64],
+                manufacturer_name=MANUFACTURER,
+                model_name=model.name[:64],
+            ),
+        )
+    )
+    report = hd.sr.MeasurementReport(
+        observation_context=context,
+        procedure_reported=procedure_for(sources),
+        imaging_measurements=groups,
+        referenced_images=evidence if _library_possible(evidence) else None,
+    )
+    report[0].ContentSequence.append(
+        hd.sr.TextContentItem(
+            name=codes.DCM.Comment,
+            value=AI_STATEMENT.format(model=f"{MANUFACTURER} {model.label}"),
+            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+        )
+    )
+    return hd.sr.ComprehensiveSR(
+        evidence=evidence,
+        content=report[0],
+        series_instance_uid=series_instance_uid,
+        series_number=series_number,
+        sop_instance_uid=generate_uid(),
+        instance_number=instance_number,
+        manufacturer=MANUFACTURER,
+        is_complete=True,
+        is_final=False,
+        is_verified=False,
+        series_description=f"AI findings {model.label} (UNVERIFIED)"[:64],
+        manufacturer_model_name=model.name[:64],
+        software_versions=model.version[:64],
+    )
