@@ -1,0 +1,244 @@
+"""The service core without HTTP: storage, intake checks, the worker, recovery after a crash.
+
+The HTTP API and the pages are tested against a real server in test_serve_api.py and
+test_serve_browser.py.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image as PILImage
+
+from xraytriage.serving.config import ServeConfig
+from xraytriage.serving.db import DONE, ERROR, PROCESSING, QUEUED, Heatmap, Image, Study
+from xraytriage.serving.intake import UploadRejected, inspect_upload
+from xraytriage.serving.service import TriageService
+from xraytriage.serving.storage import BlobStore, safe_filename
+
+SAMPLES = Path(__file__).resolve().parents[1] / "src" / "xraytriage" / "assets" / "samples"
+
+
+def nih_pngs(n: int) -> list[Path]:
+    return sorted(SAMPLES.glob("*.png"))[:n]
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    PILImage.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def ct_dicom(shared_data: Path, tmp_path: Path) -> bytes:
+    ds = pydicom.dcmread(shared_data / "dicom" / "siim_cr_chest_pa.dcm")
+    ds.Modality = "CT"
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    path = tmp_path / "ct.dcm"
+    ds.save_as(path)
+    return path.read_bytes()
+
+
+def broken_pixels_dicom(shared_data: Path, tmp_path: Path) -> bytes:
+    """Header intact (passes intake), JPEG stream garbage (fails in the worker)."""
+    from pydicom.encaps import encapsulate
+
+    ds = pydicom.dcmread(shared_data / "dicom" / "siim_cr_chest_pa.dcm")
+    ds.PixelData = encapsulate([b"\xff\xd8\xff\xe0" + bytes(range(256)) * 8])
+    ds.StudyInstanceUID = "1.2.3.4.5.6.7.8.9"
+    ds.SOPInstanceUID = "1.2.3.4.5.6.7.8.9.1"
+    path = tmp_path / "broken.dcm"
+    ds.save_as(path)
+    return path.read_bytes()
+
+
+@pytest.fixture()
+def service(tmp_path: Path) -> TriageService:
+    """The bundled default model (ONNX beside it), no background threads: tests step the worker."""
+    return TriageService(
+        ServeConfig(data_dir=tmp_path / "data", workers=0, heatmaps=True, heatmap_findings=2)
+    )
+
+
+def drain(service: TriageService) -> None:
+    for _ in range(100):
+        if not service.workers.step():
+            return
+    raise AssertionError("the worker never ran out of work")
+
+
+# --- storage and intake ------------------------------------------------------------------
+
+
+def test_blob_store_is_content_addressed(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path)
+    digest, created = store.put(b"abc")
+    again, created_again = store.put(b"abc")
+    assert digest == again and created and not created_again
+    assert store.path(digest).read_bytes() == b"abc"
+    with pytest.raises(ValueError):
+        store.path("../../etc/passwd")
+
+
+@pytest.mark.parametrize(
+    ("given", "shown"),
+    [
+        ("../../etc/passwd", "passwd"),
+        ("C:\\Users\\x\\chest 1.png", "chest 1.png"),
+        ("", "upload"),
+        ("..", "upload"),
+    ],
+)
+def test_safe_filename_never_keeps_a_path(given: str, shown: str) -> None:
+    assert safe_filename(given) == shown
+
+
+def test_intake_checks_content_not_names(shared_data: Path, tmp_path: Path) -> None:
+    png = nih_pngs(1)[0].read_bytes()
+    info = inspect_upload(png, "x.dcm")  # a PNG named .dcm is still a PNG
+    assert (info.format, info.width, info.height) == ("png", 256, 256)
+    dicom = inspect_upload((shared_data / "dicom" / "siim_cr_chest_pa.dcm").read_bytes(), "a.png")
+    assert dicom.format == "dicom" and dicom.modality == "CR" and dicom.study_uid
+
+    cases = [
+        (b"", 422, "empty"),
+        (b"hello world, not an image at all" * 10, 415, "not a PNG, JPEG, TIFF or DICOM"),
+        (png[: len(png) // 2], 422, "cannot read the png file"),
+        (ct_dicom(shared_data, tmp_path), 422, "modality CT"),
+        (png, 413, "over the limit"),
+    ]
+    for data, status, words in cases:
+        with pytest.raises(UploadRejected) as caught:
+            inspect_upload(data, "bad.png", max_bytes=len(png) - 1 if status == 413 else None)
+        assert caught.value.status == status, words
+        assert words in str(caught.value) and str(caught.value).startswith("bad.png: ")
+
+
+# --- the worker ----------------------------------------------------------------------------
+
+
+def test_service_matches_the_triage_command(service: TriageService, tmp_path: Path) -> None:
+    """The service ranks studies exactly as ``xraytriage triage`` does on the same files."""
+    from xraytriage.triage import TriageEngine, TriageOptions
+
+    files = nih_pngs(5)
+    for path in files:
+        service.ingest(path.read_bytes(), path.name)
+    drain(service)
+    with service.db.session() as s:
+        studies = {st.name: st for st in s.query(Study)}
+    assert {st.state for st in studies.values()} == {DONE}
+
+    cli = TriageEngine(service.predictor, TriageOptions(workers=0, progress=False)).run(files)
+    assert [Path(r.path).name for r in cli.rows] == sorted(studies, key=lambda n: -studies[n].priority)
+    for row in cli.rows:
+        study = studies[Path(row.path).name]
+        assert study.priority == pytest.approx(row.priority, abs=1e-6)
+        assert study.findings == row.findings
+
+
+def test_same_file_twice_is_one_study(service: TriageService) -> None:
+    data = nih_pngs(1)[0].read_bytes()
+    first = service.ingest(data, "a.png")
+    second = service.ingest(data, "renamed.png")
+    assert second.duplicate and not first.duplicate
+    assert (first.study_id, first.image_id) == (second.study_id, second.image_id)
+    with service.db.session() as s:
+        assert s.query(Study).count() == 1 and s.query(Image).count() == 1
+
+
+def test_dicom_images_group_by_study_uid(service: TriageService, shared_data: Path) -> None:
+    a = service.ingest((shared_data / "dicom" / "siim_cr_chest_pa.dcm").read_bytes(), "1.dcm")
+    b = service.ingest((shared_data / "dicom" / "cr_chest_pa_monochrome1.dcm").read_bytes(), "2.dcm")
+    assert a.study_id == b.study_id and a.image_id != b.image_id
+    drain(service)
+    with service.db.session() as s:
+        study = s.get(Study, a.study_id)
+        assert study.state == DONE and len(study.images) == 2
+        assert study.abnormal == pytest.approx(max(img.abnormal for img in study.images))
+
+
+def test_client_study_key_groups_uploads(service: TriageService) -> None:
+    files = nih_pngs(2)
+    ids = {service.ingest(p.read_bytes(), p.name, study_key="visit-7").study_id for p in files}
+    assert len(ids) == 1
+    drain(service)
+    with service.db.session() as s:
+        study = s.get(Study, ids.pop())
+        assert len(study.images) == 2
+        assert study.abnormal == pytest.approx(max(i.abnormal for i in study.images))  # max aggregation
+
+
+def test_unreadable_pixels_become_an_error_naming_the_file(
+    service: TriageService, shared_data: Path, tmp_path: Path
+) -> None:
+    accepted = service.ingest(broken_pixels_dicom(shared_data, tmp_path), "broken chest.dcm")
+    good = service.ingest(nih_pngs(1)[0].read_bytes(), "good.png")
+    drain(service)
+    with service.db.session() as s:
+        bad = s.get(Study, accepted.study_id)
+        assert bad.state == ERROR
+        assert bad.error.startswith("broken chest.dcm: ") and "blobs" not in bad.error
+        assert s.get(Study, good.study_id).state == DONE
+
+
+def test_heatmaps_are_drawn_for_listed_findings(service: TriageService) -> None:
+    accepted = service.ingest(nih_pngs(1)[0].read_bytes(), "a.png")
+    drain(service)
+    with service.db.session() as s:
+        study = s.get(Study, accepted.study_id)
+        listed = [f.rsplit(" ", 1)[0] for f in study.findings.split("; ") if f]
+        heatmaps = s.query(Heatmap).filter(Heatmap.image_id == study.key_image_id).all()
+        assert study.heatmaps_state == "done" and study.explained_at >= study.predicted_at
+    assert listed, "the sample should list at least one finding"
+    assert [h.finding for h in sorted(heatmaps, key=lambda h: -h.probability)] == listed[:2]
+    for heatmap in heatmaps:
+        heat = np.asarray(PILImage.open(service.heat_path(accepted.image_id, heatmap.finding)))
+        assert heat.shape == (256, 256) and heat.max() > heat.min()
+        assert heatmap.box is not None and heatmap.box["w"] > 0
+
+
+def test_recover_requeues_work_a_crash_left_behind(service: TriageService) -> None:
+    accepted = service.ingest(nih_pngs(1)[0].read_bytes(), "a.png")
+    claimed = service.db.claim_images(10)
+    assert [i.id for i in claimed] == [accepted.image_id]
+    assert service.db.claim_images(10) == []  # claimed work is not handed out twice
+    # ... the process dies here; a new service on the same data folder picks it up
+    again = TriageService(service.config)
+    with again.db.session() as s:
+        assert s.get(Image, accepted.image_id).state == PROCESSING
+    assert again.db.recover() == 1
+    with again.db.session() as s:
+        assert s.get(Image, accepted.image_id).state == QUEUED
+    drain(again)
+    with again.db.session() as s:
+        assert s.get(Study, accepted.study_id).state == DONE
+
+
+def test_display_image_follows_the_dicom_pixel_chain(service: TriageService, shared_data: Path) -> None:
+    """Same stored pixels, one labelled MONOCHROME1: it must be shown inverted (what a PACS shows)."""
+    from xraytriage.io import read_radiograph
+
+    a = service.ingest((shared_data / "dicom" / "siim_cr_chest_pa.dcm").read_bytes(), "1.dcm")
+    b = service.ingest((shared_data / "dicom" / "cr_chest_pa_monochrome1.dcm").read_bytes(), "2.dcm")
+    first = np.asarray(PILImage.open(service.display_path(a.image_id)), dtype=np.float32)
+    second = np.asarray(PILImage.open(service.display_path(b.image_id)), dtype=np.float32)
+    assert first.shape == (1024, 1024)
+    assert np.abs(first + second - 255.0).mean() < 1.0
+    expected = read_radiograph(shared_data / "dicom" / "siim_cr_chest_pa.dcm").pixels * 255.0
+    assert np.abs(first - expected).mean() < 1.0
+
+
+def test_data_folder_survives_a_new_service(service: TriageService, tmp_path: Path) -> None:
+    accepted = service.ingest(nih_pngs(1)[0].read_bytes(), "a.png")
+    drain(service)
+    copy = tmp_path / "copied"
+    shutil.copytree(service.config.data_dir, copy)
+    restarted = TriageService(ServeConfig(data_dir=copy, workers=0))
+    with restarted.db.session() as s:
+        study = s.get(Study, accepted.study_id)
+        assert study.state == DONE and study.priority is not None
