@@ -138,7 +138,6 @@ def _study_or_404(session, study_id: str) -> Study:
 def get_study(request: Request, study_id: str):
     service = service_of(request)
     with service.db.session() as s:
-        _load_studies(s)
         return study_detail(s, _study_or_404(s, study_id), service.checkpoint)
 
 

@@ -10,7 +10,7 @@ import io
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import and_, func, or_, select
 
 from xraytriage.labels import canonical_label
 from xraytriage.serving.db import DONE, ERROR, Heatmap, Image, Study
@@ -60,6 +60,30 @@ def sort_key(study: Study) -> tuple:
     return (1, 0.0, study.received_at, study.id)
 
 
+def _elapsed(start: float | None, end: float | None) -> float | None:
+    """Seconds from the study's first image to a result (the service's own clock)."""
+    if start is None or end is None:
+        return None
+    return round(max(0.0, end - start), 3)
+
+
+def rank_of(session, study: Study) -> int | None:
+    """The study's place in the worklist, counted in SQL (no need to load every study)."""
+    if study.state != DONE or study.priority is None:
+        return None
+    ahead = or_(
+        Study.priority > study.priority,
+        and_(
+            Study.priority == study.priority,
+            or_(
+                Study.received_at < study.received_at,
+                and_(Study.received_at == study.received_at, Study.id < study.id),
+            ),
+        ),
+    )
+    return session.scalar(select(func.count()).select_from(Study).where(Study.state == DONE, ahead)) + 1
+
+
 def study_summary(study: Study, rank: int | None = None) -> dict[str, Any]:
     return {
         "id": study.id,
@@ -78,6 +102,8 @@ def study_summary(study: Study, rank: int | None = None) -> dict[str, Any]:
         "predicted_at": iso(study.predicted_at),
         "explained_at": iso(study.explained_at),
         "heatmaps_state": study.heatmaps_state,
+        "seconds_to_result": _elapsed(study.received_at, study.predicted_at),
+        "seconds_to_heatmaps": _elapsed(study.received_at, study.explained_at),
         "url": f"/studies/{study.id}",
         "api_url": f"/api/v1/studies/{study.id}",
     }
@@ -146,9 +172,7 @@ def heatmap_dict(study_id: str, heatmap: Heatmap) -> dict[str, Any]:
 
 def study_detail(session, study: Study, checkpoint) -> dict[str, Any]:
     """Everything the study page shows: summary, findings table, images, heatmaps."""
-    rows = ranked(session.scalars(select(Study)).all())
-    rank = next((r for s, r in rows if s.id == study.id), None)
-    data = study_summary(study, rank)
+    data = study_summary(study, rank_of(session, study))
     probabilities = study.probabilities
     table = []
     for name in checkpoint.label_names:
