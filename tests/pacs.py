@@ -1,0 +1,188 @@
+"""Test helpers for the DICOM node: a real Orthanc on loopback ports, and the dcmtk tools.
+
+``orthanc()`` starts ``Orthanc`` with its own temporary storage and config (no plugins, no
+authentication, remote access off) and waits until its REST API answers. ``run_tool`` runs
+``storescu``/``echoscu``/``dsrdump`` with a timeout and returns (returncode, output).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ORTHANC_AE = "ORTHANC"
+
+
+def orthanc_binary() -> str | None:
+    return shutil.which("Orthanc") or next(
+        (p for p in ("/usr/sbin/Orthanc", "/usr/bin/Orthanc") if Path(p).is_file()), None
+    )
+
+
+def require_tools(*names: str) -> None:
+    """Skip the calling test, naming what is missing (CI installs orthanc and dcmtk)."""
+    missing = [
+        name for name in names if (orthanc_binary() if name == "Orthanc" else shutil.which(name)) is None
+    ]
+    if missing:
+        pytest.skip(f"not on PATH: {', '.join(missing)} (Debian packages orthanc / dcmtk)")
+
+
+def free_port() -> int:
+    """A loopback TCP port free right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def run_tool(tool: str, args: Sequence[str], timeout: float = 30) -> tuple[int, str]:
+    """Run a dcmtk tool; (returncode, stdout + stderr). A timeout counts as returncode -9."""
+    try:
+        proc = subprocess.run(
+            [tool, *map(str, args)], capture_output=True, text=True, timeout=timeout, check=False
+        )
+    except subprocess.TimeoutExpired as exc:
+        out = (exc.stdout or b"") + (exc.stderr or b"")
+        return -9, (out.decode(errors="replace") if isinstance(out, bytes) else str(out)) + "\n[timeout]"
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def storescu(
+    port: int, files: Sequence[Path], calling_ae: str = "STORESCU", called_ae: str = "XRAYTRIAGE"
+) -> tuple[int, str]:
+    return run_tool(
+        "storescu", ["-v", "-xy", "-aet", calling_ae, "-aec", called_ae, "127.0.0.1", port, *files]
+    )
+
+
+def echoscu(port: int, calling_ae: str = "ECHOSCU", called_ae: str = "XRAYTRIAGE") -> tuple[int, str]:
+    return run_tool("echoscu", ["-v", "-aet", calling_ae, "-aec", called_ae, "127.0.0.1", port])
+
+
+@dataclass
+class OrthancServer:
+    """A running Orthanc: its REST base URL, DICOM port and AE title."""
+
+    http_port: int
+    dicom_port: int
+    ae_title: str
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def get(self, path: str) -> bytes:
+        with urllib.request.urlopen(self.url + path, timeout=10) as response:
+            return response.read()
+
+    def get_json(self, path: str):
+        return json.loads(self.get(path))
+
+
+def _wait_ready(server: OrthancServer, proc: subprocess.Popen, deadline_s: float) -> None:
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(
+                f"Orthanc exited with {proc.returncode}: {server.log_path.read_text()[-2000:]}"
+            )
+        try:
+            server.get_json("/system")
+            return
+        except (urllib.error.URLError, ConnectionError, OSError, ValueError):
+            time.sleep(0.1)
+    raise RuntimeError(f"Orthanc did not answer within {deadline_s} s: {server.log_path.read_text()[-2000:]}")
+
+
+@contextmanager
+def orthanc(
+    workdir: Path, ae_title: str = ORTHANC_AE, startup_timeout: float = 30
+) -> Iterator[OrthancServer]:
+    """Start a private Orthanc under ``workdir`` on free loopback ports; stop it on exit."""
+    binary = orthanc_binary()
+    if binary is None:
+        pytest.skip("Orthanc is not installed (Debian package orthanc)")
+    workdir.mkdir(parents=True, exist_ok=True)
+    server = OrthancServer(free_port(), free_port(), ae_title, workdir / "orthanc.log")
+    config = {
+        "Name": "xraytriage-test",
+        "StorageDirectory": str(workdir / "storage"),
+        "IndexDirectory": str(workdir / "index"),
+        "HttpPort": server.http_port,
+        "DicomPort": server.dicom_port,
+        "DicomAet": ae_title,
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False,
+        "Plugins": [],
+        "DicomModalities": {},
+        "HttpThreadsCount": 4,
+        "ConcurrentJobs": 1,
+        "SaveJobs": False,
+        "StorageCompression": False,
+    }
+    config_path = workdir / "orthanc.json"
+    config_path.write_text(json.dumps(config, indent=2))
+    with server.log_path.open("w") as log:
+        proc = subprocess.Popen([binary, str(config_path)], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        _wait_ready(server, proc, startup_timeout)
+        yield server
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def write_image(
+    path: Path,
+    sop_class_uid: str,
+    modality: str,
+    body_part: str | None = "CHEST",
+    study_uid: str | None = None,
+    size: int = 16,
+) -> Path:
+    """A small, valid, uncompressed DICOM image file of any SOP class (e.g. a CT to refuse)."""
+    import numpy as np
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class_uid
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = sop_class_uid
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID = study_uid or generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.Modality = modality
+    ds.PatientName = "Synthetic^Test"
+    ds.PatientID = "SYN-0001"
+    if body_part is not None:
+        ds.BodyPartExamined = body_part
+    ds.Rows = ds.Columns = size
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = 16
+    ds.BitsStored = 12
+    ds.HighBit = 11
+    ds.PixelRepresentation = 0
+    ds.PixelData = (np.arange(size * size, dtype=np.uint16) % 4096).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
