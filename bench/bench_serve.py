@@ -49,7 +49,9 @@ def server(mode: str, workers: int):
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="xraytriage-bench-") as tmp:
         args = [
-            str(REPO / ".venv" / "bin" / "xraytriage"),
+            sys.executable,
+            "-m",
+            "xraytriage.cli.main",
             "serve",
             "--port",
             str(port),
@@ -62,7 +64,11 @@ def server(mode: str, workers: int):
         ]
         if mode == "predict":
             args.append("--no-heatmaps")
-        env = {**os.environ, "XRAYTRIAGE_CACHE": str(Path(tmp) / "cache")}
+        env = {
+            **os.environ,
+            "XRAYTRIAGE_CACHE": str(Path(tmp) / "cache"),
+            "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
+        }
         log = open(Path(tmp) / "server.log", "w")  # noqa: SIM115 - closed below
         process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
         url = f"http://127.0.0.1:{port}"
