@@ -1,0 +1,179 @@
+"""Secondary Capture and Structured Report results built from the real SIIM chest CR."""
+
+from __future__ import annotations
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.uid import generate_uid
+
+from pacs import require_tools, run_tool
+from xraytriage.dicom import FindingResult, ModelInfo, build_secondary_capture, build_structured_report
+from xraytriage.dicom.results import NOT_FOR_DIAGNOSTIC_USE, burn_caption, caption_lines
+from xraytriage.io import read_radiograph
+
+MODEL = ModelInfo("densenet121-nih", "1.2.0")
+FINDINGS = [
+    FindingResult("Pneumothorax", 0.82, 0.40),
+    FindingResult("Pleural Thickening", 0.10, 0.30),
+    FindingResult("Effusion", 0.30, 0.30),  # exactly at threshold: flagged
+]
+
+
+@pytest.fixture(scope="module")
+def source_path(shared_data):
+    return shared_data / "dicom" / "siim_cr_chest_pa.dcm"
+
+
+@pytest.fixture(scope="module")
+def source(source_path):
+    return pydicom.dcmread(source_path)
+
+
+def overlay_for(path) -> np.ndarray:
+    """A grey radiograph with a red square 'heatmap', as the explain step would hand over."""
+    grey = (read_radiograph(path).pixels * 255).astype(np.uint8)
+    rgb = np.stack([grey, grey, grey], axis=-1)
+    rgb[300:500, 600:800, 0] = 255
+    return rgb
+
+
+def content_items(ds) -> list[tuple[str, object]]:
+    """(concept name meaning, value) for every SR content item, depth first."""
+    items = []
+    for item in ds.get("ContentSequence", []):
+        name = item.ConceptNameCodeSequence[0].CodeMeaning if "ConceptNameCodeSequence" in item else ""
+        kind = item.ValueType
+        if kind == "NUM":
+            value = float(item.MeasuredValueSequence[0].NumericValue)
+        elif kind == "CODE":
+            value = item.ConceptCodeSequence[0].CodeMeaning
+        elif kind == "TEXT":
+            value = item.TextValue
+        elif kind == "IMAGE":
+            value = item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+        else:
+            value = None
+        items.append((name, value))
+        items.extend(content_items(item))
+    return items
+
+
+def findings_in(sr) -> dict[str, dict[str, object]]:
+    """finding name -> {Probability, Operating threshold, At or above operating threshold}."""
+    out: dict[str, dict[str, object]] = {}
+    current = None
+    for name, value in content_items(sr):
+        if name == "Finding":
+            current = out.setdefault(str(value), {})
+        elif current is not None and name in (
+            "Probability",
+            "Operating threshold",
+            "At or above operating threshold",
+        ):
+            current[name] = value
+    return out
+
+
+def test_caption_always_starts_with_the_warning():
+    assert caption_lines("Pneumothorax 0.82") == [NOT_FOR_DIAGNOSTIC_USE, "Pneumothorax 0.82"]
+    assert caption_lines("not for diagnostic use - Effusion") == [NOT_FOR_DIAGNOSTIC_USE, "Effusion"]
+    with pytest.raises(ValueError, match="uint8"):
+        burn_caption(np.zeros((8, 8, 3), np.float32), "x")
+
+
+def test_secondary_capture_same_study_new_series_caption_burned_in(source, source_path):
+    overlay = overlay_for(source_path)
+    series = generate_uid()
+    sc = build_secondary_capture(source, overlay, "Pneumothorax 0.82 (threshold 0.40)", series, 901, 1, MODEL)
+    sc = pydicom.dcmread(_roundtrip(sc))  # what a PACS would store
+    assert sc.StudyInstanceUID == source.StudyInstanceUID
+    assert sc.PatientID == source.PatientID and sc.PatientName == source.PatientName
+    assert sc.SeriesInstanceUID == series != source.SeriesInstanceUID
+    assert sc.SOPInstanceUID != source.SOPInstanceUID
+    assert sc.Modality == "OT" and sc.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7"
+    assert sc.BurnedInAnnotation == "YES"
+    assert sc.ImageComments.startswith(NOT_FOR_DIAGNOSTIC_USE)
+    assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+    assert (sc.Manufacturer, sc.ManufacturerModelName, sc.SoftwareVersions) == (
+        "xraytriage",
+        *MODEL.__dict__.values(),
+    )
+    pixels = sc.pixel_array
+    band = pixels.shape[0] - overlay.shape[0]
+    assert pixels.shape[1:] == overlay.shape[1:] and band > 20
+    np.testing.assert_array_equal(pixels[band:], overlay)  # the overlay is kept whole below the band
+    top = pixels[:band]
+    assert top.max() > 200 and 0.005 < (top.max(axis=-1) > 128).mean() < 0.5  # text on black
+    # the warning line is yellow (no blue), the caption line white
+    assert ((top[..., 0] > 200) & (top[..., 2] < 60)).any()
+
+
+def test_structured_report_lists_every_finding(source):
+    series = generate_uid()
+    sr = build_structured_report([source], FINDINGS, MODEL, series, 902, 1, abnormal=0.7)
+    sr = pydicom.dcmread(_roundtrip(sr))
+    assert sr.StudyInstanceUID == source.StudyInstanceUID and sr.PatientID == source.PatientID
+    assert sr.SeriesInstanceUID == series and sr.Modality == "SR"
+    assert sr.VerificationFlag == "UNVERIFIED" and sr.CompletionFlag == "COMPLETE"
+    assert sr.ContentTemplateSequence[0].TemplateIdentifier == "1500"
+    evidence = sr.CurrentRequestedProcedureEvidenceSequence[0]
+    referenced = evidence.ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
+    assert referenced.ReferencedSOPInstanceUID == source.SOPInstanceUID
+    found = findings_in(sr)
+    assert set(found) == {"Pneumothorax", "Pleural Thickening", "Effusion", "Abnormal"}
+    for finding in FINDINGS:
+        assert found[finding.name]["Probability"] == pytest.approx(finding.probability)
+        assert found[finding.name]["Operating threshold"] == pytest.approx(finding.threshold)
+        assert found[finding.name]["At or above operating threshold"] == ("Yes" if finding.flagged else "No")
+    assert found["Effusion"]["At or above operating threshold"] == "Yes"
+    assert found["Abnormal"] == {"Probability": pytest.approx(0.7)}
+    items = content_items(sr)
+    assert ("Device Observer Manufacturer", "xraytriage") in items
+    assert ("Device Observer Name", MODEL.label) in items
+    assert ("Algorithm Version", MODEL.version) in items
+    assert ("Procedure reported", "Plain chest X-ray") in items
+    comments = [value for name, value in items if name == "Comment"]
+    assert comments and "NOT VERIFIED" in comments[0] and "AI result" in comments[0]
+    assert all(value == source.SOPInstanceUID for name, value in items if name == "Source of Measurement")
+
+
+def test_structured_report_parses_with_dsrdump(source, tmp_path):
+    require_tools("dsrdump")
+    path = tmp_path / "sr.dcm"
+    build_structured_report([source], FINDINGS, MODEL, generate_uid(), 902, 1, abnormal=0.7).save_as(path)
+    rc, out = run_tool("dsrdump", ["-Ee", path])  # -Ee: report every error and warning
+    assert rc == 0, out
+    assert not [line for line in out.splitlines() if line.startswith(("E:", "W:"))], out
+    assert "Verification Flag   : UNVERIFIED" in out
+    assert 'CODE:(,,"Finding")=(PNEUMOTHORAX,99XRAYTRIAGE,"Pneumothorax")' in out
+
+
+def test_structured_report_needs_sources_and_content(source):
+    with pytest.raises(ValueError):
+        build_structured_report([], FINDINGS, MODEL, generate_uid(), 1, 1)
+    with pytest.raises(ValueError):
+        build_structured_report([source], [], MODEL, generate_uid(), 1, 1)
+    with pytest.raises(ValueError, match="not in"):
+        FindingResult("Mass", 1.5, 0.5)
+
+
+def test_structured_report_tolerates_sources_missing_type2_attributes(source):
+    bare = pydicom.Dataset()
+    for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Modality"):
+        setattr(bare, keyword, source.get(keyword))
+    bare.PatientID = "P1"
+    bare.Rows = bare.Columns = 64
+    bare.BodyPartExamined = "WRIST"
+    sr = build_structured_report([bare], FINDINGS[:1], MODEL, generate_uid(), 1, 1)
+    assert sr.PatientID == "P1" and sr.StudyInstanceUID == source.StudyInstanceUID
+    assert ("Procedure reported", "Plain radiography") in content_items(sr)
+
+
+def _roundtrip(ds):
+    import io
+
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    buffer.seek(0)
+    return buffer
