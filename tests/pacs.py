@@ -1,4 +1,4 @@
-"""Test helpers for the DICOM node: a real Orthanc on loopback ports, and the dcmtk tools.
+"""Test helpers for the DICOM node: a real Orthanc on loopback ports, the dcmtk tools, SR reading.
 
 ``orthanc()`` starts ``Orthanc`` with its own temporary storage and config (no plugins, no
 authentication, remote access off) and waits until its REST API answers. ``run_tool`` runs
@@ -186,3 +186,52 @@ def write_image(
     ds.PixelData = (np.arange(size * size, dtype=np.uint16) % 4096).tobytes()
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+def radiograph_overlay(path: Path):
+    """A grey radiograph with a red square 'heatmap', as the explain step would hand over."""
+    import numpy as np
+
+    from xraytriage.io import read_radiograph
+
+    grey = (read_radiograph(path).pixels * 255).astype(np.uint8)
+    rgb = np.stack([grey, grey, grey], axis=-1)
+    rgb[300:500, 600:800, 0] = 255
+    return rgb
+
+
+def sr_content_items(ds) -> list[tuple[str, object]]:
+    """(concept name meaning, value) for every SR content item, depth first."""
+    items = []
+    for item in ds.get("ContentSequence", []):
+        name = item.ConceptNameCodeSequence[0].CodeMeaning if "ConceptNameCodeSequence" in item else ""
+        kind = item.ValueType
+        if kind == "NUM":
+            value = float(item.MeasuredValueSequence[0].NumericValue)
+        elif kind == "CODE":
+            value = item.ConceptCodeSequence[0].CodeMeaning
+        elif kind == "TEXT":
+            value = item.TextValue
+        elif kind == "IMAGE":
+            value = item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+        else:
+            value = None
+        items.append((name, value))
+        items.extend(sr_content_items(item))
+    return items
+
+
+def findings_in(sr) -> dict[str, dict[str, object]]:
+    """finding name -> {Probability, Operating threshold, At or above operating threshold}."""
+    out: dict[str, dict[str, object]] = {}
+    current = None
+    for name, value in sr_content_items(sr):
+        if name == "Finding":
+            current = out.setdefault(str(value), {})
+        elif current is not None and name in (
+            "Probability",
+            "Operating threshold",
+            "At or above operating threshold",
+        ):
+            current[name] = value
+    return out

@@ -7,10 +7,9 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from pacs import require_tools, run_tool
+from pacs import findings_in, radiograph_overlay, require_tools, run_tool, sr_content_items
 from xraytriage.dicom import FindingResult, ModelInfo, build_secondary_capture, build_structured_report
 from xraytriage.dicom.results import NOT_FOR_DIAGNOSTIC_USE, burn_caption, caption_lines
-from xraytriage.io import read_radiograph
 
 MODEL = ModelInfo("densenet121-nih", "1.2.0")
 FINDINGS = [
@@ -30,51 +29,6 @@ def source(source_path):
     return pydicom.dcmread(source_path)
 
 
-def overlay_for(path) -> np.ndarray:
-    """A grey radiograph with a red square 'heatmap', as the explain step would hand over."""
-    grey = (read_radiograph(path).pixels * 255).astype(np.uint8)
-    rgb = np.stack([grey, grey, grey], axis=-1)
-    rgb[300:500, 600:800, 0] = 255
-    return rgb
-
-
-def content_items(ds) -> list[tuple[str, object]]:
-    """(concept name meaning, value) for every SR content item, depth first."""
-    items = []
-    for item in ds.get("ContentSequence", []):
-        name = item.ConceptNameCodeSequence[0].CodeMeaning if "ConceptNameCodeSequence" in item else ""
-        kind = item.ValueType
-        if kind == "NUM":
-            value = float(item.MeasuredValueSequence[0].NumericValue)
-        elif kind == "CODE":
-            value = item.ConceptCodeSequence[0].CodeMeaning
-        elif kind == "TEXT":
-            value = item.TextValue
-        elif kind == "IMAGE":
-            value = item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
-        else:
-            value = None
-        items.append((name, value))
-        items.extend(content_items(item))
-    return items
-
-
-def findings_in(sr) -> dict[str, dict[str, object]]:
-    """finding name -> {Probability, Operating threshold, At or above operating threshold}."""
-    out: dict[str, dict[str, object]] = {}
-    current = None
-    for name, value in content_items(sr):
-        if name == "Finding":
-            current = out.setdefault(str(value), {})
-        elif current is not None and name in (
-            "Probability",
-            "Operating threshold",
-            "At or above operating threshold",
-        ):
-            current[name] = value
-    return out
-
-
 def test_caption_always_starts_with_the_warning():
     assert caption_lines("Pneumothorax 0.82") == [NOT_FOR_DIAGNOSTIC_USE, "Pneumothorax 0.82"]
     assert caption_lines("not for diagnostic use - Effusion") == [NOT_FOR_DIAGNOSTIC_USE, "Effusion"]
@@ -83,7 +37,7 @@ def test_caption_always_starts_with_the_warning():
 
 
 def test_secondary_capture_same_study_new_series_caption_burned_in(source, source_path):
-    overlay = overlay_for(source_path)
+    overlay = radiograph_overlay(source_path)
     series = generate_uid()
     sc = build_secondary_capture(source, overlay, "Pneumothorax 0.82 (threshold 0.40)", series, 901, 1, MODEL)
     sc = pydicom.dcmread(_roundtrip(sc))  # what a PACS would store
@@ -128,7 +82,7 @@ def test_structured_report_lists_every_finding(source):
         assert found[finding.name]["At or above operating threshold"] == ("Yes" if finding.flagged else "No")
     assert found["Effusion"]["At or above operating threshold"] == "Yes"
     assert found["Abnormal"] == {"Probability": pytest.approx(0.7)}
-    items = content_items(sr)
+    items = sr_content_items(sr)
     assert ("Device Observer Manufacturer", "xraytriage") in items
     assert ("Device Observer Name", MODEL.label) in items
     assert ("Algorithm Version", MODEL.version) in items
@@ -167,7 +121,7 @@ def test_structured_report_tolerates_sources_missing_type2_attributes(source):
     bare.BodyPartExamined = "WRIST"
     sr = build_structured_report([bare], FINDINGS[:1], MODEL, generate_uid(), 1, 1)
     assert sr.PatientID == "P1" and sr.StudyInstanceUID == source.StudyInstanceUID
-    assert ("Procedure reported", "Plain radiography") in content_items(sr)
+    assert ("Procedure reported", "Plain radiography") in sr_content_items(sr)
 
 
 def _roundtrip(ds):
