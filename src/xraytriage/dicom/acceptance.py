@@ -61,6 +61,9 @@ def sop_class_name(uid: str) -> str:
 def check_acceptable(ds: Dataset) -> str | None:
     """None when the object should be triaged, else why not (names SOP class/modality/body part).
 
+    The reason leads with what is wrong so that its first 64 characters (the C-STORE
+    ErrorComment limit) still say it.
+
     Accepted: CR Image Storage and Digital X-Ray (for presentation or processing) with Modality
     CR or DX, plus Secondary Captures whose Modality is CR or DX; BodyPartExamined of the chest
     or skeleton, or missing (many modalities leave it empty).
@@ -68,17 +71,16 @@ def check_acceptable(ds: Dataset) -> str | None:
     sop_class = str(ds.get("SOPClassUID", "") or "").strip()
     modality = str(ds.get("Modality", "") or "").strip().upper()
     if sop_class not in RADIOGRAPH_SOP_CLASSES | DIGITIZED_SOP_CLASSES:
-        return (
-            f"SOP class {sop_class_name(sop_class)} is not accepted: only CR and DX radiographs are triaged"
-        )
+        name = UID(sop_class).name if sop_class else "no SOP class"
+        return f"{name} not accepted (only CR/DX radiographs); SOP class {sop_class or 'missing'}"
     if modality not in ACCEPTED_MODALITIES:
         shown = modality or "missing"
-        return f"modality {shown} ({sop_class_name(sop_class)}) is not accepted: only CR and DX"
+        return f"modality {shown} not accepted (only CR/DX); {sop_class_name(sop_class)}"
     raw_part = ds.get("BodyPartExamined", "")
     body_part = normalize_body_part(raw_part)
     if body_part and body_part not in ACCEPTED_BODY_PARTS:
         return (
-            f"body part {str(raw_part).strip()} ({modality}) is not accepted: "
-            "only chest and musculoskeletal radiographs"
+            f"body part {str(raw_part).strip()} not accepted "
+            f"(only chest or musculoskeletal); modality {modality}"
         )
     return None
