@@ -62,6 +62,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--max-files", type=int, default=100, help="most files in one upload request (default 100)"
     )
+    dicom = p.add_argument_group("DICOM node (receive studies from a PACS or modality, send results back)")
+    dicom.add_argument(
+        "--dicom-port", type=int, default=None, help="listen for DICOM (C-STORE, C-ECHO) on this port"
+    )
+    dicom.add_argument("--ae-title", default="XRAYTRIAGE", help="our AE title (default XRAYTRIAGE)")
+    dicom.add_argument("--dicom-host", default=None, help="interface for DICOM (default: the same as --host)")
+    dicom.add_argument(
+        "--dicom-allow",
+        default=None,
+        metavar="AE1,AE2",
+        help="only these calling AE titles may send (default: any)",
+    )
+    dicom.add_argument(
+        "--dicom-destination",
+        default=None,
+        metavar="AE@HOST:PORT",
+        help="send the SC + SR results here by C-STORE (default: keep them in DATA_DIR/results)",
+    )
+    dicom.add_argument(
+        "--dicom-quiet-seconds",
+        type=float,
+        default=10.0,
+        help="a received study is complete when no image arrived for this long (default 10)",
+    )
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     p.set_defaults(handler=run_serve)
 
@@ -83,6 +107,34 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def build_dicom_settings(args: argparse.Namespace):
+    from xraytriage.errors import ConfigError
+    from xraytriage.serving.config import DicomSettings
+
+    if args.dicom_port is None:
+        for flag in ("dicom_allow", "dicom_destination", "dicom_host"):
+            if getattr(args, flag):
+                raise ConfigError(f"--{flag.replace('_', '-')} needs --dicom-port")
+        return None
+    if args.dicom_destination:
+        from xraytriage.dicom import parse_destination
+
+        parse_destination(args.dicom_destination)  # fail at start, not at the first study
+    allowed = None
+    if args.dicom_allow:
+        allowed = frozenset(t.strip() for t in args.dicom_allow.split(",") if t.strip())
+    if args.dicom_quiet_seconds < 0:
+        raise ConfigError("--dicom-quiet-seconds must be >= 0")
+    return DicomSettings(
+        port=args.dicom_port,
+        ae_title=args.ae_title,
+        host=args.dicom_host,
+        allowed_calling_aes=allowed,
+        destination=args.dicom_destination,
+        quiet_seconds=args.dicom_quiet_seconds,
+    )
+
+
 def build_config(args: argparse.Namespace):
     from xraytriage.serving.config import MB, ServeConfig, read_token
 
@@ -100,6 +152,7 @@ def build_config(args: argparse.Namespace):
         heatmap_findings=args.heatmap_findings,
         max_file_bytes=int(args.max_upload_mb * MB),
         max_files=args.max_files,
+        dicom=build_dicom_settings(args),
     )
 
 

@@ -18,13 +18,22 @@ from xraytriage.serving.service import TriageService
 def create_app(config: ServeConfig, service: TriageService | None = None) -> FastAPI:
     """The ASGI app. The service starts (recovery, workers) when the app starts and stops with it."""
     service = service or TriageService(config)
+    node = None
+    if config.dicom is not None:
+        from xraytriage.serving.dicom_node import DicomNode
+
+        node = DicomNode(service, config.dicom, config.host)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
         service.start()
+        if node is not None:
+            node.start()
         try:
             yield
         finally:
+            if node is not None:
+                node.stop()
             service.stop()
 
     app = FastAPI(
@@ -38,6 +47,7 @@ def create_app(config: ServeConfig, service: TriageService | None = None) -> Fas
     )
     app.state.service = service
     app.state.config = config
+    app.state.dicom_node = node
     app.add_middleware(TokenAuth, token=config.token)
     app.add_middleware(BodyLimit, limit=config.max_request_bytes)
 
@@ -63,6 +73,13 @@ def create_app(config: ServeConfig, service: TriageService | None = None) -> Fas
             "model": service.checkpoint.name,
             "queue": service.pending(),
             "uptime_s": round(time.time() - service.started_at, 1),
+            "dicom": None
+            if node is None
+            else {
+                "ae_title": node.settings.ae_title,
+                "port": node.port,
+                "destination": node.settings.destination,
+            },
         }
 
     @app.get("/login", include_in_schema=False)
@@ -82,8 +99,6 @@ def create_app(config: ServeConfig, service: TriageService | None = None) -> Fas
 
 def _mount_pages(app: FastAPI) -> None:
     """The web pages and their static files (served locally: no CDN)."""
-    try:
-        from xraytriage.serving import pages
-    except ImportError:  # pages are optional for API-only embedding
-        return
+    from xraytriage.serving import pages
+
     pages.mount(app)

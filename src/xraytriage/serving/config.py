@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from xraytriage.errors import ConfigError
@@ -71,7 +71,6 @@ class DicomSettings:
     """``AE@host:port`` of the PACS that receives the SC and SR results; None keeps them local."""
     quiet_seconds: float = 10.0
     """A study is complete when no new image arrived for this long."""
-    results: list[str] = field(default_factory=lambda: ["sr", "sc"])
 
 
 def read_token(token_file: Path | None) -> str | None:

@@ -79,7 +79,6 @@ class TriageService:
         self.wake = threading.Event()
         self.idle_hooks: list[Callable[[], None]] = []
         """Called by the first worker thread after each step (the DICOM node sends results here)."""
-        self.study_listeners: list[Callable[[str], None]] = []
         self.workers = WorkerPool(self, config.workers)
         self._explainer = None
         self._explainer_lock = threading.Lock()
@@ -238,13 +237,6 @@ class TriageService:
     # --- queue ---------------------------------------------------------------------------
     def pending(self) -> dict[str, int]:
         return self.db.queue_depth()
-
-    def requeue_heatmaps(self, study_id: str) -> None:
-        with self.db.session() as s:
-            study = s.get(Study, study_id)
-            if study is not None and study.state == DONE:
-                study.heatmaps_state = HEATMAPS_PENDING
-        self.wake.set()
 
 
 __all__ = ["Accepted", "TriageService", "UploadRejected"]

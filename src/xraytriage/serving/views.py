@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -67,6 +68,13 @@ def _elapsed(start: float | None, end: float | None) -> float | None:
     return round(max(0.0, end - start), 3)
 
 
+def _json_or_none(text: str) -> Any:
+    try:
+        return json.loads(text) if text else None
+    except ValueError:
+        return None
+
+
 def rank_of(session, study: Study) -> int | None:
     """The study's place in the worklist, counted in SQL (no need to load every study)."""
     if study.state != DONE or study.priority is None:
@@ -102,6 +110,7 @@ def study_summary(study: Study, rank: int | None = None) -> dict[str, Any]:
         "predicted_at": iso(study.predicted_at),
         "explained_at": iso(study.explained_at),
         "heatmaps_state": study.heatmaps_state,
+        "dicom_results_state": study.dicom_results_state if study.source == "dicom" else None,
         "seconds_to_result": _elapsed(study.received_at, study.predicted_at),
         "seconds_to_heatmaps": _elapsed(study.received_at, study.explained_at),
         "url": f"/studies/{study.id}",
@@ -206,6 +215,9 @@ def study_detail(session, study: Study, checkpoint) -> dict[str, Any]:
             "image_list": [image_dict(image) for image in study.images],
             "heatmaps": [heatmap_dict(study.id, h) for h in heatmaps],
             "disclaimer": DISCLAIMER,
+            "dicom_results_info": _json_or_none(study.dicom_results_info)
+            if study.source == "dicom"
+            else None,
         }
     )
     return data

@@ -1,0 +1,264 @@
+"""The DICOM node inside ``serve``: received images go through the same intake, database and
+worker as uploads; finished studies go back to the PACS as DICOM.
+
+A study received over DICOM is *complete* when no new image arrived for ``quiet_seconds`` and
+every image is triaged. Then the node builds, in the same study, one Secondary Capture per
+flagged finding (heatmap overlay, "NOT FOR DIAGNOSTIC USE" burned in) and one TID 1500
+structured report (every finding's probability and threshold, UNVERIFIED), keeps them under
+``DATA_DIR/results/<study>/`` and, with a destination, sends them by C-STORE. A failed send is
+retried (``MAX_SEND_ATTEMPTS``, ``RETRY_SECONDS`` apart); the outcome is on the study
+(``dicom_results_state``: pending -> sent | kept | error, and ``dicom_results_info``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+from pydicom.uid import generate_uid
+
+from xraytriage.dicom import (
+    Destination,
+    FindingResult,
+    ModelInfo,
+    ReceivedImage,
+    ScpConfig,
+    StorageSCP,
+    build_secondary_capture,
+    build_structured_report,
+    parse_destination,
+    send_datasets,
+)
+from xraytriage.serving.config import DicomSettings
+from xraytriage.serving.db import DONE, ERROR, HEATMAPS_PENDING, PROCESSING, Image, Study
+from xraytriage.serving.pictures import load_png, scale_box
+from xraytriage.serving.service import TriageService
+from xraytriage.serving.storage import write_atomic
+
+log = logging.getLogger(__name__)
+
+SC_SERIES_NUMBER = 9901
+SR_SERIES_NUMBER = 9902
+MAX_SEND_ATTEMPTS = 5
+RETRY_SECONDS = 30.0
+PENDING, SENT, KEPT = "pending", "sent", "kept"
+
+
+class DicomNode:
+    def __init__(self, service: TriageService, settings: DicomSettings, host: str) -> None:
+        self.service = service
+        self.settings = settings
+        self.destination: Destination | None = (
+            parse_destination(settings.destination) if settings.destination else None
+        )
+        self.scp = StorageSCP(
+            ScpConfig(
+                ae_title=settings.ae_title,
+                host=settings.host or host,
+                port=settings.port,
+                allowed_calling_aes=settings.allowed_calling_aes,
+            ),
+            self.on_image,
+        )
+        self.model = ModelInfo(service.checkpoint.name, service.checkpoint.package_version)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # --- life cycle ----------------------------------------------------------------------
+    def start(self) -> None:
+        self.scp.start()
+        self._thread = threading.Thread(target=self._loop, name="xraytriage-dicom-results", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.scp.stop()
+        if self._thread is not None:
+            self._thread.join(30)
+
+    @property
+    def port(self) -> int:
+        return self.scp.port
+
+    # --- receiving -----------------------------------------------------------------------
+    def on_image(self, data: bytes, received: ReceivedImage) -> None:
+        """Store and queue a received image (raising makes the SCP answer 'out of resources')."""
+        self.service.ingest(
+            data, f"{received.sop_instance_uid}.dcm", source="dicom", calling_ae=received.calling_ae
+        )
+
+    # --- sending results -----------------------------------------------------------------
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.dispatch_ready()
+            except Exception:
+                log.exception("DICOM results: unexpected error")
+            self._stop.wait(0.5)
+
+    def ready_studies(self, now: float | None = None) -> list[str]:
+        """DICOM studies that are complete (quiet period over, triaged, pictures drawn)."""
+        now = time.time() if now is None else now
+        quiet_before = now - self.settings.quiet_seconds
+        with self.service.db.session() as s:
+            candidates = (
+                s.query(Study)
+                .filter(
+                    Study.source == "dicom",
+                    Study.dicom_results_state == PENDING,
+                    Study.state.in_((DONE, ERROR)),
+                    Study.last_image_at <= quiet_before,
+                    Study.heatmaps_state.notin_((HEATMAPS_PENDING, PROCESSING)),
+                )
+                .all()
+            )
+            ready = []
+            for study in candidates:
+                info = _info(study)
+                if info.get("next_attempt_at", 0.0) <= now:
+                    ready.append(study.id)
+            return ready
+
+    def dispatch_ready(self) -> int:
+        count = 0
+        for study_id in self.ready_studies():
+            self.dispatch(study_id)
+            count += 1
+        return count
+
+    def dispatch(self, study_id: str) -> str:
+        """Build and send (or keep) one study's results; returns the new results state."""
+        try:
+            datasets = self.build_results(study_id)
+        except Exception as exc:
+            log.exception("study %s: could not build DICOM results", study_id)
+            return self._record(
+                study_id, ERROR, {"error": f"could not build results: {type(exc).__name__}: {exc}"}
+            )
+        if not datasets:
+            return self._record(study_id, KEPT, {"objects": 0, "note": "no image could be triaged"})
+        folder = self.save(study_id, datasets)
+        if self.destination is None:
+            return self._record(study_id, KEPT, {"objects": len(datasets), "folder": str(folder)})
+        results = send_datasets(datasets, self.destination, calling_ae=self.settings.ae_title)
+        failed = [r for r in results if not r.ok]
+        sent = [{"sop_instance_uid": r.sop_instance_uid, "status": r.status} for r in results]
+        if not failed:
+            log.info(
+                "study %s: sent %d result objects to %s", study_id, len(results), self.destination.ae_title
+            )
+            return self._record(
+                study_id, SENT, {"objects": len(results), "sent": sent, "folder": str(folder)}
+            )
+        with self.service.db.session() as s:
+            attempts = _info(s.get(Study, study_id)).get("attempts", 0) + 1
+        message = "; ".join(sorted({r.message for r in failed}))
+        log.warning("study %s: sending results failed (attempt %d): %s", study_id, attempts, message)
+        state = ERROR if attempts >= MAX_SEND_ATTEMPTS else PENDING
+        return self._record(
+            study_id,
+            state,
+            {
+                "attempts": attempts,
+                "error": message,
+                "next_attempt_at": time.time() + RETRY_SECONDS,
+                "sent": sent,
+            },
+        )
+
+    def _record(self, study_id: str, state: str, info: dict[str, Any]) -> str:
+        with self.service.db.session() as s:
+            study = s.get(Study, study_id)
+            if study is not None:
+                study.dicom_results_state = state
+                study.dicom_results_info = json.dumps({**info, "at": time.time()})
+        return state
+
+    def save(self, study_id: str, datasets: list[pydicom.Dataset]) -> Path:
+        folder = self.service.config.data_dir / "results" / study_id
+        for ds in datasets:
+            path = folder / f"{ds.Modality}_{ds.SOPInstanceUID}.dcm"
+            buffer = pydicom.filebase.DicomBytesIO()
+            ds.save_as(buffer, enforce_file_format=True)
+            write_atomic(path, buffer.getvalue())
+        return folder
+
+    def build_results(self, study_id: str) -> list[pydicom.Dataset]:
+        """SC per flagged finding (with a heatmap) + one SR, for one settled study."""
+        service = self.service
+        ckpt = service.checkpoint
+        with service.db.session() as s:
+            study = s.get(Study, study_id)
+            images = [i for i in study.images if i.state == DONE]
+            if study.state != DONE or not images:
+                return []
+            key = s.get(Image, study.key_image_id)
+            probabilities = study.probabilities
+            abnormal = study.abnormal
+            key_id, key_size = key.id, (key.width or 1, key.height or 1)
+            image_ids = [i.id for i in images]
+        sources = {i: pydicom.dcmread(service.store.path(i), stop_before_pixels=True) for i in image_ids}
+        findings = [
+            FindingResult(name, float(probabilities[name]), float(ckpt.threshold(name)))
+            for name in ckpt.findings
+            if name in probabilities
+        ]
+        flagged = sorted((f for f in findings if f.flagged), key=lambda f: -f.probability)
+        flagged = flagged[: service.config.heatmap_findings]
+        datasets: list[pydicom.Dataset] = []
+        if flagged:
+            heatmaps = {h.finding: h for h in service.ensure_heatmaps(key_id, [f.name for f in flagged])}
+            display = load_png(service.display_path(key_id))
+            series = generate_uid()
+            for number, finding in enumerate(flagged, start=1):
+                heatmap = heatmaps.get(finding.name)
+                if heatmap is None:
+                    continue
+                overlay = _overlay_rgb(
+                    display,
+                    load_png(service.heat_path(key_id, finding.name)),
+                    scale_box(heatmap.box, *key_size, display.shape),
+                )
+                caption = (
+                    f"NOT FOR DIAGNOSTIC USE - AI heatmap: {finding.name} p={finding.probability:.2f} "
+                    f"(threshold {finding.threshold:.2f}) - {self.model.label}"
+                )
+                datasets.append(
+                    build_secondary_capture(
+                        sources[key_id], overlay, caption, series, SC_SERIES_NUMBER, number, self.model
+                    )
+                )
+        datasets.append(
+            build_structured_report(
+                list(sources.values()),
+                findings,
+                self.model,
+                generate_uid(),
+                SR_SERIES_NUMBER,
+                1,
+                abnormal=abnormal,
+            )
+        )
+        return datasets
+
+
+def _overlay_rgb(display: np.ndarray, heat: np.ndarray, box) -> np.ndarray:
+    """Heatmap and box over the radiograph; the caption (with the finding) is burned in by the SC builder."""
+    from xraytriage.explain.overlay import render_overlay
+
+    return np.asarray(render_overlay(display, heat.astype(np.float32) / 255.0, box, "").convert("RGB"))
+
+
+def _info(study: Study | None) -> dict[str, Any]:
+    if study is None or not study.dicom_results_info:
+        return {}
+    try:
+        return json.loads(study.dicom_results_info)
+    except ValueError:
+        return {}
