@@ -1,0 +1,98 @@
+/* Worklist page: renders the studies (API order = priority), filters, CSV link, polling. */
+"use strict";
+
+(() => {
+  const {el, api, pageData, prob, time, statusBadge, stateCell, queueText, poll} = XT;
+  const POLL_MS = 2000;
+  const TOP_FINDINGS = 3;
+  const body = document.getElementById("worklist-body");
+  const statusSelect = document.getElementById("status-filter");
+  const findingSelect = document.getElementById("finding-filter");
+  const exportLink = document.getElementById("export-csv");
+  const seen = new Set();
+  let firstRender = true;
+  let generation = 0;
+
+  function filters() {
+    const params = new URLSearchParams();
+    if (statusSelect.value) params.set("status", statusSelect.value);
+    if (findingSelect.value) params.set("finding", findingSelect.value);
+    return params;
+  }
+
+  function findingsCell(item) {
+    const findings = item.findings || [];
+    if (!findings.length) {
+      return item.state === "done" ? el("span", {class: "muted"}, "none above threshold") : el("span", {class: "muted"}, "–");
+    }
+    const shown = findings.slice(0, TOP_FINDINGS).map((f) =>
+      el("li", {class: "finding", dataset: {finding: f.name, probability: f.probability}},
+        f.name + " ", el("span", {class: "prob"}, prob(f.probability))));
+    const more = findings.length - TOP_FINDINGS;
+    return el("ul", {class: "top-findings"}, shown,
+      more > 0 ? el("li", {class: "more", title: item.findings_text}, "+" + more + " more") : null);
+  }
+
+  function row(item) {
+    const isNew = !firstRender && !seen.has(item.id);
+    seen.add(item.id);
+    const link = el("a", {href: item.url, class: "study-link"}, item.name || item.id);
+    return el("tr", {
+      class: isNew ? "arrived" : null,
+      dataset: {
+        studyId: item.id,
+        rank: item.rank ?? "",
+        priority: item.priority ?? "",
+        state: item.state,
+        readStatus: item.read_status,
+      },
+    },
+      el("td", {class: "rank"}, item.rank ?? "–"),
+      el("th", {scope: "row", class: "name"}, link,
+        item.images > 1 ? el("span", {class: "muted small"}, " (" + item.images + " images)") : null),
+      el("td", {class: "priority num"}, prob(item.priority)),
+      el("td", {class: "abnormal num"}, prob(item.abnormal)),
+      el("td", {class: "findings"}, findingsCell(item)),
+      el("td", {class: "read-status"}, statusBadge(item.read_status)),
+      el("td", {class: "processing"}, stateCell(item)),
+      el("td", {class: "received"}, time(item.received_at)));
+  }
+
+  function render(data) {
+    body.replaceChildren(...data.items.map(row));
+    firstRender = false;
+    document.getElementById("worklist-empty").hidden = data.items.length > 0;
+    const count = document.getElementById("worklist-count");
+    count.textContent = data.items.length < data.total
+      ? "showing " + data.items.length + " of " + data.total + " studies"
+      : data.total + " stud" + (data.total === 1 ? "y" : "ies");
+    document.getElementById("queue-indicator").textContent = queueText(data.queue);
+    document.getElementById("worklist-updated").textContent = "Updated " + new Date().toLocaleTimeString();
+  }
+
+  async function refresh() {
+    const mine = ++generation;
+    const params = filters();
+    const data = await api("/api/v1/worklist" + (params.size ? "?" + params : ""));
+    if (mine === generation) render(data);  // a newer request (filter change) wins
+  }
+
+  function applyFilters() {
+    const params = filters();
+    const query = params.size ? "?" + params : "";
+    history.replaceState(null, "", "/" + query);
+    exportLink.href = "/api/v1/worklist.csv" + query;
+    refresh().catch((err) => {
+      document.getElementById("worklist-updated").textContent = "Could not update: " + err.message;
+    });
+  }
+
+  statusSelect.addEventListener("change", applyFilters);
+  findingSelect.addEventListener("change", applyFilters);
+  const params = filters();
+  exportLink.href = "/api/v1/worklist.csv" + (params.size ? "?" + params : "");
+  render(pageData());
+  poll(() => refresh().catch((err) => {
+    document.getElementById("worklist-updated").textContent = "Could not update: " + err.message;
+  }), POLL_MS);
+})();

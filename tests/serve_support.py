@@ -1,0 +1,189 @@
+"""Run the REAL ``xraytriage serve`` as a subprocess on a free loopback port, for API and browser tests.
+
+with running_server(tmp_path) as server:           # bundled default model, temp data folder
+    httpx.get(server.url + "/healthz")
+    server.kill()                                  # SIGKILL, for crash/recovery tests
+log_text = server.log()
+
+The server's output goes to a file (never a pipe that could fill and block it); ``log()``
+reads it at any time, and a server that dies while starting raises with its log in the message.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+START_TIMEOUT_S = 90.0
+STOP_TIMEOUT_S = 20.0
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen
+    data_dir: Path
+    log_path: Path
+    token: str | None = None
+    args: list[str] = field(default_factory=list)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The bearer header when the server has a token (else empty)."""
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    def client(self, **kwargs) -> httpx.Client:
+        """An HTTP client bound to this server (and its token)."""
+        kwargs.setdefault("timeout", 30.0)
+        return httpx.Client(base_url=self.url, headers=self.headers, **kwargs)
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+
+    @property
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def kill(self) -> str:
+        """SIGKILL: no shutdown hooks run (a crash). Returns the log so far."""
+        if self.running:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(STOP_TIMEOUT_S)
+        return self.log()
+
+    def stop(self) -> str:
+        """SIGTERM (uvicorn shuts down cleanly, workers stop), SIGKILL if it hangs. Returns the log."""
+        if self.running:
+            self.process.terminate()
+            try:
+                self.process.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(STOP_TIMEOUT_S)
+        return self.log()
+
+
+def _wait_until_healthy(server: Server, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not server.running:
+            raise RuntimeError(
+                f"xraytriage serve exited with code {server.process.returncode} while starting:\n"
+                + server.log()[-4000:]
+            )
+        try:
+            if httpx.get(server.url + "/healthz", timeout=2.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    server.stop()
+    raise RuntimeError(
+        f"xraytriage serve did not answer /healthz within {timeout:.0f} s:\n" + server.log()[-4000:]
+    )
+
+
+def start_server(
+    tmp_path: Path,
+    *extra_args: str,
+    env: dict[str, str] | None = None,
+    token: str | None = None,
+    data_dir: Path | None = None,
+    timeout: float = START_TIMEOUT_S,
+) -> Server:
+    """Start ``xraytriage serve`` and wait for /healthz. The caller stops it (or use running_server)."""
+    tmp_path = Path(tmp_path)
+    data_dir = Path(data_dir) if data_dir is not None else tmp_path / "data"
+    logs = tmp_path / "server-logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    child_env = {
+        **os.environ,
+        "XRAYTRIAGE_CACHE": str(tmp_path / "cache"),
+        "PYTHONUNBUFFERED": "1",
+    }
+    child_env.pop("XRAYTRIAGE_TOKEN", None)
+    child_env.update(env or {})
+    token_args: list[str] = []
+    if token is not None:
+        token_file = tmp_path / "token.txt"
+        token_file.write_text(token + "\n", encoding="utf-8")
+        token_args = ["--token-file", str(token_file)]
+    for attempt in range(3):  # another process may take the free port before the server binds it
+        port = free_port()
+        log_path = logs / f"serve-{port}.log"
+        args = [
+            sys.executable,
+            "-m",
+            "xraytriage.cli.main",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(data_dir),
+            *token_args,
+            *extra_args,
+        ]
+        with log_path.open("wb") as log_file:
+            process = subprocess.Popen(
+                args, stdout=log_file, stderr=subprocess.STDOUT, env=child_env, start_new_session=True
+            )
+        server = Server(f"http://127.0.0.1:{port}", process, data_dir, log_path, token, args)
+        try:
+            _wait_until_healthy(server, timeout)
+            return server
+        except RuntimeError:
+            if attempt < 2 and "address already in use" in server.log().lower():
+                continue
+            raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+@contextmanager
+def running_server(
+    tmp_path: Path,
+    *extra_args: str,
+    env: dict[str, str] | None = None,
+    token: str | None = None,
+    data_dir: Path | None = None,
+    timeout: float = START_TIMEOUT_S,
+) -> Iterator[Server]:
+    """The real server for the ``with`` block; stopped (SIGTERM, then SIGKILL) when it ends."""
+    server = start_server(tmp_path, *extra_args, env=env, token=token, data_dir=data_dir, timeout=timeout)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def wait_for(predicate, timeout: float = 60.0, interval: float = 0.2, what: str = "condition"):
+    """Poll ``predicate()`` until it returns something truthy; that value, or AssertionError."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)

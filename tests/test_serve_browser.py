@@ -1,0 +1,373 @@
+"""The web pages in a real browser: Debian's Chromium driven by Playwright against the real server.
+
+One server (bundled default model, temp data folder) for the module: upload real NIH PNGs, a
+real DICOM and a text file through the upload page, then the worklist (order, filters, live
+update, CSV), the study page (heatmap overlay + box, on-demand heatmap, reader status), and a
+token-protected server (login page, then the pages and their API calls with the cookie).
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+from pathlib import Path
+
+import httpx
+import pytest
+
+from serve_support import running_server, wait_for
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+expect = playwright_api.expect
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+WAIT_MS = 45_000
+N_NIH = 4
+REJECTION = "not a PNG, JPEG, TIFF or DICOM file by its content"
+
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.exists(),
+    reason="Debian's Chromium (/usr/bin/chromium) is not installed: apt install chromium",
+)
+
+
+def nih_images(shared_data: Path, start: int, count: int) -> list[Path]:
+    images = sorted((shared_data / "nih" / "images").glob("*.png"))
+    assert len(images) >= start + count, "the shared NIH sample has too few images"
+    return images[start : start + count]
+
+
+def assert_png(path: Path, min_bytes: int = 10_000) -> None:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    assert len(data) > min_bytes, f"{path} is only {len(data)} bytes"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with running_server(tmp_path_factory.mktemp("serve-browser")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("screenshots")
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1300, "height": 900})
+    page = context.new_page()
+    errors: list[str] = []  # JavaScript exceptions: any one fails the test
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    yield page
+    context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+@pytest.fixture(scope="module")
+def uploaded(server, browser, shared_data, shots):
+    """Upload 4 NIH PNGs, the SIIM DICOM and a text file through the upload page, in one go;
+    wait until every accepted study is triaged. Returns {filename: list item facts}."""
+    files = [
+        *nih_images(shared_data, 0, N_NIH),
+        shared_data / "dicom" / "siim_cr_chest_pa.dcm",
+        Path(__file__),
+    ]
+    context = browser.new_context(viewport={"width": 1300, "height": 900})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(server.url + "/upload")
+    page.set_input_files("#file-input", [str(f) for f in files])
+    items = page.locator("#upload-list li.upload-item")
+    expect(items).to_have_count(len(files))
+    for f in files:
+        item = page.locator(f'li.upload-item[data-filename="{f.name}"]')
+        expect(item).to_have_attribute(
+            "data-result", "accepted" if f.suffix != ".py" else "rejected", timeout=WAIT_MS
+        )
+        if f.suffix != ".py":
+            expect(item).to_have_attribute("data-state", "done", timeout=WAIT_MS)
+    page.screenshot(path=str(shots / "upload.png"), full_page=True)
+    facts = {}
+    for f in files:
+        item = page.locator(f'li.upload-item[data-filename="{f.name}"]')
+        link = item.locator("a.study-link")
+        facts[f.name] = {
+            "result": item.get_attribute("data-result"),
+            "study_id": item.get_attribute("data-study-id"),
+            "href": link.get_attribute("href") if link.count() else None,
+            "message": item.locator(".message").inner_text(),
+            "progress": item.locator("progress").evaluate("p => p.value"),
+        }
+    context.close()
+    assert not errors, f"JavaScript errors on the upload page: {errors}"
+    return facts
+
+
+def api_worklist(server, **params) -> dict:
+    response = httpx.get(server.url + "/api/v1/worklist", params=params, timeout=30)
+    response.raise_for_status()
+    return response.json()
+
+
+def study_json(server, study_id: str) -> dict:
+    response = httpx.get(f"{server.url}/api/v1/studies/{study_id}", timeout=30)
+    response.raise_for_status()
+    return response.json()
+
+
+def row_ids(page) -> list[str]:
+    return page.locator("#worklist-body tr").evaluate_all("rows => rows.map(r => r.dataset.studyId)")
+
+
+def test_upload_page_shows_each_files_result(uploaded, server, shots):
+    accepted = {name: f for name, f in uploaded.items() if f["result"] == "accepted"}
+    assert len(accepted) == N_NIH + 1  # every image, the DICOM included
+    rejected = uploaded[Path(__file__).name]
+    assert rejected["result"] == "rejected"
+    assert REJECTION in rejected["message"]
+    assert rejected["study_id"] is None and rejected["href"] is None
+    for name, facts in accepted.items():
+        assert facts["progress"] == 100, name
+        assert facts["href"] == f"/studies/{facts['study_id']}"
+        assert "done" in facts["message"] and "priority" in facts["message"], facts["message"]
+        study = study_json(server, facts["study_id"])
+        assert study["state"] == "done"
+        assert study["image_list"][0]["filename"] == name
+    assert len({f["study_id"] for f in accepted.values()}) == len(accepted)
+    assert_png(shots / "upload.png")
+
+
+def test_worklist_is_sorted_by_priority(uploaded, server, page, shots):
+    page.goto(server.url + "/")
+    api = api_worklist(server)
+    expect(page.locator("#worklist-body tr")).to_have_count(api["total"])
+    assert api["total"] == N_NIH + 1
+    ids = row_ids(page)
+    assert ids == [item["id"] for item in api["items"]]
+    shown = [float(t) for t in page.locator("#worklist-body td.priority").all_inner_texts()]
+    exact = [
+        float(p)
+        for p in page.locator("#worklist-body tr").evaluate_all("rs => rs.map(r => r.dataset.priority)")
+    ]
+    assert exact == sorted(exact, reverse=True)
+    assert shown == sorted(shown, reverse=True)
+    ranks = page.locator("#worklist-body td.rank").all_inner_texts()
+    assert ranks == [str(i) for i in range(1, len(ids) + 1)]
+    for study_id, priority in zip(ids, exact, strict=True):
+        own = study_json(server, study_id)
+        assert own["priority"] == pytest.approx(priority, abs=1e-6)
+    first = page.locator("#worklist-body tr").first
+    top = api["items"][0]
+    expect(first.locator("a.study-link")).to_have_text(top["name"])
+    expect(first.locator(".read-status .badge")).to_have_text("new")
+    expect(first.locator(".processing .state")).to_have_text("done")
+    listed = first.locator(".top-findings li.finding")
+    assert listed.count() == min(3, len(top["findings"]))
+    if len(top["findings"]) > 3:
+        expect(first.locator(".top-findings li.more")).to_have_text(f"+{len(top['findings']) - 3} more")
+    expect(page.locator("#queue-indicator")).to_contain_text("Queue")
+    page.screenshot(path=str(shots / "worklist.png"), full_page=True)
+    assert_png(shots / "worklist.png")
+
+
+def test_worklist_filters_by_finding_and_exports_csv(uploaded, server, page):
+    page.goto(server.url + "/")
+    everything = api_worklist(server)
+    counts: dict[str, int] = {}
+    for item in everything["items"]:
+        for finding in item["findings"]:
+            counts[finding["name"]] = counts.get(finding["name"], 0) + 1
+    # a finding that some studies list and others do not, so the filter has something to drop
+    partial = [name for name, n in counts.items() if n < everything["total"]]
+    finding = sorted(partial or counts, key=lambda n: (-counts[n], n))[0]
+    expected = [item["id"] for item in api_worklist(server, finding=finding)["items"]]
+    assert expected
+    page.select_option("#finding-filter", finding)
+    expect(page.locator("#worklist-body tr")).to_have_count(len(expected))
+    assert row_ids(page) == expected
+    assert f"finding={finding.replace(' ', '+')}" in page.url
+    href = page.locator("#export-csv").get_attribute("href")
+    assert href.startswith("/api/v1/worklist.csv?") and "finding=" in href
+    response = httpx.get(server.url + href, timeout=30)
+    assert response.status_code == 200
+    assert [row["study_id"] for row in csv.DictReader(io.StringIO(response.text))] == expected
+    # the filtered view survives a reload (filters live in the URL)
+    page.reload()
+    expect(page.locator("#finding-filter")).to_have_value(finding)
+    expect(page.locator("#worklist-body tr")).to_have_count(len(expected))
+    page.select_option("#finding-filter", "")
+    expect(page.locator("#worklist-body tr")).to_have_count(everything["total"])
+
+
+def test_worklist_shows_new_studies_without_reload(uploaded, server, page, shared_data):
+    page.goto(server.url + "/")
+    before = api_worklist(server)["total"]
+    expect(page.locator("#worklist-body tr")).to_have_count(before)
+    extra = nih_images(shared_data, N_NIH, 1)[0]
+    response = httpx.post(
+        server.url + "/api/v1/images",
+        files={"files": (extra.name, extra.read_bytes(), "image/png")},
+        timeout=30,
+    )
+    assert response.status_code == 202, response.text
+    study_id = response.json()["study_ids"][0]
+    row = page.locator(f'#worklist-body tr[data-study-id="{study_id}"]')
+    expect(row).to_have_count(1, timeout=WAIT_MS)  # the page polls every ~2 s
+    expect(row).to_have_attribute("data-state", "done", timeout=WAIT_MS)
+    wait_for(
+        lambda: row_ids(page) == [i["id"] for i in api_worklist(server)["items"]], 20, what="sorted rows"
+    )
+
+
+def test_study_page_heatmap_box_and_read_status(uploaded, server, page, shots):
+    page.goto(server.url + "/")
+    top = api_worklist(server)["items"][0]
+    page.locator("#worklist-body tr").first.locator("a.study-link").click()
+    page.wait_for_url(f"**/studies/{top['id']}")
+    study = page.locator("#study")
+    expect(study).to_have_attribute("data-study-id", top["id"])
+    expect(page.locator("#disclaimer")).to_contain_text("not a diagnosis")
+    picture = page.locator("img.radiograph").first
+    expect(picture).to_be_visible()
+    assert picture.evaluate("img => img.complete && img.naturalWidth > 0")
+    table_names = page.locator("#findings-body tr").evaluate_all("rows => rows.map(r => r.dataset.finding)")
+    assert top["findings"][0]["name"] in table_names
+
+    # heatmaps are drawn in the background; the page shows their toggles when they are ready
+    expect(study).to_have_attribute("data-heatmaps-state", "done", timeout=WAIT_MS)
+    detail = study_json(server, top["id"])
+    heatmap = next(h for h in detail["heatmaps"] if h["box"] is not None)
+    finding = heatmap["finding"]
+    image = next(i for i in detail["image_list"] if i["id"] == heatmap["image_id"])
+    toggle = page.locator(f'#findings-table .heatmap-toggle[data-finding="{finding}"]')
+    expect(page.locator(".heat-layer")).to_have_count(0)
+    toggle.check()
+    layer = page.locator(f'.heat-layer[data-finding="{finding}"]')
+    expect(layer).to_be_visible()
+    wait_for(
+        lambda: layer.evaluate("img => img.complete && img.naturalWidth > 0"), 30, what="heat layer loaded"
+    )
+    box = page.locator(f'.heat-box[data-finding="{finding}"]')
+    expect(box).to_be_visible()
+    expect(box).to_contain_text(finding)
+    # the box is drawn where the API says, in the image's own proportions
+    stage = page.locator(".stage").first.bounding_box()
+    drawn = box.bounding_box()
+    assert stage["width"] > 300 and stage["height"] > 300, f"the image is shown too small: {stage}"
+    assert (drawn["x"] - stage["x"]) / stage["width"] == pytest.approx(
+        heatmap["box"]["x"] / image["width"], abs=0.02
+    )
+    assert (drawn["y"] - stage["y"]) / stage["height"] == pytest.approx(
+        heatmap["box"]["y"] / image["height"], abs=0.02
+    )
+    assert drawn["width"] / stage["width"] == pytest.approx(heatmap["box"]["w"] / image["width"], abs=0.02)
+    page.screenshot(path=str(shots / "study-heatmap.png"), full_page=True)
+    assert_png(shots / "study-heatmap.png")
+    toggle.uncheck()
+    expect(page.locator(".heat-layer")).to_have_count(0)
+    expect(page.locator(".heat-box")).to_have_count(0)
+
+    # any other finding's heatmap, drawn on demand from the table
+    request = page.locator("#findings-table .heatmap-request").first
+    other = request.get_attribute("data-finding")
+    request.click()
+    other_toggle = page.locator(f'#findings-table .heatmap-toggle[data-finding="{other}"]')
+    expect(other_toggle).to_be_checked(timeout=WAIT_MS)
+    other_layer = page.locator(f'.heat-layer[data-finding="{other}"]')
+    expect(other_layer).to_be_visible()
+    wait_for(
+        lambda: other_layer.evaluate("img => img.complete && img.naturalWidth > 0"),
+        30,
+        what="on-demand layer",
+    )
+    after = study_json(server, top["id"])
+    assert other in {h["finding"] for h in after["heatmaps"]}
+
+    # reader status, on the page and in the API
+    page.click("#mark-reading")
+    expect(page.locator("#read-status")).to_have_text("reading")
+    assert study_json(server, top["id"])["read_status"] == "reading"
+    page.click("#mark-read")
+    expect(page.locator("#read-status")).to_have_text("read")
+    expect(page.locator("#mark-read")).to_be_disabled()
+    assert study_json(server, top["id"])["read_status"] == "read"
+    page.reload()
+    expect(page.locator("#read-status")).to_have_text("read")
+
+    page.goto(server.url + "/?status=read")
+    expect(page.locator("#worklist-body tr")).to_have_count(1)
+    assert row_ids(page) == [top["id"]]
+    expect(page.locator("#worklist-body .badge")).to_have_text("read")
+
+
+def test_unknown_study_page_is_a_clear_404(server):
+    response = httpx.get(server.url + "/studies/nope", headers={"Accept": "text/html"}, timeout=30)
+    assert response.status_code == 404
+    assert "text/html" in response.headers["content-type"]
+    assert "no study" in response.text and "nope" in response.text
+
+
+DROP_FILE_JS = """([name, b64]) => {
+  const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+  const transfer = new DataTransfer();
+  transfer.items.add(new File([bytes], name, {type: "image/png"}));
+  return transfer;
+}"""
+
+
+def test_token_protected_pages_need_sign_in(browser, tmp_path_factory, shared_data):
+    token = "browser-test-token-0123"
+    with running_server(tmp_path_factory.mktemp("serve-token"), token=token) as server:
+        context = browser.new_context(viewport={"width": 1200, "height": 800})
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(server.url + "/upload")
+        assert "/login" in page.url
+        page.fill("#token", "not-the-token")
+        page.click("#sign-in")
+        expect(page.locator(".error")).to_contain_text("not right")
+        page.fill("#token", token)
+        page.click("#sign-in")
+        page.wait_for_url(server.url + "/upload")
+        # a file dropped on the zone is uploaded by the page's own request, with the cookie
+        image = nih_images(shared_data, N_NIH + 1, 1)[0]
+        transfer = page.evaluate_handle(
+            DROP_FILE_JS, [image.name, base64.b64encode(image.read_bytes()).decode()]
+        )
+        page.dispatch_event("#drop-zone", "drop", {"dataTransfer": transfer})
+        item = page.locator(f'li.upload-item[data-filename="{image.name}"]')
+        expect(item).to_have_attribute("data-result", "accepted", timeout=WAIT_MS)
+        expect(item).to_have_attribute("data-state", "done", timeout=WAIT_MS)  # polled through the API
+        page.click("#nav-worklist")
+        expect(page.locator("#worklist-body tr")).to_have_count(1)
+        expect(page.locator("#worklist-updated")).to_contain_text("Updated")
+        page.wait_for_timeout(2500)  # at least one poll of the API, with the cookie
+        expect(page.locator("#worklist-updated")).not_to_contain_text("Could not")
+        assert "/login" not in page.url
+        # without the cookie, the API refuses and the pages send the browser to sign in
+        assert httpx.get(server.url + "/api/v1/worklist", timeout=30).status_code == 401
+        context.close()
+        assert not errors, f"JavaScript errors: {errors}"
