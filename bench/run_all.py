@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-BENCHES = ("cache", "triage", "explain", "train")
+BENCHES = ("cache", "triage", "explain", "train", "serve")
 
 
 def main() -> int:
