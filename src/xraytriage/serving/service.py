@@ -21,9 +21,7 @@ from sqlalchemy.exc import IntegrityError
 
 from xraytriage.serving.config import ServeConfig
 from xraytriage.serving.db import (
-    DONE,
     HEATMAPS_NONE,
-    HEATMAPS_PENDING,
     QUEUED,
     Database,
     Heatmap,

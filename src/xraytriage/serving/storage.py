@@ -72,17 +72,20 @@ class BlobStore:
         return folder
 
 
-def _atomic_write(target: Path, data: bytes) -> None:
+def _atomic_write(target: Path, data: bytes, durable: bool = True) -> None:
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    if not durable:
+        return
     try:  # make the rename itself durable
         dir_fd = os.open(target.parent, os.O_RDONLY)
         try:
@@ -93,7 +96,9 @@ def _atomic_write(target: Path, data: bytes) -> None:
         pass
 
 
-def write_atomic(target: Path, data: bytes) -> Path:
+def write_atomic(target: Path, data: bytes, durable: bool = True) -> Path:
+    """Write ``data`` to ``target`` all at once (readers never see half a file);
+    ``durable`` also fsyncs, so the file survives a power cut once this returns."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(target, data)
+    _atomic_write(target, data, durable)
     return target
