@@ -363,8 +363,9 @@ def test_token_protected_pages_need_sign_in(browser, tmp_path_factory, shared_da
         expect(item).to_have_attribute("data-state", "done", timeout=WAIT_MS)  # polled through the API
         page.click("#nav-worklist")
         expect(page.locator("#worklist-body tr")).to_have_count(1)
-        expect(page.locator("#worklist-updated")).to_contain_text("Updated")
-        page.wait_for_timeout(2500)  # at least one poll of the API, with the cookie
+        with page.expect_response(lambda r: "/api/v1/worklist" in r.url, timeout=WAIT_MS) as polled:
+            pass  # the page's own poll of the API, with the cookie
+        assert polled.value.status == 200
         expect(page.locator("#worklist-updated")).not_to_contain_text("Could not")
         assert "/login" not in page.url
         # without the cookie, the API refuses and the pages send the browser to sign in
