@@ -44,17 +44,17 @@ def _render(request: Request, name: str, status_code: int = 200, **context) -> H
 def worklist_page(request: Request, status: str | None = None, finding: str | None = None) -> HTMLResponse:
     """All studies by priority; filters live in the query string so a filtered view can be shared."""
     service = api.service_of(request)
-    notice = None
+    notices = []
     status = status or None
     if status is not None and status not in READ_STATUSES:
-        notice = f"unknown reader status {status!r}; showing every status"
+        notices.append(f"unknown reader status {status!r}; showing every status")
         status = None
     finding = finding or None
     if finding is not None:
         try:
             finding = api._check_finding(service, finding)
         except HTTPException as exc:
-            notice = str(exc.detail)
+            notices.append(f"{exc.detail}; showing every finding")
             finding = None
     data = api.get_worklist(request, status, finding, None, WORKLIST_PAGE_LIMIT, 0)
     return _render(
@@ -65,7 +65,7 @@ def worklist_page(request: Request, status: str | None = None, finding: str | No
         status=status or "",
         finding=finding or "",
         statuses=READ_STATUSES,
-        notice=notice,
+        notices=notices,
         page="worklist",
     )
 

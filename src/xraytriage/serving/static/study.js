@@ -89,6 +89,8 @@
     const toggles = el("div", {class: "image-toggles"});
     const figure = el("figure", {class: "viewer", dataset: {imageId: image.id}}, stage, caption, toggles);
     picture.addEventListener("error", () => {
+      stage.removeAttribute("style");
+      stage.classList.remove("sized");
       stage.replaceChildren(el("p", {class: "error"}, "The image " + image.filename + " cannot be shown."));
     });
     const entry = {figure, stage, caption, toggles};
