@@ -337,6 +337,18 @@ def test_unknown_study_page_is_a_clear_404(server):
     assert "unknown reader status &#39;bogus&#39;" in response.text
 
 
+def test_api_docs_render_without_a_cdn(server, page, shots):
+    """/docs is Swagger UI served by the service itself: it renders with no outside network."""
+    outside: list[str] = []
+    page.on("request", lambda r: None if r.url.startswith(server.url) else outside.append(r.url))
+    page.goto(server.url + "/docs")
+    page.wait_for_selector(".opblock-summary-path", timeout=30_000)
+    paths = page.locator(".opblock-summary-path").all_inner_texts()
+    assert any("/api/v1/images" in p for p in paths)
+    assert outside == [], f"/docs fetched from outside the service: {outside}"
+    page.screenshot(path=str(shots / "api-docs.png"))
+
+
 def corrupt_png(data: bytes) -> bytes:
     """The PNG with its pixel data zeroed but every chunk checksum right: it passes the upload
     check (structure) and fails when the worker decodes it."""

@@ -219,6 +219,24 @@ def test_recover_requeues_work_a_crash_left_behind(service: TriageService) -> No
         assert s.get(Study, accepted.study_id).state == DONE
 
 
+def test_a_crash_between_scoring_and_aggregating_is_repaired(service: TriageService) -> None:
+    accepted = service.ingest(nih_pngs(1)[0].read_bytes(), "a.png")
+    # score the image but die before the study is aggregated
+    service.workers.settle = lambda study_id: None  # type: ignore[method-assign]
+    assert service.workers.step()
+    with service.db.session() as s:
+        assert s.get(Image, accepted.image_id).state == DONE
+        assert s.get(Study, accepted.study_id).state == QUEUED
+    again = TriageService(service.config)
+    again.start()
+    try:
+        with again.db.session() as s:
+            study = s.get(Study, accepted.study_id)
+            assert study.state == DONE and study.priority is not None
+    finally:
+        again.stop()
+
+
 def test_display_image_follows_the_dicom_pixel_chain(service: TriageService, shared_data: Path) -> None:
     """Same stored pixels, one labelled MONOCHROME1: it must be shown inverted (what a PACS shows)."""
     from xraytriage.io import read_radiograph

@@ -106,3 +106,11 @@ def test_unknown_calling_ae_is_rejected(pacs_and_node, shared_data) -> None:
     _, _, port = pacs_and_node
     code, output = storescu(port, [shared_data / "dicom" / "siim_cr_chest_pa.dcm"], calling_ae="STRANGER")
     assert code != 0 and "reject" in output.lower(), output
+
+
+def test_dicom_echo_command(pacs_and_node) -> None:
+    from xraytriage.cli.main import main
+
+    pacs, _, _ = pacs_and_node
+    assert main(["dicom-echo", f"{pacs.ae_title}@127.0.0.1:{pacs.dicom_port}"]) == 0
+    assert main(["dicom-echo", f"{pacs.ae_title}@127.0.0.1:{free_port()}", "--timeout", "2"]) == 1

@@ -44,6 +44,8 @@ def create_app(config: ServeConfig, service: TriageService | None = None) -> Fas
             "findings with probabilities and heatmaps. Model output, not a diagnosis."
         ),
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.service = service
     app.state.config = config
@@ -90,6 +92,7 @@ def create_app(config: ServeConfig, service: TriageService | None = None) -> Fas
     async def login(request: Request):
         return await login_submit(request, config.token)
 
+    _mount_api_docs(app)
     from xraytriage.serving.api import router as api_router
 
     app.include_router(api_router)
@@ -102,3 +105,26 @@ def _mount_pages(app: FastAPI) -> None:
     from xraytriage.serving import pages
 
     pages.mount(app)
+
+
+def _mount_api_docs(app: FastAPI) -> None:
+    """Swagger UI at /docs from files installed with the package (FastAPI's default page loads
+    it from a CDN, which a hospital network or an offline machine cannot reach)."""
+    from pathlib import Path
+
+    import swagger_ui
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.staticfiles import StaticFiles
+
+    assets = Path(swagger_ui.__file__).resolve().parent / "static"
+    app.mount("/docs-assets", StaticFiles(directory=str(assets)), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def api_docs():
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="xraytriage API",
+            swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs-assets/swagger-ui.css",
+            swagger_favicon_url="/docs-assets/favicon-32x32.png",
+        )

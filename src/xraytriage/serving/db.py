@@ -157,6 +157,14 @@ class Database:
             )
         return int(images or 0)
 
+    def unsettled_study_ids(self) -> list[str]:
+        """Studies still marked waiting although none of their images is: a crash came between
+        storing the images' results and aggregating the study."""
+        with self.session() as s:
+            waiting = select(Image.study_id).where(Image.state.in_((QUEUED, PROCESSING)))
+            query = select(Study.id).where(Study.state.in_((QUEUED, PROCESSING)), Study.id.notin_(waiting))
+            return list(s.scalars(query))
+
     def claim_images(self, limit: int) -> list[Image]:
         """Up to ``limit`` queued images, oldest first, marked ``processing`` for this caller."""
         with self.claim_lock, self.session() as s:

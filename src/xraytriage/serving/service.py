@@ -87,6 +87,8 @@ class TriageService:
         recovered = self.db.recover()
         if recovered:
             log.info("re-queued %d images left unfinished by the last run", recovered)
+        for study_id in self.db.unsettled_study_ids():
+            self.workers.settle(study_id)
         self.workers.start()
         self.wake.set()
 

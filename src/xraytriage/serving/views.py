@@ -10,6 +10,7 @@ import io
 import json
 from collections.abc import Iterable, Sequence
 from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy import and_, func, or_, select
 
@@ -167,7 +168,7 @@ def image_dict(image: Image) -> dict[str, Any]:
 
 
 def heatmap_dict(study_id: str, heatmap: Heatmap) -> dict[str, Any]:
-    base = f"/api/v1/studies/{study_id}/heatmaps/{heatmap.finding}.png?image={heatmap.image_id}"
+    base = f"/api/v1/studies/{study_id}/heatmaps/{quote(heatmap.finding)}.png?image={heatmap.image_id}"
     return {
         "finding": heatmap.finding,
         "image_id": heatmap.image_id,
