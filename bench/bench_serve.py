@@ -15,6 +15,11 @@ a study (nothing lost). Targets from the issue: p95 < 2 s per image for the pred
     .venv/bin/python bench/bench_serve.py                     # 4 clients x 200 images, both modes
     .venv/bin/python bench/bench_serve.py --images 40 --modes predict
     .venv/bin/python bench/bench_serve.py --open-loop          # also: all uploads at once, time to drain
+    .venv/bin/python bench/bench_serve.py --model densenet121  # CheXNet-sized network (random weights)
+
+``--model densenet121`` serves a randomly initialised DenseNet-121 at 224 px (speed does not
+depend on the weights) with every threshold at 0, so every study gets the full 4 heatmaps: the
+worst case for the heatmap mode.
 """
 
 from __future__ import annotations
@@ -44,8 +49,32 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def densenet_checkpoint(folder: Path) -> Path:
+    """DenseNet-121, 224 px, NIH labels, random weights; thresholds 0 (every finding flagged)."""
+    import torch
+
+    sys.path.insert(0, str(REPO / "src"))
+    from xraytriage.labels import NIH_FINDINGS, NO_FINDING
+    from xraytriage.models import Checkpoint, ModelConfig, build_model
+    from xraytriage.preprocess import PreprocessContract
+
+    labels = [*NIH_FINDINGS, NO_FINDING]
+    torch.manual_seed(0)
+    cfg = ModelConfig(backbone="densenet121", num_classes=len(labels), in_channels=1, width=1.0)
+    net = build_model(cfg).eval()
+    checkpoint = Checkpoint(
+        model=cfg,
+        label_names=labels,
+        preprocess=PreprocessContract(size=224),
+        state_dict={k: v.clone() for k, v in net.state_dict().items()},
+        thresholds={name: 0.0 for name in NIH_FINDINGS},
+        name="bench-densenet121",
+    )
+    return checkpoint.save(folder / "densenet121.pt")
+
+
 @contextmanager
-def server(mode: str, workers: int):
+def server(mode: str, workers: int, model: Path | None = None):
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="xraytriage-bench-") as tmp:
         args = [
@@ -64,16 +93,18 @@ def server(mode: str, workers: int):
         ]
         if mode == "predict":
             args.append("--no-heatmaps")
+        if model is not None:
+            args += ["--model", str(model)]
         env = {
             **os.environ,
-            "XRAYTRIAGE_CACHE": str(Path(tmp) / "cache"),
+            "XRAYTRIAGE_CACHE": os.environ.get("XRAYTRIAGE_BENCH_CACHE", str(Path(tmp) / "cache")),
             "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
         }
         log = open(Path(tmp) / "server.log", "w")  # noqa: SIM115 - closed below
         process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
         url = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.time() + 60
+            deadline = time.time() + 600  # a large model is exported to ONNX on first start
             while True:
                 try:
                     if httpx.get(url + "/healthz", timeout=1).status_code == 200:
@@ -201,6 +232,9 @@ def main() -> int:
     parser.add_argument("--baseline-images", type=int, default=10)
     parser.add_argument("--poll", type=float, default=0.05, help="seconds between a client's status checks")
     parser.add_argument("--open-loop", action="store_true")
+    parser.add_argument(
+        "--model", default="default", help="default (the bundled model), densenet121, or a checkpoint file"
+    )
     args = parser.parse_args()
 
     pool = sorted(NIH.glob("*.png"))
@@ -213,8 +247,16 @@ def main() -> int:
         f"{os.cpu_count()} CPUs; {args.clients} clients; {args.images} distinct NIH images; server workers {args.workers}"
     )
     failed_any = False
+    keep = tempfile.TemporaryDirectory(prefix="xraytriage-bench-model-")
+    model = None
+    if args.model == "densenet121":
+        model = densenet_checkpoint(Path(keep.name))
+    elif args.model != "default":
+        model = Path(args.model)
+    os.environ["XRAYTRIAGE_BENCH_CACHE"] = str(Path(keep.name) / "cache")  # export ONNX once
+    print(f"model: {args.model}")
     for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
-        with server(mode, args.workers) as url:
+        with server(mode, args.workers, model) as url:
             base = closed_loop(url, baseline_images, 1, mode, args.poll)
             loaded = closed_loop(url, images, args.clients, mode, args.poll)
             with httpx.Client(base_url=url, timeout=60) as http:
@@ -239,7 +281,7 @@ def main() -> int:
             print("   ", message)
         failed_any |= bool(loaded.failures or base.failures or lost)
         if args.open_loop:
-            with server(mode, args.workers) as url:
+            with server(mode, args.workers, model) as url:
                 seconds, studies, failures = open_loop(url, images, args.clients, mode)
             print(
                 f"  open loop: {args.images} uploads at once, all finished after {seconds:.1f} s "

@@ -83,7 +83,7 @@ def get_worklist(
     offset: int = Query(0, ge=0),
 ):
     service = service_of(request)
-    _check_finding(service, finding)
+    check_finding(service, finding)
     with service.db.session() as s:
         _load_studies(s)
         rows = worklist(s, status, finding, state)
@@ -104,7 +104,7 @@ def get_worklist_csv(
     state: Literal["queued", "processing", "done", "error"] | None = None,
 ):
     service = service_of(request)
-    _check_finding(service, finding)
+    check_finding(service, finding)
     with service.db.session() as s:
         _load_studies(s)
         text = worklist_csv(worklist(s, status, finding, state), service.checkpoint.label_names)
@@ -115,7 +115,7 @@ def get_worklist_csv(
     )
 
 
-def _check_finding(service: TriageService, finding: str | None) -> str | None:
+def check_finding(service: TriageService, finding: str | None) -> str | None:
     if finding is None:
         return None
     names = {canonical_label(n): n for n in service.checkpoint.label_names}
@@ -167,7 +167,7 @@ def get_heatmap(
     ),
 ):
     service = service_of(request)
-    name = _check_finding(service, finding)
+    name = check_finding(service, finding)
     with service.db.session() as s:
         study = _study_or_404(s, study_id)
         if study.state != DONE or study.key_image_id is None:

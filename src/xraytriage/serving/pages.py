@@ -52,7 +52,7 @@ def worklist_page(request: Request, status: str | None = None, finding: str | No
     finding = finding or None
     if finding is not None:
         try:
-            finding = api._check_finding(service, finding)
+            finding = api.check_finding(service, finding)
         except HTTPException as exc:
             notices.append(f"{exc.detail}; showing every finding")
             finding = None

@@ -13,7 +13,6 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,8 +74,6 @@ class TriageService:
             self.predictor, TriageOptions(batch_size=config.batch_size, workers=0, progress=False)
         )
         self.wake = threading.Event()
-        self.idle_hooks: list[Callable[[], None]] = []
-        """Called by the first worker thread after each step (the DICOM node sends results here)."""
         self.workers = WorkerPool(self, config.workers)
         self._explainer = None
         self._explainer_lock = threading.Lock()

@@ -65,9 +65,6 @@ class WorkerPool:
         while not self._stop.is_set():
             try:
                 busy = self.step()
-                if index == 0:
-                    for hook in list(service.idle_hooks):
-                        hook()
             except Exception:  # a bug must not kill the worker; the work stays in the database
                 log.exception("worker %d: unexpected error", index)
                 busy = False
