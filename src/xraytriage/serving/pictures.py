@@ -64,13 +64,18 @@ def load_png(path: Path) -> np.ndarray:
         return np.asarray(image.convert("L"))
 
 
+COOL_FLOOR = 0.2
+
+
 def heat_layer_png(heat: np.ndarray, alpha: float = 0.65, colour_map: str = "jet") -> bytes:
     """Transparent RGBA layer: colour by heat, opacity in proportion to heat (cold = clear)."""
     from matplotlib import colormaps
 
     values = heat.astype(np.float32) / 255.0
     rgba = colormaps[colour_map](values)
-    rgba[..., 3] = np.clip(values * alpha / max(float(values.max()), 1e-6), 0.0, 1.0)
+    relative = values / max(float(values.max()), 1e-6)
+    # the coolest fifth of the map stays clear, so the layer marks where the model looked
+    rgba[..., 3] = alpha * np.clip((relative - COOL_FLOOR) / (1.0 - COOL_FLOOR), 0.0, 1.0)
     return png_bytes(Image.fromarray(np.rint(rgba * 255.0).astype(np.uint8), mode="RGBA"))
 
 

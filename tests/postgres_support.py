@@ -1,0 +1,88 @@
+"""A throw-away PostgreSQL server for tests: its own cluster in a temp folder, loopback only.
+
+initdb refuses to run as root, so when the tests run as root the cluster is created and run as
+the ``postgres`` system user (Debian's package creates it). Skips when PostgreSQL or the
+psycopg driver is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+SEARCH = ["/usr/local/bin", *sorted(str(p) for p in Path("/usr/lib/postgresql").glob("*/bin"))]
+
+
+def _binary(name: str) -> str | None:
+    found = shutil.which(name)
+    if found:
+        return found
+    for folder in SEARCH:
+        candidate = Path(folder) / name
+        if candidate.is_file():
+            return str(candidate)
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def postgres_server(folder: Path) -> Iterator[str]:
+    """Start PostgreSQL; yields a SQLAlchemy URL (psycopg 3) of an empty database."""
+    pytest.importorskip("psycopg", reason="psycopg (PostgreSQL driver) is not installed")
+    initdb, pg_ctl = _binary("initdb"), _binary("pg_ctl")
+    if not initdb or not pg_ctl:
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found (Debian package postgresql)")
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        if not shutil.which("runuser"):
+            pytest.skip("running as root without runuser: cannot start PostgreSQL as another user")
+        prefix = ["runuser", "-u", "postgres", "--"]
+    folder.mkdir(parents=True, exist_ok=True)
+    data, sockets = folder / "pgdata", folder / "sockets"
+    sockets.mkdir(exist_ok=True)
+    if prefix:
+        for path in (folder, sockets):
+            shutil.chown(path, "postgres", "postgres")
+        for parent in folder.parents:  # the postgres user must be able to reach the folder
+            if parent == Path("/"):
+                break
+            parent.chmod(parent.stat().st_mode | 0o005)
+    port = _free_port()
+    run = lambda *args: subprocess.run([*prefix, *args], capture_output=True, text=True, timeout=120)  # noqa: E731
+    result = run(initdb, "-D", str(data), "-U", "triage", "--auth=trust", "-E", "UTF8", "--no-sync")
+    if result.returncode != 0:
+        pytest.skip(f"initdb failed: {result.stderr.strip()[-300:]}")
+    options = (
+        f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={sockets} -c fsync=off"
+    )
+    result = run(pg_ctl, "-D", str(data), "-o", options, "-l", str(folder / "postgres.log"), "-w", "start")
+    if result.returncode != 0:
+        pytest.skip(f"PostgreSQL did not start: {result.stderr.strip()[-300:]}")
+    try:
+        deadline = time.monotonic() + 30
+        import psycopg
+
+        while True:
+            try:
+                psycopg.connect(host="127.0.0.1", port=port, user="triage", dbname="postgres").close()
+                break
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        yield f"postgresql+psycopg://triage@127.0.0.1:{port}/postgres"
+    finally:
+        run(pg_ctl, "-D", str(data), "-m", "immediate", "stop")

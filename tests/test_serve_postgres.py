@@ -1,0 +1,57 @@
+"""The service on PostgreSQL (``--db postgresql://...``): the same intake, claims and results.
+
+Two worker threads claim batches concurrently (``FOR UPDATE SKIP LOCKED``): every image is
+scored exactly once and the ranks equal those on SQLite.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from postgres_support import postgres_server
+from xraytriage.serving.config import ServeConfig
+from xraytriage.serving.db import DONE, Image, Study
+from xraytriage.serving.service import TriageService
+
+
+def test_service_on_postgresql(tmp_path: Path, shared_data: Path) -> None:
+    files = sorted((shared_data / "nih" / "images").glob("*.png"))[:12]
+    with postgres_server(tmp_path / "pg") as url:
+        service = TriageService(
+            ServeConfig(data_dir=tmp_path / "data", db_url=url, workers=0, batch_size=3, heatmaps=False)
+        )
+        assert service.db.engine.dialect.name == "postgresql"
+        for path in files:
+            service.ingest(path.read_bytes(), path.name)
+        assert service.ingest(files[0].read_bytes(), "again.png").duplicate
+
+        first, second = service.db.claim_images(3), service.db.claim_images(3)
+        assert not {i.id for i in first} & {i.id for i in second}  # no image handed out twice
+        for batch in (first, second):
+            service.workers.predict(batch)
+        service.workers.threads = 2
+        service.start()
+        try:
+            import time
+
+            deadline = time.monotonic() + 60
+            while service.pending()["images"] and time.monotonic() < deadline:
+                time.sleep(0.2)
+        finally:
+            service.stop()
+        with service.db.session() as s:
+            studies = {st.name: st for st in s.query(Study)}
+            images = s.query(Image).all()
+        assert len(studies) == len(files) and all(st.state == DONE for st in studies.values())
+        assert all(image.attempts == 1 for image in images)  # each scored once
+
+    reference = TriageService(ServeConfig(data_dir=tmp_path / "sqlite", workers=0, heatmaps=False))
+    for path in files:
+        reference.ingest(path.read_bytes(), path.name)
+    while reference.workers.step():
+        pass
+    with reference.db.session() as s:
+        expected = {st.name: st.priority for st in s.query(Study)}
+    assert {n: st.priority for n, st in studies.items()} == pytest.approx(expected, abs=1e-9)
