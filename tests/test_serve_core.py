@@ -260,3 +260,64 @@ def test_data_folder_survives_a_new_service(service: TriageService, tmp_path: Pa
     with restarted.db.session() as s:
         study = s.get(Study, accepted.study_id)
         assert study.state == DONE and study.priority is not None
+
+
+def fill_worklist(db, n: int = 60, seed: int = 0) -> None:
+    """Studies in every state, with ties in priority and in time, and findings to filter on."""
+    import random
+
+    rng = random.Random(seed)
+    names = ["Effusion", "Mass", "Pleural Thickening", "Nodule"]
+    with db.session() as s:
+        for i in range(n):
+            state = rng.choice([DONE, DONE, DONE, QUEUED, PROCESSING, ERROR])
+            listed = rng.sample(names, rng.randint(0, 2)) if state == DONE else []
+            s.add(
+                Study(
+                    id=f"s{i:03d}",
+                    name=f"study {i}",
+                    state=state,
+                    read_status=rng.choice(["new", "reading", "read"]),
+                    priority=rng.choice([0.5, 0.25, rng.random()]) if state != QUEUED else None,
+                    findings="; ".join(f"{f} 0.{rng.randint(10, 99)}" for f in listed),
+                    received_at=1000.0 + rng.choice([0, 1, 2, i]),
+                )
+            )
+            for k in range(rng.randint(0, 2)):
+                s.add(Image(id=f"{i:032d}{k:032d}", study_id=f"s{i:03d}", filename="x.png", state=state))
+
+
+def reference_worklist(db, read_status=None, finding=None) -> list[tuple[str, int | None, int]]:
+    """The worklist order spelled out in Python: triaged by priority (then oldest, then id),
+    then waiting (oldest first), then unreadable; ranks over the whole list."""
+    with db.session() as s:
+        studies = s.query(Study).all()
+        counts = {st.id: len(st.images) for st in studies}
+
+    def key(st):
+        group = 0 if st.state == DONE else 2 if st.state == ERROR else 1
+        return (group, -(st.priority or 0.0) if group == 0 else 0.0, st.received_at, st.id)
+
+    rows, rank = [], 0
+    for st in sorted(studies, key=key):
+        rank += st.state == DONE
+        listed = [f.rsplit(" ", 1)[0] for f in st.findings.split("; ") if f]
+        if (read_status is None or st.read_status == read_status) and (finding is None or finding in listed):
+            rows.append((st.id, rank if st.state == DONE else None, counts[st.id]))
+    return rows
+
+
+def test_worklist_order_ranks_and_filters_in_sql(tmp_path: Path) -> None:
+    from xraytriage.serving.db import Database
+    from xraytriage.serving.views import worklist
+
+    db = Database(f"sqlite:///{tmp_path / 'w.db'}")
+    fill_worklist(db)
+    for read_status, finding in [(None, None), ("read", None), (None, "Mass"), ("new", "Pleural Thickening")]:
+        expected = reference_worklist(db, read_status, finding)
+        with db.session() as s:
+            page = worklist(s, read_status, finding)
+            got = [(st.id, rank, images) for st, rank, images in page.rows]
+            window = worklist(s, read_status, finding, limit=5, offset=3)
+        assert got == expected and page.total == len(expected)
+        assert [(st.id, r, n) for st, r, n in window.rows] == expected[3:8]

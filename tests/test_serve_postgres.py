@@ -47,6 +47,26 @@ def test_service_on_postgresql(tmp_path: Path, shared_data: Path) -> None:
         assert len(studies) == len(files) and all(st.state == DONE for st in studies.values())
         assert all(image.attempts == 1 for image in images)  # each scored once
 
+        # the worklist's window functions and filters give the same answer as on SQLite
+        import psycopg
+        from sqlalchemy.engine import make_url
+
+        from test_serve_core import fill_worklist, reference_worklist
+        from xraytriage.serving.db import Database
+        from xraytriage.serving.views import worklist
+
+        address = make_url(url)
+        with psycopg.connect(
+            host=address.host, port=address.port, user=address.username, dbname="postgres", autocommit=True
+        ) as conn:
+            conn.execute("CREATE DATABASE worklist")
+        other = Database(url.rsplit("/", 1)[0] + "/worklist")
+        fill_worklist(other)
+        for read_status, finding in [(None, None), ("read", "Mass")]:
+            with other.session() as s:
+                got = [(st.id, r, n) for st, r, n in worklist(s, read_status, finding).rows]
+            assert got == reference_worklist(other, read_status, finding)
+
     reference = TriageService(ServeConfig(data_dir=tmp_path / "sqlite", workers=0, heatmaps=False))
     for path in files:
         reference.ingest(path.read_bytes(), path.name)

@@ -12,8 +12,6 @@ from fastapi import APIRouter, File, Form, HTTPException, Query, Request, Upload
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel
-from sqlalchemy import select
-from sqlalchemy.orm import selectinload
 
 from xraytriage.labels import canonical_label
 from xraytriage.serving.db import DONE, READ_STATUSES, Image, Study
@@ -69,10 +67,6 @@ async def upload_images(
     return body
 
 
-def _load_studies(session):
-    return session.scalars(select(Study).options(selectinload(Study.images))).all()
-
-
 @router.get("/worklist", summary="Studies sorted by priority, with filters")
 def get_worklist(
     request: Request,
@@ -83,13 +77,12 @@ def get_worklist(
     offset: int = Query(0, ge=0),
 ):
     service = service_of(request)
-    check_finding(service, finding)
+    name = check_finding(service, finding)
     with service.db.session() as s:
-        _load_studies(s)
-        rows = worklist(s, status, finding, state)
-        items = [study_summary(study, rank) for study, rank in rows[offset : offset + limit]]
+        page = worklist(s, status, name, state, limit, offset)
+        items = [study_summary(study, rank, images) for study, rank, images in page.rows]
     return {
-        "total": len(rows),
+        "total": page.total,
         "items": items,
         "labels": list(service.checkpoint.findings),
         "queue": service.pending(),
@@ -104,10 +97,9 @@ def get_worklist_csv(
     state: Literal["queued", "processing", "done", "error"] | None = None,
 ):
     service = service_of(request)
-    check_finding(service, finding)
+    name = check_finding(service, finding)
     with service.db.session() as s:
-        _load_studies(s)
-        text = worklist_csv(worklist(s, status, finding, state), service.checkpoint.label_names)
+        text = worklist_csv(worklist(s, status, name, state).rows, service.checkpoint.label_names)
     return Response(
         text,
         media_type="text/csv; charset=utf-8",

@@ -8,13 +8,13 @@ import csv
 import datetime as dt
 import io
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, case, func, or_, select
 
-from xraytriage.labels import canonical_label
 from xraytriage.serving.db import DONE, ERROR, Heatmap, Image, Study
 
 DISCLAIMER = "Model output to prioritise reading; not a diagnosis."
@@ -52,16 +52,6 @@ def parse_findings(text: str) -> list[dict[str, Any]]:
     return items
 
 
-def sort_key(study: Study) -> tuple:
-    """Triaged studies by priority (highest first); then those still waiting (oldest first);
-    then the ones that could not be read."""
-    if study.state == DONE:
-        return (0, -(study.priority or 0.0), study.received_at, study.id)
-    if study.state == ERROR:
-        return (2, 0.0, study.received_at, study.id)
-    return (1, 0.0, study.received_at, study.id)
-
-
 def _elapsed(start: float | None, end: float | None) -> float | None:
     """Seconds from the study's first image to a result (the service's own clock)."""
     if start is None or end is None:
@@ -93,7 +83,7 @@ def rank_of(session, study: Study) -> int | None:
     return session.scalar(select(func.count()).select_from(Study).where(Study.state == DONE, ahead)) + 1
 
 
-def study_summary(study: Study, rank: int | None = None) -> dict[str, Any]:
+def study_summary(study: Study, rank: int | None = None, images: int | None = None) -> dict[str, Any]:
     return {
         "id": study.id,
         "rank": rank,
@@ -105,7 +95,7 @@ def study_summary(study: Study, rank: int | None = None) -> dict[str, Any]:
         "abnormal": _round(study.abnormal),
         "findings": parse_findings(study.findings),
         "findings_text": study.findings,
-        "images": len(study.images),
+        "images": len(study.images) if images is None else images,
         "error": study.error or None,
         "received_at": iso(study.received_at),
         "predicted_at": iso(study.predicted_at),
@@ -119,35 +109,76 @@ def study_summary(study: Study, rank: int | None = None) -> dict[str, Any]:
     }
 
 
-def ranked(studies: Iterable[Study]) -> list[tuple[Study, int | None]]:
-    ordered = sorted(studies, key=sort_key)
-    out, rank = [], 0
-    for study in ordered:
-        if study.state == DONE:
-            rank += 1
-            out.append((study, rank))
-        else:
-            out.append((study, None))
-    return out
+@dataclass
+class WorklistPage:
+    rows: list[tuple[Study, int | None, int]]
+    """(study, rank among triaged studies or None, number of images)."""
+    total: int
+
+
+def _group():
+    """Triaged studies first, then those still waiting, then the ones that could not be read."""
+    return case((Study.state == DONE, 0), (Study.state == ERROR, 2), else_=1)
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def finding_filter(name: str):
+    """Studies whose ``findings`` text lists ``name`` ("Effusion 0.81; Mass 0.64")."""
+    name = _like_escape(name)
+    return or_(
+        Study.findings.like(f"{name} %", escape="\\"), Study.findings.like(f"%; {name} %", escape="\\")
+    )
 
 
 def worklist(
-    session, read_status: str | None = None, finding: str | None = None, state: str | None = None
-) -> list[tuple[Study, int | None]]:
-    """All studies, ranked, then filtered (ranks stay those of the whole worklist)."""
-    rows = ranked(session.scalars(select(Study)).all())
+    session,
+    read_status: str | None = None,
+    finding: str | None = None,
+    state: str | None = None,
+    limit: int | None = None,
+    offset: int = 0,
+) -> WorklistPage:
+    """The worklist in SQL: triaged studies by priority (highest first, then oldest), then
+    waiting ones (oldest first), then unreadable ones. Ranks are those of the whole worklist,
+    so a filtered view keeps them; ``finding`` is a model label name."""
+    group = _group()
+    order = (
+        func.coalesce(case((Study.state == DONE, Study.priority), else_=None), -1.0).desc(),
+        Study.received_at,
+        Study.id,
+    )
+    positions = select(
+        Study.id.label("id"),
+        group.label("grp"),
+        func.row_number().over(partition_by=group, order_by=order).label("pos"),
+    ).subquery()
+    images = select(func.count(Image.id)).where(Image.study_id == Study.id).correlate(Study).scalar_subquery()
+    query = select(Study, positions.c.grp, positions.c.pos, images).join(
+        positions, positions.c.id == Study.id
+    )
+    filters = []
     if read_status:
-        rows = [(s, r) for s, r in rows if s.read_status == read_status]
+        filters.append(Study.read_status == read_status)
     if state:
-        rows = [(s, r) for s, r in rows if s.state == state]
+        filters.append(Study.state == state)
     if finding:
-        key = canonical_label(finding)
-        rows = [
-            (s, r)
-            for s, r in rows
-            if any(canonical_label(f["name"]) == key for f in parse_findings(s.findings))
-        ]
-    return rows
+        filters.append(finding_filter(finding))
+    if filters:
+        query = query.where(*filters)
+    total = session.scalar(select(func.count()).select_from(Study).where(*filters)) if filters else None
+    if total is None:
+        total = session.scalar(select(func.count()).select_from(Study))
+    query = query.order_by(positions.c.grp, positions.c.pos).offset(offset)
+    if limit is not None:
+        query = query.limit(limit)
+    rows = [
+        (study, int(pos) if grp == 0 else None, int(count))
+        for study, grp, pos, count in session.execute(query)
+    ]
+    return WorklistPage(rows, int(total or 0))
 
 
 def image_dict(image: Image) -> dict[str, Any]:
@@ -224,11 +255,11 @@ def study_detail(session, study: Study, checkpoint) -> dict[str, Any]:
     return data
 
 
-def worklist_csv(rows: Sequence[tuple[Study, int | None]], label_names: Sequence[str]) -> str:
+def worklist_csv(rows: Sequence[tuple[Study, int | None, int]], label_names: Sequence[str]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow([*CSV_BASE, *label_names, "images", "error"])
-    for study, rank in rows:
+    for study, rank, images in rows:
         probabilities = study.probabilities
         writer.writerow(
             [
@@ -242,7 +273,7 @@ def worklist_csv(rows: Sequence[tuple[Study, int | None]], label_names: Sequence
                 "" if study.abnormal is None else f"{study.abnormal:.6f}",
                 study.findings,
                 *["" if probabilities.get(n) is None else f"{probabilities[n]:.6f}" for n in label_names],
-                len(study.images),
+                images,
                 study.error,
             ]
         )
