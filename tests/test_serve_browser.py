@@ -427,5 +427,10 @@ def test_token_protected_pages_need_sign_in(browser, tmp_path_factory, shared_da
         assert "/login" not in page.url
         # without the cookie, the API refuses and the pages send the browser to sign in
         assert httpx.get(server.url + "/api/v1/worklist", timeout=30).status_code == 401
+        # signing out forgets the cookie: the worklist asks for the token again
+        page.click("#nav-signout")
+        page.wait_for_url(server.url + "/login")
+        page.goto(server.url + "/")
+        assert "/login" in page.url
         context.close()
         assert not errors, f"JavaScript errors: {errors}"

@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from xraytriage import __version__
-from xraytriage.serving.auth import BodyLimit, TokenAuth, login_page, login_submit
+from xraytriage.serving.auth import BodyLimit, TokenAuth, login_page, login_submit, logout
 from xraytriage.serving.config import ServeConfig
 from xraytriage.serving.service import TriageService
 
@@ -91,6 +91,10 @@ def create_app(config: ServeConfig, service: TriageService | None = None) -> Fas
     @app.post("/login", include_in_schema=False)
     async def login(request: Request):
         return await login_submit(request, config.token)
+
+    @app.get("/logout", include_in_schema=False)
+    def sign_out():
+        return logout()
 
     _mount_api_docs(app)
     from xraytriage.serving.api import router as api_router

@@ -17,7 +17,7 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 COOKIE = "xraytriage_token"
-OPEN_PATHS = ("/healthz", "/login", "/static/", "/favicon.ico")
+OPEN_PATHS = ("/healthz", "/login", "/logout", "/static/", "/favicon.ico")
 
 
 def token_matches(expected: str, given: str | None) -> bool:
@@ -162,3 +162,10 @@ async def login_submit(request: Request, token: str | None) -> Response:
             response.set_cookie(COOKIE, given, httponly=True, samesite="strict", path="/")
         return response
     return login_page(target, "That token is not right.")
+
+
+def logout() -> Response:
+    """Forget the sign-in cookie and go back to the login page."""
+    response = RedirectResponse("/login", status_code=303)
+    response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
+    return response
