@@ -13,7 +13,7 @@ from pacs import echoscu, findings_in, free_port, orthanc, require_tools, stores
 from serve_support import running_server, wait_for
 from xraytriage.serving.dicom_node import SC_SERIES_NUMBER, SR_SERIES_NUMBER
 
-QUIET_SECONDS = 1.0
+QUIET_SECONDS = 3.0
 
 
 @pytest.fixture(scope="module")
@@ -55,14 +55,18 @@ def test_echo(pacs_and_node) -> None:
 def test_received_study_is_triaged_and_results_reach_the_pacs(pacs_and_node, shared_data) -> None:
     pacs, server, port = pacs_and_node
     source = pydicom.dcmread(shared_data / "dicom" / "siim_cr_chest_pa.dcm", stop_before_pixels=True)
-    code, output = storescu(port, [shared_data / "dicom" / "siim_cr_chest_pa.dcm"])
-    assert code == 0, output
+    # both real files: one study (same StudyInstanceUID; the copy is labelled MONOCHROME1).
+    # storescu skips a second file with the same SOP Instance UID in one call, hence two calls.
+    for name in ("siim_cr_chest_pa.dcm", "cr_chest_pa_monochrome1.dcm"):
+        code, output = storescu(port, [shared_data / "dicom" / name])
+        assert code == 0, output
 
     with server.client() as http:
         summary = wait_for(lambda: received_study(http), timeout=120, what="results sent to Orthanc")
         study = http.get(f"/api/v1/studies/{summary['id']}").json()
     assert study["state"] == "done" and study["dicom_results_state"] == "sent", study["dicom_results_info"]
     assert study["name"].startswith("CR")  # received studies appear in the worklist like uploads
+    assert len(study["image_list"]) == 2 and study["source"] == "dicom"
 
     # Read back what Orthanc stored: only our results were sent to it, in the source study.
     instances = pacs.get_json("/instances")
