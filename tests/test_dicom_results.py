@@ -63,6 +63,23 @@ def test_secondary_capture_same_study_new_series_caption_burned_in(source, sourc
     assert ((top[..., 0] > 200) & (top[..., 2] < 60)).any()
 
 
+def test_secondary_capture_as_jpeg_is_small_and_close(source, source_path):
+    overlay = radiograph_overlay(source_path)
+    plain = build_secondary_capture(source, overlay, "Pneumothorax 0.82", generate_uid(), 901, 1, MODEL)
+    small = build_secondary_capture(
+        source, overlay, "Pneumothorax 0.82", generate_uid(), 901, 1, MODEL, jpeg=True
+    )
+    plain_bytes, small_bytes = _roundtrip(plain).getvalue(), _roundtrip(small).getvalue()
+    assert len(small_bytes) * 5 < len(plain_bytes)
+    back = pydicom.dcmread(_roundtrip(small))
+    assert back.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.50"
+    assert back.LossyImageCompression == "01" and back.LossyImageCompressionMethod == "ISO_10918_1"
+    rgb = back.pixel_array  # pydicom decodes YBR_FULL_422 JPEG to RGB
+    reference = plain.pixel_array.astype(np.int16)
+    assert rgb.shape == reference.shape
+    assert np.abs(rgb.astype(np.int16) - reference).mean() < 4  # lossy, but the same picture
+
+
 def test_structured_report_lists_every_finding(source):
     series = generate_uid()
     sr = build_structured_report([source], FINDINGS, MODEL, series, 902, 1, abnormal=0.7)

@@ -35,6 +35,7 @@ def pacs_and_node(tmp_path_factory):
             str(QUIET_SECONDS),
             "--heatmap-findings",
             "2",
+            "--dicom-sc-jpeg",
         ]
         with running_server(tmp / "serve", *args) as server:
             yield pacs, server, dicom_port
@@ -81,6 +82,8 @@ def test_received_study_is_triaged_and_results_reach_the_pacs(pacs_and_node, sha
         assert int(tags[instance]["SeriesNumber"]) == SC_SERIES_NUMBER
         assert tags[instance]["BurnedInAnnotation"] == "YES"
         assert tags[instance]["PatientID"] == source.PatientID
+        syntax = pacs.get(f"/instances/{instance}/metadata/TransferSyntax").decode().strip()
+        assert syntax == "1.2.840.10008.1.2.4.50"  # --dicom-sc-jpeg: JPEG Baseline
 
     sr = pydicom.dcmread(io.BytesIO(pacs.get(f"/instances/{by_modality['SR'][0]}/file")))
     assert int(sr.SeriesNumber) == SR_SERIES_NUMBER and sr.VerificationFlag == "UNVERIFIED"

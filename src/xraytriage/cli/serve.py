@@ -86,6 +86,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=10.0,
         help="a received study is complete when no image arrived for this long (default 10)",
     )
+    dicom.add_argument(
+        "--dicom-sc-jpeg",
+        action="store_true",
+        help="send heatmap Secondary Captures as lossy JPEG Baseline (10-20x smaller; default uncompressed)",
+    )
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     p.set_defaults(handler=run_serve)
 
@@ -112,7 +117,7 @@ def build_dicom_settings(args: argparse.Namespace):
     from xraytriage.serving.config import DicomSettings
 
     if args.dicom_port is None:
-        for flag in ("dicom_allow", "dicom_destination", "dicom_host"):
+        for flag in ("dicom_allow", "dicom_destination", "dicom_host", "dicom_sc_jpeg"):
             if getattr(args, flag):
                 raise ConfigError(f"--{flag.replace('_', '-')} needs --dicom-port")
         return None
@@ -132,6 +137,7 @@ def build_dicom_settings(args: argparse.Namespace):
         allowed_calling_aes=allowed,
         destination=args.dicom_destination,
         quiet_seconds=args.dicom_quiet_seconds,
+        sc_jpeg=args.dicom_sc_jpeg,
     )
 
 

@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from pydicom import Dataset
 from pydicom.sr.codedict import codes
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid
 
 from xraytriage.dicom.acceptance import CHEST_BODY_PARTS, normalize_body_part
 
@@ -151,11 +151,14 @@ def build_secondary_capture(
     series_number: int,
     instance_number: int,
     model: ModelInfo,
+    jpeg: bool = False,
 ) -> Dataset:
     """An RGB Secondary Capture of ``overlay_rgb`` with ``caption`` burned in, in the source's study.
 
     Patient and study attributes come from ``source``; the source image is referenced in
-    SourceImageSequence. The result is uncompressed (Explicit VR Little Endian).
+    SourceImageSequence. Uncompressed (Explicit VR Little Endian, what every PACS accepts) by
+    default; ``jpeg`` writes lossy JPEG Baseline (YBR_FULL_422, flagged LossyImageCompression
+    01), about 10-20 times smaller, for a PACS that accepts it.
     """
     pixels = burn_caption(overlay_rgb, caption)
     orientation = _patient_orientation(source)
@@ -163,7 +166,7 @@ def build_secondary_capture(
         sc = hd.sc.SCImage.from_ref_dataset(
             ref_dataset=source,
             pixel_array=pixels,
-            photometric_interpretation="RGB",
+            photometric_interpretation="YBR_FULL_422" if jpeg else "RGB",
             bits_allocated=8,
             coordinate_system="PATIENT",
             series_instance_uid=series_instance_uid,
@@ -172,13 +175,16 @@ def build_secondary_capture(
             instance_number=instance_number,
             manufacturer=MANUFACTURER,
             patient_orientation=orientation or ("L", "F"),
-            transfer_syntax_uid=ExplicitVRLittleEndian,
+            transfer_syntax_uid=JPEGBaseline8Bit if jpeg else ExplicitVRLittleEndian,
             manufacturer_model_name=model.name[:64],
             software_versions=model.version[:64],
             series_description=f"AI heatmaps ({NOT_FOR_DIAGNOSTIC_USE.lower()})"[:64],
         )
     if orientation is None:
         sc.PatientOrientation = None  # unknown in the source: leave empty (type 2) rather than guess
+    if jpeg:
+        sc.LossyImageCompression = "01"
+        sc.LossyImageCompressionMethod = "ISO_10918_1"
     sc.BurnedInAnnotation = "YES"
     sc.RecognizableVisualFeatures = "NO"
     sc.ImageComments = " ".join(caption_lines(caption))[:10240]

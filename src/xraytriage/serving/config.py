@@ -71,6 +71,8 @@ class DicomSettings:
     """``AE@host:port`` of the PACS that receives the SC and SR results; None keeps them local."""
     quiet_seconds: float = 10.0
     """A study is complete when no new image arrived for this long."""
+    sc_jpeg: bool = False
+    """Secondary Captures as lossy JPEG Baseline (~10-20x smaller) instead of uncompressed."""
 
 
 def read_token(token_file: Path | None) -> str | None:

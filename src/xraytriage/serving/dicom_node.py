@@ -231,7 +231,14 @@ class DicomNode:
                 )
                 datasets.append(
                     build_secondary_capture(
-                        sources[key_id], overlay, caption, series, SC_SERIES_NUMBER, number, self.model
+                        sources[key_id],
+                        overlay,
+                        caption,
+                        series,
+                        SC_SERIES_NUMBER,
+                        number,
+                        self.model,
+                        jpeg=self.settings.sc_jpeg,
                     )
                 )
         datasets.append(
