@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo serve test lint bench clean
 
 $(STAMP): pyproject.toml requirements-lock.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -17,6 +17,9 @@ setup: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/xraytriage demo --output out/demo
+
+serve: $(STAMP)
+	$(BIN)/xraytriage serve --data-dir out/serve
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench scripts
