@@ -107,8 +107,9 @@ def server(mode: str, workers: int, model: Path | None = None):
             deadline = time.time() + 600  # a large model is exported to ONNX on first start
             while True:
                 try:
-                    if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                        break
+                    health = httpx.get(url + "/healthz", timeout=1)
+                    if health.status_code == 200 and health.json().get("ready", True):
+                        break  # warmed up: the first study does not pay for building the explainer
                 except httpx.HTTPError:
                     pass
                 if process.poll() is not None or time.time() > deadline:

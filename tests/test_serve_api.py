@@ -187,6 +187,8 @@ def test_file_names_cannot_escape(server, shared_data, tmp_path) -> None:
 def test_docs_and_health(server) -> None:
     with server.client() as http:
         assert http.get("/healthz").json()["status"] == "ok"
+        # warmed up in the background: the explainer is built before the first study needs it
+        wait_for(lambda: http.get("/healthz").json()["ready"], what="warm-up")
         assert "swagger" in http.get("/docs").text.lower()
         paths = http.get("/openapi.json").json()["paths"]
     for path in ("/api/v1/images", "/api/v1/worklist", "/api/v1/studies/{study_id}"):

@@ -71,6 +71,7 @@ def create_app(config: ServeConfig, service: TriageService | None = None) -> Fas
     def healthz() -> dict:
         return {
             "status": "ok",
+            "ready": service.ready.is_set(),
             "version": __version__,
             "model": service.checkpoint.name,
             "queue": service.pending(),

@@ -74,6 +74,8 @@ class TriageService:
             self.predictor, TriageOptions(batch_size=config.batch_size, workers=0, progress=False)
         )
         self.wake = threading.Event()
+        self.ready = threading.Event()
+        """Set when the service is warmed up (the explainer built when heatmaps are on)."""
         self.workers = WorkerPool(self, config.workers)
         self._explainer = None
         self._explainer_lock = threading.Lock()
@@ -88,6 +90,20 @@ class TriageService:
             self.workers.settle(study_id)
         self.workers.start()
         self.wake.set()
+        if self.config.heatmaps and self.config.workers > 0:
+            # build the explainer (a PyTorch copy of the network) now, not on the first study;
+            # /healthz says "ready" once it is there
+            threading.Thread(target=self._warm_up, name="xraytriage-warm-up", daemon=True).start()
+        else:
+            self.ready.set()
+
+    def _warm_up(self) -> None:
+        try:
+            _ = self.explainer.feature_shape
+        except Exception:  # heatmaps will report their own error when asked for
+            log.warning("could not prepare the explainer", exc_info=True)
+        finally:
+            self.ready.set()
 
     def stop(self) -> None:
         self.workers.stop()
