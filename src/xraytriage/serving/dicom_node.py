@@ -69,6 +69,8 @@ class DicomNode:
         self.model = ModelInfo(service.checkpoint.name, service.checkpoint.package_version)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._building: tuple[str, float] = ("", 0.0)
+        """(study id, its last_image_at) when the current dispatch started."""
 
     # --- life cycle ----------------------------------------------------------------------
     def start(self) -> None:
@@ -134,6 +136,9 @@ class DicomNode:
 
     def dispatch(self, study_id: str) -> str:
         """Build and send (or keep) one study's results; returns the new results state."""
+        with self.service.db.session() as s:
+            study = s.get(Study, study_id)
+            self._building = (study_id, study.last_image_at if study is not None else 0.0)
         try:
             datasets = self.build_results(study_id)
         except Exception as exc:
@@ -173,11 +178,18 @@ class DicomNode:
         )
 
     def _record(self, study_id: str, state: str, info: dict[str, Any]) -> str:
+        """Store the outcome; if an image arrived while the results were being built or sent,
+        the study stays ``pending`` so that updated results follow."""
         with self.service.db.session() as s:
             study = s.get(Study, study_id)
-            if study is not None:
-                study.dicom_results_state = state
-                study.dicom_results_info = json.dumps({**info, "at": time.time()})
+            if study is None:
+                return state
+            started_study, seen_last_image = self._building
+            if started_study == study_id and study.last_image_at > seen_last_image:
+                state = PENDING
+                info = {**info, "note": "more images arrived while sending; updated results will follow"}
+            study.dicom_results_state = state
+            study.dicom_results_info = json.dumps({**info, "at": time.time()})
         return state
 
     def save(self, study_id: str, datasets: list[pydicom.Dataset]) -> Path:
