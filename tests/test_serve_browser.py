@@ -224,6 +224,27 @@ def test_worklist_filters_by_finding_and_exports_csv(uploaded, server, page):
     expect(page.locator("#worklist-body tr")).to_have_count(everything["total"])
 
 
+def test_worklist_shows_more_rows_on_request(uploaded, server, page):
+    everything = [item["id"] for item in api_worklist(server)["items"]]
+    assert len(everything) >= 5
+    page.goto(server.url + "/?limit=2")  # pages of 2 rows instead of 500
+    expect(page.locator("#worklist-body tr")).to_have_count(2)
+    expect(page.locator("#worklist-count")).to_contain_text(f"showing 2 of {len(everything)}")
+    page.click("#show-more")
+    expect(page.locator("#worklist-body tr")).to_have_count(4)
+    assert row_ids(page) == everything[:4]
+    page.wait_for_timeout(2500)  # a poll later the page still shows the rows asked for
+    expect(page.locator("#worklist-body tr")).to_have_count(4)
+    for _ in range(len(everything)):
+        if page.locator("#show-more").is_hidden():
+            break
+        shown = len(row_ids(page))
+        page.click("#show-more")
+        expect(page.locator("#worklist-body tr")).to_have_count(min(shown + 2, len(everything)))
+    expect(page.locator("#show-more")).to_be_hidden()  # everything is shown: no more to ask for
+    assert row_ids(page) == everything
+
+
 def test_worklist_shows_new_studies_without_reload(uploaded, server, page, shared_data):
     page.goto(server.url + "/")
     before = api_worklist(server)["total"]

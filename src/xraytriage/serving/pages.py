@@ -41,7 +41,9 @@ def _render(request: Request, name: str, status_code: int = 200, **context) -> H
     return TEMPLATES.TemplateResponse(request, name, context, status_code=status_code, headers=NO_STORE)
 
 
-def worklist_page(request: Request, status: str | None = None, finding: str | None = None) -> HTMLResponse:
+def worklist_page(
+    request: Request, status: str | None = None, finding: str | None = None, limit: int = WORKLIST_PAGE_LIMIT
+) -> HTMLResponse:
     """All studies by priority; filters live in the query string so a filtered view can be shared."""
     service = api.service_of(request)
     notices = []
@@ -56,7 +58,8 @@ def worklist_page(request: Request, status: str | None = None, finding: str | No
         except HTTPException as exc:
             notices.append(f"{exc.detail}; showing every finding")
             finding = None
-    data = api.get_worklist(request, status, finding, None, WORKLIST_PAGE_LIMIT, 0)
+    limit = max(1, min(int(limit), 10_000))  # rows per page; "Show more" adds another page
+    data = api.get_worklist(request, status, finding, None, limit, 0)
     return _render(
         request,
         "worklist.html",
@@ -66,6 +69,7 @@ def worklist_page(request: Request, status: str | None = None, finding: str | No
         finding=finding or "",
         statuses=READ_STATUSES,
         notices=notices,
+        page_size=limit,
         page="worklist",
     )
 

@@ -9,6 +9,9 @@
   const statusSelect = document.getElementById("status-filter");
   const findingSelect = document.getElementById("finding-filter");
   const exportLink = document.getElementById("export-csv");
+  const moreButton = document.getElementById("show-more");
+  const PAGE = Number(document.getElementById("worklist-table").dataset.pageSize) || 500;
+  let limit = PAGE;  // rows asked for; "Show more" adds a page, polling keeps the same count
   const seen = new Set();
   let firstRender = true;
   let generation = 0;
@@ -66,6 +69,7 @@
     count.textContent = data.items.length < data.total
       ? "showing " + data.items.length + " of " + data.total + " studies"
       : data.total + " stud" + (data.total === 1 ? "y" : "ies");
+    moreButton.hidden = data.items.length >= data.total;
     document.getElementById("queue-indicator").textContent = queueText(data.queue);
     document.getElementById("worklist-updated").textContent = "Updated " + new Date().toLocaleTimeString();
   }
@@ -73,7 +77,8 @@
   async function refresh() {
     const mine = ++generation;
     const params = filters();
-    const data = await api("/api/v1/worklist" + (params.size ? "?" + params : ""));
+    params.set("limit", String(limit));
+    const data = await api("/api/v1/worklist?" + params);
     if (mine === generation) render(data);  // a newer request (filter change) wins
   }
 
@@ -87,6 +92,12 @@
     });
   }
 
+  moreButton.addEventListener("click", () => {
+    limit += PAGE;
+    refresh().catch((err) => {
+      document.getElementById("worklist-updated").textContent = "Could not update: " + err.message;
+    });
+  });
   statusSelect.addEventListener("change", applyFilters);
   findingSelect.addEventListener("change", applyFilters);
   const params = filters();
