@@ -20,6 +20,7 @@ from xraytriage.serving.db import DONE, ERROR, PROCESSING, QUEUED, Heatmap, Imag
 from xraytriage.serving.intake import UploadRejected, inspect_upload
 from xraytriage.serving.service import TriageService
 from xraytriage.serving.storage import BlobStore, safe_filename
+from xraytriage.triage.worklist import parse_findings
 
 SAMPLES = Path(__file__).resolve().parents[1] / "src" / "xraytriage" / "assets" / "samples"
 
@@ -191,7 +192,7 @@ def test_heatmaps_are_drawn_for_listed_findings(service: TriageService) -> None:
     drain(service)
     with service.db.session() as s:
         study = s.get(Study, accepted.study_id)
-        listed = [f.rsplit(" ", 1)[0] for f in study.findings.split("; ") if f]
+        listed = [name for name, _ in parse_findings(study.findings)]
         heatmaps = s.query(Heatmap).filter(Heatmap.image_id == study.key_image_id).all()
         assert study.heatmaps_state == "done" and study.explained_at >= study.predicted_at
     assert listed, "the sample should list at least one finding"
@@ -301,7 +302,7 @@ def reference_worklist(db, read_status=None, finding=None) -> list[tuple[str, in
     rows, rank = [], 0
     for st in sorted(studies, key=key):
         rank += st.state == DONE
-        listed = [f.rsplit(" ", 1)[0] for f in st.findings.split("; ") if f]
+        listed = [name for name, _ in parse_findings(st.findings)]
         if (read_status is None or st.read_status == read_status) and (finding is None or finding in listed):
             rows.append((st.id, rank if st.state == DONE else None, counts[st.id]))
     return rows

@@ -20,7 +20,7 @@ from xraytriage.triage import (
     write_worklist,
 )
 from xraytriage.triage.console import short_study, worklist_table
-from xraytriage.triage.worklist import format_findings, sort_worklist, worklist_columns
+from xraytriage.triage.worklist import format_findings, parse_findings, sort_worklist, worklist_columns
 
 LABELS = ["Mass", "Pneumothorax", "Effusion", "No Finding"]
 
@@ -224,3 +224,10 @@ def test_console_shows_the_top_three_findings_and_counts_the_rest():
     assert top_findings("Mass 0.80; Nodule 0.40") == "Mass 0.80; Nodule 0.40"
     cell = "Effusion 0.81; Mass 0.64; Nodule 0.30; Edema 0.20; Hernia 0.10"
     assert top_findings(cell) == "Effusion 0.81; Mass 0.64; Nodule 0.30 (+2 more)"
+
+
+def test_parse_findings_inverts_format_findings():
+    probabilities = {"Pleural Thickening": 0.812, "Mass": 0.64, "Nodule": 0.05}
+    text = format_findings(probabilities, {"Pleural Thickening": 0.5, "Mass": 0.5, "Nodule": 0.5})
+    assert parse_findings(text) == [("Pleural Thickening", 0.81), ("Mass", 0.64)]
+    assert parse_findings("") == [] and parse_findings(None) == []

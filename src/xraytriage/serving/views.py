@@ -16,6 +16,7 @@ from urllib.parse import quote
 from sqlalchemy import and_, case, func, or_, select
 
 from xraytriage.serving.db import DONE, ERROR, Heatmap, Image, Study
+from xraytriage.triage.worklist import parse_findings, rounded
 
 DISCLAIMER = "Model output to prioritise reading; not a diagnosis."
 CSV_BASE = (
@@ -37,19 +38,9 @@ def iso(seconds: float | None) -> str | None:
     return dt.datetime.fromtimestamp(seconds, dt.UTC).isoformat(timespec="seconds")
 
 
-def _round(value: float | None) -> float | None:
-    return None if value is None else round(float(value), 6)
-
-
-def parse_findings(text: str) -> list[dict[str, Any]]:
+def findings_list(text: str) -> list[dict[str, Any]]:
     """``"Effusion 0.81; Mass 0.64"`` -> [{"name": "Effusion", "probability": 0.81}, ...]."""
-    items = []
-    for part in (text or "").split("; "):
-        if not part.strip():
-            continue
-        name, _, value = part.rpartition(" ")
-        items.append({"name": name, "probability": float(value)})
-    return items
+    return [{"name": name, "probability": p} for name, p in parse_findings(text)]
 
 
 def _elapsed(start: float | None, end: float | None) -> float | None:
@@ -91,9 +82,9 @@ def study_summary(study: Study, rank: int | None = None, images: int | None = No
         "source": study.source,
         "state": study.state,
         "read_status": study.read_status,
-        "priority": _round(study.priority),
-        "abnormal": _round(study.abnormal),
-        "findings": parse_findings(study.findings),
+        "priority": rounded(study.priority),
+        "abnormal": rounded(study.abnormal),
+        "findings": findings_list(study.findings),
         "findings_text": study.findings,
         "images": len(study.images) if images is None else images,
         "error": study.error or None,
@@ -191,7 +182,7 @@ def image_dict(image: Image) -> dict[str, Any]:
         "width": image.width,
         "height": image.height,
         "modality": image.modality or None,
-        "abnormal": _round(image.abnormal),
+        "abnormal": rounded(image.abnormal),
         "received_at": iso(image.received_at),
         "processed_at": iso(image.processed_at),
         "display_url": f"/api/v1/images/{image.id}/display.png",
@@ -203,8 +194,8 @@ def heatmap_dict(study_id: str, heatmap: Heatmap) -> dict[str, Any]:
     return {
         "finding": heatmap.finding,
         "image_id": heatmap.image_id,
-        "probability": _round(heatmap.probability),
-        "threshold": _round(heatmap.threshold),
+        "probability": rounded(heatmap.probability),
+        "threshold": rounded(heatmap.threshold),
         "box": heatmap.box,
         "url": base,
         "layer_url": base + "&style=layer",
@@ -224,8 +215,8 @@ def study_detail(session, study: Study, checkpoint) -> dict[str, Any]:
         table.append(
             {
                 "name": name,
-                "probability": _round(p),
-                "threshold": _round(threshold),
+                "probability": rounded(p),
+                "threshold": rounded(threshold),
                 "flagged": threshold is not None and p >= threshold,
                 "is_finding": name in checkpoint.findings,
             }

@@ -30,6 +30,7 @@ from xraytriage.serving.db import (
 )
 from xraytriage.triage.engine import ImageResult
 from xraytriage.triage.heatmaps import listed_findings
+from xraytriage.triage.worklist import parse_findings
 
 if TYPE_CHECKING:
     from xraytriage.serving.service import TriageService
@@ -189,7 +190,7 @@ class WorkerPool:
             if study is None or study.key_image_id is None:
                 return
             image_id = study.key_image_id
-            findings = [f.rsplit(" ", 1)[0] for f in study.findings.split("; ") if f.strip()]
+            findings = [name for name, _ in parse_findings(study.findings)]
             findings = findings[: service.config.heatmap_findings]
         try:
             service.ensure_heatmaps(image_id, findings)

@@ -12,14 +12,14 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from xraytriage.triage.worklist import WorklistRow
+from xraytriage.triage.worklist import WorklistRow, parse_findings
 
 log = logging.getLogger(__name__)
 
 
 def listed_findings(row: WorklistRow) -> list[str]:
     """Finding names of a row's ``findings`` text ("Effusion 0.81; Mass 0.64" -> [Effusion, Mass])."""
-    return [item.rsplit(" ", 1)[0] for item in (row.findings or "").split("; ") if item.strip()]
+    return [name for name, _ in parse_findings(row.findings)]
 
 
 def _file_part(text: str) -> str:

@@ -41,7 +41,19 @@ def format_findings(probabilities: dict[str, float], thresholds: dict[str, float
     return "; ".join(f"{name} {p:.2f}" for name, p in flagged)
 
 
-def _round(value: float | None) -> float | None:
+def parse_findings(text: str | None) -> list[tuple[str, float]]:
+    """The inverse of :func:`format_findings`: ``"Effusion 0.81; Mass 0.64"`` ->
+    ``[("Effusion", 0.81), ("Mass", 0.64)]`` (names may contain spaces)."""
+    items = []
+    for part in (text or "").split("; "):
+        if part.strip():
+            name, _, value = part.rpartition(" ")
+            items.append((name, float(value)))
+    return items
+
+
+def rounded(value: float | None) -> float | None:
+    """A probability or priority as written to worklists and the API (``DECIMALS`` places)."""
     return None if value is None else round(float(value), DECIMALS)
 
 
@@ -78,16 +90,16 @@ class WorklistRow:
             "rank": self.rank,
             "study": self.study,
             "path": self.path,
-            "priority": _round(self.priority),
-            "abnormal": _round(self.abnormal),
+            "priority": rounded(self.priority),
+            "abnormal": rounded(self.abnormal),
             "status": self.status,
             "error": self.error or None,
             "findings": self.findings or None,
         }
         for name in labels:
-            data[name] = _round(self.probabilities.get(name))
+            data[name] = rounded(self.probabilities.get(name))
         data["images"] = self.images
-        data["site_priority"] = _round(self.site_priority)
+        data["site_priority"] = rounded(self.site_priority)
         return data
 
 
