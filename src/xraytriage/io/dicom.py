@@ -99,11 +99,10 @@ def _apply_voi(arr: np.ndarray, ds: pydicom.Dataset) -> tuple[np.ndarray, str]:
     return (arr - lo) / max(hi - lo, 1e-6), "full_range"
 
 
-def read_dicom(path: Path, max_pixels: int) -> tuple[np.ndarray, dict[str, Any]]:
-    try:
-        ds = pydicom.dcmread(path, force=True)
-    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError) as exc:
-        raise UnreadableImageError(path, f"not a readable DICOM file: {exc}") from None
+def check_header(ds: pydicom.Dataset, path: str | Path, max_pixels: int) -> dict[str, Any]:
+    """Everything about a radiograph that its header can tell, before any pixel is decoded:
+    pixel data present, a projection-radiography modality, a non-empty size within
+    ``max_pixels``. Returns the metadata; raises the typed error that names ``path``."""
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         if not any(tag in ds for tag in ("SOPClassUID", "Modality", "StudyInstanceUID")):
             raise UnreadableImageError(path, "not a DICOM file (no recognisable DICOM header)")
@@ -117,13 +116,22 @@ def read_dicom(path: Path, max_pixels: int) -> tuple[np.ndarray, dict[str, Any]]
             path, f"modality {modality} is not a projection radiograph (accepted: CR, DX, RG, OT...)"
         )
     rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
     if rows * cols == 0:
         raise UnreadableImageError(path, "DICOM header declares an empty image (Rows or Columns is 0)")
     if rows * cols > max_pixels:
         raise ImageTooLargeError(
             path, f"declares {cols}x{rows} = {rows * cols:,} pixels, over the limit of {max_pixels:,}"
         )
+    return meta
+
+
+def read_dicom(path: Path, max_pixels: int) -> tuple[np.ndarray, dict[str, Any]]:
+    try:
+        ds = pydicom.dcmread(path, force=True)
+    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError) as exc:
+        raise UnreadableImageError(path, f"not a readable DICOM file: {exc}") from None
+    meta = check_header(ds, path, max_pixels)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
     try:
         arr = ds.pixel_array
     except Exception as exc:

@@ -80,40 +80,27 @@ def _inspect_dicom(data: bytes, filename: str) -> UploadInfo:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
-    from xraytriage.io.dicom import RADIOGRAPH_MODALITIES
+    from xraytriage.errors import ImageReadError, ImageTooLargeError
+    from xraytriage.io.dicom import check_header
 
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=True)
     except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as exc:
         raise UploadRejected(filename, f"not a readable DICOM file: {exc}", 422) from None
-    modality = str(ds.get("Modality", "") or "").strip().upper()
-    if modality and modality not in RADIOGRAPH_MODALITIES:
+    try:  # the same header checks the reader makes (modality, pixel data, size)
+        meta = check_header(ds, filename, DEFAULT_MAX_PIXELS)
+    except ImageReadError as exc:
         raise UploadRejected(
-            filename,
-            f"modality {modality} is not a projection radiograph (accepted: {', '.join(sorted(RADIOGRAPH_MODALITIES))})",
-            422,
-        )
-    if "PixelData" not in ds:
-        raise UploadRejected(
-            filename, f"DICOM object has no pixel data (SOP class {ds.get('SOPClassUID', '?')})", 422
-        )
-    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
-    if rows * cols == 0:
-        raise UploadRejected(filename, "DICOM header declares an empty image (Rows or Columns is 0)", 422)
-    if rows * cols > DEFAULT_MAX_PIXELS:
-        raise UploadRejected(
-            filename, f"DICOM image is {cols}x{rows} pixels, over the limit of {DEFAULT_MAX_PIXELS:,}", 413
-        )
-    description = " ".join(
-        str(ds.get(k, "") or "").strip() for k in ("Modality", "BodyPartExamined", "ViewPosition")
-    ).strip()
+            filename, exc.problem, 413 if isinstance(exc, ImageTooLargeError) else 422
+        ) from None
+    description = " ".join(meta[k] for k in ("modality", "body_part", "view_position") if meta[k]).strip()
     return UploadInfo(
         format=ImageFormat.DICOM.value,
-        width=cols,
-        height=rows,
-        study_uid=str(ds.get("StudyInstanceUID", "") or "").strip() or None,
-        sop_instance_uid=str(ds.get("SOPInstanceUID", "") or "").strip() or None,
-        modality=modality,
+        width=int(ds.Columns),
+        height=int(ds.Rows),
+        study_uid=meta["study_uid"] or None,
+        sop_instance_uid=meta["sop_uid"] or None,
+        modality=meta["modality"].upper(),
         description=description,
     )
 
