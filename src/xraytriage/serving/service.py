@@ -29,9 +29,9 @@ from xraytriage.serving.db import (
 )
 from xraytriage.serving.intake import UploadRejected, inspect_upload, study_id_for
 from xraytriage.serving.pictures import (
+    display_size_for,
     finding_file_part,
     heat_to_display,
-    load_png,
     save_png,
     to_display,
 )
@@ -206,13 +206,15 @@ class TriageService:
                 self._explainer = Explainer(self.checkpoint)
             return self._explainer
 
-    def display_path(self, image_id: str) -> Path:
-        """The display PNG of an image, drawn on first use."""
+    def display_path(self, image_id: str, radiograph=None) -> Path:
+        """The display PNG of an image, drawn on first use (from ``radiograph`` when the caller
+        has already read the file)."""
         path = self.store.derived(image_id) / "display.png"
         if not path.is_file():
-            from xraytriage.io import read_radiograph
+            if radiograph is None:
+                from xraytriage.io import read_radiograph
 
-            radiograph = read_radiograph(self.store.path(image_id))
+                radiograph = read_radiograph(self.store.path(image_id))
             save_png(path, to_display(radiograph.pixels, self.config.display_size))
         return path
 
@@ -229,8 +231,8 @@ class TriageService:
         missing = [f for f in findings if f not in have or not self.heat_path(image_id, f).is_file()]
         if missing:
             radiograph = read_radiograph(self.store.path(image_id))
-            display = self.display_path(image_id)
-            shape = load_png(display).shape
+            self.display_path(image_id, radiograph)
+            shape = display_size_for(*radiograph.pixels.shape, self.config.display_size)
             explanations = explain_image(self.explainer, radiograph, missing)
             now = time.time()
             with self.db.session() as s:
