@@ -69,8 +69,6 @@ class DicomNode:
         self.model = ModelInfo(service.checkpoint.name, service.checkpoint.package_version)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._building: tuple[str, float] = ("", 0.0)
-        """(study id, its last_image_at) when the current dispatch started."""
 
     # --- life cycle ----------------------------------------------------------------------
     def start(self) -> None:
@@ -135,22 +133,39 @@ class DicomNode:
         return count
 
     def dispatch(self, study_id: str) -> str:
-        """Build and send (or keep) one study's results; returns the new results state."""
+        """Build and send (or keep) one study's results; returns the new results state.
+
+        If an image arrived while the results were being built or sent, the study stays
+        ``pending`` so that updated results follow.
+        """
         with self.service.db.session() as s:
             study = s.get(Study, study_id)
-            self._building = (study_id, study.last_image_at if study is not None else 0.0)
+            seen_last_image = study.last_image_at if study is not None else 0.0
+            attempts = _info(study).get("attempts", 0)
+        state, info = self._build_and_send(study_id, attempts)
+        with self.service.db.session() as s:
+            study = s.get(Study, study_id)
+            if study is None:
+                return state
+            if study.last_image_at > seen_last_image:
+                state = PENDING
+                info = {**info, "note": "more images arrived while sending; updated results will follow"}
+            study.dicom_results_state = state
+            study.dicom_results_info = json.dumps({**info, "at": time.time()})
+        return state
+
+    def _build_and_send(self, study_id: str, attempts: int) -> tuple[str, dict[str, Any]]:
+        """(results state, what to record) for one study; ``attempts`` failed sends so far."""
         try:
             datasets = self.build_results(study_id)
         except Exception as exc:
             log.exception("study %s: could not build DICOM results", study_id)
-            return self._record(
-                study_id, ERROR, {"error": f"could not build results: {type(exc).__name__}: {exc}"}
-            )
+            return ERROR, {"error": f"could not build results: {type(exc).__name__}: {exc}"}
         if not datasets:
-            return self._record(study_id, KEPT, {"objects": 0, "note": "no image could be triaged"})
+            return KEPT, {"objects": 0, "note": "no image could be triaged"}
         folder = self.save(study_id, datasets)
         if self.destination is None:
-            return self._record(study_id, KEPT, {"objects": len(datasets), "folder": str(folder)})
+            return KEPT, {"objects": len(datasets), "folder": str(folder)}
         results = send_datasets(datasets, self.destination, calling_ae=self.settings.ae_title)
         failed = [r for r in results if not r.ok]
         sent = [{"sop_instance_uid": r.sop_instance_uid, "status": r.status} for r in results]
@@ -158,39 +173,18 @@ class DicomNode:
             log.info(
                 "study %s: sent %d result objects to %s", study_id, len(results), self.destination.ae_title
             )
-            return self._record(
-                study_id, SENT, {"objects": len(results), "sent": sent, "folder": str(folder)}
-            )
-        with self.service.db.session() as s:
-            attempts = _info(s.get(Study, study_id)).get("attempts", 0) + 1
+            return SENT, {"objects": len(results), "sent": sent, "folder": str(folder)}
+        attempts += 1
         message = "; ".join(sorted({r.message for r in failed}))
         log.warning("study %s: sending results failed (attempt %d): %s", study_id, attempts, message)
         state = ERROR if attempts >= MAX_SEND_ATTEMPTS else PENDING
-        return self._record(
-            study_id,
-            state,
-            {
-                "attempts": attempts,
-                "error": message,
-                "next_attempt_at": time.time() + RETRY_SECONDS,
-                "sent": sent,
-            },
-        )
-
-    def _record(self, study_id: str, state: str, info: dict[str, Any]) -> str:
-        """Store the outcome; if an image arrived while the results were being built or sent,
-        the study stays ``pending`` so that updated results follow."""
-        with self.service.db.session() as s:
-            study = s.get(Study, study_id)
-            if study is None:
-                return state
-            started_study, seen_last_image = self._building
-            if started_study == study_id and study.last_image_at > seen_last_image:
-                state = PENDING
-                info = {**info, "note": "more images arrived while sending; updated results will follow"}
-            study.dicom_results_state = state
-            study.dicom_results_info = json.dumps({**info, "at": time.time()})
-        return state
+        info = {
+            "attempts": attempts,
+            "error": message,
+            "next_attempt_at": time.time() + RETRY_SECONDS,
+            "sent": sent,
+        }
+        return state, info
 
     def save(self, study_id: str, datasets: list[pydicom.Dataset]) -> Path:
         folder = self.service.config.data_dir / "results" / study_id
