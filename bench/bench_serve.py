@@ -51,25 +51,12 @@ def free_port() -> int:
 
 def densenet_checkpoint(folder: Path) -> Path:
     """DenseNet-121, 224 px, NIH labels, random weights; thresholds 0 (every finding flagged)."""
-    import torch
-
     sys.path.insert(0, str(REPO / "src"))
-    from xraytriage.labels import NIH_FINDINGS, NO_FINDING
-    from xraytriage.models import Checkpoint, ModelConfig, build_model
-    from xraytriage.preprocess import PreprocessContract
+    from bench_triage import random_checkpoint
+    from xraytriage.labels import NIH_FINDINGS
 
-    labels = [*NIH_FINDINGS, NO_FINDING]
-    torch.manual_seed(0)
-    cfg = ModelConfig(backbone="densenet121", num_classes=len(labels), in_channels=1, width=1.0)
-    net = build_model(cfg).eval()
-    checkpoint = Checkpoint(
-        model=cfg,
-        label_names=labels,
-        preprocess=PreprocessContract(size=224),
-        state_dict={k: v.clone() for k, v in net.state_dict().items()},
-        thresholds={name: 0.0 for name in NIH_FINDINGS},
-        name="bench-densenet121",
-    )
+    checkpoint = random_checkpoint("densenet121")
+    checkpoint.thresholds = {name: 0.0 for name in NIH_FINDINGS}
     return checkpoint.save(folder / "densenet121.pt")
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import time
 import urllib.error
@@ -20,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from serve_support import free_port
 
 ORTHANC_AE = "ORTHANC"
 
@@ -37,13 +38,6 @@ def require_tools(*names: str) -> None:
     ]
     if missing:
         pytest.skip(f"not on PATH: {', '.join(missing)} (Debian packages orthanc / dcmtk)")
-
-
-def free_port() -> int:
-    """A loopback TCP port free right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def run_tool(tool: str, args: Sequence[str], timeout: float = 30) -> tuple[int, str]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -17,6 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+
+from serve_support import free_port
 
 SEARCH = ["/usr/local/bin", *sorted(str(p) for p in Path("/usr/lib/postgresql").glob("*/bin"))]
 
@@ -30,12 +31,6 @@ def _binary(name: str) -> str | None:
         if candidate.is_file():
             return str(candidate)
     return None
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextmanager
@@ -60,7 +55,7 @@ def postgres_server(folder: Path) -> Iterator[str]:
             if parent == Path("/"):
                 break
             parent.chmod(parent.stat().st_mode | 0o005)
-    port = _free_port()
+    port = free_port()
     run = lambda *args: subprocess.run([*prefix, *args], capture_output=True, text=True, timeout=120)  # noqa: E731
     result = run(initdb, "-D", str(data), "-U", "triage", "--auth=trust", "-E", "UTF8", "--no-sync")
     if result.returncode != 0:

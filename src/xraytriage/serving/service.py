@@ -13,7 +13,7 @@ import json
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from sqlalchemy.exc import IntegrityError
@@ -49,12 +49,7 @@ class Accepted:
     duplicate: bool
 
     def to_dict(self) -> dict:
-        return {
-            "filename": self.filename,
-            "image_id": self.image_id,
-            "study_id": self.study_id,
-            "duplicate": self.duplicate,
-        }
+        return asdict(self)
 
 
 class TriageService:

@@ -157,11 +157,8 @@ def worklist(
         filters.append(Study.state == state)
     if finding:
         filters.append(finding_filter(finding))
-    if filters:
-        query = query.where(*filters)
-    total = session.scalar(select(func.count()).select_from(Study).where(*filters)) if filters else None
-    if total is None:
-        total = session.scalar(select(func.count()).select_from(Study))
+    query = query.where(*filters)
+    total = session.scalar(select(func.count()).select_from(Study).where(*filters))
     query = query.order_by(positions.c.grp, positions.c.pos).offset(offset)
     if limit is not None:
         query = query.limit(limit)
