@@ -41,18 +41,15 @@ def _labels_with_both_classes(y: np.ndarray, p: np.ndarray, names: Sequence[str]
     return [j for j in range(len(names)) if has_both_classes(valid_pairs(y[:, j], p[:, j])[0])]
 
 
-def plot_roc_curves(y: np.ndarray, p: np.ndarray, names: Sequence[str], title: str = "ROC curves"):
-    """One panel per label: ROC curve with its AUC; the diagonal is chance."""
+def _curve_panels(y, p, names, title: str, xlabel: str, ylabel: str, draw):
+    """One panel per label with both classes; ``draw(ax, y, p)`` plots it and returns its title."""
     cols = _labels_with_both_classes(y, p, names)
     fig, axes = _grid(max(1, len(cols)))
     for ax, j in zip(axes, cols, strict=False):
         yy, pp = valid_pairs(y[:, j], p[:, j])
-        fpr, tpr, _ = roc_curve(yy, pp)
-        ax.plot(fpr, tpr, lw=1.5)
-        ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=0.8)
-        ax.set_title(f"{names[j]}  AUC {roc_auc(yy, pp):.3f}", fontsize=9)
-        ax.set_xlabel("1 - specificity", fontsize=8)
-        ax.set_ylabel("sensitivity", fontsize=8)
+        ax.set_title(f"{names[j]}  {draw(ax, yy, pp)}", fontsize=9)
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.set_ylabel(ylabel, fontsize=8)
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1.01)
     if not cols:
@@ -60,29 +57,32 @@ def plot_roc_curves(y: np.ndarray, p: np.ndarray, names: Sequence[str], title: s
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def plot_roc_curves(y: np.ndarray, p: np.ndarray, names: Sequence[str], title: str = "ROC curves"):
+    """One panel per label: ROC curve with its AUC; the diagonal is chance."""
+
+    def draw(ax, yy, pp) -> str:
+        fpr, tpr, _ = roc_curve(yy, pp)
+        ax.plot(fpr, tpr, lw=1.5)
+        ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=0.8)
+        return f"AUC {roc_auc(yy, pp):.3f}"
+
+    return _curve_panels(y, p, names, title, "1 - specificity", "sensitivity", draw)
 
 
 def plot_pr_curves(
     y: np.ndarray, p: np.ndarray, names: Sequence[str], title: str = "Precision-recall curves"
 ):
     """One panel per label: PR curve with its average precision; the line is the prevalence."""
-    cols = _labels_with_both_classes(y, p, names)
-    fig, axes = _grid(max(1, len(cols)))
-    for ax, j in zip(axes, cols, strict=False):
-        yy, pp = valid_pairs(y[:, j], p[:, j])
+
+    def draw(ax, yy, pp) -> str:
         precision, recall, _ = precision_recall_curve(yy, pp)
         ax.step(recall, precision, where="post", lw=1.5)
         ax.axhline(yy.mean(), ls="--", c="grey", lw=0.8)
-        ax.set_title(f"{names[j]}  AP {average_precision(yy, pp):.3f}", fontsize=9)
-        ax.set_xlabel("recall", fontsize=8)
-        ax.set_ylabel("precision", fontsize=8)
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1.01)
-    if not cols:
-        axes[0].text(0.5, 0.5, "no label has both classes", ha="center")
-    fig.suptitle(title)
-    fig.tight_layout()
-    return fig
+        return f"AP {average_precision(yy, pp):.3f}"
+
+    return _curve_panels(y, p, names, title, "recall", "precision", draw)
 
 
 def plot_auc_per_epoch(history: pd.DataFrame, title: str = "Validation AUC per epoch"):
