@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from xraytriage.labels import canonical_label
 from xraytriage.serving.db import DONE, READ_STATUSES, Image, Study
 from xraytriage.serving.intake import UploadRejected
-from xraytriage.serving.pictures import heat_layer_png, load_png, overlay_png, scale_box
+from xraytriage.serving.pictures import heat_layer_png, load_png, png_bytes
 from xraytriage.serving.service import TriageService
 from xraytriage.serving.views import study_detail, study_summary, worklist, worklist_csv
 
@@ -172,15 +172,14 @@ def get_heatmap(
             raise HTTPException(409, f"image {image_id[:12]}… could not be triaged: {row.error}")
         width, height = row.width or 1, row.height or 1
     heatmap = service.ensure_heatmaps(image_id, [name])[0]
-    heat = load_png(service.heat_path(image_id, name))
     if style == "layer":
-        return Response(heat_layer_png(heat), media_type="image/png", headers=PNG_HEADERS)
+        layer = heat_layer_png(load_png(service.heat_path(image_id, name)))
+        return Response(layer, media_type="image/png", headers=PNG_HEADERS)
     from xraytriage.explain.overlay import overlay_label
 
-    display = load_png(service.display_path(image_id))
-    box = scale_box(heatmap.box, width, height, display.shape)
     label = overlay_label(name, heatmap.probability, heatmap.threshold)
-    return Response(overlay_png(display, heat, box, label), media_type="image/png", headers=PNG_HEADERS)
+    picture = service.overlay(image_id, heatmap, (width, height), label)
+    return Response(png_bytes(picture), media_type="image/png", headers=PNG_HEADERS)
 
 
 @router.get(

@@ -37,7 +37,7 @@ from xraytriage.dicom import (
 )
 from xraytriage.serving.config import DicomSettings
 from xraytriage.serving.db import DONE, ERROR, HEATMAPS_PENDING, PROCESSING, Image, Study
-from xraytriage.serving.pictures import load_png, scale_box
+from xraytriage.serving.pictures import load_png
 from xraytriage.serving.service import TriageService
 from xraytriage.serving.storage import write_atomic
 
@@ -226,11 +226,8 @@ class DicomNode:
                 heatmap = heatmaps.get(finding.name)
                 if heatmap is None:
                     continue
-                overlay = _overlay_rgb(
-                    display,
-                    load_png(service.heat_path(key_id, finding.name)),
-                    scale_box(heatmap.box, *key_size, display.shape),
-                )
+                # no label: the SC builder burns in the caption, which names the finding
+                overlay = np.asarray(service.overlay(key_id, heatmap, key_size, "", display))
                 caption = (
                     f"NOT FOR DIAGNOSTIC USE - AI heatmap: {finding.name} p={finding.probability:.2f} "
                     f"(threshold {finding.threshold:.2f}) - {self.model.label}"
@@ -259,13 +256,6 @@ class DicomNode:
             )
         )
         return datasets
-
-
-def _overlay_rgb(display: np.ndarray, heat: np.ndarray, box) -> np.ndarray:
-    """Heatmap and box over the radiograph; the caption (with the finding) is burned in by the SC builder."""
-    from xraytriage.explain.overlay import render_overlay
-
-    return np.asarray(render_overlay(display, heat.astype(np.float32) / 255.0, box, "").convert("RGB"))
 
 
 def _info(study: Study | None) -> dict[str, Any]:

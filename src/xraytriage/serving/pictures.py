@@ -79,11 +79,11 @@ def heat_layer_png(heat: np.ndarray, alpha: float = 0.65, colour_map: str = "jet
     return png_bytes(Image.fromarray(np.rint(rgba * 255.0).astype(np.uint8), mode="RGBA"))
 
 
-def overlay_png(display: np.ndarray, heat: np.ndarray, box: Box | None, label: str) -> bytes:
-    """The radiograph with the heatmap blended in, the box and the label burned in."""
+def overlay_image(display: np.ndarray, heat: np.ndarray, box: Box | None, label: str) -> Image.Image:
+    """The radiograph with the heatmap blended in, the box and the label burned in (RGB)."""
     from xraytriage.explain.overlay import render_overlay
 
-    return png_bytes(render_overlay(display, heat.astype(np.float32) / 255.0, box, label))
+    return render_overlay(display, heat.astype(np.float32) / 255.0, box, label)
 
 
 def scale_box(box: dict | None, width: int, height: int, display_shape: tuple[int, int]) -> Box | None:

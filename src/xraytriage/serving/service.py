@@ -16,6 +16,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
+from PIL import Image as PILImage
 from sqlalchemy.exc import IntegrityError
 
 from xraytriage.serving.config import ServeConfig
@@ -32,7 +34,10 @@ from xraytriage.serving.pictures import (
     display_size_for,
     finding_file_part,
     heat_to_display,
+    load_png,
+    overlay_image,
     save_png,
+    scale_box,
     to_display,
 )
 from xraytriage.serving.storage import BlobStore, safe_filename
@@ -215,6 +220,21 @@ class TriageService:
 
     def heat_path(self, image_id: str, finding: str) -> Path:
         return self.store.derived(image_id) / f"heat_{finding_file_part(finding)}.png"
+
+    def overlay(
+        self,
+        image_id: str,
+        heatmap: Heatmap,
+        size: tuple[int, int],
+        label: str,
+        display: np.ndarray | None = None,
+    ) -> PILImage.Image:
+        """A drawn heatmap over the display image, with its box (``size`` = the original
+        width, height the box is in) and ``label``; pass ``display`` when already loaded."""
+        if display is None:
+            display = load_png(self.display_path(image_id))
+        heat = load_png(self.heat_path(image_id, heatmap.finding))
+        return overlay_image(display, heat, scale_box(heatmap.box, *size, display.shape), label)
 
     def ensure_heatmaps(self, image_id: str, findings: list[str]) -> list[Heatmap]:
         """Heatmaps (map PNG + box row) of ``findings`` on one image; draws only the missing ones."""
