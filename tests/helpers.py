@@ -77,3 +77,32 @@ def synthetic_auc(checkpoint: Checkpoint, synthetic_dir: Path) -> dict[str, floa
         n: float(roc_auc_score(dataset.labels[:, j], probs[:, j]))
         for j, n in enumerate(checkpoint.label_names)
     }
+
+
+def count_nih_folders(nih_root: Path, folders: list[str] | None = None) -> dict:
+    """What the NIH folders hold, counted straight from the files and the label CSVs (not through
+    the loader under test), so tests follow the data instead of pinning counts: images, patients,
+    views, No Finding count, box images and boxes, per collection folder."""
+    import pandas as pd
+
+    names = folders or sorted(
+        p.name for p in nih_root.iterdir() if p.is_dir() and p.name != "meta" and not p.name.startswith(".")
+    )
+    files = {f.name: folder for folder in names for f in sorted((nih_root / folder).rglob("*.png"))}
+    entries = pd.read_csv(nih_root / "meta" / "Data_Entry_2017_v2020.csv.gz")
+    listed = len(entries)
+    entries = entries[entries["Image Index"].isin(files)]
+    boxes = pd.read_csv(nih_root / "meta" / "BBox_List_2017.csv.gz")
+    boxes = boxes[boxes["Image Index"].isin(set(entries["Image Index"]))]
+    folder_of = entries["Image Index"].map(files)
+    return {
+        "listed": listed,
+        "images": len(entries),
+        "patients": int(entries["Patient ID"].nunique()),
+        "no_finding": int((entries["Finding Labels"] == "No Finding").sum()),
+        "views": entries["View Position"].value_counts().to_dict(),
+        "boxes": len(boxes),
+        "box_images": int(boxes["Image Index"].nunique()),
+        "per_folder": folder_of.value_counts().to_dict(),
+        "folders": names,
+    }

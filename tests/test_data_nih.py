@@ -7,11 +7,13 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from helpers import count_nih_folders
 from xraytriage.data import NIHChestXray14Dataset, load_dataset
-from xraytriage.data.nih import NIH_LABELS, read_bbox_list
+from xraytriage.data.nih import BOX_COLLECTION_SUFFIX, NIH_LABELS, read_bbox_list
 from xraytriage.errors import ConfigError
 
 N_LISTED = 112_120
+STARTER_FOLDERS = ["images", "images-64", "fullres"]
 
 
 @pytest.fixture(scope="module")
@@ -29,10 +31,15 @@ def nih(nih_root):
     )
 
 
-def test_keeps_only_found_images_and_counts_missing(nih):
-    assert len(nih) == 1504
-    assert nih.listed == N_LISTED
-    assert nih.missing == N_LISTED - 1504
+@pytest.fixture(scope="module")
+def expected(nih_root):
+    return count_nih_folders(nih_root, STARTER_FOLDERS)
+
+
+def test_keeps_only_found_images_and_counts_missing(nih, expected):
+    assert len(nih) == expected["images"] > 0
+    assert nih.listed == N_LISTED == expected["listed"]
+    assert nih.missing == N_LISTED - expected["images"]
     assert len(nih.missing_names) == nih.missing
     assert nih.describe()["missing_files"] == nih.missing
     assert all(p.endswith(".png") for p in nih.paths)
@@ -44,11 +51,11 @@ def test_single_folder_reports_the_rest_missing(nih_root):
     assert one.missing == N_LISTED - 12
 
 
-def test_labels_patients_and_metadata(nih):
+def test_labels_patients_and_metadata(nih, expected):
     assert nih.label_names == list(NIH_LABELS)
     assert "Pleural Thickening" in nih.label_names and "Pleural_Thickening" not in nih.label_names
-    assert nih.table["patient_id"].nunique() == 942
-    assert int(nih.labels[:, nih.label_names.index("No Finding")].sum()) == 368
+    assert nih.table["patient_id"].nunique() == expected["patients"]
+    assert int(nih.labels[:, nih.label_names.index("No Finding")].sum()) == expected["no_finding"]
     assert not np.isnan(nih.labels).any()
     row = nih.table.index[nih.table["image_index"] == "00000001_001.png"][0]
     positives = {n for n, v in zip(nih.label_names, nih.labels[row], strict=True) if v == 1}
@@ -132,7 +139,9 @@ def test_official_split_files(tmp_path, nih_root, nih):
 
 def test_registry_discovers_the_layout(nih_root):
     ds = load_dataset("nih", root=str(nih_root))
-    assert len(ds) == 1504 and len(ds.boxes) == 553
+    every = count_nih_folders(nih_root)  # every subfolder but meta/ is a collection and counts
+    assert len(ds) == every["images"] and len(ds.boxes) == every["boxes"]
+    assert set(every["folders"]) >= {"images", "images-64", "images-b", "images-c"}
     pa = load_dataset("nih", images=[str(nih_root / "images")], meta=str(nih_root / "meta"), views="PA")
     assert set(pa.table["view"]) == {"PA"}
     with_abnormal = load_dataset("nih", root=str(nih_root), labels=["Mass"], abnormal=True)
@@ -153,3 +162,22 @@ def test_clear_errors(tmp_path, nih_root):
         load_dataset("nih", root=str(nih_root), colour="red")
     with pytest.raises(ConfigError, match="unknown dataset kind"):
         load_dataset("imagenet")
+
+
+def test_every_image_carries_its_collection_and_box_images_are_their_own(nih_root):
+    ds = load_dataset("nih", root=str(nih_root))
+    every = count_nih_folders(nih_root)
+    collection = ds.table["collection"]
+    folder = collection.str.removesuffix(BOX_COLLECTION_SUFFIX)
+    assert folder.value_counts().to_dict() == every["per_folder"]
+    boxed = collection.str.endswith(BOX_COLLECTION_SUFFIX)
+    assert int(boxed.sum()) == every["box_images"] == int(ds.table["has_box"].sum())
+    # selected because abnormal: no box image is No Finding
+    no_finding = ds.labels[:, ds.label_names.index("No Finding")] == 1
+    assert not (no_finding & boxed.to_numpy()).any()
+    report = ds.describe()
+    assert sum(c["images"] for c in report["collections"].values()) == len(ds)
+    assert any("images+box" in line and "only abnormal" in line for line in report["warnings"])
+    assert not any("images-c" in line for line in report["warnings"])
+    # a derived dataset keeps the column
+    assert "collection" in ds.subset([0, 1]).table.columns

@@ -107,7 +107,13 @@ def test_reported_numbers_match_sklearn_on_the_written_predictions(evaluation):
         assert ci["low"] <= reported <= ci["high"]
     assert metrics["metrics"]["macro"]["auc"] > 0.8  # the tiny model did learn the planted lesions
     assert metrics["operating_points"]["source"] == "validation"
-    assert set(metrics["operating_points"]["rules"]) == {"youden", "sensitivity", "f1", "checkpoint"}
+    assert set(metrics["operating_points"]["rules"]) == {
+        "youden",
+        "sensitivity",
+        "specificity",
+        "f1",
+        "checkpoint",
+    }
     assert metrics["triage"]["priority_auc"] > 0.8
     table = pd.read_csv(out / "metrics.csv")
     assert {"(macro)", "(micro)"} <= set(table["label"])

@@ -3,10 +3,14 @@
 Two stages, so the expensive one can be cached and the cheap one can run on the accelerator:
 
 1. ``to_uint8(pixels)``: geometry and intensity. float [0,1] HxW from :mod:`xraytriage.io` ->
-   intensity mapping (``minmax`` stretch, ``percentile`` stretch or ``none``) -> resize
-   (``squash`` to size x size, ``letterbox`` keeping aspect and padding with black, or
-   ``center_crop`` of the short side) with area averaging -> uint8 size x size.
-   This is what the cache stores.
+   optional ``border`` crop (a share of each side: image edges, collimation and burned-in
+   markers) -> intensity mapping (``minmax`` stretch, ``percentile`` stretch or ``none``) ->
+   resize (``squash`` to size x size, ``letterbox`` keeping aspect and padding with black, or
+   ``center_crop`` of the short side) with area averaging -> uint8 size x size -> optional
+   histogram equalisation at that size (``equalize`` global, ``clahe`` contrast-limited adaptive).
+   Equalising after the resize makes it see the same anatomy per tile whatever the file's
+   resolution, and it removes the global brightness/contrast differences between collections
+   that a model could otherwise learn instead of disease. This is what the cache stores.
 2. ``normalize(batch_uint8)``: uint8 N x H x W (tensor or array) -> float (x/255 - mean)/std,
    repeated to ``channels``. Training, evaluation, ONNX export and serving all call this one
    function, so they cannot disagree.
@@ -25,7 +29,8 @@ from PIL import Image
 from xraytriage.errors import ConfigError
 
 ResizeMode = Literal["squash", "letterbox", "center_crop"]
-IntensityMode = Literal["none", "minmax", "percentile"]
+IntensityMode = Literal["none", "minmax", "percentile", "equalize", "clahe"]
+INTENSITY_MODES = ("none", "minmax", "percentile", "equalize", "clahe")
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,12 @@ class PreprocessContract:
     mean: float | tuple[float, ...] = 0.5
     std: float | tuple[float, ...] = 0.25
     """Scalar, or one value per channel (e.g. ImageNet statistics for imported 3-channel weights)."""
+    border: float = 0.0
+    """Share of the width/height cropped from each side before anything else (0 to 0.25)."""
+    clahe_clip: float = 2.0
+    """``clahe``: histogram clip limit, in multiples of the mean bin count."""
+    clahe_tiles: int = 8
+    """``clahe``: tiles per side."""
     version: int = 1
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
@@ -46,8 +57,14 @@ class PreprocessContract:
             raise ConfigError(f"preprocess.size must be in 16..2048, got {self.size}")
         if self.resize not in ("squash", "letterbox", "center_crop"):
             raise ConfigError(f"preprocess.resize must be squash|letterbox|center_crop, got {self.resize!r}")
-        if self.intensity not in ("none", "minmax", "percentile"):
-            raise ConfigError(f"preprocess.intensity must be none|minmax|percentile, got {self.intensity!r}")
+        if self.intensity not in INTENSITY_MODES:
+            raise ConfigError(
+                f"preprocess.intensity must be {'|'.join(INTENSITY_MODES)}, got {self.intensity!r}"
+            )
+        if not 0.0 <= float(self.border) <= 0.25:
+            raise ConfigError(f"preprocess.border must be in 0..0.25, got {self.border}")
+        if float(self.clahe_clip) < 1.0 or not 1 <= int(self.clahe_tiles) <= 64:
+            raise ConfigError("preprocess.clahe_clip must be >= 1 and clahe_tiles in 1..64")
         if self.channels not in (1, 3):
             raise ConfigError(f"preprocess.channels must be 1 or 3, got {self.channels}")
         for key in ("mean", "std"):
@@ -85,13 +102,24 @@ class PreprocessContract:
 
     def cache_key(self) -> str:
         """Identifies stage 1 (what the cache stores); normalisation does not change it."""
-        stage1 = {k: self.to_dict()[k] for k in ("size", "resize", "intensity", "percentiles", "version")}
+        keys = ["size", "resize", "intensity", "percentiles", "version"]
+        if self.border:
+            keys.append("border")
+        if self.intensity == "clahe":
+            keys += ["clahe_clip", "clahe_tiles"]
+        stage1 = {k: self.to_dict()[k] for k in keys}
         return hashlib.sha1(json.dumps(stage1, sort_keys=True).encode()).hexdigest()[:12]
 
     # --- stage 1 -------------------------------------------------------------------------
     def to_uint8(self, pixels: np.ndarray) -> np.ndarray:
         """float [0,1] HxW -> uint8 size x size."""
-        return resize_to_uint8(stretch_intensity(pixels, self), self)
+        pixels = crop_border(pixels, self.border)
+        out = resize_to_uint8(stretch_intensity(pixels, self), self)
+        if self.intensity == "equalize":
+            return equalize_uint8(out)
+        if self.intensity == "clahe":
+            return clahe_uint8(out, self.clahe_clip, self.clahe_tiles)
+        return out
 
     # --- stage 2 -------------------------------------------------------------------------
     def normalize(self, batch: Any) -> Any:
@@ -103,11 +131,76 @@ def _as_tuple(value: float | tuple[float, ...]) -> tuple[float, ...]:
     return tuple(value) if isinstance(value, (list, tuple)) else (float(value),)
 
 
+def crop_border(pixels: np.ndarray, share: float) -> np.ndarray:
+    """Drop ``share`` of the height and width from each side (at least one pixel stays)."""
+    if share <= 0:
+        return pixels
+    h, w = pixels.shape[:2]
+    dy, dx = int(h * share), int(w * share)
+    return pixels[dy : max(dy + 1, h - dy), dx : max(dx + 1, w - dx)]
+
+
+def equalize_uint8(image: np.ndarray) -> np.ndarray:
+    """Global histogram equalisation of a uint8 image (a constant image stays as it is)."""
+    hist = np.bincount(image.ravel(), minlength=256).astype(np.float64)
+    cdf = np.cumsum(hist)
+    lo = cdf[np.flatnonzero(hist)[0]] if hist.any() else 0.0
+    if cdf[-1] - lo <= 0:
+        return image
+    lut = np.clip(np.rint((cdf - lo) / (cdf[-1] - lo) * 255.0), 0, 255).astype(np.uint8)
+    return lut[image]
+
+
+def _tile_luts(image: np.ndarray, tiles: int, clip: float) -> tuple[np.ndarray, int, int]:
+    """Per-tile equalisation look-up tables with the histogram clipped at ``clip`` x the mean
+    bin count and the excess spread evenly (Zuiderveld 1994)."""
+    h, w = image.shape
+    th, tw = -(-h // tiles), -(-w // tiles)
+    padded = np.pad(image, ((0, th * tiles - h), (0, tw * tiles - w)), mode="reflect")
+    blocks = padded.reshape(tiles, th, tiles, tw).transpose(0, 2, 1, 3).reshape(tiles * tiles, th * tw)
+    offsets = (np.arange(tiles * tiles) * 256)[:, None]
+    hist = np.bincount((blocks.astype(np.int64) + offsets).ravel(), minlength=tiles * tiles * 256)
+    hist = hist.reshape(tiles * tiles, 256).astype(np.float64)
+    limit = max(1.0, clip * th * tw / 256.0)
+    excess = np.clip(hist - limit, 0, None).sum(axis=1, keepdims=True)
+    hist = np.minimum(hist, limit) + excess / 256.0
+    cdf = np.cumsum(hist, axis=1)
+    lut = (cdf - cdf[:, :1]) / np.maximum(cdf[:, -1:] - cdf[:, :1], 1e-9) * 255.0
+    return lut.reshape(tiles, tiles, 256), th, tw
+
+
+def _axis_weights(n: int, tile: int, tiles: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each pixel along one axis: the two nearest tile centres and the weight of the second."""
+    pos = (np.arange(n) + 0.5) / tile - 0.5
+    lo = np.clip(np.floor(pos).astype(np.int64), 0, tiles - 1)
+    hi = np.clip(lo + 1, 0, tiles - 1)
+    weight = np.clip(pos - lo, 0.0, 1.0)
+    weight[pos < 0] = 0.0
+    return lo, hi, weight
+
+
+def clahe_uint8(image: np.ndarray, clip: float = 2.0, tiles: int = 8) -> np.ndarray:
+    """Contrast-limited adaptive histogram equalisation of a uint8 image: each tile's clipped
+    histogram is equalised and the tables are interpolated bilinearly between tile centres, so
+    there are no seams. Local contrast is normalised: exposure, detector and post-processing
+    differences shrink while structure stays."""
+    image = np.asarray(image, dtype=np.uint8)
+    tiles = max(1, min(int(tiles), *image.shape))
+    lut, th, tw = _tile_luts(image, tiles, clip)
+    y0, y1, wy = _axis_weights(image.shape[0], th, tiles)
+    x0, x1, wx = _axis_weights(image.shape[1], tw, tiles)
+    v = image.astype(np.int64)
+    top = lut[y0[:, None], x0[None, :], v] * (1 - wx) + lut[y0[:, None], x1[None, :], v] * wx
+    bottom = lut[y1[:, None], x0[None, :], v] * (1 - wx) + lut[y1[:, None], x1[None, :], v] * wx
+    out = top * (1 - wy[:, None]) + bottom * wy[:, None]
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
 def stretch_intensity(pixels: np.ndarray, contract: PreprocessContract) -> np.ndarray:
     pixels = np.asarray(pixels, dtype=np.float32)
     if contract.intensity == "none":
         return np.clip(pixels, 0.0, 1.0)
-    if contract.intensity == "minmax":
+    if contract.intensity in ("minmax", "equalize", "clahe"):
         lo, hi = float(pixels.min()), float(pixels.max())
     else:
         lo, hi = (float(v) for v in np.percentile(pixels, contract.percentiles))

@@ -27,8 +27,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--method", choices=("temperature", "platt"), default="platt")
     p.add_argument(
         "--operating-point",
-        default="youden",
-        help="threshold rule: youden | f1 | sensitivity:0.9 (default youden)",
+        default="specificity:0.9",
+        help="threshold rule: specificity:0.9 (default: flag a finding at 90%% specificity) | "
+        "sensitivity:0.9 | youden | f1",
+    )
+    p.add_argument(
+        "--label-target",
+        action="append",
+        default=[],
+        metavar="LABEL=TARGET",
+        help="per-label target for the sensitivity/specificity rule, e.g. Pneumothorax=0.8 (repeatable)",
+    )
+    p.add_argument(
+        "--max-normal-flag-rate",
+        type=float,
+        default=None,
+        metavar="RATE",
+        help="then raise the findings' thresholds together until at most RATE of the normal "
+        "(No Finding) images have any finding flagged, e.g. 0.15",
+    )
+    p.add_argument(
+        "--deployment-prevalence",
+        type=float,
+        default=0.46,
+        metavar="P",
+        help="calibrate P(abnormal) to this share of abnormal studies (default 0.46, the NIH "
+        "ChestX-ray14 population; 0 keeps the calibration set's own prevalence)",
     )
     p.add_argument("--output", type=Path, required=True, help="calibrated checkpoint to write")
     p.set_defaults(handler=run)
@@ -39,13 +63,14 @@ def run(args: argparse.Namespace) -> int:
 
     from xraytriage.errors import ConfigError
     from xraytriage.evaluate.calibration import calibrate_checkpoint, logit
-    from xraytriage.evaluate.operating_points import parse_method
+    from xraytriage.evaluate.operating_points import parse_label_targets, parse_method
     from xraytriage.evaluate.predictions import (
         evaluable_labels,
         label_matrix,
         prob_matrix,
         read_predictions_csv,
     )
+    from xraytriage.labels import ABNORMAL
     from xraytriage.models import load_checkpoint
 
     checkpoint = load_checkpoint(args.model)
@@ -59,7 +84,20 @@ def run(args: argparse.Namespace) -> int:
     logits = logit(prob_matrix(frame, names))
     labels = label_matrix(frame, names)
     method, target = parse_method(args.operating_point)
-    calibrated = calibrate_checkpoint(checkpoint, logits, labels, args.method, method, target)
+    if args.max_normal_flag_rate is not None and not 0 < args.max_normal_flag_rate < 1:
+        raise ConfigError("--max-normal-flag-rate must be in (0, 1)")
+    prevalence = {}
+    if args.deployment_prevalence:
+        if not 0 < args.deployment_prevalence < 1:
+            raise ConfigError("--deployment-prevalence must be in (0, 1), or 0 to keep the data's own")
+        if ABNORMAL in names:
+            prevalence[ABNORMAL] = args.deployment_prevalence
+    calibrated = calibrate_checkpoint(
+        checkpoint, logits, labels, args.method, method, target,
+        label_targets=parse_label_targets(args.label_target),
+        deployment_prevalence=prevalence,
+        max_normal_flag_rate=args.max_normal_flag_rate,
+    )  # fmt: skip
     calibrated.metrics = {
         **calibrated.metrics,
         "calibration": {**calibrated.metrics["calibration"], "source": str(args.predictions)},
@@ -72,4 +110,16 @@ def run(args: argparse.Namespace) -> int:
     )
     for name in names:
         print(f"  {name:<22} threshold {calibrated.thresholds[name]:.3f}")
+    record = calibrated.metrics["calibration"]
+    for name, shift in record["deployment_prevalence"].items():
+        print(
+            f"  {name}: probabilities moved from the calibration set's prevalence "
+            f"{shift['calibration_prevalence']:.2f} to the deployment prevalence {shift['deployment_prevalence']:.2f}"
+        )
+    cap = record.get("normal_flag_cap")
+    if cap:
+        print(
+            f"  normal images with any finding flagged: {cap['rate_before']:.1%} -> {cap['rate_after']:.1%} "
+            f"(cap {cap['max_rate']:.0%}, {cap['normal_images']} normal images)"
+        )
     return 0

@@ -233,6 +233,27 @@ def _count_table(title: str, column: str, counts: dict) -> Table:
     return table
 
 
+def _collection_table(collections: dict[str, dict[str, Any]], labels: list[str]) -> Table:
+    """Prevalence per collection: collections differ in selection, so their label mix differs."""
+    from rich.table import Table
+
+    table = Table(title="collections (positives, % of the collection's images)")
+    table.add_column("label")
+    for name, c in collections.items():
+        table.add_column(f"{name}\n{c['images']:,} img", justify="right")
+    table.add_row("abnormal", *(_share(c["abnormal"], c["images"]) for c in collections.values()))
+    table.add_row("normal", *(_share(c["normal"], c["images"]) for c in collections.values()))
+    for label in labels:
+        table.add_row(
+            label, *(_share(c["positives"].get(label, 0), c["images"]) for c in collections.values())
+        )
+    return table
+
+
+def _share(n: int, total: int) -> str:
+    return f"{n:,} ({100 * n / max(total, 1):.0f}%)"
+
+
 def print_report(report: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -259,6 +280,10 @@ def print_report(report: dict[str, Any]) -> None:
     console.print(labels)
 
     console.print(_count_table("views", "view", report["views"]))
+    if len(report.get("collections", {})) > 1:
+        console.print(_collection_table(report["collections"], list(report["labels"])))
+    for line in report.get("warnings", []):
+        console.print(f"[yellow]warning:[/] {line}", highlight=False, soft_wrap=True)
     if "body_parts" in report:
         console.print(_count_table("body parts", "body part", report["body_parts"]))
 

@@ -73,10 +73,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     opts.add_argument(
         "--operating-point",
         default="youden",
-        help="youden | f1 | sensitivity[:TARGET] (default youden; target default 0.9)",
+        help="youden | f1 | sensitivity[:TARGET] | specificity[:TARGET] (default youden; targets default 0.9)",
     )
     opts.add_argument(
         "--bootstrap", type=int, default=1000, metavar="N", help="bootstrap replicates (default 1000)"
+    )
+    opts.add_argument(
+        "--group-by",
+        choices=("collection", "view", "sex", "age-band"),
+        help="also report every metric within these groups, their mean, and how well the group "
+        "alone predicts each label (shortcut audit)",
     )
     opts.add_argument("--seed", type=int, default=0)
     opts.add_argument(
@@ -143,12 +149,14 @@ def _config(args: argparse.Namespace):
         n_boot=args.bootstrap,
         seed=args.seed,
         operating_point=method,
-        target_sensitivity=target,
+        target_sensitivity=target if method == "sensitivity" else 0.9,
+        target_specificity=target if method == "specificity" else 0.9,
         critical_labels=tuple(c.strip() for c in args.critical.split(",") if c.strip()),
         simulate=not args.no_simulation,
         reading_minutes=args.reading_minutes,
         reading_kind=args.reading_time,
         max_wait=args.max_wait or None,
+        group_by=args.group_by,
     )
 
 
@@ -289,7 +297,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
             label_matrix(val, names),
             args.calibrate,
             cfg.operating_point,
-            cfg.target_sensitivity,
+            cfg.target_specificity if cfg.operating_point == "specificity" else cfg.target_sensitivity,
         )
         test, val = _refresh_probabilities(test, checkpoint), _refresh_probabilities(val, checkpoint)
         target = args.save_checkpoint or args.output / "calibrated.pt"

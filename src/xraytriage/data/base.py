@@ -22,8 +22,26 @@ from xraytriage.labels import ABNORMAL, abnormal_target, canonical_label, map_la
 REQUIRED_COLUMNS = ("path", "patient_id", "study_id", "view")
 
 
+def single_class_warnings(collections: dict[str, dict[str, Any]]) -> list[str]:
+    """One line per collection that holds only abnormal or only normal images: inside it the
+    triage score cannot be evaluated, and pooled with others it teaches the collection."""
+    lines = []
+    for name, c in collections.items():
+        known = c["abnormal"] + c["normal"]
+        if len(collections) > 1 and known and (c["abnormal"] == 0 or c["normal"] == 0):
+            only = "abnormal" if c["normal"] == 0 else "normal"
+            lines.append(
+                f"collection {name!r} holds only {only} images ({known}): a model can learn to "
+                "recognise it instead of disease; evaluate within collections (--group-by collection) "
+                "and balance them in training (sampler: group_balanced)"
+            )
+    return lines
+
+
 class RadiographDataset:
-    """Rows of ``table`` (columns ``path, patient_id, study_id, view`` + source metadata) with
+    """Rows of ``table`` (columns ``path, patient_id, study_id, view, collection`` + source
+    metadata; ``collection`` says which public collection or folder an image came from, since
+    collections differ in selection and acquisition and a model can learn them) with
     a label matrix ``labels`` (N x len(label_names); 1, 0, NaN = unknown/ignored).
 
     ``path`` is absolute. Subclasses only parse their source files in ``__init__``.
@@ -37,6 +55,9 @@ class RadiographDataset:
             raise ConfigError(f"{self.name}: table lacks column(s) {', '.join(missing)}")
         labels = np.asarray(labels, dtype=np.float32).reshape(len(table), len(label_names))
         self.table = table.reset_index(drop=True)
+        if "collection" not in self.table.columns:
+            # One source, one collection, unless the subclass knows better (NIH folders).
+            self.table["collection"] = self.name
         self.labels = labels
         self.label_names = [canonical_label(n) for n in label_names]
 
@@ -116,6 +137,7 @@ class RadiographDataset:
                 "unknown": int(np.isnan(col).sum()),
                 "other": int(((col != 0) & (col != 1) & ~np.isnan(col)).sum()),
             }
+        collections = self.describe_collections()
         return {
             "dataset": self.name,
             "images": len(self),
@@ -123,4 +145,25 @@ class RadiographDataset:
             "studies": int(self.table["study_id"].nunique()),
             "views": self.table["view"].fillna("").replace("", "unknown").value_counts().to_dict(),
             "labels": per_label,
+            "collections": collections,
+            "warnings": single_class_warnings(collections),
         }
+
+    def describe_collections(self) -> dict[str, dict[str, Any]]:
+        """Per collection: images, patients, normal/abnormal/unknown counts, positives per label."""
+        abnormal = abnormal_target(self.labels, self.label_names)
+        out: dict[str, dict[str, Any]] = {}
+        collection = self.table["collection"].astype(str).to_numpy()
+        for name in sorted(set(collection.tolist())):
+            mask = collection == name
+            out[name] = {
+                "images": int(mask.sum()),
+                "patients": int(self.table.loc[mask, "patient_id"].nunique()),
+                "abnormal": int((abnormal[mask] == 1).sum()),
+                "normal": int((abnormal[mask] == 0).sum()),
+                "unknown": int(np.isnan(abnormal[mask]).sum()),
+                "positives": {
+                    n: int((self.labels[mask, j] == 1).sum()) for j, n in enumerate(self.label_names)
+                },
+            }
+        return out

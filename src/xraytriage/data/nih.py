@@ -35,6 +35,8 @@ DATA_ENTRY_NAMES = (
 )
 BBOX_NAMES = ("BBox_List_2017.csv.gz", "BBox_List_2017.csv")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+BOX_COLLECTION_SUFFIX = "+box"
+"""Appended to the collection of images that have a BBox_List box (abnormal by selection)."""
 
 PathLike = str | Path
 
@@ -61,10 +63,12 @@ def _as_names(value: str | Sequence[str]) -> list[str]:
     return [str(v) for v in value]
 
 
-def index_image_folders(folders: Sequence[PathLike]) -> tuple[dict[str, str], int]:
-    """File name -> absolute path over several folders (first folder wins); also the number of
-    names found in more than one folder."""
+def index_image_folders(folders: Sequence[PathLike]) -> tuple[dict[str, str], dict[str, str], int]:
+    """File name -> absolute path over several folders (first folder wins), file name -> the
+    name of the folder it was found in (its collection), and the number of names found in more
+    than one folder."""
     found: dict[str, str] = {}
+    collection: dict[str, str] = {}
     duplicates = 0
     for folder in folders:
         folder = Path(folder)
@@ -79,7 +83,8 @@ def index_image_folders(folders: Sequence[PathLike]) -> tuple[dict[str, str], in
                     duplicates += 1
                     continue
                 found[name] = str(Path(root, name).resolve())
-    return found, duplicates
+                collection[name] = folder.resolve().name
+    return found, collection, duplicates
 
 
 def read_split_file(path: PathLike) -> list[str]:
@@ -164,7 +169,7 @@ class NIHChestXray14Dataset(RadiographDataset):
         entries, split_names = self._restrict_to_split(entries, split_file)
         self.listed = len(entries)
 
-        found, self.duplicate_files = index_image_folders(folders)
+        found, collection_of, self.duplicate_files = index_image_folders(folders)
         present = entries["Image Index"].isin(found)
         self.missing_names = entries.loc[~present, "Image Index"].tolist()
         self.missing = len(self.missing_names)
@@ -178,11 +183,13 @@ class NIHChestXray14Dataset(RadiographDataset):
         self.excluded_by_view = before_views - len(entries)
 
         table = self._table(entries, found, split_names)
+        table["collection"] = entries["Image Index"].map(collection_of).to_numpy()
         labels = self._label_matrix(entries["Finding Labels"])
         self.images_dirs = [str(f) for f in folders]
         self.source = str(data_entry_csv)
         super().__init__(table, labels, NIH_LABELS)
         self.boxes = self._boxes(bbox_csv) if bbox_csv is not None else self._empty_boxes()
+        self._mark_box_collection(bbox_csv)
         if self.missing:
             log.debug(
                 "nih: %d of %d listed images not found in %s", self.missing, self.listed, self.images_dirs
@@ -263,6 +270,15 @@ class NIHChestXray14Dataset(RadiographDataset):
         boxes["image_width"] = boxes["path"].map(lambda p: sizes[p][0])
         boxes["image_height"] = boxes["path"].map(lambda p: sizes[p][1])
         return boxes.reset_index(drop=True)
+
+    def _mark_box_collection(self, bbox_csv: PathLike | None) -> None:
+        """Images listed in BBox_List were selected *because* they are abnormal: within their
+        folder they form a collection of their own (``<folder>+box``), so grouped evaluation
+        and balanced sampling never mix them with the folder's unselected images."""
+        boxed = set(read_bbox_list(bbox_csv)["image_index"]) if bbox_csv is not None else set()
+        has_box = self.table["image_index"].isin(boxed).to_numpy()
+        self.table["has_box"] = has_box
+        self.table.loc[has_box, "collection"] = self.table.loc[has_box, "collection"] + BOX_COLLECTION_SUFFIX
 
     @staticmethod
     def _empty_boxes() -> pd.DataFrame:

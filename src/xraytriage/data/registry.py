@@ -7,8 +7,8 @@ builds the same mapping from its flags. Options common to every kind, applied af
 
 Per kind (paths may be strings):
 
-- ``nih``: ``root`` (finds ``images/``, ``images-64/``, ``fullres/``, ``meta/``) and/or
-  ``images`` (one folder or a list), ``meta`` (folder with the release files) or
+- ``nih``: ``root`` (every image subfolder, e.g. ``images/``, ``images-64/``, ``images-b/``,
+  and ``meta/``) and/or ``images`` (one folder or a list), ``meta`` (folder with the release files) or
   ``data_entry``/``bbox`` files, ``views`` (default PA+AP), ``split_file`` (path, list, or
   ``{split: path}``).
 - ``chexpert``: ``csv``, ``root``, ``views``, ``frontal_only``, ``uncertainty`` (policy or
@@ -30,7 +30,7 @@ from xraytriage.data.base import RadiographDataset
 from xraytriage.errors import ConfigError
 from xraytriage.labels import ABNORMAL
 
-NIH_IMAGE_FOLDERS = ("images", "images-64", "fullres")
+NIH_META_FOLDER = "meta"
 COMMON_OPTIONS = ("labels", "abnormal")
 
 
@@ -50,6 +50,15 @@ def _names(value: Any) -> list[str] | None:
     return [str(v) for v in value]
 
 
+def nih_image_folders(root: Path) -> list[Path]:
+    """Every subfolder of an NIH root that is not ``meta/`` (each one a collection), sorted;
+    the root itself when it has none (a flat folder of PNGs)."""
+    folders = sorted(
+        p for p in root.iterdir() if p.is_dir() and p.name != NIH_META_FOLDER and not p.name.startswith(".")
+    )
+    return folders or [root]
+
+
 def _load_nih(
     root: str | None = None,
     images: str | Sequence[str] | None = None,
@@ -67,11 +76,9 @@ def _load_nih(
         if not root_path.is_dir():
             raise ConfigError(f"{root_path}: NIH root folder not found")
         if not folders:
-            folders = [root_path / n for n in NIH_IMAGE_FOLDERS if (root_path / n).is_dir()]
-            if not folders:
-                folders = [root_path]
-        if meta is None and (root_path / "meta").is_dir():
-            meta = str(root_path / "meta")
+            folders = nih_image_folders(root_path)
+        if meta is None and (root_path / NIH_META_FOLDER).is_dir():
+            meta = str(root_path / NIH_META_FOLDER)
         elif meta is None:
             meta = str(root_path)
     if not folders:

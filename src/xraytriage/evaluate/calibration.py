@@ -20,7 +20,8 @@ from sklearn.linear_model import LogisticRegression
 
 from xraytriage.errors import ConfigError
 from xraytriage.evaluate.metrics import has_both_classes, valid_pairs
-from xraytriage.evaluate.operating_points import choose_thresholds
+from xraytriage.evaluate.operating_points import cap_normal_flag_rate, choose_thresholds, normal_flag_rate
+from xraytriage.labels import abnormal_target
 from xraytriage.models.checkpoint import Checkpoint
 
 CALIBRATION_METHODS = ("temperature", "platt")
@@ -109,6 +110,47 @@ def fit_calibration(
     return out
 
 
+def _cap_findings(
+    checkpoint: Checkpoint, labels: np.ndarray, probs: np.ndarray, max_rate: float
+) -> dict[str, float]:
+    """Raise the findings' thresholds (in place) so that at most ``max_rate`` of the normal
+    images get any finding flagged; returns what was done, for the checkpoint's record."""
+    names = list(checkpoint.label_names)
+    findings = checkpoint.findings
+    idx = [names.index(n) for n in findings]
+    normal = abnormal_target(labels, names) == 0
+    before = normal_flag_rate(probs[:, idx], normal, np.array([checkpoint.thresholds[n] for n in findings]))
+    capped, floor = cap_normal_flag_rate(
+        labels[:, idx],
+        probs[:, idx],
+        normal,
+        findings,
+        {n: checkpoint.thresholds[n] for n in findings},
+        max_rate,
+    )
+    checkpoint.thresholds.update(capped)
+    after = normal_flag_rate(probs[:, idx], normal, np.array([capped[n] for n in findings]))
+    return {
+        "max_rate": max_rate,
+        "normal_images": int(normal.sum()),
+        "rate_before": before,
+        "rate_after": after,
+        "specificity_floor": floor,
+    }
+
+
+def prior_shift(calibration_prevalence: float, deployment_prevalence: float) -> float:
+    """Logit offset that moves probabilities calibrated at one prevalence to another (Bayes'
+    rule with unchanged likelihoods; Saerens et al. 2002): the ranking is unchanged."""
+    for value in (calibration_prevalence, deployment_prevalence):
+        if not 0 < value < 1:
+            raise ConfigError(f"prevalence must be in (0, 1), got {value}")
+    return float(
+        np.log(deployment_prevalence / (1 - deployment_prevalence))
+        - np.log(calibration_prevalence / (1 - calibration_prevalence))
+    )
+
+
 def calibrate_checkpoint(
     checkpoint: Checkpoint,
     val_logits: np.ndarray,
@@ -116,22 +158,53 @@ def calibrate_checkpoint(
     method: str = "temperature",
     threshold_method: str = "youden",
     target: float = 0.9,
+    label_targets: dict[str, float] | None = None,
+    deployment_prevalence: dict[str, float] | None = None,
+    max_normal_flag_rate: float | None = None,
 ) -> Checkpoint:
     """A copy of ``checkpoint`` with calibration fitted on validation *raw* logits and thresholds
     chosen on the resulting calibrated validation probabilities. Labels of the checkpoint are
-    the columns of both arrays."""
+    the columns of both arrays.
+
+    ``deployment_prevalence`` ({label: prevalence}) moves those labels' probabilities from the
+    validation set's prevalence to the stated one (e.g. Abnormal 0.46, the NIH population), so
+    the worklist's P(abnormal) means what it says at the site. ``max_normal_flag_rate`` raises
+    the findings' thresholds together until at most that share of the validation's normal
+    images (No Finding) has any finding flagged."""
     names = list(checkpoint.label_names)
     calibrated = copy.copy(checkpoint)
     calibrated.calibration = fit_calibration(val_logits, val_labels, names, method)
+    shifts: dict[str, dict[str, float]] = {}
+    for name, prevalence in (deployment_prevalence or {}).items():
+        if name not in names:
+            raise ConfigError(f"deployment prevalence for {name!r}: the model has no such output")
+        column = val_labels[:, names.index(name)]
+        known = column[~np.isnan(column)]
+        observed = float(known.mean()) if known.size else float("nan")
+        shift = prior_shift(observed, prevalence)
+        calibrated.calibration[name] = {**calibrated.calibration[name], "shift": shift}
+        shifts[name] = {
+            "calibration_prevalence": observed,
+            "deployment_prevalence": prevalence,
+            "shift": shift,
+        }
     probs = calibrated.probabilities(val_logits)
-    calibrated.thresholds = choose_thresholds(val_labels, probs, names, threshold_method, target)
+    calibrated.thresholds = choose_thresholds(
+        val_labels, probs, names, threshold_method, target, label_targets
+    )
+    normal_cap = None
+    if max_normal_flag_rate is not None:
+        normal_cap = _cap_findings(calibrated, val_labels, probs, max_normal_flag_rate)
     calibrated.metrics = {
         **checkpoint.metrics,
         "calibration": {
             "method": method,
             "thresholds": threshold_method
-            if threshold_method != "sensitivity"
-            else f"sensitivity:{target:g}",
+            if threshold_method not in ("sensitivity", "specificity")
+            else f"{threshold_method}:{target:g}",
+            "label_targets": dict(label_targets or {}),
+            "deployment_prevalence": shifts,
+            "normal_flag_cap": normal_cap,
             "validation_images": len(val_labels),
             "ece_before": {
                 n: expected_calibration_error(val_labels[:, j], checkpoint.probabilities(val_logits)[:, j])

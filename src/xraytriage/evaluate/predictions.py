@@ -34,6 +34,8 @@ from xraytriage.models.checkpoint import Checkpoint
 log = logging.getLogger(__name__)
 
 PROB, LABEL, LOGIT = "prob_", "label_", "logit_"
+GROUP_COLUMNS = ("collection", "view", "sex", "age")
+"""Metadata carried into predictions so `evaluate --group-by` can split by it."""
 IMAGE_KEY_COLUMNS = ("image", "Image Index", "path", "Path", "filename", "file")
 
 
@@ -193,6 +195,9 @@ def predict_dataset(
             "view": table["view"].astype(str),
         }
     )
+    for col in GROUP_COLUMNS:
+        if col in table.columns:
+            frame[col] = table[col].to_numpy()
     truth = map_labels(dataset.labels[kept], dataset.label_names, names)
     dataset_names = {canonical_label(n) for n in dataset.label_names}
     for j, name in enumerate(names):
@@ -253,5 +258,8 @@ def attach_labels(frame: pd.DataFrame, dataset: RadiographDataset) -> pd.DataFra
     truth["abnormal"] = abnormal_truth(dataset.labels, dataset.label_names)
     for col in ("patient_id", "study_id"):
         truth[col] = dataset.table[col].astype(str).to_numpy()
+    for col in GROUP_COLUMNS:
+        if col in dataset.table.columns and col not in truth.columns:
+            truth[col] = dataset.table[col].to_numpy()
     keep = frame.drop(columns=[c for c in truth.columns if c in frame.columns])
     return join_on_images(keep, truth, right_paths=dataset.table["path"].astype(str))

@@ -373,6 +373,42 @@ def _wait_table(simulation: Mapping[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index(["order", "studies"])
 
 
+def _grouped_section(report: HtmlReport, grouped: Mapping[str, Any]) -> None:
+    """Within-group AUCs first: when images come from groups that differ in prevalence and
+    appearance, the pooled numbers below can rank the group instead of the disease."""
+    by = grouped["by"]
+    report.heading(f"Within {by} (shortcut audit)")
+    report.paragraph(
+        f"ROC AUC within each {by} that holds both classes, their unweighted mean, the pooled AUC "
+        f"over all images, and how well the {by} alone predicts the label (each image scored by "
+        f"its {by}'s prevalence; 0.5 = no information). A pooled AUC more than 0.05 above the "
+        "within-group mean is confounded."
+    )
+    for line in grouped["warnings"]:
+        report.parts.append(f"<p style='color:#b00'><b>Warning:</b> {html.escape(line)}</p>")
+    if grouped["single_class_groups"]:
+        report.paragraph(
+            "Groups with a single class for at least one label (no AUC there): "
+            + ", ".join(grouped["single_class_groups"])
+        )
+    groups = sorted({g for r in grouped["labels"].values() for g in r["groups"]}, key=str)
+    rows = []
+    for label, r in grouped["labels"].items():
+        row: dict[str, Any] = {"label": label}
+        for g in groups:
+            v = r["groups"].get(g)
+            row[f"{g} (n={v['n']}, pos={v['positives']})" if v else g] = (
+                v["auc"] if v and v["auc"] is not None else None
+            )
+        row[f"mean within {by}"] = r["within_mean_auc"]
+        row["pooled"] = r["pooled_auc"]
+        row[f"{by} alone"] = r["group_only_auc"]
+        rows.append(row)
+    frame = pd.DataFrame(rows).set_index("label")
+    frame.columns = [str(c) for c in frame.columns]
+    report.table(frame, f"ROC AUC within each {by}")
+
+
 def build_evaluation_report(
     result: Mapping[str, Any],
     predictions: pd.DataFrame,
@@ -402,6 +438,8 @@ def build_evaluation_report(
         )
     if overlap.get("dataset_only"):
         report.paragraph("Annotated but not predicted by the model: " + ", ".join(overlap["dataset_only"]))
+    if "grouped" in result:
+        _grouped_section(report, result["grouped"])
     report.heading("Discrimination")
     report.table(_summary_table(result), "Per label")
     report.figure(plot_roc_curves(y, p, labels), "roc_curves", "ROC curve per label")

@@ -43,6 +43,8 @@ from xraytriage.models.checkpoint import default_abnormal_rule
 log = logging.getLogger(__name__)
 
 DEFAULT_CRITICAL = ("Pneumothorax",)
+TRIAGE_SCORE = "triage (abnormal probability)"
+"""The row name of the worklist's ordering score in grouped tables."""
 
 
 @dataclass
@@ -53,7 +55,10 @@ class EvaluationConfig:
     operating_point: str = "youden"
     """Which rule's thresholds are "the" operating point (confusion matrices, study level)."""
     target_sensitivity: float = 0.9
+    target_specificity: float = 0.9
     n_bins: int = 10
+    group_by: str | None = None
+    """Also report every label within groups (collection, view, sex, age-band) and audit them."""
     study_aggregations: tuple[str, ...] = AGGREGATIONS
     critical_labels: tuple[str, ...] = DEFAULT_CRITICAL
     simulate: bool = True
@@ -77,6 +82,10 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def _target(method: str, cfg: EvaluationConfig) -> float:
+    return cfg.target_specificity if method == "specificity" else cfg.target_sensitivity
+
+
 def _operating_points(
     test: pd.DataFrame,
     labels: list[str],
@@ -89,12 +98,17 @@ def _operating_points(
     source_frame, source = (val, "validation") if val is not None else (test, "evaluation set (optimistic)")
     y_src, p_src = label_matrix(source_frame, labels), prob_matrix(source_frame, labels)
     rules: dict[str, dict[str, float]] = {
-        m: choose_thresholds(y_src, p_src, labels, m, cfg.target_sensitivity) for m in METHODS
+        m: choose_thresholds(y_src, p_src, labels, m, _target(m, cfg)) for m in METHODS
     }
     if checkpoint_thresholds:
         rules["checkpoint"] = {n: float(checkpoint_thresholds.get(n, 0.5)) for n in labels}
     y, p = label_matrix(test, labels), prob_matrix(test, labels)
-    out: dict[str, Any] = {"source": source, "target_sensitivity": cfg.target_sensitivity, "rules": {}}
+    out: dict[str, Any] = {
+        "source": source,
+        "target_sensitivity": cfg.target_sensitivity,
+        "target_specificity": cfg.target_specificity,
+        "rules": {},
+    }
     for rule, thresholds in rules.items():
         out["rules"][rule] = {
             n: {
@@ -170,6 +184,22 @@ def _triage(test: pd.DataFrame, cfg: EvaluationConfig) -> dict[str, Any] | None:
     return result
 
 
+def _grouped(test: pd.DataFrame, labels: list[str], by: str) -> dict[str, Any]:
+    """Every label, and the triage score (abnormal probability vs abnormal truth), within the
+    groups of ``by``, with the shortcut audit (:mod:`xraytriage.evaluate.grouped`)."""
+    from xraytriage.evaluate.grouped import group_labels, grouped_metrics
+
+    groups = group_labels(test, by)
+    frame = with_abnormal_columns(test)
+    names = list(labels)
+    y, p = label_matrix(test, labels), prob_matrix(test, labels)
+    if {"abnormal", "abnormal_probability"} <= set(frame.columns) and TRIAGE_SCORE not in names:
+        y = np.column_stack([y, frame["abnormal"].to_numpy(dtype=np.float64)])
+        p = np.column_stack([p, frame["abnormal_probability"].to_numpy(dtype=np.float64)])
+        names.append(TRIAGE_SCORE)
+    return grouped_metrics(y, p, names, groups, by)
+
+
 def evaluate_predictions(
     test: pd.DataFrame,
     val: pd.DataFrame | None = None,
@@ -211,6 +241,8 @@ def evaluate_predictions(
     chosen = {n: v["threshold"] for n, v in result["operating_points"]["rules"][cfg.operating_point].items()}
     if "study_id" in test.columns and test["study_id"].duplicated().any():
         result["study_level"] = _study_level(test, labels, chosen, cfg)
+    if cfg.group_by:
+        result["grouped"] = _grouped(test, labels, cfg.group_by)
     if cfg.simulate:
         triage = _triage(test, cfg)
         if triage is not None:
@@ -296,6 +328,11 @@ def write_evaluation(
         "metrics.csv": out / "metrics.csv",
         "predictions.csv": out / "predictions.csv",
     }
+    if "grouped" in result:
+        from xraytriage.evaluate.grouped import grouped_table
+
+        paths["grouped_metrics.csv"] = out / "grouped_metrics.csv"
+        grouped_table(result["grouped"]).to_csv(paths["grouped_metrics.csv"], index=False)
     paths["metrics.json"].write_text(json.dumps(_clean(serialisable), indent=2), encoding="utf-8")
     metrics_table(result).to_csv(paths["metrics.csv"], index=False)
     test.to_csv(paths["predictions.csv"], index=False)

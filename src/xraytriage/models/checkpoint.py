@@ -9,7 +9,9 @@ A checkpoint is a plain dict saved with ``torch.save`` and loaded with ``weights
     preprocess     PreprocessContract as dict
     state_dict     weights (optionally stored in float16)
     thresholds     {label: operating threshold on the calibrated probability}
-    calibration    {label: {"method": "temperature", "t": T} | {"method": "platt", "a": a, "b": b}}
+    calibration    {label: {"method": "temperature", "t": T} | {"method": "platt", "a": a, "b": b}},
+                   each with an optional "shift" added to the calibrated logit (prior shift from the
+                   calibration set's prevalence to a stated deployment prevalence)
     abnormal       how to get P(abnormal): {"label": L, "invert": bool} or {"rule": "noisy_or"}
     train_config   the resolved training config (dict), data_fingerprint, metrics, notes
 """
@@ -83,6 +85,8 @@ class Checkpoint:
                 z = z / float(cal["t"])
             elif cal and cal.get("method") == "platt":
                 z = float(cal["a"]) * z + float(cal["b"])
+            if cal:
+                z = z + float(cal.get("shift", 0.0))
             out[:, j] = _sigmoid(z)
         return out.astype(np.float32)
 

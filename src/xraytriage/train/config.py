@@ -107,15 +107,18 @@ class LossConfig:
 
 @dataclass
 class SamplerConfig:
-    name: Literal["none", "weighted", "oversample", "undersample"] = "none"
+    name: Literal["none", "weighted", "oversample", "undersample", "group_balanced"] = "none"
     power: float = 1.0
-    """weighted: image weight = (1 / prevalence of its rarest positive label) ** power."""
+    """weighted: image weight = (1 / prevalence of its rarest positive label) ** power;
+    group_balanced: (1 / size of its (group, any finding) cell) ** power."""
+    group_by: str = "collection"
+    """group_balanced: the dataset table column that names an image's group."""
     max_factor: float = 10.0
     """oversample: repeat an image at most this many times."""
     neg_ratio: float = 1.0
     """undersample: images without any positive label kept per image with one."""
     num_samples: int | None = None
-    """weighted: draws per epoch (default: the training set size)."""
+    """weighted, group_balanced: draws per epoch (default: the training set size)."""
 
 
 @dataclass

@@ -33,6 +33,8 @@ from xraytriage.train.trainer import FitResult, write_json
 
 log = logging.getLogger(__name__)
 
+OOF_GROUP_COLUMNS = ("collection", "view", "sex", "age")
+
 
 def _fold_epochs(results: list[FitResult]) -> pd.DataFrame:
     """Per-epoch metrics of one fold; with several networks (binary relevance) their per-label
@@ -133,6 +135,9 @@ def write_oof(path: Path, dataset, fold_of: np.ndarray, probs: np.ndarray) -> No
     frame = pd.DataFrame({
         "path": dataset.table["path"], "patient_id": dataset.table["patient_id"], "fold": fold_of,
     })  # fmt: skip
+    for col in OOF_GROUP_COLUMNS:  # so `evaluate --group-by` works on the OOF file alone
+        if col in dataset.table.columns:
+            frame[col] = dataset.table[col].to_numpy()
     for j, name in enumerate(dataset.label_names):
         frame[name] = dataset.labels[:, j]
         frame[f"prob_{name}"] = probs[:, j]

@@ -1,6 +1,7 @@
 """Which training images each epoch sees: plain shuffling, a weighted random sampler built from
-label prevalences, over-sampling of images with rare findings, or under-sampling of images with
-none.
+label prevalences, over-sampling of images with rare findings, under-sampling of images with
+none, or group-balanced draws (every collection x normal/abnormal cell equally often, so a
+collection that holds only abnormal images cannot teach "this collection means disease").
 
 One sampler class does all four and also shards for distributed training: every rank draws the
 same epoch plan from ``(seed, epoch)`` and takes its own slice (what ``DistributedSampler``
@@ -16,6 +17,9 @@ from collections.abc import Iterator
 import numpy as np
 from torch.utils.data import Sampler
 
+from xraytriage.data.base import RadiographDataset
+from xraytriage.errors import ConfigError
+from xraytriage.labels import abnormal_target
 from xraytriage.train.config import SamplerConfig
 
 
@@ -49,6 +53,24 @@ def oversample_factors(labels: np.ndarray, max_factor: float = 10.0) -> np.ndarr
     return np.maximum(1, np.rint(factors)).astype(np.int64)
 
 
+def sampling_strata(dataset: RadiographDataset, group_by: str = "collection") -> np.ndarray:
+    """``"<group>|abnormal"`` / ``"<group>|normal"`` / ``"<group>|unknown"`` per image, the
+    cells group-balanced sampling draws equally (abnormal: any finding vs No Finding)."""
+    if group_by not in dataset.table.columns:
+        raise ConfigError(f"sampler.group_by: the training data has no {group_by!r} column")
+    abnormal = abnormal_target(dataset.labels, dataset.label_names)
+    state = np.where(np.isnan(abnormal), "unknown", np.where(abnormal == 1, "abnormal", "normal"))
+    groups = dataset.table[group_by].astype(str).to_numpy()
+    return np.char.add(np.char.add(groups.astype(str), "|"), state.astype(str))
+
+
+def stratum_weights(strata: np.ndarray, power: float = 1.0) -> np.ndarray:
+    """Per-image weight (1 / size of its stratum) ** power: every stratum (e.g. one collection's
+    normal or abnormal images) is then drawn equally often overall; power 0 = uniform."""
+    _, inverse, counts = np.unique(np.asarray(strata).astype(str), return_inverse=True, return_counts=True)
+    return np.power(1.0 / counts[inverse].astype(np.float64), power)
+
+
 class EpochSampler(Sampler[int]):
     """Indices of one epoch for one rank; call ``set_epoch`` before each epoch."""
 
@@ -59,6 +81,7 @@ class EpochSampler(Sampler[int]):
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        strata: np.ndarray | None = None,
     ) -> None:
         self.labels = np.asarray(labels, dtype=np.float32)
         self.config = config or SamplerConfig()
@@ -66,8 +89,13 @@ class EpochSampler(Sampler[int]):
         self.epoch = 0
         name = self.config.name
         n = len(self.labels)
-        if name == "weighted":
-            weights = image_weights(self.labels, self.config.power)
+        if name in ("weighted", "group_balanced"):
+            if name == "weighted":
+                weights = image_weights(self.labels, self.config.power)
+            else:
+                if strata is None:
+                    raise ValueError("group_balanced sampling needs the strata of the images")
+                weights = stratum_weights(strata, self.config.power)
             self.probabilities = weights / weights.sum() if weights.sum() > 0 else np.full(n, 1.0 / n)
         elif name == "oversample":
             self.factors = oversample_factors(self.labels, self.config.max_factor)
@@ -82,7 +110,7 @@ class EpochSampler(Sampler[int]):
         rng = np.random.default_rng([self.seed, epoch, 7919])
         n = len(self.labels)
         name = self.config.name
-        if name == "weighted":
+        if name in ("weighted", "group_balanced"):
             size = self.config.num_samples or n
             return rng.choice(n, size=size, replace=True, p=self.probabilities)
         if name == "oversample":

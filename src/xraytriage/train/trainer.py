@@ -48,7 +48,7 @@ from xraytriage.train.data import TrainImages, batch_collate
 from xraytriage.train.distributed import DistContext, resolve_device
 from xraytriage.train.losses import build_loss, positive_fraction
 from xraytriage.train.metrics import is_better, validation_metrics, youden_thresholds
-from xraytriage.train.samplers import EpochSampler, ShardSampler
+from xraytriage.train.samplers import EpochSampler, ShardSampler, sampling_strata
 
 log = logging.getLogger(__name__)
 
@@ -277,7 +277,12 @@ class Trainer:
     def _loaders(self) -> tuple[DataLoader, DataLoader, EpochSampler]:
         c, ctx = self.config, self.ctx
         pin = c.pin_memory if c.pin_memory is not None else self.device.type == "cuda"
-        sampler = EpochSampler(self.train_set.labels, c.sampler, c.seed, ctx.rank, ctx.world_size)
+        strata = (
+            sampling_strata(self.train_set, c.sampler.group_by)
+            if c.sampler.name == "group_balanced"
+            else None
+        )
+        sampler = EpochSampler(self.train_set.labels, c.sampler, c.seed, ctx.rank, ctx.world_size, strata)
         common = {"num_workers": c.workers, "pin_memory": pin, "collate_fn": batch_collate,
                   "persistent_workers": c.workers > 0}  # fmt: skip
         if c.workers > 0:
