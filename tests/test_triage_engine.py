@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 from PIL import Image
 from pydicom.dataset import FileDataset, FileMetaDataset
@@ -76,12 +77,17 @@ def test_mixed_folder_gives_a_sorted_worklist_with_bad_files_reported(
     assert rows == json.loads((out / "worklist.json").read_text())
     ok = [r for r in rows if r["status"] == "ok"]
     errors = [r for r in rows if r["status"] == "error"]
-    # 5 NIH + 2 JPEG studies + the two real DICOMs, which share one StudyInstanceUID
-    assert len(ok) == 8 and sum(r["images"] for r in ok) == 9
+    # 5 NIH + 2 JPEG studies + the real DICOMs grouped by StudyInstanceUID (counted from the files)
+    dicoms = sorted((shared_data / "dicom").rglob("*.dcm"))
+    study_uids = {str(pydicom.dcmread(p, stop_before_pixels=True).StudyInstanceUID) for p in dicoms}
+    others = len(list((shared_data / "other").iterdir()))
+    assert len(ok) == 5 + others + len(study_uids)
+    assert sum(r["images"] for r in ok) == 5 + others + len(dicoms)
+    # the two SIIM files share one StudyInstanceUID: one study of two images
     dicom_study = [r for r in ok if r["images"] == 2]
     assert len(dicom_study) == 1 and dicom_study[0]["study"].startswith("1.2.276.")
     assert rows[: len(ok)] == ok  # errors come last
-    assert [r["rank"] for r in ok] == list(range(1, 9))
+    assert [r["rank"] for r in ok] == list(range(1, len(ok) + 1))
     priorities = [r["priority"] for r in ok]
     assert priorities == sorted(priorities, reverse=True)
     assert all(0.0 <= r["priority"] <= 1.0 and 0.0 <= r["abnormal"] <= 1.0 for r in ok)
@@ -97,7 +103,8 @@ def test_mixed_folder_gives_a_sorted_worklist_with_bad_files_reported(
         assert name in message  # every error names its file
     assert all(r["rank"] is None and r["priority"] is None for r in errors)
     printed = capsys.readouterr().out
-    assert "9 file(s)" not in printed and "13 file(s) -> 8 studies triaged" in printed
+    files = 5 + others + len(dicoms) + len(problems)
+    assert f"{files} file(s) -> {len(ok)} studies triaged" in printed
     assert "4 error(s)" in printed
 
 

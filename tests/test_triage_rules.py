@@ -183,21 +183,24 @@ def test_worklist_files_csv_and_json_hold_the_same_rows(tmp_path):
         ]
     )
     rows[0].findings, rows[0].site_priority = "Mass 0.70", 0.5
+    rows[0].flagged, rows[1].flagged = True, False
     csv_path, json_path = write_worklist(rows, tmp_path / "out", labels)
     from_json = json.loads(json_path.read_text())
     from_csv = read_worklist_csv(csv_path)
     assert from_csv == from_json
     assert list(from_csv[0]) == worklist_columns(labels)
-    assert list(from_csv[0])[:8] == [
+    assert list(from_csv[0])[:9] == [
         "rank",
         "study",
         "path",
         "priority",
         "abnormal",
+        "flagged",
         "status",
         "error",
         "findings",
     ]
+    assert [r["flagged"] for r in from_json] == [True, False, None]
     assert from_json[2]["status"] == "error" and from_json[2]["rank"] is None and from_json[2]["Mass"] is None
     assert from_json[0]["Pleural Thickening"] == pytest.approx(0.123457)
 
@@ -206,11 +209,12 @@ def test_console_table_shows_the_top_rows_only():
     from rich.console import Console
 
     rows = sort_worklist([_row(f"study{i}", i / 10) for i in range(5)])
-    rows[0].findings = "Mass 0.40"
+    rows[0].findings, rows[0].flagged = "Mass 0.40", True
     console = Console(width=120, record=True)
     console.print(worklist_table(rows, top=2))
     text = console.export_text()
     assert "study4" in text and "study3" in text and "study2" not in text
+    assert text.count("FLAGGED") == 1
     assert "Mass 0.40" in text
     assert short_study("/very/long/folder/name/that/goes/on/patient00001/study1", 24).endswith(
         "patient00001/study1"

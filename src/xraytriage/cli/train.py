@@ -47,6 +47,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     _add_common(p)
     p.add_argument("--folds", type=int, default=5, help="number of folds (default 5)")
+    p.add_argument(
+        "--group-by",
+        default="collection",
+        help="also report out-of-fold AUC within each value of this dataset column (default "
+        "collection; 'none' to skip)",
+    )
     p.set_defaults(handler=run_cv)
 
 
@@ -84,7 +90,8 @@ def run_cv(args: argparse.Namespace) -> int:
     from xraytriage.train.cv import run_cv as cross_validate
 
     output = args.output or Path("runs") / f"{config.name}-cv"
-    summary = cross_validate(config, output, folds=args.folds, resume=args.resume)
+    group_by = None if args.group_by in ("", "none") else args.group_by
+    summary = cross_validate(config, output, folds=args.folds, resume=args.resume, group_by=group_by)
     if _is_main():
         print(format_cv(summary))
         print(f"out-of-fold predictions: {output / 'oof_predictions.csv'}")

@@ -120,6 +120,14 @@ def execute(
     result = engine.run(inputs)
     csv_path, json_path = write_worklist(result.rows, output, result.label_names)
     print_worklist(result.rows, result.images_total, result.seconds, top=args.top, console=console)
+    seen = checkpoint.seen_in_training([p for r in result.rows if r.ok for p in r.image_paths])
+    if seen:
+        console.print(
+            f"[yellow]note:[/] {len(seen)} of {result.images_ok} image(s) were in this model's training "
+            "set: their scores show the software works, not how well the model generalises "
+            "(the model card has the out-of-fold numbers).",
+            highlight=False,
+        )
     console.print(
         f"worklist: {csv_path}  and  {json_path}  (model {checkpoint.name}, backend {predictor.name})"
     )

@@ -14,6 +14,8 @@ A checkpoint is a plain dict saved with ``torch.save`` and loaded with ``weights
                    calibration set's prevalence to a stated deployment prevalence)
     abnormal       how to get P(abnormal): {"label": L, "invert": bool} or {"rule": "noisy_or"}
     train_config   the resolved training config (dict), data_fingerprint, metrics, notes
+    training_images  file names of the images the weights were trained on (so triage and
+                   evaluation can say when they are shown images the model has already seen)
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ class Checkpoint:
     train_config: dict[str, Any] = field(default_factory=dict)
     data_fingerprint: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
+    training_images: list[str] = field(default_factory=list)
     name: str = "xraytriage-model"
     package_version: str = __version__
     created: str = field(default_factory=lambda: _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
@@ -104,6 +107,22 @@ class Checkpoint:
         return float(self.thresholds.get(label, 0.5))
 
     @property
+    def study_flag_threshold(self) -> float | None:
+        """P(abnormal) at or above which a study is flagged: the Abnormal output's operating
+        threshold when the model has one (None: flag a study when any finding is flagged)."""
+        rule = self.abnormal
+        if rule.get("label") == ABNORMAL and ABNORMAL in self.thresholds:
+            return float(self.thresholds[ABNORMAL])
+        return None
+
+    def seen_in_training(self, paths: list[str]) -> list[str]:
+        """The paths whose file name is one of this model's training images."""
+        if not self.training_images:
+            return []
+        names = set(self.training_images)
+        return [p for p in paths if Path(p).name in names]
+
+    @property
     def findings(self) -> list[str]:
         """Output labels that are findings (not No Finding / Abnormal)."""
         return [n for n in self.label_names if n not in (NO_FINDING, ABNORMAL)]
@@ -130,6 +149,7 @@ class Checkpoint:
             "train_config": self.train_config,
             "data_fingerprint": self.data_fingerprint,
             "metrics": self.metrics,
+            "training_images": list(self.training_images),
         }
 
     def save(self, path: str | Path, half: bool = False) -> Path:
@@ -160,6 +180,7 @@ class Checkpoint:
             train_config=dict(data.get("train_config", {})),
             data_fingerprint=str(data.get("data_fingerprint", "")),
             metrics=dict(data.get("metrics", {})),
+            training_images=[str(n) for n in data.get("training_images", [])],
             name=str(data.get("name", "xraytriage-model")),
             package_version=str(data.get("package_version", "?")),
             created=str(data.get("created", "")),

@@ -24,6 +24,8 @@ import numpy as np
 import pandas as pd
 
 from xraytriage.data.splits import assert_patient_disjoint
+from xraytriage.labels import abnormal_target
+from xraytriage.models.checkpoint import default_abnormal_rule
 from xraytriage.train.config import TrainConfig
 from xraytriage.train.data import kfold
 from xraytriage.train.distributed import init_distributed
@@ -60,7 +62,45 @@ def _mean_std(values: list[float]) -> dict[str, Any]:
     }
 
 
-def run_cv(config: TrainConfig, output: str | Path, folds: int = 5, resume: bool = False) -> dict[str, Any]:
+def grouped_oof(dataset, oof: np.ndarray, group_by: str) -> dict[str, Any] | None:
+    """Out-of-fold AUC within each group (e.g. collection) for the triage score and every
+    finding, and their means: the honest numbers when groups differ in selection."""
+    from xraytriage.evaluate.grouped import grouped_auc
+    from xraytriage.labels import NOT_DISEASE
+
+    if group_by not in dataset.table.columns or dataset.table[group_by].nunique() < 2:
+        return None
+    groups = dataset.table[group_by].astype(str).to_numpy()
+    names = list(dataset.label_names)
+    truth = abnormal_target(dataset.labels, names)
+    rule = default_abnormal_rule(names)
+    if "label" in rule:
+        score = oof[:, names.index(rule["label"])].astype(np.float64)
+        score = 1.0 - score if rule.get("invert") else score
+    else:
+        disease = [j for j, n in enumerate(names) if n not in NOT_DISEASE]
+        score = 1.0 - np.prod(1.0 - oof[:, disease].astype(np.float64), axis=1)
+    findings = {
+        n: grouped_auc(dataset.labels[:, j], oof[:, j], groups)
+        for j, n in enumerate(names)
+        if n not in NOT_DISEASE
+    }
+    within = [r["within_mean_auc"] for r in findings.values() if r["within_mean_auc"] is not None]
+    return {
+        "by": group_by,
+        "triage": grouped_auc(truth, score, groups),
+        "findings": findings,
+        "mean_within_auc_findings": float(np.mean(within)) if within else math.nan,
+    }
+
+
+def run_cv(
+    config: TrainConfig,
+    output: str | Path,
+    folds: int = 5,
+    resume: bool = False,
+    group_by: str | None = "collection",
+) -> dict[str, Any]:
     output = Path(output)
     ctx = init_distributed(config.device)
     try:
@@ -88,6 +128,10 @@ def run_cv(config: TrainConfig, output: str | Path, folds: int = 5, resume: bool
             per_fold.append(merged_metrics(results))
             epoch_frames.append(_fold_epochs(results).assign(fold=k + 1))
         summary = summarize(config, names, per_fold, epoch_frames, dataset.labels, oof, folds)
+        if group_by:
+            grouped = grouped_oof(dataset, oof, group_by)
+            if grouped is not None:
+                summary["grouped_oof"] = grouped
         if ctx.is_main:
             write_oof(output / "oof_predictions.csv", dataset, fold_of, oof)
             epochs = pd.concat([f.reset_index() for f in epoch_frames], ignore_index=True)
@@ -151,4 +195,17 @@ def format_cv(summary: dict[str, Any]) -> str:
     for key, stats in summary["metrics"].items():
         lines.append(f"  {key:<32} {stats['mean']:.4f} ± {stats['std']:.4f}")
     lines.append(f"  pooled out-of-fold mean AUC      {summary['pooled_oof']['mean_auc']:.4f}")
+    grouped = summary.get("grouped_oof")
+    if grouped:
+        by, tri = grouped["by"], grouped["triage"]
+        lines.append(f"within each {by} (out of fold; pooled numbers mix {by}s that differ in selection):")
+        for name, g in tri["groups"].items():
+            auc = "one class" if g["auc"] is None else f"{g['auc']:.4f}"
+            lines.append(f"  triage AUC in {name:<24} {auc}  ({g['n']} images, {g['positives']} abnormal)")
+        mean = tri["within_mean_auc"]
+        lines.append(f"  triage AUC, mean within {by:<10} {mean:.4f}" if mean is not None else "")
+        lines.append(
+            f"  triage AUC, pooled                {tri['pooled_auc']:.4f}  ({by} alone: {tri['group_only_auc']:.4f})"
+        )
+        lines.append(f"  findings AUC, mean within {by:<8} {grouped['mean_within_auc_findings']:.4f}")
     return "\n".join(lines)

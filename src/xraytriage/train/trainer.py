@@ -426,6 +426,7 @@ class Trainer:
             thresholds=thresholds,
             train_config=self.config.to_dict(),
             data_fingerprint=self.train_set.fingerprint(),
+            training_images=[Path(p).name for p in self.train_set.table["path"]],
             metrics={
                 "epoch": epoch,
                 "split": "validation" if self.has_validation else "none (trained on every image)",

@@ -34,24 +34,26 @@ def top_findings(findings: str, limit: int = 3) -> str:
 
 
 def worklist_table(rows: Sequence[WorklistRow], top: int = 10, title: str | None = None) -> Table:
-    """Rank, study, priority, abnormal and the findings above threshold, for the ``top`` studies."""
+    """Rank, the study flag, study, priority, P(abnormal) and at most three findings above
+    threshold, for the ``top`` studies: the flag first, because that is what a reader acts on."""
     table = Table(title=title, title_justify="left", header_style="bold")
     table.add_column("rank", justify="right")
+    table.add_column("flag")
     table.add_column("study", no_wrap=True)
     table.add_column("priority", justify="right")
-    table.add_column("abnormal", justify="right")
+    table.add_column("P(abnormal)", justify="right")
     table.add_column("images", justify="right")
     table.add_column("top findings above threshold (probability)", overflow="fold", min_width=24)
     for row in [r for r in rows if r.ok][: max(0, top)]:
-        style = "bold red" if (row.priority or 0) >= 0.8 else ("yellow" if (row.priority or 0) >= 0.5 else "")
         site = f" (site {row.site_priority:.2f})" if row.site_priority is not None else ""
         table.add_row(
             str(row.rank),
+            "[bold red]FLAGGED[/]" if row.flagged else "[dim]-[/]",
             short_study(row.study),
-            f"[{style}]{row.priority:.2f}[/]{site}" if style else f"{row.priority:.2f}{site}",
+            f"[bold]{row.priority:.2f}[/]{site}" if row.flagged else f"{row.priority:.2f}{site}",
             f"{row.abnormal:.2f}",
             str(row.images),
-            top_findings(row.findings),
+            top_findings(row.findings) if row.findings else "-",
         )
     return table
 
@@ -59,11 +61,12 @@ def worklist_table(rows: Sequence[WorklistRow], top: int = 10, title: str | None
 def summary_line(rows: Sequence[WorklistRow], images_total: int, seconds: float) -> str:
     studies = sum(1 for r in rows if r.ok)
     errors = [r for r in rows if not r.ok]
-    flagged = sum(1 for r in rows if r.ok and r.findings)
+    flagged = sum(1 for r in rows if r.ok and r.flagged)
+    with_findings = sum(1 for r in rows if r.ok and r.findings)
     speed = f", {images_total / seconds:.1f} images/s" if seconds > 0 else ""
     return (
         f"{images_total} file(s) -> {studies} stud{'y' if studies == 1 else 'ies'} triaged, "
-        f"{flagged} with findings above threshold, {len(errors)} error(s){speed}"
+        f"{flagged} flagged, {with_findings} with findings above threshold, {len(errors)} error(s){speed}"
     )
 
 
@@ -87,5 +90,7 @@ def print_worklist(
         console.print(f"[red]... and {len(errors) - max_errors} more error(s), see worklist.csv[/]")
     console.print(summary_line(rows, images_total, seconds), highlight=False)
     console.print(
-        "[dim]Triage aid: findings are model probabilities above operating thresholds, not a diagnosis.[/]"
+        "[dim]Triage aid: the list is ordered by priority (= P(abnormal) unless urgency weights or a "
+        "site priority raise it); FLAGGED = P(abnormal) at or above the model's high-specificity "
+        "threshold; findings are model probabilities above their operating thresholds, not a diagnosis.[/]"
     )

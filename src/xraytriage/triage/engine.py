@@ -263,6 +263,7 @@ class TriageEngine:
         """Group image results into studies and score them; error results become error rows."""
         labels = list(self.checkpoint.label_names)
         thresholds = {name: self.checkpoint.threshold(name) for name in self.checkpoint.findings}
+        flag_at = self.checkpoint.study_flag_threshold
         studies: dict[str, list[ImageResult]] = defaultdict(list)
         rows: list[WorklistRow] = []
         for result in results:
@@ -278,13 +279,15 @@ class TriageEngine:
             paths = [r.path for r in images]
             site = self.rules.site_priority(study, paths, (r.site_priority for r in images))
             probabilities = {name: float(p) for name, p in zip(labels, probs, strict=True)}
+            findings = format_findings(probabilities, thresholds)
             rows.append(
                 WorklistRow(
                     study=study,
                     path=images[int(np.argmax(abnormal_each))].path,
                     priority=self.rules.priority(abnormal, probs, site),
                     abnormal=abnormal,
-                    findings=format_findings(probabilities, thresholds),
+                    flagged=abnormal >= flag_at if flag_at is not None else bool(findings),
+                    findings=findings,
                     probabilities=probabilities,
                     images=len(images),
                     site_priority=site,

@@ -1,9 +1,16 @@
 """The worklist row: one per study (or per unreadable file), the same type for the CSV/JSON
 files, the web service's database and its API.
 
-Columns, in order: ``rank, study, path, priority, abnormal, status, error, findings``, one
-column per model label holding its calibrated probability, then ``images`` (how many images
-the study has) and ``site_priority`` (the priority the site gave, if any).
+Columns, in order: ``rank, study, path, priority, abnormal, flagged, status, error,
+findings``, one column per model label holding its calibrated probability, then ``images``
+(how many images the study has) and ``site_priority`` (the priority the site gave, if any).
+
+``abnormal`` is the model's calibrated P(abnormal) (at the deployment prevalence the model was
+calibrated for); ``priority`` is what orders the list: equal to ``abnormal`` unless urgency
+weights raise it for urgent findings or the site gave a higher priority (``triage/priority.py``).
+``flagged`` says whether ``abnormal`` reaches the model's study operating threshold (chosen
+at high specificity on out-of-fold predictions); ``findings`` lists every finding at or above
+its own threshold, most probable first.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-BASE_COLUMNS = ("rank", "study", "path", "priority", "abnormal", "status", "error", "findings")
+BASE_COLUMNS = ("rank", "study", "path", "priority", "abnormal", "flagged", "status", "error", "findings")
 TAIL_COLUMNS = ("images", "site_priority")
 STATUS_OK = "ok"
 STATUS_ERROR = "error"
@@ -66,6 +73,8 @@ class WorklistRow:
     status: str = STATUS_OK
     priority: float | None = None
     abnormal: float | None = None
+    flagged: bool | None = None
+    """P(abnormal) at or above the study flag threshold (None for error rows)."""
     error: str = ""
     findings: str = ""
     probabilities: dict[str, float] = field(default_factory=dict)
@@ -92,6 +101,7 @@ class WorklistRow:
             "path": self.path,
             "priority": rounded(self.priority),
             "abnormal": rounded(self.abnormal),
+            "flagged": self.flagged,
             "status": self.status,
             "error": self.error or None,
             "findings": self.findings or None,
@@ -142,6 +152,8 @@ def _parse_cell(column: str, text: str) -> Any:
         return None
     if column in ("rank", "images"):
         return int(text)
+    if column == "flagged":
+        return text == "True"
     if column in ("study", "path", "status", "error", "findings"):
         return text
     return float(text)
