@@ -87,3 +87,19 @@ def test_errors_name_the_folder(tmp_path):
 def test_registry(binary_root):
     ds = load_dataset("folder", root=str(binary_root), patient_pattern=r"(p[AB])_")
     assert ds.label_names == ["Abnormal"] and ds.table["patient_id"].nunique() == 2
+
+
+def test_real_pediatric_folders_give_abnormal_and_pneumonia_with_patients(shared_data):
+    import pandas as pd
+
+    from xraytriage.data import load_dataset
+
+    root = shared_data / "pediatric"
+    truth = pd.read_csv(root / "labels.csv")
+    ds = load_dataset("folder", root=str(root), patient_pattern=r"(person\d+|IM-\d+)")
+    assert ds.label_names == ["Abnormal", "Pneumonia"]
+    assert len(ds) == len(truth)
+    assert int(ds.labels[:, 1].sum()) == int((truth["label"] == "PNEUMONIA").sum())
+    np.testing.assert_array_equal(ds.labels[:, 0], ds.labels[:, 1])
+    by_file = dict(zip(truth["file"], truth["patient"].astype(str), strict=True))
+    assert [by_file[r] for r in ds.table["relative_path"]] == ds.table["patient_id"].tolist()

@@ -1,7 +1,9 @@
 """Class folders: ``root/0_normal/*.png``, ``root/1_abnormal/**/*.dcm``, or any class names.
 
 Two classes of which one reads as normal (normal, negative, healthy, no finding...) become the
-single binary label ``Abnormal``; anything else becomes one one-hot column per class. A leading
+binary label ``Abnormal`` (plus the finding itself when the other class names one, e.g.
+``NORMAL``/``PNEUMONIA`` -> ``Abnormal`` and ``Pneumonia``, so a multi-label model is scored on
+both); anything else becomes one one-hot column per class. A leading
 ``0_``/``1-`` ordering prefix is dropped from the class name.
 """
 
@@ -17,7 +19,7 @@ import pandas as pd
 from xraytriage.data.base import RadiographDataset
 from xraytriage.errors import ConfigError
 from xraytriage.io import iter_input_files
-from xraytriage.labels import ABNORMAL, canonical_label
+from xraytriage.labels import ABNORMAL, NIH_FINDINGS, canonical_label
 
 NORMAL_NAMES = {"normal", "negative", "healthy", "no finding", "nofinding", "benign", "0"}
 _PREFIX = re.compile(r"^\d+[_\-. ]+")
@@ -80,6 +82,10 @@ class FolderDataset(RadiographDataset):
         if self.binary:
             label_names = [ABNORMAL]
             labels = (classes_arr != normal[0]).astype(np.float32)[:, None]
+            finding = canonical_label(names[1 - normal[0]])
+            if finding in NIH_FINDINGS:  # e.g. NORMAL/PNEUMONIA: the abnormal class is a finding too
+                label_names.append(finding)
+                labels = np.hstack([labels, labels])
         else:
             label_names = [canonical_label(n) for n in names]
             labels = np.eye(len(names), dtype=np.float32)[classes_arr]

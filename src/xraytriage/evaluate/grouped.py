@@ -23,6 +23,9 @@ GROUPINGS = ("collection", "view", "sex", "age-band")
 AGE_BANDS = ((0, 18, "0-17"), (18, 40, "18-39"), (40, 60, "40-59"), (60, 200, "60+"))
 SHORTCUT_GAP = 0.05
 """Pooled minus within-group mean AUC above this is reported as a likely shortcut."""
+MIN_PER_CLASS = 5
+"""A group counts in the within-group mean only with at least this many of each class (its AUC
+is still reported); a handful of images gives an AUC that is mostly noise."""
 UNKNOWN_GROUP = "unknown"
 
 
@@ -71,9 +74,12 @@ def group_only_auc(y_true: np.ndarray, groups: np.ndarray) -> float | None:
     return _auc(y, prevalence)
 
 
-def grouped_auc(y_true: np.ndarray, y_prob: np.ndarray, groups: np.ndarray) -> dict[str, Any]:
-    """Per group: images, positives, AUC (None when the group holds one class); the unweighted
-    mean of the within-group AUCs; the pooled AUC; the group-only AUC and the gap."""
+def grouped_auc(
+    y_true: np.ndarray, y_prob: np.ndarray, groups: np.ndarray, min_per_class: int = MIN_PER_CLASS
+) -> dict[str, Any]:
+    """Per group: images, positives, AUC (None when the group holds one class), and whether it
+    counts in the mean; the unweighted mean of the within-group AUCs over groups with at least
+    ``min_per_class`` of each class; the pooled AUC; the group-only AUC and the gap."""
     y = np.asarray(y_true, dtype=np.float64)
     p = np.asarray(y_prob, dtype=np.float64)
     g = np.asarray(groups, dtype=object)
@@ -85,8 +91,9 @@ def grouped_auc(y_true: np.ndarray, y_prob: np.ndarray, groups: np.ndarray) -> d
         positives = int((y[mask] == 1).sum())
         n = int(mask.sum())
         auc = _auc(y[mask], p[mask]) if 0 < positives < n else None
-        per_group[str(name)] = {"n": n, "positives": positives, "auc": auc}
-    within = [v["auc"] for v in per_group.values() if v["auc"] is not None]
+        counted = auc is not None and min(positives, n - positives) >= min_per_class
+        per_group[str(name)] = {"n": n, "positives": positives, "auc": auc, "in_mean": counted}
+    within = [v["auc"] for v in per_group.values() if v["in_mean"]]
     pooled = _auc(y, p) if len(set(y.tolist())) == 2 else None
     within_mean = float(np.mean(within)) if within else None
     gap = pooled - within_mean if pooled is not None and within_mean is not None else None
@@ -128,4 +135,4 @@ def grouped_table(result: dict[str, Any]) -> pd.DataFrame:
         rows.append({"label": label, "group": "(within-group mean)", "auc": r["within_mean_auc"]})
         rows.append({"label": label, "group": "(pooled)", "auc": r["pooled_auc"]})
         rows.append({"label": label, "group": f"({result['by']} alone)", "auc": r["group_only_auc"]})
-    return pd.DataFrame(rows, columns=["label", "group", "n", "positives", "auc"])
+    return pd.DataFrame(rows, columns=["label", "group", "n", "positives", "auc", "in_mean"])
