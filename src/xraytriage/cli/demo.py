@@ -46,4 +46,26 @@ def run(args: argparse.Namespace) -> int:
         raise XRayTriageError(f"the bundled sample images are missing ({samples})")
     args.model = Path(model)
     print(f"triaging the bundled samples in {samples}")
-    return execute([str(samples)], args.output, args, explain=args.explain)
+    code = execute([str(samples)], args.output, args, explain=args.explain)
+    print_sample_truth(samples, args.output)
+    return code
+
+
+def print_sample_truth(samples: Path, output: Path) -> None:
+    """The NIH labels of the samples next to their rank, so the worklist can be judged at a glance
+    (text-mined report labels, not verified diagnoses)."""
+    import csv
+
+    from xraytriage.triage.worklist import read_worklist_csv
+
+    labels_csv, worklist = samples / "labels.csv", Path(output) / "worklist.csv"
+    if not labels_csv.is_file() or not worklist.is_file():
+        return
+    with open(labels_csv, newline="", encoding="utf-8") as fh:
+        truth = {row["file"]: row["finding_labels"].replace("|", ", ") for row in csv.DictReader(fh)}
+    print("NIH labels of the samples, in worklist order (flag = the model's study flag):")
+    for row in read_worklist_csv(worklist):
+        name = Path(row["path"]).name
+        if name in truth and row["rank"] is not None:
+            flag = "FLAGGED" if row["flagged"] else "-"
+            print(f"  {row['rank']:>2}  {flag:<7}  {row['abnormal']:.2f}  {name}  {truth[name]}")
