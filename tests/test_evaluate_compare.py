@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -108,3 +110,34 @@ def test_a_model_compared_with_itself_shows_no_difference(anchor, anchor_csv):
     table = result["table"].dropna(subset=["difference"])
     assert (table["difference"] == 0).all()
     assert (table["delong_p"] == 1).all() and (table["bootstrap_p"] == 1).all()
+
+
+def test_evaluate_compares_the_triage_score_within_each_collection(anchor_csv, nih, shared_data, tmp_path):
+    """The anchor against a degraded copy of itself, within each collection it has images in."""
+    from xraytriage.cli.main import main
+
+    rng = np.random.default_rng(0)
+    noisy = pd.read_csv(anchor_csv)
+    for col in [c for c in noisy.columns if c.startswith("prob_")]:
+        noisy[col] = np.clip(noisy[col] + rng.normal(0, 0.25, len(noisy)), 0, 1)
+    ours = tmp_path / "ours.csv"
+    noisy.to_csv(ours, index=False)
+    out = tmp_path / "eval"
+    code = main(
+        [
+            "evaluate", "--predictions", str(ours), "--dataset", "nih", "--root", str(shared_data / "nih"),
+            "--group-by", "collection", "--compare-preds", str(anchor_csv), "--compare-name", "anchor",
+            "--bootstrap", "20", "--no-simulation", "--output", str(out),
+        ]
+    )  # fmt: skip
+    assert code == 0
+    table = pd.read_csv(out / "grouped_comparison.csv").set_index("group")
+    in_anchor = nih.table["image_index"].isin(pd.read_csv(anchor_csv)["Image Index"])
+    assert table["n"].to_dict() == nih.table.loc[in_anchor, "collection"].value_counts().to_dict()
+    counted = table[table["in_mean"].fillna(False).astype(bool)]
+    assert len(counted) >= 2 and (counted["auc_ours"] < counted["auc_anchor"]).all()
+    report = json.loads((out / "metrics.json").read_text())
+    means = report["comparison"]["grouped_triage"]["mean_within"]
+    assert means["ours"] < means["anchor"]
+    assert report["grouped"]["by"] == "collection"
+    assert "Triage AUC within each collection" in (out / "report.html").read_text()

@@ -319,6 +319,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
             names=("ours", args.compare_name),
         )
     result = evaluate_predictions(test, val, cfg, checkpoint.thresholds if checkpoint is not None else None)
+    if comparison is not None and args.group_by:
+        from xraytriage.evaluate.compare import compare_triage_by_group
+
+        comparison["grouped_triage"] = compare_triage_by_group(
+            comparison, args.group_by, ("ours", args.compare_name)
+        )
     title = args.title or (
         f"Evaluation of {args.model.name if args.model else args.predictions.name}"
         + (f" on {args.dataset}" if args.dataset else "")

@@ -93,3 +93,56 @@ def compare_predictions(
         names[1]: multilabel_metrics(y, p_other, labels, thresholds),
         "joined": joined,
     }
+
+
+def compare_triage_by_group(
+    comparison: dict[str, Any], by: str, names: tuple[str, str] = ("ours", "other")
+) -> dict[str, Any]:
+    """The triage score of both models within each group (e.g. collection) of the joined images:
+    ours is our abnormal probability, theirs the noisy-OR of their findings (the rule a model
+    without an abnormal output gets); per group both AUCs and the DeLong test, then the mean of
+    the within-group AUCs over groups with both classes (at least 5 of each)."""
+    from xraytriage.evaluate.grouped import MIN_PER_CLASS, group_labels
+    from xraytriage.evaluate.runner import with_abnormal_columns
+    from xraytriage.labels import NOT_DISEASE
+
+    joined = with_abnormal_columns(comparison["joined"])
+    theirs = [
+        c
+        for c in joined.columns
+        if c.startswith(f"other_{PROB}") and c.removeprefix(f"other_{PROB}") not in NOT_DISEASE
+    ]
+    if "abnormal" not in joined.columns or "abnormal_probability" not in joined.columns or not theirs:
+        raise ConfigError(
+            "grouped comparison needs abnormal truth, our abnormal probability and their findings"
+        )
+    y = joined["abnormal"].to_numpy(dtype=np.float64)
+    p_ours = joined["abnormal_probability"].to_numpy(dtype=np.float64)
+    p_other = 1.0 - np.prod(1.0 - joined[theirs].to_numpy(dtype=np.float64), axis=1)
+    groups = group_labels(joined, by)
+    rows = []
+    for group in sorted(set(groups.tolist()), key=str):
+        mask = (groups == group) & ~np.isnan(y)
+        positives = int((y[mask] == 1).sum())
+        row: dict[str, Any] = {"group": group, "n": int(mask.sum()), "positives": positives}
+        if has_both_classes(y[mask]):
+            test = delong_test(y[mask], p_ours[mask], p_other[mask])
+            row.update(
+                {
+                    f"auc_{names[0]}": test["auc_a"],
+                    f"auc_{names[1]}": test["auc_b"],
+                    "difference": test["difference"],
+                    "delong_p": test["p_value"],
+                    "in_mean": min(positives, int(mask.sum()) - positives) >= MIN_PER_CLASS,
+                }
+            )
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    counted = table[table.get("in_mean", pd.Series(False, index=table.index)).fillna(False).astype(bool)]
+    return {
+        "by": by,
+        "names": list(names),
+        "table": table,
+        "mean_within": {n: float(counted[f"auc_{n}"].mean()) if len(counted) else None for n in names},
+        "their_score": "noisy-OR of their findings",
+    }

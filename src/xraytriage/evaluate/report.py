@@ -489,6 +489,18 @@ def build_evaluation_report(
             "AUC difference: DeLong test and paired bootstrap",
             digits=4,
         )
+        if "grouped_triage" in comparison:
+            grouped = comparison["grouped_triage"]
+            means = ", ".join(
+                f"{name} {value:.3f}" for name, value in grouped["mean_within"].items() if value is not None
+            )
+            report.paragraph(
+                f"Triage score within each {grouped['by']} (ours: abnormal probability; theirs: "
+                f"{grouped['their_score']}). Mean of the within-{grouped['by']} AUCs: {means}."
+            )
+            report.table(
+                grouped["table"].set_index("group"), f"Triage AUC within each {grouped['by']}", digits=4
+            )
     if localization_dirs:
         report.heading("Localisation")
         report.paragraph(

@@ -323,6 +323,15 @@ def write_evaluation(
             "macro_auc": {name: comparison[name]["macro"]["auc"] for name in comparison["names"]},
         }
         comparison["table"].to_csv(out / "comparison.csv", index=False)
+        if "grouped_triage" in comparison:
+            grouped = comparison["grouped_triage"]
+            serialisable["comparison"]["grouped_triage"] = {
+                "by": grouped["by"],
+                "table": grouped["table"].to_dict(orient="records"),
+                "mean_within": grouped["mean_within"],
+                "their_score": grouped["their_score"],
+            }
+            grouped["table"].to_csv(out / "grouped_comparison.csv", index=False)
     paths = {
         "metrics.json": out / "metrics.json",
         "metrics.csv": out / "metrics.csv",
