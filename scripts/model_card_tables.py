@@ -84,6 +84,100 @@ def triage_table(metrics: dict) -> str:
     return "\n".join(lines)
 
 
+def within_collection_table(metrics: dict) -> str:
+    """Our out-of-fold triage AUC within every collection, and the anchor's on its images there."""
+    grouped = metrics.get("grouped")
+    if not grouped:
+        return "(no grouped evaluation: run evaluate with --group-by collection)"
+    name = next(n for n in grouped["labels"] if n.startswith("triage"))
+    ours = grouped["labels"][name]
+    anchor = metrics.get("comparison", {}).get("grouped_triage")
+    anchor_rows = {r["group"]: r for r in anchor["table"]} if anchor else {}
+    other = anchor["names"][1] if anchor else "anchor"
+    rows = [
+        f"| collection | images | abnormal | xraytriage AUC (all its images) | images with {other} predictions | "
+        f"xraytriage AUC (same images) | {other} AUC | DeLong p |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for group, g in ours["groups"].items():
+        a = anchor_rows.get(group, {})
+        auc = "one class" if g["auc"] is None else f"{g['auc']:.3f}" + ("" if g["in_mean"] else " (too few)")
+
+        def fmt(key: str, a: dict = a) -> str:
+            value = a.get(key)
+            return "–" if value is None or value != value else f"{value:.3f}"
+
+        rows.append(
+            f"| {group} | {g['n']} | {g['positives']} | {auc} | {a.get('n', 0)} | {fmt('auc_ours')} | "
+            f"{fmt('auc_' + other)} | {fmt('delong_p')} |"
+        )
+    mean_anchor = anchor["mean_within"] if anchor else {}
+    rows.append(
+        f"| **mean within collections** | | | {ours['within_mean_auc']:.3f} | | "
+        f"{(mean_anchor.get('ours') or float('nan')):.3f} | {(mean_anchor.get(other) or float('nan')):.3f} | |"
+    )
+    rows.append(f"| pooled (confounded: mixes collections) | | | {ours['pooled_auc']:.3f} | | | | |")
+    rows.append(f"| the collection alone | | | {ours['group_only_auc']:.3f} | | | | |")
+    return "\n".join(rows)
+
+
+def flag_rates(oof: Path, checkpoint: Path) -> str:
+    """Out of fold, at the shipped operating points: how often normal images get flagged."""
+    import numpy as np
+
+    from xraytriage.evaluate.calibration import logit
+    from xraytriage.evaluate.predictions import read_predictions_csv
+    from xraytriage.labels import ABNORMAL, NO_FINDING
+    from xraytriage.models import load_checkpoint
+
+    ckpt = load_checkpoint(checkpoint)
+    frame = read_predictions_csv(oof)
+    names = list(ckpt.label_names)
+    probs = ckpt.probabilities(logit(frame[["prob_" + n for n in names]].to_numpy(dtype=np.float64)))
+    normal = frame["label_" + NO_FINDING].to_numpy() == 1
+    findings = ckpt.findings
+    idx = [names.index(n) for n in findings]
+    any_finding = (probs[:, idx] >= np.array([ckpt.threshold(n) for n in findings])).any(axis=1)
+    abnormal = ckpt.abnormal_probability(probs)
+    flag = abnormal >= ckpt.study_flag_threshold if ckpt.study_flag_threshold is not None else any_finding
+    coll = frame["collection"].astype(str).to_numpy() if "collection" in frame.columns else None
+    rows = [
+        "| images | normal (No Finding) | normal with any finding flagged | normal studies flagged | abnormal studies flagged (sensitivity) |",
+        "|---|---|---|---|---|",
+    ]
+
+    def row(name: str, mask: np.ndarray) -> str:
+        n, a = mask & normal, mask & ~normal
+        return (
+            f"| {name} ({mask.sum()}) | {n.sum()} | {any_finding[n].mean():.1%} | {flag[n].mean():.1%} | "
+            f"{flag[a].mean():.1%} |"
+        )
+
+    rows.append(row("all", np.ones(len(frame), bool)))
+    if coll is not None:
+        for c in sorted(set(coll)):
+            mask = coll == c
+            if (mask & normal).sum() >= 5:
+                rows.append(row(c, mask))
+    shift = ckpt.calibration.get(ABNORMAL, {}).get("shift")
+    note = (
+        f"P(abnormal) is calibrated to a deployment prevalence (logit shift {shift:+.3f}); the study flag "
+        f"is P(abnormal) >= {ckpt.study_flag_threshold:.3f}."
+        if shift is not None and ckpt.study_flag_threshold is not None
+        else ""
+    )
+    return "\n".join(rows) + ("\n\n" + note if note else "")
+
+
+def pediatric_table(eval_dir: Path) -> str:
+    metrics = json.loads((eval_dir / "metrics.json").read_text())
+    boot = metrics["bootstrap"]["labels"]
+    rows = ["| label | n | positives | ROC AUC [95% CI] |", "|---|---|---|---|"]
+    for name, m in metrics["metrics"]["labels"].items():
+        rows.append(f"| {name} | {m['n']} | {m['positives']} | {ci(boot[name]['auc'])} |")
+    return "\n".join(rows)
+
+
 def thresholds_table(checkpoint: Path) -> str:
     from xraytriage.models import load_checkpoint
 
@@ -104,8 +198,20 @@ def main() -> None:
     parser.add_argument("--other", default="CheXNet reproduction")
     parser.add_argument("--localization", type=Path)
     parser.add_argument("--checkpoint", type=Path)
+    parser.add_argument(
+        "--oof", type=Path, help="out-of-fold predictions (flag rates at the shipped thresholds)"
+    )
+    parser.add_argument("--pediatric", type=Path, help="evaluate output folder of the pediatric images")
     args = parser.parse_args()
     metrics = json.loads((args.eval_dir / "metrics.json").read_text())
+    print("### Triage AUC within each collection (out of fold)\n")
+    print(within_collection_table(metrics))
+    if args.oof and args.checkpoint:
+        print("\n### Flag rates at the shipped operating points (out of fold)\n")
+        print(flag_rates(args.oof, args.checkpoint))
+    if args.pediatric:
+        print("\n### Cross-dataset: pediatric images (Kermany et al.)\n")
+        print(pediatric_table(args.pediatric))
     print(f"### Per label ({metrics['images']} images, {metrics['patients']} patients)\n")
     print(per_label_table(metrics))
     if (args.eval_dir / "comparison.csv").is_file():

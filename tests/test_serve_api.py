@@ -158,10 +158,16 @@ def test_worklist_csv_matches_json(server, uploaded) -> None:
     _, items = uploaded
     with server.client() as http:
         response = http.get("/api/v1/worklist.csv")
-        labels = http.get("/api/v1/model").json()["labels"]
+        model = http.get("/api/v1/model").json()
+        labels = model["labels"]
     assert response.headers["content-type"].startswith("text/csv")
     rows = list(csv.DictReader(io.StringIO(response.text)))
     assert [r["study_id"] for r in rows] == [i["id"] for i in items]
+    # the study flag: P(abnormal) at or above the model's study threshold, same in CSV and JSON
+    flag_at = model["study_flag_threshold"]
+    assert flag_at is not None
+    assert [i["flagged"] for i in items] == [i["abnormal"] >= flag_at for i in items]
+    assert [r["flagged"] for r in rows] == [str(i["flagged"]) for i in items]
     assert set(labels) <= set(rows[0])
     assert float(rows[0]["priority"]) == pytest.approx(items[0]["priority"], abs=1e-6)
 

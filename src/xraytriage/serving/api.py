@@ -80,7 +80,8 @@ def get_worklist(
     name = check_finding(service, finding)
     with service.db.session() as s:
         page = worklist(s, status, name, state, limit, offset)
-        items = [study_summary(study, rank, images) for study, rank, images in page.rows]
+        flag_at = service.checkpoint.study_flag_threshold
+        items = [study_summary(study, rank, images, flag_at) for study, rank, images in page.rows]
     return {
         "total": page.total,
         "items": items,
@@ -99,7 +100,10 @@ def get_worklist_csv(
     service = service_of(request)
     name = check_finding(service, finding)
     with service.db.session() as s:
-        text = worklist_csv(worklist(s, status, name, state).rows, service.checkpoint.label_names)
+        ckpt = service.checkpoint
+        text = worklist_csv(
+            worklist(s, status, name, state).rows, ckpt.label_names, ckpt.study_flag_threshold
+        )
     return Response(
         text,
         media_type="text/csv; charset=utf-8",

@@ -120,6 +120,7 @@ class TriageService:
             "labels": list(ckpt.label_names),
             "findings": list(ckpt.findings),
             "thresholds": {n: ckpt.threshold(n) for n in ckpt.findings},
+            "study_flag_threshold": ckpt.study_flag_threshold,
             "backend": getattr(self.predictor, "name", ""),
             "file": self.model_path.name,
         }

@@ -28,6 +28,7 @@ CSV_BASE = (
     "read_status",
     "priority",
     "abnormal",
+    "flagged",
     "findings",
 )
 
@@ -74,7 +75,17 @@ def rank_of(session, study: Study) -> int | None:
     return session.scalar(select(func.count()).select_from(Study).where(Study.state == DONE, ahead)) + 1
 
 
-def study_summary(study: Study, rank: int | None = None, images: int | None = None) -> dict[str, Any]:
+def study_flagged(study: Study, flag_at: float | None) -> bool | None:
+    """The study flag, as in the CLI worklist: P(abnormal) at or above the model's study
+    threshold (without one: any finding above its threshold). None until triaged."""
+    if study.abnormal is None:
+        return None
+    return study.abnormal >= flag_at if flag_at is not None else bool(study.findings)
+
+
+def study_summary(
+    study: Study, rank: int | None = None, images: int | None = None, flag_at: float | None = None
+) -> dict[str, Any]:
     return {
         "id": study.id,
         "rank": rank,
@@ -84,6 +95,7 @@ def study_summary(study: Study, rank: int | None = None, images: int | None = No
         "read_status": study.read_status,
         "priority": rounded(study.priority),
         "abnormal": rounded(study.abnormal),
+        "flagged": study_flagged(study, flag_at),
         "findings": findings_list(study.findings),
         "findings_text": study.findings,
         "images": len(study.images) if images is None else images,
@@ -201,7 +213,7 @@ def heatmap_dict(study_id: str, heatmap: Heatmap) -> dict[str, Any]:
 
 def study_detail(session, study: Study, checkpoint) -> dict[str, Any]:
     """Everything the study page shows: summary, findings table, images, heatmaps."""
-    data = study_summary(study, rank_of(session, study))
+    data = study_summary(study, rank_of(session, study), flag_at=checkpoint.study_flag_threshold)
     probabilities = study.probabilities
     table = []
     for name in checkpoint.label_names:
@@ -243,7 +255,9 @@ def study_detail(session, study: Study, checkpoint) -> dict[str, Any]:
     return data
 
 
-def worklist_csv(rows: Sequence[tuple[Study, int | None, int]], label_names: Sequence[str]) -> str:
+def worklist_csv(
+    rows: Sequence[tuple[Study, int | None, int]], label_names: Sequence[str], flag_at: float | None = None
+) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow([*CSV_BASE, *label_names, "images", "error"])
@@ -259,6 +273,7 @@ def worklist_csv(rows: Sequence[tuple[Study, int | None, int]], label_names: Seq
                 study.read_status,
                 "" if study.priority is None else f"{study.priority:.6f}",
                 "" if study.abnormal is None else f"{study.abnormal:.6f}",
+                "" if study.abnormal is None else study_flagged(study, flag_at),
                 study.findings,
                 *["" if probabilities.get(n) is None else f"{probabilities[n]:.6f}" for n in label_names],
                 images,

@@ -46,7 +46,11 @@
       button.disabled = current;
       button.setAttribute("aria-pressed", current ? "true" : "false");
     }
+    const flag = data.flagged === null || data.flagged === undefined ? "–"
+      : data.flagged ? el("span", {class: "flag-badge", id: "study-flag"}, "Flagged")
+      : el("span", {id: "study-flag"}, "not flagged");
     const facts = [
+      ["Flag", flag],
       ["Rank", data.rank ?? "–"],
       ["Priority", prob(data.priority)],
       ["Abnormal", prob(data.abnormal)],

@@ -23,6 +23,13 @@
     return params;
   }
 
+  function flagBadge(flagged) {
+    if (flagged === null || flagged === undefined) return "–";
+    return flagged
+      ? el("span", {class: "flag-badge", title: "P(abnormal) at or above the model's study threshold"}, "Flagged")
+      : el("span", {class: "muted"}, "–");
+  }
+
   function findingsCell(item) {
     const findings = item.findings || [];
     if (!findings.length) {
@@ -51,6 +58,7 @@
       },
     },
       el("td", {class: "rank"}, item.rank ?? "–"),
+      el("td", {class: "flag"}, flagBadge(item.flagged)),
       el("th", {scope: "row", class: "name"}, link,
         item.images > 1 ? el("span", {class: "muted small"}, " (" + item.images + " images)") : null),
       el("td", {class: "priority num"}, prob(item.priority)),
