@@ -42,6 +42,6 @@ $X evaluate --model "$MODEL_DIR/model.pt" --dataset folder --root $DATA/pediatri
 $X localize-eval --model "$MODEL_DIR/model.pt" --images $DATA/nih/images \
     --boxes $DATA/nih/meta/BBox_List_2017.csv.gz --output "$RUNS/localization"
 .venv/bin/python scripts/model_card_tables.py "$RUNS/eval-oof" --checkpoint "$MODEL_DIR/model.pt" \
-    --oof "$RUNS/cv/oof_predictions.csv" --pediatric "$RUNS/eval-pediatric" \
+    --oof "$RUNS/eval-oof/predictions.csv" --pediatric "$RUNS/eval-pediatric" \
     --localization "$RUNS/localization" > "$RUNS/model-card-tables.md"
 echo "tables for docs/model-card.md: $RUNS/model-card-tables.md"

@@ -105,7 +105,13 @@ def within_collection_table(metrics: dict) -> str:
 
         def fmt(key: str, a: dict = a) -> str:
             value = a.get(key)
-            return "–" if value is None or value != value else f"{value:.3f}"
+            if value is None or value != value:
+                return "–"
+            return (
+                f"{value:.3g}"
+                if key == "delong_p"
+                else f"{value:.3f}" + ("" if a.get("in_mean") else " (too few)")
+            )
 
         rows.append(
             f"| {group} | {g['n']} | {g['positives']} | {auc} | {a.get('n', 0)} | {fmt('auc_ours')} | "

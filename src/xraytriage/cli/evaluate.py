@@ -380,6 +380,50 @@ def _print_summary(result: dict[str, Any], comparison) -> None:
         )
     if comparison is not None:
         console.print(f"side by side on {comparison['images']} shared images: see comparison.csv")
+    if "grouped" in result:
+        _print_grouped(console, result["grouped"], comparison)
+
+
+def _print_grouped(console, grouped: dict[str, Any], comparison) -> None:
+    """The triage score within each group (and the other model's, when compared), then warnings."""
+    from rich.table import Table
+
+    by = grouped["by"]
+    name = next((n for n in grouped["labels"] if n.startswith("triage")), None)
+    if name is not None:
+        r = grouped["labels"][name]
+        other = (comparison or {}).get("grouped_triage")
+        rows = {row["group"]: row for row in other["table"].to_dict("records")} if other else {}
+        table = Table(title=f"triage AUC within each {by} (the honest number when {by}s differ)")
+        for col in (by, "images", "abnormal", "AUC"):
+            table.add_column(col, justify="left" if col == by else "right")
+        if other:
+            table.add_column(f"same images: ours / {other['names'][1]}", justify="right")
+        for group, g in r["groups"].items():
+            auc = "one class" if g["auc"] is None else f"{g['auc']:.3f}" + ("" if g["in_mean"] else " (few)")
+            cells = [group, str(g["n"]), str(g["positives"]), auc]
+            if other:
+                o = rows.get(group, {})
+                a, b = o.get(f"auc_{other['names'][0]}"), o.get(f"auc_{other['names'][1]}")
+                cells.append("–" if a is None or a != a else f"{a:.3f} / {b:.3f} (n={o['n']})")
+            table.add_row(*cells)
+        mean = r["within_mean_auc"]
+        cells = [f"mean within {by}", "", "", "–" if mean is None else f"{mean:.3f}"]
+        if other:
+            m = other["mean_within"]
+            a, b = m.get(other["names"][0]), m.get(other["names"][1])
+            cells.append("–" if a is None or b is None else f"{a:.3f} / {b:.3f}")
+        table.add_row(*cells)
+        table.add_row(
+            "pooled",
+            "",
+            "",
+            "–" if r["pooled_auc"] is None else f"{r['pooled_auc']:.3f}",
+            *([""] if other else []),
+        )
+        console.print(table)
+    for line in grouped["warnings"]:
+        console.print(f"[yellow]warning:[/] {line}", highlight=False, soft_wrap=True)
 
 
 # --- compare ------------------------------------------------------------------------------------

@@ -327,6 +327,7 @@ def write_evaluation(
             grouped = comparison["grouped_triage"]
             serialisable["comparison"]["grouped_triage"] = {
                 "by": grouped["by"],
+                "names": grouped["names"],
                 "table": grouped["table"].to_dict(orient="records"),
                 "mean_within": grouped["mean_within"],
                 "their_score": grouped["their_score"],
