@@ -392,20 +392,27 @@ def _grouped_section(report: HtmlReport, grouped: Mapping[str, Any]) -> None:
             + ", ".join(grouped["single_class_groups"])
         )
     groups = sorted({g for r in grouped["labels"].values() for g in r["groups"]}, key=str)
+    sizes = {
+        g: max(r["groups"][g]["n"] for r in grouped["labels"].values() if g in r["groups"]) for g in groups
+    }
+
+    def cell(v: dict | None) -> str:
+        if v is None:
+            return "–"
+        if v["auc"] is None:
+            return f"one class ({v['positives']} pos.)"
+        return f"{v['auc']:.3f} ({v['positives']} pos.)" + ("" if v.get("in_mean", True) else " few")
+
     rows = []
     for label, r in grouped["labels"].items():
         row: dict[str, Any] = {"label": label}
         for g in groups:
-            v = r["groups"].get(g)
-            row[f"{g} (n={v['n']}, pos={v['positives']})" if v else g] = (
-                v["auc"] if v and v["auc"] is not None else None
-            )
+            row[f"{g} (n={sizes[g]})"] = cell(r["groups"].get(g))
         row[f"mean within {by}"] = r["within_mean_auc"]
         row["pooled"] = r["pooled_auc"]
         row[f"{by} alone"] = r["group_only_auc"]
         rows.append(row)
     frame = pd.DataFrame(rows).set_index("label")
-    frame.columns = [str(c) for c in frame.columns]
     report.table(frame, f"ROC AUC within each {by}")
 
 
