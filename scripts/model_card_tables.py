@@ -105,7 +105,7 @@ def within_collection_table(metrics: dict) -> str:
 
         def fmt(key: str, a: dict = a) -> str:
             value = a.get(key)
-            if value is None or value != value:
+            if value is None or value != value or (key == "delong_p" and not a.get("in_mean")):
                 return "–"
             return (
                 f"{value:.3g}"

@@ -38,7 +38,7 @@ def worklist_table(rows: Sequence[WorklistRow], top: int = 10, title: str | None
     threshold, for the ``top`` studies: the flag first, because that is what a reader acts on."""
     table = Table(title=title, title_justify="left", header_style="bold")
     table.add_column("rank", justify="right")
-    table.add_column("flag")
+    table.add_column("flag", no_wrap=True, min_width=7)
     table.add_column("study", no_wrap=True)
     table.add_column("priority", justify="right")
     table.add_column("P(abnormal)", justify="right")
