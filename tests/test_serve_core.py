@@ -212,7 +212,7 @@ def test_recover_requeues_work_a_crash_left_behind(service: TriageService) -> No
     again = TriageService(service.config)
     with again.db.session() as s:
         assert s.get(Image, accepted.image_id).state == PROCESSING
-    assert again.db.recover() == 1
+    assert again.db.recover() == (1, 0)
     with again.db.session() as s:
         assert s.get(Image, accepted.image_id).state == QUEUED
     drain(again)
