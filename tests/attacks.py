@@ -15,9 +15,12 @@ DICOM header is needed.
 from __future__ import annotations
 
 import struct
+import threading
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pydicom
 from PIL import Image, PngImagePlugin
@@ -72,14 +75,20 @@ def _file_meta(ds: pydicom.Dataset, syntax: str) -> FileMetaDataset:
 
 
 def deflate_bomb(
-    shared_data: Path, path: Path, rows: int = 1024, cols: int = 1024, frames: int = 200
+    shared_data: Path,
+    path: Path,
+    rows: int = 1024,
+    cols: int = 1024,
+    frames: int = 200,
+    pixel_bytes: int | None = None,
 ) -> Path:
-    """Deflated DICOM whose pixel data inflates to ``rows*cols*frames*2`` bytes."""
+    """Deflated DICOM whose pixel data inflates to ``rows*cols*frames*2`` bytes (or to
+    ``pixel_bytes``: a header that lies about what follows)."""
     ds = _header(shared_data, rows, cols, frames)
     body = DicomBytesIO()
     body.is_little_endian, body.is_implicit_VR = True, False
     write_dataset(body, ds)
-    length = rows * cols * frames * 2
+    length = rows * cols * frames * 2 if pixel_bytes is None else pixel_bytes
     compressor = zlib.compressobj(1, zlib.DEFLATED, -zlib.MAX_WBITS)
     with path.open("wb") as fh:
         fh.write(b"\0" * 128 + b"DICM")
@@ -118,3 +127,59 @@ def rle_bomb(shared_data: Path, path: Path, rows: int = 2048, cols: int = 2048, 
     ds.file_meta = _file_meta(ds, RLELossless)
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+# --- measuring and replaying ----------------------------------------------------------------
+
+
+def memory_mb(pid: int) -> dict[str, float]:
+    """``VmRSS`` (now) and ``VmHWM`` (peak since start) of a process, in MB, from /proc."""
+    values = {}
+    with open(f"/proc/{pid}/status", encoding="ascii") as fh:
+        for line in fh:
+            key, _, rest = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                values[key] = int(rest.split()[0]) / 1024
+    return {"rss": values["VmRSS"], "peak": values["VmHWM"]}
+
+
+def multipart_stream(filename: str, size: int, boundary: str = "xraytriage-attack") -> Iterator[bytes]:
+    """A ``multipart/form-data`` body with one ``files`` part of ``size`` bytes (a PNG
+    signature, then zeros), generated on the fly so the client holds 1 MB at a time."""
+    yield (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{filename}"\r\n'
+        "Content-Type: image/png\r\n\r\n"
+    ).encode() + b"\x89PNG\r\n\x1a\n"
+    chunk = bytes(1 << 20)
+    left = size - 8
+    while left > 0:
+        yield chunk[: min(left, len(chunk))]
+        left -= len(chunk)
+    yield f"\r\n--{boundary}--\r\n".encode()
+
+
+def upload_stream(http: httpx.Client, filename: str, size: int) -> httpx.Response:
+    boundary = "xraytriage-attack"
+    return http.post(
+        "/api/v1/images",
+        content=multipart_stream(filename, size, boundary),
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
+
+
+def concurrent_gets(base_url: str, path: str, count: int, headers: dict | None = None) -> list[int]:
+    """``count`` simultaneous GETs of one URL (threads released together); their statuses."""
+    statuses: list[int] = [0] * count
+    barrier = threading.Barrier(count)
+
+    def get(i: int) -> None:
+        with httpx.Client(base_url=base_url, headers=headers or {}, timeout=300) as http:
+            barrier.wait()
+            statuses[i] = http.get(path).status_code
+
+    threads = [threading.Thread(target=get, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return statuses

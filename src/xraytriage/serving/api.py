@@ -254,7 +254,7 @@ async def get_heatmap(
     service = service_of(request)
     name = check_finding(service, finding)
     image_id = await run_in_threadpool(_heatmap_image, service, study_id, image)
-    await _wait_for_pictures(service, image_id, [name], f"the {name} heatmap")
+    await _wait_for_pictures(service, image_id, [service.picture_item(name, style)], f"the {name} heatmap")
     return FileResponse(
         service.picture_path(image_id, name, style), media_type="image/png", headers=PNG_HEADERS
     )

@@ -327,36 +327,37 @@ class TriageService:
         heat = load_png(self.heat_path(image_id, heatmap.finding))
         return overlay_image(display, heat, scale_box(heatmap.box, *size, display.shape), label)
 
-    def _missing(self, image_id: str, findings: list[str]) -> list[str]:
-        """Which of ``findings`` (or :data:`DISPLAY`) still have to be drawn for one image."""
+    @staticmethod
+    def picture_item(finding: str, style: str) -> str:
+        """Job item for a finished picture of a finding (see :meth:`_draw_pictures`)."""
+        return f"{finding}\x00{style}"
+
+    def _missing(self, image_id: str, items: list[str]) -> list[str]:
+        """Which job items still have to be drawn for one image: :data:`DISPLAY`, a finding
+        (its map and box) or :meth:`picture_item` (a finding's overlay or layer picture)."""
         with self.db.session() as s:
             have = {h.finding for h in s.query(Heatmap).filter(Heatmap.image_id == image_id)}
         missing = []
-        for f in findings:
-            if f == DISPLAY:
+        for item in items:
+            finding, _, style = item.partition("\x00")
+            if item == DISPLAY:
                 done = self.display_file(image_id).is_file()
             else:
-                done = f in have and all(
-                    p.is_file()
-                    for p in (
-                        self.heat_path(image_id, f),
-                        self.picture_path(image_id, f, "overlay"),
-                        self.picture_path(image_id, f, "layer"),
-                    )
-                )
+                done = finding in have and self.heat_path(image_id, finding).is_file()
+                done = done and (not style or self.picture_path(image_id, finding, style).is_file())
             if not done:
-                missing.append(f)
+                missing.append(item)
         return missing
 
-    def heatmap_futures(self, image_id: str, findings: list[str]) -> list[Future]:
-        """Jobs to wait on until ``findings`` of one image are drawn (none when they are);
+    def heatmap_futures(self, image_id: str, items: list[str]) -> list[Future]:
+        """Jobs to wait on until ``items`` of one image are drawn (none when they are);
         :class:`~xraytriage.serving.heatmap_jobs.HeatmapQueueFull` when too many wait."""
-        missing = self._missing(image_id, findings)
+        missing = self._missing(image_id, items)
         return self.heatmap_jobs.submit(image_id, missing) if missing else []
 
     def ensure_heatmaps(self, image_id: str, findings: list[str]) -> list[Heatmap]:
-        """Heatmaps (map PNG + box row + pictures) of ``findings`` on one image; draws only the
-        missing ones, sharing the job with anyone already drawing them. Blocks."""
+        """Heatmaps (map PNG + box row) of ``findings`` on one image; draws only the missing
+        ones, sharing the job with anyone already drawing them. Blocks."""
         missing = self._missing(image_id, findings)
         if missing:
             self.heatmap_jobs.run(image_id, missing)
@@ -364,32 +365,29 @@ class TriageService:
             have = {h.finding: h for h in s.query(Heatmap).filter(Heatmap.image_id == image_id)}
         return [have[f] for f in findings if f in have]
 
-    def _draw_job(self, image_id: str, findings: list[str]) -> None:
+    def _draw_job(self, image_id: str, items: list[str]) -> None:
         try:
-            self._draw_pictures(image_id, findings)
+            self._draw_pictures(image_id, items)
         except Exception as exc:
             if is_storage_error(exc):
                 self.storage.note(exc)
             raise
 
-    def _draw_pictures(self, image_id: str, findings: list[str]) -> None:
+    def _draw_pictures(self, image_id: str, items: list[str]) -> None:
         """One job: read the image once, reduced to the display size, and draw what is missing
-        (display picture, maps, boxes, overlay and layer pictures). Runs on the job pool."""
+        of ``items`` (display picture, maps and boxes, overlay or layer pictures)."""
         from xraytriage.explain import explain_image
-        from xraytriage.explain.overlay import overlay_label
 
-        missing = self._missing(image_id, findings)  # another job may have drawn them meanwhile
+        missing = self._missing(image_id, items)  # another job may have drawn them meanwhile
         if not missing:
             return
+        log.info("image %s…: drawing %s", image_id[:12], ", ".join(i.replace("\x00", " ") for i in missing))
         with self.db.session() as s:
             have = {h.finding: h for h in s.query(Heatmap).filter(Heatmap.image_id == image_id)}
             image = s.get(Image, image_id)
             size = (image.width or 1, image.height or 1) if image is not None else (1, 1)
-        maps = [
-            f
-            for f in missing
-            if f != DISPLAY and (f not in have or not self.heat_path(image_id, f).is_file())
-        ]
+        findings = list(dict.fromkeys(item.partition("\x00")[0] for item in missing if item != DISPLAY))
+        maps = [f for f in findings if f not in have or not self.heat_path(image_id, f).is_file()]
         if maps or not self.display_file(image_id).is_file():
             radiograph = decode.read_reduced(
                 str(self.store.path(image_id)), self.config.max_pixels, self.config.display_size
@@ -417,17 +415,21 @@ class TriageService:
                         row.created_at = now
                         s.add(row)
                         have[e.finding] = row
-        display = None
-        for finding in missing:
-            if finding == DISPLAY or finding not in have:
-                continue
-            heatmap = have[finding]
-            display = load_png(self.display_file(image_id)) if display is None else display
-            label = overlay_label(finding, heatmap.probability, heatmap.threshold)
-            picture = self.overlay(image_id, heatmap, size, label, display)
-            write_atomic(self.picture_path(image_id, finding, "overlay"), png_bytes(picture), durable=False)
-            layer = heat_layer_png(load_png(self.heat_path(image_id, finding)))
-            write_atomic(self.picture_path(image_id, finding, "layer"), layer, durable=False)
+        for item in missing:
+            finding, _, style = item.partition("\x00")
+            if style and finding in have:
+                self._draw_picture(image_id, have[finding], style, size)
+
+    def _draw_picture(self, image_id: str, heatmap: Heatmap, style: str, size: tuple[int, int]) -> None:
+        """The overlay (radiograph, heat, box, label) or the transparent layer, kept as a file."""
+        from xraytriage.explain.overlay import overlay_label
+
+        if style == "layer":
+            data = heat_layer_png(load_png(self.heat_path(image_id, heatmap.finding)))
+        else:
+            label = overlay_label(heatmap.finding, heatmap.probability, heatmap.threshold)
+            data = png_bytes(self.overlay(image_id, heatmap, size, label))
+        write_atomic(self.picture_path(image_id, heatmap.finding, style), data, durable=False)
 
     # --- queue ---------------------------------------------------------------------------
     def pending(self) -> dict[str, int]:

@@ -182,7 +182,9 @@ async def receive_upload(
     ``cleanup()`` on the result (also when this raises: see :func:`streamed_upload`)."""
     content_type, options = parse_options_header(request.headers.get("content-type", ""))
     if content_type != b"multipart/form-data" or b"boundary" not in options:
-        raise UploadError(422, "no files in the request: send them as multipart/form-data in the 'files' field")
+        raise UploadError(
+            422, "no files in the request: send them as multipart/form-data in the 'files' field"
+        )
     receiver = _Receiver(store, storage, max_file_bytes, max_files)
     callbacks = {
         name: getattr(receiver, name)
