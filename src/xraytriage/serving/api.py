@@ -229,7 +229,7 @@ async def _wait_for_pictures(service: TriageService, image_id: str, findings: li
             raise HTTPException(
                 507, f"{what} could not be saved: the server's storage is full; try again later"
             )
-        if isinstance(exc, ImageReadError):
+        if isinstance(exc, ImageReadError):  # names the blob: say the file's name instead
             raise HTTPException(422, f"{what}: {exc.problem}")
         raise HTTPException(500, f"{what} could not be drawn: {type(exc).__name__}")
 
@@ -268,13 +268,15 @@ async def get_heatmap(
 async def get_display(request: Request, image_id: str):
     service = service_of(request)
 
-    def known() -> bool:
+    def filename() -> str | None:
         with service.db.session() as s:
-            return s.get(Image, image_id) is not None
+            row = s.get(Image, image_id)
+            return None if row is None else row.filename
 
-    if not await run_in_threadpool(known):
+    name = await run_in_threadpool(filename)
+    if name is None:
         raise HTTPException(404, f"no image {image_id!r}")
-    await _wait_for_pictures(service, image_id, [DISPLAY], f"image {image_id[:12]}…")
+    await _wait_for_pictures(service, image_id, [DISPLAY], name)
     return FileResponse(service.display_file(image_id), media_type="image/png", headers=PNG_HEADERS)
 
 

@@ -30,14 +30,15 @@ class HeatmapJobs:
         self.started = 0
         """Jobs started since the service started (coalesced requests do not count)."""
 
-    def submit(self, image_id: str, findings: list[str]) -> list[Future]:
+    def submit(self, image_id: str, findings: list[str], bounded: bool = True) -> list[Future]:
         """Futures that complete when ``findings`` of ``image_id`` are drawn: the jobs already
-        running for some of them, plus one new job for the rest."""
+        running for some of them, plus one new job for the rest (``bounded``: refused with
+        :class:`HeatmapQueueFull` when ``max_pending`` jobs wait)."""
         with self._lock:
             waiting = {self._jobs[(image_id, f)] for f in findings if (image_id, f) in self._jobs}
             new = [f for f in dict.fromkeys(findings) if (image_id, f) not in self._jobs]
             if new:
-                if len(set(self._jobs.values())) >= self.max_pending:
+                if bounded and len(set(self._jobs.values())) >= self.max_pending:
                     raise HeatmapQueueFull(
                         f"{self.max_pending} heatmap jobs are already waiting; try again in a few seconds"
                     )
@@ -49,8 +50,9 @@ class HeatmapJobs:
             return list(waiting)
 
     def run(self, image_id: str, findings: list[str], timeout: float | None = None) -> None:
-        """Submit and wait (for threads that may block, like the background worker)."""
-        for future in self.submit(image_id, findings):
+        """Submit and wait, never refused: for the service's own threads (the background
+        worker, the DICOM node), which are few and wait for their job."""
+        for future in self.submit(image_id, findings, bounded=False):
             future.result(timeout)
 
     def pending(self) -> int:
