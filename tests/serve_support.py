@@ -110,8 +110,11 @@ def start_server(
     token: str | None = None,
     data_dir: Path | None = None,
     timeout: float = START_TIMEOUT_S,
+    module: str = "xraytriage.cli.main",
 ) -> Server:
-    """Start ``xraytriage serve`` and wait for /healthz. The caller stops it (or use running_server)."""
+    """Start ``xraytriage serve`` and wait for /healthz. The caller stops it (or use running_server).
+
+    ``module`` is what ``python -m`` runs (a test launcher in tests/ that wraps the CLI)."""
     tmp_path = Path(tmp_path)
     data_dir = Path(data_dir) if data_dir is not None else tmp_path / "data"
     logs = tmp_path / "server-logs"
@@ -123,6 +126,9 @@ def start_server(
     }
     child_env.pop("XRAYTRIAGE_TOKEN", None)
     child_env.update(env or {})
+    if module != "xraytriage.cli.main":
+        tests = str(Path(__file__).resolve().parent)
+        child_env["PYTHONPATH"] = os.pathsep.join(p for p in (tests, child_env.get("PYTHONPATH", "")) if p)
     token_args: list[str] = []
     if token is not None:
         token_file = tmp_path / "token.txt"
@@ -134,7 +140,7 @@ def start_server(
         args = [
             sys.executable,
             "-m",
-            "xraytriage.cli.main",
+            module,
             "serve",
             "--host",
             "127.0.0.1",

@@ -7,7 +7,9 @@ test_serve_browser.py.
 from __future__ import annotations
 
 import io
+import os
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -212,12 +214,96 @@ def test_recover_requeues_work_a_crash_left_behind(service: TriageService) -> No
     again = TriageService(service.config)
     with again.db.session() as s:
         assert s.get(Image, accepted.image_id).state == PROCESSING
-    assert again.db.recover() == 1
+    assert again.db.recover() == (1, 0)
     with again.db.session() as s:
         assert s.get(Image, accepted.image_id).state == QUEUED
     drain(again)
     with again.db.session() as s:
         assert s.get(Study, accepted.study_id).state == DONE
+
+
+def test_an_image_in_flight_too_often_is_given_up_and_suspects_run_alone(service: TriageService) -> None:
+    """Attempts are counted at the claim, before any work: after MAX_ATTEMPTS crashes with an
+    image in flight, recovery marks it an error instead of queueing it again (no crash loop);
+    an image that was in flight during a crash is retried alone."""
+    from xraytriage.serving.worker import MAX_ATTEMPTS
+
+    poison, *others = [service.ingest(p.read_bytes(), p.name) for p in nih_pngs(3)]
+    for crash in range(MAX_ATTEMPTS):
+        claimed = service.db.claim_images(10)
+        expected = 3 if crash == 0 else 1  # suspects (in flight before) are claimed one at a time
+        assert len(claimed) == expected and claimed[0].id == poison.image_id
+        if crash == 0:  # the two others finish before the crash; only the poison stays in flight
+            service.db.requeue([a.image_id for a in others])
+            with service.db.session() as s:
+                for a in others:
+                    s.get(Image, a.image_id).attempts = 0
+        # ... the process dies here, mid-image; a restart recovers
+        assert service.db.recover(MAX_ATTEMPTS) == ((1, 0) if crash < MAX_ATTEMPTS - 1 else (0, 1))
+    with service.db.session() as s:
+        image = s.get(Image, poison.image_id)
+        assert image.state == ERROR and image.attempts == MAX_ATTEMPTS
+        assert f"gave up after {MAX_ATTEMPTS} attempts" in image.error and image.filename in image.error
+    for study_id in service.db.unsettled_study_ids():  # what start() does after recover()
+        service.workers.settle(study_id)
+    drain(service)
+    with service.db.session() as s:
+        assert s.get(Study, poison.study_id).state == ERROR
+        assert all(s.get(Study, a.study_id).state == DONE for a in others)
+
+
+def test_concurrent_heatmap_requests_share_one_job(service: TriageService) -> None:
+    accepted = service.ingest(nih_pngs(1)[0].read_bytes(), "a.png")
+    drain(service)
+    with service.db.session() as s:
+        service.db.engine.dispose()
+        assert s.get(Study, accepted.study_id).state == DONE
+    started = service.heatmap_jobs.started
+    item = service.picture_item("Effusion", "overlay")
+    futures = [f for _ in range(8) for f in service.heatmap_futures(accepted.image_id, [item])]
+    for future in futures:
+        future.result(120)
+    assert service.heatmap_jobs.started == started + 1
+    assert len({id(f) for f in futures}) == 1
+    assert service.picture_path(accepted.image_id, "Effusion", "overlay").is_file()
+    assert service.heatmap_futures(accepted.image_id, [item]) == []  # drawn: nothing to wait for
+
+
+def test_start_removes_temporary_files_and_orphan_blobs(service: TriageService) -> None:
+    """What a kill or a full disk left behind: temporary upload files, halves of atomic
+    writes and blobs whose database row was never committed."""
+    kept = service.ingest(nih_pngs(1)[0].read_bytes(), "kept.png")
+    orphan, _ = service.store.put(b"\x89PNG\r\n\x1a\n never committed")
+    old = time.time() - 3600
+    os.utime(service.store.path(orphan), (old, old))
+    young, _ = service.store.put(b"\x89PNG\r\n\x1a\n still being uploaded")
+    temp = service.store.temp_file()
+    half = service.store.path(kept.image_id).parent / ".tmp-abc"
+    half.write_bytes(b"x")
+    service.start()
+    service.stop()
+    assert not temp.exists() and not half.exists()
+    assert not service.store.exists(orphan)
+    assert service.store.exists(young)  # within the grace period: maybe an upload in flight
+    assert service.store.exists(kept.image_id)
+
+
+def test_a_full_disk_while_recording_is_a_507_that_leaves_nothing(service: TriageService) -> None:
+    """The database cannot commit (SQLite: 'database or disk is full'): the upload is refused
+    with 507 naming the file, the blob just written is removed, health turns degraded."""
+    from sqlalchemy.exc import OperationalError
+
+    def full(*_args, **_kwargs):
+        raise OperationalError("INSERT", {}, Exception("database or disk is full"))
+
+    service._record = full  # type: ignore[method-assign]
+    data = nih_pngs(1)[0].read_bytes()
+    with pytest.raises(UploadRejected) as refused:
+        service.ingest(data, "late.png")
+    assert refused.value.status == 507 and "storage is full" in refused.value.problem
+    assert refused.value.filename == "late.png"
+    assert not any(p.is_file() for p in service.store.blobs.rglob("*"))
+    assert service.storage.status()["ok"] is False
 
 
 def test_a_crash_between_scoring_and_aggregating_is_repaired(service: TriageService) -> None:

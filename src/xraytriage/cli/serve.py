@@ -62,6 +62,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--max-files", type=int, default=100, help="most files in one upload request (default 100)"
     )
+    p.add_argument(
+        "--max-megapixels",
+        type=float,
+        default=36.0,
+        help="largest image accepted, in millions of pixels (default 36: 6000 x 6000)",
+    )
+    p.add_argument(
+        "--min-free-mb",
+        type=float,
+        default=100.0,
+        help="free space kept in the data folder; below it uploads get 507 (default 100)",
+    )
     dicom = p.add_argument_group("DICOM node (receive studies from a PACS or modality, send results back)")
     dicom.add_argument(
         "--dicom-port", type=int, default=None, help="listen for DICOM (C-STORE, C-ECHO) on this port"
@@ -158,6 +170,8 @@ def build_config(args: argparse.Namespace):
         heatmap_findings=args.heatmap_findings,
         max_file_bytes=int(args.max_upload_mb * MB),
         max_files=args.max_files,
+        max_pixels=int(args.max_megapixels * 1_000_000),
+        min_free_mb=args.min_free_mb,
         dicom=build_dicom_settings(args),
     )
 

@@ -9,19 +9,28 @@ single inversion, so the two are combined with OR, never applied twice.)
 
 from __future__ import annotations
 
+import io
+import struct
+import zlib
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import pydicom
+from pydicom.dataset import FileDataset
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from xraytriage.errors import (
+    ImageReadError,
     ImageTooLargeError,
     NoPixelDataError,
     UnreadableImageError,
     UnsupportedModalityError,
 )
+from xraytriage.io.limits import block_mean, check_pixel_budget, reduction_factor
 
 RADIOGRAPH_MODALITIES = {"CR", "DX", "RG", "DR", "XR", "OT", "PX"}
 """Projection radiography, plus OT (secondary captures of radiographs are often OT)."""
@@ -99,11 +108,17 @@ def _apply_voi(arr: np.ndarray, ds: pydicom.Dataset) -> tuple[np.ndarray, str]:
     return (arr - lo) / max(hi - lo, 1e-6), "full_range"
 
 
-def check_header(ds: pydicom.Dataset, path: str | Path, max_pixels: int) -> dict[str, Any]:
+def check_header(
+    ds: pydicom.Dataset, path: str | Path, max_pixels: int, has_pixels: bool | None = None
+) -> dict[str, Any]:
     """Everything about a radiograph that its header can tell, before any pixel is decoded:
-    pixel data present, a projection-radiography modality, a non-empty size within
-    ``max_pixels``. Returns the metadata; raises the typed error that names ``path``."""
-    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+    pixel data present (``has_pixels``, default: in ``ds``), a projection-radiography modality,
+    a non-empty size whose Rows x Columns x frames x samples x bits are within the limit
+    (:func:`~xraytriage.io.limits.check_pixel_budget`). Returns the metadata; raises the typed
+    error that names ``path``."""
+    if has_pixels is None:
+        has_pixels = any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
+    if not has_pixels:
         if not any(tag in ds for tag in ("SOPClassUID", "Modality", "StudyInstanceUID")):
             raise UnreadableImageError(path, "not a DICOM file (no recognisable DICOM header)")
         raise NoPixelDataError(
@@ -115,47 +130,223 @@ def check_header(ds: pydicom.Dataset, path: str | Path, max_pixels: int) -> dict
         raise UnsupportedModalityError(
             path, f"modality {modality} is not a projection radiograph (accepted: CR, DX, RG, OT...)"
         )
-    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    rows, cols = _int(ds, "Rows"), _int(ds, "Columns")
     if rows * cols == 0:
         raise UnreadableImageError(path, "DICOM header declares an empty image (Rows or Columns is 0)")
-    if rows * cols > max_pixels:
-        raise ImageTooLargeError(
-            path, f"declares {cols}x{rows} = {rows * cols:,} pixels, over the limit of {max_pixels:,}"
-        )
+    frames = max(_int(ds, "NumberOfFrames", 1), 1)
+    check_pixel_budget(
+        path,
+        cols,
+        rows,
+        max_pixels,
+        frames=frames,
+        samples=_int(ds, "SamplesPerPixel", 1),
+        bits=_int(ds, "BitsAllocated", 16),
+    )
+    meta["frames"] = frames
     return meta
 
 
-def read_dicom(path: Path, max_pixels: int) -> tuple[np.ndarray, dict[str, Any]]:
+def _int(ds: pydicom.Dataset, keyword: str, default: int = 0) -> int:
+    value = ds.get(keyword, default)
+    if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
+        value = value[0] if len(value) else default
     try:
-        ds = pydicom.dcmread(path, force=True)
-    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError) as exc:
+        return int(value if value not in (None, "") else default)
+    except (TypeError, ValueError):
+        return default
+
+
+# --- reading with bounded memory ---------------------------------------------------------
+
+HEADER_BUDGET = 16 * 1024 * 1024
+"""Most bytes a deflated data set may inflate to before its pixel data starts."""
+
+PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
+
+
+def _at_pixels(tag: Any, _vr: Any, _length: int) -> bool:
+    return int(tag) in PIXEL_TAGS
+
+
+def inflate_bounded(compressed: bytes, limit: int) -> tuple[bytes, bool]:
+    """Raw-deflate ``compressed`` to at most ``limit`` bytes; (output, complete). Never
+    allocates more than ``limit`` bytes however much the stream would expand."""
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    out = inflater.decompress(compressed, limit)
+    if inflater.eof:
+        return out, True
+    more = inflater.decompress(inflater.unconsumed_tail, 1) if inflater.unconsumed_tail else inflater.flush(1)
+    return out, not more
+
+
+def _next_tag(fp: BinaryIO) -> int | None:
+    """The tag at ``fp``'s position (little endian), without moving it."""
+    position = fp.tell()
+    raw = fp.read(4)
+    fp.seek(position)
+    if len(raw) < 4:
+        return None
+    group, element = struct.unpack("<HH", raw)
+    return (group << 16) | element
+
+
+@dataclass
+class _Parsed:
+    dataset: pydicom.Dataset
+    has_pixels: bool
+
+
+def _parse(
+    fp: BinaryIO, path: str | Path, with_pixels: bool, max_pixels: int
+) -> tuple[_Parsed, dict[str, Any]]:
+    """Header first (checked), then, if asked, the whole data set. A deflated data set is
+    inflated with a bound: first up to :data:`HEADER_BUDGET`, then up to what the header
+    declares, so a deflate bomb is refused without being expanded."""
+    start = fp.tell()
+    preamble = read_preamble(fp, force=True)
+    file_meta = _read_file_meta_info(fp)
+    syntax = file_meta.get("TransferSyntaxUID")
+    if syntax != DeflatedExplicitVRLittleEndian:
+        fp.seek(start)
+        header = pydicom.dcmread(fp, stop_before_pixels=True, force=True)
+        has_pixels = _next_tag(fp) in PIXEL_TAGS
+        meta = check_header(header, path, max_pixels, has_pixels)
+        if not with_pixels:
+            return _Parsed(header, has_pixels), meta
+        fp.seek(start)
+        return _Parsed(pydicom.dcmread(fp, force=True), True), meta
+    compressed = fp.read()
+    inflated, complete = inflate_bounded(compressed, HEADER_BUDGET)
+    body = io.BytesIO(inflated)
+    header = _file_dataset(path, read_dataset(body, False, True, stop_when=_at_pixels), preamble, file_meta)
+    has_pixels = _next_tag(body) in PIXEL_TAGS
+    if not has_pixels and not complete:
+        raise ImageTooLargeError(
+            path,
+            f"deflated DICOM inflates to over {HEADER_BUDGET:,} bytes before any pixel data "
+            "(a decompression bomb?)",
+        )
+    meta = check_header(header, path, max_pixels, has_pixels)
+    if not with_pixels:
+        return _Parsed(header, has_pixels), meta
+    declared = (
+        _int(header, "Rows")
+        * _int(header, "Columns")
+        * max(_int(header, "NumberOfFrames", 1), 1)
+        * max(_int(header, "SamplesPerPixel", 1), 1)
+        * max(-(-_int(header, "BitsAllocated", 16) // 8), 1)
+    )
+    limit = body.tell() + 12 + declared + 1024 * 1024  # pixel element header, pixels, a trailer
+    del inflated, body
+    inflated, complete = inflate_bounded(compressed, limit)
+    if not complete:
+        raise ImageTooLargeError(
+            path, f"deflated DICOM inflates to more than the {limit:,} bytes its header declares"
+        )
+    full = read_dataset(io.BytesIO(inflated), False, True)
+    return _Parsed(_file_dataset(path, full, preamble, file_meta), True), meta
+
+
+def _file_dataset(
+    path: str | Path, ds: pydicom.Dataset, preamble: bytes | None, file_meta: Any
+) -> FileDataset:
+    out = FileDataset(str(path), ds, preamble, file_meta, False, True)
+    out.set_original_encoding(False, True, ds._character_set)
+    return out
+
+
+def _open(source: str | Path | bytes) -> BinaryIO:
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return io.BytesIO(source)
+    return open(source, "rb")
+
+
+def read_dicom_header(
+    source: str | Path | bytes, max_pixels: int, name: str | Path | None = None
+) -> tuple[pydicom.Dataset, dict[str, Any]]:
+    """The data set up to its pixel data and the checked metadata, from a file or its bytes
+    (a C-STORE's encoded data set): refuses, naming ``name`` (default: the path), a file that
+    is not a radiograph, has no pixel data or declares more than ``max_pixels`` (Rows x
+    Columns x frames x samples x bits), before any pixel is decoded or inflated."""
+    label = name if name is not None else ("DICOM data" if isinstance(source, (bytes, bytearray)) else source)
+    try:
+        with _open(source) as fp:
+            parsed, meta = _parse(fp, label, False, max_pixels)
+    except ImageReadError:
+        raise
+    except (
+        InvalidDicomError,
+        EOFError,
+        OSError,
+        ValueError,
+        KeyError,
+        TypeError,
+        zlib.error,
+        struct.error,
+    ) as exc:
+        raise UnreadableImageError(label, f"not a readable DICOM file: {exc}") from None
+    return parsed.dataset, meta
+
+
+def read_dicom(path: Path, max_pixels: int, max_side: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    """Pixels of the first frame through the grayscale chain. The header is checked before
+    anything is decoded; only frame 0 is decoded; with ``max_side`` the frame is reduced by an
+    integer box average (``meta['reduced_by']``) before the float pixel chain runs on it."""
+    try:
+        with open(path, "rb") as fp:
+            parsed, meta = _parse(fp, path, True, max_pixels)
+    except ImageReadError:
+        raise
+    except (
+        InvalidDicomError,
+        EOFError,
+        OSError,
+        ValueError,
+        KeyError,
+        TypeError,
+        zlib.error,
+        struct.error,
+    ) as exc:
         raise UnreadableImageError(path, f"not a readable DICOM file: {exc}") from None
-    meta = check_header(ds, path, max_pixels)
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    ds = parsed.dataset
+    frames = meta["frames"]
     try:
-        arr = ds.pixel_array
+        if frames > 1:
+            from pydicom.pixels import pixel_array
+
+            arr = pixel_array(ds, index=0)
+        else:
+            arr = ds.pixel_array
     except Exception as exc:
         syntax = meta.get("transfer_syntax", "?")
         raise UnreadableImageError(
             path, f"cannot decode pixel data (transfer syntax {syntax}): {exc}"
         ) from None
-    if frames > 1 and arr.ndim >= 3 and arr.shape[0] == frames:
+    if frames > 1 and arr.ndim >= 3 and arr.shape[0] == frames:  # a decoder that ignored index
         arr = arr[0]
-        meta["frames"] = frames
+    rows, cols = arr.shape[:2]
+    factor = reduction_factor(cols, rows, max_side)
+    if factor > 1:
+        meta["width"], meta["height"], meta["reduced_by"] = cols, rows, factor
     photometric = meta["photometric"].upper()
     if arr.ndim == 3:  # colour radiograph (rare): convert to luminance after the colour space
         if photometric.startswith("YBR"):
             from pydicom.pixels import convert_color_space
 
             arr = convert_color_space(arr, photometric, "RGB")
-        arr = arr[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+        arr = block_mean(arr[..., :3], factor) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
         lo, hi = float(arr.min()), float(arr.max())
         pixels = (arr - lo) / max(hi - lo, 1e-6)
         meta["voi"] = "colour"
     else:
         from pydicom.pixels import apply_modality_lut
 
-        values = apply_modality_lut(arr, ds).astype(np.float32)
+        if factor > 1 and "ModalityLUTSequence" not in ds:
+            arr = block_mean(arr, factor)  # rescale slope/intercept is linear: reduce first
+            factor = 1
+        values = block_mean(apply_modality_lut(arr, ds).astype(np.float32), factor)
+        del arr
         pixels, meta["voi"] = _apply_voi(values, ds)
         shape = str(ds.get("PresentationLUTShape", "")).upper()
         meta["inverted"] = photometric == "MONOCHROME1" or shape == "INVERSE"

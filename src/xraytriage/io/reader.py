@@ -33,8 +33,15 @@ class Radiograph:
         return int(self.pixels.shape[1])
 
 
-def read_radiograph(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Radiograph:
+def read_radiograph(
+    path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, max_side: int | None = None
+) -> Radiograph:
     """Read PNG/JPEG/TIFF/DICOM into a :class:`Radiograph`.
+
+    The declared size is checked against ``max_pixels`` before decoding. With ``max_side``, an
+    image more than twice that size is decoded reduced by the largest integer factor that keeps
+    its longest side at least ``max_side`` (``meta['reduced_by']``; ``meta['width']`` and
+    ``['height']`` stay the file's), so memory follows what the caller needs, not the file.
 
     Raises a subclass of :class:`~xraytriage.errors.ImageReadError` naming the file for every
     problem with the input (missing, empty, truncated, not an image, wrong modality, too large).
@@ -62,7 +69,7 @@ def read_radiograph(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> R
         if fmt is ImageFormat.DICOM:
             from xraytriage.io.dicom import read_dicom
 
-            pixels, meta = read_dicom(path, max_pixels)
+            pixels, meta = read_dicom(path, max_pixels, max_side)
         elif fmt is ImageFormat.UNKNOWN:
             raise UnreadableImageError(
                 path, f"not a PNG, JPEG, TIFF or DICOM file (starts with {head[:8]!r})"
@@ -70,7 +77,7 @@ def read_radiograph(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> R
         else:
             from xraytriage.io.raster import read_raster
 
-            pixels, meta = read_raster(path, max_pixels)
+            pixels, meta = read_raster(path, max_pixels, max_side)
     except ImageReadError:
         raise
     except MemoryError:

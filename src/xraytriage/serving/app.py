@@ -13,6 +13,7 @@ from xraytriage import __version__
 from xraytriage.serving.auth import BodyLimit, TokenAuth, login_page, login_submit, logout
 from xraytriage.serving.config import ServeConfig
 from xraytriage.serving.service import TriageService
+from xraytriage.serving.storage import is_storage_error
 
 
 def create_app(config: ServeConfig, service: TriageService | None = None) -> FastAPI:
@@ -67,10 +68,20 @@ def create_app(config: ServeConfig, service: TriageService | None = None) -> Fas
         ]
         return JSONResponse({"error": "invalid request: " + "; ".join(problems), "status": 422}, 422)
 
-    @app.get("/healthz", tags=["service"], summary="Liveness and queue depth (no token needed)")
+    @app.exception_handler(Exception)
+    async def server_error(_request: Request, exc: Exception) -> JSONResponse:
+        if is_storage_error(exc):  # a full disk is the server's condition, not a bug: say so
+            service.storage.note(exc)
+            message = "the server's storage is full: nothing was changed; try again later"
+            return JSONResponse({"error": message, "status": 507}, 507)
+        return JSONResponse({"error": f"internal error ({type(exc).__name__})", "status": 500}, 500)
+
+    @app.get("/healthz", tags=["service"], summary="Liveness, storage and queue depth (no token needed)")
     def healthz() -> dict:
+        storage = service.storage.status()
         return {
-            "status": "ok",
+            "status": "ok" if storage["ok"] else "degraded",
+            "storage": storage,
             "ready": service.ready.is_set(),
             "version": __version__,
             "model": service.checkpoint.name,

@@ -96,7 +96,7 @@ class BodyLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
-                    raise _TooLarge(seen)
+                    raise TooLarge(seen)
             return message
 
         async def tracked_send(message: Message) -> None:
@@ -107,7 +107,7 @@ class BodyLimit:
 
         try:
             await self.app(scope, counted, tracked_send)
-        except _TooLarge as exc:
+        except TooLarge as exc:
             if not started:
                 await self._refuse(scope, receive, send, exc.size)
 
@@ -119,7 +119,7 @@ class BodyLimit:
         await JSONResponse(body, status_code=413)(scope, receive, send)
 
 
-class _TooLarge(Exception):
+class TooLarge(Exception):
     def __init__(self, size: int) -> None:
         self.size = size
 

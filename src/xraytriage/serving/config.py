@@ -34,7 +34,20 @@ class ServeConfig:
     max_files: int = 100
     """Most files in one upload request."""
     display_size: int = 1024
-    """Longest side of the pictures the pages show (the model sees its own input size)."""
+    """Longest side of the pictures the pages show (the model sees its own input size). Larger
+    images are decoded reduced to at least this size, for the model and the pictures alike."""
+    max_pixels: int = 36_000_000
+    """Largest image accepted (6000 x 6000; real radiographs are at most ~4300 x 4300): checked
+    from the header at upload, C-STORE and every decode, frames and bit depth included."""
+    min_free_mb: float = 100.0
+    """Free space kept in reserve in the data folder: below it uploads get 507 and /healthz
+    reports degraded storage."""
+    heatmap_threads: int = 1
+    """Threads that draw heatmaps (requests and the background worker share them)."""
+    heatmap_queue: int = 64
+    """Most heatmap jobs waiting at once; a request beyond it gets 503 (retry later)."""
+    heatmap_wait_seconds: float = 120.0
+    """How long a heatmap request waits for its job before answering 503."""
     poll_seconds: float = 1.0
     dicom: DicomSettings | None = None
 
@@ -46,12 +59,20 @@ class ServeConfig:
             raise ConfigError(f"batch size must be >= 1, got {self.batch_size}")
         if self.max_files < 1 or self.max_file_bytes < 1:
             raise ConfigError("upload limits must be positive")
+        if self.max_pixels < 1 or self.heatmap_threads < 1 or self.heatmap_queue < 1:
+            raise ConfigError("the pixel limit and the heatmap pool must be positive")
+        if self.min_free_mb < 0:
+            raise ConfigError(f"the free-space reserve must be >= 0 MB, got {self.min_free_mb}")
         if self.token is not None and len(self.token) < 8:
             raise ConfigError("the API token must be at least 8 characters")
 
     @property
     def database_url(self) -> str:
         return self.db_url or f"sqlite:///{(self.data_dir / 'xraytriage.db').resolve()}"
+
+    @property
+    def min_free_bytes(self) -> int:
+        return int(self.min_free_mb * MB)
 
     @property
     def max_request_bytes(self) -> int:

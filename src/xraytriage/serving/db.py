@@ -145,9 +145,26 @@ class Database:
                 session.rollback()
                 raise
 
-    def recover(self) -> int:
-        """After a crash or kill: work that was being processed goes back to the queue."""
+    def recover(self, max_attempts: int | None = None) -> tuple[int, int]:
+        """After a crash or kill: work that was being processed goes back to the queue.
+
+        An image's attempt is counted when it is claimed, before any work on it, so an image
+        that was in flight ``max_attempts`` times (each time the process died on it) is not
+        queued again but marked ``error``: no restart loop. Returns (re-queued, given up)."""
+        given_up = 0
         with self.session() as s:
+            if max_attempts is not None:
+                poison = list(
+                    s.scalars(select(Image).where(Image.state == PROCESSING, Image.attempts >= max_attempts))
+                )
+                for image in poison:
+                    image.state = ERROR
+                    image.error = (
+                        f"{image.filename}: gave up after {image.attempts} attempts: the service stopped "
+                        "(crashed or was killed) each time while working on this image"
+                    )
+                    image.processed_at = time.time()
+                given_up = len(poison)
             images = s.execute(update(Image).where(Image.state == PROCESSING).values(state=QUEUED)).rowcount
             s.execute(update(Study).where(Study.state == PROCESSING).values(state=QUEUED))
             s.execute(
@@ -155,7 +172,18 @@ class Database:
                 .where(Study.heatmaps_state == PROCESSING)
                 .values(heatmaps_state=HEATMAPS_PENDING)
             )
-        return int(images or 0)
+        return int(images or 0), given_up
+
+    def requeue(self, image_ids: list[str]) -> None:
+        """Put images this process claimed back in the queue (their results could not be saved)."""
+        with self.session() as s:
+            s.execute(
+                update(Image).where(Image.id.in_(image_ids), Image.state == PROCESSING).values(state=QUEUED)
+            )
+
+    def image_ids(self) -> set[str]:
+        with self.session() as s:
+            return set(s.scalars(select(Image.id)))
 
     def unsettled_study_ids(self) -> list[str]:
         """Studies still marked waiting although none of their images is: a crash came between
@@ -166,12 +194,20 @@ class Database:
             return list(s.scalars(query))
 
     def claim_images(self, limit: int) -> list[Image]:
-        """Up to ``limit`` queued images, oldest first, marked ``processing`` for this caller."""
+        """Up to ``limit`` queued images, oldest first, marked ``processing`` for this caller,
+        their attempt counted (and committed) before any work starts.
+
+        An image that was claimed before and is queued again (a crash or kill came while it
+        was in flight) is a suspect: it is claimed alone, so one image that kills the process
+        cannot use up the attempts of the others in its batch."""
         with self.claim_lock, self.session() as s:
             query = select(Image).where(Image.state == QUEUED).order_by(Image.received_at).limit(limit)
             if not self.is_sqlite:
                 query = query.with_for_update(skip_locked=True)
             images = list(s.scalars(query))
+            suspects = [image for image in images if image.attempts > 0]
+            if suspects:
+                images = suspects[:1]
             for image in images:
                 image.state = PROCESSING
                 image.attempts += 1

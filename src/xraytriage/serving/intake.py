@@ -1,8 +1,8 @@
 """Checks an upload before it is acknowledged: by content, never by file name.
 
 Cheap checks only (the worker decodes the pixels): the format from the first bytes, the
-header (PNG/JPEG/TIFF via Pillow without decoding; DICOM via pydicom without the pixels) for
-the size limit, the DICOM modality, the presence of pixel data and the UIDs that group images
+header (PNG/JPEG/TIFF via Pillow without decoding; DICOM up to its pixel data, a deflated one
+inflated with a bound) for the pixel limit (width x height, and for DICOM x frames x bits), the DICOM modality, the presence of pixel data and the UIDs that group images
 into studies. A file that fails gets an :class:`UploadRejected` naming it and the problem.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 from dataclasses import dataclass
+from pathlib import Path
 
 from xraytriage.errors import XRayTriageError
 from xraytriage.io.formats import ImageFormat, sniff_bytes
@@ -40,55 +41,64 @@ class UploadInfo:
     description: str = ""
 
 
-def inspect_upload(data: bytes, filename: str, max_bytes: int | None = None) -> UploadInfo:
-    """What the file is, or :class:`UploadRejected` saying why it is not accepted."""
-    if not data:
+def inspect_upload(
+    source: bytes | Path,
+    filename: str,
+    max_bytes: int | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> UploadInfo:
+    """What the file (its bytes, or the temporary file an upload streamed into) is, or
+    :class:`UploadRejected` saying why it is not accepted. Reads headers only: the declared
+    size is checked against ``max_pixels`` before anything is decoded or inflated."""
+    size = len(source) if isinstance(source, (bytes, bytearray)) else Path(source).stat().st_size
+    if not size:
         raise UploadRejected(filename, "file is empty (0 bytes)", 422)
-    if max_bytes is not None and len(data) > max_bytes:
-        raise UploadRejected(
-            filename, f"file is {len(data):,} bytes, over the limit of {max_bytes:,} bytes", 413
-        )
-    fmt = sniff_bytes(data[:136])
+    if max_bytes is not None and size > max_bytes:
+        raise UploadRejected(filename, f"file is {size:,} bytes, over the limit of {max_bytes:,} bytes", 413)
+    if isinstance(source, (bytes, bytearray)):
+        head = bytes(source[:136])
+    else:
+        with open(source, "rb") as fh:
+            head = fh.read(136)
+    fmt = sniff_bytes(head)
     if fmt not in ACCEPTED_FORMATS:
         raise UploadRejected(
-            filename, f"not a PNG, JPEG, TIFF or DICOM file by its content (starts with {data[:8]!r})", 415
+            filename, f"not a PNG, JPEG, TIFF or DICOM file by its content (starts with {head[:8]!r})", 415
         )
     if fmt is ImageFormat.DICOM:
-        return _inspect_dicom(data, filename)
-    return _inspect_raster(data, filename, fmt)
+        return _inspect_dicom(source, filename, max_pixels)
+    return _inspect_raster(source, filename, fmt, max_pixels)
 
 
-def _inspect_raster(data: bytes, filename: str, fmt: ImageFormat) -> UploadInfo:
+def _opened(source: bytes | Path):
+    return io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else open(source, "rb")
+
+
+def _inspect_raster(source: bytes | Path, filename: str, fmt: ImageFormat, max_pixels: int) -> UploadInfo:
     from PIL import Image
 
+    from xraytriage.errors import ImageReadError
+    from xraytriage.io.raster import check_raster_header
+
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            width, height = image.size
+        with _opened(source) as fh, Image.open(fh) as image:
+            width, height = check_raster_header(image, filename, max_pixels)
             image.verify()  # structure and checksums, without decoding the pixels
+    except ImageReadError as exc:
+        raise UploadRejected(filename, exc.problem, 413) from None
     except Image.DecompressionBombError as exc:
         raise UploadRejected(filename, f"image too large: {exc}", 413) from None
     except Exception as exc:
         raise UploadRejected(filename, f"cannot read the {fmt.value} file: {exc}", 422) from None
-    if width * height > DEFAULT_MAX_PIXELS:
-        raise UploadRejected(
-            filename, f"image is {width}x{height} pixels, over the limit of {DEFAULT_MAX_PIXELS:,}", 413
-        )
     return UploadInfo(format=fmt.value, width=width, height=height)
 
 
-def _inspect_dicom(data: bytes, filename: str) -> UploadInfo:
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
+def _inspect_dicom(source: bytes | Path, filename: str, max_pixels: int) -> UploadInfo:
     from xraytriage.errors import ImageReadError, ImageTooLargeError
-    from xraytriage.io.dicom import check_header
+    from xraytriage.io.dicom import read_dicom_header
 
-    try:
-        ds = pydicom.dcmread(io.BytesIO(data), force=True)
-    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as exc:
-        raise UploadRejected(filename, f"not a readable DICOM file: {exc}", 422) from None
-    try:  # the same header checks the reader makes (modality, pixel data, size)
-        meta = check_header(ds, filename, DEFAULT_MAX_PIXELS)
+    try:  # the same header checks the reader makes (modality, pixel data, size, frames, bits)
+        ds, meta = read_dicom_header(source, max_pixels, name=filename)
     except ImageReadError as exc:
         raise UploadRejected(
             filename, exc.problem, 413 if isinstance(exc, ImageTooLargeError) else 422

@@ -9,10 +9,12 @@ service.stop()
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -20,6 +22,7 @@ import numpy as np
 from PIL import Image as PILImage
 from sqlalchemy.exc import IntegrityError
 
+from xraytriage.serving import decode
 from xraytriage.serving.config import ServeConfig
 from xraytriage.serving.db import (
     HEATMAPS_NONE,
@@ -29,21 +32,35 @@ from xraytriage.serving.db import (
     Image,
     Study,
 )
+from xraytriage.serving.heatmap_jobs import HeatmapJobs
 from xraytriage.serving.intake import UploadRejected, inspect_upload, study_id_for
 from xraytriage.serving.pictures import (
     display_size_for,
     finding_file_part,
+    heat_layer_png,
     heat_to_display,
     load_png,
     overlay_image,
+    png_bytes,
     save_png,
     scale_box,
     to_display,
 )
-from xraytriage.serving.storage import BlobStore, safe_filename
-from xraytriage.serving.worker import WorkerPool
+from xraytriage.serving.storage import (
+    BlobStore,
+    StorageMonitor,
+    is_storage_error,
+    safe_filename,
+    write_atomic,
+)
+from xraytriage.serving.worker import MAX_ATTEMPTS, WorkerPool
 
 log = logging.getLogger(__name__)
+DISPLAY = "\x00display"
+"""Pseudo-finding: the display picture is drawn by the same coalesced job pool as heatmaps."""
+ORPHAN_GRACE_S = 300.0
+"""A blob without a database row is removed at start once it is this old (an upload that a
+kill interrupted between storing the file and committing its row)."""
 
 
 @dataclass
@@ -66,26 +83,40 @@ class TriageService:
         self.config = config
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = BlobStore(config.data_dir)
+        self.storage = StorageMonitor(config.data_dir, config.min_free_bytes)
         self.db = Database(config.database_url)
         self.model_path = resolve_model_path(config.model_path)
         self.predictor = make_predictor(self.model_path, backend=config.backend)
         self.checkpoint = self.predictor.checkpoint
         self.engine = TriageEngine(
-            self.predictor, TriageOptions(batch_size=config.batch_size, workers=0, progress=False)
+            self.predictor,
+            TriageOptions(batch_size=config.batch_size, workers=0, progress=False),
+            prepare=functools.partial(
+                decode.prepare_for_model, max_pixels=config.max_pixels, max_side=config.display_size
+            ),
         )
         self.wake = threading.Event()
         self.ready = threading.Event()
         """Set when the service is warmed up (the explainer built when heatmaps are on)."""
         self.workers = WorkerPool(self, config.workers)
+        self.heatmap_jobs = HeatmapJobs(self._draw_job, config.heatmap_threads, config.heatmap_queue)
         self._explainer = None
         self._explainer_lock = threading.Lock()
         self.started_at = time.time()
 
     # --- life cycle ----------------------------------------------------------------------
     def start(self) -> None:
-        recovered = self.db.recover()
+        try:
+            swept = self.store.sweep(self.db.image_ids(), ORPHAN_GRACE_S)
+            if any(swept.values()):
+                log.info("removed %d temporary files and %d orphan blobs", swept["temp"], swept["orphans"])
+        except OSError as exc:
+            log.warning("could not clean the data folder: %s", exc)
+        recovered, given_up = self.db.recover(MAX_ATTEMPTS)
         if recovered:
             log.info("re-queued %d images left unfinished by the last run", recovered)
+        if given_up:
+            log.warning("gave up on %d images that were in flight %d times", given_up, MAX_ATTEMPTS)
         for study_id in self.db.unsettled_study_ids():
             self.workers.settle(study_id)
         self.workers.start()
@@ -107,6 +138,7 @@ class TriageService:
 
     def stop(self) -> None:
         self.workers.stop()
+        self.heatmap_jobs.shutdown()
 
     @property
     def model_info(self) -> dict:
@@ -134,11 +166,69 @@ class TriageService:
         calling_ae: str | None = None,
         study_key: str | None = None,
     ) -> Accepted:
-        """Check, store durably and queue one file. Raises :class:`UploadRejected`."""
+        """Check, store durably and queue one file given as bytes (the DICOM node). Raises
+        :class:`UploadRejected` (status 507 when the storage is full)."""
+        return self._ingest(data, filename, source, calling_ae, study_key)
+
+    def ingest_file(
+        self,
+        path: Path,
+        digest: str,
+        filename: str | None,
+        source: str = "upload",
+        study_key: str | None = None,
+    ) -> Accepted:
+        """Like :meth:`ingest` for an upload streamed into ``path`` (a file in the store's
+        ``tmp`` folder, hashed to ``digest`` while it was written): it is moved into place,
+        never read into memory. The caller removes ``path`` if it is still there."""
+        return self._ingest(Path(path), filename, source, None, study_key, digest)
+
+    def _ingest(
+        self,
+        source: bytes | Path,
+        filename: str | None,
+        origin: str,
+        calling_ae: str | None,
+        study_key: str | None,
+        digest: str | None = None,
+    ) -> Accepted:
         name = safe_filename(filename)
-        info = inspect_upload(data, name, self.config.max_file_bytes)
-        digest, _ = self.store.put(data)
+        info = inspect_upload(source, name, self.config.max_file_bytes, self.config.max_pixels)
+        size = len(source) if isinstance(source, bytes) else source.stat().st_size
+        try:
+            self.storage.refuse_if_full(0 if isinstance(source, Path) else size)
+            if isinstance(source, bytes):
+                digest, created = self.store.put(source)
+            else:
+                assert digest is not None
+                created = self.store.put_file(source, digest)
+        except OSError as exc:
+            raise self._storage_rejection(name, exc) from None
+        assert digest is not None
         study_id = study_id_for(info, digest, study_key)
+        try:
+            accepted = self._record(digest, study_id, name, info, size, origin, calling_ae)
+        except Exception as exc:
+            if not is_storage_error(exc):
+                raise
+            if created:  # nothing refers to it: no orphan left behind
+                self.store.remove(digest)
+            raise self._storage_rejection(name, exc) from None
+        if not accepted.duplicate:
+            log.info("queued image %s… in study %s (%s)", digest[:12], study_id, info.format)
+            self.wake.set()
+        return accepted
+
+    def _storage_rejection(self, name: str, exc: BaseException) -> UploadRejected:
+        if not is_storage_error(exc):
+            raise exc
+        self.storage.note(exc)
+        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        if "storage is full" not in detail:
+            detail = f"the server's storage is full ({detail}): nothing was stored; try again later"
+        return UploadRejected(name, detail, 507)
+
+    def _record(self, digest, study_id, name, info, size, source, calling_ae) -> Accepted:
         now = time.time()
         try:
             with self.db.session() as s:
@@ -168,7 +258,7 @@ class TriageService:
                         study_id=study_id,
                         filename=name,
                         format=info.format,
-                        size_bytes=len(data),
+                        size_bytes=size,
                         width=info.width,
                         height=info.height,
                         sop_instance_uid=info.sop_instance_uid,
@@ -183,8 +273,6 @@ class TriageService:
                 if existing is None:
                     raise
                 return Accepted(name, digest, existing.study_id, True)
-        log.info("queued image %s… in study %s (%s)", digest[:12], study_id, info.format)
-        self.wake.set()
         return Accepted(name, digest, study_id, False)
 
     # --- reader status -------------------------------------------------------------------
@@ -207,20 +295,23 @@ class TriageService:
                 self._explainer = Explainer(self.checkpoint)
             return self._explainer
 
-    def display_path(self, image_id: str, radiograph=None) -> Path:
-        """The display PNG of an image, drawn on first use (from ``radiograph`` when the caller
-        has already read the file)."""
-        path = self.store.derived(image_id) / "display.png"
-        if not path.is_file():
-            if radiograph is None:
-                from xraytriage.io import read_radiograph
+    def display_file(self, image_id: str) -> Path:
+        return self.store.derived(image_id) / "display.png"
 
-                radiograph = read_radiograph(self.store.path(image_id))
-            save_png(path, to_display(radiograph.pixels, self.config.display_size))
+    def display_path(self, image_id: str) -> Path:
+        """The display PNG of an image, drawn on first use (by the coalesced job pool)."""
+        path = self.display_file(image_id)
+        if not path.is_file():
+            self.heatmap_jobs.run(image_id, [DISPLAY])
         return path
 
     def heat_path(self, image_id: str, finding: str) -> Path:
         return self.store.derived(image_id) / f"heat_{finding_file_part(finding)}.png"
+
+    def picture_path(self, image_id: str, finding: str, style: str) -> Path:
+        """The finished heatmap picture the API serves: ``overlay`` (radiograph, heat, box,
+        label) or ``layer`` (transparent colour layer)."""
+        return self.store.derived(image_id) / f"{style}_{finding_file_part(finding)}.png"
 
     def overlay(
         self,
@@ -237,37 +328,113 @@ class TriageService:
         heat = load_png(self.heat_path(image_id, heatmap.finding))
         return overlay_image(display, heat, scale_box(heatmap.box, *size, display.shape), label)
 
-    def ensure_heatmaps(self, image_id: str, findings: list[str]) -> list[Heatmap]:
-        """Heatmaps (map PNG + box row) of ``findings`` on one image; draws only the missing ones."""
-        from xraytriage.explain import explain_image
-        from xraytriage.io import read_radiograph
+    @staticmethod
+    def picture_item(finding: str, style: str) -> str:
+        """Job item for a finished picture of a finding (see :meth:`_draw_pictures`)."""
+        return f"{finding}\x00{style}"
 
+    def _missing(self, image_id: str, items: list[str]) -> list[str]:
+        """Which job items still have to be drawn for one image: :data:`DISPLAY`, a finding
+        (its map and box) or :meth:`picture_item` (a finding's overlay or layer picture)."""
+        with self.db.session() as s:
+            have = {h.finding for h in s.query(Heatmap).filter(Heatmap.image_id == image_id)}
+        missing = []
+        for item in items:
+            finding, _, style = item.partition("\x00")
+            if item == DISPLAY:
+                done = self.display_file(image_id).is_file()
+            else:
+                done = finding in have and self.heat_path(image_id, finding).is_file()
+                done = done and (not style or self.picture_path(image_id, finding, style).is_file())
+            if not done:
+                missing.append(item)
+        return missing
+
+    def heatmap_futures(self, image_id: str, items: list[str]) -> list[Future]:
+        """Jobs to wait on until ``items`` of one image are drawn (none when they are);
+        :class:`~xraytriage.serving.heatmap_jobs.HeatmapQueueFull` when too many wait."""
+        missing = self._missing(image_id, items)
+        return self.heatmap_jobs.submit(image_id, missing) if missing else []
+
+    def ensure_heatmaps(self, image_id: str, findings: list[str]) -> list[Heatmap]:
+        """Heatmaps (map PNG + box row) of ``findings`` on one image; draws only the missing
+        ones, sharing the job with anyone already drawing them. Blocks."""
+        missing = self._missing(image_id, findings)
+        if missing:
+            self.heatmap_jobs.run(image_id, missing)
         with self.db.session() as s:
             have = {h.finding: h for h in s.query(Heatmap).filter(Heatmap.image_id == image_id)}
-        missing = [f for f in findings if f not in have or not self.heat_path(image_id, f).is_file()]
-        if missing:
-            radiograph = read_radiograph(self.store.path(image_id))
-            self.display_path(image_id, radiograph)
-            shape = display_size_for(*radiograph.pixels.shape, self.config.display_size)
-            explanations = explain_image(self.explainer, radiograph, missing)
-            now = time.time()
-            with self.db.session() as s:
-                for e in explanations:
-                    save_png(self.heat_path(image_id, e.finding), heat_to_display(e.heatmap, shape))
-                    row = s.get(Heatmap, (image_id, e.finding)) or Heatmap(
-                        image_id=image_id, finding=e.finding
-                    )
-                    row.probability = e.probability
-                    row.threshold = e.threshold
-                    row.box_json = json.dumps(e.box.to_dict() if e.box is not None else None)
-                    row.created_at = now
-                    s.add(row)
-                    have[e.finding] = row
         return [have[f] for f in findings if f in have]
+
+    def _draw_job(self, image_id: str, items: list[str]) -> None:
+        try:
+            self._draw_pictures(image_id, items)
+        except Exception as exc:
+            if is_storage_error(exc):
+                self.storage.note(exc)
+            raise
+
+    def _draw_pictures(self, image_id: str, items: list[str]) -> None:
+        """One job: read the image once, reduced to the display size, and draw what is missing
+        of ``items`` (display picture, maps and boxes, overlay or layer pictures)."""
+        from xraytriage.explain import explain_image
+
+        missing = self._missing(image_id, items)  # another job may have drawn them meanwhile
+        if not missing:
+            return
+        log.info("image %s…: drawing %s", image_id[:12], ", ".join(i.replace("\x00", " ") for i in missing))
+        with self.db.session() as s:
+            have = {h.finding: h for h in s.query(Heatmap).filter(Heatmap.image_id == image_id)}
+            image = s.get(Image, image_id)
+            size = (image.width or 1, image.height or 1) if image is not None else (1, 1)
+        findings = list(dict.fromkeys(item.partition("\x00")[0] for item in missing if item != DISPLAY))
+        maps = [f for f in findings if f not in have or not self.heat_path(image_id, f).is_file()]
+        if maps or not self.display_file(image_id).is_file():
+            radiograph = decode.read_reduced(
+                str(self.store.path(image_id)), self.config.max_pixels, self.config.display_size
+            )
+            width = int(radiograph.meta.get("width", radiograph.width))
+            height = int(radiograph.meta.get("height", radiograph.height))
+            shape = display_size_for(height, width, self.config.display_size)
+            if not self.display_file(image_id).is_file():
+                save_png(self.display_file(image_id), to_display(radiograph.pixels, self.config.display_size))
+            if maps:
+                sx, sy = width / radiograph.width, height / radiograph.height
+                explanations = explain_image(self.explainer, radiograph, maps)
+                del radiograph
+                now = time.time()
+                with self.db.session() as s:
+                    for e in explanations:
+                        save_png(self.heat_path(image_id, e.finding), heat_to_display(e.heatmap, shape))
+                        row = s.get(Heatmap, (image_id, e.finding)) or Heatmap(
+                            image_id=image_id, finding=e.finding
+                        )
+                        row.probability = e.probability
+                        row.threshold = e.threshold
+                        box = e.box.scaled(sx, sy).to_dict() if e.box is not None else None
+                        row.box_json = json.dumps(box)
+                        row.created_at = now
+                        s.add(row)
+                        have[e.finding] = row
+        for item in missing:
+            finding, _, style = item.partition("\x00")
+            if style and finding in have:
+                self._draw_picture(image_id, have[finding], style, size)
+
+    def _draw_picture(self, image_id: str, heatmap: Heatmap, style: str, size: tuple[int, int]) -> None:
+        """The overlay (radiograph, heat, box, label) or the transparent layer, kept as a file."""
+        from xraytriage.explain.overlay import overlay_label
+
+        if style == "layer":
+            data = heat_layer_png(load_png(self.heat_path(image_id, heatmap.finding)))
+        else:
+            label = overlay_label(heatmap.finding, heatmap.probability, heatmap.threshold)
+            data = png_bytes(self.overlay(image_id, heatmap, size, label))
+        write_atomic(self.picture_path(image_id, heatmap.finding, style), data, durable=False)
 
     # --- queue ---------------------------------------------------------------------------
     def pending(self) -> dict[str, int]:
-        return self.db.queue_depth()
+        return {**self.db.queue_depth(), "heatmap_jobs": self.heatmap_jobs.pending()}
 
 
 __all__ = ["Accepted", "TriageService", "UploadRejected"]

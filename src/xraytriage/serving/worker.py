@@ -5,6 +5,13 @@ where a crash left off), reads and scores them with the triage engine's code, se
 studies whose images are all done (aggregate, priority, findings: the same rules as the
 ``triage`` command), then draws heatmaps for settled studies. Predictions come first: a thread
 only draws heatmaps when no image is waiting, so results appear as fast as possible.
+
+Poison images: an image's attempt is counted (and committed) when it is claimed, before any
+work, so after ``MAX_ATTEMPTS`` crashes or kills on it the next start gives up on it with an
+error row (``Database.recover``); an image that was in flight during a crash is retried alone.
+Full disk: work whose results cannot be saved is remembered and put back in the queue (and
+studies settled, heatmaps re-queued) as soon as a probe write succeeds again; meanwhile the
+threads pause instead of failing every image.
 """
 
 from __future__ import annotations
@@ -45,6 +52,10 @@ class WorkerPool:
         self.threads = threads
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._stuck_lock = threading.Lock()
+        self._stuck_images: set[str] = set()
+        self._stuck_studies: set[str] = set()
+        self._stuck_heatmaps: set[str] = set()
 
     def start(self) -> None:
         for i in range(self.threads):
@@ -74,8 +85,12 @@ class WorkerPool:
                 service.wake.clear()
 
     def step(self) -> bool:
-        """Do one unit of work (a batch of images, or one study's heatmaps); False when idle."""
+        """Do one unit of work (a batch of images, or one study's heatmaps); False when idle
+        (or paused: the storage cannot take writes)."""
         service = self.service
+        if not service.storage.healthy():
+            return False
+        self._release_stuck()
         images = service.db.claim_images(service.config.batch_size)
         if images:
             self.predict(images)
@@ -87,8 +102,60 @@ class WorkerPool:
                 return True
         return False
 
+    # --- storage trouble -----------------------------------------------------------------
+    def _storage_failed(self, exc: BaseException, images=(), studies=(), heatmaps=()) -> bool:
+        """Remember work a storage error left half-done; False when ``exc`` is something else."""
+        from xraytriage.serving.storage import is_storage_error
+
+        if not is_storage_error(exc):
+            return False
+        self.service.storage.note(exc)
+        with self._stuck_lock:
+            self._stuck_images.update(images)
+            self._stuck_studies.update(studies)
+            self._stuck_heatmaps.update(heatmaps)
+        return True
+
+    def _release_stuck(self) -> None:
+        """Storage works again: re-queue images, settle studies, re-queue heatmaps left stuck."""
+        with self._stuck_lock:
+            images, studies, heatmaps = self._stuck_images, self._stuck_studies, self._stuck_heatmaps
+            self._stuck_images, self._stuck_studies, self._stuck_heatmaps = set(), set(), set()
+        if not (images or studies or heatmaps):
+            return
+        try:
+            if images:
+                self.service.db.requeue(sorted(images))
+            with self.service.db.session() as s:
+                for study_id in heatmaps:
+                    study = s.get(Study, study_id)
+                    if study is not None and study.heatmaps_state == PROCESSING:
+                        study.heatmaps_state = HEATMAPS_PENDING
+            for study_id in sorted(studies):
+                self.settle(study_id)
+        except Exception as exc:
+            if not self._storage_failed(exc, images, studies, heatmaps):
+                raise
+            return
+        log.info(
+            "storage is back: re-queued %d images, %d studies' heatmaps; settled %d studies",
+            len(images),
+            len(heatmaps),
+            len(studies),
+        )
+
     # --- predictions ---------------------------------------------------------------------
     def predict(self, images: list[Image]) -> None:
+        ids = [image.id for image in images]
+        studies = sorted({image.study_id for image in images})
+        try:
+            self._predict(images)
+        except Exception as exc:
+            if not self._storage_failed(exc, ids, studies):
+                raise
+            log.warning("could not save the results of %d images: the storage is full", len(ids))
+
+    def _predict(self, images: list[Image]) -> None:
         service = self.service
         by_path = {str(service.store.path(image.id)): image for image in images}
         try:
@@ -196,10 +263,17 @@ class WorkerPool:
             service.ensure_heatmaps(image_id, findings)
             state = HEATMAPS_DONE
         except Exception as exc:  # the predictions stand; the pictures are reported missing
+            if self._storage_failed(exc, heatmaps=[study_id]):
+                log.warning("study %s: heatmaps wait for storage space", study_id)
+                return  # re-queued once the storage takes writes again
             log.warning("study %s: heatmaps failed: %s", study_id, type(exc).__name__)
             state = ERROR
-        with service.db.session() as s:
-            study = s.get(Study, study_id)
-            if study is not None and study.heatmaps_state == PROCESSING:
-                study.heatmaps_state = state
-                study.explained_at = time.time()
+        try:
+            with service.db.session() as s:
+                study = s.get(Study, study_id)
+                if study is not None and study.heatmaps_state == PROCESSING:
+                    study.heatmaps_state = state
+                    study.explained_at = time.time()
+        except Exception as exc:
+            if not self._storage_failed(exc, heatmaps=[study_id]):
+                raise
