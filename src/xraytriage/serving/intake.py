@@ -81,18 +81,19 @@ def _inspect_dicom(data: bytes, filename: str) -> UploadInfo:
     from pydicom.errors import InvalidDicomError
 
     from xraytriage.errors import ImageReadError, ImageTooLargeError
-    from xraytriage.io.dicom import check_header
+    from xraytriage.io.dicom import check_header, truncation_problem
 
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=True)
     except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as exc:
-        raise UploadRejected(filename, f"not a readable DICOM file: {exc}", 422) from None
+        problem = truncation_problem(data) or f"not a readable DICOM file: {exc}"
+        raise UploadRejected(filename, problem, 422) from None
     try:  # the same header checks the reader makes (modality, pixel data, size)
         meta = check_header(ds, filename, DEFAULT_MAX_PIXELS)
     except ImageReadError as exc:
-        raise UploadRejected(
-            filename, exc.problem, 413 if isinstance(exc, ImageTooLargeError) else 422
-        ) from None
+        status = 413 if isinstance(exc, ImageTooLargeError) else 422
+        problem = exc.problem if status == 413 else (truncation_problem(data) or exc.problem)
+        raise UploadRejected(filename, problem, status) from None
     description = " ".join(meta[k] for k in ("modality", "body_part", "view_position") if meta[k]).strip()
     return UploadInfo(
         format=ImageFormat.DICOM.value,
