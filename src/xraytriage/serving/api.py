@@ -80,7 +80,8 @@ def get_worklist(
     name = check_finding(service, finding)
     with service.db.session() as s:
         page = worklist(s, status, name, state, limit, offset)
-        items = [study_summary(study, rank, images) for study, rank, images in page.rows]
+        hide = service.config.hide_identifiers
+        items = [study_summary(study, rank, images, hide) for study, rank, images in page.rows]
     return {
         "total": page.total,
         "items": items,
@@ -99,7 +100,8 @@ def get_worklist_csv(
     service = service_of(request)
     name = check_finding(service, finding)
     with service.db.session() as s:
-        text = worklist_csv(worklist(s, status, name, state).rows, service.checkpoint.label_names)
+        rows = worklist(s, status, name, state).rows
+        text = worklist_csv(rows, service.checkpoint.label_names, service.config.hide_identifiers)
     return Response(
         text,
         media_type="text/csv; charset=utf-8",
@@ -130,7 +132,8 @@ def _study_or_404(session, study_id: str) -> Study:
 def get_study(request: Request, study_id: str):
     service = service_of(request)
     with service.db.session() as s:
-        return study_detail(s, _study_or_404(s, study_id), service.checkpoint)
+        study = _study_or_404(s, study_id)
+        return study_detail(s, study, service.checkpoint, service.config.hide_identifiers)
 
 
 @router.patch("/studies/{study_id}", summary="Set the reader status (new, reading, read)")

@@ -37,6 +37,9 @@ class ServeConfig:
     """Longest side of the pictures the pages show (the model sees its own input size)."""
     poll_seconds: float = 1.0
     dicom: DicomSettings | None = None
+    hide_identifiers: bool = False
+    """Leave patient ID, accession number, age, sex and study date out of every page, API
+    answer and CSV (shared screens); views and body parts stay."""
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir)

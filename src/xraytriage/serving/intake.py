@@ -38,6 +38,14 @@ class UploadInfo:
     sop_instance_uid: str | None = None
     modality: str = ""
     description: str = ""
+    # DICOM header fields the worklist shows to match studies with the PACS (never logged)
+    patient_id: str = ""
+    accession: str = ""
+    patient_age: str = ""
+    patient_sex: str = ""
+    study_date: str = ""
+    view_position: str = ""
+    body_part: str = ""
 
 
 def inspect_upload(data: bytes, filename: str, max_bytes: int | None = None) -> UploadInfo:
@@ -103,6 +111,13 @@ def _inspect_dicom(data: bytes, filename: str) -> UploadInfo:
         sop_instance_uid=meta["sop_uid"] or None,
         modality=meta["modality"].upper(),
         description=description,
+        patient_id=meta["patient_id"],
+        accession=meta["accession"],
+        patient_age=meta["patient_age"],
+        patient_sex=meta["patient_sex"],
+        study_date=meta["study_date"],
+        view_position=meta["view_position"].upper(),
+        body_part=meta["body_part"].upper(),
     )
 
 

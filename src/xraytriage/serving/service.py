@@ -13,13 +13,14 @@ import json
 import logging
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image as PILImage
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import select
 
+from xraytriage.scope import low_resolution_warning, scope_problem
 from xraytriage.serving.config import ServeConfig
 from xraytriage.serving.db import (
     HEATMAPS_NONE,
@@ -29,7 +30,7 @@ from xraytriage.serving.db import (
     Image,
     Study,
 )
-from xraytriage.serving.intake import UploadRejected, inspect_upload, study_id_for
+from xraytriage.serving.intake import UploadInfo, UploadRejected, inspect_upload, study_id_for
 from xraytriage.serving.pictures import (
     display_size_for,
     finding_file_part,
@@ -52,9 +53,24 @@ class Accepted:
     image_id: str
     study_id: str
     duplicate: bool
+    warnings: list[str] = field(default_factory=list)
+    """Accepted, with caveats the reader should see (e.g. low resolution)."""
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+class _Duplicate(Exception):
+    def __init__(self, study_id: str) -> None:
+        self.study_id = study_id
+
+
+def _add_term(terms: str, term: str) -> str:
+    """``"PA"`` + ``"AP"`` -> ``"PA, AP"`` (each once), for a study's views and body parts."""
+    items = [t for t in terms.split(", ") if t]
+    if term and term not in items:
+        items.append(term)
+    return ", ".join(items)[:64]
 
 
 class TriageService:
@@ -133,66 +149,106 @@ class TriageService:
         calling_ae: str | None = None,
         study_key: str | None = None,
     ) -> Accepted:
-        """Check, store durably and queue one file. Raises :class:`UploadRejected`."""
+        """Check, store durably and queue one file. Raises :class:`UploadRejected`.
+
+        Safe to call from many threads (and processes) at once, for images of one study too:
+        the study row is created with ``INSERT ... ON CONFLICT DO NOTHING`` and locked before
+        it is updated, so concurrent uploads never fail on the study's key nor lose an update.
+        """
         name = safe_filename(filename)
         info = inspect_upload(data, name, self.config.max_file_bytes)
+        header = {"body_part": info.body_part, "view_position": info.view_position}
+        problem = scope_problem(header, self.checkpoint)
+        if problem:  # a hand, a lateral view...: never stored, never given findings
+            raise UploadRejected(name, problem, 422)
+        warning = low_resolution_warning(info.width, info.height, int(self.checkpoint.preprocess.size))
+        warnings = [warning] if warning else []
         digest, _ = self.store.put(data)
         study_id = study_id_for(info, digest, study_key)
         now = time.time()
         try:
-            with self.db.session() as s:
+            with self.db.session(lock=True) as s:
                 existing = s.get(Image, digest)
                 if existing is not None:
-                    return Accepted(name, digest, existing.study_id, True)
-                study = s.get(Study, study_id)
-                if study is None:
-                    study = Study(
-                        id=study_id,
-                        source=source,
-                        study_uid=info.study_uid,
-                        calling_ae=calling_ae,
-                        name=info.description if source == "dicom" and info.description else name,
-                        received_at=now,
-                        heatmaps_state=HEATMAPS_NONE,
-                    )
-                    s.add(study)
-                study.state = QUEUED
-                study.last_image_at = now
-                study.updated_at = now
-                if source == "dicom":
-                    study.dicom_results_state = "pending"
-                s.add(
-                    Image(
-                        id=digest,
-                        study_id=study_id,
-                        filename=name,
-                        format=info.format,
-                        size_bytes=len(data),
-                        width=info.width,
-                        height=info.height,
-                        sop_instance_uid=info.sop_instance_uid,
-                        modality=info.modality,
-                        received_at=now,
-                        state=QUEUED,
-                    )
+                    raise _Duplicate(existing.study_id)
+                self.db.insert_if_absent(
+                    s, Study, self._new_study(study_id, info, name, source, calling_ae, now)
                 )
-        except IntegrityError:  # the same file, uploaded at the same moment by someone else
-            with self.db.session() as s:
-                existing = s.get(Image, digest)
-                if existing is None:
-                    raise
-                return Accepted(name, digest, existing.study_id, True)
+                study = self.db.lock_study(s, study_id)
+                image = self._new_image(digest, study_id, info, name, len(data), now)
+                if not self.db.insert_if_absent(s, Image, image):
+                    # the same file at the same moment from someone else: theirs stands
+                    raise _Duplicate(s.scalar(select(Image.study_id).where(Image.id == digest)) or study_id)
+                self._add_image_to_study(study, info, source, now)
+        except _Duplicate as duplicate:
+            return Accepted(name, digest, duplicate.study_id, True, warnings)
         log.info("queued image %s… in study %s (%s)", digest[:12], study_id, info.format)
         self.wake.set()
-        return Accepted(name, digest, study_id, False)
+        return Accepted(name, digest, study_id, False, warnings)
+
+    @staticmethod
+    def _new_study(
+        study_id: str, info: UploadInfo, name: str, source: str, calling_ae: str | None, now: float
+    ) -> dict:
+        return {
+            "id": study_id,
+            "source": source,
+            "study_uid": info.study_uid,
+            "calling_ae": calling_ae,
+            "name": info.description if source == "dicom" and info.description else name,
+            "received_at": now,
+            "last_image_at": now,
+            "updated_at": now,
+            "state": QUEUED,
+            "heatmaps_state": HEATMAPS_NONE,
+        }
+
+    @staticmethod
+    def _new_image(digest: str, study_id: str, info: UploadInfo, name: str, size: int, now: float) -> dict:
+        return {
+            "id": digest,
+            "study_id": study_id,
+            "filename": name,
+            "format": info.format,
+            "size_bytes": size,
+            "width": info.width,
+            "height": info.height,
+            "sop_instance_uid": info.sop_instance_uid,
+            "modality": info.modality,
+            "view_position": info.view_position,
+            "body_part": info.body_part,
+            "received_at": now,
+            "state": QUEUED,
+        }
+
+    @staticmethod
+    def _add_image_to_study(study: Study, info: UploadInfo, source: str, now: float) -> None:
+        """A new image waits in ``study`` (locked by the caller): queue it again, reopen it if
+        it was read (the reader has not seen this image), keep the PACS fields."""
+        study.state = QUEUED
+        study.last_image_at = now
+        study.updated_at = now
+        if source == "dicom":
+            study.dicom_results_state = "pending"
+        if study.read_status in ("reading", "read"):
+            study.new_images_at = study.new_images_at or now
+            if study.read_status == "read":
+                study.read_status = "new"
+        for name in ("patient_id", "accession", "patient_age", "patient_sex", "study_date"):
+            if not getattr(study, name) and getattr(info, name):
+                setattr(study, name, getattr(info, name)[: Study.__table__.c[name].type.length])
+        study.views = _add_term(study.views, info.view_position)
+        study.body_parts = _add_term(study.body_parts, info.body_part)
 
     # --- reader status -------------------------------------------------------------------
     def set_read_status(self, study_id: str, status: str) -> bool:
-        with self.db.session() as s:
-            study = s.get(Study, study_id)
+        with self.db.session(lock=True) as s:
+            study = self.db.lock_study(s, study_id)
             if study is None:
                 return False
             study.read_status = status
+            if status == "read":  # whatever arrived is seen now
+                study.new_images_at = None
             study.updated_at = time.time()
         return True
 
@@ -250,18 +306,21 @@ class TriageService:
             shape = display_size_for(*radiograph.pixels.shape, self.config.display_size)
             explanations = explain_image(self.explainer, radiograph, missing)
             now = time.time()
+            for e in explanations:  # the picture first: a row never points at a missing file
+                save_png(self.heat_path(image_id, e.finding), heat_to_display(e.heatmap, shape))
             with self.db.session() as s:
                 for e in explanations:
-                    save_png(self.heat_path(image_id, e.finding), heat_to_display(e.heatmap, shape))
-                    row = s.get(Heatmap, (image_id, e.finding)) or Heatmap(
-                        image_id=image_id, finding=e.finding
-                    )
-                    row.probability = e.probability
-                    row.threshold = e.threshold
-                    row.box_json = json.dumps(e.box.to_dict() if e.box is not None else None)
-                    row.created_at = now
-                    s.add(row)
-                    have[e.finding] = row
+                    # an upsert: a request and the worker may draw the same heatmap at once
+                    values = {
+                        "image_id": image_id,
+                        "finding": e.finding,
+                        "probability": float(e.probability),
+                        "threshold": float(e.threshold),
+                        "box_json": json.dumps(e.box.to_dict() if e.box is not None else None),
+                        "created_at": now,
+                    }
+                    self.db.upsert(s, Heatmap, values)
+                    have[e.finding] = Heatmap(**values)
         return [have[f] for f in findings if f in have]
 
     # --- queue ---------------------------------------------------------------------------
