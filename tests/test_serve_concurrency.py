@@ -159,10 +159,10 @@ def check_two_workers_settle_one_study(service: TriageService, shared_data: Path
             held.clear()
             other_settled.clear()
             files = study_images(shared_data, folder, 2, f"s{round_}")
-            study_id = [service.ingest(data, "chest.dcm").study_id for data in files][0]
+            (study_id,) = {service.ingest(data, "chest.dcm").study_id for data in files}
             first, second = service.db.claim_images(1), service.db.claim_images(1)
             assert len(first) == len(second) == 1
-            results = race([lambda: service.workers.predict(first), lambda: service.workers.predict(second)])
+            results = race([lambda batch=batch: service.workers.predict(batch) for batch in (first, second)])
             assert not failures(results), failures(results)
             with service.db.session() as s:
                 study = s.get(Study, study_id)
