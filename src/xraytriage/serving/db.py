@@ -220,12 +220,15 @@ class Database:
         """``INSERT ... ON CONFLICT DO NOTHING``: True when this call created the row, False when
         it was there already (or another transaction created it at the same moment)."""
         module = UPSERT_DIALECTS.get(self.engine.dialect.name)
+        table = model.__table__
         if module is not None:
-            statement = module.insert(model.__table__).values(**values).on_conflict_do_nothing()
-            return session.execute(statement).rowcount == 1
+            statement = module.insert(table).values(**values).on_conflict_do_nothing()
+            key = next(iter(table.primary_key.columns))
+            # RETURNING, not rowcount: drivers differ in what rowcount says here
+            return session.execute(statement.returning(key)).first() is not None
         try:  # other databases: try, and treat a unique-key conflict as "already there"
             with session.begin_nested():
-                session.execute(insert(model.__table__).values(**values))
+                session.execute(insert(table).values(**values))
             return True
         except IntegrityError:
             return False
