@@ -79,6 +79,9 @@ def test_service_on_postgresql(tmp_path: Path, shared_data: Path) -> None:
 
 def test_study_states_under_concurrency_on_postgresql(tmp_path: Path, shared_data: Path) -> None:
     """The races of test_serve_concurrency.py on PostgreSQL (READ COMMITTED, row locks)."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
     from test_serve_concurrency import (
         check_concurrent_uploads_of_one_study,
         check_heatmaps_drawn_at_once,
@@ -86,9 +89,6 @@ def test_study_states_under_concurrency_on_postgresql(tmp_path: Path, shared_dat
         check_two_workers_settle_one_study,
         make_service,
     )
-
-    import psycopg
-    from sqlalchemy.engine import make_url
 
     with postgres_server(tmp_path / "pg") as url:
         address = make_url(url)
