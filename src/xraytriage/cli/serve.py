@@ -62,6 +62,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--max-files", type=int, default=100, help="most files in one upload request (default 100)"
     )
+    p.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a host name clients use to reach the service (repeatable; '*' for any). Without a "
+        "token only 127.0.0.1, localhost, [::1] and --host are answered (DNS rebinding protection)",
+    )
+    p.add_argument(
+        "--hide-identifiers",
+        action="store_true",
+        help="shared screens: leave patient ID, accession, age/sex and study date out of every page, "
+        "API answer and CSV (each page also has its own switch)",
+    )
     dicom = p.add_argument_group("DICOM node (receive studies from a PACS or modality, send results back)")
     dicom.add_argument(
         "--dicom-port", type=int, default=None, help="listen for DICOM (C-STORE, C-ECHO) on this port"
@@ -159,6 +173,8 @@ def build_config(args: argparse.Namespace):
         max_file_bytes=int(args.max_upload_mb * MB),
         max_files=args.max_files,
         dicom=build_dicom_settings(args),
+        hide_identifiers=args.hide_identifiers,
+        allowed_hosts=tuple(args.allowed_host),
     )
 
 

@@ -87,6 +87,7 @@ def get_worklist(
         "items": items,
         "labels": list(service.checkpoint.findings),
         "queue": service.pending(),
+        "identifiers_hidden": service.config.hide_identifiers,
     }
 
 
