@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo serve test lint bench clean
+.PHONY: setup system-deps demo serve test lint bench clean
 
 $(STAMP): pyproject.toml requirements-lock.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -14,6 +14,11 @@ $(STAMP): pyproject.toml requirements-lock.txt
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+# Chromium, Orthanc, dcmtk... for the browser and DICOM tests (installs what is missing when it
+# can, else says what is missing and carries on: those tests then skip with the reason).
+system-deps:
+	scripts/install-system-deps.sh
 
 demo: $(STAMP)
 	$(BIN)/xraytriage demo --output out/demo
@@ -25,7 +30,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests bench scripts
 	$(BIN)/ruff format --check src tests bench scripts
 
-test: $(STAMP)
+test: $(STAMP) system-deps
 	$(BIN)/ruff check src tests bench scripts
 	$(BIN)/ruff format --check src tests bench scripts
 	$(BIN)/python -m pytest -q

@@ -312,3 +312,48 @@ def test_a_batch_with_bad_files_carries_on(tmp_path, shared_data):
     assert results["siim_cr_chest_pa.dcm"] == (1024, 1024)
     assert "empty" in results["empty.png"] and "not found" in results["missing.png"]
     assert "labels.csv" not in results
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_tiff_pixels_are_refused(tmp_path, bad):
+    """A float TIFF with NaN/inf rows was read as zeros there and scored like a blank image."""
+    pixels = np.tile(np.linspace(0.0, 1000.0, 64, dtype=np.float32), (64, 1))
+    pixels[10:14] = bad
+    path = tmp_path / "float.tif"
+    Image.fromarray(pixels, mode="F").save(path)
+    with pytest.raises(UnreadableImageError, match="256 of 4,096 pixel values are not finite") as info:
+        read_radiograph(path)
+    assert info.value.path == str(path)
+    pixels[10:14] = 5.0  # the same file without them reads fine
+    Image.fromarray(pixels, mode="F").save(path)
+    assert np.isfinite(read_radiograph(path).pixels).all()
+
+
+@pytest.mark.filterwarnings("ignore:End of file reached:UserWarning")
+@pytest.mark.parametrize("fraction", [0.003, 0.006, 0.5, 0.99])
+def test_a_truncated_dicom_is_called_truncated(tmp_path, shared_data, fraction):
+    """It was reported as "not a DICOM file": cut in the header, the meta group or the pixels."""
+    from xraytriage.io.dicom import truncation_problem
+    from xraytriage.serving.intake import UploadRejected, inspect_upload
+
+    data = (shared_data / "dicom" / "siim_cr_chest_pa.dcm").read_bytes()
+    cut = data[: int(len(data) * fraction)]
+    path = tmp_path / "cut.dcm"
+    path.write_bytes(cut)
+    with pytest.raises(UnreadableImageError, match=f"truncated DICOM file: it ends at byte {len(cut):,}"):
+        read_radiograph(path)
+    with pytest.raises(UploadRejected, match="truncated DICOM file"):
+        inspect_upload(cut, "cut.dcm")
+    for intact in [
+        *sorted((shared_data / "dicom").rglob("*.dcm")),
+        make_dicom(tmp_path / "sr.dcm", with_pixels=False),
+    ]:
+        assert truncation_problem(intact) is None, intact
+
+
+def test_a_truncated_uncompressed_dicom_names_the_pixel_data(tmp_path):
+    path = make_dicom(tmp_path / "full.dcm", np.zeros((64, 64), np.uint16))
+    data = path.read_bytes()
+    path.write_bytes(data[:-1000])
+    with pytest.raises(UnreadableImageError, match=r"truncated DICOM file.*inside PixelData \(7FE0,0010\)"):
+        read_radiograph(path)

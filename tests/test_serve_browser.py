@@ -79,8 +79,9 @@ def shots(tmp_path_factory) -> Path:
 def page(browser):
     context = browser.new_context(viewport={"width": 1300, "height": 900})
     page = context.new_page()
-    errors: list[str] = []  # JavaScript exceptions: any one fails the test
+    errors: list[str] = []  # JavaScript exceptions and Content-Security-Policy refusals fail the test
     page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", lambda m: errors.append(m.text) if "Content Security Policy" in m.text else None)
     yield page
     context.close()
     assert not errors, f"JavaScript errors on the page: {errors}"
@@ -455,3 +456,66 @@ def test_token_protected_pages_need_sign_in(browser, tmp_path_factory, shared_da
         assert "/login" in page.url
         context.close()
         assert not errors, f"JavaScript errors: {errors}"
+
+
+def test_pacs_fields_warnings_and_a_reopened_study_on_the_pages(
+    uploaded, server, page, shared_data, tmp_path
+):
+    """The pages show the DICOM fields that match the PACS (with a switch that hides the
+    patient's on a shared screen), a low-resolution warning, and new images after "read"."""
+    import pydicom
+
+    ds = pydicom.dcmread(shared_data / "dicom" / "siim_cr_chest_pa.dcm")
+    ds.StudyInstanceUID = pydicom.uid.generate_uid()
+    ds.PatientID, ds.AccessionNumber, ds.PatientAge, ds.PatientSex = "PAT-BROWSER-1", "ACC-77", "052Y", "F"
+    images = []
+    for i in range(2):
+        ds.SOPInstanceUID = pydicom.uid.generate_uid()
+        ds.save_as(tmp_path / f"{i}.dcm")
+        images.append((tmp_path / f"{i}.dcm").read_bytes())
+    post = lambda name, data: httpx.post(  # noqa: E731
+        server.url + "/api/v1/images", files={"files": (name, data)}, timeout=30
+    ).json()
+    study_id = post("first.dcm", images[0])["study_ids"][0]
+    small = sorted((shared_data / "nih" / "images-64").glob("*.png"))[0]
+    small_id = post("small.png", small.read_bytes())["study_ids"][0]
+    for sid in (study_id, small_id):
+        wait_for(lambda sid=sid: study_json(server, sid)["state"] == "done", 120, what="triage")
+
+    page.goto(server.url + "/")
+    row = page.locator(f'#worklist-body tr[data-study-id="{study_id}"]')
+    patient = row.locator('.identifier[data-field="patient_id"]')
+    expect(patient).to_have_text("PAT-BROWSER-1")
+    expect(row.locator("td.patient")).to_contain_text("ACC-77")
+    expect(row.locator("td.patient")).to_contain_text("52 y F")
+    expect(row.locator("td.exam")).to_contain_text("CHEST PA")
+    small_row = page.locator(f'#worklist-body tr[data-study-id="{small_id}"]')
+    expect(small_row.locator(".warning-badge")).to_contain_text("low resolution: 64x64 px")
+    width = "e => e.getBoundingClientRect().width"
+    assert patient.evaluate(width) > 0
+    page.check("#hide-identifiers")  # a shared screen: the patient's fields go
+    wait_for(lambda: patient.evaluate(width) == 0, 10, what="the identifier to be hidden")
+    expect(row.locator("td.exam")).to_contain_text("CHEST PA")  # not an identifier
+    page.reload()  # the choice stays in this browser
+    expect(page.locator("#hide-identifiers")).to_be_checked()
+    assert row.locator('.identifier[data-field="patient_id"]').evaluate(width) == 0
+    page.uncheck("#hide-identifiers")
+
+    page.goto(server.url + f"/studies/{small_id}")
+    expect(page.locator("#study-warnings")).to_be_visible()
+    expect(page.locator("#study-warnings")).to_contain_text("low resolution: 64x64 px")
+    expect(page.locator("figcaption .warning-text")).to_contain_text("low resolution")
+
+    # read, then a new image arrives: the study is new again, and says why
+    page.goto(server.url + f"/studies/{study_id}")
+    expect(page.locator("#study-facts")).to_contain_text("PAT-BROWSER-1")
+    page.click("#mark-read")
+    expect(page.locator("#read-status")).to_have_text("read")
+    expect(page.locator("#study-new-images")).to_be_hidden()
+    post("second.dcm", images[1])
+    page.goto(server.url + "/")
+    expect(row.locator(".read-status .badge")).to_have_text("new")
+    expect(row.locator(".new-images")).to_contain_text("new images since read")
+    page.goto(server.url + f"/studies/{study_id}")
+    expect(page.locator("#study-new-images")).to_be_visible()
+    expect(page.locator("#study-new-images")).to_contain_text("New images arrived after this study was read")

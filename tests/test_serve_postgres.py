@@ -75,3 +75,39 @@ def test_service_on_postgresql(tmp_path: Path, shared_data: Path) -> None:
     with reference.db.session() as s:
         expected = {st.name: st.priority for st in s.query(Study)}
     assert {n: st.priority for n, st in studies.items()} == pytest.approx(expected, abs=1e-9)
+
+
+def test_study_states_under_concurrency_on_postgresql(tmp_path: Path, shared_data: Path) -> None:
+    """The races of test_serve_concurrency.py on PostgreSQL (READ COMMITTED, row locks)."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    from test_serve_concurrency import (
+        check_concurrent_uploads_of_one_study,
+        check_heatmaps_drawn_at_once,
+        check_new_image_reopens_a_read_study,
+        check_two_workers_settle_one_study,
+        make_service,
+    )
+
+    with postgres_server(tmp_path / "pg") as url:
+        address = make_url(url)
+
+        def fresh_service(name: str):
+            """A service on a database of its own (each check starts from an empty queue)."""
+            with psycopg.connect(
+                host=address.host,
+                port=address.port,
+                user=address.username,
+                dbname="postgres",
+                autocommit=True,
+            ) as conn:
+                conn.execute(f"CREATE DATABASE {name}")
+            service = make_service(tmp_path / name, url.rsplit("/", 1)[0] + "/" + name, batch_size=1)
+            assert service.db.engine.dialect.name == "postgresql"
+            return service
+
+        check_concurrent_uploads_of_one_study(fresh_service("uploads"), shared_data, tmp_path)
+        check_two_workers_settle_one_study(fresh_service("settle"), shared_data, tmp_path)
+        check_new_image_reopens_a_read_study(fresh_service("reopen"), shared_data, tmp_path)
+        check_heatmaps_drawn_at_once(fresh_service("heatmaps"))

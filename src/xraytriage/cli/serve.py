@@ -74,6 +74,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=100.0,
         help="free space kept in the data folder; below it uploads get 507 (default 100)",
     )
+    p.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a host name clients use to reach the service (repeatable; '*' for any). Without a "
+        "token only 127.0.0.1, localhost, [::1] and --host are answered (DNS rebinding protection)",
+    )
+    p.add_argument(
+        "--hide-identifiers",
+        action="store_true",
+        help="shared screens: leave patient ID, accession, age/sex and study date out of every page, "
+        "API answer and CSV (each page also has its own switch)",
+    )
     dicom = p.add_argument_group("DICOM node (receive studies from a PACS or modality, send results back)")
     dicom.add_argument(
         "--dicom-port", type=int, default=None, help="listen for DICOM (C-STORE, C-ECHO) on this port"
@@ -173,6 +187,8 @@ def build_config(args: argparse.Namespace):
         max_pixels=int(args.max_megapixels * 1_000_000),
         min_free_mb=args.min_free_mb,
         dicom=build_dicom_settings(args),
+        hide_identifiers=args.hide_identifiers,
+        allowed_hosts=tuple(args.allowed_host),
     )
 
 

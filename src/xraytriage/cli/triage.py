@@ -9,6 +9,7 @@ from pathlib import Path
 from xraytriage.cli.common import add_model_argument, resolve_model_path
 
 EXIT_NOTHING_TRIAGED = 1
+EXIT_INTERRUPTED = 130
 
 
 def _default_workers() -> int:
@@ -82,6 +83,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "a floor the worklist never goes below",
     )
     p.add_argument("--explain", action="store_true", help="also write heatmaps of the listed findings")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run into the same --output: images already scored there "
+        "(DIR/worklist.images.jsonl) are not read again",
+    )
     p.set_defaults(handler=run)
 
 
@@ -94,6 +101,7 @@ def execute(
     urgency: Path | None = None,
     site_priority: Path | None = None,
     explain: bool = False,
+    resume: bool = False,
 ) -> int:
     """Run triage and report; shared by ``triage`` and ``demo``. Returns the exit code."""
     from rich.console import Console
@@ -102,6 +110,8 @@ def execute(
     from xraytriage.models.inference import make_predictor
     from xraytriage.triage import SitePriorities, TriageEngine, TriageOptions, UrgencyWeights, write_worklist
     from xraytriage.triage.console import print_worklist
+    from xraytriage.triage.journal import JOURNAL_NAME, journal_header, run_journaled
+    from xraytriage.triage.worklist import safe_text
 
     console = Console(stderr=False)
     model_path = resolve_model_path(args.model)
@@ -117,7 +127,8 @@ def execute(
     )
     predictor = make_predictor(checkpoint, args.backend, threads=args.threads, checkpoint_path=model_path)
     engine = TriageEngine(predictor, options)
-    result = engine.run(inputs)
+    header = journal_header(model_path, checkpoint.label_names, study_from)
+    result = run_journaled(engine, inputs, output, header, resume=resume)
     csv_path, json_path = write_worklist(result.rows, output, result.label_names)
     print_worklist(result.rows, result.images_total, result.seconds, top=args.top, console=console)
     seen = checkpoint.seen_in_training([p for r in result.rows if r.ok for p in r.image_paths])
@@ -129,8 +140,19 @@ def execute(
             highlight=False,
         )
     console.print(
-        f"worklist: {csv_path}  and  {json_path}  (model {checkpoint.name}, backend {predictor.name})"
+        f"worklist: {safe_text(str(csv_path))}  and  {safe_text(str(json_path))}  "
+        f"(model {checkpoint.name}, backend {predictor.name})",
+        markup=False,
     )
+    if result.extra.get("resumed"):
+        console.print(f"resumed: {result.extra['resumed']} image(s) were already scored in an earlier run")
+    if result.extra.get("interrupted"):
+        console.print(
+            f"[yellow]interrupted: {result.images_total} of {result.extra['inputs']} image(s) done; the "
+            f"worklist holds them. Run the same command with --resume to finish "
+            f"({JOURNAL_NAME} keeps every scored image).[/]"
+        )
+        return EXIT_INTERRUPTED
     if result.images_ok == 0:
         reason = (
             "no input files found"
@@ -159,4 +181,5 @@ def run(args: argparse.Namespace) -> int:
         urgency=args.urgency,
         site_priority=args.site_priority,
         explain=args.explain,
+        resume=args.resume,
     )

@@ -10,6 +10,7 @@ single inversion, so the two are combined with OR, never applied twice.)
 from __future__ import annotations
 
 import io
+import os
 import struct
 import zlib
 from dataclasses import dataclass
@@ -289,6 +290,60 @@ def read_dicom_header(
     return parsed.dataset, meta
 
 
+def truncation_problem(source: str | Path | bytes) -> str | None:
+    """Why a DICOM file (a path, or its bytes) ends before its own encoding says it should.
+
+    pydicom stops quietly at the end of a cut file (and drops the whole data set when the cut
+    falls inside pixel data), which would otherwise read as "not a DICOM file" or "no pixel
+    data". This walks the top-level elements (values skipped, not read) and checks that each
+    one ends inside the file. Only files with the DICM preamble are judged; deflated data sets
+    are not (their length is unknowable without inflating them). None when nothing is cut.
+    """
+    import io
+
+    from pydicom.datadict import keyword_for_tag
+    from pydicom.filereader import data_element_generator
+    from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
+
+    fh = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")  # noqa: SIM115
+    end = 132
+    with fh:
+        size = fh.seek(0, os.SEEK_END)
+        fh.seek(0)
+        if fh.read(132)[128:132] != b"DICM":
+            return None
+
+        def cut(where: str, at: int) -> str:
+            return f"truncated DICOM file: it ends at byte {size:,}, inside {where} (from byte {at:,})"
+
+        try:
+            syntax = ""
+            for elem in data_element_generator(
+                fh, False, True, stop_when=lambda tag, _vr, _n: tag.group != 2
+            ):
+                if elem.value is not None and len(elem.value) < elem.length:
+                    return cut("the file meta information", elem.value_tell)
+                if elem.tag == 0x00020010:
+                    syntax = elem.value.decode("ascii", "replace").strip("\0 ")
+                end = fh.tell()
+            if syntax == DeflatedExplicitVRLittleEndian:
+                return None
+            implicit, little = syntax == ImplicitVRLittleEndian, syntax != ExplicitVRBigEndian
+            for elem in data_element_generator(fh, implicit, little, defer_size=256):
+                value_cut = elem.value is not None and len(elem.value) < elem.length != 0xFFFFFFFF
+                if value_cut or fh.tell() > size:
+                    name = keyword_for_tag(elem.tag) or "element"
+                    return cut(f"{name} {elem.tag}", elem.value_tell)
+                end = fh.tell()
+        except EOFError:
+            return cut("a sequence or the encapsulated pixel data (no end delimiter)", end)
+        except (ValueError, KeyError, NotImplementedError, TypeError):
+            return None
+    if 0 < size - end < 8:
+        return cut("the header of the next element", end)
+    return None
+
+
 def read_dicom(path: Path, max_pixels: int, max_side: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     """Pixels of the first frame through the grayscale chain. The header is checked before
     anything is decoded; only frame 0 is decoded; with ``max_side`` the frame is reduced by an
@@ -296,6 +351,11 @@ def read_dicom(path: Path, max_pixels: int, max_side: int | None = None) -> tupl
     try:
         with open(path, "rb") as fp:
             parsed, meta = _parse(fp, path, True, max_pixels)
+    except (UnreadableImageError, NoPixelDataError):
+        problem = truncation_problem(path)  # a cut file reads as an empty or pixel-less one
+        if problem:
+            raise UnreadableImageError(path, problem) from None
+        raise
     except ImageReadError:
         raise
     except (
@@ -308,7 +368,9 @@ def read_dicom(path: Path, max_pixels: int, max_side: int | None = None) -> tupl
         zlib.error,
         struct.error,
     ) as exc:
-        raise UnreadableImageError(path, f"not a readable DICOM file: {exc}") from None
+        raise UnreadableImageError(
+            path, truncation_problem(path) or f"not a readable DICOM file: {exc}"
+        ) from None
     ds = parsed.dataset
     frames = meta["frames"]
     try:
@@ -321,7 +383,7 @@ def read_dicom(path: Path, max_pixels: int, max_side: int | None = None) -> tupl
     except Exception as exc:
         syntax = meta.get("transfer_syntax", "?")
         raise UnreadableImageError(
-            path, f"cannot decode pixel data (transfer syntax {syntax}): {exc}"
+            path, truncation_problem(path) or f"cannot decode pixel data (transfer syntax {syntax}): {exc}"
         ) from None
     if frames > 1 and arr.ndim >= 3 and arr.shape[0] == frames:  # a decoder that ignored index
         arr = arr[0]

@@ -37,6 +37,13 @@ def check_raster_header(image: Image.Image, path: str | Path, max_pixels: int) -
     return width, height
 
 
+def non_finite_problem(bad: int, total: int) -> str:
+    return (
+        f"{bad:,} of {total:,} pixel values are not finite numbers (NaN or infinity); "
+        "refusing to guess what they should be"
+    )
+
+
 def _to_unit_float(img: Image.Image, path: Path) -> tuple[np.ndarray, int]:
     """Pixels as float32 in [0, 1] and the bit depth they came from."""
     mode = img.mode
@@ -50,7 +57,10 @@ def _to_unit_float(img: Image.Image, path: Path) -> tuple[np.ndarray, int]:
         return (arr - lo) / max(hi - lo, 1.0), 32
     if mode == "F":
         arr = np.asarray(img, dtype=np.float32)
-        lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
+        bad = arr.size - int(np.isfinite(arr).sum())
+        if bad:  # zeros in their place would make a blank-looking image the model scores anyway
+            raise UnreadableImageError(path, non_finite_problem(bad, arr.size))
+        lo, hi = float(arr.min()), float(arr.max())
         return (arr - lo) / max(hi - lo, 1e-12), 32
     if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
         img = img.convert("RGBA")

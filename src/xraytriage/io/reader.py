@@ -86,8 +86,11 @@ def read_radiograph(
         raise UnreadableImageError(path, f"cannot decode {fmt.value} image: {exc}") from exc
     if pixels.ndim != 2 or min(pixels.shape) < 2:
         raise UnreadableImageError(path, f"decoded to an unusable shape {pixels.shape}")
-    if not np.isfinite(pixels).all():
-        pixels = np.nan_to_num(pixels, nan=0.0, posinf=1.0, neginf=0.0)
+    finite = int(np.isfinite(pixels).sum())
+    if finite != pixels.size:  # e.g. float DICOM pixel data; never scored as if they were zeros
+        from xraytriage.io.raster import non_finite_problem
+
+        raise UnreadableImageError(path, non_finite_problem(pixels.size - finite, pixels.size))
     meta.setdefault("width", int(pixels.shape[1]))
     meta.setdefault("height", int(pixels.shape[0]))
     return Radiograph(

@@ -16,6 +16,8 @@ A checkpoint is a plain dict saved with ``torch.save`` and loaded with ``weights
     train_config   the resolved training config (dict), data_fingerprint, metrics, notes
     training_images  file names of the images the weights were trained on (so triage and
                    evaluation can say when they are shown images the model has already seen)
+    scope          what the model reads: {"body_parts": ["CHEST"], "views": ["PA", "AP"]}
+                   (optional; checkpoints without it get ``scope.default_scope``)
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from xraytriage.errors import ConfigError, XRayTriageError
 from xraytriage.labels import ABNORMAL, NO_FINDING, NOT_DISEASE
 from xraytriage.models.factory import ModelConfig, build_model
 from xraytriage.preprocess import PreprocessContract
+from xraytriage.scope import default_scope
 
 FORMAT = "xraytriage-checkpoint"
 FORMAT_VERSION = 1
@@ -59,6 +62,9 @@ class Checkpoint:
     name: str = "xraytriage-model"
     package_version: str = __version__
     created: str = field(default_factory=lambda: _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
+    scope: dict[str, list[str]] | None = None
+    """Body parts and views the model was trained on (see :mod:`xraytriage.scope`); None: the
+    default for its training data. Images outside it are refused, never given findings."""
 
     def __post_init__(self) -> None:
         if len(self.label_names) != self.model.num_classes:
@@ -67,6 +73,8 @@ class Checkpoint:
             )
         if not self.abnormal:
             self.abnormal = default_abnormal_rule(self.label_names)
+        if self.scope is None:
+            self.scope = default_scope(self.label_names, self.train_config)
 
     # --- network -------------------------------------------------------------------------
     def build_model(self) -> nn.Module:
@@ -150,6 +158,7 @@ class Checkpoint:
             "data_fingerprint": self.data_fingerprint,
             "metrics": self.metrics,
             "training_images": list(self.training_images),
+            "scope": self.scope,
         }
 
     def save(self, path: str | Path, half: bool = False) -> Path:
@@ -184,6 +193,7 @@ class Checkpoint:
             name=str(data.get("name", "xraytriage-model")),
             package_version=str(data.get("package_version", "?")),
             created=str(data.get("created", "")),
+            scope=dict(data["scope"]) if isinstance(data.get("scope"), dict) else None,
         )
 
 

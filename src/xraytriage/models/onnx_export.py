@@ -82,6 +82,7 @@ def onnx_metadata(checkpoint: Checkpoint) -> dict[str, str]:
         "thresholds": checkpoint.thresholds,
         "calibration": checkpoint.calibration,
         "abnormal": checkpoint.abnormal,
+        "scope": checkpoint.scope,
     }
     return {
         f"{META_PREFIX}format": ONNX_FORMAT,
@@ -174,6 +175,7 @@ def head_checkpoint(meta: dict[str, str]) -> Checkpoint:
         name=meta.get("name", "xraytriage-model"),
         package_version=meta.get("package_version", "?"),
         created=meta.get("checkpoint_created", ""),
+        scope=head.get("scope"),
     )
 
 

@@ -127,12 +127,14 @@ def get_worklist(
     with service.db.session() as s:
         page = worklist(s, status, name, state, limit, offset)
         flag_at = service.checkpoint.study_flag_threshold
-        items = [study_summary(study, rank, images, flag_at) for study, rank, images in page.rows]
+        hide = service.config.hide_identifiers
+        items = [study_summary(study, rank, images, hide, flag_at) for study, rank, images in page.rows]
     return {
         "total": page.total,
         "items": items,
         "labels": list(service.checkpoint.findings),
         "queue": service.pending(),
+        "identifiers_hidden": service.config.hide_identifiers,
     }
 
 
@@ -147,8 +149,9 @@ def get_worklist_csv(
     name = check_finding(service, finding)
     with service.db.session() as s:
         ckpt = service.checkpoint
+        rows = worklist(s, status, name, state).rows
         text = worklist_csv(
-            worklist(s, status, name, state).rows, ckpt.label_names, ckpt.study_flag_threshold
+            rows, ckpt.label_names, service.config.hide_identifiers, ckpt.study_flag_threshold
         )
     return Response(
         text,
@@ -180,7 +183,8 @@ def _study_or_404(session, study_id: str) -> Study:
 def get_study(request: Request, study_id: str):
     service = service_of(request)
     with service.db.session() as s:
-        return study_detail(s, _study_or_404(s, study_id), service.checkpoint)
+        study = _study_or_404(s, study_id)
+        return study_detail(s, study, service.checkpoint, service.config.hide_identifiers)
 
 
 @router.patch("/studies/{study_id}", summary="Set the reader status (new, reading, read)")

@@ -10,8 +10,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from xraytriage import __version__
-from xraytriage.serving.auth import BodyLimit, TokenAuth, login_page, login_submit, logout
+from xraytriage.serving.auth import BodyLimit, Guard, TokenAuth, login_page, login_submit, logout
 from xraytriage.serving.config import ServeConfig
+from xraytriage.serving.security import HostCheck, SecurityHeaders, allowed_host_names
 from xraytriage.serving.service import TriageService
 from xraytriage.serving.storage import is_storage_error
 
@@ -51,8 +52,18 @@ def create_app(config: ServeConfig, service: TriageService | None = None) -> Fas
     app.state.service = service
     app.state.config = config
     app.state.dicom_node = node
-    app.add_middleware(TokenAuth, token=config.token)
+    guard = Guard(config.token)
+    app.state.guard = guard
+    app.add_middleware(TokenAuth, guard=guard)
     app.add_middleware(BodyLimit, limit=config.max_request_bytes)
+    # outermost: foreign Host headers are refused before anything else, every answer gets the headers
+    hosts = (
+        None
+        if (config.token and not config.allowed_hosts)
+        else allowed_host_names(config.host, config.allowed_hosts)
+    )
+    app.add_middleware(HostCheck, allowed=hosts)
+    app.add_middleware(SecurityHeaders)
 
     @app.exception_handler(HTTPException)
     async def http_error(_request: Request, exc: HTTPException) -> JSONResponse:
@@ -102,11 +113,11 @@ def create_app(config: ServeConfig, service: TriageService | None = None) -> Fas
 
     @app.post("/login", include_in_schema=False)
     async def login(request: Request):
-        return await login_submit(request, config.token)
+        return await login_submit(request, guard)
 
     @app.get("/logout", include_in_schema=False)
-    def sign_out():
-        return logout()
+    def sign_out(request: Request):
+        return logout(request, guard)
 
     _mount_api_docs(app)
     from xraytriage.serving.api import router as api_router
@@ -135,12 +146,17 @@ def _mount_api_docs(app: FastAPI) -> None:
     assets = Path(swagger_ui.__file__).resolve().parent / "static"
     app.mount("/docs-assets", StaticFiles(directory=str(assets)), name="docs-assets")
 
+    from xraytriage.serving.security import csp_with_inline_scripts
+
     @app.get("/docs", include_in_schema=False)
     def api_docs():
-        return get_swagger_ui_html(
+        page = get_swagger_ui_html(
             openapi_url="/openapi.json",
             title="xraytriage API",
             swagger_js_url="/docs-assets/swagger-ui-bundle.js",
             swagger_css_url="/docs-assets/swagger-ui.css",
             swagger_favicon_url="/docs-assets/favicon-32x32.png",
         )
+        # Swagger UI starts from one inline script: allowed by its hash, nothing else inline
+        page.headers["Content-Security-Policy"] = csp_with_inline_scripts(page.body.decode())
+        return page

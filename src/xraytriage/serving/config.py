@@ -50,6 +50,12 @@ class ServeConfig:
     """How long a heatmap request waits for its job before answering 503."""
     poll_seconds: float = 1.0
     dicom: DicomSettings | None = None
+    allowed_hosts: tuple[str, ...] = ()
+    """Host names (besides 127.0.0.1, localhost, [::1] and the bound address) the service answers
+    to; ``*`` turns the check off. Without a token the check is always on (DNS rebinding)."""
+    hide_identifiers: bool = False
+    """Leave patient ID, accession number, age, sex and study date out of every page, API
+    answer and CSV (shared screens); views and body parts stay."""
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir)

@@ -6,7 +6,14 @@ subtract without time-zone surprises; the API turns them into ISO 8601.
 
 States: an image is ``queued`` -> ``processing`` -> ``done`` | ``error``; a study is
 ``queued`` while any image waits, ``done`` when every image is settled (``error`` when none
-could be read). ``read_status`` is the reader's: ``new`` -> ``reading`` -> ``read``.
+could be read). ``read_status`` is the reader's: ``new`` -> ``reading`` -> ``read``; a new
+image in a study already ``read`` puts it back to ``new`` (``new_images_at`` says when).
+
+Concurrency: requests and worker threads (and on PostgreSQL several processes) write at the
+same time. Every "insert if absent" is one ``INSERT ... ON CONFLICT DO NOTHING`` (or an
+upsert), never "look, then insert"; a transaction that reads a study and then writes it
+takes the write lock first (``session(lock=True)``: ``BEGIN IMMEDIATE`` on SQLite, and
+``lock_study`` = ``SELECT ... FOR UPDATE`` on PostgreSQL), so no update is lost.
 """
 
 from __future__ import annotations
@@ -18,8 +25,23 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Float, ForeignKey, Integer, String, Text, create_engine, event, select, update
+from sqlalchemy import (
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    event,
+    insert,
+    inspect,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
 QUEUED, PROCESSING, DONE, ERROR = "queued", "processing", "done", "error"
@@ -56,6 +78,18 @@ class Study(Base):
     explained_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     dicom_results_state: Mapped[str] = mapped_column(String(16), default="none", index=True)
     dicom_results_info: Mapped[str] = mapped_column(Text, default="")
+    new_images_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    """When an image arrived after the study was marked reading/read (cleared when read again)."""
+    warnings: Mapped[str] = mapped_column(Text, default="")
+    """Caveats of its images the reader should see (low resolution), ``"; "``-separated."""
+    # from the DICOM header, to match the worklist with the PACS (shown, never logged)
+    patient_id: Mapped[str] = mapped_column(String(64), default="")
+    accession: Mapped[str] = mapped_column(String(64), default="")
+    patient_age: Mapped[str] = mapped_column(String(16), default="")
+    patient_sex: Mapped[str] = mapped_column(String(16), default="")
+    study_date: Mapped[str] = mapped_column(String(16), default="")
+    views: Mapped[str] = mapped_column(String(64), default="")
+    body_parts: Mapped[str] = mapped_column(String(64), default="")
 
     images: Mapped[list[Image]] = relationship(back_populates="study", order_by="Image.received_at")
 
@@ -82,6 +116,8 @@ class Image(Base):
     height: Mapped[int | None] = mapped_column(Integer, nullable=True)
     sop_instance_uid: Mapped[str | None] = mapped_column(String(128), nullable=True)
     modality: Mapped[str] = mapped_column(String(16), default="")
+    view_position: Mapped[str] = mapped_column(String(16), default="")
+    body_part: Mapped[str] = mapped_column(String(32), default="")
     received_at: Mapped[float] = mapped_column(Float, default=time.time, index=True)
     processed_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
@@ -117,6 +153,33 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+UPSERT_DIALECTS = {"sqlite": sqlite, "postgresql": postgresql}
+"""Databases with ``INSERT ... ON CONFLICT``; others get try-and-catch in a savepoint."""
+
+
+def add_missing_columns(engine: Engine) -> list[str]:
+    """Columns this version added, added to a database an older version created (``create_all``
+    makes missing tables only); returns ``table.column`` of each one added."""
+    added = []
+    inspector = inspect(engine)
+    for table in Base.metadata.sorted_tables:
+        have = {c["name"] for c in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in have:
+                continue
+            kind = column.type.compile(dialect=engine.dialect)
+            default = column.default.arg if column.default is not None and column.default.is_scalar else None
+            clause = ""
+            if isinstance(default, str):
+                clause = " DEFAULT '" + default.replace("'", "''") + "'"
+            elif isinstance(default, int | float) and not isinstance(default, bool):
+                clause = f" DEFAULT {default}"
+            with engine.begin() as conn:
+                conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}{clause}'))
+            added.append(f"{table.name}.{column.name}")
+    return added
+
+
 class Database:
     """Engine + sessions. ``claim_lock`` serialises job claims inside one process (SQLite);
     PostgreSQL additionally gets ``FOR UPDATE SKIP LOCKED``."""
@@ -131,19 +194,69 @@ class Database:
         if self.is_sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         Base.metadata.create_all(self.engine)
+        add_missing_columns(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self.claim_lock = threading.Lock()
 
     @contextmanager
-    def session(self) -> Iterator[Session]:
-        """A transaction: committed on success, rolled back on error."""
+    def session(self, lock: bool = False) -> Iterator[Session]:
+        """A transaction: committed on success, rolled back on error.
+
+        ``lock=True`` for a transaction that reads rows and writes back what it read: on SQLite
+        it starts with ``BEGIN IMMEDIATE`` (it holds the write lock from its first read, so no
+        other writer can change what it read); on PostgreSQL use :meth:`lock_study`.
+        """
         with self._sessions() as session:
             try:
+                if lock and self.is_sqlite:
+                    session.connection().exec_driver_sql("BEGIN IMMEDIATE")
                 yield session
                 session.commit()
             except BaseException:
                 session.rollback()
                 raise
+
+    def insert_if_absent(self, session: Session, model: type[Base], values: dict[str, Any]) -> bool:
+        """``INSERT ... ON CONFLICT DO NOTHING``: True when this call created the row, False when
+        it was there already (or another transaction created it at the same moment)."""
+        module = UPSERT_DIALECTS.get(self.engine.dialect.name)
+        table = model.__table__
+        if module is not None:
+            statement = module.insert(table).values(**values).on_conflict_do_nothing()
+            key = next(iter(table.primary_key.columns))
+            # RETURNING, not rowcount: drivers differ in what rowcount says here
+            return session.execute(statement.returning(key)).first() is not None
+        try:  # other databases: try, and treat a unique-key conflict as "already there"
+            with session.begin_nested():
+                session.execute(insert(table).values(**values))
+            return True
+        except IntegrityError:
+            return False
+
+    def upsert(self, session: Session, model: type[Base], values: dict[str, Any]) -> None:
+        """Insert the row, or update it when its primary key exists (one statement: two writers
+        of the same row never collide)."""
+        table = model.__table__
+        keys = [c.name for c in table.primary_key.columns]
+        module = UPSERT_DIALECTS.get(self.engine.dialect.name)
+        if module is not None:
+            statement = module.insert(table).values(**values)
+            changes = {k: statement.excluded[k] for k in values if k not in keys}
+            session.execute(statement.on_conflict_do_update(index_elements=keys, set_=changes))
+            return
+        if not self.insert_if_absent(session, model, values):
+            where = [table.c[k] == values[k] for k in keys]
+            session.execute(
+                update(table).where(*where).values({k: v for k, v in values.items() if k not in keys})
+            )
+
+    def lock_study(self, session: Session, study_id: str) -> Study | None:
+        """The study, fresh from the database and locked for this transaction (PostgreSQL
+        ``FOR UPDATE``; on SQLite the ``session(lock=True)`` already holds the write lock)."""
+        query = select(Study).where(Study.id == study_id).execution_options(populate_existing=True)
+        if not self.is_sqlite:
+            query = query.with_for_update()
+        return session.scalars(query).first()
 
     def recover(self, max_attempts: int | None = None) -> tuple[int, int]:
         """After a crash or kill: work that was being processed goes back to the queue.

@@ -39,6 +39,14 @@ class UploadInfo:
     sop_instance_uid: str | None = None
     modality: str = ""
     description: str = ""
+    # DICOM header fields the worklist shows to match studies with the PACS (never logged)
+    patient_id: str = ""
+    accession: str = ""
+    patient_age: str = ""
+    patient_sex: str = ""
+    study_date: str = ""
+    view_position: str = ""
+    body_part: str = ""
 
 
 def inspect_upload(
@@ -95,14 +103,14 @@ def _inspect_raster(source: bytes | Path, filename: str, fmt: ImageFormat, max_p
 
 def _inspect_dicom(source: bytes | Path, filename: str, max_pixels: int) -> UploadInfo:
     from xraytriage.errors import ImageReadError, ImageTooLargeError
-    from xraytriage.io.dicom import read_dicom_header
+    from xraytriage.io.dicom import read_dicom_header, truncation_problem
 
     try:  # the same header checks the reader makes (modality, pixel data, size, frames, bits)
         ds, meta = read_dicom_header(source, max_pixels, name=filename)
     except ImageReadError as exc:
-        raise UploadRejected(
-            filename, exc.problem, 413 if isinstance(exc, ImageTooLargeError) else 422
-        ) from None
+        status = 413 if isinstance(exc, ImageTooLargeError) else 422
+        problem = exc.problem if status == 413 else (truncation_problem(source) or exc.problem)
+        raise UploadRejected(filename, problem, status) from None
     description = " ".join(meta[k] for k in ("modality", "body_part", "view_position") if meta[k]).strip()
     return UploadInfo(
         format=ImageFormat.DICOM.value,
@@ -112,6 +120,13 @@ def _inspect_dicom(source: bytes | Path, filename: str, max_pixels: int) -> Uplo
         sop_instance_uid=meta["sop_uid"] or None,
         modality=meta["modality"].upper(),
         description=description,
+        patient_id=meta["patient_id"],
+        accession=meta["accession"],
+        patient_age=meta["patient_age"],
+        patient_sex=meta["patient_sex"],
+        study_date=meta["study_date"],
+        view_position=meta["view_position"].upper(),
+        body_part=meta["body_part"].upper(),
     )
 
 

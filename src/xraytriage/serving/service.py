@@ -15,13 +15,14 @@ import logging
 import threading
 import time
 from concurrent.futures import Future
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image as PILImage
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import select
 
+from xraytriage.scope import low_resolution_warning, scope_problem
 from xraytriage.serving import decode
 from xraytriage.serving.config import ServeConfig
 from xraytriage.serving.db import (
@@ -33,7 +34,7 @@ from xraytriage.serving.db import (
     Study,
 )
 from xraytriage.serving.heatmap_jobs import HeatmapJobs
-from xraytriage.serving.intake import UploadRejected, inspect_upload, study_id_for
+from xraytriage.serving.intake import UploadInfo, UploadRejected, inspect_upload, study_id_for
 from xraytriage.serving.pictures import (
     display_size_for,
     finding_file_part,
@@ -69,9 +70,24 @@ class Accepted:
     image_id: str
     study_id: str
     duplicate: bool
+    warnings: list[str] = field(default_factory=list)
+    """Accepted, with caveats the reader should see (e.g. low resolution)."""
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+class _Duplicate(Exception):
+    def __init__(self, study_id: str) -> None:
+        self.study_id = study_id
+
+
+def _add_term(terms: str, term: str) -> str:
+    """``"PA"`` + ``"AP"`` -> ``"PA, AP"`` (each once), for a study's views and body parts."""
+    items = [t for t in terms.split(", ") if t]
+    if term and term not in items:
+        items.append(term)
+    return ", ".join(items)[:64]
 
 
 class TriageService:
@@ -194,6 +210,12 @@ class TriageService:
     ) -> Accepted:
         name = safe_filename(filename)
         info = inspect_upload(source, name, self.config.max_file_bytes, self.config.max_pixels)
+        header = {"body_part": info.body_part, "view_position": info.view_position}
+        problem = scope_problem(header, self.checkpoint)
+        if problem:  # a hand, a lateral view...: never stored, never given findings
+            raise UploadRejected(name, problem, 422)
+        warning = low_resolution_warning(info.width, info.height, int(self.checkpoint.preprocess.size))
+        warnings = [warning] if warning else []
         size = len(source) if isinstance(source, bytes) else source.stat().st_size
         try:
             self.storage.refuse_if_full(0 if isinstance(source, Path) else size)
@@ -207,7 +229,7 @@ class TriageService:
         assert digest is not None
         study_id = study_id_for(info, digest, study_key)
         try:
-            accepted = self._record(digest, study_id, name, info, size, origin, calling_ae)
+            accepted = self._record(digest, study_id, name, info, size, origin, calling_ae, warnings)
         except Exception as exc:
             if not is_storage_error(exc):
                 raise
@@ -228,52 +250,93 @@ class TriageService:
             detail = f"the server's storage is full ({detail}): nothing was stored; try again later"
         return UploadRejected(name, detail, 507)
 
-    def _record(self, digest, study_id, name, info, size, source, calling_ae) -> Accepted:
+    def _record(
+        self,
+        digest: str,
+        study_id: str,
+        name: str,
+        info: UploadInfo,
+        size: int,
+        source: str,
+        calling_ae: str | None,
+        warnings: list[str],
+    ) -> Accepted:
+        """The image and its study in the database. Safe from many threads (and processes) at
+        once, for images of one study too: the study row is created with ``INSERT ... ON
+        CONFLICT DO NOTHING`` and locked before it is updated, so concurrent uploads never fail
+        on the study's key nor lose an update."""
         now = time.time()
         try:
-            with self.db.session() as s:
+            with self.db.session(lock=True) as s:
                 existing = s.get(Image, digest)
                 if existing is not None:
-                    return Accepted(name, digest, existing.study_id, True)
-                study = s.get(Study, study_id)
-                if study is None:
-                    study = Study(
-                        id=study_id,
-                        source=source,
-                        study_uid=info.study_uid,
-                        calling_ae=calling_ae,
-                        name=info.description if source == "dicom" and info.description else name,
-                        received_at=now,
-                        heatmaps_state=HEATMAPS_NONE,
-                    )
-                    s.add(study)
-                study.state = QUEUED
-                study.last_image_at = now
-                study.updated_at = now
-                if source == "dicom":
-                    study.dicom_results_state = "pending"
-                s.add(
-                    Image(
-                        id=digest,
-                        study_id=study_id,
-                        filename=name,
-                        format=info.format,
-                        size_bytes=size,
-                        width=info.width,
-                        height=info.height,
-                        sop_instance_uid=info.sop_instance_uid,
-                        modality=info.modality,
-                        received_at=now,
-                        state=QUEUED,
-                    )
+                    raise _Duplicate(existing.study_id)
+                self.db.insert_if_absent(
+                    s, Study, self._new_study(study_id, info, name, source, calling_ae, now)
                 )
-        except IntegrityError:  # the same file, uploaded at the same moment by someone else
-            with self.db.session() as s:
-                existing = s.get(Image, digest)
-                if existing is None:
-                    raise
-                return Accepted(name, digest, existing.study_id, True)
-        return Accepted(name, digest, study_id, False)
+                study = self.db.lock_study(s, study_id)
+                image = self._new_image(digest, study_id, info, name, size, now)
+                if not self.db.insert_if_absent(s, Image, image):
+                    # the same file at the same moment from someone else: theirs stands
+                    raise _Duplicate(s.scalar(select(Image.study_id).where(Image.id == digest)) or study_id)
+                self._add_image_to_study(study, info, source, now)
+        except _Duplicate as duplicate:
+            return Accepted(name, digest, duplicate.study_id, True, warnings)
+        return Accepted(name, digest, study_id, False, warnings)
+
+    @staticmethod
+    def _new_study(
+        study_id: str, info: UploadInfo, name: str, source: str, calling_ae: str | None, now: float
+    ) -> dict:
+        return {
+            "id": study_id,
+            "source": source,
+            "study_uid": info.study_uid,
+            "calling_ae": calling_ae,
+            "name": info.description if source == "dicom" and info.description else name,
+            "received_at": now,
+            "last_image_at": now,
+            "updated_at": now,
+            "state": QUEUED,
+            "heatmaps_state": HEATMAPS_NONE,
+        }
+
+    @staticmethod
+    def _new_image(digest: str, study_id: str, info: UploadInfo, name: str, size: int, now: float) -> dict:
+        return {
+            "id": digest,
+            "study_id": study_id,
+            "filename": name,
+            "format": info.format,
+            "size_bytes": size,
+            "width": info.width,
+            "height": info.height,
+            "sop_instance_uid": info.sop_instance_uid,
+            "modality": info.modality,
+            "view_position": info.view_position,
+            "body_part": info.body_part,
+            "received_at": now,
+            "state": QUEUED,
+        }
+
+    @staticmethod
+    def _add_image_to_study(study: Study, info: UploadInfo, source: str, now: float) -> None:
+        """A new image waits in ``study`` (locked by the caller): queue it again, reopen it if
+        it was read (the reader has not seen this image), keep the PACS fields."""
+        study.state = QUEUED
+        study.last_image_at = now
+        study.updated_at = now
+        if source == "dicom":
+            study.dicom_results_state = "pending"
+        if study.read_status in ("reading", "read"):
+            study.new_images_at = study.new_images_at or now
+            if study.read_status == "read":
+                study.read_status = "new"
+        for name in ("patient_id", "accession", "patient_age", "patient_sex", "study_date"):
+            if not getattr(study, name) and getattr(info, name):
+                setattr(study, name, getattr(info, name)[: Study.__table__.c[name].type.length])
+        study.views = _add_term(study.views, info.view_position)
+        study.body_parts = _add_term(study.body_parts, info.body_part)
 
     # --- reader status -------------------------------------------------------------------
     def set_read_status(self, study_id: str, status: str) -> bool:
@@ -403,19 +466,23 @@ class TriageService:
                 explanations = explain_image(self.explainer, radiograph, maps)
                 del radiograph
                 now = time.time()
+                for e in explanations:  # the picture first: a row never points at a missing file
+                    save_png(self.heat_path(image_id, e.finding), heat_to_display(e.heatmap, shape))
                 with self.db.session() as s:
                     for e in explanations:
-                        save_png(self.heat_path(image_id, e.finding), heat_to_display(e.heatmap, shape))
-                        row = s.get(Heatmap, (image_id, e.finding)) or Heatmap(
-                            image_id=image_id, finding=e.finding
-                        )
-                        row.probability = e.probability
-                        row.threshold = e.threshold
                         box = e.box.scaled(sx, sy).to_dict() if e.box is not None else None
-                        row.box_json = json.dumps(box)
-                        row.created_at = now
-                        s.add(row)
-                        have[e.finding] = row
+                        values = {
+                            "image_id": image_id,
+                            "finding": e.finding,
+                            "probability": float(e.probability),
+                            "threshold": float(e.threshold),
+                            "box_json": json.dumps(box),
+                            "created_at": now,
+                        }
+                        # an upsert: another process (a second server instance) may draw the
+                        # same heatmap at the same moment; the in-process job pool coalesces the rest
+                        self.db.upsert(s, Heatmap, values)
+                        have[e.finding] = Heatmap(**values)
         for item in missing:
             finding, _, style = item.partition("\x00")
             if style and finding in have:

@@ -15,6 +15,7 @@ from urllib.parse import quote
 
 from sqlalchemy import and_, case, func, or_, select
 
+from xraytriage.scope import low_resolution_warning
 from xraytriage.serving.db import DONE, ERROR, Heatmap, Image, Study
 from xraytriage.triage.worklist import parse_findings, rounded
 
@@ -23,6 +24,13 @@ CSV_BASE = (
     "rank",
     "study_id",
     "name",
+    "patient_id",
+    "accession",
+    "patient_age",
+    "patient_sex",
+    "study_date",
+    "view",
+    "body_part",
     "received_at",
     "state",
     "read_status",
@@ -31,6 +39,45 @@ CSV_BASE = (
     "flagged",
     "findings",
 )
+
+
+IDENTIFIERS = ("patient_id", "accession", "patient_age", "patient_sex", "study_date")
+"""What identifies a patient on a shared screen; left out with ``serve --hide-identifiers``."""
+AGE_UNITS = {"Y": "y", "M": "mo", "W": "wk", "D": "d"}
+
+
+def dicom_age(value: str) -> str:
+    """DICOM AS ``"045Y"`` -> ``"45 y"`` (``"003M"`` -> ``"3 mo"``); anything else as it came."""
+    value = (value or "").strip()
+    if len(value) == 4 and value[:3].isdigit() and value[3].upper() in AGE_UNITS:
+        return f"{int(value[:3])} {AGE_UNITS[value[3].upper()]}"
+    return value
+
+
+def dicom_date(value: str) -> str:
+    """DICOM DA ``"20240131"`` -> ``"2024-01-31"``; anything else as it came."""
+    value = (value or "").strip()
+    if len(value) == 8 and value.isdigit():
+        return f"{value[:4]}-{value[4:6]}-{value[6:]}"
+    return value
+
+
+def pacs_fields(study: Study, hide_identifiers: bool = False) -> dict[str, Any]:
+    """The DICOM fields that match a study with the PACS (patient, accession, age/sex, date,
+    views, body parts); the patient's are None when identifiers are hidden."""
+    fields: dict[str, Any] = {
+        "patient_id": study.patient_id or None,
+        "accession": study.accession or None,
+        "patient_age": dicom_age(study.patient_age) or None,
+        "patient_sex": study.patient_sex or None,
+        "study_date": dicom_date(study.study_date) or None,
+    }
+    if hide_identifiers:
+        fields = dict.fromkeys(fields)
+    fields["view"] = study.views or None
+    fields["body_part"] = study.body_parts or None
+    fields["identifiers_hidden"] = hide_identifiers
+    return fields
 
 
 def iso(seconds: float | None) -> str | None:
@@ -84,15 +131,23 @@ def study_flagged(study: Study, flag_at: float | None) -> bool | None:
 
 
 def study_summary(
-    study: Study, rank: int | None = None, images: int | None = None, flag_at: float | None = None
+    study: Study,
+    rank: int | None = None,
+    images: int | None = None,
+    hide_identifiers: bool = False,
+    flag_at: float | None = None,
 ) -> dict[str, Any]:
     return {
         "id": study.id,
         "rank": rank,
         "name": study.name,
+        **pacs_fields(study, hide_identifiers),
         "source": study.source,
         "state": study.state,
         "read_status": study.read_status,
+        "new_images_since_read": study.new_images_at is not None,
+        "new_images_at": iso(study.new_images_at),
+        "warnings": [w for w in (study.warnings or "").split("; ") if w],
         "priority": rounded(study.priority),
         "abnormal": rounded(study.abnormal),
         "flagged": study_flagged(study, flag_at),
@@ -191,6 +246,8 @@ def image_dict(image: Image) -> dict[str, Any]:
         "width": image.width,
         "height": image.height,
         "modality": image.modality or None,
+        "view": image.view_position or None,
+        "body_part": image.body_part or None,
         "abnormal": rounded(image.abnormal),
         "received_at": iso(image.received_at),
         "processed_at": iso(image.processed_at),
@@ -211,9 +268,15 @@ def heatmap_dict(study_id: str, heatmap: Heatmap) -> dict[str, Any]:
     }
 
 
-def study_detail(session, study: Study, checkpoint) -> dict[str, Any]:
+def study_detail(session, study: Study, checkpoint, hide_identifiers: bool = False) -> dict[str, Any]:
     """Everything the study page shows: summary, findings table, images, heatmaps."""
-    data = study_summary(study, rank_of(session, study), flag_at=checkpoint.study_flag_threshold)
+    data = study_summary(
+        study,
+        rank_of(session, study),
+        hide_identifiers=hide_identifiers,
+        flag_at=checkpoint.study_flag_threshold,
+    )
+    size = int(checkpoint.preprocess.size)
     probabilities = study.probabilities
     table = []
     for name in checkpoint.label_names:
@@ -244,7 +307,10 @@ def study_detail(session, study: Study, checkpoint) -> dict[str, Any]:
         {
             "key_image_id": study.key_image_id,
             "findings_table": table,
-            "image_list": [image_dict(image) for image in study.images],
+            "image_list": [
+                {**image_dict(image), "warning": low_resolution_warning(image.width, image.height, size)}
+                for image in study.images
+            ],
             "heatmaps": [heatmap_dict(study.id, h) for h in heatmaps],
             "disclaimer": DISCLAIMER,
             "dicom_results_info": _json_or_none(study.dicom_results_info)
@@ -256,18 +322,23 @@ def study_detail(session, study: Study, checkpoint) -> dict[str, Any]:
 
 
 def worklist_csv(
-    rows: Sequence[tuple[Study, int | None, int]], label_names: Sequence[str], flag_at: float | None = None
+    rows: Sequence[tuple[Study, int | None, int]],
+    label_names: Sequence[str],
+    hide_identifiers: bool = False,
+    flag_at: float | None = None,
 ) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow([*CSV_BASE, *label_names, "images", "error"])
+    writer.writerow([*CSV_BASE, *label_names, "images", "error", "warnings"])
     for study, rank, images in rows:
         probabilities = study.probabilities
+        pacs = pacs_fields(study, hide_identifiers)
         writer.writerow(
             [
                 "" if rank is None else rank,
                 study.id,
                 study.name,
+                *(pacs[k] or "" for k in (*IDENTIFIERS, "view", "body_part")),
                 iso(study.received_at),
                 study.state,
                 study.read_status,
@@ -278,6 +349,7 @@ def worklist_csv(
                 *["" if probabilities.get(n) is None else f"{probabilities[n]:.6f}" for n in label_names],
                 images,
                 study.error,
+                study.warnings,
             ]
         )
     return buffer.getvalue()

@@ -23,7 +23,9 @@ import time
 from typing import TYPE_CHECKING
 
 import numpy as np
+from sqlalchemy import select
 
+from xraytriage.scope import low_resolution_warning
 from xraytriage.serving.db import (
     DONE,
     ERROR,
@@ -202,15 +204,27 @@ class WorkerPool:
             self.settle(study_id)
 
     def settle(self, study_id: str) -> None:
-        """Aggregate a study once none of its images is waiting."""
+        """Aggregate a study once none of its images is waiting.
+
+        The study is locked first and its images read after: two workers settling the same
+        study (each finished one of its images) or an upload adding an image meanwhile cannot
+        leave it ``processing`` with every image done.
+        """
         service = self.service
         labels = list(service.checkpoint.label_names)
         now = time.time()
-        with service.db.session() as s:
-            study = s.get(Study, study_id)
+        with service.db.session(lock=True) as s:
+            study = service.db.lock_study(s, study_id)
             if study is None:
                 return
-            images = list(study.images)
+            images = list(
+                s.scalars(
+                    select(Image)
+                    .where(Image.study_id == study_id)
+                    .order_by(Image.received_at)
+                    .execution_options(populate_existing=True)
+                )
+            )
             if any(image.state in (QUEUED, PROCESSING) for image in images):
                 study.state = PROCESSING
                 return
@@ -237,6 +251,9 @@ class WorkerPool:
             ]
             row = service.engine.study_rows(results)[0]
             study.state = DONE
+            size = int(service.checkpoint.preprocess.size)
+            caveats = (low_resolution_warning(image.width, image.height, size) for image in ok)
+            study.warnings = "; ".join(dict.fromkeys(w for w in caveats if w))
             study.priority = row.priority
             study.abnormal = row.abnormal
             study.findings = row.findings

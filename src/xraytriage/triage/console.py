@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from xraytriage.triage.worklist import WorklistRow
+from xraytriage.triage.worklist import WorklistRow, safe_text
 
 
 def short_study(study: str, width: int = 32) -> str:
@@ -49,7 +50,7 @@ def worklist_table(rows: Sequence[WorklistRow], top: int = 10, title: str | None
         table.add_row(
             str(row.rank),
             "[bold red]FLAGGED[/]" if row.flagged else "[dim]-[/]",
-            short_study(row.study),
+            escape(short_study(safe_text(row.study))),
             f"[bold]{row.priority:.2f}[/]{site}" if row.flagged else f"{row.priority:.2f}{site}",
             f"{row.abnormal:.2f}",
             str(row.images),
@@ -85,7 +86,7 @@ def print_worklist(
         console.print(worklist_table(rows, top=top, title=f"Worklist: top {shown} of {len(ok)}"))
     errors = [r for r in rows if not r.ok]
     for row in errors[:max_errors]:
-        console.print(f"[red]error[/] {row.error}", highlight=False, soft_wrap=True)
+        console.print(f"[red]error[/] {escape(safe_text(row.error))}", highlight=False, soft_wrap=True)
     if len(errors) > max_errors:
         console.print(f"[red]... and {len(errors) - max_errors} more error(s), see worklist.csv[/]")
     console.print(summary_line(rows, images_total, seconds), highlight=False)

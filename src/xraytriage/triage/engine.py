@@ -28,6 +28,7 @@ import numpy as np
 
 from xraytriage.errors import ConfigError, ImageReadError
 from xraytriage.preprocess import PreprocessContract
+from xraytriage.scope import low_resolution_warning, scope_problem
 from xraytriage.triage.aggregate import aggregate_probabilities, check_aggregation
 from xraytriage.triage.grouping import check_study_mode, study_key
 from xraytriage.triage.priority import PriorityRules, SitePriorities, UrgencyWeights, dicom_site_priority
@@ -35,7 +36,17 @@ from xraytriage.triage.worklist import WorklistRow, format_findings, sort_workli
 
 log = logging.getLogger(__name__)
 
-KEPT_META = ("study_uid", "priority", "modality", "patient_id", "accession", "view_position")
+KEPT_META = (
+    "study_uid",
+    "priority",
+    "modality",
+    "patient_id",
+    "accession",
+    "view_position",
+    "body_part",
+    "width",
+    "height",
+)
 
 
 class Predictor(Protocol):
@@ -110,6 +121,8 @@ class ImageResult:
     abnormal: float | None = None
     error: str | None = None
     site_priority: float | None = None
+    warnings: tuple[str, ...] = ()
+    """Read, but with a caveat the reader should see (e.g. low resolution)."""
 
     @property
     def ok(self) -> bool:
@@ -230,14 +243,30 @@ class TriageEngine:
                 probabilities=probs[i],
                 abnormal=float(abnormal[i]),
                 site_priority=dicom_site_priority(p.meta),
+                warnings=self.image_warnings(p.meta),
             )
             for i, p in enumerate(batch)
         ]
+
+    def image_warnings(self, meta: dict[str, Any]) -> tuple[str, ...]:
+        size = int(self.checkpoint.preprocess.size)
+        warning = low_resolution_warning(meta.get("width"), meta.get("height"), size)
+        return (warning,) if warning else ()
+
+    def out_of_scope(self, prepared: Prepared) -> Prepared:
+        """The prepared image, or an error when its header says the model was not made for it
+        (a hand, a lateral view...): such images are reported, never given findings."""
+        problem = scope_problem(prepared.meta, self.checkpoint)
+        if problem is None:
+            return prepared
+        return Prepared(prepared.path, None, prepared.meta, f"{prepared.path}: {problem}")
 
     def iter_results(self, paths: Iterable[str], progress: Any = None) -> Iterator[ImageResult]:
         """Stream image results (errors included) for ``paths``; order follows batching."""
         batch: list[Prepared] = []
         for prepared in self.iter_prepared(paths):
+            if prepared.error is None:
+                prepared = self.out_of_scope(prepared)
             if prepared.error is not None:
                 if progress is not None:
                     progress.update(1)
@@ -280,6 +309,7 @@ class TriageEngine:
             site = self.rules.site_priority(study, paths, (r.site_priority for r in images))
             probabilities = {name: float(p) for name, p in zip(labels, probs, strict=True)}
             findings = format_findings(probabilities, thresholds)
+            warnings = dict.fromkeys(w for r in images for w in r.warnings)
             rows.append(
                 WorklistRow(
                     study=study,
@@ -292,6 +322,7 @@ class TriageEngine:
                     images=len(images),
                     site_priority=site,
                     image_paths=paths,
+                    warnings="; ".join(warnings),
                 )
             )
         return sort_worklist(rows)

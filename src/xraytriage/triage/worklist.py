@@ -3,7 +3,8 @@ files, the web service's database and its API.
 
 Columns, in order: ``rank, study, path, priority, abnormal, flagged, status, error,
 findings``, one column per model label holding its calibrated probability, then ``images``
-(how many images the study has) and ``site_priority`` (the priority the site gave, if any).
+(how many images the study has), ``site_priority`` (the priority the site gave, if any) and
+``warnings`` (caveats such as a low resolution).
 
 ``abnormal`` is the model's calibrated P(abnormal) (at the deployment prevalence the model was
 calibrated for); ``priority`` is what orders the list: equal to ``abnormal`` unless urgency
@@ -11,6 +12,9 @@ weights raise it for urgent findings or the site gave a higher priority (``triag
 ``flagged`` says whether ``abnormal`` reaches the model's study operating threshold (chosen
 at high specificity on out-of-fold predictions); ``findings`` lists every finding at or above
 its own threshold, most probable first.
+
+File names are data: a name that is not valid UTF-8 (bytes kept as surrogates by Python) is
+written with its odd bytes as ``\\xNN`` escapes (:func:`safe_text`), never losing the file.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 BASE_COLUMNS = ("rank", "study", "path", "priority", "abnormal", "flagged", "status", "error", "findings")
-TAIL_COLUMNS = ("images", "site_priority")
+TAIL_COLUMNS = ("images", "site_priority", "warnings")
 STATUS_OK = "ok"
 STATUS_ERROR = "error"
 DECIMALS = 6
@@ -59,6 +63,27 @@ def parse_findings(text: str | None) -> list[tuple[str, float]]:
     return items
 
 
+def safe_text(text: str) -> str:
+    """``text`` as valid UTF-8: bytes of a non-UTF-8 file name (surrogates from the file
+    system) become ``\\xNN`` escapes, so the worklist can always be written and read."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # also lone surrogates that did not come from a file name
+        raw = b"".join(_char_bytes(ch) for ch in text)
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def _char_bytes(ch: str) -> bytes:
+    try:
+        return ch.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return ch.encode("utf-8", "surrogatepass")
+
+
+def _safe(value: Any) -> Any:
+    return safe_text(value) if isinstance(value, str) else value
+
+
 def rounded(value: float | None) -> float | None:
     """A probability or priority as written to worklists and the API (``DECIMALS`` places)."""
     return None if value is None else round(float(value), DECIMALS)
@@ -83,6 +108,8 @@ class WorklistRow:
     rank: int | None = None
     image_paths: list[str] = field(default_factory=list)
     """Every image of the study (``path`` is the one with the highest abnormal probability)."""
+    warnings: str = ""
+    """Caveats the reader should see, ``"; "``-separated (e.g. a low-resolution image)."""
 
     @classmethod
     def error_row(cls, study: str, path: str, error: str) -> WorklistRow:
@@ -110,6 +137,7 @@ class WorklistRow:
             data[name] = rounded(self.probabilities.get(name))
         data["images"] = self.images
         data["site_priority"] = rounded(self.site_priority)
+        data["warnings"] = self.warnings or None
         return data
 
 
@@ -133,7 +161,7 @@ def write_worklist(
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     columns = worklist_columns(label_names)
-    records = [row.to_dict(label_names) for row in rows]
+    records = [{k: _safe(v) for k, v in row.to_dict(label_names).items()} for row in rows]
     csv_path, json_path = output_dir / "worklist.csv", output_dir / "worklist.json"
     tmp_csv, tmp_json = csv_path.with_suffix(".csv.tmp"), json_path.with_suffix(".json.tmp")
     with open(tmp_csv, "w", newline="", encoding="utf-8") as fh:
@@ -154,7 +182,7 @@ def _parse_cell(column: str, text: str) -> Any:
         return int(text)
     if column == "flagged":
         return text == "True"
-    if column in ("study", "path", "status", "error", "findings"):
+    if column in ("study", "path", "status", "error", "findings", "warnings"):
         return text
     return float(text)
 

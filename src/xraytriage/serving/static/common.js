@@ -124,5 +124,54 @@ const XT = (() => {
     return {stop() { stopped = true; }};
   }
 
-  return {el, api, ApiError, errorMessage, toLogin, pageData, prob, time, statusBadge, stateCell, queueText, poll};
+  /** Patient identifiers (ID, accession, age/sex, study date) shown or hidden on this screen.
+      The choice is kept in this browser; a server started with --hide-identifiers never sends
+      them, and the switch then says so. */
+  const HIDE_KEY = "xraytriage.hideIdentifiers";
+  function identifiersToggle(serverHides) {
+    const box = document.getElementById("hide-identifiers");
+    const apply = (hide) => document.body.classList.toggle("hide-identifiers", hide);
+    let hide = serverHides;
+    try {
+      hide = serverHides || localStorage.getItem(HIDE_KEY) === "1";
+    } catch (err) {
+      hide = serverHides;
+    }
+    apply(hide);
+    if (!box) return;
+    box.checked = hide;
+    if (serverHides) {
+      box.disabled = true;
+      box.parentElement.title = "identifiers are hidden by the server (serve --hide-identifiers)";
+      return;
+    }
+    box.addEventListener("change", () => {
+      apply(box.checked);
+      try {
+        localStorage.setItem(HIDE_KEY, box.checked ? "1" : "0");
+      } catch (err) {
+        /* private mode: the switch still works on this page */
+      }
+    });
+  }
+
+  /** An identifier (hidden on shared screens); "–" when the study has none. */
+  function identifier(value, name) {
+    return value ? el("span", {class: "identifier", dataset: {field: name}}, value) : el("span", {class: "muted"}, "–");
+  }
+
+  /** "45 y F" from the study's age and sex. */
+  function ageSex(item) {
+    return [item.patient_age, item.patient_sex].filter(Boolean).join(" ");
+  }
+
+  /** Caveats (low resolution...) as visible warning badges. */
+  function warningBadges(warnings) {
+    return (warnings || []).map((w) => el("span", {class: "warning-badge", role: "note", title: w}, "⚠ " + w));
+  }
+
+  return {
+    el, api, ApiError, errorMessage, toLogin, pageData, prob, time, statusBadge, stateCell, queueText, poll,
+    identifiersToggle, identifier, ageSex, warningBadges,
+  };
 })();

@@ -2,7 +2,7 @@
 "use strict";
 
 (() => {
-  const {el, api, pageData, prob, time, poll} = XT;
+  const {el, api, pageData, prob, time, poll, identifier, ageSex} = XT;
   const POLL_MS = 1500;
   const article = document.getElementById("study");
   let data = pageData();
@@ -59,9 +59,22 @@
       ["Received", time(data.received_at)],
       ["Triaged", time(data.predicted_at)],
       ["Source", data.source],
+      ["Patient ID", identifier(data.patient_id, "patient_id")],
+      ["Accession", identifier(data.accession, "accession")],
+      ["Age / sex", identifier(ageSex(data), "age_sex")],
+      ["Study date", identifier(data.study_date, "study_date")],
+      ["Exam", [data.body_part, data.view].filter(Boolean).join(" ") || "–"],
     ];
     document.getElementById("study-facts").replaceChildren(
       ...facts.map(([name, value]) => el("div", {class: "fact"}, el("dt", {}, name), el("dd", {}, value))));
+    const fresh = document.getElementById("study-new-images");
+    fresh.hidden = !data.new_images_since_read;
+    fresh.textContent = data.new_images_since_read
+      ? "New images arrived after this study was read (first at " + new Date(data.new_images_at).toLocaleString() + ")."
+      : "";
+    const warnings = document.getElementById("study-warnings");
+    warnings.hidden = !(data.warnings || []).length;
+    warnings.textContent = (data.warnings || []).length ? "⚠ Caution: " + data.warnings.join("; ") + "." : "";
     const error = document.getElementById("study-error");
     error.hidden = !data.error;
     error.textContent = data.error ? "Error: " + data.error : "";
@@ -107,13 +120,17 @@
     const box = heatmap.box;
     if (!box || !image.width || !image.height) return null;
     const pct = (v, whole) => (100 * v / whole).toFixed(3) + "%";
-    return el("div", {
+    const node = el("div", {
       class: "heat-box",
       dataset: {finding: heatmap.finding, imageId: image.id},
-      style: "left:" + pct(box.x, image.width) + ";top:" + pct(box.y, image.height) +
-        ";width:" + pct(box.w, image.width) + ";height:" + pct(box.h, image.height),
       title: heatmap.finding + " box (original pixels x " + box.x + ", y " + box.y + ", " + box.w + " × " + box.h + ")",
     }, el("span", {class: "heat-box-label"}, heatmap.finding + " " + prob(heatmap.probability)));
+    // CSSOM properties, not a style attribute: the Content-Security-Policy allows no inline styles
+    Object.assign(node.style, {
+      left: pct(box.x, image.width), top: pct(box.y, image.height),
+      width: pct(box.w, image.width), height: pct(box.h, image.height),
+    });
+    return node;
   }
 
   function renderOverlays(image, entry) {
@@ -167,7 +184,9 @@
       entry.caption.replaceChildren(
         el("span", {}, image.filename + " · " + (image.format || "").toUpperCase() +
           (image.width ? " · " + image.width + " × " + image.height + " px" : "") +
+          (image.body_part || image.view ? " · " + [image.body_part, image.view].filter(Boolean).join(" ") : "") +
           (image.id === data.key_image_id && images.length > 1 ? " · key image" : "")),
+        image.warning ? el("span", {class: "warning-text", role: "note"}, " · ⚠ " + image.warning) : null,
         el("span", {class: "error"}, image.error ? " · " + image.error : ""));
       // heatmaps of images other than the key image (the table's toggles are for the key image)
       const others = image.id === data.key_image_id ? [] : heatmapsOf(image.id);
@@ -248,6 +267,7 @@
     });
   }
 
+  XT.identifiersToggle(Boolean(data.identifiers_hidden));
   render();
   poll(async () => {
     data = await api(apiUrl);

@@ -105,7 +105,8 @@
     const link = el("a", {href: "/studies/" + encodeURIComponent(result.study_id), class: "study-link"},
       "study " + result.study_id);
     setMessage(item, el("span", {class: "ok"}, result.duplicate ? "already received: " : "accepted: "), link,
-      " · ", el("span", {class: "state", dataset: {state: "queued"}}, "queued"));
+      " · ", el("span", {class: "state", dataset: {state: "queued"}}, "queued"),
+      ...(result.warnings || []).map((w) => el("span", {class: "warning-text", role: "note"}, " · ⚠ " + w)));
     if (!tracked.has(result.study_id)) tracked.set(result.study_id, []);
     tracked.get(result.study_id).push(item);
     updateSummary();

@@ -2,7 +2,7 @@
 "use strict";
 
 (() => {
-  const {el, api, pageData, prob, time, statusBadge, stateCell, queueText, poll} = XT;
+  const {el, api, pageData, prob, time, statusBadge, stateCell, queueText, poll, identifier, ageSex, warningBadges} = XT;
   const POLL_MS = 2000;
   const TOP_FINDINGS = 3;
   const body = document.getElementById("worklist-body");
@@ -60,11 +60,21 @@
       el("td", {class: "rank"}, item.rank ?? "–"),
       el("td", {class: "flag"}, flagBadge(item.flagged)),
       el("th", {scope: "row", class: "name"}, link,
-        item.images > 1 ? el("span", {class: "muted small"}, " (" + item.images + " images)") : null),
+        item.images > 1 ? el("span", {class: "muted small"}, " (" + item.images + " images)") : null,
+        warningBadges(item.warnings)),
+      el("td", {class: "patient"},
+        el("div", {}, identifier(item.patient_id, "patient_id")),
+        item.accession ? el("div", {class: "small"}, "Acc ", identifier(item.accession, "accession")) : null,
+        ageSex(item) ? el("div", {class: "small"}, identifier(ageSex(item), "age_sex")) : null),
+      el("td", {class: "exam small"},
+        el("div", {}, [item.body_part, item.view].filter(Boolean).join(" ") || "–"),
+        item.study_date ? el("div", {}, identifier(item.study_date, "study_date")) : null),
       el("td", {class: "priority num"}, prob(item.priority)),
       el("td", {class: "abnormal num"}, prob(item.abnormal)),
       el("td", {class: "findings"}, findingsCell(item)),
-      el("td", {class: "read-status"}, statusBadge(item.read_status)),
+      el("td", {class: "read-status"}, statusBadge(item.read_status),
+        item.new_images_since_read ? el("span", {class: "new-images small", title: "images arrived after it was read"},
+          " new images since read") : null),
       el("td", {class: "processing"}, stateCell(item)),
       el("td", {class: "received"}, time(item.received_at)));
   }
@@ -110,7 +120,9 @@
   findingSelect.addEventListener("change", applyFilters);
   const params = filters();
   exportLink.href = "/api/v1/worklist.csv" + (params.size ? "?" + params : "");
-  render(pageData());
+  const initial = pageData();
+  XT.identifiersToggle(Boolean(initial.identifiers_hidden));
+  render(initial);
   poll(() => refresh().catch((err) => {
     document.getElementById("worklist-updated").textContent = "Could not update: " + err.message;
   }), POLL_MS);
