@@ -111,6 +111,9 @@ def _inspect_dicom(source: bytes | Path, filename: str, max_pixels: int) -> Uplo
         status = 413 if isinstance(exc, ImageTooLargeError) else 422
         problem = exc.problem if status == 413 else (truncation_problem(source) or exc.problem)
         raise UploadRejected(filename, problem, status) from None
+    cut = truncation_problem(source)  # the header can be whole while the pixel data is cut
+    if cut:
+        raise UploadRejected(filename, cut, 422)
     description = " ".join(meta[k] for k in ("modality", "body_part", "view_position") if meta[k]).strip()
     return UploadInfo(
         format=ImageFormat.DICOM.value,
