@@ -96,12 +96,15 @@ def check_concurrent_uploads_of_one_study(service: TriageService, shared_data: P
         assert s.query(Study).count() == ROUNDS and s.query(Image).count() == ROUNDS * THREADS
 
 
-def check_heatmaps_drawn_at_once(service: TriageService) -> None:
-    """A request draws the heatmap the worker is drawing: one row, no UNIQUE error."""
+def check_heatmaps_drawn_at_once(service: TriageService, second: TriageService) -> None:
+    """Two service instances on one database and data folder (two ``serve`` processes) draw
+    the same heatmap at the same moment: one row, no UNIQUE error. (Within one instance the
+    heatmap job pool makes concurrent requests share one drawing job, so this is the race left.)"""
     sample = sorted((Path(__file__).resolve().parents[1] / "src/xraytriage/assets/samples").glob("*.png"))[0]
     image_id = service.ingest(sample.read_bytes(), sample.name).image_id
     drain(service)
-    _ = service.explainer.feature_shape  # built once, before the race
+    for instance in (service, second):
+        _ = instance.explainer.feature_shape  # built once, before the race
     import xraytriage.explain as explain
 
     drawn = threading.Barrier(2)
@@ -116,7 +119,9 @@ def check_heatmaps_drawn_at_once(service: TriageService) -> None:
     try:
         findings = list(service.checkpoint.findings)[:ROUNDS]
         for finding in findings:
-            results = race([lambda f=finding: service.ensure_heatmaps(image_id, [f])] * 2)
+            results = race(
+                [lambda f=finding, one=one: one.ensure_heatmaps(image_id, [f]) for one in (service, second)]
+            )
             assert not failures(results), failures(results)
             assert {r[0].finding for r in results} == {finding}
     finally:
@@ -197,7 +202,7 @@ def test_concurrent_uploads_of_one_study(tmp_path: Path, shared_data: Path) -> N
 
 
 def test_a_heatmap_drawn_by_two_at_once(tmp_path: Path) -> None:
-    check_heatmaps_drawn_at_once(make_service(tmp_path))
+    check_heatmaps_drawn_at_once(make_service(tmp_path), make_service(tmp_path))
 
 
 def test_two_workers_settle_one_study(tmp_path: Path, shared_data: Path) -> None:

@@ -93,8 +93,9 @@ def test_study_states_under_concurrency_on_postgresql(tmp_path: Path, shared_dat
     with postgres_server(tmp_path / "pg") as url:
         address = make_url(url)
 
-        def fresh_service(name: str):
-            """A service on a database of its own (each check starts from an empty queue)."""
+        def fresh_service(name: str, create: bool = True):
+            """A service on a database of its own (each check starts from an empty queue);
+            ``create=False``: a second instance on the same database."""
             with psycopg.connect(
                 host=address.host,
                 port=address.port,
@@ -102,7 +103,8 @@ def test_study_states_under_concurrency_on_postgresql(tmp_path: Path, shared_dat
                 dbname="postgres",
                 autocommit=True,
             ) as conn:
-                conn.execute(f"CREATE DATABASE {name}")
+                if create:
+                    conn.execute(f"CREATE DATABASE {name}")
             service = make_service(tmp_path / name, url.rsplit("/", 1)[0] + "/" + name, batch_size=1)
             assert service.db.engine.dialect.name == "postgresql"
             return service
@@ -110,4 +112,4 @@ def test_study_states_under_concurrency_on_postgresql(tmp_path: Path, shared_dat
         check_concurrent_uploads_of_one_study(fresh_service("uploads"), shared_data, tmp_path)
         check_two_workers_settle_one_study(fresh_service("settle"), shared_data, tmp_path)
         check_new_image_reopens_a_read_study(fresh_service("reopen"), shared_data, tmp_path)
-        check_heatmaps_drawn_at_once(fresh_service("heatmaps"))
+        check_heatmaps_drawn_at_once(fresh_service("heatmaps"), fresh_service("heatmaps", create=False))

@@ -340,11 +340,13 @@ class TriageService:
 
     # --- reader status -------------------------------------------------------------------
     def set_read_status(self, study_id: str, status: str) -> bool:
-        with self.db.session() as s:
-            study = s.get(Study, study_id)
+        with self.db.session(lock=True) as s:
+            study = self.db.lock_study(s, study_id)
             if study is None:
                 return False
             study.read_status = status
+            if status == "read":  # whatever arrived is seen now
+                study.new_images_at = None
             study.updated_at = time.time()
         return True
 
