@@ -263,6 +263,19 @@ def _open(source: str | Path | bytes) -> BinaryIO:
     return open(source, "rb")
 
 
+PARSE_ERRORS = (
+    InvalidDicomError,
+    EOFError,
+    OSError,
+    ValueError,
+    KeyError,
+    TypeError,
+    zlib.error,
+    struct.error,
+)
+"""What pydicom, zlib and struct raise on a file that is not (readable) DICOM."""
+
+
 def read_dicom_header(
     source: str | Path | bytes, max_pixels: int, name: str | Path | None = None
 ) -> tuple[pydicom.Dataset, dict[str, Any]]:
@@ -276,16 +289,7 @@ def read_dicom_header(
             parsed, meta = _parse(fp, label, False, max_pixels)
     except ImageReadError:
         raise
-    except (
-        InvalidDicomError,
-        EOFError,
-        OSError,
-        ValueError,
-        KeyError,
-        TypeError,
-        zlib.error,
-        struct.error,
-    ) as exc:
+    except PARSE_ERRORS as exc:
         raise UnreadableImageError(label, f"not a readable DICOM file: {exc}") from None
     return parsed.dataset, meta
 
@@ -358,16 +362,7 @@ def read_dicom(path: Path, max_pixels: int, max_side: int | None = None) -> tupl
         raise
     except ImageReadError:
         raise
-    except (
-        InvalidDicomError,
-        EOFError,
-        OSError,
-        ValueError,
-        KeyError,
-        TypeError,
-        zlib.error,
-        struct.error,
-    ) as exc:
+    except PARSE_ERRORS as exc:
         raise UnreadableImageError(
             path, truncation_problem(path) or f"not a readable DICOM file: {exc}"
         ) from None

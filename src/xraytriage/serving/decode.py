@@ -10,10 +10,9 @@ reduced copy, not several float copies of the full file.
 
 from __future__ import annotations
 
-from xraytriage.errors import ImageReadError
 from xraytriage.io import Radiograph, read_radiograph
 from xraytriage.preprocess import PreprocessContract
-from xraytriage.triage.engine import KEPT_META, Prepared
+from xraytriage.triage.engine import Prepared, prepare_image
 
 
 def read_reduced(path: str, max_pixels: int, max_side: int) -> Radiograph:
@@ -23,14 +22,4 @@ def read_reduced(path: str, max_pixels: int, max_side: int) -> Radiograph:
 
 def prepare_for_model(path: str, contract: PreprocessContract, max_pixels: int, max_side: int) -> Prepared:
     """The triage engine's ``prepare`` step with the service's limits. Never raises."""
-    try:
-        radiograph = read_reduced(path, max_pixels, max_side)
-        image = contract.to_uint8(radiograph.pixels)
-    except ImageReadError as exc:
-        return Prepared(path, None, {}, str(exc))
-    except Exception as exc:  # a decoder bug must not stop the batch either
-        return Prepared(
-            path, None, {}, f"{path}: unexpected error while reading: {type(exc).__name__}: {exc}"
-        )
-    meta = {k: radiograph.meta[k] for k in KEPT_META if radiograph.meta.get(k)}
-    return Prepared(path, image, meta)
+    return prepare_image(path, contract, max_pixels=max_pixels, max_side=max_side)

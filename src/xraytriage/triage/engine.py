@@ -68,12 +68,16 @@ class Prepared:
     error: str | None = None
 
 
-def prepare_image(path: str, contract: PreprocessContract) -> Prepared:
-    """Read and apply stage 1 of the contract; runs in a worker process. Never raises."""
+def prepare_image(
+    path: str, contract: PreprocessContract, max_pixels: int | None = None, max_side: int | None = None
+) -> Prepared:
+    """Read and apply stage 1 of the contract; runs in a worker process. Never raises.
+    ``max_pixels``/``max_side``: the reader's limits (the service's pixel cap, reduced decode)."""
     from xraytriage.io import read_radiograph
 
+    limits = {} if max_pixels is None else {"max_pixels": max_pixels}
     try:
-        radiograph = read_radiograph(path)
+        radiograph = read_radiograph(path, max_side=max_side, **limits)
         image = contract.to_uint8(radiograph.pixels)
     except ImageReadError as exc:
         return Prepared(path, None, {}, str(exc))
