@@ -31,13 +31,29 @@ def orthanc_binary() -> str | None:
     )
 
 
+DEBIAN_PACKAGE = {"Orthanc": "orthanc", "dciodvfy": "dicom3tools"}
+"""The Debian package of each tool (the rest come from dcmtk); scripts/install-system-deps.sh."""
+
+
 def require_tools(*names: str) -> None:
-    """Skip the calling test, naming what is missing (CI installs orthanc and dcmtk)."""
+    """Skip the calling test, naming what is missing and its Debian package (CI installs them)."""
     missing = [
         name for name in names if (orthanc_binary() if name == "Orthanc" else shutil.which(name)) is None
     ]
     if missing:
-        pytest.skip(f"not on PATH: {', '.join(missing)} (Debian packages orthanc / dcmtk)")
+        packages = sorted({DEBIAN_PACKAGE.get(name, "dcmtk") for name in missing})
+        pytest.skip(
+            f"not on PATH: {', '.join(missing)} (Debian package {', '.join(packages)}; "
+            "run scripts/install-system-deps.sh)"
+        )
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    """The ``Error`` and ``Abort`` lines of dicom3tools' IOD validator on one file (warnings are
+    not errors). Skips the calling test when dciodvfy is not installed."""
+    require_tools("dciodvfy")
+    _, out = run_tool("dciodvfy", [path])
+    return [line for line in out.splitlines() if line.startswith(("Error", "Abort"))]
 
 
 def run_tool(tool: str, args: Sequence[str], timeout: float = 30) -> tuple[int, str]:

@@ -9,7 +9,16 @@ import httpx
 import pydicom
 import pytest
 
-from pacs import echoscu, findings_in, free_port, orthanc, require_tools, storescu, write_image
+from pacs import (
+    dciodvfy_errors,
+    echoscu,
+    findings_in,
+    free_port,
+    orthanc,
+    require_tools,
+    storescu,
+    write_image,
+)
 from serve_support import running_server, wait_for
 from xraytriage.serving.dicom_node import SC_SERIES_NUMBER, SR_SERIES_NUMBER
 
@@ -53,7 +62,7 @@ def test_echo(pacs_and_node) -> None:
     assert code == 0, output
 
 
-def test_received_study_is_triaged_and_results_reach_the_pacs(pacs_and_node, shared_data) -> None:
+def test_received_study_is_triaged_and_results_reach_the_pacs(pacs_and_node, shared_data, tmp_path) -> None:
     pacs, server, port = pacs_and_node
     source = pydicom.dcmread(shared_data / "dicom" / "siim_cr_chest_pa.dcm", stop_before_pixels=True)
     # both real files: one study (same StudyInstanceUID; the copy is labelled MONOCHROME1).
@@ -95,6 +104,17 @@ def test_received_study_is_triaged_and_results_reach_the_pacs(pacs_and_node, sha
     for name, row in expected.items():
         assert reported[name]["Probability"] == pytest.approx(row["probability"], abs=1e-4)
         assert reported[name]["At or above operating threshold"] == ("Yes" if row["flagged"] else "No")
+
+    # every SC and SR, as the PACS stored it, passes dicom3tools' IOD validator without an error
+    require_tools("dciodvfy")
+    errors = {}
+    for instance in (*by_modality.get("OT", []), *by_modality["SR"]):
+        path = tmp_path / f"{tags[instance]['Modality']}-{instance}.dcm"
+        path.write_bytes(pacs.get(f"/instances/{instance}/file"))
+        found = dciodvfy_errors(path)
+        if found:
+            errors[path.name] = found
+    assert errors == {}
 
 
 def test_ct_is_refused_with_a_status_and_the_node_carries_on(pacs_and_node, tmp_path) -> None:
