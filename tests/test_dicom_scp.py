@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import socket
+import subprocess
 import threading
 import time
 from contextlib import ExitStack
@@ -230,39 +231,37 @@ def test_idle_sockets_do_not_lock_the_node_out(collector):
         time.sleep(0.5)
         started = time.monotonic()
         assert _echo_ok(node)
-        assert time.monotonic() - started < 10
+        assert time.monotonic() - started < 30  # < 1 s on an idle machine
         holders, pending = node.admission.counts
-        assert holders == 0 and pending <= node.config.max_pending
+        assert holders <= 1 and pending <= 4 * node.config.max_pending  # the idle ones wait, cheaply
 
 
-def test_twenty_concurrent_associations_all_succeed(collector):
-    node = StorageSCP(ScpConfig(port=0), collector)
+def test_twenty_concurrent_associations_all_succeed(tmp_path):
+    """20 storescu processes at once: the node holds all 20 associations at the same moment
+    (``on_image`` waits until every one is inside it); 6 of 20 used to be refused."""
+    require_tools("storescu")
     count = 20
-    assert count <= node.config.max_associations
-    together = threading.Barrier(count, timeout=60)
-    results: list[bool] = []
+    together = threading.Barrier(count, timeout=150)
+    received: list[str] = []
 
-    def one() -> None:
-        assoc = _associate(node)
-        ok = assoc.is_established and int(assoc.send_c_echo().Status) == 0
-        try:
-            together.wait()  # all 20 are established at the same moment
-        except threading.BrokenBarrierError:
-            ok = False
-        finally:
-            if assoc.is_established:
-                assoc.release()
-            else:
-                together.abort()
-        results.append(ok)
+    def on_image(data: bytes, info: ReceivedImage) -> None:
+        together.wait()  # raises BrokenBarrierError (-> a failure status) if not all 20 arrive
+        received.append(info.sop_instance_uid)
 
-    with node:
-        threads = [threading.Thread(target=one) for _ in range(count)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(90)
-    assert results == [True] * count
+    files = [write_image(tmp_path / f"cr{i}.dcm", CR_IMAGE_STORAGE, "CR") for i in range(count)]
+    with StorageSCP(ScpConfig(port=0), on_image) as node:
+        assert count <= node.config.max_associations
+        args = ["-ta", "150", "-td", "150", "-aet", "STORESCU", "-aec", "XRAYTRIAGE", "127.0.0.1", node.port]
+        processes = [
+            subprocess.Popen(
+                ["storescu", *map(str, args), f], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+            )
+            for f in files
+        ]
+        outputs = [p.communicate(timeout=200)[0].decode(errors="replace") for p in processes]
+    failed = [out for p, out in zip(processes, outputs, strict=True) if p.returncode != 0]
+    assert failed == [] and not together.broken
+    assert len(received) == count
 
 
 def test_beyond_the_limit_a_transient_reject_then_the_slot_is_free_again(collector):
@@ -306,9 +305,8 @@ def test_a_disallowed_calling_ae_is_refused_for_good_and_takes_no_slot(collector
         assert _echo_ok(node, calling_ae="MODALITY1")  # intruders left no slot taken
 
 
-def test_silent_and_stalled_connections_are_closed_by_the_timeouts(collector):
-    config = ScpConfig(port=0, acse_timeout=1, network_timeout=1)
-    with StorageSCP(config, collector) as node:
+def test_silent_and_half_sent_connections_are_closed_by_the_request_timeout(collector):
+    with StorageSCP(ScpConfig(port=0, request_timeout=1), collector) as node:
         silent, stalled = _idle_socket(node), _idle_socket(node, b"\x01\x00\x00\x00")
         started = time.monotonic()
         for sock in (silent, stalled):
@@ -325,13 +323,29 @@ def test_silent_and_stalled_connections_are_closed_by_the_timeouts(collector):
         assert node.admission.counts == (0, 0)  # their threads are gone too
 
 
+def test_the_oldest_idle_connection_makes_room_for_a_new_one(collector, monkeypatch):
+    import xraytriage.dicom.admission as admission
+
+    monkeypatch.setattr(admission, "GRACE_S", 0.2)
+    with StorageSCP(ScpConfig(port=0, max_pending=2), collector) as node, ExitStack() as sockets:
+        first = sockets.enter_context(_idle_socket(node))
+        for _ in range(2):
+            sockets.enter_context(_idle_socket(node))
+        time.sleep(0.5)  # past the grace period: the next connection closes the oldest
+        sockets.enter_context(_idle_socket(node))
+        first.settimeout(5)
+        assert first.recv(16) == b""  # closed by the node
+        assert _echo_ok(node)
+
+
 def test_config_rejects_nonsense_limits():
     from xraytriage.errors import ConfigError
 
     for bad in (
         {"max_associations": 0},
         {"max_pending": 0},
-        {"acse_timeout": 0},
+        {"request_timeout": 0},
+        {"acse_timeout": -1},
         {"called_ae_titles": frozenset()},
     ):
         with pytest.raises(ConfigError):

@@ -5,7 +5,7 @@ result objects):
 
 * ``check_acceptable(ds) -> str | None``: None = triage it, else the refusal reason.
 * ``ScpConfig(ae_title, host, port, allowed_calling_aes, called_ae_titles, max_associations,
-  max_pending, acse_timeout, dimse_timeout, network_timeout)``, ``StorageSCP(config, on_image)``
+  max_pending, request_timeout, acse_timeout, dimse_timeout, network_timeout)``, ``StorageSCP(config, on_image)``
   with ``start()``, ``stop()``, ``port``; ``on_image(part10_bytes, ReceivedImage)``, which raises
   ``StoreRefused(reason, status)`` to refuse an image for good.
   C-STORE statuses: ``STATUS_SUCCESS`` 0x0000, ``STATUS_NO_PIXEL_DATA`` 0xA900,

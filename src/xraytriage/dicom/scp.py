@@ -17,8 +17,9 @@ families a sender does not retry, only a transient one gets "out of resources".
 
 Associations (see ``admission``): the called AE title must be ours, the calling AE title on the
 allow-list (when there is one), both checked before the association takes one of
-``max_associations`` slots; connections that have not asked for an association never hold a slot.
-ACSE, DIMSE and network timeouts bound how long a silent peer keeps a thread.
+``max_associations`` slots; connections that have not sent a whole A-ASSOCIATE-RQ wait at a
+gate, never hold a slot and never reach pynetdicom. The request, ACSE, DIMSE and network
+timeouts bound how long a silent peer keeps a thread.
 
 Only UIDs, AE titles, SOP classes and modalities are logged, never patient attributes.
 """
@@ -35,7 +36,7 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification
 
 from xraytriage.dicom.acceptance import check_acceptable, sop_class_name
-from xraytriage.dicom.admission import Admission, Verdict
+from xraytriage.dicom.admission import Admission, GatedAssociationServer, Verdict
 from xraytriage.dicom.aetitle import validate_ae_title
 from xraytriage.errors import ConfigError
 
@@ -78,9 +79,10 @@ class ScpConfig:
     ``called_ae_titles``: the called AE titles it answers to (default: ``ae_title`` only).
     ``allowed_calling_aes``: ``None`` = anyone. ``max_associations``: concurrent associations;
     beyond it a transient reject. ``max_pending``: connections kept that have not yet sent an
-    A-ASSOCIATE-RQ (the oldest is dropped). ``acse_timeout``: seconds a connection may take to
-    ask (and to release); ``dimse_timeout``: for a DIMSE message; ``network_timeout``: an
-    association idle this long, or a PDU stalled this long, is aborted.
+    A-ASSOCIATE-RQ (beyond it the oldest is closed). ``request_timeout``: seconds from connecting
+    to a whole A-ASSOCIATE-RQ; ``acse_timeout``: pynetdicom's, for negotiating and releasing;
+    ``dimse_timeout``: for a DIMSE message; ``network_timeout``: an association idle this long,
+    or a PDU stalled this long, is aborted.
     """
 
     ae_title: str = "XRAYTRIAGE"
@@ -90,7 +92,8 @@ class ScpConfig:
     called_ae_titles: frozenset[str] | None = None
     max_associations: int = 32
     max_pending: int = 16
-    acse_timeout: float = 10.0
+    request_timeout: float = 10.0
+    acse_timeout: float = 30.0
     dimse_timeout: float = 30.0
     network_timeout: float = 30.0
 
@@ -114,7 +117,7 @@ class ScpConfig:
         for what in ("max_associations", "max_pending"):
             if int(getattr(self, what)) < 1:
                 raise ConfigError(f"DICOM {what.replace('_', ' ')} must be >= 1, got {getattr(self, what)}")
-        for what in ("acse_timeout", "dimse_timeout", "network_timeout"):
+        for what in ("request_timeout", "acse_timeout", "dimse_timeout", "network_timeout"):
             if not float(getattr(self, what)) > 0:
                 raise ConfigError(f"DICOM {what.replace('_', ' ')} must be > 0 s, got {getattr(self, what)}")
 
@@ -190,24 +193,32 @@ class StorageSCP:
             if self._server is not None:
                 return
             handlers = [
-                (evt.EVT_CONN_OPEN, self._handle_connection),
                 (evt.EVT_REQUESTED, self._handle_request),
                 (evt.EVT_CONN_CLOSE, self._handle_close),
                 (evt.EVT_C_STORE, self._handle_store),
                 (evt.EVT_C_ECHO, self._handle_echo),
             ]
             try:
-                self._server = self.ae.start_server(
-                    (self.config.host, self.config.port), block=False, evt_handlers=handlers
+                server = self.ae.make_server(
+                    (self.config.host, self.config.port),
+                    evt_handlers=handlers,
+                    server_class=GatedAssociationServer,
                 )
             except OSError as exc:
                 raise ConfigError(
                     f"cannot listen for DICOM on {self.config.host}:{self.config.port}: {exc}"
                 ) from None
+            server.admission = self.admission
+            server.gate_timeout = self.config.request_timeout
+            server.read_timeout = self.config.network_timeout
+            threading.Thread(
+                target=server.serve_forever, name="xraytriage-dicom-listener", daemon=True
+            ).start()
+            self._server = server
         LOGGER.info("DICOM node %s listening on %s:%d", self.config.ae_title, self.config.host, self.port)
 
     def stop(self) -> None:
-        """Stop listening and close open associations."""
+        """Stop listening and close the connections still waiting to ask for an association."""
         with self._lock:
             server, self._server = self._server, None
         if server is not None:
@@ -220,9 +231,6 @@ class StorageSCP:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
-
-    def _handle_connection(self, event: evt.Event) -> None:
-        self.admission.connected(event.assoc, self.config.network_timeout)
 
     def _handle_close(self, event: evt.Event) -> None:
         self.admission.closed(event.assoc)
