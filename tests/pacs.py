@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import pydicom
 import pytest
 
 from serve_support import free_port
@@ -196,6 +197,25 @@ def write_image(
     ds.PixelData = (np.arange(size * size, dtype=np.uint16) % 4096).tobytes()
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+def dicom_copy(
+    source: Path, target: Path, transfer_syntax: str | None = None, new_instance: bool = False
+) -> Path:
+    """``source`` re-encoded in ``transfer_syntax`` (uncompressed ones: the pixels are decoded),
+    or as another SOP instance of the same study and series (``new_instance``)."""
+    from pydicom.uid import UID, generate_uid
+
+    ds = pydicom.dcmread(source)
+    if transfer_syntax is not None and transfer_syntax != ds.file_meta.TransferSyntaxUID:
+        syntax = UID(transfer_syntax)
+        if ds.file_meta.TransferSyntaxUID.is_compressed:
+            ds.decompress(generate_instance_uid=False)  # the same instance, re-encoded
+        ds.file_meta.TransferSyntaxUID = syntax
+    if new_instance:
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.save_as(target, enforce_file_format=True)
+    return target
 
 
 def radiograph_overlay(path: Path):

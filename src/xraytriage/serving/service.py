@@ -29,6 +29,7 @@ from xraytriage.serving.db import (
     Image,
     Study,
 )
+from xraytriage.serving.dedup import replace_earlier_copies
 from xraytriage.serving.intake import UploadRejected, inspect_upload, study_id_for
 from xraytriage.serving.pictures import (
     display_size_for,
@@ -176,6 +177,7 @@ class TriageService:
                         state=QUEUED,
                     )
                 )
+                replaced = replace_earlier_copies(s, study_id, info.sop_instance_uid, keep=digest)
         except IntegrityError:  # the same file, uploaded at the same moment by someone else
             with self.db.session() as s:
                 existing = s.get(Image, digest)
@@ -183,6 +185,8 @@ class TriageService:
                     raise
                 return Accepted(name, digest, existing.study_id, True)
         log.info("queued image %s… in study %s (%s)", digest[:12], study_id, info.format)
+        if replaced:
+            log.info("image %s… replaces %d earlier copies of its SOP instance", digest[:12], len(replaced))
         self.wake.set()
         return Accepted(name, digest, study_id, False)
 
