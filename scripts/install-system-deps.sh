@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Debian packages the web and DICOM tests use: Chromium (Playwright drives it; no browser is
-# ever downloaded), Orthanc (a real PACS on loopback) and dcmtk (storescu/echoscu).
+# ever downloaded), Orthanc (a real PACS on loopback), dcmtk (storescu/echoscu) and dicom3tools
+# (dciodvfy, the third-party validator our DICOM results must pass).
 # Installs only what is missing. Without root or sudo it says what is missing and carries on;
 # the tests that need a missing tool are then skipped with that reason.
 set -uo pipefail
@@ -8,6 +9,7 @@ need=()
 command -v chromium >/dev/null || need+=(chromium)
 command -v Orthanc >/dev/null || need+=(orthanc)
 command -v storescu >/dev/null || need+=(dcmtk)
+command -v dciodvfy >/dev/null || need+=(dicom3tools)
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
 fi

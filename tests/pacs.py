@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import pydicom
 import pytest
 
 from serve_support import free_port
@@ -31,13 +32,29 @@ def orthanc_binary() -> str | None:
     )
 
 
+DEBIAN_PACKAGE = {"Orthanc": "orthanc", "dciodvfy": "dicom3tools"}
+"""The Debian package of each tool (the rest come from dcmtk); scripts/install-system-deps.sh."""
+
+
 def require_tools(*names: str) -> None:
-    """Skip the calling test, naming what is missing (CI installs orthanc and dcmtk)."""
+    """Skip the calling test, naming what is missing and its Debian package (CI installs them)."""
     missing = [
         name for name in names if (orthanc_binary() if name == "Orthanc" else shutil.which(name)) is None
     ]
     if missing:
-        pytest.skip(f"not on PATH: {', '.join(missing)} (Debian packages orthanc / dcmtk)")
+        packages = sorted({DEBIAN_PACKAGE.get(name, "dcmtk") for name in missing})
+        pytest.skip(
+            f"not on PATH: {', '.join(missing)} (Debian package {', '.join(packages)}; "
+            "run scripts/install-system-deps.sh)"
+        )
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    """The ``Error`` and ``Abort`` lines of dicom3tools' IOD validator on one file (warnings are
+    not errors). Skips the calling test when dciodvfy is not installed."""
+    require_tools("dciodvfy")
+    _, out = run_tool("dciodvfy", [path])
+    return [line for line in out.splitlines() if line.startswith(("Error", "Abort"))]
 
 
 def run_tool(tool: str, args: Sequence[str], timeout: float = 30) -> tuple[int, str]:
@@ -180,6 +197,25 @@ def write_image(
     ds.PixelData = (np.arange(size * size, dtype=np.uint16) % 4096).tobytes()
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+def dicom_copy(
+    source: Path, target: Path, transfer_syntax: str | None = None, new_instance: bool = False
+) -> Path:
+    """``source`` re-encoded in ``transfer_syntax`` (uncompressed ones: the pixels are decoded),
+    or as another SOP instance of the same study and series (``new_instance``)."""
+    from pydicom.uid import UID, generate_uid
+
+    ds = pydicom.dcmread(source)
+    if transfer_syntax is not None and transfer_syntax != ds.file_meta.TransferSyntaxUID:
+        syntax = UID(transfer_syntax)
+        if ds.file_meta.TransferSyntaxUID.is_compressed:
+            ds.decompress(generate_instance_uid=False)  # the same instance, re-encoded
+        ds.file_meta.TransferSyntaxUID = syntax
+    if new_instance:
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.save_as(target, enforce_file_format=True)
+    return target
 
 
 def radiograph_overlay(path: Path):

@@ -7,7 +7,14 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from pacs import findings_in, radiograph_overlay, require_tools, run_tool, sr_content_items
+from pacs import (
+    dciodvfy_errors,
+    findings_in,
+    radiograph_overlay,
+    require_tools,
+    run_tool,
+    sr_content_items,
+)
 from xraytriage.dicom import FindingResult, ModelInfo, build_secondary_capture, build_structured_report
 from xraytriage.dicom.results import NOT_FOR_DIAGNOSTIC_USE, burn_caption, caption_lines
 
@@ -139,6 +146,51 @@ def test_structured_report_tolerates_sources_missing_type2_attributes(source):
     sr = build_structured_report([bare], FINDINGS[:1], MODEL, generate_uid(), 1, 1)
     assert sr.PatientID == "P1" and sr.StudyInstanceUID == source.StudyInstanceUID
     assert ("Procedure reported", "Plain radiography") in sr_content_items(sr)
+
+
+def real_dicoms(shared_data):
+    return sorted((shared_data / "dicom").rglob("*.dcm"))
+
+
+def test_results_of_every_real_dicom_pass_dciodvfy(shared_data, tmp_path):
+    """dicom3tools' validator finds no error in any SC (both encodings) or SR built from the real
+    files: the RSNA CRs carry Patient's Age "19" (AS needs "019Y"), which used to be copied as
+    is, and the SC lacked General Series Laterality (Type 2C)."""
+    sources = real_dicoms(shared_data)
+    assert len(sources) >= 3
+    overlay = np.zeros((48, 64, 3), np.uint8)
+    errors, ages = {}, {}
+    for path in sources:
+        source = pydicom.dcmread(path)
+        results = {
+            "sc": build_secondary_capture(source, overlay, "Effusion 0.5", generate_uid(), 901, 1, MODEL),
+            "sc-jpeg": build_secondary_capture(
+                source, overlay, "Effusion 0.5", generate_uid(), 901, 2, MODEL, jpeg=True
+            ),
+            "sr": build_structured_report([source], FINDINGS, MODEL, generate_uid(), 902, 1, abnormal=0.7),
+        }
+        for kind, ds in results.items():
+            out = tmp_path / f"{path.stem}-{kind}.dcm"
+            ds.save_as(out, enforce_file_format=True)
+            found = dciodvfy_errors(out)
+            if found:
+                errors[out.name] = found
+        if "PatientAge" in source:
+            ages[path.name] = (source.PatientAge, results["sr"].PatientAge)
+    assert errors == {}
+    for given, written in ages.values():  # "19" -> "019Y": normalised, not dropped
+        assert written == f"{int(str(given).rstrip('Y')):03d}Y"
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR CS")
+def test_sc_laterality_comes_from_the_source_when_it_is_left_or_right(source):
+    overlay = np.zeros((16, 16, 3), np.uint8)
+    for given, expected in (("L", "L"), ("r", "R"), ("B", None), ("U", None), (None, None)):
+        ref = source.copy()
+        if given is not None:
+            ref.ImageLaterality = given
+        sc = build_secondary_capture(ref, overlay, "x", generate_uid(), 1, 1, MODEL)
+        assert "Laterality" in sc and sc.Laterality == expected, given
 
 
 def _roundtrip(ds):

@@ -4,20 +4,28 @@ from __future__ import annotations
 
 import io
 import logging
+import socket
+import subprocess
 import threading
+import time
+from contextlib import ExitStack
 
 import numpy as np
 import pydicom
 import pytest
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification
 
 from pacs import echoscu, require_tools, storescu, write_image
 from xraytriage.dicom import (
+    STATUS_NO_PIXEL_DATA,
     STATUS_NOT_ACCEPTED,
     STATUS_OUT_OF_RESOURCES,
     Destination,
     ReceivedImage,
     ScpConfig,
     StorageSCP,
+    StoreRefused,
     send_datasets,
 )
 from xraytriage.io import read_radiograph
@@ -32,11 +40,14 @@ class Collector:
     def __init__(self) -> None:
         self.images: list[tuple[bytes, ReceivedImage]] = []
         self.fail = False
+        self.refuse: StoreRefused | None = None
         self._lock = threading.Lock()
 
     def __call__(self, data: bytes, info: ReceivedImage) -> None:
         if self.fail:
             raise OSError("No space left on device")
+        if self.refuse is not None:
+            raise self.refuse
         with self._lock:
             self.images.append((data, info))
 
@@ -158,3 +169,184 @@ def test_stop_frees_the_port(collector):
     again.start()  # would raise ConfigError if the first node still held the port
     assert again.port == port
     again.stop()
+
+
+def test_no_pixel_data_and_refusals_by_on_image_are_permanent_failures(scp, collector, tmp_path):
+    """A PACS retries 0xA7xx ("out of resources") for ever: permanent problems must not use it."""
+    cr = pydicom.dcmread(write_image(tmp_path / "cr.dcm", CR_IMAGE_STORAGE, "CR"))
+    del cr.PixelData
+    [result] = send_datasets([cr], _dest(scp))
+    assert result.status == STATUS_NO_PIXEL_DATA and "no pixel data" in result.message
+    collector.refuse = StoreRefused("body part HAND is out of the model's scope")
+    [result] = send_datasets([pydicom.dcmread(tmp_path / "cr.dcm")], _dest(scp))
+    assert result.status == STATUS_NOT_ACCEPTED and "HAND is out of" in result.message
+    assert collector.images == []
+    with pytest.raises(ValueError, match="not a permanent"):
+        StoreRefused("disk full", STATUS_OUT_OF_RESOURCES)
+
+
+# --------------------------------------------------------------------------- associations
+
+
+def _associate(node: StorageSCP, calling_ae: str = "ECHOSCU", called_ae: str | None = None):
+    """An association from our own requestor (C-ECHO context); the caller releases it."""
+    ae = AE(ae_title=calling_ae)
+    ae.add_requested_context(Verification)
+    ae.acse_timeout = ae.network_timeout = 30
+    return ae.associate("127.0.0.1", node.port, ae_title=called_ae or node.config.ae_title)
+
+
+def _echo_ok(node: StorageSCP, **kwargs) -> bool:
+    assoc = _associate(node, **kwargs)
+    if not assoc.is_established:
+        return False
+    try:
+        return int(assoc.send_c_echo().Status) == 0
+    finally:
+        assoc.release()
+
+
+def _reject_reason(assoc) -> tuple[int, int, int]:
+    """(result, source, diagnostic) of an A-ASSOCIATE-RJ."""
+    assert assoc.is_rejected, "the association was not rejected"
+    rj = assoc.acceptor.primitive
+    return rj.result, rj.result_source, rj.diagnostic
+
+
+def _idle_socket(node: StorageSCP, first_bytes: bytes = b"") -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", node.port), timeout=30)
+    if first_bytes:
+        sock.sendall(first_bytes)
+    return sock
+
+
+def test_idle_sockets_do_not_lock_the_node_out(collector):
+    """10 idle TCP sockets used to make every C-ECHO fail ("Local Limit Exceeded")."""
+    node = StorageSCP(ScpConfig(port=0), collector)  # the default limits
+    idle = node.config.max_pending + 4  # past the pending limit: the oldest get dropped
+    with node, ExitStack() as sockets:
+        for i in range(idle):
+            # some send half an A-ASSOCIATE-RQ header and stall (slowloris)
+            sockets.enter_context(_idle_socket(node, b"\x01\x00\x00" if i % 2 else b""))
+        time.sleep(0.5)
+        started = time.monotonic()
+        assert _echo_ok(node)
+        assert time.monotonic() - started < 30  # < 1 s on an idle machine
+        holders, pending = node.admission.counts
+        assert holders <= 1 and pending <= 4 * node.config.max_pending  # the idle ones wait, cheaply
+
+
+def test_twenty_concurrent_associations_all_succeed(tmp_path):
+    """20 storescu processes at once: the node holds all 20 associations at the same moment
+    (``on_image`` waits until every one is inside it); 6 of 20 used to be refused."""
+    require_tools("storescu")
+    count = 20
+    together = threading.Barrier(count, timeout=150)
+    received: list[str] = []
+
+    def on_image(data: bytes, info: ReceivedImage) -> None:
+        together.wait()  # raises BrokenBarrierError (-> a failure status) if not all 20 arrive
+        received.append(info.sop_instance_uid)
+
+    files = [write_image(tmp_path / f"cr{i}.dcm", CR_IMAGE_STORAGE, "CR") for i in range(count)]
+    with StorageSCP(ScpConfig(port=0), on_image) as node:
+        assert count <= node.config.max_associations
+        args = ["-ta", "150", "-td", "150", "-aet", "STORESCU", "-aec", "XRAYTRIAGE", "127.0.0.1", node.port]
+        processes = [
+            subprocess.Popen(
+                ["storescu", *map(str, args), f], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+            )
+            for f in files
+        ]
+        outputs = [p.communicate(timeout=200)[0].decode(errors="replace") for p in processes]
+    failed = [out for p, out in zip(processes, outputs, strict=True) if p.returncode != 0]
+    assert failed == [] and not together.broken
+    assert len(received) == count
+
+
+def test_beyond_the_limit_a_transient_reject_then_the_slot_is_free_again(collector):
+    node = StorageSCP(ScpConfig(port=0, max_associations=2), collector)
+    with node:
+        held = [_associate(node), _associate(node)]
+        assert all(a.is_established for a in held)
+        extra = _associate(node)
+        assert _reject_reason(extra) == (0x02, 0x03, 0x02)  # transient, local limit exceeded
+        held.pop().release()
+        deadline = time.monotonic() + 10
+        while node.admission.counts[0] > 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _echo_ok(node)
+        held.pop().release()
+
+
+def test_called_ae_title_must_be_ours(collector):
+    require_tools("echoscu")
+    with StorageSCP(ScpConfig(port=0), collector) as node:
+        rc, out = echoscu(node.port, called_ae="SOMEONE_ELSE")
+        assert rc != 0 and "Called AE Title Not Recognized" in out, out
+        assert _reject_reason(_associate(node, called_ae="SOMEONE_ELSE")) == (0x01, 0x01, 0x07)
+        assert _echo_ok(node)
+    config = ScpConfig(port=0, called_ae_titles=frozenset({"XRAYTRIAGE", "TRIAGE_ALIAS"}))
+    with StorageSCP(config, collector) as node:
+        assert _echo_ok(node, called_ae="TRIAGE_ALIAS") and _echo_ok(node, called_ae="XRAYTRIAGE")
+        assert not _echo_ok(node, called_ae="OTHER")
+
+
+def test_a_disallowed_calling_ae_is_refused_for_good_and_takes_no_slot(collector):
+    config = ScpConfig(port=0, allowed_calling_aes=frozenset({"MODALITY1"}), max_associations=1)
+    with StorageSCP(config, collector) as node:
+        held = _associate(node, calling_ae="MODALITY1")
+        assert held.is_established
+        # the node is full, yet the intruder hears "not recognised" (permanent), not "busy"
+        assert _reject_reason(_associate(node, calling_ae="INTRUDER")) == (0x01, 0x01, 0x03)
+        held.release()
+        for _ in range(3):
+            assert _associate(node, calling_ae="INTRUDER").is_rejected
+        assert _echo_ok(node, calling_ae="MODALITY1")  # intruders left no slot taken
+
+
+def test_silent_and_half_sent_connections_are_closed_by_the_request_timeout(collector):
+    with StorageSCP(ScpConfig(port=0, request_timeout=1), collector) as node:
+        silent, stalled = _idle_socket(node), _idle_socket(node, b"\x01\x00\x00\x00")
+        started = time.monotonic()
+        for sock in (silent, stalled):
+            with sock:
+                try:
+                    data = sock.recv(1024)  # b"" (closed) or an A-ABORT, then closed
+                    while data:
+                        data = sock.recv(1024)
+                except ConnectionResetError:
+                    pass
+        assert time.monotonic() - started < 8
+        while node.admission.counts != (0, 0) and time.monotonic() - started < 8:
+            time.sleep(0.05)
+        assert node.admission.counts == (0, 0)  # their threads are gone too
+
+
+def test_the_oldest_idle_connection_makes_room_for_a_new_one(collector, monkeypatch):
+    import xraytriage.dicom.admission as admission
+
+    monkeypatch.setattr(admission, "GRACE_S", 0.2)
+    with StorageSCP(ScpConfig(port=0, max_pending=2), collector) as node, ExitStack() as sockets:
+        first = sockets.enter_context(_idle_socket(node))
+        for _ in range(2):
+            sockets.enter_context(_idle_socket(node))
+        time.sleep(0.5)  # past the grace period: the next connection closes the oldest
+        sockets.enter_context(_idle_socket(node))
+        first.settimeout(5)
+        assert first.recv(16) == b""  # closed by the node
+        assert _echo_ok(node)
+
+
+def test_config_rejects_nonsense_limits():
+    from xraytriage.errors import ConfigError
+
+    for bad in (
+        {"max_associations": 0},
+        {"max_pending": 0},
+        {"request_timeout": 0},
+        {"acse_timeout": -1},
+        {"called_ae_titles": frozenset()},
+    ):
+        with pytest.raises(ConfigError):
+            ScpConfig(port=0, **bad)

@@ -156,7 +156,11 @@ def test_same_file_twice_is_one_study(service: TriageService) -> None:
 
 def test_dicom_images_group_by_study_uid(service: TriageService, shared_data: Path) -> None:
     a = service.ingest((shared_data / "dicom" / "siim_cr_chest_pa.dcm").read_bytes(), "1.dcm")
-    b = service.ingest((shared_data / "dicom" / "cr_chest_pa_monochrome1.dcm").read_bytes(), "2.dcm")
+    other = pydicom.dcmread(shared_data / "dicom" / "cr_chest_pa_monochrome1.dcm")
+    other.SOPInstanceUID = pydicom.uid.generate_uid()  # another instance (the file shares a's UID)
+    buffer = io.BytesIO()
+    other.save_as(buffer)
+    b = service.ingest(buffer.getvalue(), "2.dcm")
     assert a.study_id == b.study_id and a.image_id != b.image_id
     drain(service)
     with service.db.session() as s:

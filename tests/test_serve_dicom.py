@@ -8,8 +8,19 @@ import io
 import httpx
 import pydicom
 import pytest
+from pydicom.uid import ExplicitVRLittleEndian
 
-from pacs import echoscu, findings_in, free_port, orthanc, require_tools, storescu, write_image
+from pacs import (
+    dciodvfy_errors,
+    dicom_copy,
+    echoscu,
+    findings_in,
+    free_port,
+    orthanc,
+    require_tools,
+    storescu,
+    write_image,
+)
 from serve_support import running_server, wait_for
 from xraytriage.serving.dicom_node import SC_SERIES_NUMBER, SR_SERIES_NUMBER
 
@@ -53,13 +64,22 @@ def test_echo(pacs_and_node) -> None:
     assert code == 0, output
 
 
-def test_received_study_is_triaged_and_results_reach_the_pacs(pacs_and_node, shared_data) -> None:
+def test_received_study_is_triaged_and_results_reach_the_pacs(pacs_and_node, shared_data, tmp_path) -> None:
     pacs, server, port = pacs_and_node
-    source = pydicom.dcmread(shared_data / "dicom" / "siim_cr_chest_pa.dcm", stop_before_pixels=True)
-    # both real files: one study (same StudyInstanceUID; the copy is labelled MONOCHROME1).
-    # storescu skips a second file with the same SOP Instance UID in one call, hence two calls.
-    for name in ("siim_cr_chest_pa.dcm", "cr_chest_pa_monochrome1.dcm"):
-        code, output = storescu(port, [shared_data / "dicom" / name])
+    siim = shared_data / "dicom" / "siim_cr_chest_pa.dcm"
+    source = pydicom.dcmread(siim, stop_before_pixels=True)
+    # one study: the real file, the same instance again uncompressed (it replaces the first copy)
+    # and the MONOCHROME1 copy as another instance. storescu skips a second file with the same
+    # SOP Instance UID in one call, hence one call each.
+    sent = [
+        siim,
+        dicom_copy(siim, tmp_path / "explicit.dcm", ExplicitVRLittleEndian),
+        dicom_copy(
+            shared_data / "dicom" / "cr_chest_pa_monochrome1.dcm", tmp_path / "m1.dcm", new_instance=True
+        ),
+    ]
+    for path in sent:
+        code, output = storescu(port, [path])
         assert code == 0, output
 
     with server.client() as http:
@@ -67,7 +87,7 @@ def test_received_study_is_triaged_and_results_reach_the_pacs(pacs_and_node, sha
         study = http.get(f"/api/v1/studies/{summary['id']}").json()
     assert study["state"] == "done" and study["dicom_results_state"] == "sent", study["dicom_results_info"]
     assert study["name"].startswith("CR")  # received studies appear in the worklist like uploads
-    assert len(study["image_list"]) == 2 and study["source"] == "dicom"
+    assert len(study["image_list"]) == 2 and study["source"] == "dicom"  # one per SOP instance
 
     # Read back what Orthanc stored: only our results were sent to it, in the source study.
     instances = pacs.get_json("/instances")
@@ -96,6 +116,17 @@ def test_received_study_is_triaged_and_results_reach_the_pacs(pacs_and_node, sha
         assert reported[name]["Probability"] == pytest.approx(row["probability"], abs=1e-4)
         assert reported[name]["At or above operating threshold"] == ("Yes" if row["flagged"] else "No")
 
+    # every SC and SR, as the PACS stored it, passes dicom3tools' IOD validator without an error
+    require_tools("dciodvfy")
+    errors = {}
+    for instance in (*by_modality.get("OT", []), *by_modality["SR"]):
+        path = tmp_path / f"{tags[instance]['Modality']}-{instance}.dcm"
+        path.write_bytes(pacs.get(f"/instances/{instance}/file"))
+        found = dciodvfy_errors(path)
+        if found:
+            errors[path.name] = found
+    assert errors == {}
+
 
 def test_ct_is_refused_with_a_status_and_the_node_carries_on(pacs_and_node, tmp_path) -> None:
     _, server, port = pacs_and_node
@@ -113,6 +144,13 @@ def test_unknown_calling_ae_is_rejected(pacs_and_node, shared_data) -> None:
     _, _, port = pacs_and_node
     code, output = storescu(port, [shared_data / "dicom" / "siim_cr_chest_pa.dcm"], calling_ae="STRANGER")
     assert code != 0 and "reject" in output.lower(), output
+
+
+def test_a_wrong_called_ae_title_is_rejected(pacs_and_node) -> None:
+    _, _, port = pacs_and_node
+    code, output = echoscu(port, called_ae="SOMEBODY_ELSE")
+    assert code != 0 and "Called AE Title Not Recognized" in output, output
+    assert echoscu(port)[0] == 0  # ours (--ae-title XRAYTRIAGE) still answers
 
 
 def test_dicom_echo_command(pacs_and_node) -> None:

@@ -101,6 +101,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="only these calling AE titles may send (default: any)",
     )
     dicom.add_argument(
+        "--dicom-called-ae",
+        default=None,
+        metavar="AE1,AE2",
+        help="called AE titles the node answers to (default: --ae-title); others are rejected",
+    )
+    dicom.add_argument(
+        "--dicom-max-associations",
+        type=int,
+        default=32,
+        help="concurrent DICOM associations; beyond it a transient reject (default 32)",
+    )
+    dicom.add_argument(
         "--dicom-destination",
         default=None,
         metavar="AE@HOST:PORT",
@@ -143,7 +155,7 @@ def build_dicom_settings(args: argparse.Namespace):
     from xraytriage.serving.config import DicomSettings
 
     if args.dicom_port is None:
-        for flag in ("dicom_allow", "dicom_destination", "dicom_host", "dicom_sc_jpeg"):
+        for flag in ("dicom_allow", "dicom_called_ae", "dicom_destination", "dicom_host", "dicom_sc_jpeg"):
             if getattr(args, flag):
                 raise ConfigError(f"--{flag.replace('_', '-')} needs --dicom-port")
         return None
@@ -154,6 +166,11 @@ def build_dicom_settings(args: argparse.Namespace):
     allowed = None
     if args.dicom_allow:
         allowed = frozenset(t.strip() for t in args.dicom_allow.split(",") if t.strip())
+    called = None
+    if args.dicom_called_ae:
+        called = frozenset(t.strip() for t in args.dicom_called_ae.split(",") if t.strip())
+    if args.dicom_max_associations < 1:
+        raise ConfigError("--dicom-max-associations must be >= 1")
     if args.dicom_quiet_seconds < 0:
         raise ConfigError("--dicom-quiet-seconds must be >= 0")
     return DicomSettings(
@@ -161,6 +178,8 @@ def build_dicom_settings(args: argparse.Namespace):
         ae_title=args.ae_title,
         host=args.dicom_host,
         allowed_calling_aes=allowed,
+        called_ae_titles=called,
+        max_associations=args.dicom_max_associations,
         destination=args.dicom_destination,
         quiet_seconds=args.dicom_quiet_seconds,
         sc_jpeg=args.dicom_sc_jpeg,

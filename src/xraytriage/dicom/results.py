@@ -14,7 +14,6 @@ scheme ``99XRAYTRIAGE`` (private schemes start with "99", PS3.16 8.1) with the n
 from __future__ import annotations
 
 import contextlib
-import copy
 import textwrap
 import warnings
 from collections.abc import Iterator, Sequence
@@ -28,6 +27,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid
 
 from xraytriage.dicom.acceptance import CHEST_BODY_PARTS, normalize_body_part
+from xraytriage.dicom.copied import clean_source
 
 MANUFACTURER = "xraytriage"
 NOT_FOR_DIAGNOSTIC_USE = "NOT FOR DIAGNOSTIC USE"
@@ -161,6 +161,7 @@ def build_secondary_capture(
     01), about 10-20 times smaller, for a PACS that accepts it.
     """
     pixels = burn_caption(overlay_rgb, caption)
+    source = clean_source(source)
     orientation = _patient_orientation(source)
     with _quiet_person_names():
         sc = hd.sc.SCImage.from_ref_dataset(
@@ -192,9 +193,19 @@ def build_secondary_capture(
         :1024
     ]
     sc.SourceImageSequence = [_image_reference(source)]
-    if "ImageLaterality" in source or "Laterality" in source:
-        sc.Laterality = source.get("ImageLaterality") or source.get("Laterality")
+    sc.Laterality = series_laterality(source)
     return sc
+
+
+def series_laterality(source: Dataset) -> str | None:
+    """General Series Laterality (Type 2C: the SC has no Image Laterality, so it must be present):
+    the source's ``R`` or ``L`` (Image Laterality first), else empty. Image Laterality's ``B``
+    (both) and ``U`` (unpaired) have no Laterality equivalent, so they stay empty too."""
+    for keyword in ("ImageLaterality", "Laterality"):
+        value = str(source.get(keyword, "") or "").strip().upper()
+        if value in ("R", "L"):
+            return value
+    return None
 
 
 # --------------------------------------------------------------------------- structured report
@@ -213,12 +224,10 @@ _TYPE2_FOR_EVIDENCE = (
 
 
 def _evidence_copy(source: Dataset) -> Dataset:
-    """The source without pixels, with absent type-2 patient/study attributes present but empty
-    (highdicom reads them unconditionally; PACS objects sometimes omit them)."""
-    ds = Dataset()
-    for element in source:
-        if element.keyword not in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
-            ds.add(copy.deepcopy(element))
+    """The source without pixels, its patient/study attributes made valid (``clean_source``), with
+    absent type-2 ones present but empty (highdicom reads them unconditionally; PACS objects
+    sometimes omit them)."""
+    ds = clean_source(source)
     for keyword in _TYPE2_FOR_EVIDENCE:
         if keyword not in ds:
             setattr(ds, keyword, None)

@@ -2,14 +2,24 @@
 
 Every storage SOP class and transfer syntax is negotiated, so a modality that sends a CT gets an
 association and a C-STORE *status* explaining the refusal (a failed association tells a PACS
-administrator nothing). Statuses (PS3.4 B.2.3 / PS3.7 C):
+administrator nothing). Statuses (PS3.4 B.2.3 / PS3.7 C): permanent problems get the failure
+families a sender does not retry, only a transient one gets "out of resources".
 
 * ``0x0000`` success: the image was handed to ``on_image``.
-* ``0xC000`` (Error: cannot understand) with ErrorComment: refused by policy
-  (not CR/DX, not chest or skeleton; see ``acceptance.check_acceptable``).
+* ``0xA900`` (Error: data set does not match SOP class): an image storage object without pixel
+  data.
+* ``0xC000`` (Error: cannot understand) with ErrorComment: refused by policy (not CR/DX, not
+  chest or skeleton; see ``acceptance.check_acceptable``), or ``on_image`` refused it for good
+  (raised :class:`StoreRefused`).
 * ``0xC210`` the data set could not be decoded.
-* ``0xA700`` (Refused: out of resources) ``on_image`` raised (disk full, database down...);
-  the sender may retry later.
+* ``0xA700`` (Refused: out of resources): ``on_image`` raised anything else (disk full, database
+  down...); the sender may retry later.
+
+Associations (see ``admission``): the called AE title must be ours, the calling AE title on the
+allow-list (when there is one), both checked before the association takes one of
+``max_associations`` slots; connections that have not sent a whole A-ASSOCIATE-RQ wait at a
+gate, never hold a slot and never reach pynetdicom. The request, ACSE, DIMSE and network
+timeouts bound how long a silent peer keeps a thread.
 
 Only UIDs, AE titles, SOP classes and modalities are logged, never patient attributes.
 """
@@ -26,6 +36,7 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification
 
 from xraytriage.dicom.acceptance import check_acceptable, sop_class_name
+from xraytriage.dicom.admission import Admission, GatedAssociationServer, Verdict
 from xraytriage.dicom.aetitle import validate_ae_title
 from xraytriage.errors import ConfigError
 
@@ -36,22 +47,55 @@ _config.LOG_REQUEST_IDENTIFIERS = False
 _config.LOG_RESPONSE_IDENTIFIERS = False
 
 STATUS_SUCCESS = 0x0000
+STATUS_NO_PIXEL_DATA = 0xA900
+"""Error, data set does not match SOP class: an image storage object without pixel data."""
 STATUS_NOT_ACCEPTED = 0xC000
 """Error, cannot understand: the object is not one this node triages (reason in ErrorComment)."""
 STATUS_UNDECODABLE = 0xC210
 """Error, cannot understand: the data set could not be decoded."""
 STATUS_OUT_OF_RESOURCES = 0xA700
 """Refused, out of resources: the received image could not be stored; retry later."""
+PERMANENT_FAILURES = frozenset({STATUS_NO_PIXEL_DATA, STATUS_NOT_ACCEPTED, STATUS_UNDECODABLE})
+
+PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+
+
+class StoreRefused(Exception):
+    """Raised by ``on_image`` for an image that will never be accepted (answered with ``status``,
+    a permanent failure, and ``reason`` as ErrorComment) rather than a transient problem."""
+
+    def __init__(self, reason: str, status: int = STATUS_NOT_ACCEPTED) -> None:
+        if status not in PERMANENT_FAILURES:
+            raise ValueError(f"status 0x{status:04X} is not a permanent C-STORE failure")
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
 
 
 @dataclass(frozen=True)
 class ScpConfig:
-    """Where the node listens and who may send to it (``None`` allow-list = anyone)."""
+    """Where the node listens, who may send to it and how long it waits.
+
+    ``called_ae_titles``: the called AE titles it answers to (default: ``ae_title`` only).
+    ``allowed_calling_aes``: ``None`` = anyone. ``max_associations``: concurrent associations;
+    beyond it a transient reject. ``max_pending``: connections kept that have not yet sent an
+    A-ASSOCIATE-RQ (beyond it the oldest is closed). ``request_timeout``: seconds from connecting
+    to a whole A-ASSOCIATE-RQ; ``acse_timeout``: pynetdicom's, for negotiating and releasing;
+    ``dimse_timeout``: for a DIMSE message; ``network_timeout``: an association idle this long,
+    or a PDU stalled this long, is aborted.
+    """
 
     ae_title: str = "XRAYTRIAGE"
     host: str = "127.0.0.1"
     port: int = 11112
     allowed_calling_aes: frozenset[str] | None = None
+    called_ae_titles: frozenset[str] | None = None
+    max_associations: int = 32
+    max_pending: int = 16
+    request_timeout: float = 10.0
+    acse_timeout: float = 30.0
+    dimse_timeout: float = 30.0
+    network_timeout: float = 30.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ae_title", validate_ae_title(self.ae_title, "our AE title"))
@@ -64,6 +108,18 @@ class ScpConfig:
                 validate_ae_title(title, "allowed calling AE title") for title in self.allowed_calling_aes
             )
             object.__setattr__(self, "allowed_calling_aes", allowed)
+        called = self.called_ae_titles if self.called_ae_titles is not None else {self.ae_title}
+        if not called:
+            raise ConfigError("the called AE title list is empty: no association could be accepted")
+        object.__setattr__(
+            self, "called_ae_titles", frozenset(validate_ae_title(t, "called AE title") for t in called)
+        )
+        for what in ("max_associations", "max_pending"):
+            if int(getattr(self, what)) < 1:
+                raise ConfigError(f"DICOM {what.replace('_', ' ')} must be >= 1, got {getattr(self, what)}")
+        for what in ("request_timeout", "acse_timeout", "dimse_timeout", "network_timeout"):
+            if not float(getattr(self, what)) > 0:
+                raise ConfigError(f"DICOM {what.replace('_', ' ')} must be > 0 s, got {getattr(self, what)}")
 
 
 @dataclass(frozen=True)
@@ -99,6 +155,12 @@ class StorageSCP:
         self._on_image = on_image
         self._server = None
         self._lock = threading.Lock()
+        self.admission = Admission(
+            config.called_ae_titles or frozenset({config.ae_title}),
+            config.allowed_calling_aes,
+            config.max_associations,
+            config.max_pending,
+        )
         self.ae = self._build_ae()
 
     def _build_ae(self) -> AE:
@@ -106,11 +168,12 @@ class StorageSCP:
         ae.add_supported_context(Verification)
         for context in AllStoragePresentationContexts:
             ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
-        if self.config.allowed_calling_aes is not None:
-            ae.require_calling_aet = sorted(self.config.allowed_calling_aes)
-        ae.acse_timeout = 30
-        ae.dimse_timeout = 60
-        ae.network_timeout = 120
+        # pynetdicom's own limit counts idle sockets too; ``admission`` enforces ours (on
+        # associations that asked), so pynetdicom's is set out of the way
+        ae.maximum_associations = 100 * (self.config.max_associations + self.config.max_pending)
+        ae.acse_timeout = self.config.acse_timeout
+        ae.dimse_timeout = self.config.dimse_timeout
+        ae.network_timeout = self.config.network_timeout
         return ae
 
     @property
@@ -129,19 +192,33 @@ class StorageSCP:
         with self._lock:
             if self._server is not None:
                 return
-            handlers = [(evt.EVT_C_STORE, self._handle_store), (evt.EVT_C_ECHO, self._handle_echo)]
+            handlers = [
+                (evt.EVT_REQUESTED, self._handle_request),
+                (evt.EVT_CONN_CLOSE, self._handle_close),
+                (evt.EVT_C_STORE, self._handle_store),
+                (evt.EVT_C_ECHO, self._handle_echo),
+            ]
             try:
-                self._server = self.ae.start_server(
-                    (self.config.host, self.config.port), block=False, evt_handlers=handlers
+                server = self.ae.make_server(
+                    (self.config.host, self.config.port),
+                    evt_handlers=handlers,
+                    server_class=GatedAssociationServer,
                 )
             except OSError as exc:
                 raise ConfigError(
                     f"cannot listen for DICOM on {self.config.host}:{self.config.port}: {exc}"
                 ) from None
+            server.admission = self.admission
+            server.gate_timeout = self.config.request_timeout
+            server.read_timeout = self.config.network_timeout
+            threading.Thread(
+                target=server.serve_forever, name="xraytriage-dicom-listener", daemon=True
+            ).start()
+            self._server = server
         LOGGER.info("DICOM node %s listening on %s:%d", self.config.ae_title, self.config.host, self.port)
 
     def stop(self) -> None:
-        """Stop listening and close open associations."""
+        """Stop listening and close the connections still waiting to ask for an association."""
         with self._lock:
             server, self._server = self._server, None
         if server is not None:
@@ -154,6 +231,31 @@ class StorageSCP:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+    def _handle_close(self, event: evt.Event) -> None:
+        self.admission.closed(event.assoc)
+
+    def _handle_request(self, event: evt.Event) -> None:
+        """A-ASSOCIATE-RQ received: reject it here (before pynetdicom negotiates) unless the AE
+        titles are right and a slot is free."""
+        assoc = event.assoc
+        request = assoc.requestor.primitive
+        calling_ae = str(request.calling_ae_title or "").strip()
+        called_ae = str(request.called_ae_title or "").strip()
+        verdict = self.admission.decide(assoc, calling_ae, called_ae)
+        if verdict is Verdict.ADMITTED:
+            return
+        address = assoc.requestor.address_info.address if assoc.requestor.address_info else "?"
+        LOGGER.warning(
+            "DICOM association from %s (calling %s, called %s) rejected: %s",
+            address,
+            calling_ae,
+            called_ae,
+            verdict.name.lower().replace("_", " "),
+        )
+        assoc.acse.send_reject(*verdict.value)
+        evt.trigger(assoc, evt.EVT_REJECTED, {})
+        assoc.kill()  # returns once the reject is sent and the peer closed (or the ACSE timeout)
 
     def _handle_echo(self, event: evt.Event) -> int:
         LOGGER.info("C-ECHO from %s", event.assoc.requestor.ae_title)
@@ -169,6 +271,9 @@ class StorageSCP:
             LOGGER.warning("C-STORE from %s: undecodable data set (%s)", calling_ae, type(exc).__name__)
             return _status(STATUS_UNDECODABLE, "cannot decode the data set")
         sop_instance_uid = str(ds.get("SOPInstanceUID", ""))
+        if reason is None and not any(keyword in ds for keyword in PIXEL_KEYWORDS):
+            LOGGER.info("C-STORE from %s refused (%s): no pixel data", calling_ae, sop_instance_uid)
+            return _status(STATUS_NO_PIXEL_DATA, f"no pixel data in {sop_class_name(ds.SOPClassUID)}")
         if reason is not None:
             LOGGER.info("C-STORE from %s refused (%s): %s", calling_ae, sop_instance_uid, reason)
             return _status(STATUS_NOT_ACCEPTED, reason)
@@ -183,6 +288,15 @@ class StorageSCP:
         try:
             data = event.encoded_dataset(include_meta=True)
             self._on_image(data, image)
+        except StoreRefused as refused:  # for good: a permanent failure, never "retry"
+            LOGGER.info(
+                "C-STORE from %s refused (%s) with 0x%04X: %s",
+                calling_ae,
+                sop_instance_uid,
+                refused.status,
+                refused.reason,
+            )
+            return _status(refused.status, refused.reason)
         except Exception as exc:  # storage trouble: tell the sender to retry, keep serving
             LOGGER.error(
                 "C-STORE from %s: could not store %s (%s); answered 0xA700",

@@ -94,6 +94,10 @@ class DicomSettings:
     host: str | None = None
     """Interface to listen on (default: the web service's host)."""
     allowed_calling_aes: frozenset[str] | None = None
+    called_ae_titles: frozenset[str] | None = None
+    """Called AE titles the node answers to; None = ``ae_title`` only."""
+    max_associations: int = 32
+    """Concurrent associations; beyond it a transient reject (local limit exceeded)."""
     destination: str | None = None
     """``AE@host:port`` of the PACS that receives the SC and SR results; None keeps them local."""
     quiet_seconds: float = 10.0

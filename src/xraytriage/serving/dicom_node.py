@@ -30,6 +30,7 @@ from xraytriage.dicom import (
     ReceivedImage,
     ScpConfig,
     StorageSCP,
+    StoreRefused,
     build_secondary_capture,
     build_structured_report,
     parse_destination,
@@ -37,6 +38,7 @@ from xraytriage.dicom import (
 )
 from xraytriage.serving.config import DicomSettings
 from xraytriage.serving.db import DONE, ERROR, HEATMAPS_PENDING, PROCESSING, Image, Study
+from xraytriage.serving.intake import UploadRejected
 from xraytriage.serving.pictures import load_png
 from xraytriage.serving.service import TriageService
 from xraytriage.serving.storage import write_atomic
@@ -57,18 +59,22 @@ class DicomNode:
         self.destination: Destination | None = (
             parse_destination(settings.destination) if settings.destination else None
         )
-        self.scp = StorageSCP(
-            ScpConfig(
-                ae_title=settings.ae_title,
-                host=settings.host or host,
-                port=settings.port,
-                allowed_calling_aes=settings.allowed_calling_aes,
-            ),
-            self.on_image,
-        )
+        self.scp = StorageSCP(self.scp_config(settings, host), self.on_image)
         self.model = ModelInfo(service.checkpoint.name, service.checkpoint.package_version)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+
+    @staticmethod
+    def scp_config(settings: DicomSettings, host: str) -> ScpConfig:
+        """The Storage SCP's settings (timeouts and the pending-connection cap: ScpConfig's)."""
+        return ScpConfig(
+            ae_title=settings.ae_title,
+            host=settings.host or host,
+            port=settings.port,
+            allowed_calling_aes=settings.allowed_calling_aes,
+            called_ae_titles=settings.called_ae_titles,
+            max_associations=settings.max_associations,
+        )
 
     # --- life cycle ----------------------------------------------------------------------
     def start(self) -> None:
@@ -88,10 +94,18 @@ class DicomNode:
 
     # --- receiving -----------------------------------------------------------------------
     def on_image(self, data: bytes, received: ReceivedImage) -> None:
-        """Store and queue a received image (raising makes the SCP answer 'out of resources')."""
-        self.service.ingest(
-            data, f"{received.sop_instance_uid}.dcm", source="dicom", calling_ae=received.calling_ae
-        )
+        """Store and queue a received image. An image the intake refuses for good raises
+        ``StoreRefused`` (a permanent C-STORE failure); anything else that goes wrong (disk full,
+        database unavailable) propagates and the SCP answers "out of resources, retry"."""
+        try:
+            self.service.ingest(
+                data, f"{received.sop_instance_uid}.dcm", source="dicom", calling_ae=received.calling_ae
+            )
+        except UploadRejected as exc:
+            refusal = permanent_refusal(exc)
+            if refusal is None:
+                raise
+            raise refusal from None
 
     # --- sending results -----------------------------------------------------------------
     def _loop(self) -> None:
@@ -256,6 +270,15 @@ class DicomNode:
             )
         )
         return datasets
+
+
+def permanent_refusal(exc: UploadRejected) -> StoreRefused | None:
+    """The C-STORE answer to an intake refusal: the file itself is the problem (4xx: over the
+    pixel limit, not a radiograph, out of the model's scope...) -> 0xC000 with the reason, which
+    no retry will change; a server-side problem (5xx, e.g. storage full) -> None, i.e. transient."""
+    if exc.status >= 500:
+        return None
+    return StoreRefused(exc.problem)
 
 
 def _info(study: Study | None) -> dict[str, Any]:

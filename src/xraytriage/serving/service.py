@@ -33,6 +33,7 @@ from xraytriage.serving.db import (
     Image,
     Study,
 )
+from xraytriage.serving.dedup import replace_earlier_copies
 from xraytriage.serving.heatmap_jobs import HeatmapJobs
 from xraytriage.serving.intake import UploadInfo, UploadRejected, inspect_upload, study_id_for
 from xraytriage.serving.pictures import (
@@ -280,8 +281,11 @@ class TriageService:
                     # the same file at the same moment from someone else: theirs stands
                     raise _Duplicate(s.scalar(select(Image.study_id).where(Image.id == digest)) or study_id)
                 self._add_image_to_study(study, info, source, now)
+                replaced = replace_earlier_copies(s, study_id, info.sop_instance_uid, keep=digest)
         except _Duplicate as duplicate:
             return Accepted(name, digest, duplicate.study_id, True, warnings)
+        if replaced:
+            log.info("image %s… replaces %d earlier copies of its SOP instance", digest[:12], len(replaced))
         return Accepted(name, digest, study_id, False, warnings)
 
     @staticmethod
