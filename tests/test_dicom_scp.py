@@ -350,3 +350,29 @@ def test_config_rejects_nonsense_limits():
     ):
         with pytest.raises(ConfigError):
             ScpConfig(port=0, **bad)
+
+
+def test_a_deflate_bomb_is_refused_before_it_is_inflated(collector, shared_data, tmp_path):
+    """1024 x 1024 x 200 frames declared, well under a megabyte on the wire: refused for good from
+    the header, and the data set is never decoded (``event.dataset`` would inflate all of it)."""
+    from types import SimpleNamespace
+
+    from attacks import deflate_bomb
+
+    bomb = deflate_bomb(shared_data, tmp_path / "bomb.dcm").read_bytes()
+    assert len(bomb) < 8 << 20
+
+    class Event:
+        assoc = SimpleNamespace(requestor=SimpleNamespace(ae_title="MODALITY"))
+
+        def encoded_dataset(self, include_meta: bool = True) -> bytes:
+            return bomb
+
+        @property
+        def dataset(self):
+            raise AssertionError("the data set was decoded (and inflated) before the size check")
+
+    node = StorageSCP(ScpConfig(port=0, max_pixels=36_000_000), collector)
+    status = node._handle_store(Event())
+    assert status.Status == STATUS_NOT_ACCEPTED and "too large" in status.ErrorComment
+    assert collector.images == []

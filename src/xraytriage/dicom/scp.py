@@ -38,7 +38,9 @@ from pynetdicom.sop_class import Verification
 from xraytriage.dicom.acceptance import check_acceptable, sop_class_name
 from xraytriage.dicom.admission import Admission, GatedAssociationServer, Verdict
 from xraytriage.dicom.aetitle import validate_ae_title
-from xraytriage.errors import ConfigError
+from xraytriage.errors import ConfigError, ImageTooLargeError
+from xraytriage.io import DEFAULT_MAX_PIXELS
+from xraytriage.io.dicom import read_dicom_header
 
 LOGGER = logging.getLogger(__name__)
 
@@ -96,6 +98,9 @@ class ScpConfig:
     acse_timeout: float = 30.0
     dimse_timeout: float = 30.0
     network_timeout: float = 30.0
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    """Largest image accepted (the service's pixel cap), checked on the encoded bytes before the
+    data set is decoded: a deflated bomb is refused without being inflated."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ae_title", validate_ae_title(self.ae_title, "our AE title"))
@@ -257,12 +262,29 @@ class StorageSCP:
         evt.trigger(assoc, evt.EVT_REJECTED, {})
         assoc.kill()  # returns once the reject is sent and the peer closed (or the ACSE timeout)
 
+    def _too_large(self, event: evt.Event) -> str | None:
+        """The reason to refuse an image whose header declares more pixels than the cap, read
+        from the encoded bytes with a bounded inflate (``event.dataset`` would inflate a
+        deflated data set completely: a 1.6 MB deflate bomb is gigabytes). Other header
+        problems are left to the checks that follow, which give them their own statuses."""
+        try:
+            read_dicom_header(event.encoded_dataset(include_meta=True), self.config.max_pixels, "image")
+        except ImageTooLargeError as exc:
+            return f"too large: {exc.problem}"
+        except Exception:  # ImageReadError and worse: judged by the checks that follow
+            return None
+        return None
+
     def _handle_echo(self, event: evt.Event) -> int:
         LOGGER.info("C-ECHO from %s", event.assoc.requestor.ae_title)
         return STATUS_SUCCESS
 
     def _handle_store(self, event: evt.Event) -> Dataset:
         calling_ae = str(event.assoc.requestor.ae_title).strip()
+        too_large = self._too_large(event)
+        if too_large is not None:
+            LOGGER.info("C-STORE from %s refused: image too large", calling_ae)
+            return _status(STATUS_NOT_ACCEPTED, too_large)
         try:
             ds = event.dataset
             ds.file_meta = event.file_meta

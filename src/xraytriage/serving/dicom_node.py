@@ -59,14 +59,15 @@ class DicomNode:
         self.destination: Destination | None = (
             parse_destination(settings.destination) if settings.destination else None
         )
-        self.scp = StorageSCP(self.scp_config(settings, host), self.on_image)
+        self.scp = StorageSCP(self.scp_config(settings, host, service.config.max_pixels), self.on_image)
         self.model = ModelInfo(service.checkpoint.name, service.checkpoint.package_version)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     @staticmethod
-    def scp_config(settings: DicomSettings, host: str) -> ScpConfig:
-        """The Storage SCP's settings (timeouts and the pending-connection cap: ScpConfig's)."""
+    def scp_config(settings: DicomSettings, host: str, max_pixels: int | None = None) -> ScpConfig:
+        """The Storage SCP's settings (timeouts and the pending-connection cap: ScpConfig's;
+        ``max_pixels``: the service's pixel cap, checked before a data set is decoded)."""
         return ScpConfig(
             ae_title=settings.ae_title,
             host=settings.host or host,
@@ -74,6 +75,7 @@ class DicomNode:
             allowed_calling_aes=settings.allowed_calling_aes,
             called_ae_titles=settings.called_ae_titles,
             max_associations=settings.max_associations,
+            **({} if max_pixels is None else {"max_pixels": max_pixels}),
         )
 
     # --- life cycle ----------------------------------------------------------------------
