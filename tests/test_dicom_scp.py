@@ -374,5 +374,5 @@ def test_a_deflate_bomb_is_refused_before_it_is_inflated(collector, shared_data,
 
     node = StorageSCP(ScpConfig(port=0, max_pixels=36_000_000), collector)
     status = node._handle_store(Event())
-    assert status.Status == STATUS_NOT_ACCEPTED and "too large" in status.ErrorComment
+    assert status.Status == STATUS_NOT_ACCEPTED and "over the limit" in status.ErrorComment
     assert collector.images == []

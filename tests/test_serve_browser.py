@@ -269,8 +269,9 @@ def test_worklist_shows_new_studies_without_reload(uploaded, server, page, share
 
 def test_study_page_heatmap_box_and_read_status(uploaded, server, page, shots):
     page.goto(server.url + "/")
-    top = api_worklist(server)["items"][0]
-    page.locator("#worklist-body tr").first.locator("a.study-link").click()
+    # the highest-ranked study with a finding above its threshold (those get heatmaps)
+    top = next(item for item in api_worklist(server)["items"] if item["findings"])
+    page.locator(f'#worklist-body tr[data-study-id="{top["id"]}"] a.study-link').click()
     page.wait_for_url(f"**/studies/{top['id']}")
     study = page.locator("#study")
     expect(study).to_have_attribute("data-study-id", top["id"])

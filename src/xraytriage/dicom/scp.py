@@ -270,7 +270,7 @@ class StorageSCP:
         try:
             read_dicom_header(event.encoded_dataset(include_meta=True), self.config.max_pixels, "image")
         except ImageTooLargeError as exc:
-            return f"too large: {exc.problem}"
+            return f"over the limit: {exc.problem}"  # the gist first: ErrorComment keeps 64 characters
         except Exception:  # ImageReadError and worse: judged by the checks that follow
             return None
         return None
