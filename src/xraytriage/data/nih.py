@@ -189,7 +189,7 @@ class NIHChestXray14Dataset(RadiographDataset):
         self.source = str(data_entry_csv)
         super().__init__(table, labels, NIH_LABELS)
         self.boxes = self._boxes(bbox_csv) if bbox_csv is not None else self._empty_boxes()
-        self._mark_box_collection(bbox_csv)
+        self._mark_box_collection()
         if self.missing:
             log.debug(
                 "nih: %d of %d listed images not found in %s", self.missing, self.listed, self.images_dirs
@@ -271,12 +271,11 @@ class NIHChestXray14Dataset(RadiographDataset):
         boxes["image_height"] = boxes["path"].map(lambda p: sizes[p][1])
         return boxes.reset_index(drop=True)
 
-    def _mark_box_collection(self, bbox_csv: PathLike | None) -> None:
+    def _mark_box_collection(self) -> None:
         """Images listed in BBox_List were selected *because* they are abnormal: within their
         folder they form a collection of their own (``<folder>+box``), so grouped evaluation
         and balanced sampling never mix them with the folder's unselected images."""
-        boxed = set(read_bbox_list(bbox_csv)["image_index"]) if bbox_csv is not None else set()
-        has_box = self.table["image_index"].isin(boxed).to_numpy()
+        has_box = self.table["image_index"].isin(set(self.boxes["image_index"])).to_numpy()
         self.table["has_box"] = has_box
         self.table.loc[has_box, "collection"] = self.table.loc[has_box, "collection"] + BOX_COLLECTION_SUFFIX
 

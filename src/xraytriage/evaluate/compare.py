@@ -102,9 +102,10 @@ def compare_triage_by_group(
     ours is our abnormal probability, theirs the noisy-OR of their findings (the rule a model
     without an abnormal output gets); per group both AUCs and the DeLong test, then the mean of
     the within-group AUCs over groups with both classes (at least 5 of each)."""
-    from xraytriage.evaluate.grouped import MIN_PER_CLASS, group_labels
+    from xraytriage.evaluate.grouped import counts_in_mean, group_labels
     from xraytriage.evaluate.runner import with_abnormal_columns
     from xraytriage.labels import NOT_DISEASE
+    from xraytriage.models.checkpoint import NOISY_OR, abnormal_probability
 
     joined = with_abnormal_columns(comparison["joined"])
     theirs = [
@@ -118,7 +119,9 @@ def compare_triage_by_group(
         )
     y = joined["abnormal"].to_numpy(dtype=np.float64)
     p_ours = joined["abnormal_probability"].to_numpy(dtype=np.float64)
-    p_other = 1.0 - np.prod(1.0 - joined[theirs].to_numpy(dtype=np.float64), axis=1)
+    p_other = abnormal_probability(
+        joined[theirs].to_numpy(dtype=np.float64), [c.removeprefix(f"other_{PROB}") for c in theirs], NOISY_OR
+    )
     groups = group_labels(joined, by)
     rows = []
     for group in sorted(set(groups.tolist()), key=str):
@@ -133,7 +136,7 @@ def compare_triage_by_group(
                     f"auc_{names[1]}": test["auc_b"],
                     "difference": test["difference"],
                     "delong_p": test["p_value"],
-                    "in_mean": min(positives, int(mask.sum()) - positives) >= MIN_PER_CLASS,
+                    "in_mean": counts_in_mean(int(mask.sum()), positives),
                 }
             )
         rows.append(row)

@@ -29,6 +29,11 @@ is still reported); a handful of images gives an AUC that is mostly noise."""
 UNKNOWN_GROUP = "unknown"
 
 
+def counts_in_mean(n: int, positives: int, min_per_class: int = MIN_PER_CLASS) -> bool:
+    """Whether a group with ``positives`` of ``n`` holds enough of each class to be averaged."""
+    return min(positives, n - positives) >= min_per_class
+
+
 def _auc(y: np.ndarray, p: np.ndarray) -> float | None:
     value = roc_auc(y, p)
     return None if np.isnan(value) else value
@@ -91,7 +96,7 @@ def grouped_auc(
         positives = int((y[mask] == 1).sum())
         n = int(mask.sum())
         auc = _auc(y[mask], p[mask]) if 0 < positives < n else None
-        counted = auc is not None and min(positives, n - positives) >= min_per_class
+        counted = auc is not None and counts_in_mean(n, positives, min_per_class)
         per_group[str(name)] = {"n": n, "positives": positives, "auc": auc, "in_mean": counted}
     within = [v["auc"] for v in per_group.values() if v["in_mean"]]
     pooled = _auc(y, p) if len(set(y.tolist())) == 2 else None

@@ -37,8 +37,7 @@ from xraytriage.evaluate.predictions import (
 )
 from xraytriage.evaluate.study import AGGREGATIONS, aggregate_studies, evaluate_studies
 from xraytriage.evaluate.triage_eval import triage_metrics
-from xraytriage.labels import NOT_DISEASE
-from xraytriage.models.checkpoint import default_abnormal_rule
+from xraytriage.models.checkpoint import abnormal_probability
 
 log = logging.getLogger(__name__)
 
@@ -136,15 +135,7 @@ def with_abnormal_columns(frame: pd.DataFrame) -> pd.DataFrame:
     frame = frame.copy()
     names = prob_labels(frame)
     if "abnormal_probability" not in frame.columns and names:
-        rule = default_abnormal_rule(names)
-        if "label" in rule:
-            p = frame[PROB + rule["label"]].to_numpy(dtype=np.float64)
-            frame["abnormal_probability"] = 1.0 - p if rule.get("invert") else p
-        else:
-            disease = [PROB + n for n in names if n not in NOT_DISEASE]
-            frame["abnormal_probability"] = 1.0 - np.prod(
-                1.0 - frame[disease].to_numpy(dtype=np.float64), axis=1
-            )
+        frame["abnormal_probability"] = abnormal_probability(prob_matrix(frame, names), names)
     truth = [c.removeprefix(LABEL) for c in frame.columns if c.startswith(LABEL)]
     if "abnormal" not in frame.columns and truth:
         frame["abnormal"] = abnormal_truth(label_matrix(frame, truth), truth)

@@ -23,6 +23,7 @@ A checkpoint is a plain dict saved with ``torch.save`` and loaded with ``weights
 from __future__ import annotations
 
 import datetime as _dt
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,8 @@ from xraytriage.scope import default_scope
 
 FORMAT = "xraytriage-checkpoint"
 FORMAT_VERSION = 1
+NOISY_OR = {"rule": "noisy_or"}
+"""The abnormal rule of a model without an Abnormal or No Finding output."""
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -103,13 +106,7 @@ class Checkpoint:
 
     def abnormal_probability(self, probs: np.ndarray) -> np.ndarray:
         """P(study not normal) per row of calibrated probabilities."""
-        probs = np.asarray(probs, dtype=np.float64)
-        rule = self.abnormal
-        if "label" in rule:
-            p = probs[:, self.label_names.index(rule["label"])]
-            return (1.0 - p if rule.get("invert") else p).astype(np.float32)
-        disease = [i for i, n in enumerate(self.label_names) if n not in NOT_DISEASE]
-        return (1.0 - np.prod(1.0 - probs[:, disease], axis=1)).astype(np.float32)
+        return abnormal_probability(probs, self.label_names, self.abnormal).astype(np.float32)
 
     def threshold(self, label: str) -> float:
         return float(self.thresholds.get(label, 0.5))
@@ -197,12 +194,28 @@ class Checkpoint:
         )
 
 
+def abnormal_probability(
+    probs: np.ndarray, label_names: Sequence[str], rule: dict[str, Any] | None = None
+) -> np.ndarray:
+    """P(abnormal) per row of probabilities (N, L) by ``rule`` (default: the rule a checkpoint
+    with these labels gets): an Abnormal output, 1 - No Finding, or the noisy-OR of the findings.
+    One definition for the worklist, out-of-fold summaries and other models' predictions."""
+    probs = np.asarray(probs, dtype=np.float64)
+    names = list(label_names)
+    rule = rule or default_abnormal_rule(names)
+    if "label" in rule:
+        p = probs[:, names.index(rule["label"])]
+        return 1.0 - p if rule.get("invert") else p
+    disease = [i for i, n in enumerate(names) if n not in NOT_DISEASE]
+    return 1.0 - np.prod(1.0 - probs[:, disease], axis=1)
+
+
 def default_abnormal_rule(label_names: list[str]) -> dict[str, Any]:
     if ABNORMAL in label_names:
         return {"label": ABNORMAL, "invert": False}
     if NO_FINDING in label_names:
         return {"label": NO_FINDING, "invert": True}
-    return {"rule": "noisy_or"}
+    return dict(NOISY_OR)
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:

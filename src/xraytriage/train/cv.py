@@ -25,7 +25,7 @@ import pandas as pd
 
 from xraytriage.data.splits import assert_patient_disjoint
 from xraytriage.labels import abnormal_target
-from xraytriage.models.checkpoint import default_abnormal_rule
+from xraytriage.models.checkpoint import abnormal_probability
 from xraytriage.train.config import TrainConfig
 from xraytriage.train.data import kfold
 from xraytriage.train.distributed import init_distributed
@@ -73,13 +73,7 @@ def grouped_oof(dataset, oof: np.ndarray, group_by: str) -> dict[str, Any] | Non
     groups = dataset.table[group_by].astype(str).to_numpy()
     names = list(dataset.label_names)
     truth = abnormal_target(dataset.labels, names)
-    rule = default_abnormal_rule(names)
-    if "label" in rule:
-        score = oof[:, names.index(rule["label"])].astype(np.float64)
-        score = 1.0 - score if rule.get("invert") else score
-    else:
-        disease = [j for j, n in enumerate(names) if n not in NOT_DISEASE]
-        score = 1.0 - np.prod(1.0 - oof[:, disease].astype(np.float64), axis=1)
+    score = abnormal_probability(oof, names)
     findings = {
         n: grouped_auc(dataset.labels[:, j], oof[:, j], groups)
         for j, n in enumerate(names)

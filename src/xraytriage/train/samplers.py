@@ -89,13 +89,14 @@ class EpochSampler(Sampler[int]):
         self.epoch = 0
         name = self.config.name
         n = len(self.labels)
+        if name == "group_balanced" and strata is None:
+            raise ValueError("group_balanced sampling needs the strata of the images")
         if name in ("weighted", "group_balanced"):
-            if name == "weighted":
-                weights = image_weights(self.labels, self.config.power)
-            else:
-                if strata is None:
-                    raise ValueError("group_balanced sampling needs the strata of the images")
-                weights = stratum_weights(strata, self.config.power)
+            weights = (
+                image_weights(self.labels, self.config.power)
+                if name == "weighted"
+                else stratum_weights(strata, self.config.power)
+            )
             self.probabilities = weights / weights.sum() if weights.sum() > 0 else np.full(n, 1.0 / n)
         elif name == "oversample":
             self.factors = oversample_factors(self.labels, self.config.max_factor)
