@@ -145,10 +145,7 @@ def prior_shift(calibration_prevalence: float, deployment_prevalence: float) -> 
     for value in (calibration_prevalence, deployment_prevalence):
         if not 0 < value < 1:
             raise ConfigError(f"prevalence must be in (0, 1), got {value}")
-    return float(
-        np.log(deployment_prevalence / (1 - deployment_prevalence))
-        - np.log(calibration_prevalence / (1 - calibration_prevalence))
-    )
+    return float(logit(np.asarray(deployment_prevalence)) - logit(np.asarray(calibration_prevalence)))
 
 
 def calibrate_checkpoint(
