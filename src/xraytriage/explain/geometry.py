@@ -16,9 +16,28 @@ from xraytriage.preprocess import PreprocessContract
 
 
 def input_coordinates(contract: PreprocessContract, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """Where the centres of the original rows / columns land on the S x S input (in input pixels)."""
-    size = float(contract.size)
+    """Where the centres of the original rows / columns land on the S x S input (in input pixels).
+    The contract's border crop comes first: cropped rows and columns land outside the input."""
     ys, xs = np.arange(height) + 0.5, np.arange(width) + 0.5
+    return to_input(contract, height, width, ys, xs)
+
+
+def cropped_extent(contract: PreprocessContract, height: int, width: int) -> tuple[int, int, int, int]:
+    """(top, left, cropped height, cropped width) of the contract's border crop, as ``crop_border``."""
+    share = float(getattr(contract, "border", 0.0) or 0.0)
+    if share <= 0:
+        return 0, 0, height, width
+    dy, dx = int(height * share), int(width * share)
+    return dy, dx, max(dy + 1, height - dy) - dy, max(dx + 1, width - dx) - dx
+
+
+def to_input(
+    contract: PreprocessContract, height: int, width: int, ys: np.ndarray, xs: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Original-image coordinates (continuous, pixels) -> input coordinates (S x S pixels)."""
+    top, left, height, width = cropped_extent(contract, height, width)
+    ys, xs = np.asarray(ys, dtype=np.float64) - top, np.asarray(xs, dtype=np.float64) - left
+    size = float(contract.size)
     if contract.resize == "squash":
         return ys * size / height, xs * size / width
     if contract.resize == "letterbox":
@@ -71,3 +90,13 @@ def map_to_original(
         peak = np.where(peak > 0, peak, 1.0)[..., None, None]
         out = np.clip(out / peak, 0.0, 1.0)
     return out
+
+
+def box_to_input(contract: PreprocessContract, height: int, width: int, box) -> tuple[float, float, float, float]:
+    """A box ``(x, y, w, h)`` in original pixels -> (x0, y0, x1, y1) on the S x S input, clipped."""
+    x, y, w, h = box
+    ys, xs = to_input(contract, height, width, np.array([y, y + h]), np.array([x, x + w]))
+    size = float(contract.size)
+    x0, x1 = (float(np.clip(v, 0, size)) for v in xs)
+    y0, y1 = (float(np.clip(v, 0, size)) for v in ys)
+    return x0, y0, x1, y1

@@ -88,6 +88,8 @@ class CaseScore:
     pointing: list[bool]
     best_iou: list[float]
     best_iobb: list[float]
+    method: str = "model"
+    patient: str = ""
 
 
 def score_case(
@@ -124,75 +126,135 @@ def score_case(
     )
 
 
-def summarize(cases: Iterable[CaseScore]) -> pd.DataFrame:
-    """Long table: source, finding, metric, threshold, accuracy, afp, boxes, images (+ Mean rows)."""
-    acc: dict[tuple, list[bool]] = defaultdict(list)
+KEY_COLUMNS = ["method", "source", "finding", "metric", "threshold"]
+TABLE_COLUMNS = [*KEY_COLUMNS, "accuracy", "ci_low", "ci_high", "afp", "boxes", "images"]
+
+
+def summarize(cases: Iterable[CaseScore], n_boot: int = 0, seed: int = 0) -> pd.DataFrame:
+    """Long table: method, source (model | random), finding, metric, threshold, accuracy with a
+    patient-level bootstrap 95% CI (``n_boot`` > 0), afp, boxes, images; plus ``Mean`` rows (the
+    unweighted mean over findings, its CI from the same resamples)."""
+    cases = list(cases)
+    patients = sorted({c.patient or c.image.split("#")[0] for c in cases})
+    pindex = {p: i for i, p in enumerate(patients)}
+    hits: dict[tuple, np.ndarray] = {}
+    counts: dict[tuple, np.ndarray] = {}
     fp: dict[tuple, int] = defaultdict(int)
     images: dict[tuple, set[str]] = defaultdict(set)
+
+    def add(key: tuple, patient: str, flags: list[bool]) -> None:
+        if key not in hits:
+            hits[key], counts[key] = np.zeros(len(patients)), np.zeros(len(patients))
+        hits[key][pindex[patient]] += sum(flags)
+        counts[key][pindex[patient]] += len(flags)
+
     for case in cases:
+        patient = case.patient or case.image.split("#")[0]
         for (metric, t), flags in case.hits.items():
-            key = (case.source, case.finding, metric, t)
-            acc[key] += flags
+            key = (case.method, case.source, case.finding, metric, t)
+            add(key, patient, flags)
             fp[key] += case.false_positives[(metric, t)]
             images[key].add(case.image)
-        key = (case.source, case.finding, "pointing", np.nan)
-        acc[key] += case.pointing
+        key = (case.method, case.source, case.finding, "pointing", np.nan)
+        add(key, patient, case.pointing)
         images[key].add(case.image)
+    if not hits:
+        return pd.DataFrame(columns=TABLE_COLUMNS)
+    weights = (
+        np.random.default_rng(seed).multinomial(len(patients), np.full(len(patients), 1 / len(patients)), size=n_boot)
+        if n_boot > 0
+        else None
+    )
+    boot: dict[tuple, np.ndarray] = {}
     rows = []
-    for key, flags in acc.items():
-        source, finding, metric, t = key
+    for key in hits:
+        method, source, finding, metric, t = key
+        n = counts[key].sum()
+        bkey = (method, source, finding, metric, _tkey(t))
+        if weights is not None:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                boot[bkey] = (weights @ hits[key]) / (weights @ counts[key])
+        low, high = _interval(boot.get(bkey))
         n_images = len(images[key])
         rows.append(
             {
-                "source": source,
-                "finding": finding,
-                "metric": metric,
-                "threshold": t,
-                "accuracy": float(np.mean(flags)) if flags else np.nan,
+                "method": method, "source": source, "finding": finding, "metric": metric, "threshold": t,
+                "accuracy": float(hits[key].sum() / n) if n else np.nan, "ci_low": low, "ci_high": high,
                 "afp": fp[key] / n_images if metric != "pointing" and n_images else np.nan,
-                "boxes": len(flags),
-                "images": n_images,
+                "boxes": int(n), "images": n_images,
             }
-        )
-    table = pd.DataFrame(
-        rows, columns=["source", "finding", "metric", "threshold", "accuracy", "afp", "boxes", "images"]
-    )
-    if table.empty:
-        return table
-    means = (
-        table.groupby(["source", "metric", "threshold"], dropna=False)
-        .agg(
-            accuracy=("accuracy", "mean"),
-            afp=("afp", "mean"),
-            boxes=("boxes", "sum"),
-            images=("images", "sum"),
-        )
-        .reset_index()
-        .assign(finding="Mean")
-    )
-    table = pd.concat([table, means[table.columns]], ignore_index=True)
+        )  # fmt: skip
+    table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
+    means = []
+    for (method, source, metric), part in table.groupby(["method", "source", "metric"], sort=False):
+        for t in dict.fromkeys(part["threshold"].tolist()):
+            same = part[part["threshold"].isna()] if pd.isna(t) else part[part["threshold"] == t]
+            keys = [(method, source, f, metric, _tkey(t)) for f in same["finding"]]
+            stack = np.vstack([boot[k] for k in keys]) if weights is not None else None
+            low, high = _interval(np.nanmean(stack, axis=0) if stack is not None else None)
+            means.append(
+                {
+                    "method": method, "source": source, "finding": "Mean", "metric": metric, "threshold": t,
+                    "accuracy": float(same["accuracy"].mean()), "ci_low": low, "ci_high": high,
+                    "afp": float(same["afp"].mean()), "boxes": int(same["boxes"].sum()),
+                    "images": int(same["images"].sum()),
+                }
+            )  # fmt: skip
+    table = pd.concat([table, pd.DataFrame(means, columns=TABLE_COLUMNS)], ignore_index=True)
     order = {"IoBB": 0, "IoU": 1, "pointing": 2}
     table["_m"] = table["metric"].map(order)
     table["_f"] = table["finding"].eq("Mean")
-    table = table.sort_values(["source", "_m", "threshold", "_f", "finding"]).drop(columns=["_m", "_f"])
+    table = table.sort_values(["method", "source", "_m", "threshold", "_f", "finding"]).drop(columns=["_m", "_f"])
     return table.reset_index(drop=True)
 
 
+def _tkey(threshold) -> str:
+    """A dictionary key for a threshold (NaN, the pointing game's, never equals itself)."""
+    return "-" if pd.isna(threshold) else f"{float(threshold):g}"
+
+
+def _interval(values: np.ndarray | None) -> tuple[float, float]:
+    if values is None:
+        return np.nan, np.nan
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return np.nan, np.nan
+    low, high = np.percentile(values, [2.5, 97.5])
+    return float(low), float(high)
+
+
 def markdown_table(table: pd.DataFrame) -> str:
-    """Wang et al.-style table: one row per (metric, T), one column per finding; cells
-    ``model (random)`` accuracy, AFP rows likewise."""
+    """Wang et al.-style tables, one per method: one row per (metric, T), one column per finding;
+    cells ``accuracy [95% CI] (random same-size control)``, AFP rows likewise."""
     if table.empty:
         return "_no ground-truth boxes were evaluated_\n"
+    if "method" not in table.columns:
+        table = table.assign(method="model")
+    out = []
+    for method in dict.fromkeys(table["method"]):
+        part = table[table["method"] == method]
+        if table["method"].nunique() > 1:
+            out.append(f"### {method}\n")
+        out.append(_method_markdown(part))
+    return "\n".join(out)
+
+
+def _method_markdown(table: pd.DataFrame) -> str:
     findings = [*sorted(set(table["finding"]) - {"Mean"}), "Mean"]
     model = table[table["source"] == "model"].set_index(["metric", "threshold", "finding"])
     rand = table[table["source"] == "random"].set_index(["metric", "threshold", "finding"])
 
-    def cell(frame: pd.DataFrame, key: tuple, column: str) -> str:
+    def cell(frame: pd.DataFrame, key: tuple, column: str, ci: bool = False) -> str:
         try:
             value = frame.loc[key, column]
         except KeyError:
             return "–"
-        return "–" if pd.isna(value) else f"{value:.2f}"
+        if pd.isna(value):
+            return "–"
+        text = f"{value:.2f}"
+        if ci and "ci_low" in frame.columns and not pd.isna(frame.loc[key, "ci_low"]):
+            text += f" [{frame.loc[key, 'ci_low']:.2f}, {frame.loc[key, 'ci_high']:.2f}]"
+        return text
 
     lines = ["| T | " + " | ".join(findings) + " |", "|---|" + "---|" * len(findings)]
     # NaN != NaN, so the threshold-free pointing rows are deduplicated on a printable key
@@ -205,7 +267,7 @@ def markdown_table(table: pd.DataFrame) -> str:
             if metric == "pointing" and column == "afp":
                 continue
             cells = [
-                f"{cell(model, (metric, t, f), column)} ({cell(rand, (metric, t, f), column)})"
+                f"{cell(model, (metric, t, f), column, column == 'accuracy')} ({cell(rand, (metric, t, f), column)})"
                 for f in findings
             ]
             lines.append(f"| {label} {suffix} | " + " | ".join(cells) + " |")
@@ -281,6 +343,112 @@ def load_ground_truth(path: str | Path) -> GroundTruth:
     return GroundTruth(boxes.reset_index(drop=True), None, str(path))
 
 
+# --- map sources: the methods compared ---------------------------------------------------------
+class CamSource:
+    """Grad-CAM / Grad-CAM++ maps of a classifier (an :class:`~xraytriage.explain.Explainer`)."""
+
+    def __init__(self, explainer) -> None:
+        self.explainer = explainer
+        self.name = explainer.method
+        self.box_threshold = explainer.box_threshold
+        outputs = {canonical_label(n) for n in explainer.checkpoint.label_names}
+        self._outputs = outputs
+
+    def covers(self, finding: str) -> bool:
+        return canonical_label(finding) in self._outputs
+
+    def prior(self, finding: str):
+        return prior_for(finding, self.explainer.priors)
+
+    def maps(self, radiograph, findings: Sequence[str]) -> dict[str, np.ndarray]:
+        from xraytriage.explain.explainer import explain_image
+
+        out = {}
+        for e in explain_image(self.explainer, radiograph, list(findings)):
+            out[canonical_label(e.finding)] = e.heatmap
+        return out
+
+
+class LocaliserSource:
+    """The box-supervised localiser's maps (:class:`~xraytriage.models.localiser.Localiser`)."""
+
+    name = "localiser"
+
+    def __init__(self, localiser, box_threshold: float | None = None) -> None:
+        self.localiser = localiser
+        self.box_threshold = float(box_threshold if box_threshold is not None else localiser.spec.box_threshold)
+
+    def covers(self, finding: str) -> bool:
+        return self.localiser.covers(finding)
+
+    def prior(self, finding: str):
+        return None
+
+    def maps(self, radiograph, findings: Sequence[str]) -> dict[str, np.ndarray]:
+        return self.localiser.maps(radiograph.pixels, findings)
+
+
+# --- the random same-size control -------------------------------------------------------------
+def random_same_size(boxes: Sequence[Box], height: int, width: int, rng: np.random.Generator) -> list[Box]:
+    """Each box moved to a uniformly random place inside the image, its size kept: what a method
+    that knows only how big the finding tends to be would score."""
+    out = []
+    for b in boxes:
+        w, h = min(b.w, width), min(b.h, height)
+        out.append(Box(float(rng.uniform(0, width - w)), float(rng.uniform(0, height - h)), w, h, b.score))
+    return out
+
+
+def random_point(boxes: Sequence[Box], height: int, width: int) -> tuple[float, float]:
+    """Centre of the first box (already placed at random), or the image centre when none."""
+    if boxes:
+        return boxes[0].x + boxes[0].w / 2, boxes[0].y + boxes[0].h / 2
+    return width / 2, height / 2
+
+
+def point_in(point: tuple[float, float], truth: Box) -> bool:
+    x, y = point
+    return truth.x <= x <= truth.x + truth.w and truth.y <= y <= truth.y + truth.h
+
+
+def score_maps(
+    image: str,
+    patient: str,
+    finding: str,
+    heat: np.ndarray,
+    truths: Sequence[Box],
+    method: str,
+    box_threshold: float,
+    prior=None,
+    max_boxes: int = 3,
+    random_repeats: int = 5,
+    seed: int = 0,
+    exclude: np.ndarray | None = None,
+) -> tuple[CaseScore, list[CaseScore], list[Box]]:
+    """One method's map of one finding on one image: its case, the random same-size control's
+    cases (one per repeat) and the predicted boxes."""
+    h, w = heat.shape
+    kwargs = {"prior": prior, "max_boxes": max_boxes}
+    if exclude is not None:
+        kwargs["exclude"] = exclude
+    predicted = boxes_from_heatmap(heat, box_threshold, **kwargs)
+    case = score_case(image, finding, heat, truths, predicted, "model")
+    case.method, case.patient = method, patient
+    controls = []
+    for repeat in range(random_repeats):
+        rng = np.random.default_rng(case_seed(seed, f"{method}|{image}", finding, repeat))
+        rboxes = random_same_size(predicted, h, w, rng)
+        if not rboxes:  # nothing predicted: the control points at a random pixel
+            point = (float(rng.uniform(0, w)), float(rng.uniform(0, h)))
+        else:
+            point = random_point(rboxes, h, w)
+        control = score_case(f"{image}#{repeat}", finding, np.zeros((1, 1)), truths, rboxes, "random")
+        control.pointing = [point_in(point, t) for t in truths]
+        control.method, control.patient = method, patient
+        controls.append(control)
+    return case, controls, predicted
+
+
 # --- the benchmark ------------------------------------------------------------------------
 @dataclass
 class LocalizationResult:
@@ -290,6 +458,7 @@ class LocalizationResult:
     skipped_findings: dict[str, int] = field(default_factory=dict)
     missing_images: int = 0
     errors: list[str] = field(default_factory=list)
+    methods: list[str] = field(default_factory=list)
 
 
 def index_images(folders: Sequence[str | Path]) -> dict[str, Path]:
@@ -305,31 +474,58 @@ def index_images(folders: Sequence[str | Path]) -> dict[str, Path]:
     return found
 
 
+def patient_of(name: str) -> str:
+    """NIH file names carry the patient (``00013118_008.png``); other images are their own patient."""
+    import re
+
+    match = re.match(r"^(\d{8})_\d{3}", name)
+    return match.group(1) if match else Path(name).stem
+
+
+def _as_sources(methods) -> dict:
+    if isinstance(methods, dict):
+        return dict(methods)
+    if hasattr(methods, "maps"):
+        return {methods.name: methods}
+    return {methods.method: CamSource(methods)}  # an Explainer
+
+
 def evaluate_localization(
-    explainer,
+    methods,
     image_folders: Sequence[str | Path],
     truth: GroundTruth,
     max_boxes: int = 3,
     random_repeats: int = 5,
     seed: int = 0,
     progress: bool = True,
+    patients: dict[str, str] | None = None,
+    n_boot: int = 1000,
+    suppress_markers: bool = True,
 ) -> LocalizationResult:
-    """Run the benchmark for ``explainer`` (an :class:`~xraytriage.explain.Explainer`) over the GT
-    boxes whose images are found in ``image_folders``. Unreadable images are reported and
-    skipped; findings the model does not output are counted in ``skipped_findings``."""
+    """Run the benchmark for every method in ``methods`` (name -> source with ``maps``,
+    ``covers``, ``box_threshold``, ``prior``; or one :class:`~xraytriage.explain.Explainer`) on
+    the same GT boxes whose images are found in ``image_folders``, each next to its random
+    same-size control. Unreadable images are reported and skipped; a finding no method covers
+    is counted in ``skipped_findings``. Raises ConfigError when nothing could be evaluated."""
     from tqdm import tqdm
 
-    from xraytriage.explain.explainer import explain_image
     from xraytriage.io import read_radiograph
 
+    sources = _as_sources(methods)
     files = index_images(image_folders)
     boxes = truth.boxes
-    outputs = {canonical_label(n) for n in explainer.checkpoint.label_names}
-    skipped = boxes[~boxes["finding"].isin(outputs)]["finding"].value_counts().to_dict()
-    usable = boxes[boxes["finding"].isin(outputs)]
+    covered = boxes["finding"].map(lambda f: any(src.covers(f) for src in sources.values()))
+    skipped = boxes[~covered]["finding"].value_counts().to_dict()
+    usable = boxes[covered]
     present = usable[usable["image"].isin(files)]
     missing = int(usable["image"].nunique() - present["image"].nunique())
-    grid = explainer.feature_shape
+    if present.empty:
+        where = ", ".join(str(f) for f in image_folders)
+        raise ConfigError(
+            f"nothing to evaluate: none of the {usable['image'].nunique()} images with boxes in {truth.source or 'the box file'} "
+            f"for the findings the model covers was found under {where} ({len(files)} image files there)"
+        )
+    marker_mask = _marker_mask_function() if suppress_markers else None
     cases: list[CaseScore] = []
     per_box: list[dict] = []
     errors: list[str] = []
@@ -343,69 +539,118 @@ def evaluate_localization(
             continue
         h, w = radiograph.height, radiograph.width
         sx, sy = (w / truth.reference_size, h / truth.reference_size) if truth.reference_size else (1.0, 1.0)
+        patient = (patients or {}).get(image) or patient_of(image)
         findings = list(dict.fromkeys(group["finding"]))
-        explanations = {e.finding: e for e in explain_image(explainer, radiograph, findings)}
-        for finding in findings:
-            rows = group[group["finding"] == finding]
-            truths = [Box(r.x, r.y, r.w, r.h).scaled(sx, sy) for r in rows.itertuples()]
-            prior = prior_for(finding, explainer.priors)
-            heat = explanations[explainer.checkpoint.label_names[explainer.class_index(finding)]].heatmap
-            predicted = boxes_from_heatmap(heat, explainer.box_threshold, prior=prior, max_boxes=max_boxes)
-            model_case = score_case(image, finding, heat, truths, predicted, "model")
-            cases.append(model_case)
-            random_cases = []
-            for repeat in range(random_repeats):
-                rng = np.random.default_rng(case_seed(seed, image, finding, repeat))
-                rheat = random_heatmap(rng, grid, explainer.contract, h, w)
-                rboxes = boxes_from_heatmap(rheat, explainer.box_threshold, prior=prior, max_boxes=max_boxes)
-                random_cases.append(score_case(image, finding, rheat, truths, rboxes, "random"))
-            cases.extend(_average_repeats(random_cases))
-            for i, t in enumerate(truths):
-                per_box.append(
-                    {
-                        "image": image,
-                        "finding": finding,
-                        "x": t.x,
-                        "y": t.y,
-                        "w": t.w,
-                        "h": t.h,
-                        "best_iou": model_case.best_iou[i],
-                        "best_iobb": model_case.best_iobb[i],
-                        "pointing": model_case.pointing[i],
-                        "random_pointing": float(np.mean([c.pointing[i] for c in random_cases]))
-                        if random_cases
-                        else np.nan,
-                        "predicted_boxes": len(predicted),
-                    }
-                )
+        exclude = marker_mask(radiograph.pixels) if marker_mask else None
+        for method, src in sources.items():
+            wanted = [f for f in findings if src.covers(f)]
+            maps = src.maps(radiograph, wanted) if wanted else {}
+            for finding in wanted:
+                heat = maps.get(canonical_label(finding))
+                if heat is None:
+                    continue
+                rows = group[group["finding"] == finding]
+                truths = [Box(r.x, r.y, r.w, r.h).scaled(sx, sy) for r in rows.itertuples()]
+                case, controls, predicted = score_maps(
+                    image, patient, finding, heat, truths, method, src.box_threshold, src.prior(finding),
+                    max_boxes, random_repeats, seed, exclude,
+                )  # fmt: skip
+                cases.append(case)
+                cases.extend(controls)
+                for i, t in enumerate(truths):
+                    per_box.append(
+                        {
+                            "method": method, "image": image, "patient": patient, "finding": finding,
+                            "x": t.x, "y": t.y, "w": t.w, "h": t.h,
+                            "best_iou": case.best_iou[i], "best_iobb": case.best_iobb[i],
+                            "pointing": case.pointing[i],
+                            "random_pointing": float(np.mean([c.pointing[i] for c in controls])) if controls else np.nan,
+                            "predicted_boxes": len(predicted),
+                        }
+                    )  # fmt: skip
+    if not cases:
+        raise ConfigError(
+            f"nothing was evaluated: all {len(groups)} images with boxes failed to read ({'; '.join(errors[:3])})"
+        )
     return LocalizationResult(
-        table=summarize(cases),
+        table=summarize(cases, n_boot=n_boot, seed=seed),
         per_box=pd.DataFrame(per_box),
         images=len({c.image for c in cases if c.source == "model"}),
         skipped_findings={str(k): int(v) for k, v in skipped.items()},
         missing_images=missing,
         errors=errors,
+        methods=list(sources),
     )
 
 
-def _average_repeats(repeats: list[CaseScore]) -> list[CaseScore]:
-    """Repeats of the random control enter the tally as separate cases with the image name
-    suffixed by the repeat, so accuracy averages over repeats while AFP stays per image."""
-    out = []
-    for r, case in enumerate(repeats):
-        out.append(
-            CaseScore(
-                image=f"{case.image}#{r}",
-                finding=case.finding,
-                source=case.source,
-                hits=case.hits,
-                false_positives=case.false_positives,
-                pointing=case.pointing,
-                best_iou=case.best_iou,
-                best_iobb=case.best_iobb,
-            )
+def evaluate_input_maps(
+    maps: np.ndarray,
+    findings: Sequence[str],
+    names: Sequence[str],
+    patients: Sequence[str],
+    sizes: np.ndarray,
+    boxes: pd.DataFrame,
+    contract: PreprocessContract,
+    method: str = "localiser",
+    box_threshold: float = 0.5,
+    max_boxes: int = 3,
+    random_repeats: int = 5,
+    seed: int = 0,
+    n_boot: int = 1000,
+    progress: bool = True,
+) -> LocalizationResult:
+    """The benchmark on maps already computed on the network input (N, F, S, S), e.g. a
+    localiser's out-of-fold maps: each map is taken to its image's original size, boxed and
+    scored against ``boxes`` (``index, finding, x, y, w, h`` in original pixels)."""
+    from tqdm import tqdm
+
+    cases: list[CaseScore] = []
+    per_box: list[dict] = []
+    channel = {canonical_label(f): i for i, f in enumerate(findings)}
+    for index, group in tqdm(list(boxes.groupby("index", sort=True)), desc=method, disable=not progress):
+        index = int(index)
+        h, w = (int(v) for v in sizes[index])
+        wanted = [f for f in dict.fromkeys(group["finding"]) if canonical_label(f) in channel]
+        if not wanted:
+            continue
+        heats = map_to_original(
+            np.asarray(maps[index, [channel[canonical_label(f)] for f in wanted]], dtype=np.float32), contract, h, w
         )
-    return out
+        for finding, heat in zip(wanted, heats, strict=True):
+            rows = group[group["finding"] == finding]
+            truths = [Box(r.x, r.y, r.w, r.h) for r in rows.itertuples()]
+            case, controls, predicted = score_maps(
+                names[index], patients[index], finding, heat, truths, method, box_threshold, None,
+                max_boxes, random_repeats, seed,
+            )  # fmt: skip
+            cases += [case, *controls]
+            for i, t in enumerate(truths):
+                per_box.append(
+                    {
+                        "method": method, "image": names[index], "patient": patients[index], "finding": finding,
+                        "x": t.x, "y": t.y, "w": t.w, "h": t.h,
+                        "best_iou": case.best_iou[i], "best_iobb": case.best_iobb[i], "pointing": case.pointing[i],
+                        "random_pointing": float(np.mean([c.pointing[i] for c in controls])) if controls else np.nan,
+                        "predicted_boxes": len(predicted),
+                    }
+                )  # fmt: skip
+    if not cases:
+        raise ConfigError("nothing was evaluated: no box of a finding the maps cover")
+    return LocalizationResult(
+        table=summarize(cases, n_boot=n_boot, seed=seed),
+        per_box=pd.DataFrame(per_box),
+        images=len({c.image for c in cases if c.source == "model"}),
+        methods=[method],
+    )
+
+
+def _marker_mask_function():
+    """The burned-in marker detector when this version has one (boxes never land on markers)."""
+    try:
+        from xraytriage.explain.markers import marker_mask
+    except ImportError:
+        return None
+    return marker_mask
 
 
 def write_localization_report(
@@ -425,14 +670,16 @@ def write_localization_report(
     notes = [
         f"# Localisation{': ' + title if title else ''}",
         "",
-        f"{result.images} images, {len(result.per_box)} ground-truth boxes. Cells: model accuracy "
-        "(random-heatmap control in brackets); AFP = average false-positive boxes per image. "
+        f"{result.images} images, {result.per_box['patient'].nunique() if 'patient' in result.per_box else '?'} "
+        f"patients, {len(result.per_box)} (method, ground-truth box) pairs; methods: {', '.join(result.methods)}. "
+        "Cells: accuracy [patient-level bootstrap 95% CI] (random same-size control: the method's own "
+        "boxes moved to random places, in brackets); AFP = average false-positive boxes per image. "
         "IoBB/IoU localised when > T (Wang et al., CVPR 2017, Table 3).",
         "",
     ]
     if result.skipped_findings:
         notes.append(
-            "Findings the model does not output (boxes skipped): "
+            "Findings no method covers (boxes skipped): "
             + ", ".join(f"{k} ({v})" for k, v in sorted(result.skipped_findings.items()))
         )
         notes.append("")

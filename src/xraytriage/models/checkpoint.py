@@ -68,6 +68,9 @@ class Checkpoint:
     scope: dict[str, list[str]] | None = None
     """Body parts and views the model was trained on (see :mod:`xraytriage.scope`); None: the
     default for its training data. Images outside it are refused, never given findings."""
+    localiser: dict[str, Any] | None = None
+    """The box-supervised localiser (:class:`xraytriage.models.localiser.Localiser` as a dict),
+    when one was attached: it draws the boxes of the findings it covers instead of Grad-CAM."""
 
     def __post_init__(self) -> None:
         if len(self.label_names) != self.model.num_classes:
@@ -78,6 +81,18 @@ class Checkpoint:
             self.abnormal = default_abnormal_rule(self.label_names)
         if self.scope is None:
             self.scope = default_scope(self.label_names, self.train_config)
+
+    def get_localiser(self):
+        """The attached :class:`~xraytriage.models.localiser.Localiser` (built once), or None."""
+        if not self.localiser:
+            return None
+        cached = getattr(self, "_localiser", None)
+        if cached is None:
+            from xraytriage.models.localiser import Localiser
+
+            cached = Localiser.from_dict(self.localiser)
+            object.__setattr__(self, "_localiser", cached)
+        return cached
 
     # --- network -------------------------------------------------------------------------
     def build_model(self) -> nn.Module:
@@ -156,6 +171,7 @@ class Checkpoint:
             "metrics": self.metrics,
             "training_images": list(self.training_images),
             "scope": self.scope,
+            **({"localiser": self.localiser} if self.localiser else {}),
         }
 
     def save(self, path: str | Path, half: bool = False) -> Path:
@@ -191,6 +207,7 @@ class Checkpoint:
             package_version=str(data.get("package_version", "?")),
             created=str(data.get("created", "")),
             scope=dict(data["scope"]) if isinstance(data.get("scope"), dict) else None,
+            localiser=dict(data["localiser"]) if isinstance(data.get("localiser"), dict) else None,
         )
 
 
