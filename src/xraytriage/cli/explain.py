@@ -9,14 +9,19 @@ from pathlib import Path
 
 from xraytriage.cli.common import add_model_argument, default_model_path, resolve_model_path
 
-METHOD_CHOICES = ("gradcam", "gradcam++")
+METHOD_CHOICES = ("auto", "gradcam", "gradcam++", "localiser")
 BOX_COLUMNS = ["path", "finding", "x", "y", "w", "h", "score"]
 
 
 def _add_explainer_options(parser: argparse.ArgumentParser) -> None:
     add_model_argument(parser)
     parser.add_argument(
-        "--method", choices=METHOD_CHOICES, default="gradcam", help="CAM method (default gradcam)"
+        "--method",
+        choices=METHOD_CHOICES,
+        default="auto",
+        help="auto (default): the checkpoint's box-supervised localiser for the findings it covers, "
+        "Grad-CAM otherwise; gradcam | gradcam++: CAM only; localiser: like auto, but an error "
+        "when the checkpoint has no localiser",
     )
     parser.add_argument("--layer", default=None, help="target layer name (default: found per backbone)")
     parser.add_argument(
@@ -62,9 +67,11 @@ def register(subparsers) -> None:
         "localize-eval",
         help="localisation benchmark against ground-truth boxes (Wang et al. 2017, Table 3)",
         description=(
-            "Accuracy at T(IoBB) and T(IoU), average false positives and the pointing game per finding, "
-            "next to a random-heatmap control. Writes localization.csv, localization_boxes.csv and "
-            "localization.md to OUTPUT. NIH BBox_List coordinates (1024 px) are scaled to each image."
+            "Accuracy at T(IoBB) and T(IoU), average false positives and the pointing game per finding "
+            "and overall, with patient-level bootstrap 95%% CIs, for every method in --compare on the same "
+            "images, each next to its random same-size control (its own boxes moved to random places). "
+            "Writes localization.csv, localization_boxes.csv and localization.md to OUTPUT. NIH BBox_List "
+            "coordinates (1024 px) are scaled to each image. Fails when nothing could be evaluated."
         ),
     )
     evaluate.add_argument(
@@ -79,6 +86,18 @@ def register(subparsers) -> None:
         "--random-repeats", type=int, default=5, help="random-control draws per case (default 5)"
     )
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the random control (default 0)")
+    evaluate.add_argument(
+        "--compare",
+        default=None,
+        help="comma-separated methods to compare: gradcam, gradcam++, localiser (default: gradcam, plus "
+        "localiser when the checkpoint or --localiser has one)",
+    )
+    evaluate.add_argument(
+        "--localiser", type=Path, default=None, help="a localiser file (`localiser train`) to evaluate"
+    )
+    evaluate.add_argument(
+        "--bootstrap", type=int, default=1000, help="patient-level bootstrap replicates (default 1000)"
+    )
     _add_explainer_options(evaluate)
     evaluate.set_defaults(handler=run_localize_eval)
 
@@ -193,26 +212,56 @@ def run_explain(args) -> int:
 
 def run_localize_eval(args) -> int:
     from xraytriage.errors import ConfigError
+    from xraytriage.explain import Explainer
     from xraytriage.explain.localization import (
+        CamSource,
+        LocaliserSource,
         evaluate_localization,
         load_ground_truth,
         write_localization_report,
     )
+    from xraytriage.models.localiser import load_localiser
 
-    if args.max_boxes < 1 or args.random_repeats < 0:
-        raise ConfigError("--max-boxes must be >= 1 and --random-repeats >= 0")
+    if args.max_boxes < 1 or args.random_repeats < 0 or args.bootstrap < 0:
+        raise ConfigError("--max-boxes must be >= 1, --random-repeats and --bootstrap >= 0")
     explainer = _load_explainer(args)
+    localiser = load_localiser(args.localiser) if args.localiser else explainer.checkpoint.get_localiser()
+    default = ["gradcam"] + (["localiser"] if localiser is not None else [])
+    wanted = [m.strip().lower() for m in args.compare.split(",") if m.strip()] if args.compare else default
+    sources = {}
+    for method in wanted:
+        if method == "localiser":
+            if localiser is None:
+                raise ConfigError("--compare localiser: the checkpoint has no localiser and no --localiser was given")
+            sources["localiser"] = LocaliserSource(localiser)
+        elif method in ("gradcam", "gradcam++"):
+            cam = explainer if explainer.method == method else Explainer(
+                explainer.checkpoint, method=method, layer=args.layer, size_prior=args.size_prior,
+                box_threshold=args.box_threshold, device=args.device,
+            )  # fmt: skip
+            sources[method] = CamSource(cam)
+        else:
+            raise ConfigError(f"--compare: unknown method {method!r}; choose from gradcam, gradcam++, localiser")
     truth = load_ground_truth(args.boxes)
     result = evaluate_localization(
-        explainer,
+        sources,
         args.images,
         truth,
         max_boxes=args.max_boxes,
         random_repeats=args.random_repeats,
         seed=args.seed,
+        n_boot=args.bootstrap,
     )
-    title = f"{explainer.checkpoint.name}, {explainer.method} at {explainer.layer}"
+    title = f"{explainer.checkpoint.name}: {', '.join(sources)}"
     paths = write_localization_report(result, args.output, title=title)
     print(paths["markdown"].read_text())
+    if localiser is not None and "localiser" in sources:
+        seen = set(localiser.metrics.get("training_images") or [])
+        overlap = len(set(result.per_box["image"]) & seen) if len(result.per_box) else 0
+        if overlap:
+            print(
+                f"WARNING: {overlap} of the {result.images} evaluated images trained the localiser: its numbers "
+                "here are not a held-out estimate (use `xraytriage localiser cv` for out-of-fold numbers)"
+            )
     print(f"wrote {', '.join(str(p) for p in paths.values())}")
     return 0

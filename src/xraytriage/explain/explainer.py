@@ -27,6 +27,12 @@ from xraytriage.io import Radiograph
 from xraytriage.labels import canonical_label
 from xraytriage.models.checkpoint import Checkpoint
 
+LOCALISER_METHODS = ("auto", "localiser")
+"""``auto``: the checkpoint's localiser when it has one (Grad-CAM for the findings it does not
+cover, and for checkpoints without one); ``localiser``: the same, but a checkpoint without a
+localiser is an error."""
+CAM_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++"}
+
 MAX_TOP_FINDINGS = 4
 """``top`` explains at most this many findings above threshold (the seed tool's "Heatmap_top4")."""
 
@@ -43,6 +49,8 @@ class Explanation:
     threshold: float
     heatmap: np.ndarray = field(repr=False)
     box: Box | None = None
+    method: str = "Grad-CAM"
+    """What drew the map and box: "localiser" (box-supervised) or "Grad-CAM" / "Grad-CAM++"."""
 
     @property
     def above_threshold(self) -> bool:
@@ -56,6 +64,8 @@ class PreparedImage:
     uint8: np.ndarray
     height: int
     width: int
+    localiser_input: np.ndarray | None = None
+    """The localiser's own input (its contract, from the original pixels), when it has one."""
 
 
 class Explainer:
@@ -69,7 +79,7 @@ class Explainer:
     def __init__(
         self,
         checkpoint: Checkpoint,
-        method: str = "gradcam",
+        method: str = "auto",
         layer: str | None = None,
         size_prior: bool = False,
         box_threshold: float = 0.5,
@@ -85,12 +95,28 @@ class Explainer:
         self.layer = find_target_layer(
             model, checkpoint.model.backbone, layer, input_size=int(self.contract.size)
         )
+        self.localiser = None
+        if method.strip().lower() in LOCALISER_METHODS:
+            self.localiser = checkpoint.get_localiser()
+            if self.localiser is None and method.strip().lower() != "auto":
+                raise ConfigError(
+                    f"{checkpoint.name} has no localiser; attach one with `xraytriage localiser attach` "
+                    "or choose --method gradcam"
+                )
+            method = "gradcam"
         self.method = check_method(method)
         self.cam = GradCAM(model, self.layer, self.method)
         self.box_threshold = float(box_threshold)
         self.priors = (priors if priors is not None else load_size_priors()) if size_prior else None
         self._lock = threading.Lock()
         self._feature_shape: tuple[int, int] | None = None
+
+    def method_for(self, finding: str) -> str:
+        """The name of what draws ``finding``'s map and box: the localiser for the findings it
+        covers (when this explainer uses it), else the CAM method."""
+        if self.localiser is not None and self.localiser.covers(finding):
+            return "localiser"
+        return CAM_NAMES.get(self.method, self.method)
 
     # --- inputs --------------------------------------------------------------------------
     def prepare(
@@ -115,7 +141,12 @@ class Explainer:
                 height, width = original_size or (size, size)
                 return PreparedImage(array, int(height), int(width))
             pixels = array.astype(np.float32) / 255.0 if array.dtype == np.uint8 else array.astype(np.float32)
-        return PreparedImage(self.contract.to_uint8(pixels), int(pixels.shape[0]), int(pixels.shape[1]))
+        localiser_input = (
+            self.localiser.spec.preprocess.to_uint8(pixels) if self.localiser is not None else None
+        )
+        return PreparedImage(
+            self.contract.to_uint8(pixels), int(pixels.shape[0]), int(pixels.shape[1]), localiser_input
+        )
 
     def class_index(self, finding: str) -> int:
         names = [canonical_label(n) for n in self.checkpoint.label_names]
@@ -168,21 +199,55 @@ class Explainer:
                 self._feature_shape = tuple(cam_pass.activation.shape[-2:])  # type: ignore[assignment]
             probs = self.checkpoint.probabilities(logits)
             chosen = [self.select_findings(p, findings) for p in probs]
-            union = sorted({self.class_index(n) for names in chosen for n in names})
-            maps = cam_pass.maps_for(union).cpu().numpy()
+            located = [
+                {n for n in names if img.localiser_input is not None and self.method_for(n) == "localiser"}
+                for img, names in zip(images, chosen, strict=True)
+            ]
+            union = sorted(
+                {self.class_index(n) for names, loc in zip(chosen, located, strict=True) for n in names if n not in loc}
+            )
+            maps = cam_pass.maps_for(union).cpu().numpy() if union else None
+            localiser_maps = self._localiser_maps(images, located)
         column = {c: i for i, c in enumerate(union)}
         results: list[list[Explanation]] = []
         for i, (img, names) in enumerate(zip(images, chosen, strict=True)):
-            indices = [self.class_index(n) for n in names]
-            heatmaps = map_to_original(
-                maps[i, [column[c] for c in indices]], self.contract, img.height, img.width
-            )
+            cam_names = [n for n in names if n not in located[i]]
+            heat_of: dict[str, np.ndarray] = dict(localiser_maps[i])
+            if cam_names:
+                cam_heat = map_to_original(
+                    maps[i, [column[self.class_index(n)] for n in cam_names]], self.contract, img.height, img.width
+                )
+                heat_of.update(zip(cam_names, cam_heat, strict=True))
             row = []
-            for name, c, heat in zip(names, indices, heatmaps, strict=True):
-                box = best_box(heat, self.box_threshold, prior_for(name, self.priors))
-                row.append(Explanation(name, float(probs[i, c]), self.checkpoint.threshold(name), heat, box))
+            for name in names:
+                c, heat, method = self.class_index(name), heat_of[name], self.method_for(name)
+                if name in located[i]:
+                    box = best_box(heat, self.localiser.spec.box_threshold)
+                else:
+                    method = CAM_NAMES.get(self.method, self.method)
+                    box = best_box(heat, self.box_threshold, prior_for(name, self.priors))
+                row.append(
+                    Explanation(name, float(probs[i, c]), self.checkpoint.threshold(name), heat, box, method)
+                )
             results.append(row)
         return results
+
+    def _localiser_maps(
+        self, images: Sequence[PreparedImage], located: Sequence[set[str]]
+    ) -> list[dict[str, np.ndarray]]:
+        """Per image, the localiser's maps (original size) of the findings it draws there."""
+        out: list[dict[str, np.ndarray]] = [{} for _ in images]
+        rows = [i for i, names in enumerate(located) if names]
+        if not rows or self.localiser is None:
+            return out
+        spec = self.localiser.spec
+        maps = self.localiser.input_maps(np.stack([images[i].localiser_input for i in rows]))
+        for k, i in enumerate(rows):
+            names = sorted(located[i])
+            channels = [spec.findings.index(canonical_label(n)) for n in names]
+            heats = map_to_original(maps[k, channels], spec.preprocess, images[i].height, images[i].width)
+            out[i] = dict(zip(names, heats, strict=True))
+        return out
 
     def probabilities(self, image: Radiograph | np.ndarray) -> dict[str, float]:
         """Calibrated probabilities of one image (no maps)."""

@@ -187,7 +187,7 @@ def summarize(cases: Iterable[CaseScore], n_boot: int = 0, seed: int = 0) -> pd.
     table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
     means = []
     for (method, source, metric), part in table.groupby(["method", "source", "metric"], sort=False):
-        for t in dict.fromkeys(part["threshold"].tolist()):
+        for t in {_tkey(v): v for v in part["threshold"].tolist()}.values():
             same = part[part["threshold"].isna()] if pd.isna(t) else part[part["threshold"] == t]
             keys = [(method, source, f, metric, _tkey(t)) for f in same["finding"]]
             stack = np.vstack([boot[k] for k in keys]) if weights is not None else None

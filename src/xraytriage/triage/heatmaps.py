@@ -31,7 +31,7 @@ def write_heatmaps(
     rows: Sequence[WorklistRow],
     output_dir: str | Path,
     top: int = 15,
-    method: str = "gradcam",
+    method: str = "auto",
     max_findings: int = 4,
 ) -> list[Path]:
     """Overlays for the listed findings of the first ``top`` triaged rows; returns the files written.
