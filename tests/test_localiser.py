@@ -40,7 +40,10 @@ def localiser_files(synthetic_dir, tmp_path_factory) -> dict[str, Path]:
     assert main(["localiser", "pack", "--boxes", str(synthetic_dir / "boxes.csv"), "--images",
                  str(synthetic_dir / "images"), "--labels", str(synthetic_dir / "labels.csv"),
                  "--config", str(config), "-o", str(pack)]) == 0  # fmt: skip
-    assert main(["localiser", "train", str(pack), "--config", str(config), "-o", str(model), "--no-progress"]) == 0
+    assert (
+        main(["localiser", "train", str(pack), "--config", str(config), "-o", str(model), "--no-progress"])
+        == 0
+    )
     return {"config": config, "pack": pack, "model": model, "root": root}
 
 
@@ -114,7 +117,9 @@ def test_checkpoint_carries_the_localiser_and_explanations_say_which_method(atta
     assert not np.allclose(cam_heat, explained["Mass"].heatmap)
 
 
-def test_method_localiser_without_one_is_a_clear_error(tiny_checkpoint_path, synthetic_holdout_dir, tmp_path, capsys):
+def test_method_localiser_without_one_is_a_clear_error(
+    tiny_checkpoint_path, synthetic_holdout_dir, tmp_path, capsys
+):
     code = main(["explain", str(synthetic_holdout_dir / "images"), "--model", str(tiny_checkpoint_path),
                  "--method", "localiser", "-o", str(tmp_path / "out")])  # fmt: skip
     assert code == 2
@@ -153,7 +158,9 @@ def test_localize_eval_compares_methods_with_cis(attached, synthetic_holdout_dir
     assert "nan" not in markdown.lower()
 
 
-def test_localize_eval_on_an_empty_folder_fails(tiny_checkpoint_path, synthetic_holdout_dir, tmp_path, capsys):
+def test_localize_eval_on_an_empty_folder_fails(
+    tiny_checkpoint_path, synthetic_holdout_dir, tmp_path, capsys
+):
     empty = tmp_path / "empty"
     empty.mkdir()
     code = main(["localize-eval", "--model", str(tiny_checkpoint_path), "--images", str(empty),
@@ -178,9 +185,35 @@ def test_localiser_cv_reports_out_of_fold_numbers(localiser_files, tmp_path):
 def test_localiser_config_errors_name_the_problem(tmp_path, localiser_files, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("train:\n  epochz: 3\n")
-    assert main(["localiser", "train", str(localiser_files["pack"]), "--config", str(bad), "-o", str(tmp_path / "x.pt")]) == 2
+    assert (
+        main(
+            [
+                "localiser",
+                "train",
+                str(localiser_files["pack"]),
+                "--config",
+                str(bad),
+                "-o",
+                str(tmp_path / "x.pt"),
+            ]
+        )
+        == 2
+    )
     assert "epochz" in capsys.readouterr().err
     mismatch = tmp_path / "other.yaml"
     mismatch.write_text(CONFIG.replace("size: 64", "size: 96"))
-    assert main(["localiser", "train", str(localiser_files["pack"]), "--config", str(mismatch), "-o", str(tmp_path / "y.pt")]) == 2
+    assert (
+        main(
+            [
+                "localiser",
+                "train",
+                str(localiser_files["pack"]),
+                "--config",
+                str(mismatch),
+                "-o",
+                str(tmp_path / "y.pt"),
+            ]
+        )
+        == 2
+    )
     assert "localiser pack" in capsys.readouterr().err

@@ -232,7 +232,9 @@ def run_localize_eval(args) -> int:
     for method in wanted:
         if method == "localiser":
             if localiser is None:
-                raise ConfigError("--compare localiser: the checkpoint has no localiser and no --localiser was given")
+                raise ConfigError(
+                    "--compare localiser: the checkpoint has no localiser and no --localiser was given"
+                )
             sources["localiser"] = LocaliserSource(localiser)
         elif method in ("gradcam", "gradcam++"):
             cam = explainer if explainer.method == method else Explainer(
@@ -241,7 +243,9 @@ def run_localize_eval(args) -> int:
             )  # fmt: skip
             sources[method] = CamSource(cam)
         else:
-            raise ConfigError(f"--compare: unknown method {method!r}; choose from gradcam, gradcam++, localiser")
+            raise ConfigError(
+                f"--compare: unknown method {method!r}; choose from gradcam, gradcam++, localiser"
+            )
     truth = load_ground_truth(args.boxes)
     result = evaluate_localization(
         sources,

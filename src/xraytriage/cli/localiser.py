@@ -1,9 +1,9 @@
 """``xraytriage localiser pack|train|cv|attach``: the box-supervised localiser.
 
-    xraytriage localiser pack --boxes BBox_List_2017.csv.gz --images nih/images --labels Data_Entry.csv.gz -o boxes.npz
-    xraytriage localiser cv boxes.npz --config configs/localiser-nih.yaml -o runs/localiser/cv
-    xraytriage localiser train boxes.npz --config configs/localiser-nih.yaml -o runs/localiser/localiser.pt
-    xraytriage localiser attach --model model.pt --localiser localiser.pt -o model-with-localiser.pt
+xraytriage localiser pack --boxes BBox_List_2017.csv.gz --images nih/images --labels Data_Entry.csv.gz -o boxes.npz
+xraytriage localiser cv boxes.npz --config configs/localiser-nih.yaml -o runs/localiser/cv
+xraytriage localiser train boxes.npz --config configs/localiser-nih.yaml -o runs/localiser/localiser.pt
+xraytriage localiser attach --model model.pt --localiser localiser.pt -o model-with-localiser.pt
 """
 
 from __future__ import annotations
@@ -27,9 +27,13 @@ def register(subparsers) -> None:
     sub = parser.add_subparsers(dest="localiser_command", metavar="STEP", required=True)
 
     pack = sub.add_parser("pack", help="read the box images once into one .npz (inputs + boxes)")
-    pack.add_argument("--boxes", type=Path, required=True, help="NIH BBox_List_2017.csv(.gz) or path,finding,x,y,w,h CSV")
+    pack.add_argument(
+        "--boxes", type=Path, required=True, help="NIH BBox_List_2017.csv(.gz) or path,finding,x,y,w,h CSV"
+    )
     pack.add_argument("--images", type=Path, nargs="+", required=True, help="image folder(s)")
-    pack.add_argument("--labels", type=Path, default=None, help="NIH Data_Entry CSV or labels.csv (patients, labels)")
+    pack.add_argument(
+        "--labels", type=Path, default=None, help="NIH Data_Entry CSV or labels.csv (patients, labels)"
+    )
     pack.add_argument("--config", type=Path, default=None, help="localiser YAML (spec: findings, size, ...)")
     pack.add_argument("--output", "-o", type=Path, required=True, help="output .npz")
     pack.set_defaults(handler=run_pack)
@@ -43,7 +47,9 @@ def register(subparsers) -> None:
         step.add_argument("--config", type=Path, default=None, help="localiser YAML (spec + training)")
         step.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                           help="override a training option, e.g. --set epochs=10")  # fmt: skip
-        step.add_argument("--output", "-o", type=Path, required=True, help="output folder (cv) or .pt file (train)")
+        step.add_argument(
+            "--output", "-o", type=Path, required=True, help="output folder (cv) or .pt file (train)"
+        )
         step.add_argument("--no-progress", action="store_true", help="no progress bars")
         step.set_defaults(handler=run_cv if name == "cv" else run_train)
 
@@ -77,7 +83,9 @@ def load_localiser_config(path: Path | None, overrides: list[str] | None = None)
         spec = LocaliserSpec(
             findings=tuple(spec_data.get("findings", default.findings)),
             features=tuple(spec_data.get("features", default.features)),
-            preprocess=PreprocessContract.from_dict({**default.preprocess.to_dict(), **dict(spec_data.get("preprocess") or {})}),
+            preprocess=PreprocessContract.from_dict(
+                {**default.preprocess.to_dict(), **dict(spec_data.get("preprocess") or {})}
+            ),
             box_threshold=float(spec_data.get("box_threshold", default.box_threshold)),
         )
     except (TypeError, ValueError) as exc:
@@ -110,7 +118,9 @@ def run_pack(args) -> int:
 def _check_data(data, spec, path: Path) -> None:
     from xraytriage.errors import ConfigError
 
-    if tuple(data.findings) != tuple(spec.findings) or int(data.images.shape[-1]) != int(spec.preprocess.size):
+    if tuple(data.findings) != tuple(spec.findings) or int(data.images.shape[-1]) != int(
+        spec.preprocess.size
+    ):
         raise ConfigError(
             f"{path}: packed for {list(data.findings)} at {data.images.shape[-1]} px; the config wants "
             f"{list(spec.findings)} at {spec.preprocess.size} px (run `localiser pack` with the same --config)"
@@ -139,9 +149,12 @@ def run_cv(args) -> int:
     title = f"localiser, {config.folds}-fold patient-grouped CV, out of fold"
     paths = write_localization_report(result, args.output, title=title)
     (args.output / "folds.csv").write_text(
-        "image,patient,fold\n" + "".join(f"{n},{p},{f}\n" for n, p, f in zip(data.names, data.patients, fold, strict=True))
+        "image,patient,fold\n"
+        + "".join(f"{n},{p},{f}\n" for n, p, f in zip(data.names, data.patients, fold, strict=True))
     )
-    (args.output / "config.json").write_text(json.dumps({"spec": spec.to_dict(), "train": vars(config)}, indent=2))
+    (args.output / "config.json").write_text(
+        json.dumps({"spec": spec.to_dict(), "train": vars(config)}, indent=2)
+    )
     print(paths["markdown"].read_text())
     print(f"wrote {', '.join(str(p) for p in paths.values())}")
     return 0

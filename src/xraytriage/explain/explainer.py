@@ -204,7 +204,12 @@ class Explainer:
                 for img, names in zip(images, chosen, strict=True)
             ]
             union = sorted(
-                {self.class_index(n) for names, loc in zip(chosen, located, strict=True) for n in names if n not in loc}
+                {
+                    self.class_index(n)
+                    for names, loc in zip(chosen, located, strict=True)
+                    for n in names
+                    if n not in loc
+                }
             )
             maps = cam_pass.maps_for(union).cpu().numpy() if union else None
             localiser_maps = self._localiser_maps(images, located)
@@ -215,7 +220,10 @@ class Explainer:
             heat_of: dict[str, np.ndarray] = dict(localiser_maps[i])
             if cam_names:
                 cam_heat = map_to_original(
-                    maps[i, [column[self.class_index(n)] for n in cam_names]], self.contract, img.height, img.width
+                    maps[i, [column[self.class_index(n)] for n in cam_names]],
+                    self.contract,
+                    img.height,
+                    img.width,
                 )
                 heat_of.update(zip(cam_names, cam_heat, strict=True))
             row = []

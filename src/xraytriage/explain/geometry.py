@@ -92,7 +92,9 @@ def map_to_original(
     return out
 
 
-def box_to_input(contract: PreprocessContract, height: int, width: int, box) -> tuple[float, float, float, float]:
+def box_to_input(
+    contract: PreprocessContract, height: int, width: int, box
+) -> tuple[float, float, float, float]:
     """A box ``(x, y, w, h)`` in original pixels -> (x0, y0, x1, y1) on the S x S input, clipped."""
     x, y, w, h = box
     ys, xs = to_input(contract, height, width, np.array([y, y + h]), np.array([x, x + w]))

@@ -161,7 +161,9 @@ def summarize(cases: Iterable[CaseScore], n_boot: int = 0, seed: int = 0) -> pd.
     if not hits:
         return pd.DataFrame(columns=TABLE_COLUMNS)
     weights = (
-        np.random.default_rng(seed).multinomial(len(patients), np.full(len(patients), 1 / len(patients)), size=n_boot)
+        np.random.default_rng(seed).multinomial(
+            len(patients), np.full(len(patients), 1 / len(patients)), size=n_boot
+        )
         if n_boot > 0
         else None
     )
@@ -204,7 +206,9 @@ def summarize(cases: Iterable[CaseScore], n_boot: int = 0, seed: int = 0) -> pd.
     order = {"IoBB": 0, "IoU": 1, "pointing": 2}
     table["_m"] = table["metric"].map(order)
     table["_f"] = table["finding"].eq("Mean")
-    table = table.sort_values(["method", "source", "_m", "threshold", "_f", "finding"]).drop(columns=["_m", "_f"])
+    table = table.sort_values(["method", "source", "_m", "threshold", "_f", "finding"]).drop(
+        columns=["_m", "_f"]
+    )
     return table.reset_index(drop=True)
 
 
@@ -376,7 +380,9 @@ class LocaliserSource:
 
     def __init__(self, localiser, box_threshold: float | None = None) -> None:
         self.localiser = localiser
-        self.box_threshold = float(box_threshold if box_threshold is not None else localiser.spec.box_threshold)
+        self.box_threshold = float(
+            box_threshold if box_threshold is not None else localiser.spec.box_threshold
+        )
 
     def covers(self, finding: str) -> bool:
         return self.localiser.covers(finding)
@@ -614,7 +620,10 @@ def evaluate_input_maps(
         if not wanted:
             continue
         heats = map_to_original(
-            np.asarray(maps[index, [channel[canonical_label(f)] for f in wanted]], dtype=np.float32), contract, h, w
+            np.asarray(maps[index, [channel[canonical_label(f)] for f in wanted]], dtype=np.float32),
+            contract,
+            h,
+            w,
         )
         for finding, heat in zip(wanted, heats, strict=True):
             rows = group[group["finding"] == finding]

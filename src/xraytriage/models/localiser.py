@@ -109,7 +109,9 @@ class Localiser:
     def net(self) -> nn.Module:
         if self._net is None:
             net = build_localiser_net(self.spec)
-            net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in self.state_dict.items()})
+            net.load_state_dict(
+                {k: v.float() if v.is_floating_point() else v for k, v in self.state_dict.items()}
+            )
             self._net = net.eval()
         return self._net
 
@@ -144,13 +146,20 @@ class Localiser:
             k: (v.detach().cpu().half() if half and v.is_floating_point() else v.detach().cpu())
             for k, v in self.state_dict.items()
         }
-        return {"format": LOCALISER_FORMAT, "spec": self.spec.to_dict(), "state_dict": state, "metrics": self.metrics}
+        return {
+            "format": LOCALISER_FORMAT,
+            "spec": self.spec.to_dict(),
+            "state_dict": state,
+            "metrics": self.metrics,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Localiser:
         if data.get("format") != LOCALISER_FORMAT:
             raise ConfigError("not an xraytriage localiser (missing format marker)")
-        return cls(LocaliserSpec.from_dict(data["spec"]), dict(data["state_dict"]), dict(data.get("metrics", {})))
+        return cls(
+            LocaliserSpec.from_dict(data["spec"]), dict(data["state_dict"]), dict(data.get("metrics", {}))
+        )
 
     def save(self, path) -> None:
         from pathlib import Path

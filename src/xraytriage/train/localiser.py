@@ -250,13 +250,15 @@ def box_targets(data: BoxData, rows: Sequence[int], size: int) -> tuple[torch.Te
         if row not in by_index.groups:
             continue
         for r in by_index.get_group(row).itertuples():
-            x0, y0 = int(math.floor(r.x0)), int(math.floor(r.y0))
-            x1, y1 = max(x0 + 1, int(math.ceil(r.x1))), max(y0 + 1, int(math.ceil(r.y1)))
+            x0, y0 = math.floor(r.x0), math.floor(r.y0)
+            x1, y1 = max(x0 + 1, math.ceil(r.x1)), max(y0 + 1, math.ceil(r.y1))
             masks[b, channel[r.finding], y0:y1, x0:x1] = 1.0
     return masks, valid
 
 
-def augment_batch(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def augment_batch(
+    x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Same random affine for image (bilinear) and masks (nearest); intensity jitter on the image.
     ``x`` is (B, 1, S, S) float in [0, 1]."""
     b = x.shape[0]
@@ -278,7 +280,9 @@ def augment_batch(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) 
     return x, y
 
 
-def localiser_loss(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, dice_weight: float) -> torch.Tensor:
+def localiser_loss(
+    logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, dice_weight: float
+) -> torch.Tensor:
     """BCE over valid channels + soft Dice over channels that have a box."""
     weight = valid[:, :, None, None].expand_as(target)
     bce = F.binary_cross_entropy_with_logits(logits, target, weight=weight, reduction="sum")
@@ -311,9 +315,13 @@ def train_localiser(
     from tqdm import tqdm
 
     if tuple(data.findings) != tuple(spec.findings):
-        raise ConfigError(f"box data findings {list(data.findings)} differ from the localiser's {list(spec.findings)}")
+        raise ConfigError(
+            f"box data findings {list(data.findings)} differ from the localiser's {list(spec.findings)}"
+        )
     if int(data.images.shape[-1]) != int(spec.preprocess.size):
-        raise ConfigError(f"box data was prepared at {data.images.shape[-1]} px, the localiser wants {spec.preprocess.size}")
+        raise ConfigError(
+            f"box data was prepared at {data.images.shape[-1]} px, the localiser wants {spec.preprocess.size}"
+        )
     rows = np.arange(len(data)) if rows is None else np.asarray(rows, dtype=int)
     if len(rows) == 0:
         raise ConfigError("no training images for the localiser")
@@ -328,14 +336,16 @@ def train_localiser(
     optimiser = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = max(1, math.ceil(len(rows) / config.batch_size))
     total = config.epochs * steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=config.lr, total_steps=total, pct_start=0.1)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimiser, max_lr=config.lr, total_steps=total, pct_start=0.1
+    )
     size = int(spec.preprocess.size)
     images = torch.from_numpy(data.images)
     mean, std = spec.preprocess.mean, spec.preprocess.std
     amp = device.type == "cuda"
     net.train()
     bar = tqdm(range(config.epochs), desc=desc, unit="epoch", disable=not progress)
-    for _ in bar:
+    for epoch in bar:
         order = rows[torch.randperm(len(rows), generator=generator).numpy()]
         running = 0.0
         for start in range(0, len(order), config.batch_size):
@@ -355,13 +365,17 @@ def train_localiser(
             scheduler.step()
             running += float(loss.detach()) * len(batch)
         bar.set_postfix(loss=f"{running / len(rows):.4f}")
+        if not progress:  # still leave a trace in logs of unattended runs
+            log.info("%s epoch %d/%d loss %.4f", desc, epoch + 1, config.epochs, running / len(rows))
     net.eval()
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     return Localiser(spec, state, {"train_config": asdict(config), "training_images": len(rows)})
 
 
 @torch.no_grad()
-def predict_input_maps(localiser: Localiser, images: np.ndarray, device: str = "auto", batch_size: int = 32) -> np.ndarray:
+def predict_input_maps(
+    localiser: Localiser, images: np.ndarray, device: str = "auto", batch_size: int = 32
+) -> np.ndarray:
     """(N, S, S) uint8 -> (N, F, S, S) float16 probabilities."""
     dev = _device(device)
     net = localiser.net.to(dev)
