@@ -237,7 +237,8 @@ def run_localize_eval(args) -> int:
                 )
             sources["localiser"] = LocaliserSource(localiser)
         elif method in ("gradcam", "gradcam++"):
-            cam = explainer if explainer.method == method else Explainer(
+            same = explainer.method == method and explainer.localiser is None
+            cam = explainer if same else Explainer(
                 explainer.checkpoint, method=method, layer=args.layer, size_prior=args.size_prior,
                 box_threshold=args.box_threshold, device=args.device,
             )  # fmt: skip

@@ -352,6 +352,10 @@ class CamSource:
     """Grad-CAM / Grad-CAM++ maps of a classifier (an :class:`~xraytriage.explain.Explainer`)."""
 
     def __init__(self, explainer) -> None:
+        if getattr(explainer, "localiser", None) is not None:
+            raise ConfigError(
+                "CamSource needs an Explainer with method gradcam or gradcam++ (this one uses the localiser)"
+            )
         self.explainer = explainer
         self.name = explainer.method
         self.box_threshold = explainer.box_threshold
