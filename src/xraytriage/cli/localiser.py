@@ -51,6 +51,14 @@ def register(subparsers) -> None:
             "--output", "-o", type=Path, required=True, help="output folder (cv) or .pt file (train)"
         )
         step.add_argument("--no-progress", action="store_true", help="no progress bars")
+        if name == "cv":
+            step.add_argument(
+                "--baseline",
+                choices=("none", "prior"),
+                default="none",
+                help="prior: score only the location-prior baseline (each finding's average training-fold "
+                "box mask), no network (seconds)",
+            )
         step.set_defaults(handler=run_cv if name == "cv" else run_train)
 
     attach = sub.add_parser("attach", help="put a localiser inside a classifier checkpoint")
@@ -135,18 +143,22 @@ def run_cv(args) -> int:
     import json
 
     from xraytriage.explain.localization import evaluate_input_maps, write_localization_report
-    from xraytriage.train.localiser import BoxData, cross_validate_localiser
+    from xraytriage.train.localiser import BoxData, cross_validate_box_prior, cross_validate_localiser
 
     spec, config = load_localiser_config(args.config, args.overrides)
     data = BoxData.load(args.data)
     _check_data(data, spec, args.data)
-    maps, fold = cross_validate_localiser(data, spec, config, progress=not args.no_progress)
+    if args.baseline == "prior":
+        maps, fold = cross_validate_box_prior(data, config)
+    else:
+        maps, fold = cross_validate_localiser(data, spec, config, progress=not args.no_progress)
+    method = "box prior" if args.baseline == "prior" else "localiser"
     result = evaluate_input_maps(
         maps, data.findings, data.names, data.patients, data.sizes, data.boxes, spec.preprocess,
-        box_threshold=spec.box_threshold, seed=config.seed, progress=not args.no_progress,
+        method=method, box_threshold=spec.box_threshold, seed=config.seed, progress=not args.no_progress,
     )  # fmt: skip
     args.output.mkdir(parents=True, exist_ok=True)
-    title = f"localiser, {config.folds}-fold patient-grouped CV, out of fold"
+    title = f"{method}, {config.folds}-fold patient-grouped CV, out of fold"
     paths = write_localization_report(result, args.output, title=title)
     (args.output / "folds.csv").write_text(
         "image,patient,fold\n"

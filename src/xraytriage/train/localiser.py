@@ -409,3 +409,18 @@ def cross_validate_localiser(
         model = train_localiser(data, spec, config, train_rows, progress, desc=f"fold {k + 1}/{config.folds}")
         maps[held] = predict_input_maps(model, data.images[held], config.device)
     return maps, fold
+
+
+def cross_validate_box_prior(data: BoxData, config: LocaliserTrainConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The baseline a localiser must beat: per finding, the average box mask of the training
+    folds' images (where that finding usually is), the same map for every held-out image."""
+    fold = patient_folds(data.patients, config.folds, config.seed)
+    masks, _ = box_targets(data, list(range(len(data))), int(data.images.shape[-1]))
+    masks = masks.numpy()
+    has = masks.reshape(len(data), len(data.findings), -1).max(-1) > 0
+    maps = np.zeros_like(masks, dtype=np.float16)
+    for k in range(config.folds):
+        train = fold != k
+        prior = masks[train].sum(0) / np.maximum(1, has[train].sum(0))[:, None, None]
+        maps[fold == k] = prior
+    return maps, fold
