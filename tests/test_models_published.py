@@ -347,3 +347,28 @@ def test_calibrate_fits_a_fetched_model_to_site_data(fetched, tmp_path, shared_d
     calibrated = load_checkpoint(out)
     assert calibrated.calibration and set(calibrated.thresholds) >= set(ckpt.label_names)
     assert calibrated.train_config["imported_from"]["registry"] == "tiny-xrv"
+
+
+def test_import_weights_reads_a_whole_pickled_module_with_the_publishers_input(tmp_path, sources):
+    """``import-weights`` (a local file) uses the same safe loader and the preset's contract."""
+    net, data, *_ = sources["xrv-legacy"]
+    weights = tmp_path / "xrv.pt"
+    weights.write_bytes(data)
+    out = tmp_path / "imported.pt"
+    labels = ",".join(label or f"unused{i}" for i, label in enumerate(XRV_LABELS))
+    args = [
+        "import-weights",
+        str(weights),
+        "--preset",
+        "torchxrayvision",
+        "--labels",
+        labels,
+        "--output",
+        str(out),
+    ]
+    assert main(args) == 0
+    ckpt = load_checkpoint(out)
+    assert ckpt.preprocess.resize == "square_crop" and ckpt.preprocess.resample == "gaussian"
+    x = torch.randn(1, 1, 64, 64) * 500
+    with torch.no_grad():
+        torch.testing.assert_close(ckpt.build_model()(x), net.logits(x), rtol=1e-5, atol=1e-4)

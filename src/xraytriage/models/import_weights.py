@@ -55,6 +55,8 @@ class WeightsPreset:
     std: float | tuple[float, ...]
     labels: tuple[str, ...]
     description: str
+    geometry: tuple[tuple[str, Any], ...] = ()
+    """Further :class:`PreprocessContract` fields (crop, resize filter) of the publisher's input."""
 
 
 PRESETS: dict[str, WeightsPreset] = {
@@ -66,7 +68,9 @@ PRESETS: dict[str, WeightsPreset] = {
         mean=(0.485, 0.456, 0.406),
         std=(0.229, 0.224, 0.225),
         labels=NIH_FINDINGS,
-        description="CheXNet reproduction: 3-channel, ImageNet mean/std, 224 px, NIH 14 findings",
+        description="CheXNet reproduction: 3-channel, ImageNet mean/std, short side 256 then centre 224 px, "
+        "NIH 14 findings",
+        geometry=(("resize", "resize_crop"), ("resize_to", 256), ("resample", "bilinear")),
     ),
     # torchxrayvision: 1 channel scaled to [-1024, 1024] = (x/255 - 0.5) * 2048, 224 px.
     "torchxrayvision": WeightsPreset(
@@ -75,7 +79,9 @@ PRESETS: dict[str, WeightsPreset] = {
         mean=0.5,
         std=1.0 / 2048.0,
         labels=(),
-        description="torchxrayvision: 1-channel, pixels mapped to [-1024, 1024], 224 px (give --labels)",
+        description="torchxrayvision: 1-channel, pixels mapped to [-1024, 1024], centre square resized to "
+        "224 px (give --labels)",
+        geometry=(("resize", "square_crop"), ("resample", "gaussian")),
     ),
 }
 
@@ -207,8 +213,10 @@ def import_densenet121(
     std: float | tuple[float, ...],
     name: str = "imported-densenet121",
     thresholds: Mapping[str, float] | None = None,
+    geometry: Mapping[str, Any] | None = None,
 ) -> Checkpoint:
-    """Checkpoint from a torchvision-layout DenseNet-121 state dict; checks every key matches."""
+    """Checkpoint from a torchvision-layout DenseNet-121 state dict; checks every key matches.
+    ``geometry``: further contract fields (``resize``, ``resize_to``, ``resample``)."""
     mapped = map_torchvision_densenet_keys(_extract_state_dict(state, name))
     labels = [canonical_label(x) for x in labels]
     head = mapped.get("class_layers.out.weight")
@@ -223,7 +231,9 @@ def import_densenet121(
         raise ConfigError(f"{name}: first convolution takes {conv0.shape[1]} channels, not {channels}")
     width = conv0.shape[0] / 64 if conv0 is not None and conv0.ndim == 4 else 1.0
     cfg = ModelConfig(backbone="densenet121", num_classes=len(labels), in_channels=channels, width=width)
-    contract = PreprocessContract(size=size, channels=channels, mean=mean, std=std, intensity="none")
+    contract = PreprocessContract(
+        size=size, channels=channels, mean=mean, std=std, intensity="none", **dict(geometry or {})
+    )
     return Checkpoint(
         model=cfg,
         label_names=labels,
@@ -280,15 +290,8 @@ def import_published(weights: Any, entry: PublishedModel, source: str = "") -> C
 
 
 def load_external_state(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a state dict file (.pt/.pth/.pth.tar). Tries safe loading first."""
-    path = Path(path)
-    if not path.is_file():
-        raise XRayTriageError(f"{path}: weights file not found")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise XRayTriageError(
-            f"{path}: cannot load safely as a state dict ({exc.__class__.__name__}); "
-            "save it with torch.save(model.state_dict()) first"
-        ) from None
-    return _extract_state_dict(obj, str(path))
+    """Read a weights file (.pt/.pth/.pth.tar): a state dict, a dict holding one, or a whole
+    pickled network (rebuilt as data by the restricted unpickler, never by running its code)."""
+    from xraytriage.models.safe_pickle import load_weights_file, state_dict_of
+
+    return state_dict_of(load_weights_file(path), str(path))
