@@ -273,6 +273,7 @@ def looks_like_model_name(value: str) -> bool:
     """A bare name (no folder, no checkpoint suffix): what ``--model NAME`` may mean."""
     return (
         bool(value)
+        and not value.startswith(".")
         and not any(c in value for c in "/\\")
         and not value.lower().endswith((".pt", ".pth", ".tar", ".onnx", ".ckpt"))
     )
