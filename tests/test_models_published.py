@@ -304,12 +304,14 @@ def test_model_name_works_where_a_checkpoint_path_does(fetched, tmp_path, shared
 
 
 def test_serve_starts_with_a_fetched_model_name(fetched, tmp_path):
+    """(torch backend: the ONNX export of a converted contract is covered in
+    test_preprocess_published; exporting here would only slow the start on a busy machine)"""
     import httpx
 
     from serve_support import running_server
 
     with running_server(
-        tmp_path / "srv", "--model", "tiny-xrv", env={"XRAYTRIAGE_CACHE": str(fetched)}
+        tmp_path / "srv", "--model", "tiny-xrv", "--backend", "torch", env={"XRAYTRIAGE_CACHE": str(fetched)}
     ) as srv:
         info = httpx.get(srv.url + "/api/v1/model", timeout=30).json()
     assert info["name"] == "tiny-xrv" and info["file"] == CHECKPOINT_NAME
