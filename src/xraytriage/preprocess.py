@@ -5,9 +5,15 @@ Two stages, so the expensive one can be cached and the cheap one can run on the 
 1. ``to_uint8(pixels)``: geometry and intensity. float [0,1] HxW from :mod:`xraytriage.io` ->
    optional ``border`` crop (a share of each side: image edges, collimation and burned-in
    markers) -> intensity mapping (``minmax`` stretch, ``percentile`` stretch or ``none``) ->
-   resize (``squash`` to size x size, ``letterbox`` keeping aspect and padding with black, or
-   ``center_crop`` of the short side) with area averaging -> uint8 size x size -> optional
-   histogram equalisation at that size (``equalize`` global, ``clahe`` contrast-limited adaptive).
+   resize (``squash`` to size x size, ``letterbox`` keeping aspect and padding with black,
+   ``center_crop`` of the short side, ``square_crop``: the centre square of the source, then
+   resized, as torchxrayvision's XRayCenterCrop + XRayResizer; ``resize_crop``: the short side
+   to ``resize_to``, then the centre size x size, as torchvision's Resize + CenterCrop) with
+   the ``resample`` filter (``area`` averaging; ``bilinear``: PIL's antialiased bilinear, what
+   torchvision's Resize does to a PIL image; ``gaussian``: skimage.transform.resize's Gaussian
+   anti-aliasing then bilinear, what torchxrayvision's XRayResizer does) -> uint8 size x size
+   -> optional histogram equalisation at that size (``equalize`` global, ``clahe``
+   contrast-limited adaptive).
    Equalising after the resize makes it see the same anatomy per tile whatever the file's
    resolution, and it removes the global brightness/contrast differences between collections
    that a model could otherwise learn instead of disease. This is what the cache stores.
@@ -28,7 +34,10 @@ from PIL import Image
 
 from xraytriage.errors import ConfigError
 
-ResizeMode = Literal["squash", "letterbox", "center_crop"]
+ResizeMode = Literal["squash", "letterbox", "center_crop", "square_crop", "resize_crop"]
+RESIZE_MODES = ("squash", "letterbox", "center_crop", "square_crop", "resize_crop")
+ResampleMode = Literal["area", "bilinear", "gaussian"]
+RESAMPLE_MODES = ("area", "bilinear", "gaussian")
 IntensityMode = Literal["none", "minmax", "percentile", "equalize", "clahe"]
 INTENSITY_MODES = ("none", "minmax", "percentile", "equalize", "clahe")
 
@@ -50,13 +59,27 @@ class PreprocessContract:
     clahe_tiles: int = 8
     """``clahe``: tiles per side."""
     version: int = 1
+    resample: ResampleMode = "area"
+    """Resize filter: ``area`` (box average when shrinking, bilinear when enlarging), ``bilinear``
+    (PIL's antialiased bilinear: torchvision's Resize on a PIL image) or ``gaussian``
+    (skimage.transform.resize: Gaussian sigma (factor-1)/2, then bilinear at pixel centres,
+    outside the image the value that normalises to 0: torchxrayvision's XRayResizer)."""
+    resize_to: int = 0
+    """``resize_crop``: the short side is first resized to this (0: ``size``), then the centre
+    size x size is cut out (torchvision ``Resize(resize_to)`` + ``CenterCrop(size)``)."""
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         if not 16 <= int(self.size) <= 2048:
             raise ConfigError(f"preprocess.size must be in 16..2048, got {self.size}")
-        if self.resize not in ("squash", "letterbox", "center_crop"):
-            raise ConfigError(f"preprocess.resize must be squash|letterbox|center_crop, got {self.resize!r}")
+        if self.resize not in RESIZE_MODES:
+            raise ConfigError(f"preprocess.resize must be {'|'.join(RESIZE_MODES)}, got {self.resize!r}")
+        if self.resample not in RESAMPLE_MODES:
+            raise ConfigError(
+                f"preprocess.resample must be {'|'.join(RESAMPLE_MODES)}, got {self.resample!r}"
+            )
+        if int(self.resize_to) and not int(self.size) <= int(self.resize_to) <= 4096:
+            raise ConfigError(f"preprocess.resize_to must be 0 or in size..4096, got {self.resize_to}")
         if self.intensity not in INTENSITY_MODES:
             raise ConfigError(
                 f"preprocess.intensity must be {'|'.join(INTENSITY_MODES)}, got {self.intensity!r}"
@@ -107,6 +130,10 @@ class PreprocessContract:
             keys.append("border")
         if self.intensity == "clahe":
             keys += ["clahe_clip", "clahe_tiles"]
+        if self.resample != "area":
+            keys.append("resample")
+        if self.resize_to:
+            keys.append("resize_to")
         stage1 = {k: self.to_dict()[k] for k in keys}
         return hashlib.sha1(json.dumps(stage1, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -209,12 +236,60 @@ def stretch_intensity(pixels: np.ndarray, contract: PreprocessContract) -> np.nd
     return np.clip((pixels - lo) / (hi - lo), 0.0, 1.0)
 
 
-def _resize(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+def _resize(image: Image.Image, size: tuple[int, int], contract: PreprocessContract) -> Image.Image:
     if image.size == size:
         return image
+    resample = contract.resample
+    if resample == "gaussian":
+        pad = float(np.mean(_as_tuple(contract.mean)))
+        return Image.fromarray(gaussian_resize(np.asarray(image, dtype=np.float32), size, pad), mode="F")
+    if resample == "bilinear":
+        return image.resize(size, Image.Resampling.BILINEAR)
     # Area averaging (BOX) when shrinking avoids aliasing; bilinear when enlarging.
     shrinking = size[0] <= image.size[0] and size[1] <= image.size[1]
     return image.resize(size, Image.Resampling.BOX if shrinking else Image.Resampling.BILINEAR)
+
+
+def gaussian_resize(pixels: np.ndarray, size: tuple[int, int], pad: float) -> np.ndarray:
+    """skimage.transform.resize(order=1, mode='constant', anti_aliasing=True) with ``cval=pad``
+    on a float HxW image to ``size`` = (width, height): a Gaussian of sigma (factor-1)/2 per
+    shrunk axis (truncated at 4 sigma, the image padded with ``pad``), then bilinear sampling at
+    the output pixel centres (grid mode, ``pad`` outside). torchxrayvision pads with 0 in its
+    [-1024, 1024] scale, which is ``pad`` = the value that normalises to 0 here."""
+    from scipy import ndimage
+
+    arr = np.asarray(pixels, dtype=np.float32)
+    out_w, out_h = int(size[0]), int(size[1])
+    factors = np.array(arr.shape, dtype=np.float64) / (out_h, out_w)
+    if np.any(factors > 1):
+        sigma = np.maximum(0.0, (factors - 1.0) / 2.0)
+        arr = ndimage.gaussian_filter(arr, sigma, mode="constant", cval=pad)
+    out = ndimage.zoom(
+        arr,
+        (out_h / arr.shape[0], out_w / arr.shape[1]),
+        order=1,
+        mode="grid-constant",
+        cval=pad,
+        grid_mode=True,
+    )
+    return np.asarray(out, dtype=np.float32)
+
+
+def square_crop_box(width: int, height: int) -> tuple[int, int, int]:
+    """torchxrayvision's XRayCenterCrop: (left, top, side) of the centre square."""
+    side = min(width, height)
+    return width // 2 - side // 2, height // 2 - side // 2, side
+
+
+def resize_crop_geometry(contract: PreprocessContract, width: int, height: int) -> tuple[int, int, int, int]:
+    """torchvision Resize(short) + CenterCrop(size): (resized width, height, crop left, top)."""
+    short, size = int(contract.resize_to or contract.size), int(contract.size)
+    if width <= height:
+        new_w, new_h = short, int(short * height / width)
+    else:
+        new_w, new_h = int(short * width / height), short
+    new_w, new_h = max(new_w, size), max(new_h, size)
+    return new_w, new_h, round((new_w - size) / 2.0), round((new_h - size) / 2.0)
 
 
 def resize_to_uint8(pixels: np.ndarray, contract: PreprocessContract) -> np.ndarray:
@@ -222,17 +297,23 @@ def resize_to_uint8(pixels: np.ndarray, contract: PreprocessContract) -> np.ndar
     image = Image.fromarray(np.asarray(pixels, dtype=np.float32), mode="F")
     w, h = image.size
     if contract.resize == "squash":
-        image = _resize(image, (size, size))
+        image = _resize(image, (size, size), contract)
     elif contract.resize == "center_crop":
         scale = size / min(w, h)
         nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-        image = _resize(image, (nw, nh))
+        image = _resize(image, (nw, nh), contract)
         left, top = (nw - size) // 2, (nh - size) // 2
         image = image.crop((left, top, left + size, top + size))
+    elif contract.resize == "square_crop":
+        left, top, side = square_crop_box(w, h)
+        image = _resize(image.crop((left, top, left + side, top + side)), (size, size), contract)
+    elif contract.resize == "resize_crop":
+        nw, nh, left, top = resize_crop_geometry(contract, w, h)
+        image = _resize(image, (nw, nh), contract).crop((left, top, left + size, top + size))
     else:  # letterbox
         scale = size / max(w, h)
         nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-        resized = _resize(image, (nw, nh))
+        resized = _resize(image, (nw, nh), contract)
         image = Image.new("F", (size, size), 0.0)
         image.paste(resized, ((size - nw) // 2, (size - nh) // 2))
     out = np.asarray(image, dtype=np.float32)

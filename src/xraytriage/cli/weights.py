@@ -16,7 +16,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser(
         "import-weights",
-        help="convert a torchvision-layout DenseNet-121 state dict into an xraytriage checkpoint",
+        help="convert a torchvision-layout DenseNet-121 state dict into an xraytriage checkpoint "
+        "(published models: `xraytriage models fetch` does it for you)",
         description=(
             "Convert a DenseNet-121 state dict in torchvision layout (CheXNet reproductions, "
             "torchxrayvision) into a checkpoint that triage/explain/serve can use alone. Presets: "
@@ -71,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
         mean=pick(args.mean, "mean"),
         std=pick(args.std, "std"),
         name=args.name or args.weights.stem,
+        geometry=dict(preset.geometry) if preset is not None and args.size in (None, preset.size) else None,
     )
     checkpoint.save(args.output)
     print(f"wrote {args.output}: densenet121, {len(labels)} labels, input {checkpoint.preprocess.to_dict()}")

@@ -1,7 +1,7 @@
 """Mapping maps computed on the network input back to the original image's pixel space.
 
-The preprocessing contract resizes an H x W image to S x S by ``squash``, ``letterbox`` or
-``center_crop`` (see :mod:`xraytriage.preprocess`). A heatmap lives on the network input (or on
+The preprocessing contract resizes an H x W image to S x S by ``squash``, ``letterbox``,
+``center_crop``, ``square_crop`` or ``resize_crop`` (see :mod:`xraytriage.preprocess`). A heatmap lives on the network input (or on
 a coarser feature grid covering it); users need it on *their* image. For each original pixel
 centre we compute where it landed on the input and interpolate the map there, in one bilinear
 step straight from the coarse grid: no intermediate S x S image, so no double blurring.
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from xraytriage.preprocess import PreprocessContract
+from xraytriage.preprocess import PreprocessContract, resize_crop_geometry, square_crop_box
 
 
 def input_coordinates(contract: PreprocessContract, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -45,6 +45,12 @@ def to_input(
         new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
         left, top = (int(size) - new_w) // 2, (int(size) - new_h) // 2
         return top + ys * new_h / height, left + xs * new_w / width
+    if contract.resize == "square_crop":
+        left, top, side = square_crop_box(width, height)
+        return (ys - top) * size / side, (xs - left) * size / side
+    if contract.resize == "resize_crop":
+        new_w, new_h, left, top = resize_crop_geometry(contract, width, height)
+        return ys * new_h / height - top, xs * new_w / width - left
     scale = size / min(width, height)  # center_crop
     new_w, new_h = max(int(size), round(width * scale)), max(int(size), round(height * scale))
     left, top = (new_w - int(size)) // 2, (new_h - int(size)) // 2

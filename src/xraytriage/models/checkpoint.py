@@ -236,10 +236,17 @@ def default_abnormal_rule(label_names: list[str]) -> dict[str, Any]:
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
-    """Load a checkpoint file; ``path=None``-style defaults are resolved by the caller."""
+    """Load a checkpoint file, or the converted checkpoint of a fetched published model when
+    ``path`` is a bare model name (``xraytriage models fetch NAME``); ``path=None``-style
+    defaults are resolved by the caller."""
     path = Path(path)
     if not path.is_file():
-        raise XRayTriageError(f"{path}: checkpoint file not found")
+        from xraytriage.models.published import resolve_model_name
+
+        resolved = resolve_model_name(path)  # ``--model NAME``: a fetched published model
+        if resolved is None:
+            raise XRayTriageError(f"{path}: checkpoint file not found")
+        path = resolved
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:

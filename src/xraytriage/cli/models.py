@@ -1,0 +1,131 @@
+"""``xraytriage models list|show|fetch``: published chest X-ray models, downloaded on request.
+
+    xraytriage models list                       every registry entry: source, licence, input
+    xraytriage models show densenet121-res224-all   citation, reported numbers, cited sources
+    xraytriage models fetch densenet121-res224-all  download, verify, convert (once)
+    xraytriage triage scans/ --model densenet121-res224-all --output out/
+
+Downloads happen only here. Where the publisher gives no checksum, the SHA-256 is recorded
+at the first download and checked on every later use.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "models",
+        help="list, inspect and fetch published chest X-ray models (torchxrayvision, CheXNet)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = p.add_subparsers(dest="models_command", metavar="ACTION")
+
+    def common(q: argparse.ArgumentParser) -> None:
+        q.add_argument(
+            "--registry",
+            type=Path,
+            default=None,
+            help="another registry file (e.g. an internal mirror's URLs)",
+        )
+        q.add_argument(
+            "--cache",
+            type=Path,
+            default=None,
+            help="cache folder (default $XRAYTRIAGE_CACHE or ~/.cache/xraytriage)",
+        )
+
+    q = sub.add_parser("list", help="every published model with its source, licence and input contract")
+    common(q)
+    q.set_defaults(handler=run_list)
+    q = sub.add_parser("show", help="one model in full: citation, reported numbers, the sources cited")
+    q.add_argument("name")
+    common(q)
+    q.set_defaults(handler=run_show)
+    q = sub.add_parser("fetch", help="download, verify and convert a published model (only on request)")
+    q.add_argument("name")
+    common(q)
+    q.add_argument("--no-progress", action="store_true", help="no progress bar")
+    q.set_defaults(handler=run_fetch)
+    p.set_defaults(handler=lambda args: (p.print_help(), 2)[1])
+
+
+def _input_text(entry) -> str:
+    c = entry.input
+    scaling = "[-1024, 1024]" if c.channels == 1 and abs(float(c.std) - 1 / 2048) < 1e-12 else "mean/std"
+    if c.channels == 3:
+        scaling = "ImageNet mean/std" if tuple(c.mean) == (0.485, 0.456, 0.406) else "mean/std"
+    return f"{c.size} px, {c.channels} ch, {scaling}, {c.resize}"
+
+
+def _status(entry, cache) -> str:
+    from xraytriage.models.published import CHECKPOINT_NAME, model_dir
+
+    return "fetched" if (model_dir(entry.name, cache) / CHECKPOINT_NAME).is_file() else "-"
+
+
+def run_list(args: argparse.Namespace) -> int:
+    from xraytriage.models.published import load_registry
+
+    registry = load_registry(args.registry)
+    for entry in registry.values():
+        valid = len(entry.valid_outputs)
+        print(f"{entry.name}  [{_status(entry, args.cache)}]")
+        print(f"  {entry.description}")
+        print(f"  {entry.architecture}, {_input_text(entry)}, {valid} valid output(s) of {len(entry.labels)}")
+        print(f"  source:  {entry.url}")
+        print(f"  licence: {entry.licence}")
+    print(f"\n{len(registry)} models. `xraytriage models show NAME` for citation and reported numbers; "
+          "`xraytriage models fetch NAME` to download one.")  # fmt: skip
+    return 0
+
+
+def run_show(args: argparse.Namespace) -> int:
+    from xraytriage.labels import canonical_label
+    from xraytriage.models.published import get_model, load_registry, model_dir, read_manifest
+
+    entry = get_model(args.name, load_registry(args.registry))
+    print(f"{entry.name}: {entry.description}")
+    print(f"publisher: {entry.publisher}")
+    print(f"source:    {entry.url} ({entry.format})")
+    print(f"sha256:    {entry.sha256 or 'not published (recorded at first download)'}")
+    print(f"licence:   {entry.licence}")
+    print(f"citation:  {entry.citation}")
+    print(f"reported:  {entry.reported}")
+    print(f"input:     {entry.input.to_dict()}")
+    print("outputs (publisher's label -> ours, threshold):")
+    for i, label in enumerate(entry.labels):
+        threshold = entry.op_thresholds[i] if entry.op_thresholds else None
+        mapped = canonical_label(label) if label.strip() else "(not trained: dropped)"
+        print(
+            f"  {i:2d} {label or '-':<28} -> {mapped:<28} {'' if threshold is None else f'{threshold:.4g}'}"
+        )
+    for what, where in entry.sources.items():
+        print(f"from ({what}): {where}")
+    manifest = read_manifest(model_dir(entry.name, args.cache))
+    if manifest:
+        print(
+            f"fetched:   {manifest.get('file')} sha256 {manifest.get('sha256')} ({manifest.get('sha256_source')})"
+        )
+    return 0
+
+
+def run_fetch(args: argparse.Namespace) -> int:
+    from xraytriage.models.checkpoint import load_checkpoint
+    from xraytriage.models.published import fetch_published, get_model, load_registry
+
+    entry = get_model(args.name, load_registry(args.registry))
+    print(f"{entry.name}: {entry.url}\n  licence: {entry.licence}")
+    path = fetch_published(entry, cache=args.cache, progress=not args.no_progress)
+    checkpoint = load_checkpoint(path)
+    print(
+        f"ready: {path}\n  {checkpoint.model.backbone}, {len(checkpoint.label_names)} findings "
+        f"({', '.join(checkpoint.label_names)}), input {_input_text(entry)}\n"
+        f"  use it: xraytriage triage SCANS --model {entry.name} --output OUT"
+        + ("" if args.cache is None else f"  (with XRAYTRIAGE_CACHE={args.cache}, or --model {path})")
+        + "\n  then fit it to your site: xraytriage evaluate ... and xraytriage calibrate (see README)"
+    )
+    return 0

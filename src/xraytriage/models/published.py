@@ -1,0 +1,308 @@
+"""The registry of published chest X-ray models, and their local cache.
+
+``published_models.json`` (shipped in the package) lists, per model: the download URL, the
+SHA-256 when the publisher gives one, the file format, the architecture, the publisher's
+label order (empty = an output they did not train), their operating thresholds, the exact
+input contract (:class:`~xraytriage.preprocess.PreprocessContract` fields), licence, citation,
+the numbers they report, and the source files each of these was taken from.
+
+Nothing is downloaded at import or implicitly: :func:`fetch_published` runs only when the user
+asks (``xraytriage models fetch NAME``). The cache (``$XRAYTRIAGE_CACHE`` or
+``~/.cache/xraytriage``, or ``--cache DIR``) holds per model::
+
+    models/NAME/<publisher's file name>   the download, verified
+    models/NAME/model.pt                  the converted xraytriage checkpoint
+    models/NAME/manifest.json             url, sha256 (published, or recorded at first download),
+                                          size, the converted checkpoint's sha256
+
+Every later use verifies the hashes again; a file that does not match is refused and removed.
+``--model NAME`` anywhere a checkpoint path is accepted resolves to ``models/NAME/model.pt``
+(:func:`resolve_model_name`).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from xraytriage import __version__
+from xraytriage.errors import ConfigError, XRayTriageError
+from xraytriage.models.fetch import ChecksumError, download, sha256_file
+from xraytriage.preprocess import PreprocessContract
+
+REGISTRY_FORMAT = "xraytriage-published-models"
+REGISTRY_PATH = Path(__file__).with_name("published_models.json")
+ARCHITECTURES = ("densenet121", "resnet50")
+FORMATS = ("module_pickle", "state_dict", "checkpoint_dict")
+CHECKPOINT_NAME = "model.pt"
+MANIFEST_NAME = "manifest.json"
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PublishedModel:
+    name: str
+    url: str
+    architecture: str
+    format: str
+    labels: tuple[str, ...]
+    input: PreprocessContract
+    licence: str
+    citation: str
+    publisher: str = ""
+    description: str = ""
+    sha256: str | None = None
+    size_bytes: int | None = None
+    op_thresholds: tuple[float | None, ...] | None = None
+    reported: str = ""
+    sources: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def file_name(self) -> str:
+        return self.url.rstrip("/").rsplit("/", 1)[-1] or "weights"
+
+    @property
+    def valid_outputs(self) -> list[int]:
+        """Indices of the outputs the publisher trained (non-empty label)."""
+        return [i for i, label in enumerate(self.labels) if label.strip()]
+
+    def provenance(self) -> dict[str, Any]:
+        """What a converted checkpoint records about where it came from."""
+        return {
+            "registry": self.name,
+            "publisher": self.publisher,
+            "url": self.url,
+            "format": self.format,
+            "architecture": self.architecture,
+            "licence": self.licence,
+            "citation": self.citation,
+            "reported": self.reported,
+            "sources": dict(self.sources),
+            "source_outputs": list(self.labels),
+            "valid_outputs": self.valid_outputs,
+            "op_thresholds": list(self.op_thresholds) if self.op_thresholds else None,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str) -> PublishedModel:
+        name = str(data.get("name", "")).strip()
+        ctx = f"{where}: model {name or '?'}"
+        for key in ("name", "url", "architecture", "format", "labels", "input", "licence", "citation"):
+            if not data.get(key):
+                raise ConfigError(f"{ctx}: missing {key!r}")
+        if data["architecture"] not in ARCHITECTURES:
+            raise ConfigError(
+                f"{ctx}: architecture must be one of {ARCHITECTURES}, got {data['architecture']!r}"
+            )
+        if data["format"] not in FORMATS:
+            raise ConfigError(f"{ctx}: format must be one of {FORMATS}, got {data['format']!r}")
+        if not str(data["url"]).startswith(("https://", "http://")):
+            raise ConfigError(f"{ctx}: url must be http(s), got {data['url']!r}")
+        labels = tuple(str(x) for x in data["labels"])
+        if not any(label.strip() for label in labels):
+            raise ConfigError(f"{ctx}: no valid output (every label is empty)")
+        thresholds = data.get("op_thresholds")
+        if thresholds is not None and len(thresholds) != len(labels):
+            raise ConfigError(f"{ctx}: {len(thresholds)} op_thresholds for {len(labels)} labels")
+        sha = data.get("sha256")
+        if sha is not None and (
+            len(str(sha)) != 64 or any(c not in "0123456789abcdef" for c in str(sha).lower())
+        ):
+            raise ConfigError(f"{ctx}: sha256 must be 64 hex digits")
+        try:
+            contract = PreprocessContract.from_dict(dict(data["input"]))
+        except ConfigError as exc:
+            raise ConfigError(f"{ctx}: input: {exc}") from None
+        known = set(cls.__dataclass_fields__) | {"note"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"{ctx}: unknown field(s) {', '.join(unknown)}")
+        return cls(
+            name=name,
+            url=str(data["url"]),
+            architecture=str(data["architecture"]),
+            format=str(data["format"]),
+            labels=labels,
+            input=contract,
+            licence=str(data["licence"]),
+            citation=str(data["citation"]),
+            publisher=str(data.get("publisher", "")),
+            description=str(data.get("description", "")),
+            sha256=str(sha).lower() if sha else None,
+            size_bytes=int(data["size_bytes"]) if data.get("size_bytes") else None,
+            op_thresholds=tuple(None if t is None else float(t) for t in thresholds) if thresholds else None,
+            reported=str(data.get("reported", "")),
+            sources={str(k): str(v) for k, v in (data.get("sources") or {}).items()},
+        )
+
+
+def load_registry(path: str | Path | None = None) -> dict[str, PublishedModel]:
+    """The registry by model name (the shipped one, or ``path``)."""
+    path = Path(path) if path else REGISTRY_PATH
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: model registry not found") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: not a readable model registry ({exc})") from None
+    if not isinstance(data, dict) or data.get("format") != REGISTRY_FORMAT:
+        raise ConfigError(f"{path}: not an xraytriage model registry (format {REGISTRY_FORMAT!r} expected)")
+    models: dict[str, PublishedModel] = {}
+    for item in data.get("models") or []:
+        entry = PublishedModel.from_dict(item, str(path))
+        if entry.name in models:
+            raise ConfigError(f"{path}: model {entry.name} listed twice")
+        models[entry.name] = entry
+    return models
+
+
+def get_model(name: str, registry: dict[str, PublishedModel] | None = None) -> PublishedModel:
+    registry = registry if registry is not None else load_registry()
+    if name not in registry:
+        raise ConfigError(
+            f"unknown published model {name!r}; `xraytriage models list` shows: {', '.join(registry)}"
+        )
+    return registry[name]
+
+
+# --- cache ---------------------------------------------------------------------------------
+def cache_root(override: str | Path | None = None) -> Path:
+    """``override``, else ``$XRAYTRIAGE_CACHE``, else ``~/.cache/xraytriage``."""
+    if override:
+        return Path(override).expanduser()
+    return Path(os.environ.get("XRAYTRIAGE_CACHE") or Path.home() / ".cache" / "xraytriage").expanduser()
+
+
+def model_dir(name: str, cache: str | Path | None = None) -> Path:
+    if not name or "/" in name or "\\" in name or name.startswith("."):
+        raise ConfigError(f"not a model name: {name!r}")
+    return cache_root(cache) / "models" / name
+
+
+def read_manifest(directory: Path) -> dict[str, Any]:
+    path = directory / MANIFEST_NAME
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise XRayTriageError(
+            f"{path}: unreadable manifest ({exc}); delete {directory} and fetch again"
+        ) from None
+    return data if isinstance(data, dict) else {}
+
+
+def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / (MANIFEST_NAME + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(directory / MANIFEST_NAME)
+
+
+def _verify(path: Path, expected: str, what: str) -> None:
+    actual = sha256_file(path)
+    if actual != expected:
+        path.unlink(missing_ok=True)
+        raise ChecksumError(
+            f"{path}: {what} does not match its SHA-256 (expected {expected}, got {actual}); "
+            "the file was refused and removed. Run `xraytriage models fetch` again to download it anew."
+        )
+
+
+def fetch_published(entry: PublishedModel, cache: str | Path | None = None, progress: bool = True) -> Path:
+    """Download (or reuse), verify and convert ``entry``; returns the converted checkpoint."""
+    from xraytriage.models.import_weights import import_published
+    from xraytriage.models.safe_pickle import load_weights_file
+
+    directory = model_dir(entry.name, cache)
+    directory.mkdir(parents=True, exist_ok=True)
+    manifest = read_manifest(directory)
+    if manifest.get("url") not in (None, entry.url):
+        log.warning("%s: the registry URL changed since the last fetch; downloading anew", entry.name)
+        manifest = {}
+    raw = directory / entry.file_name
+    expected = entry.sha256 or manifest.get("sha256")
+    source = "published" if entry.sha256 else ("recorded at first download" if expected else "")
+    if raw.is_file():
+        if expected:
+            _verify(raw, expected, f"the downloaded {entry.name} weights")
+        digest = expected or sha256_file(raw)
+    else:
+        digest = download(entry.url, raw, sha256=expected, progress=progress)
+    if not source:
+        source = "recorded at first download"
+        log.info(
+            "%s: no published checksum; recorded SHA-256 %s, verified on every later use", entry.name, digest
+        )
+    manifest.update(
+        name=entry.name,
+        url=entry.url,
+        file=raw.name,
+        sha256=digest,
+        sha256_source=source,
+        size_bytes=raw.stat().st_size,
+        downloaded=manifest.get("downloaded") or _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+    )
+    write_manifest(directory, manifest)
+    checkpoint_path = directory / CHECKPOINT_NAME
+    if (
+        checkpoint_path.is_file()
+        and manifest.get("converted_sha256") == sha256_file(checkpoint_path)
+        and manifest.get("converted_by") == __version__
+        and manifest.get("converted_from") == digest
+    ):
+        return checkpoint_path
+    checkpoint = import_published(load_weights_file(raw), entry, source=str(raw))
+    checkpoint.save(checkpoint_path)
+    manifest.update(
+        converted=CHECKPOINT_NAME,
+        converted_sha256=sha256_file(checkpoint_path),
+        converted_from=digest,
+        converted_by=__version__,
+    )
+    write_manifest(directory, manifest)
+    return checkpoint_path
+
+
+def looks_like_model_name(value: str) -> bool:
+    """A bare name (no folder, no checkpoint suffix): what ``--model NAME`` may mean."""
+    return (
+        bool(value)
+        and not value.startswith(".")
+        and not any(c in value for c in "/\\")
+        and not value.lower().endswith((".pt", ".pth", ".tar", ".onnx", ".ckpt"))
+    )
+
+
+def resolve_model_name(value: str | Path, cache: str | Path | None = None) -> Path | None:
+    """The converted checkpoint of fetched model ``value``, verified against its recorded hash;
+    None when ``value`` is not a model name. A registry name that is not fetched yet is an
+    error that says how to fetch it."""
+    text = str(value)
+    if not looks_like_model_name(text):
+        return None
+    directory = model_dir(text, cache)
+    checkpoint = directory / CHECKPOINT_NAME
+    if checkpoint.is_file():
+        recorded = read_manifest(directory).get("converted_sha256")
+        if not recorded:
+            raise XRayTriageError(
+                f"{checkpoint}: no recorded checksum; run `xraytriage models fetch {text}` again"
+            )
+        _verify(checkpoint, recorded, f"the converted checkpoint of {text}")
+        return checkpoint
+    try:
+        registry = load_registry()
+    except ConfigError:
+        registry = {}
+    if text in registry:
+        raise XRayTriageError(
+            f"published model {text!r} is not fetched yet (looked in {directory}): run "
+            f"`xraytriage models fetch {text}` (it downloads {registry[text].url})"
+        )
+    return None
