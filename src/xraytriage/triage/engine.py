@@ -22,11 +22,12 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from xraytriage.errors import ConfigError, ImageReadError
+from xraytriage.models.predictor import Predictor
 from xraytriage.preprocess import PreprocessContract
 from xraytriage.scope import low_resolution_warning, scope_problem
 from xraytriage.triage.aggregate import aggregate_probabilities, check_aggregation
@@ -47,15 +48,6 @@ KEPT_META = (
     "width",
     "height",
 )
-
-
-class Predictor(Protocol):
-    """What the engine needs from a backend (``TorchPredictor``, ``OnnxPredictor``)."""
-
-    checkpoint: Any
-    name: str
-
-    def predict_logits(self, batch_uint8: np.ndarray) -> np.ndarray: ...
 
 
 @dataclass
