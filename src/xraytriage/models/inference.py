@@ -21,6 +21,7 @@ from xraytriage.models.onnx_export import (
 )
 from xraytriage.models.onnx_format import INPUT_NAME
 from xraytriage.models.predictor import BACKENDS, DEFAULT_BACKEND
+from xraytriage.sanitize import file_slug
 
 
 class TorchPredictor:
@@ -59,7 +60,7 @@ def resolve_onnx_file(checkpoint: Checkpoint, checkpoint_path: str | Path | None
         if sibling.is_file() and onnx_matches(sibling, checkpoint):
             return sibling
     digest = state_hash(checkpoint)
-    safe_name = "".join(c if c.isalnum() or c in "-_" else "_" for c in checkpoint.name)[:40]
+    safe_name = file_slug(checkpoint.name, keep="-_", fallback="model")[:40]
     cached = onnx_cache_dir() / f"{safe_name}-{digest[:16]}.onnx"
     if cached.is_file() and onnx_matches(cached, checkpoint):
         return cached

@@ -26,13 +26,14 @@ import pandas as pd
 from xraytriage.data.splits import assert_patient_disjoint
 from xraytriage.labels import NOT_DISEASE, abnormal_target
 from xraytriage.models.checkpoint import abnormal_probability
+from xraytriage.sanitize import write_json
 from xraytriage.stats import grouped_auc
 from xraytriage.train.config import TrainConfig
 from xraytriage.train.data import kfold
 from xraytriage.train.distributed import init_distributed
 from xraytriage.train.metrics import validation_metrics
 from xraytriage.train.run import merged_metrics, prepare_data, train_networks
-from xraytriage.train.trainer import FitResult, write_json
+from xraytriage.train.trainer import FitResult
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,6 @@ by a crash or Ctrl-C resumes at the next epoch and produces what the uninterrupt
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import math
 import random
@@ -42,6 +41,7 @@ from xraytriage.errors import ConfigError
 from xraytriage.models.checkpoint import Checkpoint, load_checkpoint
 from xraytriage.models.factory import ModelConfig, build_model
 from xraytriage.preprocess import PreprocessContract
+from xraytriage.sanitize import write_json
 from xraytriage.train.augment import BatchAugment
 from xraytriage.train.config import OptimConfig, SchedulerConfig, TrainConfig
 from xraytriage.train.data import TrainImages, batch_collate
@@ -219,22 +219,6 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
             raise ConfigError("amp: fp16 needs a CUDA device; use bf16 or none")
         return torch.float16
     return torch.bfloat16
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        return _json_safe(value.item())
-    return value
-
-
-def write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(_json_safe(data), indent=2) + "\n")
 
 
 # --- the trainer ---------------------------------------------------------------------------------
