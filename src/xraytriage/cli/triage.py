@@ -165,10 +165,44 @@ def execute(
         from xraytriage.triage.heatmaps import write_heatmaps
 
         written = write_heatmaps(
-            checkpoint, result.rows, output / "heatmaps", top=args.top, max_findings=args.explain_findings
+            ExplainPainter(checkpoint),
+            result.rows,
+            output / "heatmaps",
+            top=args.top,
+            max_findings=args.explain_findings,
         )
         console.print(f"heatmaps: {len(written)} file(s) in {output / 'heatmaps'}")
     return 0
+
+
+class ExplainPainter:
+    """The :class:`~xraytriage.triage.heatmaps.HeatmapPainter` of ``triage --explain``: Grad-CAM
+    overlays drawn by the explain module."""
+
+    def __init__(self, checkpoint, method: str = "gradcam") -> None:
+        self.checkpoint = checkpoint
+        self.method = method
+        self.explainer = None
+
+    def start(self) -> None:
+        from xraytriage.explain import Explainer
+
+        self.explainer = Explainer(self.checkpoint, method=self.method)
+
+    def paint(self, image_path: str, findings):
+        from xraytriage.explain import explain_image
+        from xraytriage.explain.overlay import overlay_label, save_overlay
+        from xraytriage.io import read_radiograph
+        from xraytriage.triage.heatmaps import Overlay
+
+        radiograph = read_radiograph(image_path)
+        pixels = radiograph.pixels
+
+        def overlay(e) -> Overlay:
+            label = overlay_label(e.finding, e.probability, e.threshold)
+            return Overlay(e.finding, lambda path: save_overlay(path, pixels, e.heatmap, e.box, label))
+
+        return [overlay(e) for e in explain_image(self.explainer, radiograph, findings)]
 
 
 def run(args: argparse.Namespace) -> int:
