@@ -17,57 +17,22 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from xraytriage.errors import ConfigError, XRayTriageError
-from xraytriage.labels import NIH_FINDINGS, canonical_label
+from xraytriage.labels import canonical_label
 from xraytriage.models.checkpoint import Checkpoint
 from xraytriage.models.factory import ModelConfig, build_model
+from xraytriage.models.weight_presets import PRESETS, WeightsPreset  # noqa: F401 - re-exported
 from xraytriage.preprocess import PreprocessContract
 
 _PREFIXES = ("module.", "densenet121.", "model.", "backbone.")
 _OLD_STYLE = re.compile(r"\.(norm|relu|conv)\.([12])\.")
 _LAYER = re.compile(r"^(features\.denseblock\d+\.denselayer\d+)\.(norm1|conv1|norm2|conv2)\.")
 _CLASSIFIER = re.compile(r"^classifier\.(?:0\.)?(weight|bias)$")
-
-
-@dataclass(frozen=True)
-class WeightsPreset:
-    """What a publisher's weights expect as input."""
-
-    channels: int
-    size: int
-    mean: float | tuple[float, ...]
-    std: float | tuple[float, ...]
-    labels: tuple[str, ...]
-    description: str
-
-
-PRESETS: dict[str, WeightsPreset] = {
-    # CheXNet (Rajpurkar et al. 2017) reproductions: ImageNet-initialised, 3-channel, ImageNet
-    # statistics, 224 px, the 14 NIH findings in NIH order.
-    "chexnet": WeightsPreset(
-        channels=3,
-        size=224,
-        mean=(0.485, 0.456, 0.406),
-        std=(0.229, 0.224, 0.225),
-        labels=NIH_FINDINGS,
-        description="CheXNet reproduction: 3-channel, ImageNet mean/std, 224 px, NIH 14 findings",
-    ),
-    # torchxrayvision: 1 channel scaled to [-1024, 1024] = (x/255 - 0.5) * 2048, 224 px.
-    "torchxrayvision": WeightsPreset(
-        channels=1,
-        size=224,
-        mean=0.5,
-        std=1.0 / 2048.0,
-        labels=(),
-        description="torchxrayvision: 1-channel, pixels mapped to [-1024, 1024], 224 px (give --labels)",
-    ),
-}
 
 
 def map_torchvision_densenet_keys(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

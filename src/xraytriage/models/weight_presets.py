@@ -1,0 +1,45 @@
+"""What the weights of known publishers expect as input (``xraytriage import-weights --preset``).
+
+Apart from the importer so the CLI can list the presets without importing torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from xraytriage.labels import NIH_FINDINGS
+
+
+@dataclass(frozen=True)
+class WeightsPreset:
+    """What a publisher's weights expect as input."""
+
+    channels: int
+    size: int
+    mean: float | tuple[float, ...]
+    std: float | tuple[float, ...]
+    labels: tuple[str, ...]
+    description: str
+
+
+PRESETS: dict[str, WeightsPreset] = {
+    # CheXNet (Rajpurkar et al. 2017) reproductions: ImageNet-initialised, 3-channel, ImageNet
+    # statistics, 224 px, the 14 NIH findings in NIH order.
+    "chexnet": WeightsPreset(
+        channels=3,
+        size=224,
+        mean=(0.485, 0.456, 0.406),
+        std=(0.229, 0.224, 0.225),
+        labels=NIH_FINDINGS,
+        description="CheXNet reproduction: 3-channel, ImageNet mean/std, 224 px, NIH 14 findings",
+    ),
+    # torchxrayvision: 1 channel scaled to [-1024, 1024] = (x/255 - 0.5) * 2048, 224 px.
+    "torchxrayvision": WeightsPreset(
+        channels=1,
+        size=224,
+        mean=0.5,
+        std=1.0 / 2048.0,
+        labels=(),
+        description="torchxrayvision: 1-channel, pixels mapped to [-1024, 1024], 224 px (give --labels)",
+    ),
+}
