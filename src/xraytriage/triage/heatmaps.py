@@ -19,6 +19,9 @@ from xraytriage.triage.worklist import WorklistRow, parse_findings
 
 log = logging.getLogger(__name__)
 
+DEFAULT_MAX_FINDINGS = 4
+"""Heatmaps per study: the seed tool's "Heatmap_top4"."""
+
 
 def listed_findings(row: WorklistRow) -> list[str]:
     """Finding names of a row's ``findings`` text ("Effusion 0.81; Mass 0.64" -> [Effusion, Mass])."""
@@ -54,7 +57,7 @@ def write_heatmaps(
     rows: Sequence[WorklistRow],
     output_dir: str | Path,
     top: int = 15,
-    max_findings: int = 4,
+    max_findings: int = DEFAULT_MAX_FINDINGS,
 ) -> list[Path]:
     """Overlays for the listed findings of the first ``top`` triaged rows; returns the files written.
 
