@@ -32,7 +32,7 @@ from xraytriage.data.csv_dataset import CSVDataset
 from xraytriage.data.folder import FolderDataset
 from xraytriage.data.mura import MURADataset
 from xraytriage.data.nih import BBOX_NAMES, DATA_ENTRY_NAMES, NIHChestXray14Dataset, find_meta_file
-from xraytriage.errors import ConfigError
+from xraytriage.errors import ConfigError, MissingFileError
 from xraytriage.labels import ABNORMAL
 
 NIH_META_FOLDER = "meta"
@@ -77,7 +77,7 @@ def _load_nih(
     if root is not None:
         root_path = Path(root)
         if not root_path.is_dir():
-            raise ConfigError(f"{root_path}: NIH root folder not found")
+            raise MissingFileError(root_path, "NIH root folder")
         if not folders:
             folders = nih_image_folders(root_path)
         if meta is None and (root_path / NIH_META_FOLDER).is_dir():

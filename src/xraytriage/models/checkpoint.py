@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from xraytriage import __version__
-from xraytriage.errors import ConfigError, XRayTriageError
+from xraytriage.errors import ConfigError, MissingFileError, XRayTriageError
 from xraytriage.labels import ABNORMAL, NO_FINDING, NOT_DISEASE
 from xraytriage.models.factory import ModelConfig, build_model
 from xraytriage.preprocess import PreprocessContract
@@ -222,7 +222,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     """Load a checkpoint file; ``path=None``-style defaults are resolved by the caller."""
     path = Path(path)
     if not path.is_file():
-        raise XRayTriageError(f"{path}: checkpoint file not found")
+        raise MissingFileError(path, "checkpoint file")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:

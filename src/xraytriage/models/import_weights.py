@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from xraytriage.errors import ConfigError, XRayTriageError
+from xraytriage.errors import ConfigError, MissingFileError, XRayTriageError
 from xraytriage.labels import canonical_label
 from xraytriage.models.checkpoint import Checkpoint
 from xraytriage.models.factory import ModelConfig, build_model
@@ -132,7 +132,7 @@ def load_external_state(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a state dict file (.pt/.pth/.pth.tar). Tries safe loading first."""
     path = Path(path)
     if not path.is_file():
-        raise XRayTriageError(f"{path}: weights file not found")
+        raise MissingFileError(path, "weights file")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from xraytriage import __version__
-from xraytriage.errors import XRayTriageError
+from xraytriage.errors import MissingFileError, XRayTriageError
 from xraytriage.models.checkpoint import Checkpoint
 from xraytriage.models.factory import ModelConfig
 from xraytriage.models.onnx_format import DEFAULT_OPSET, INPUT_NAME, META_PREFIX, ONNX_FORMAT, OUTPUT_NAME
@@ -141,7 +141,7 @@ def read_onnx_metadata(path: str | Path) -> dict[str, str]:
 
     path = Path(path)
     if not path.is_file():
-        raise XRayTriageError(f"{path}: ONNX file not found")
+        raise MissingFileError(path, "ONNX file")
     try:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL

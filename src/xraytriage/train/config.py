@@ -29,7 +29,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from xraytriage.errors import ConfigError
+from xraytriage.errors import ConfigError, MissingFileError
 from xraytriage.models.factory import BACKBONES, ModelConfig
 from xraytriage.preprocess import PreprocessContract
 
@@ -282,7 +282,7 @@ def load_config(
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise ConfigError(f"{path}: config file not found")
+            raise MissingFileError(path, "config file")
         try:
             loaded = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:
