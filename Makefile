@@ -26,13 +26,13 @@ demo: $(STAMP)
 serve: $(STAMP)
 	$(BIN)/xraytriage serve --data-dir out/serve
 
+# ruff, then the import rules of .importlinter (the layers of docs/design.md)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench scripts
 	$(BIN)/ruff format --check src tests bench scripts
+	$(BIN)/lint-imports
 
-test: $(STAMP) system-deps
-	$(BIN)/ruff check src tests bench scripts
-	$(BIN)/ruff format --check src tests bench scripts
+test: lint system-deps
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

@@ -10,13 +10,8 @@ import torch
 
 from xraytriage.models import Checkpoint, ModelConfig, build_model
 from xraytriage.models.inference import OnnxPredictor, TorchPredictor, make_predictor, onnx_cache_dir
-from xraytriage.models.onnx_export import (
-    check_parity,
-    export_onnx,
-    onnx_matches,
-    read_onnx_metadata,
-    state_hash,
-)
+from xraytriage.models.onnx_export import export_onnx, onnx_matches, read_onnx_metadata, state_hash
+from xraytriage.models.parity import check_parity
 from xraytriage.preprocess import PreprocessContract
 
 

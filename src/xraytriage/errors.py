@@ -1,5 +1,13 @@
-"""Typed errors. Every error about an input file names the file and the problem, so batch code
-can turn it into an error row and carry on."""
+"""Typed errors, all in this module. Every error about an input file names the file and the
+problem, so batch code can turn it into an error row and carry on.
+
+    XRayTriageError                 base of every error raised on purpose
+    ├── ConfigError                 a bad setting (also a ValueError)
+    │   └── MissingFileError        a file or folder the user named does not exist
+    ├── PatientLeakError            a patient's images in more than one split
+    └── ImageReadError(path, problem) and its kinds (unreadable, not a radiograph, too large...)
+    StoreRefused(reason, status)    a DICOM image the node refuses for good (a C-STORE answer)
+"""
 
 from __future__ import annotations
 
@@ -12,6 +20,26 @@ class XRayTriageError(Exception):
 
 class ConfigError(XRayTriageError, ValueError):
     """A configuration value is missing, unknown or out of range."""
+
+
+class MissingFileError(ConfigError):
+    """A file or folder the user named does not exist: ``"<path>: <what> not found"``.
+
+    The one "not found" type for configs, checkpoints, label tables and dataset folders (an
+    image that vanished during a batch is an :class:`UnreadableImageError` row instead).
+    """
+
+    def __init__(self, path: str | Path, what: str) -> None:
+        self.path = str(path)
+        self.what = what
+        super().__init__(f"{self.path}: {what} not found")
+
+    def __reduce__(self):
+        return (type(self), (self.path, self.what))
+
+
+class PatientLeakError(XRayTriageError):
+    """A patient's images are in more than one split."""
 
 
 class ImageReadError(XRayTriageError):
@@ -43,3 +71,26 @@ class NoPixelDataError(ImageReadError):
 
 class ImageTooLargeError(ImageReadError):
     """Declared image size exceeds the decompression-bomb limit."""
+
+
+# --- DICOM ------------------------------------------------------------------------------------
+STATUS_NO_PIXEL_DATA = 0xA900
+"""Error, data set does not match SOP class: an image storage object without pixel data."""
+STATUS_NOT_ACCEPTED = 0xC000
+"""Error, cannot understand: the object is not one this node triages (reason in ErrorComment)."""
+STATUS_UNDECODABLE = 0xC210
+"""Error, cannot understand: the data set could not be decoded."""
+PERMANENT_FAILURES = frozenset({STATUS_NO_PIXEL_DATA, STATUS_NOT_ACCEPTED, STATUS_UNDECODABLE})
+
+
+class StoreRefused(Exception):
+    """Raised by ``on_image`` for an image that will never be accepted (answered with ``status``,
+    a permanent failure, and ``reason`` as ErrorComment) rather than a transient problem.
+    (Not an :class:`XRayTriageError`: it is an answer to the sender, not a failure of ours.)"""
+
+    def __init__(self, reason: str, status: int = STATUS_NOT_ACCEPTED) -> None:
+        if status not in PERMANENT_FAILURES:
+            raise ValueError(f"status 0x{status:04X} is not a permanent C-STORE failure")
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status

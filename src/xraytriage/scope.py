@@ -17,6 +17,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from xraytriage.labels import ABNORMAL, CHEXPERT_OBSERVATIONS, NIH_FINDINGS, NO_FINDING
+
 CHEST_SCOPE: dict[str, list[str]] = {"body_parts": ["CHEST"], "views": ["PA", "AP"]}
 MURA_BODY_PARTS = ["ELBOW", "FINGER", "FOREARM", "HAND", "HUMERUS", "SHOULDER", "WRIST"]
 CHEST_DATASETS = ("nih", "chexpert")
@@ -31,8 +33,6 @@ def default_scope(label_names: Sequence[str], train_config: Mapping[str, Any] | 
     """The scope of a checkpoint written before checkpoints recorded one: from its training
     data (NIH and CheXpert: frontal chest radiographs; MURA: its seven upper-limb parts), else
     from its labels (chest findings: frontal chest), else none (everything in scope)."""
-    from xraytriage.labels import ABNORMAL, CHEXPERT_OBSERVATIONS, NIH_FINDINGS, NO_FINDING
-
     data = (train_config or {}).get("data") or {}
     kind = str(data.get("kind", "") if isinstance(data, Mapping) else "").lower()
     if kind == "mura":

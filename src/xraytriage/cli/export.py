@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from xraytriage.cli.common import add_model_argument, resolve_model_path
+from xraytriage.models.onnx_format import DEFAULT_OPSET
 
 PARITY_TOLERANCE = 1e-4
 
@@ -23,13 +24,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_model_argument(p)
     p.add_argument("--output", "-o", type=Path, required=True, help="ONNX file to write")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from xraytriage.models.checkpoint import load_checkpoint
-    from xraytriage.models.onnx_export import check_parity, export_onnx
+    from xraytriage.models.onnx_export import export_onnx
+    from xraytriage.models.parity import check_parity
 
     model_path = resolve_model_path(args.model)
     checkpoint = load_checkpoint(model_path)

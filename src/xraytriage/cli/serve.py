@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-import logging
 import sys
 from pathlib import Path
 
@@ -214,12 +213,11 @@ def build_config(args: argparse.Namespace):
 def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from xraytriage.logconfig import configure_logging
     from xraytriage.serving import create_app
 
     config = build_config(args)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(args.log_level, timestamps=True)
     if not _is_loopback(config.host) and not config.token:
         print(
             f"warning: serving on {config.host} without an access token: anyone who can reach this "

@@ -7,6 +7,11 @@ import os
 from pathlib import Path
 
 from xraytriage.cli.common import add_model_argument, resolve_model_path
+from xraytriage.models.predictor import BACKENDS, DEFAULT_BACKEND
+from xraytriage.triage.aggregate import AGGREGATIONS
+from xraytriage.triage.engine import TriageOptions
+from xraytriage.triage.grouping import STUDY_MODES
+from xraytriage.triage.heatmaps import DEFAULT_MAX_FINDINGS
 
 EXIT_NOTHING_TRIAGED = 1
 EXIT_INTERRUPTED = 130
@@ -21,11 +26,16 @@ def add_triage_options(p: argparse.ArgumentParser, top_default: int = 15) -> Non
     add_model_argument(p)
     p.add_argument(
         "--backend",
-        choices=("onnx", "torch"),
-        default="onnx",
+        choices=BACKENDS,
+        default=DEFAULT_BACKEND,
         help="onnx (ONNX Runtime, default, fastest on CPU; exported once and cached) or torch (eager)",
     )
-    p.add_argument("--batch-size", type=int, default=16, help="images per model call (default 16)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=TriageOptions.batch_size,
+        help=f"images per model call (default {TriageOptions.batch_size})",
+    )
     p.add_argument(
         "--workers",
         type=int,
@@ -37,9 +47,10 @@ def add_triage_options(p: argparse.ArgumentParser, top_default: int = 15) -> Non
     p.add_argument(
         "--explain-findings",
         type=int,
-        default=4,
+        default=DEFAULT_MAX_FINDINGS,
         metavar="N",
-        help="with --explain: heatmaps of at most the N most probable listed findings per study (default 4)",
+        help="with --explain: heatmaps of at most the N most probable listed findings per study "
+        f"(default {DEFAULT_MAX_FINDINGS})",
     )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -60,16 +71,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_triage_options(p)
     p.add_argument(
         "--study-from",
-        choices=("file", "folder"),
-        default="file",
+        choices=STUDY_MODES,
+        default=TriageOptions.study_from,
         help="non-DICOM images: one study per file (default) or per parent folder (MURA patientX/studyY/); "
         "DICOM images are always grouped by StudyInstanceUID",
     )
     p.add_argument(
         "--aggregate",
-        choices=("max", "mean", "noisy_or"),
-        default="max",
-        help="study score from its images (default max)",
+        choices=AGGREGATIONS,
+        default=TriageOptions.aggregate,
+        help=f"study score from its images (default {TriageOptions.aggregate})",
     )
     p.add_argument(
         "--urgency",
@@ -96,8 +107,8 @@ def execute(
     inputs: list[str],
     output: Path,
     args: argparse.Namespace,
-    study_from: str = "file",
-    aggregate: str = "max",
+    study_from: str = TriageOptions.study_from,
+    aggregate: str = TriageOptions.aggregate,
     urgency: Path | None = None,
     site_priority: Path | None = None,
     explain: bool = False,
@@ -165,10 +176,44 @@ def execute(
         from xraytriage.triage.heatmaps import write_heatmaps
 
         written = write_heatmaps(
-            checkpoint, result.rows, output / "heatmaps", top=args.top, max_findings=args.explain_findings
+            ExplainPainter(checkpoint),
+            result.rows,
+            output / "heatmaps",
+            top=args.top,
+            max_findings=args.explain_findings,
         )
         console.print(f"heatmaps: {len(written)} file(s) in {output / 'heatmaps'}")
     return 0
+
+
+class ExplainPainter:
+    """The :class:`~xraytriage.triage.heatmaps.HeatmapPainter` of ``triage --explain``: Grad-CAM
+    overlays drawn by the explain module."""
+
+    def __init__(self, checkpoint, method: str = "gradcam") -> None:
+        self.checkpoint = checkpoint
+        self.method = method
+        self.explainer = None
+
+    def start(self) -> None:
+        from xraytriage.explain import Explainer
+
+        self.explainer = Explainer(self.checkpoint, method=self.method)
+
+    def paint(self, image_path: str, findings):
+        from xraytriage.explain import explain_image
+        from xraytriage.explain.overlay import overlay_label, save_overlay
+        from xraytriage.io import read_radiograph
+        from xraytriage.triage.heatmaps import Overlay
+
+        radiograph = read_radiograph(image_path)
+        pixels = radiograph.pixels
+
+        def overlay(e) -> Overlay:
+            label = overlay_label(e.finding, e.probability, e.threshold)
+            return Overlay(e.finding, lambda path: save_overlay(path, pixels, e.heatmap, e.box, label))
+
+        return [overlay(e) for e in explain_image(self.explainer, radiograph, findings)]
 
 
 def run(args: argparse.Namespace) -> int:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from xraytriage.models.weight_presets import PRESETS
+
 
 def _floats(text: str) -> float | tuple[float, ...]:
     values = tuple(float(v) for v in text.split(","))
@@ -12,8 +14,6 @@ def _floats(text: str) -> float | tuple[float, ...]:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from xraytriage.models.import_weights import PRESETS
-
     p = subparsers.add_parser(
         "import-weights",
         help="convert a torchvision-layout DenseNet-121 state dict into an xraytriage checkpoint "
@@ -42,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from xraytriage.errors import ConfigError
-    from xraytriage.models.import_weights import PRESETS, import_densenet121, load_external_state
+    from xraytriage.models.import_weights import import_densenet121, load_external_state
 
     preset = PRESETS.get(args.preset) if args.preset else None
     labels: list[str] = []

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from xraytriage.data.base import RadiographDataset
-from xraytriage.errors import ConfigError
+from xraytriage.errors import ConfigError, MissingFileError
 from xraytriage.labels import CHEXPERT_OBSERVATIONS, NO_FINDING, NOT_DISEASE, canonical_label
 
 POLICIES = ("U-Ignore", "U-Zeros", "U-Ones", "U-MultiClass", "U-Ones-LSR", "U-Zeros-LSR")
@@ -128,7 +128,7 @@ class CheXpertDataset(RadiographDataset):
     ) -> None:
         csv_path = Path(csv)
         if not csv_path.is_file():
-            raise ConfigError(f"{csv_path}: CheXpert CSV not found")
+            raise MissingFileError(csv_path, "CheXpert CSV")
         raw = pd.read_csv(csv_path, nrows=nrows)
         raw.columns = [str(c).strip() for c in raw.columns]
         if "Path" not in raw.columns:

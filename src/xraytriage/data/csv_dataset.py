@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from xraytriage.data.base import RadiographDataset
-from xraytriage.errors import ConfigError
+from xraytriage.errors import ConfigError, MissingFileError
 
 _META = {"path", "patient_id", "study_id", "view"}
 
@@ -33,7 +33,7 @@ class CSVDataset(RadiographDataset):
     ) -> None:
         csv_path = Path(csv_path)
         if not csv_path.is_file():
-            raise ConfigError(f"{csv_path}: label CSV not found")
+            raise MissingFileError(csv_path, "label CSV")
         table = pd.read_csv(csv_path)
         if path_column not in table.columns:
             raise ConfigError(f"{csv_path}: no {path_column!r} column (columns: {', '.join(table.columns)})")

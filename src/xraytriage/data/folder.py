@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from xraytriage.data.base import RadiographDataset
-from xraytriage.errors import ConfigError
+from xraytriage.errors import ConfigError, MissingFileError
 from xraytriage.io import iter_input_files
 from xraytriage.labels import ABNORMAL, NIH_FINDINGS, canonical_label
 
@@ -51,7 +51,7 @@ class FolderDataset(RadiographDataset):
     ) -> None:
         root = Path(root)
         if not root.is_dir():
-            raise ConfigError(f"{root}: image folder not found")
+            raise MissingFileError(root, "image folder")
         class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
         if not class_dirs:
             raise ConfigError(

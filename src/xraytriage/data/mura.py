@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from xraytriage.data.base import RadiographDataset
-from xraytriage.errors import ConfigError
+from xraytriage.errors import ConfigError, MissingFileError
 from xraytriage.labels import ABNORMAL
 
 _PARTS = re.compile(r"(?P<body_part>XR_[A-Z]+)/(?P<patient>patient\d+)/(?P<study>study\d+[^/]*)")
@@ -32,7 +32,7 @@ def _study_key(path: str) -> str:
 
 def _read_headerless(path: Path, n_columns: int) -> pd.DataFrame:
     if not path.is_file():
-        raise ConfigError(f"{path}: MURA CSV not found")
+        raise MissingFileError(path, "MURA CSV")
     table = pd.read_csv(path, header=None, dtype=str)
     if table.shape[1] < n_columns:
         raise ConfigError(f"{path}: expected {n_columns} column(s), found {table.shape[1]}")

@@ -18,7 +18,7 @@ import pandas as pd
 from PIL import Image
 
 from xraytriage.data.base import RadiographDataset
-from xraytriage.errors import ConfigError
+from xraytriage.errors import ConfigError, MissingFileError
 from xraytriage.labels import NIH_FINDINGS, NO_FINDING, canonical_label
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ def index_image_folders(folders: Sequence[PathLike]) -> tuple[dict[str, str], di
     for folder in folders:
         folder = Path(folder)
         if not folder.is_dir():
-            raise ConfigError(f"{folder}: NIH image folder not found")
+            raise MissingFileError(folder, "NIH image folder")
         for root, dirs, files in os.walk(folder):
             dirs.sort()
             for name in sorted(files):
@@ -91,7 +91,7 @@ def read_split_file(path: PathLike) -> list[str]:
     """Image names, one per line (NIH ``train_val_list.txt`` / ``test_list.txt``)."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{path}: split file not found")
+        raise MissingFileError(path, "split file")
     names = [line.strip() for line in path.read_text().splitlines()]
     names = [Path(n).name for n in names if n and not n.startswith("#")]
     if not names:
@@ -102,7 +102,7 @@ def read_split_file(path: PathLike) -> list[str]:
 def read_data_entry(path: PathLike) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{path}: NIH Data_Entry CSV not found")
+        raise MissingFileError(path, "NIH Data_Entry CSV")
     table = pd.read_csv(path)
     needed = ("Image Index", "Finding Labels", "Patient ID", "View Position")
     missing = [c for c in needed if c not in table.columns]
@@ -119,7 +119,7 @@ def read_bbox_list(path: PathLike) -> pd.DataFrame:
     """
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{path}: NIH BBox_List CSV not found")
+        raise MissingFileError(path, "NIH BBox_List CSV")
     raw = pd.read_csv(path)
     if raw.shape[1] < 6:
         raise ConfigError(f"{path}: expected 6 columns (image, finding, x, y, w, h), found {raw.shape[1]}")

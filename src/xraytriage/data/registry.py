@@ -27,7 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from xraytriage.data.base import RadiographDataset
-from xraytriage.errors import ConfigError
+from xraytriage.data.chexpert import CheXpertDataset
+from xraytriage.data.csv_dataset import CSVDataset
+from xraytriage.data.folder import FolderDataset
+from xraytriage.data.mura import MURADataset
+from xraytriage.data.nih import BBOX_NAMES, DATA_ENTRY_NAMES, NIHChestXray14Dataset, find_meta_file
+from xraytriage.errors import ConfigError, MissingFileError
 from xraytriage.labels import ABNORMAL
 
 NIH_META_FOLDER = "meta"
@@ -68,13 +73,11 @@ def _load_nih(
     views: str | Sequence[str] | None = ("PA", "AP"),
     split_file: Any = None,
 ) -> RadiographDataset:
-    from xraytriage.data.nih import BBOX_NAMES, DATA_ENTRY_NAMES, NIHChestXray14Dataset, find_meta_file
-
     folders = _paths(images)
     if root is not None:
         root_path = Path(root)
         if not root_path.is_dir():
-            raise ConfigError(f"{root_path}: NIH root folder not found")
+            raise MissingFileError(root_path, "NIH root folder")
         if not folders:
             folders = nih_image_folders(root_path)
         if meta is None and (root_path / NIH_META_FOLDER).is_dir():
@@ -114,8 +117,6 @@ def _load_chexpert(
     seed: int = 0,
     nrows: int | None = None,
 ) -> RadiographDataset:
-    from xraytriage.data.chexpert import CheXpertDataset
-
     if csv is None:
         if root is None:
             raise ConfigError("chexpert: give `csv` (train.csv / valid.csv) and `root`")
@@ -143,8 +144,6 @@ def _load_mura(
     studies: str | None = None,
     body_parts: str | Sequence[str] | None = None,
 ) -> RadiographDataset:
-    from xraytriage.data.mura import MURADataset
-
     if image_paths is None or studies is None:
         if root is None:
             raise ConfigError("mura: give `root` or both `image_paths` and `studies` CSVs")
@@ -161,8 +160,6 @@ def _load_csv(
     path_column: str = "path",
     labels: Sequence[str] | None = None,
 ) -> RadiographDataset:
-    from xraytriage.data.csv_dataset import CSVDataset
-
     if csv is None:
         raise ConfigError("csv: give `csv` (a CSV with a path column and label columns)")
     return CSVDataset(csv, root=root, labels=_names(labels), path_column=path_column)
@@ -173,8 +170,6 @@ def _load_folder(
     patient_pattern: str | None = None,
     binary: bool | None = None,
 ) -> RadiographDataset:
-    from xraytriage.data.folder import FolderDataset
-
     if root is None:
         raise ConfigError("folder: give `root` (a folder of class folders)")
     return FolderDataset(root, patient_pattern=patient_pattern, binary=binary)

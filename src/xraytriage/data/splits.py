@@ -15,14 +15,10 @@ import numpy as np
 import pandas as pd
 
 from xraytriage.data.base import RadiographDataset
-from xraytriage.errors import ConfigError, XRayTriageError
+from xraytriage.errors import ConfigError, PatientLeakError
 from xraytriage.labels import abnormal_target
 
 StratifyMode = Literal["rarest", "abnormal", "none"]
-
-
-class PatientLeakError(XRayTriageError):
-    """A patient's images are in more than one split."""
 
 
 def stratification_key(

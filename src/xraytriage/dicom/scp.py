@@ -38,7 +38,15 @@ from pynetdicom.sop_class import Verification
 from xraytriage.dicom.acceptance import check_acceptable, sop_class_name
 from xraytriage.dicom.admission import Admission, GatedAssociationServer, Verdict
 from xraytriage.dicom.aetitle import validate_ae_title
-from xraytriage.errors import ConfigError, ImageTooLargeError
+from xraytriage.errors import (  # noqa: F401 - the refusal and its statuses are re-exported
+    PERMANENT_FAILURES,
+    STATUS_NO_PIXEL_DATA,
+    STATUS_NOT_ACCEPTED,
+    STATUS_UNDECODABLE,
+    ConfigError,
+    ImageTooLargeError,
+    StoreRefused,
+)
 from xraytriage.io import DEFAULT_MAX_PIXELS
 from xraytriage.io.dicom import read_dicom_header
 
@@ -49,29 +57,10 @@ _config.LOG_REQUEST_IDENTIFIERS = False
 _config.LOG_RESPONSE_IDENTIFIERS = False
 
 STATUS_SUCCESS = 0x0000
-STATUS_NO_PIXEL_DATA = 0xA900
-"""Error, data set does not match SOP class: an image storage object without pixel data."""
-STATUS_NOT_ACCEPTED = 0xC000
-"""Error, cannot understand: the object is not one this node triages (reason in ErrorComment)."""
-STATUS_UNDECODABLE = 0xC210
-"""Error, cannot understand: the data set could not be decoded."""
 STATUS_OUT_OF_RESOURCES = 0xA700
 """Refused, out of resources: the received image could not be stored; retry later."""
-PERMANENT_FAILURES = frozenset({STATUS_NO_PIXEL_DATA, STATUS_NOT_ACCEPTED, STATUS_UNDECODABLE})
 
 PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
-
-
-class StoreRefused(Exception):
-    """Raised by ``on_image`` for an image that will never be accepted (answered with ``status``,
-    a permanent failure, and ``reason`` as ErrorComment) rather than a transient problem."""
-
-    def __init__(self, reason: str, status: int = STATUS_NOT_ACCEPTED) -> None:
-        if status not in PERMANENT_FAILURES:
-            raise ValueError(f"status 0x{status:04X} is not a permanent C-STORE failure")
-        super().__init__(reason)
-        self.reason = reason
-        self.status = status
 
 
 @dataclass(frozen=True)

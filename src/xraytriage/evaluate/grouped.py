@@ -17,26 +17,17 @@ import numpy as np
 import pandas as pd
 
 from xraytriage.errors import ConfigError
-from xraytriage.evaluate.metrics import roc_auc
+from xraytriage.stats import (  # noqa: F401 - shared with train (cross-validation); re-exported
+    MIN_PER_CLASS,
+    SHORTCUT_GAP,
+    counts_in_mean,
+    group_only_auc,
+    grouped_auc,
+)
 
 GROUPINGS = ("collection", "view", "sex", "age-band")
 AGE_BANDS = ((0, 18, "0-17"), (18, 40, "18-39"), (40, 60, "40-59"), (60, 200, "60+"))
-SHORTCUT_GAP = 0.05
-"""Pooled minus within-group mean AUC above this is reported as a likely shortcut."""
-MIN_PER_CLASS = 5
-"""A group counts in the within-group mean only with at least this many of each class (its AUC
-is still reported); a handful of images gives an AUC that is mostly noise."""
 UNKNOWN_GROUP = "unknown"
-
-
-def counts_in_mean(n: int, positives: int, min_per_class: int = MIN_PER_CLASS) -> bool:
-    """Whether a group with ``positives`` of ``n`` holds enough of each class to be averaged."""
-    return min(positives, n - positives) >= min_per_class
-
-
-def _auc(y: np.ndarray, p: np.ndarray) -> float | None:
-    value = roc_auc(y, p)
-    return None if np.isnan(value) else value
 
 
 def age_band(age: Any) -> str:
@@ -65,52 +56,6 @@ def group_labels(frame: pd.DataFrame, by: str) -> np.ndarray:
         return np.array([age_band(a) for a in frame[column]], dtype=object)
     values = frame[column].astype(object).where(frame[column].notna(), UNKNOWN_GROUP)
     return np.array([str(v).strip() or UNKNOWN_GROUP for v in values], dtype=object)
-
-
-def group_only_auc(y_true: np.ndarray, groups: np.ndarray) -> float | None:
-    """AUC of predicting ``y_true`` by nothing but the group (each image scored with its group's
-    prevalence): what a model that only recognised the group could reach. 0.5 = uninformative."""
-    y = np.asarray(y_true, dtype=np.float64)
-    known = ~np.isnan(y)
-    y, g = y[known], np.asarray(groups)[known]
-    if len(y) == 0:
-        return None
-    prevalence = pd.Series(y).groupby(pd.Series(g)).transform("mean").to_numpy()
-    return _auc(y, prevalence)
-
-
-def grouped_auc(
-    y_true: np.ndarray, y_prob: np.ndarray, groups: np.ndarray, min_per_class: int = MIN_PER_CLASS
-) -> dict[str, Any]:
-    """Per group: images, positives, AUC (None when the group holds one class), and whether it
-    counts in the mean; the unweighted mean of the within-group AUCs over groups with at least
-    ``min_per_class`` of each class; the pooled AUC; the group-only AUC and the gap."""
-    y = np.asarray(y_true, dtype=np.float64)
-    p = np.asarray(y_prob, dtype=np.float64)
-    g = np.asarray(groups, dtype=object)
-    known = ~np.isnan(y) & ~np.isnan(p)
-    y, p, g = y[known], p[known], g[known]
-    per_group: dict[str, dict[str, Any]] = {}
-    for name in sorted(set(g.tolist()), key=str):
-        mask = g == name
-        positives = int((y[mask] == 1).sum())
-        n = int(mask.sum())
-        auc = _auc(y[mask], p[mask]) if 0 < positives < n else None
-        counted = auc is not None and counts_in_mean(n, positives, min_per_class)
-        per_group[str(name)] = {"n": n, "positives": positives, "auc": auc, "in_mean": counted}
-    within = [v["auc"] for v in per_group.values() if v["in_mean"]]
-    pooled = _auc(y, p) if len(set(y.tolist())) == 2 else None
-    within_mean = float(np.mean(within)) if within else None
-    gap = pooled - within_mean if pooled is not None and within_mean is not None else None
-    return {
-        "groups": per_group,
-        "within_mean_auc": within_mean,
-        "groups_with_both_classes": len(within),
-        "pooled_auc": pooled,
-        "group_only_auc": group_only_auc(y, g),
-        "pooled_minus_within": gap,
-        "shortcut_warning": bool(gap is not None and gap > SHORTCUT_GAP),
-    }
 
 
 def grouped_metrics(

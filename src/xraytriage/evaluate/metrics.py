@@ -14,28 +14,10 @@ import numpy as np
 from scipy.stats import rankdata
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from xraytriage.stats import has_both_classes, roc_auc, valid_pairs  # shared with train; re-exported
+
 DEFAULT_THRESHOLDS: tuple[float, ...] = (0.4, 0.5, 0.6, 0.7, 0.8)
 """Fixed thresholds reported for every label (as in the seed thesis)."""
-
-
-def valid_pairs(y_true: np.ndarray, y_prob: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The (label, probability) pairs of one label where both are known."""
-    y = np.asarray(y_true, dtype=np.float64).ravel()
-    p = np.asarray(y_prob, dtype=np.float64).ravel()
-    if y.shape != p.shape:
-        raise ValueError(f"labels ({y.shape[0]}) and probabilities ({p.shape[0]}) differ in length")
-    keep = ~np.isnan(y) & ~np.isnan(p)
-    return y[keep], p[keep]
-
-
-def has_both_classes(y: np.ndarray) -> bool:
-    return bool(np.any(y == 1) and np.any(y == 0))
-
-
-def roc_auc(y_true: np.ndarray, y_prob: np.ndarray) -> float:
-    """ROC AUC of the known pairs; NaN when only one class is present."""
-    y, p = valid_pairs(y_true, y_prob)
-    return float(roc_auc_score(y, p)) if has_both_classes(y) else float("nan")
 
 
 def average_precision(y_true: np.ndarray, y_prob: np.ndarray) -> float:

@@ -20,18 +20,10 @@ from sklearn.metrics import precision_recall_curve, roc_curve
 
 from xraytriage.errors import ConfigError
 from xraytriage.evaluate.metrics import has_both_classes, valid_pairs
+from xraytriage.stats import youden_threshold  # shared with train; re-exported here
 
 METHODS = ("youden", "sensitivity", "specificity", "f1")
 DEFAULT_TARGETS = {"sensitivity": 0.9, "specificity": 0.9}
-
-
-def youden_threshold(y_true: np.ndarray, y_prob: np.ndarray) -> float:
-    """Threshold maximising Youden's J = TPR - FPR (the first, i.e. highest, on ties)."""
-    y, p = valid_pairs(y_true, y_prob)
-    fpr, tpr, thr = roc_curve(y, p, drop_intermediate=False)
-    finite = np.isfinite(thr)
-    j = np.where(finite, tpr - fpr, -np.inf)
-    return float(thr[int(np.argmax(j))])
 
 
 def sensitivity_threshold(y_true: np.ndarray, y_prob: np.ndarray, target: float = 0.9) -> float:

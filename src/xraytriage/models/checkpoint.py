@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from xraytriage import __version__
-from xraytriage.errors import ConfigError, XRayTriageError
+from xraytriage.errors import ConfigError, MissingFileError, XRayTriageError
 from xraytriage.labels import ABNORMAL, NO_FINDING, NOT_DISEASE
 from xraytriage.models.factory import ModelConfig, build_model
 from xraytriage.preprocess import PreprocessContract
@@ -245,7 +245,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
 
         resolved = resolve_model_name(path)  # ``--model NAME``: a fetched published model
         if resolved is None:
-            raise XRayTriageError(f"{path}: checkpoint file not found")
+            raise MissingFileError(path, "checkpoint file")
         path = resolved
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)

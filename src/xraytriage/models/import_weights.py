@@ -24,16 +24,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from xraytriage.errors import ConfigError, XRayTriageError
-from xraytriage.labels import NIH_FINDINGS, canonical_label
+from xraytriage.labels import canonical_label
 from xraytriage.models.checkpoint import Checkpoint
 from xraytriage.models.factory import ModelConfig, build_model
+from xraytriage.models.weight_presets import PRESETS, WeightsPreset  # noqa: F401 - re-exported
 from xraytriage.preprocess import PreprocessContract
 
 if TYPE_CHECKING:
@@ -45,45 +45,6 @@ _LAYER = re.compile(r"^(features\.denseblock\d+\.denselayer\d+)\.(norm1|conv1|no
 _CLASSIFIER = re.compile(r"^classifier\.(?:0\.)?(weight|bias)$")
 
 
-@dataclass(frozen=True)
-class WeightsPreset:
-    """What a publisher's weights expect as input."""
-
-    channels: int
-    size: int
-    mean: float | tuple[float, ...]
-    std: float | tuple[float, ...]
-    labels: tuple[str, ...]
-    description: str
-    geometry: tuple[tuple[str, Any], ...] = ()
-    """Further :class:`PreprocessContract` fields (crop, resize filter) of the publisher's input."""
-
-
-PRESETS: dict[str, WeightsPreset] = {
-    # CheXNet (Rajpurkar et al. 2017) reproductions: ImageNet-initialised, 3-channel, ImageNet
-    # statistics, 224 px, the 14 NIH findings in NIH order.
-    "chexnet": WeightsPreset(
-        channels=3,
-        size=224,
-        mean=(0.485, 0.456, 0.406),
-        std=(0.229, 0.224, 0.225),
-        labels=NIH_FINDINGS,
-        description="CheXNet reproduction: 3-channel, ImageNet mean/std, short side 256 then centre 224 px, "
-        "NIH 14 findings",
-        geometry=(("resize", "resize_crop"), ("resize_to", 256), ("resample", "bilinear")),
-    ),
-    # torchxrayvision: 1 channel scaled to [-1024, 1024] = (x/255 - 0.5) * 2048, 224 px.
-    "torchxrayvision": WeightsPreset(
-        channels=1,
-        size=224,
-        mean=0.5,
-        std=1.0 / 2048.0,
-        labels=(),
-        description="torchxrayvision: 1-channel, pixels mapped to [-1024, 1024], centre square resized to "
-        "224 px (give --labels)",
-        geometry=(("resize", "square_crop"), ("resample", "gaussian")),
-    ),
-}
 
 
 def map_torchvision_densenet_keys(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

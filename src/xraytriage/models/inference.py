@@ -10,7 +10,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from xraytriage.models.checkpoint import Checkpoint
+from xraytriage.errors import ConfigError
+from xraytriage.models.checkpoint import Checkpoint, load_checkpoint
+from xraytriage.models.onnx_export import (
+    export_onnx,
+    head_checkpoint,
+    onnx_matches,
+    read_onnx_metadata,
+    state_hash,
+)
+from xraytriage.models.onnx_format import INPUT_NAME
+from xraytriage.models.predictor import BACKENDS, DEFAULT_BACKEND
+from xraytriage.sanitize import file_slug
 
 
 class TorchPredictor:
@@ -44,14 +55,12 @@ def resolve_onnx_file(checkpoint: Checkpoint, checkpoint_path: str | Path | None
     Order: ``<checkpoint>.onnx`` next to the checkpoint file when its stored weight hash
     matches; else the user cache (keyed by that hash), exported there if absent.
     """
-    from xraytriage.models.onnx_export import export_onnx, onnx_matches, state_hash
-
     if checkpoint_path is not None:
         sibling = Path(checkpoint_path).with_suffix(".onnx")
         if sibling.is_file() and onnx_matches(sibling, checkpoint):
             return sibling
     digest = state_hash(checkpoint)
-    safe_name = "".join(c if c.isalnum() or c in "-_" else "_" for c in checkpoint.name)[:40]
+    safe_name = file_slug(checkpoint.name, keep="-_", fallback="model")[:40]
     cached = onnx_cache_dir() / f"{safe_name}-{digest[:16]}.onnx"
     if cached.is_file() and onnx_matches(cached, checkpoint):
         return cached
@@ -77,10 +86,7 @@ class OnnxPredictor:
         intra_op_threads: int | None = None,
         spin: bool = False,
     ) -> None:
-        import onnxruntime as ort
-
-        from xraytriage.models.checkpoint import load_checkpoint
-        from xraytriage.models.onnx_export import INPUT_NAME, head_checkpoint, read_onnx_metadata
+        import onnxruntime as ort  # here, not at the top: ~0.3 s, and the torch backend never needs it
 
         if isinstance(source, Checkpoint):
             self.checkpoint = source
@@ -113,12 +119,9 @@ class OnnxPredictor:
         return self.checkpoint.probabilities(self.predict_logits(batch_uint8))
 
 
-BACKENDS = ("onnx", "torch")
-
-
 def make_predictor(
     checkpoint: Checkpoint | str | Path,
-    backend: str = "onnx",
+    backend: str = DEFAULT_BACKEND,
     threads: int | None = None,
     checkpoint_path: str | Path | None = None,
 ) -> TorchPredictor | OnnxPredictor:
@@ -126,9 +129,6 @@ def make_predictor(
 
     ``threads`` sets ONNX Runtime's intra-op threads, or ``torch.set_num_threads`` for torch.
     """
-    from xraytriage.errors import ConfigError
-    from xraytriage.models.checkpoint import load_checkpoint
-
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
     if not isinstance(checkpoint, Checkpoint):

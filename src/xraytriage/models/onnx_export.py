@@ -1,4 +1,5 @@
-"""Export a checkpoint to ONNX, with stage-2 normalisation inside the graph.
+"""Export a checkpoint to ONNX, with stage-2 normalisation inside the graph, and read an export's
+metadata back (the parity check against PyTorch is ``models.parity``).
 
 The exported graph takes the **uint8 output of stage 1** of the preprocessing contract,
 shape ``(N, S, S)`` with a dynamic batch ``N``, and returns **raw logits** ``(N, L)``:
@@ -29,21 +30,15 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from xraytriage import __version__
-from xraytriage.errors import XRayTriageError
+from xraytriage.errors import MissingFileError, XRayTriageError
 from xraytriage.models.checkpoint import Checkpoint
 from xraytriage.models.factory import ModelConfig
+from xraytriage.models.onnx_format import DEFAULT_OPSET, INPUT_NAME, META_PREFIX, ONNX_FORMAT, OUTPUT_NAME
 from xraytriage.preprocess import PreprocessContract
-
-ONNX_FORMAT = "xraytriage-onnx"
-INPUT_NAME = "image_uint8"
-OUTPUT_NAME = "logits"
-DEFAULT_OPSET = 17
-META_PREFIX = "xraytriage."
 
 
 class NormalizedNetwork(nn.Module):
@@ -146,7 +141,7 @@ def read_onnx_metadata(path: str | Path) -> dict[str, str]:
 
     path = Path(path)
     if not path.is_file():
-        raise XRayTriageError(f"{path}: ONNX file not found")
+        raise MissingFileError(path, "ONNX file")
     try:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
@@ -185,32 +180,3 @@ def onnx_matches(path: str | Path, checkpoint: Checkpoint) -> bool:
         return read_onnx_metadata(path).get("state_hash") == state_hash(checkpoint)
     except XRayTriageError:
         return False
-
-
-def parity_images(checkpoint: Checkpoint, n: int = 4, seed: int = 0) -> np.ndarray:
-    """Test inputs that exercise the whole uint8 range: random noise plus smooth gradients."""
-    size = int(checkpoint.preprocess.size)
-    rng = np.random.default_rng(seed)
-    images = rng.integers(0, 256, size=(n, size, size), dtype=np.uint8)
-    ramp = np.linspace(0, 255, size, dtype=np.float32)
-    images[0] = np.rint(np.add.outer(ramp, ramp) / 2).astype(np.uint8)
-    return images
-
-
-def check_parity(
-    checkpoint: Checkpoint, onnx_path: str | Path, images: np.ndarray | None = None
-) -> dict[str, float]:
-    """Max absolute differences between ONNX Runtime and PyTorch eager on the same uint8 images:
-    ``{"logits": ..., "probabilities": ...}``."""
-    from xraytriage.models.inference import OnnxPredictor, TorchPredictor
-
-    if images is None:
-        images = parity_images(checkpoint)
-    torch_logits = TorchPredictor(checkpoint).predict_logits(images)
-    onnx_logits = OnnxPredictor(onnx_path, checkpoint=checkpoint).predict_logits(images)
-    return {
-        "logits": float(np.max(np.abs(torch_logits - onnx_logits))),
-        "probabilities": float(
-            np.max(np.abs(checkpoint.probabilities(torch_logits) - checkpoint.probabilities(onnx_logits)))
-        ),
-    }

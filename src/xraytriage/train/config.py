@@ -1,9 +1,11 @@
-"""The training configuration: typed dataclasses, loaded from YAML plus ``--set key.sub=value``.
+"""The training configuration: pydantic models, loaded from YAML plus ``--set key.sub=value``.
 
-Every value is type-checked against its field; unknown keys and bad values raise
-:class:`~xraytriage.errors.ConfigError` naming the key (with a "did you mean" hint), so a typo
-never silently trains the wrong model. ``TrainConfig.to_dict()`` is the *resolved* config that
-runs and checkpoints store; it loads back unchanged.
+Every value is type-checked against its field (pydantic v2 in lax mode: ``"1e-4"`` is a number,
+``3.0`` an integer; ``true`` is never a number nor ``1`` a boolean); unknown keys and bad values
+raise :class:`~xraytriage.errors.ConfigError` naming the key (with a "did you mean" hint) and,
+from :func:`load_config`, the file, so a typo never silently trains the wrong model.
+``TrainConfig.to_dict()`` is the *resolved* config that runs and checkpoints store; it loads back
+unchanged.
 """
 
 from __future__ import annotations
@@ -12,21 +14,55 @@ import dataclasses
 import difflib
 import types
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationError,
+    field_serializer,
+)
+from pydantic_core import PydanticCustomError
 
-from xraytriage.errors import ConfigError
+from xraytriage.errors import ConfigError, MissingFileError
 from xraytriage.models.factory import BACKBONES, ModelConfig
 from xraytriage.preprocess import PreprocessContract
+
+
+def _no_bool(kind: str, text: str):
+    def check(value: Any) -> Any:
+        if isinstance(value, bool):  # YAML's true/false are not numbers here
+            raise PydanticCustomError(kind, text)
+        return value
+
+    return BeforeValidator(check)
+
+
+Int = Annotated[int, _no_bool("int_type", "Input should be a valid integer")]
+Float = Annotated[float, _no_bool("float_type", "Input should be a valid number")]
+
+
+class Section(BaseModel):
+    """A config section: unknown keys are errors; numbers are accepted where text is expected;
+    the docstring under each field is its description."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        coerce_numbers_to_str=True,
+        use_attribute_docstrings=True,
+        arbitrary_types_allowed=True,
+    )
+
 
 Task = Literal["multilabel", "abnormal", "binary_relevance"]
 
 
-@dataclass
-class DatasetSpec:
+class DatasetSpec(Section):
     """Which images and labels: ``load_dataset(kind, **options)`` then the task's label set.
 
     Source-specific choices are ``options`` of the dataset, e.g. CheXpert's uncertainty policy
@@ -34,37 +70,36 @@ class DatasetSpec:
     """
 
     kind: str = "csv"
-    options: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = Field(default_factory=dict)
     labels: list[str] | None = None
     """Output labels in order; default: every label of the dataset."""
     task: Task = "multilabel"
-    add_abnormal: bool = False
+    add_abnormal: StrictBool = False
     """Multi-label only: append the derived "Abnormal" output (any finding vs No Finding)."""
-    val_fraction: float = 0.2
+    val_fraction: Float = 0.2
     """Share of *patients* held out for validation (when no separate validation set is given)."""
-    split_seed: int | None = None
+    split_seed: Int | None = None
     """Seed of the patient split and the CV folds; default: the run seed."""
     val_kind: str | None = None
-    val_options: dict[str, Any] = field(default_factory=dict)
+    val_options: dict[str, Any] = Field(default_factory=dict)
     """A separate validation dataset (e.g. CheXpert valid.csv) instead of a split."""
     cache: str | None = None
     """Folder of the uint8 image cache (``data/cache.py``, ``xraytriage datasets cache``) to train from."""
-    build_cache: bool = True
+    build_cache: StrictBool = True
     """Add the dataset's images missing from ``cache`` before training (else they are decoded)."""
-    preload: bool | None = None
+    preload: StrictBool | None = None
     """Decode every image once into memory; default: when no cache and it fits in 2 GiB."""
 
 
-@dataclass
-class ModelSection:
+class ModelSection(Section):
     """The network (:class:`~xraytriage.models.factory.ModelConfig`); ``num_classes`` and
     ``in_channels`` follow from the task and ``preprocess.channels`` when left out."""
 
     backbone: str = "densenet121"
-    width: float = 1.0
-    dropout: float = 0.0
-    in_channels: int | None = None
-    num_classes: int | None = None
+    width: Float = 1.0
+    dropout: Float = 0.0
+    in_channels: Int | None = None
+    num_classes: Int | None = None
 
     def resolve(self, num_classes: int, channels: int) -> ModelConfig:
         if self.num_classes is not None and self.num_classes != num_classes:
@@ -85,95 +120,88 @@ class ModelSection:
         )
 
 
-@dataclass
-class InitConfig:
+class InitConfig(Section):
     """Random init, or start from an xraytriage checkpoint (fine-tune all, or train the head only)."""
 
     checkpoint: str | None = None
     mode: Literal["finetune", "freeze_backbone"] = "finetune"
 
 
-@dataclass
-class LossConfig:
+class LossConfig(Section):
     name: Literal["bce", "weighted_bce", "wcel", "focal", "asymmetric"] = "bce"
-    focal_gamma: float = 2.0
-    focal_alpha: float | None = None
-    asl_gamma_pos: float = 0.0
-    asl_gamma_neg: float = 4.0
-    asl_clip: float = 0.05
-    wcel_per_class: bool = False
+    focal_gamma: Float = 2.0
+    focal_alpha: Float | None = None
+    asl_gamma_pos: Float = 0.0
+    asl_gamma_neg: Float = 4.0
+    asl_clip: Float = 0.05
+    wcel_per_class: StrictBool = False
     """W-CEL: count positives/negatives per label instead of over the whole batch."""
 
 
-@dataclass
-class SamplerConfig:
+class SamplerConfig(Section):
     name: Literal["none", "weighted", "oversample", "undersample", "group_balanced"] = "none"
-    power: float = 1.0
+    power: Float = 1.0
     """weighted: image weight = (1 / prevalence of its rarest positive label) ** power;
     group_balanced: (1 / size of its (group, any finding) cell) ** power."""
     group_by: str = "collection"
     """group_balanced: the dataset table column that names an image's group."""
-    max_factor: float = 10.0
+    max_factor: Float = 10.0
     """oversample: repeat an image at most this many times."""
-    neg_ratio: float = 1.0
+    neg_ratio: Float = 1.0
     """undersample: images without any positive label kept per image with one."""
-    num_samples: int | None = None
+    num_samples: Int | None = None
     """weighted, group_balanced: draws per epoch (default: the training set size)."""
 
 
-@dataclass
-class OptimConfig:
+class OptimConfig(Section):
     name: Literal["adam", "adamw", "sgd"] = "adam"
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    momentum: float = 0.9
-    nesterov: bool = False
-    betas: tuple[float, float] = (0.9, 0.999)
+    lr: Float = 1e-3
+    weight_decay: Float = 0.0
+    momentum: Float = 0.9
+    nesterov: StrictBool = False
+    betas: tuple[Float, Float] = (0.9, 0.999)
 
 
-@dataclass
-class SchedulerConfig:
+class SchedulerConfig(Section):
     name: Literal["none", "step", "exponential", "plateau", "cosine"] = "none"
-    step_size: int = 10
-    gamma: float = 0.1
+    step_size: Int = 10
+    gamma: Float = 0.1
     """step/exponential: multiply the learning rate by gamma (every step_size epochs / every epoch)."""
-    patience: int = 3
-    factor: float = 0.1
+    patience: Int = 3
+    factor: Float = 0.1
     """plateau: multiply by factor after `patience` epochs without improvement of the metric."""
-    warmup_epochs: float = 0.0
-    min_lr: float = 0.0
+    warmup_epochs: Float = 0.0
+    min_lr: Float = 0.0
     """cosine: linear warm-up, then cosine decay to min_lr, stepped every batch."""
 
 
-@dataclass
-class AugmentConfig:
+class AugmentConfig(Section):
     """Batch augmentation on the accelerator; never applied at evaluation."""
 
-    enabled: bool = True
-    hflip: float = 0.5
+    enabled: StrictBool = True
+    hflip: Float = 0.5
     """Probability of a horizontal flip (CheXNet used it; it swaps the heart's side)."""
-    rotate: float = 7.0
+    rotate: Float = 7.0
     """Maximum rotation in degrees (the seeds used ±7°)."""
-    scale: tuple[float, float] = (0.95, 1.05)
-    translate: float = 0.05
+    scale: tuple[Float, Float] = (0.95, 1.05)
+    translate: Float = 0.05
     """Maximum shift as a fraction of the image size."""
-    brightness: float = 0.1
-    contrast: float = 0.1
-    crop: float = 0.0
+    brightness: Float = 0.1
+    contrast: Float = 0.1
+    crop: Float = 0.0
     """Probability of a random resized crop."""
-    crop_scale: tuple[float, float] = (0.7, 1.0)
-    crop_ratio: tuple[float, float] = (0.8, 1.25)
+    crop_scale: tuple[Float, Float] = (0.7, 1.0)
+    crop_ratio: tuple[Float, Float] = (0.8, 1.25)
 
 
-@dataclass
-class EarlyStoppingConfig:
+class EarlyStoppingConfig(Section):
     metric: str = "mean_auc"
     """mean_auc, val_loss, or auc/<Label>; the best epoch by this metric becomes best.pt."""
     mode: Literal["auto", "max", "min"] = "auto"
-    patience: int | None = None
+    patience: Int | None = None
     """Stop after this many epochs without improvement; None trains every epoch."""
-    min_delta: float = 0.0
-    keep_last: bool = False
+    min_delta: Float = 0.0
+    keep_last: StrictBool = False
     """Keep the last epoch as best.pt instead of selecting on validation: in cross-validation this
     keeps out-of-fold predictions honest (no epoch chosen on the very fold being predicted)."""
 
@@ -182,47 +210,55 @@ class EarlyStoppingConfig:
         return self.mode == "max" or (self.mode == "auto" and "loss" not in self.metric)
 
 
-@dataclass
-class TrainConfig:
+class TrainConfig(Section):
     name: str = "run"
-    data: DatasetSpec = field(default_factory=DatasetSpec)
-    preprocess: PreprocessContract = field(default_factory=PreprocessContract)
-    model: ModelSection = field(default_factory=ModelSection)
-    init: InitConfig = field(default_factory=InitConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    sampler: SamplerConfig = field(default_factory=SamplerConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
-    epochs: int = 10
-    batch_size: int = 32
-    eval_batch_size: int | None = None
-    seed: int = 0
-    grad_clip: float | None = None
+    data: DatasetSpec = Field(default_factory=DatasetSpec)
+    preprocess: PreprocessContract = Field(default_factory=PreprocessContract)
+    model: ModelSection = Field(default_factory=ModelSection)
+    init: InitConfig = Field(default_factory=InitConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    sampler: SamplerConfig = Field(default_factory=SamplerConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
+    epochs: Int = 10
+    batch_size: Int = 32
+    eval_batch_size: Int | None = None
+    seed: Int = 0
+    grad_clip: Float | None = None
     """Clip the global gradient norm to this value."""
-    workers: int = 4
-    pin_memory: bool | None = None
+    workers: Int = 4
+    pin_memory: StrictBool | None = None
     """Default: on when training on CUDA."""
     device: str = "auto"
     """auto (cuda when available), cpu, cuda, cuda:1, ..."""
     amp: Literal["auto", "none", "bf16", "fp16"] = "auto"
     """Mixed precision: auto = bf16 on a GPU that supports it, none on CPU."""
-    channels_last: bool = False
-    compile: bool = False
-    max_steps_per_epoch: int | None = None
+    channels_last: StrictBool = False
+    compile: StrictBool = False
+    max_steps_per_epoch: Int | None = None
     """Cut epochs short (smoke tests, benchmarks)."""
-    progress: bool = True
-    save_half: bool = False
+    progress: StrictBool = True
+    save_half: StrictBool = False
     """Store checkpoint weights in float16 (half the file size)."""
 
     # --- (de)serialisation -------------------------------------------------------------------
+    @field_serializer("preprocess")
+    def _contract(self, contract: PreprocessContract) -> dict[str, Any]:
+        return contract.to_dict()
+
     def to_dict(self) -> dict[str, Any]:
-        return _to_plain(self)
+        return _plain(self.model_dump())
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        config = _build(cls, data, "")
+        if not isinstance(data, dict):
+            raise ConfigError(f"config must be a mapping, got {data!r}")
+        try:
+            config = cls.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError(explain(exc, data)) from None
         validate(config)
         return config
 
@@ -246,7 +282,7 @@ def load_config(
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise ConfigError(f"{path}: config file not found")
+            raise MissingFileError(path, "config file")
         try:
             loaded = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:
@@ -286,122 +322,110 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     node[parts[-1]] = value
 
 
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+# --- pydantic's errors in the words of a config file -----------------------------------------------
+_TYPE_WORDS = {
+    "int_type": "must be an integer",
+    "int_parsing": "must be an integer",
+    "int_from_float": "must be an integer",
+    "float_type": "must be a number",
+    "float_parsing": "must be a number",
+    "bool_type": "must be true or false",
+    "bool_parsing": "must be true or false",
+    "string_type": "must be a string",
+    "model_type": "must be a mapping",
+    "model_attributes_type": "must be a mapping",
+    "dataclass_type": "must be a mapping",
+    "dict_type": "must be a mapping",
+    "list_type": "must be a list",
+}
 
 
-def _build(cls: type, data: Any, where: str) -> Any:
-    if isinstance(data, cls):
-        return data
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where.rstrip('.') or 'config'} must be a mapping, got {data!r}")
-    hints = _hints(cls)
-    names = [f.name for f in dataclasses.fields(cls) if f.init]
-    kwargs = {}
-    for key, value in data.items():
-        full = f"{where}{key}"
-        if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f" (did you mean {where}{close[0]}?)" if close else ""
-            raise ConfigError(f"unknown config key {full!r}{hint}; valid keys here: {', '.join(names)}")
-        kwargs[key] = _coerce(value, hints[key], full)
-    try:
-        return cls(**kwargs)
-    except ConfigError as exc:
-        raise ConfigError(f"{where.rstrip('.') or 'config'}: {exc}") from None
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{where.rstrip('.') or 'config'}: {exc}") from None
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _coerce(value: Any, tp: Any, where: str) -> Any:
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if tp is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for option in (a for a in args if a is not type(None)):
-            try:
-                return _coerce(value, option, where)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(
-            errors[0] if len(errors) == 1 else f"{where}: {value!r} is not a valid {_type_name(tp)}"
-        )
-    if origin is Literal:
-        if value not in args:
-            close = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(f"{where} must be one of {', '.join(map(str, args))}; got {value!r}{hint}")
-        return value
+def _fields(tp: Any) -> dict[str, Any] | None:
+    """Field name -> annotation of a section or dataclass (None for anything else)."""
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return {name: info.annotation for name, info in tp.model_fields.items()}
     if dataclasses.is_dataclass(tp):
-        return _build(tp, value, f"{where}.")
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{where} must be true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{where} must be an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML reads "1e-4" (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{where} must be a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return str(value)
-        raise ConfigError(f"{where} must be a string, got {value!r}")
-    if origin is list:
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{where} must be a list, got {value!r}")
-        return [_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is tuple:
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{where} must be a list of {len(args)} values, got {value!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(v, args[0], where) for v in value)
-        if len(value) != len(args):
-            raise ConfigError(f"{where} must have {len(args)} values, got {value!r}")
-        return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where} must be a mapping, got {value!r}")
-        return {str(k): _coerce(v, args[1], f"{where}.{k}") for k, v in value.items()}
-    raise ConfigError(f"{where}: unsupported config type {tp}")  # pragma: no cover - programming error
+        hints = typing.get_type_hints(tp)
+        return {f.name: hints[f.name] for f in dataclasses.fields(tp) if f.init}
+    return None
 
 
-def _to_plain(value: Any) -> Any:
-    if isinstance(value, PreprocessContract):
-        return value.to_dict()
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _to_plain(getattr(value, f.name)) for f in dataclasses.fields(value) if f.init}
+def _strip(tp: Any) -> Any:
+    """``X | None`` -> ``X``; ``Annotated[X, ...]`` -> ``X``."""
+    if typing.get_origin(tp) is Annotated:
+        tp = typing.get_args(tp)[0]
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(options) == 1:
+            return _strip(options[0])
+    return tp
+
+
+def _walk(loc: tuple[Any, ...]) -> tuple[str, Any, Any]:
+    """(dotted key, its annotation, the annotation of the section holding it) for a pydantic
+    error location; union member tags in the location are skipped."""
+    key, tp, parent = "", TrainConfig, None
+    for item in loc:
+        tp = _strip(tp)
+        fields = _fields(tp)
+        origin = typing.get_origin(tp)
+        if fields is not None and isinstance(item, str):
+            key, parent, tp = f"{key}.{item}".lstrip("."), tp, fields.get(item, Any)
+        elif isinstance(item, int) and origin in (list, tuple):
+            args = typing.get_args(tp)
+            key, tp = f"{key}[{item}]", args[0] if origin is list or args[-1] is Ellipsis else args[item]
+        elif origin is dict:
+            key, tp = f"{key}.{item}", typing.get_args(tp)[1]
+    return key, _strip(tp), parent
+
+
+def _raw(data: Any, loc: tuple[Any, ...]) -> Any:
+    """The value at ``loc`` in the raw config (as far as the location leads)."""
+    for item in loc:
+        if (isinstance(data, dict) and item in data) or (
+            isinstance(data, list | tuple) and isinstance(item, int) and item < len(data)
+        ):
+            data = data[item]
+    return data
+
+
+def explain(exc: ValidationError, data: Any) -> str:
+    """The first error of ``exc`` (validating the raw config ``data``) as one sentence that
+    names the key."""
+    error = exc.errors()[0]
+    kind, loc, value = error["type"], tuple(error["loc"]), error.get("input")
+    if kind == "value_error":  # a ConfigError raised while building a section (preprocess)
+        return str(error["ctx"]["error"])
+    key, tp, parent = _walk(loc)
+    if kind in ("extra_forbidden", "unexpected_keyword_argument"):
+        names = list(_fields(parent) or {})
+        where = key.rpartition(".")[0]
+        close = difflib.get_close_matches(str(loc[-1]), names, n=1)
+        hint = f" (did you mean {where + '.' if where else ''}{close[0]}?)" if close else ""
+        return f"unknown config key {key!r}{hint}; valid keys here: {', '.join(names)}"
+    if kind == "literal_error":
+        options = [str(a) for a in typing.get_args(tp)]
+        close = difflib.get_close_matches(str(value), options, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return f"{key} must be one of {', '.join(options)}; got {value!r}{hint}"
+    if kind in ("missing", "too_long", "too_short") and isinstance(loc[-1], int):
+        key, tp, _ = _walk(loc[:-1])
+    if typing.get_origin(tp) is tuple:
+        if kind == "tuple_type":
+            return f"{key} must be a list of {len(typing.get_args(tp))} values, got {value!r}"
+        if kind in ("missing", "too_long", "too_short"):
+            return f"{key} must have {len(typing.get_args(tp))} values, got {_raw(data, loc[:-1] if kind == 'missing' else loc)!r}"
+    if kind in _TYPE_WORDS:
+        return f"{key or 'config'} {_TYPE_WORDS[kind]}, got {value!r}"
+    return f"{key or 'config'}: {error['msg']}"
+
+
+def _plain(value: Any) -> Any:
+    """YAML-friendly: tuples become lists, mapping keys strings."""
     if isinstance(value, list | tuple):
-        return [_to_plain(v) for v in value]
+        return [_plain(v) for v in value]
     if isinstance(value, dict):
-        return {str(k): _to_plain(v) for k, v in value.items()}
+        return {str(k): _plain(v) for k, v in value.items()}
     return value
 
 

@@ -24,14 +24,16 @@ import numpy as np
 import pandas as pd
 
 from xraytriage.data.splits import assert_patient_disjoint
-from xraytriage.labels import abnormal_target
+from xraytriage.labels import NOT_DISEASE, abnormal_target
 from xraytriage.models.checkpoint import abnormal_probability
+from xraytriage.sanitize import write_json
+from xraytriage.stats import grouped_auc
 from xraytriage.train.config import TrainConfig
 from xraytriage.train.data import kfold
 from xraytriage.train.distributed import init_distributed
 from xraytriage.train.metrics import validation_metrics
 from xraytriage.train.run import merged_metrics, prepare_data, train_networks
-from xraytriage.train.trainer import FitResult, write_json
+from xraytriage.train.trainer import FitResult
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +67,6 @@ def _mean_std(values: list[float]) -> dict[str, Any]:
 def grouped_oof(dataset, oof: np.ndarray, group_by: str) -> dict[str, Any] | None:
     """Out-of-fold AUC within each group (e.g. collection) for the triage score and every
     finding, and their means: the honest numbers when groups differ in selection."""
-    from xraytriage.evaluate.grouped import grouped_auc
-    from xraytriage.labels import NOT_DISEASE
-
     if group_by not in dataset.table.columns or dataset.table[group_by].nunique() < 2:
         return None
     groups = dataset.table[group_by].astype(str).to_numpy()

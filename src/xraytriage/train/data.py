@@ -17,8 +17,12 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from xraytriage.data.base import RadiographDataset
+from xraytriage.data.cache import ImageCache
+from xraytriage.data.registry import load_dataset
+from xraytriage.data.splits import kfold_indices, train_val_test_split
 from xraytriage.data.torch_dataset import UInt8Dataset, UInt8Source, collate
 from xraytriage.errors import ConfigError, ImageReadError
+from xraytriage.io import read_radiograph
 from xraytriage.preprocess import PreprocessContract
 
 log = logging.getLogger(__name__)
@@ -29,14 +33,6 @@ PRELOAD_LIMIT_BYTES = 2 << 30
 def load_source(kind: str, options: dict[str, Any]) -> RadiographDataset:
     """``xraytriage.data.registry.load_dataset(kind, **options)``; errors name the kind."""
     try:
-        from xraytriage.data.registry import load_dataset
-    except ImportError:  # registry not installed: the generic CSV dataset still works
-        if kind != "csv":
-            raise ConfigError(f"dataset kind {kind!r} needs xraytriage.data.registry") from None
-        from xraytriage.data.csv_dataset import CSVDataset
-
-        return CSVDataset(**options)
-    try:
         return load_dataset(kind, **options)
     except TypeError as exc:  # wrong option names
         raise ConfigError(f"data.options for kind {kind!r}: {exc}") from None
@@ -46,8 +42,6 @@ def train_val_indices(
     dataset: RadiographDataset, val_fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Patient-grouped split stratified by each image's rarest finding (``data/splits.py``)."""
-    from xraytriage.data.splits import train_val_test_split
-
     parts = train_val_test_split(dataset, val=val_fraction, test=0.0, seed=seed)
     if len(parts.get("val", [])) == 0 or len(parts["train"]) == 0:
         raise ConfigError(
@@ -58,8 +52,6 @@ def train_val_indices(
 
 
 def kfold(dataset: RadiographDataset, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    from xraytriage.data.splits import kfold_indices
-
     return kfold_indices(dataset, n_splits=folds, seed=seed)
 
 
@@ -86,8 +78,6 @@ class _Decode(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[int, np.ndarray | None, str]:
-        from xraytriage.io import read_radiograph
-
         try:
             return i, self.contract.to_uint8(read_radiograph(self.paths[i]).pixels), ""
         except ImageReadError as exc:
@@ -136,8 +126,6 @@ def open_cache(
 ) -> UInt8Source:
     """The uint8 cache (``data/cache.py``) under ``path`` for this contract; with ``build``,
     images of ``dataset`` not cached yet are added first (so one command trains from a cache)."""
-    from xraytriage.data.cache import ImageCache
-
     cache = ImageCache(path, contract)
     missing = int((cache.lookup(dataset.paths) < 0).sum())
     if missing and build:

@@ -16,6 +16,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from xraytriage.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 
@@ -83,8 +85,6 @@ def resolve_device(preference: str, ctx: DistContext) -> torch.device:
     device = torch.device(preference)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            from xraytriage.errors import ConfigError
-
             raise ConfigError(f"device {preference!r} requested but no CUDA GPU is available")
         if device.index is None:
             device = torch.device("cuda", ctx.local_rank if ctx.enabled else torch.cuda.current_device())

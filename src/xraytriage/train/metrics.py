@@ -9,6 +9,8 @@ from collections.abc import Sequence
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
+from xraytriage.stats import youden_threshold as youden
+
 
 def _binary(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Rows whose label is usable (in [0, 1]; soft labels are rounded) as (y, p)."""
@@ -27,8 +29,6 @@ def label_auc(labels: np.ndarray, probs: np.ndarray) -> float:
 
 def youden_threshold(labels: np.ndarray, probs: np.ndarray, default: float = 0.5) -> float:
     """Probability threshold maximising Youden's J on these rows (``default`` if undefined)."""
-    from xraytriage.evaluate.operating_points import youden_threshold as youden
-
     y, p = _binary(labels, probs)  # training labels may be soft (LSR) or 2 (U-MultiClass)
     if len(np.unique(y)) < 2:
         return default

@@ -12,11 +12,12 @@ import numpy as np
 from xraytriage.data.base import RadiographDataset
 from xraytriage.data.torch_dataset import UInt8Source
 from xraytriage.errors import ConfigError
+from xraytriage.sanitize import write_json
 from xraytriage.train.config import TrainConfig
 from xraytriage.train.data import image_source, load_source, train_val_indices
 from xraytriage.train.distributed import DistContext, init_distributed
 from xraytriage.train.tasks import jobs, task_dataset
-from xraytriage.train.trainer import FitResult, Trainer, write_json
+from xraytriage.train.trainer import FitResult, Trainer
 
 log = logging.getLogger(__name__)
 

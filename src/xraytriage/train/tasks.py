@@ -11,12 +11,12 @@ always follows from here, never from a hand-written number.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from xraytriage.data.base import RadiographDataset
 from xraytriage.errors import ConfigError
 from xraytriage.labels import ABNORMAL, canonical_label
+from xraytriage.sanitize import file_slug
 from xraytriage.train.config import DatasetSpec
 
 
@@ -29,7 +29,8 @@ class Job:
 
 
 def slug(label: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "_", label.lower()).strip("_") or "label"
+    """A binary-relevance network's sub-folder: ``"Pleural Thickening"`` -> ``pleural_thickening``."""
+    return file_slug(label, lower=True, fallback="label")
 
 
 def task_dataset(dataset: RadiographDataset, spec: DatasetSpec) -> RadiographDataset:

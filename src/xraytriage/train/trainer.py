@@ -1,15 +1,9 @@
-"""The training loop for one network: epochs, validation, checkpoints, early stopping, resume.
+"""The training loop for one network: epochs, validation, best epoch, early stopping, resume.
 
-A job directory ends up holding::
-
-    config.yaml          resolved config (loads back with ``xraytriage train``)
-    metrics.csv          one row per epoch: lr, train_loss, val_loss, mean_auc, auc/<label>, images/s
-    tensorboard/         the same curves for TensorBoard
-    best.pt, last.pt     servable xraytriage checkpoints (config, labels, preprocessing contract,
-                         data fingerprint, validation metrics, Youden thresholds)
-    last.state.pt        optimizer / scheduler / scaler / sampler state for ``--resume`` only
-    val_predictions.csv  the best model's validation probabilities (path, patient_id, label, prob)
-    summary.json         best epoch and metrics, epochs run, speed
+The loop is small because its parts live beside it: the network (``network``), the optimiser
+set-up (``optim.Optimisation``), the best-epoch tracker (``tracker``), the run folder
+(``writer.RunWriter``: checkpoints, resume state, metrics.csv, TensorBoard) and the callbacks
+that save and log after every epoch (``callbacks``).
 
 Every random choice of an epoch (sampler order, augmentation, dropout) is seeded from
 ``(seed, epoch, rank)``, and state is written after each completed epoch, so a run interrupted
@@ -18,8 +12,6 @@ by a crash or Ctrl-C resumes at the next epoch and produces what the uninterrupt
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 import math
 import random
@@ -30,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
@@ -39,20 +30,23 @@ from tqdm.auto import tqdm
 from xraytriage.data.base import RadiographDataset
 from xraytriage.data.torch_dataset import UInt8Source
 from xraytriage.errors import ConfigError
-from xraytriage.models.checkpoint import Checkpoint, load_checkpoint
-from xraytriage.models.factory import ModelConfig, build_model
-from xraytriage.preprocess import PreprocessContract
+from xraytriage.models.checkpoint import Checkpoint
 from xraytriage.train.augment import BatchAugment
-from xraytriage.train.config import OptimConfig, SchedulerConfig, TrainConfig
+from xraytriage.train.callbacks import Callback, EpochRecord, default_callbacks
+from xraytriage.train.config import TrainConfig
 from xraytriage.train.data import TrainImages, batch_collate
 from xraytriage.train.distributed import DistContext, resolve_device
 from xraytriage.train.losses import build_loss, positive_fraction
-from xraytriage.train.metrics import is_better, validation_metrics, youden_thresholds
+from xraytriage.train.metrics import validation_metrics
+from xraytriage.train.network import build_network, head_module, keep_frozen_norms_in_eval
+from xraytriage.train.optim import Optimisation, build_optimizer, resolve_amp
 from xraytriage.train.samplers import EpochSampler, ShardSampler, sampling_strata
+from xraytriage.train.tracker import BestEpochTracker
+from xraytriage.train.writer import RESUME_STATE, RunWriter
+
+__all__ = ["FitResult", "Trainer", "build_optimizer", "epoch_seed", "head_module", "seed_everything"]
 
 log = logging.getLogger(__name__)
-
-RESUME_STATE = "last.state.pt"
 
 
 @dataclass
@@ -74,7 +68,6 @@ class FitResult:
         return self.output / "best.pt"
 
 
-# --- building blocks -----------------------------------------------------------------------------
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
@@ -85,161 +78,16 @@ def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
     return (seed * 1_000_003 + epoch * 7919 + rank * 104_729) % (2**31)
 
 
-def head_module(net: nn.Module) -> tuple[str, nn.Linear]:
-    """The classification layer: the network's last ``nn.Linear`` (true for every backbone here)."""
-    last = None
-    for name, module in net.named_modules():
-        if isinstance(module, nn.Linear):
-            last = (name, module)
-    if last is None:
-        raise ConfigError(f"{type(net).__name__}: no linear classification layer found")
-    return last
+def _sigmoid(logits: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(logits, -60, 60)))
 
 
-def init_from_checkpoint(
-    net: nn.Module,
-    model_cfg: ModelConfig,
-    label_names: list[str],
-    path: str,
-    contract: PreprocessContract | None = None,
-) -> str:
-    """Load a checkpoint's weights into ``net``. Same labels: everything. Other labels: the
-    backbone, plus the head rows of the labels both share; the rest of the head starts fresh."""
-    ckpt = load_checkpoint(path)
-    if contract is not None and ckpt.preprocess.to_dict() != contract.to_dict():
-        log.warning(
-            "init.checkpoint %s was trained with preprocessing %s; this run uses %s (set preprocess to match "
-            "unless the change is intended)",
-            path,
-            ckpt.preprocess.to_dict(),
-            contract.to_dict(),
-        )
-    theirs = ckpt.model
-    for key in ("backbone", "in_channels", "width"):
-        if getattr(theirs, key) != getattr(model_cfg, key):
-            raise ConfigError(
-                f"init.checkpoint {path}: model.{key} is {getattr(theirs, key)!r} there but "
-                f"{getattr(model_cfg, key)!r} in this config"
-            )
-    state = {k: v.float() if v.is_floating_point() else v for k, v in ckpt.state_dict.items()}
-    if list(ckpt.label_names) == list(label_names):
-        net.load_state_dict(state)
-        return f"all weights from {path}"
-    head_name, head = head_module(net)
-    prefix = f"{head_name}."
-    body = {k: v for k, v in state.items() if not k.startswith(prefix)}
-    missing, unexpected = net.load_state_dict(body, strict=False)
-    missing = [k for k in missing if not k.startswith(prefix)]
-    if missing or unexpected:
-        raise ConfigError(
-            f"init.checkpoint {path}: weights do not fit (missing {missing[:3]}, unexpected {unexpected[:3]})"
-        )
-    shared = [n for n in label_names if n in ckpt.label_names]
-    with torch.no_grad():
-        for name in shared:
-            i, j = ckpt.label_names.index(name), label_names.index(name)
-            head.weight[j] = state[f"{prefix}weight"][i]
-            if head.bias is not None and f"{prefix}bias" in state:
-                head.bias[j] = state[f"{prefix}bias"][i]
-    return f"backbone from {path}; head rows reused for {len(shared)} of {len(label_names)} labels"
-
-
-def freeze_backbone(net: nn.Module) -> list[nn.Parameter]:
-    """Freeze everything but the head; returns the parameters left to train."""
-    _, head = head_module(net)
-    head_params = {id(p) for p in head.parameters()}
-    for p in net.parameters():
-        p.requires_grad_(id(p) in head_params)
-    return [p for p in net.parameters() if p.requires_grad]
-
-
-def keep_frozen_norms_in_eval(net: nn.Module) -> None:
-    """Batch-norm layers whose weights are frozen also keep their running statistics."""
-    for module in net.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            params = list(module.parameters(recurse=False))
-            if params and not any(p.requires_grad for p in params):
-                module.eval()
-
-
-def build_optimizer(params: list[nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:
-    if cfg.name == "sgd":
-        return torch.optim.SGD(
-            params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
-            weight_decay=cfg.weight_decay,
-        )  # fmt: skip
-    cls = torch.optim.AdamW if cfg.name == "adamw" else torch.optim.Adam
-    return cls(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-
-
-def build_scheduler(
-    optimizer: torch.optim.Optimizer,
-    cfg: SchedulerConfig,
-    epochs: int,
-    steps_per_epoch: int,
-    maximize: bool,
-    lr: float,
-) -> tuple[Any, bool]:
-    """(scheduler or None, stepped every batch?)."""
-    if cfg.name == "step":
-        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma), False
-    if cfg.name == "exponential":
-        return torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.gamma), False
-    if cfg.name == "plateau":
-        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer,
-            mode="max" if maximize else "min",
-            factor=cfg.factor,
-            patience=cfg.patience,
-            min_lr=cfg.min_lr,
-        )
-        return sched, False
-    if cfg.name == "cosine":
-        total = max(1, epochs * steps_per_epoch)
-        warm = round(cfg.warmup_epochs * steps_per_epoch)
-        floor = min(1.0, cfg.min_lr / lr)
-
-        def factor(step: int) -> float:
-            if step < warm:
-                return (step + 1) / warm
-            progress = min(1.0, (step - warm) / max(1, total - warm))
-            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor), True
-    return None, False
-
-
-def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
-    if amp == "none":
-        return None
-    if amp == "auto":
-        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
-    if amp == "fp16":
-        if device.type != "cuda":
-            raise ConfigError("amp: fp16 needs a CUDA device; use bf16 or none")
-        return torch.float16
-    return torch.bfloat16
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        return _json_safe(value.item())
-    return value
-
-
-def write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(_json_safe(data), indent=2) + "\n")
-
-
-# --- the trainer ---------------------------------------------------------------------------------
 class Trainer:
-    """Trains one network on ``train_set`` and validates on ``val_set`` (labels = network outputs)."""
+    """Trains one network on ``train_set`` and validates on ``val_set`` (labels = network outputs).
+
+    Construction builds everything (seeded, so every rank starts from the same weights);
+    :meth:`fit` writes the run folder and runs the epochs.
+    """
 
     def __init__(
         self,
@@ -253,10 +101,12 @@ class Trainer:
         ctx: DistContext | None = None,
         resume: bool = False,
         name: str | None = None,
+        callbacks: list[Callback] | None = None,
     ) -> None:
         if list(train_set.label_names) != list(val_set.label_names):
             raise ConfigError("training and validation sets have different labels")
-        self.config = config
+        c = config
+        self.config = c
         self.train_set, self.val_set = train_set, val_set
         self.label_names = list(train_set.label_names)
         self.output = Path(output)
@@ -264,16 +114,96 @@ class Trainer:
         self.val_source = val_source if val_source is not None else source
         self.ctx = ctx or DistContext()
         self.resume = resume
-        self.name = name or config.name
-        self.contract = config.preprocess
-        self.model_cfg = config.model.resolve(len(self.label_names), self.contract.channels)
-        self.device = resolve_device(config.device, self.ctx)
-        self.amp_dtype = resolve_amp(config.amp, self.device)
-        self.maximize = config.early_stopping.maximize
+        self.name = name or c.name
+        self.contract = c.preprocess
+        self.model_cfg = c.model.resolve(len(self.label_names), self.contract.channels)
+        self.device = resolve_device(c.device, self.ctx)
+        self.amp_dtype = resolve_amp(c.amp, self.device)
         self.has_validation = len(val_set) > 0
         """False for a final model trained on every image (``data.val_fraction: 0``)."""
+        self.writer = RunWriter(self.output, self.label_names)
+        self.callbacks = default_callbacks() if callbacks is None else list(callbacks)
 
-    # --- setup ---------------------------------------------------------------------------------
+        seed_everything(c.seed)  # identical initial weights on every rank
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        self.net, self.params, self.init_note = build_network(
+            c, self.model_cfg, self.label_names, self.device
+        )
+        self.model = self._wrapped(self.net)
+        """What the training step calls: the network, under DDP and/or ``torch.compile`` when asked."""
+        self.train_loader, self.val_loader, self.sampler = self._loaders()
+        steps = len(self.train_loader)
+        if c.max_steps_per_epoch is not None:
+            steps = min(steps, c.max_steps_per_epoch)
+        self.optim = Optimisation(self.params, c, steps, c.early_stopping.maximize, self.amp_dtype)
+        self.loss_fn = build_loss(c.loss, positive_fraction(train_set.labels)).to(self.device)
+        self.augment = BatchAugment(c.augment, c.seed) if c.augment.enabled else None
+        self.tracker = BestEpochTracker(c.early_stopping, self.has_validation)
+        self.epoch = 0
+        """The next epoch to run (0-based); a resumed run starts after its last completed one."""
+        self.history: list[dict[str, float]] = []
+        self.speeds: list[float] = []
+
+    # --- the run ---------------------------------------------------------------------------------
+    def fit(self) -> FitResult:
+        """Run the epochs (from the last completed one with ``resume``); best.pt is the best epoch."""
+        if self.ctx.is_main:
+            self.writer.start(self.config)
+        self.ctx.barrier()
+        self._resume_or_refuse()
+        self._emit("on_fit_start")
+        try:
+            while self.epoch < self.config.epochs and not self.tracker.stopped:
+                self._emit("on_epoch_end", self._run_epoch())
+                self.ctx.barrier()
+                self.epoch += 1
+            self._emit("on_fit_end")
+        except KeyboardInterrupt:
+            self._emit("on_interrupt")
+            raise
+        finally:
+            self._emit("close")
+        return self._finish()
+
+    def _run_epoch(self) -> EpochRecord:
+        """Train one epoch, validate, and record it (history, schedule, best epoch)."""
+        c, epoch = self.config, self.epoch
+        self.sampler.set_epoch(epoch)
+        if self.augment is not None:
+            self.augment.set_epoch(epoch, self.ctx.rank)
+        torch.manual_seed(epoch_seed(c.seed, epoch, self.ctx.rank))
+        lr = self.optim.lr
+        t0 = time.perf_counter()
+        train_loss, speed = self._train_epoch(epoch, self.train_loader)
+        if self.has_validation:
+            metrics, probs = self._validate(self.val_loader)
+        else:
+            metrics, probs = {"val_loss": math.nan, "mean_auc": math.nan}, None
+        self.speeds.append(speed)
+        row = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, **metrics, "images_per_s": speed,
+               "epoch_time_s": time.perf_counter() - t0}  # fmt: skip
+        self.history.append(row)
+        value = self.tracker.monitored(metrics)
+        self.optim.end_epoch(value, metrics["val_loss"])
+        improved = self.tracker.update(value, epoch + 1)
+        return EpochRecord(epoch + 1, row, metrics, probs, improved)
+
+    def _emit(self, event: str, *args: Any) -> None:
+        if self.ctx.is_main:
+            for callback in self.callbacks:
+                getattr(callback, event)(self, *args)
+
+    # --- set-up ----------------------------------------------------------------------------------
+    def _wrapped(self, net: nn.Module) -> nn.Module:
+        model = net
+        if self.ctx.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            model = nn.parallel.DistributedDataParallel(net, device_ids=ids)
+        if self.config.compile:
+            model = torch.compile(model)
+        return model
+
     def _loaders(self) -> tuple[DataLoader, DataLoader, EpochSampler]:
         c, ctx = self.config, self.ctx
         pin = c.pin_memory if c.pin_memory is not None else self.device.type == "cuda"
@@ -301,23 +231,6 @@ class Trainer:
             **common,
         )
         return train, val, sampler
-
-    def _build_network(self) -> tuple[nn.Module, list[nn.Parameter], str]:
-        c = self.config
-        net = build_model(self.model_cfg)
-        note = "random initialisation"
-        if c.init.checkpoint:
-            note = init_from_checkpoint(
-                net, self.model_cfg, self.label_names, c.init.checkpoint, self.contract
-            )
-        params = [p for p in net.parameters() if p.requires_grad]
-        if c.init.mode == "freeze_backbone":
-            params = freeze_backbone(net)
-            note += "; backbone frozen, training the head only"
-        net = net.to(self.device)
-        if c.channels_last:
-            net = net.to(memory_format=torch.channels_last)
-        return net, params, note
 
     # --- one epoch -------------------------------------------------------------------------------
     def _inputs(self, images: torch.Tensor, augment: BatchAugment | None) -> torch.Tensor:
@@ -354,21 +267,7 @@ class Trainer:
             with self._autocast():
                 logits = self.model(x)
             loss = self.loss_fn(logits.float(), y)
-            self.optimizer.zero_grad(set_to_none=True)
-            if self.scaler is not None:
-                self.scaler.scale(loss).backward()
-                self.scaler.unscale_(self.optimizer)
-            else:
-                loss.backward()
-            if c.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(self.params, c.grad_clip)
-            if self.scaler is not None:
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-            else:
-                self.optimizer.step()
-            if self.scheduler is not None and self.per_step:
-                self.scheduler.step()
+            self.optim.step(loss)
             total += float(loss.detach()) * len(x)
             count += len(x)
             images += len(x)
@@ -412,11 +311,11 @@ class Trainer:
         logits = self.predict_logits(loader)
         labels = self.val_set.labels
         loss = float(self.loss_fn(torch.from_numpy(logits), torch.from_numpy(labels)))
-        probs = 1.0 / (1.0 + np.exp(-np.clip(logits, -60, 60)))
+        probs = _sigmoid(logits)
         return validation_metrics(labels, probs, self.label_names, loss), probs
 
     # --- persistence -----------------------------------------------------------------------------
-    def _checkpoint(self, metrics: dict[str, float], epoch: int, thresholds: dict[str, float]) -> Checkpoint:
+    def checkpoint(self, metrics: dict[str, float], epoch: int, thresholds: dict[str, float]) -> Checkpoint:
         state = {k: v.detach().cpu().contiguous().clone() for k, v in self.net.state_dict().items()}
         return Checkpoint(
             model=self.model_cfg,
@@ -438,209 +337,46 @@ class Trainer:
             name=self.name,
         )
 
-    def _write_metrics_csv(self) -> None:
-        columns = ["epoch", "lr", "train_loss", "val_loss", "mean_auc",
-                   *[f"auc/{n}" for n in self.label_names], "images_per_s", "epoch_time_s"]  # fmt: skip
-        with open(self.output / "metrics.csv", "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
-            writer.writeheader()
-            for row in self.history:
-                writer.writerow(
-                    {k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
-                )
-
-    def _save_state(self, epoch: int, stopped: bool) -> None:
-        state = {
-            "epoch": epoch,
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "sampler": {"seed": self.config.seed, "next_epoch": epoch},
-            "best": {"value": self.best_value, "epoch": self.best_epoch},
-            "bad_epochs": self.bad_epochs,
-            "stopped": stopped,
+    def resume_state(self) -> dict[str, Any]:
+        """What ``--resume`` needs after the current epoch (``last.state.pt``)."""
+        return {
+            "epoch": self.epoch + 1,
+            **self.optim.state_dict(),
+            "sampler": {"seed": self.config.seed, "next_epoch": self.epoch + 1},
+            **self.tracker.state_dict(),
             "history": self.history,
             "label_names": self.label_names,
             "fingerprint": self.train_set.fingerprint(),
         }
-        tmp = self.output / (RESUME_STATE + ".tmp")
-        torch.save(state, tmp)
-        tmp.replace(self.output / RESUME_STATE)
 
-    def _load_state(self) -> dict[str, Any] | None:
-        path, last = self.output / RESUME_STATE, self.output / "last.pt"
-        if not (path.is_file() and last.is_file()):
-            return None
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if list(state["label_names"]) != self.label_names:
-            raise ConfigError(
-                f"{self.output}: cannot resume, the run was trained on labels {state['label_names']}"
+    def _resume_or_refuse(self) -> None:
+        """With ``resume``: continue the interrupted run in ``output``; without: never overwrite one."""
+        if not self.resume:
+            if self.writer.holds_run():
+                raise ConfigError(
+                    f"{self.output} already holds a run; pass --resume to continue it or choose another --output"
+                )
+            return
+        restored = self.writer.read_resume_state(self.train_set.fingerprint(), self.model_cfg)
+        if restored is None:
+            log.warning(
+                "%s: nothing to resume (no last.pt + %s); starting from epoch 1", self.output, RESUME_STATE
             )
-        if state["fingerprint"] != self.train_set.fingerprint():
-            raise ConfigError(
-                f"{self.output}: cannot resume, the training data differ from the interrupted run's"
-            )
-        ckpt = load_checkpoint(last)
-        if ckpt.model != self.model_cfg:
-            raise ConfigError(f"{self.output}: cannot resume, the run's model was {ckpt.model}")
-        self.net.load_state_dict({k: v.to(self.device) for k, v in ckpt.state_dict.items()})
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.scheduler is not None and state["scheduler"] is not None:
-            self.scheduler.load_state_dict(state["scheduler"])
-        if self.scaler is not None and state["scaler"] is not None:
-            self.scaler.load_state_dict(state["scaler"])
-        self.best_value, self.best_epoch = state["best"]["value"], state["best"]["epoch"]
-        self.bad_epochs = int(state["bad_epochs"])
+            return
+        state, last = restored
+        self.net.load_state_dict({k: v.to(self.device) for k, v in last.state_dict.items()})
+        self.optim.load_state_dict(state)
+        self.tracker.load_state_dict(state)
         self.history = list(state["history"])
-        return state
+        self.epoch = int(state["epoch"])
+        log.info("%s: resuming after epoch %d", self.output, self.epoch)
 
-    # --- the run ---------------------------------------------------------------------------------
-    def fit(self) -> FitResult:
-        c, ctx = self.config, self.ctx
-        if ctx.is_main:
-            self.output.mkdir(parents=True, exist_ok=True)
-            c.save(self.output / "config.yaml")
-        ctx.barrier()
-        seed_everything(c.seed)  # identical initial weights on every rank
-        if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
-        self.net, self.params, init_note = self._build_network()
-        self.model: nn.Module = self.net
-        if ctx.enabled:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.model = nn.parallel.DistributedDataParallel(self.net, device_ids=ids)
-        if c.compile:
-            self.model = torch.compile(self.model)
-        train_loader, val_loader, sampler = self._loaders()
-        steps = (
-            len(train_loader)
-            if c.max_steps_per_epoch is None
-            else min(len(train_loader), c.max_steps_per_epoch)
-        )
-        self.optimizer = build_optimizer(self.params, c.optim)
-        self.scheduler, self.per_step = build_scheduler(
-            self.optimizer, c.scheduler, c.epochs, steps, self.maximize, c.optim.lr
-        )
-        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
-        self.loss_fn = build_loss(c.loss, positive_fraction(self.train_set.labels)).to(self.device)
-        self.augment = BatchAugment(c.augment, c.seed) if c.augment.enabled else None
-        self.history: list[dict[str, float]] = []
-        self.best_value: float | None = None
-        self.best_epoch: int | None = None
-        self.bad_epochs = 0
-        start_epoch, stopped = 0, False
-        if self.resume:
-            state = self._load_state()
-            if state is None:
-                log.warning(
-                    "%s: nothing to resume (no last.pt + %s); starting from epoch 1",
-                    self.output,
-                    RESUME_STATE,
-                )
-            else:
-                start_epoch, stopped = int(state["epoch"]), bool(state["stopped"])
-                log.info("%s: resuming after epoch %d", self.output, start_epoch)
-        elif (self.output / "last.pt").exists():
-            raise ConfigError(
-                f"{self.output} already holds a run; pass --resume to continue it or choose another --output"
-            )
-        if ctx.is_main:
-            log.info("%s: %d train / %d val images, %d labels, %s on %s (%s)", self.name, len(self.train_set),
-                     len(self.val_set), len(self.label_names), self.model_cfg.backbone, self.device, init_note)  # fmt: skip
-        writer = None
-        if ctx.is_main:
-            from torch.utils.tensorboard import SummaryWriter
-
-            writer = SummaryWriter(str(self.output / "tensorboard"), purge_step=start_epoch + 1)
-        speeds = []
-        try:
-            epoch = start_epoch
-            while epoch < c.epochs and not stopped:
-                sampler.set_epoch(epoch)
-                if self.augment is not None:
-                    self.augment.set_epoch(epoch, ctx.rank)
-                torch.manual_seed(epoch_seed(c.seed, epoch, ctx.rank))
-                lr = self.optimizer.param_groups[0]["lr"]
-                t0 = time.perf_counter()
-                train_loss, speed = self._train_epoch(epoch, train_loader)
-                if self.has_validation:
-                    metrics, probs = self._validate(val_loader)
-                else:
-                    metrics, probs = {"val_loss": math.nan, "mean_auc": math.nan}, None
-                speeds.append(speed)
-                row = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, **metrics, "images_per_s": speed,
-                       "epoch_time_s": time.perf_counter() - t0}  # fmt: skip
-                self.history.append(row)
-                value = metrics.get(c.early_stopping.metric)
-                if value is None:
-                    raise ConfigError(
-                        f"early_stopping.metric {c.early_stopping.metric!r} is not one of {sorted(metrics)}"
-                    )
-                if self.scheduler is not None and not self.per_step:
-                    if c.scheduler.name == "plateau":
-                        self.scheduler.step(value if math.isfinite(value) else metrics["val_loss"])
-                    else:
-                        self.scheduler.step()
-                keep_last = c.early_stopping.keep_last or not self.has_validation
-                improved = (
-                    keep_last
-                    or self.best_epoch is None
-                    or is_better(value, self.best_value, self.maximize, c.early_stopping.min_delta)
-                )
-                if improved:
-                    self.best_value, self.best_epoch, self.bad_epochs = value, epoch + 1, 0
-                else:
-                    self.bad_epochs += 1
-                stopped = (
-                    self.has_validation
-                    and c.early_stopping.patience is not None
-                    and self.bad_epochs >= c.early_stopping.patience
-                )
-                if ctx.is_main:
-                    thresholds = (
-                        youden_thresholds(self.val_set.labels, probs, self.label_names)
-                        if probs is not None
-                        else {}
-                    )
-                    ckpt = self._checkpoint(metrics, epoch + 1, thresholds)
-                    if improved:
-                        ckpt.save(self.output / "best.pt", half=c.save_half)
-                    ckpt.save(self.output / "last.pt", half=c.save_half)
-                    self._save_state(epoch + 1, stopped)
-                    self._write_metrics_csv()
-                    for key, v in row.items():
-                        if key != "epoch" and isinstance(v, float) and math.isfinite(v):
-                            writer.add_scalar(key if "/" in key else f"epoch/{key}", v, epoch + 1)
-                    writer.flush()
-                    log.info("%s epoch %d/%d: train_loss %.4f val_loss %.4f mean_auc %.4f lr %.2e %.0f img/s%s",
-                             self.name, epoch + 1, c.epochs, train_loss, metrics["val_loss"], metrics["mean_auc"], lr,
-                             speed, " *" if improved else "")  # fmt: skip
-                ctx.barrier()
-                epoch += 1
-            if stopped and ctx.is_main:
-                log.info(
-                    "%s: early stopping after epoch %d (best epoch %s)",
-                    self.name,
-                    len(self.history),
-                    self.best_epoch,
-                )
-        except KeyboardInterrupt:
-            if ctx.is_main:
-                log.warning(
-                    "%s: interrupted; completed epochs are saved, continue with --resume", self.output
-                )
-            raise
-        finally:
-            if writer is not None:
-                writer.close()
-        return self._finish(val_loader, stopped, speeds)
-
-    def _finish(self, val_loader: DataLoader, stopped: bool, speeds: list[float]) -> FitResult:
-        best = load_checkpoint(self.output / "best.pt")
+    def _finish(self) -> FitResult:
+        best = self.writer.load_best()
         self.net.load_state_dict({k: v.float().to(self.device) if v.is_floating_point() else v
                                   for k, v in best.state_dict.items()})  # fmt: skip
         if self.has_validation:
-            probs = 1.0 / (1.0 + np.exp(-np.clip(self.predict_logits(val_loader), -60, 60)))
+            probs = _sigmoid(self.predict_logits(self.val_loader))
         else:
             probs = np.zeros((0, len(self.label_names)), np.float32)
         best_metrics = {
@@ -654,28 +390,18 @@ class Trainer:
             best_epoch=int(best.metrics.get("epoch", 0)),
             best_metrics=best_metrics,
             epochs_run=len(self.history),
-            stopped_early=stopped,
+            stopped_early=self.tracker.stopped,
             history=self.history,
             val_probabilities=probs,
             val_labels=self.val_set.labels,
-            images_per_s=float(np.mean(speeds)) if speeds else math.nan,
+            images_per_s=float(np.mean(self.speeds)) if self.speeds else math.nan,
         )
         if self.ctx.is_main:
             if self.has_validation:
-                self._write_predictions(probs)
-            write_json(
-                self.output / "summary.json", {**summary_of(result, best), "world_size": self.ctx.world_size}
-            )
+                self.writer.write_predictions(self.val_set, probs)
+            self.writer.write_summary({**summary_of(result, best), "world_size": self.ctx.world_size})
         self.ctx.barrier()
         return result
-
-    def _write_predictions(self, probs: np.ndarray) -> None:
-        table = self.val_set.table
-        frame = pd.DataFrame({"path": table["path"], "patient_id": table["patient_id"]})
-        for j, name in enumerate(self.label_names):
-            frame[name] = self.val_set.labels[:, j]
-            frame[f"prob_{name}"] = probs[:, j]
-        frame.to_csv(self.output / "val_predictions.csv", index=False)
 
 
 def summary_of(result: FitResult, best: Checkpoint) -> dict[str, Any]:

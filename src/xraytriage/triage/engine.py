@@ -22,11 +22,13 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from xraytriage.errors import ConfigError, ImageReadError
+from xraytriage.io import iter_input_files, read_radiograph
+from xraytriage.models.predictor import Predictor
 from xraytriage.preprocess import PreprocessContract
 from xraytriage.scope import low_resolution_warning, scope_problem
 from xraytriage.triage.aggregate import aggregate_probabilities, check_aggregation
@@ -49,15 +51,6 @@ KEPT_META = (
 )
 
 
-class Predictor(Protocol):
-    """What the engine needs from a backend (``TorchPredictor``, ``OnnxPredictor``)."""
-
-    checkpoint: Any
-    name: str
-
-    def predict_logits(self, batch_uint8: np.ndarray) -> np.ndarray: ...
-
-
 @dataclass
 class Prepared:
     """A worker's answer for one file: the uint8 image, or the error that names the file."""
@@ -73,8 +66,6 @@ def prepare_image(
 ) -> Prepared:
     """Read and apply stage 1 of the contract; runs in a worker process. Never raises.
     ``max_pixels``/``max_side``: the reader's limits (the service's pixel cap, reduced decode)."""
-    from xraytriage.io import read_radiograph
-
     limits = {} if max_pixels is None else {"max_pixels": max_pixels}
     try:
         radiograph = read_radiograph(path, max_side=max_side, **limits)
@@ -333,8 +324,6 @@ class TriageEngine:
 
     def run(self, inputs: Iterable[str | Path]) -> TriageResult:
         """Triage every file under ``inputs`` (files and folders, recursive)."""
-        from xraytriage.io import iter_input_files
-
         paths = [str(p) for p in iter_input_files(inputs)]
         start = time.perf_counter()
         progress = None

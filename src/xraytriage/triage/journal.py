@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from xraytriage.errors import ConfigError
+from xraytriage.io import iter_input_files
 from xraytriage.triage.engine import ImageResult, TriageEngine, TriageResult
 from xraytriage.triage.worklist import write_worklist
 
@@ -163,8 +164,6 @@ def run_journaled(
     """Triage ``inputs`` like :meth:`TriageEngine.run`, journaling every image (see the module
     doc). On Ctrl-C the worklist of what is done is written and the result says
     ``extra["interrupted"]``; ``extra["resumed"]`` counts the images taken from the journal."""
-    from xraytriage.io import iter_input_files
-
     labels = list(engine.checkpoint.label_names)
     journal = Journal.open(output_dir, header, resume)
     results = list(journal.previous)
