@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from xraytriage.cli.common import resolve_model_path
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -73,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     from xraytriage.labels import ABNORMAL
     from xraytriage.models import load_checkpoint
 
-    checkpoint = load_checkpoint(args.model)
+    checkpoint = load_checkpoint(resolve_model_path(args.model))
     frame = read_predictions_csv(args.predictions)
     available = set(evaluable_labels(frame))
     missing = [n for n in checkpoint.label_names if n not in available]

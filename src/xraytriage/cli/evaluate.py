@@ -20,6 +20,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from xraytriage.cli.common import resolve_model_path
+
 log = logging.getLogger(__name__)
 
 
@@ -285,7 +287,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.model is not None:
         from xraytriage.models.checkpoint import load_checkpoint
 
-        checkpoint = load_checkpoint(args.model)
+        checkpoint = load_checkpoint(resolve_model_path(args.model))
         test, val, errors = _from_model(args, checkpoint)
     else:
         test, val = _from_predictions(args)

@@ -24,6 +24,8 @@ COMMANDS: tuple[str, ...] = (
     "xraytriage.cli.evaluate",  # evaluate, compare
     "xraytriage.cli.explain",  # explain, localize-eval
     "xraytriage.cli.export",  # export
+    "xraytriage.cli.localiser",  # localiser pack | cv | train | attach
+    "xraytriage.cli.models",  # models list | show | fetch
     "xraytriage.cli.serve",  # serve
     "xraytriage.cli.train",  # train, cv
     "xraytriage.cli.triage",  # triage

@@ -21,8 +21,8 @@ import torch
 from xraytriage.errors import ConfigError
 from xraytriage.explain.boxes import Box, SizePrior, best_box, load_size_priors, prior_for
 from xraytriage.explain.cam import GradCAM, check_method
-from xraytriage.explain.geometry import map_to_original
 from xraytriage.explain.layers import find_target_layer
+from xraytriage.geometry import map_to_original
 from xraytriage.io import Radiograph
 from xraytriage.labels import canonical_label
 from xraytriage.models.checkpoint import Checkpoint

@@ -33,9 +33,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from xraytriage.data.boxes import GroundTruth, index_images, load_ground_truth  # noqa: F401 - re-exported
 from xraytriage.errors import ConfigError, ImageReadError
 from xraytriage.explain.boxes import Box, boxes_from_heatmap, prior_for
-from xraytriage.explain.geometry import map_to_original
+from xraytriage.geometry import map_to_original
 from xraytriage.labels import canonical_label
 from xraytriage.preprocess import PreprocessContract
 
@@ -303,50 +304,6 @@ def case_seed(seed: int, image: str, finding: str, repeat: int) -> int:
     return zlib.crc32(f"{seed}|{image}|{finding}|{repeat}".encode())
 
 
-# --- ground truth -------------------------------------------------------------------------
-@dataclass
-class GroundTruth:
-    """GT boxes keyed by image file name; ``reference_size`` (NIH: 1024) says the coordinates
-    are in that pixel space and are scaled by (image width / reference, height / reference);
-    None means they are already in the image's pixels."""
-
-    boxes: pd.DataFrame  # image, finding, x, y, w, h
-    reference_size: float | None = None
-    source: str = ""
-
-
-def load_ground_truth(path: str | Path) -> GroundTruth:
-    """NIH ``BBox_List_2017.csv(.gz)`` (1024 px space) or a pixel-space ``path, finding, x, y, w, h``
-    CSV (as ``make_synthetic_dataset`` writes)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: box file not found")
-    try:
-        head = pd.read_csv(path, nrows=0)
-    except Exception as exc:
-        raise ConfigError(f"{path}: cannot read box CSV: {exc}") from None
-    columns = [str(c).strip() for c in head.columns]
-    if columns and columns[0] == "Image Index":
-        from xraytriage.data.nih import NIH_BOX_SPACE, read_bbox_list
-
-        boxes = read_bbox_list(path).rename(columns={"image_index": "image"})
-        return GroundTruth(boxes[["image", "finding", "x", "y", "w", "h"]], float(NIH_BOX_SPACE), str(path))
-    required = {"path", "finding", "x", "y", "w", "h"}
-    if not required <= set(columns):
-        raise ConfigError(
-            f"{path}: expected the NIH BBox_List columns or {', '.join(sorted(required))}; found {', '.join(columns)}"
-        )
-    table = pd.read_csv(path)
-    boxes = pd.DataFrame(
-        {
-            "image": table["path"].astype(str).map(lambda p: Path(p).name),
-            "finding": table["finding"].astype(str).map(canonical_label),
-            **{c: pd.to_numeric(table[c], errors="coerce") for c in ("x", "y", "w", "h")},
-        }
-    ).dropna()
-    return GroundTruth(boxes.reset_index(drop=True), None, str(path))
-
-
 # --- map sources: the methods compared ---------------------------------------------------------
 class CamSource:
     """Grad-CAM / Grad-CAM++ maps of a classifier (an :class:`~xraytriage.explain.Explainer`)."""
@@ -469,19 +426,6 @@ class LocalizationResult:
     missing_images: int = 0
     errors: list[str] = field(default_factory=list)
     methods: list[str] = field(default_factory=list)
-
-
-def index_images(folders: Sequence[str | Path]) -> dict[str, Path]:
-    """File name -> path for every image under ``folders`` (the first wins on duplicate names)."""
-    from xraytriage.io import iter_input_files
-
-    found: dict[str, Path] = {}
-    for folder in folders:
-        if not Path(folder).is_dir():
-            raise ConfigError(f"{folder}: image folder not found")
-        for path in iter_input_files([folder]):
-            found.setdefault(path.name, path)
-    return found
 
 
 def patient_of(name: str) -> str:

@@ -236,17 +236,12 @@ def default_abnormal_rule(label_names: list[str]) -> dict[str, Any]:
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
-    """Load a checkpoint file, or the converted checkpoint of a fetched published model when
-    ``path`` is a bare model name (``xraytriage models fetch NAME``); ``path=None``-style
-    defaults are resolved by the caller."""
+    """Load a checkpoint file; a published model's NAME and ``path=None``-style defaults are
+    resolved by the caller (``cli.common.resolve_model_path``: the checkpoint layer does not
+    import the download and conversion code that itself builds checkpoints)."""
     path = Path(path)
     if not path.is_file():
-        from xraytriage.models.published import resolve_model_name
-
-        resolved = resolve_model_name(path)  # ``--model NAME``: a fetched published model
-        if resolved is None:
-            raise MissingFileError(path, "checkpoint file")
-        path = resolved
+        raise MissingFileError(path, "checkpoint file")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:

@@ -45,8 +45,6 @@ _LAYER = re.compile(r"^(features\.denseblock\d+\.denselayer\d+)\.(norm1|conv1|no
 _CLASSIFIER = re.compile(r"^classifier\.(?:0\.)?(weight|bias)$")
 
 
-
-
 def map_torchvision_densenet_keys(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Rename a torchvision-layout DenseNet state dict to MONAI's DenseNet layout."""
     out: dict[str, torch.Tensor] = {}

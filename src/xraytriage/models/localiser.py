@@ -128,7 +128,7 @@ class Localiser:
     def maps(self, pixels: np.ndarray, findings: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         """Per finding, a map on the original image (H x W, scaled to its peak, 0 where the network
         sees nothing), for ``pixels`` (float [0, 1], H x W)."""
-        from xraytriage.explain.geometry import map_to_original
+        from xraytriage.geometry import map_to_original
 
         wanted = [canonical_label(f) for f in (findings or self.spec.findings)]
         indices = [self.spec.findings.index(f) for f in wanted if f in self.spec.findings]

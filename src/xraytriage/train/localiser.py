@@ -185,8 +185,8 @@ def build_box_data(
     (unreadable images are reported and skipped, never fatal)."""
     from tqdm import tqdm
 
-    from xraytriage.explain.geometry import box_to_input
-    from xraytriage.explain.localization import index_images, load_ground_truth
+    from xraytriage.data.boxes import index_images, load_ground_truth
+    from xraytriage.geometry import box_to_input
     from xraytriage.io import read_radiograph
 
     truth = load_ground_truth(boxes_csv)
