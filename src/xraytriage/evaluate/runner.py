@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from xraytriage.auc_means import auc_means, mean_definitions
 from xraytriage.errors import ConfigError
 from xraytriage.evaluate.bootstrap import bootstrap_label_intervals
 from xraytriage.evaluate.calibration import expected_calibration_error, reliability_table
@@ -219,8 +220,12 @@ def evaluate_predictions(
         "config": asdict(cfg),
     }
     result["metrics"] = multilabel_metrics(y, p, labels, cfg.thresholds)
+    definitions = mean_definitions(labels, outputs=prob_labels(test))
     log.info("bootstrap: %d patient-level replicates", cfg.n_boot)
-    result["bootstrap"] = bootstrap_label_intervals(y, p, labels, groups, n_boot=cfg.n_boot, seed=cfg.seed)
+    result["bootstrap"] = bootstrap_label_intervals(
+        y, p, labels, groups, n_boot=cfg.n_boot, seed=cfg.seed, means=definitions
+    )
+    result["means"] = named_means(result, definitions)
     result["operating_points"] = _operating_points(test, labels, val, checkpoint_thresholds, cfg)
     result["calibration"] = {
         n: {
@@ -239,6 +244,30 @@ def evaluate_predictions(
         if triage is not None:
             result["triage"] = triage
     return result
+
+
+def named_means(result: Mapping[str, Any], definitions: Mapping[str, Sequence[str]]) -> dict[str, Any]:
+    """``{name: {labels, labels_with_auc, auc, low, high, average_precision}}`` for every named
+    mean (:mod:`xraytriage.auc_means`), primary first, with its bootstrap CI."""
+    out = {}
+    for name, members in definitions.items():
+        boot = result["bootstrap"]["means"][name]
+        with_auc = [m for m in members if math.isfinite(result["metrics"]["labels"][m]["auc"])]
+        out[name] = {
+            "labels": list(members),
+            "labels_with_auc": len(with_auc),
+            "auc": boot["auc"]["estimate"],
+            "low": boot["auc"]["low"],
+            "high": boot["auc"]["high"],
+            "average_precision": boot["average_precision"]["estimate"],
+        }
+    return out
+
+
+def mean_caption(name: str, entry: Mapping[str, Any]) -> str:
+    """``mean_auc_14_findings`` or ``mean_auc_14_findings (13 of 14 with both classes)``."""
+    k, n = entry["labels_with_auc"], len(entry["labels"])
+    return name if k == n else f"{name} ({k} of {n} with both classes)"
 
 
 def metrics_table(result: Mapping[str, Any]) -> pd.DataFrame:
@@ -268,9 +297,30 @@ def metrics_table(result: Mapping[str, Any]) -> pd.DataFrame:
             row[f"sensitivity_{rule}"] = per_label[name]["sensitivity"]
             row[f"specificity_{rule}"] = per_label[name]["specificity"]
         rows.append(row)
+    for name, entry in result.get("means", {}).items():
+        if not name.startswith("mean_auc"):
+            continue  # single-label AUCs are already rows
+        rows.append(
+            {
+                "label": f"({name})",
+                "n_labels": len(entry["labels"]),
+                "auc": entry["auc"],
+                "auc_low": entry["low"],
+                "auc_high": entry["high"],
+                "average_precision": entry["average_precision"],
+            }
+        )
     for avg in ("macro", "micro"):
         summary = result["metrics"][avg]
-        row = {"label": f"({avg})", "auc": summary["auc"], "average_precision": summary["average_precision"]}
+        n_labels = len(result["labels"])
+        row = {
+            "label": f"(macro over {n_labels} labels)"
+            if avg == "macro"
+            else f"(micro, {n_labels} labels pooled)",
+            "n_labels": n_labels,
+            "auc": summary["auc"],
+            "average_precision": summary["average_precision"],
+        }
         if avg == "macro":
             row["auc_low"] = result["bootstrap"]["macro"]["auc"]["low"]
             row["auc_high"] = result["bootstrap"]["macro"]["auc"]["high"]
@@ -302,6 +352,7 @@ def write_evaluation(
             "studies": tri["studies"],
             "priority_auc": tri["priority_auc"],
             "abnormal_found_in_top": tri["abnormal_found_in_top"],
+            "abnormal_found_in_top_reference": tri["abnormal_found_in_top_reference"],
             "critical_labels": tri["critical_labels"],
             "simulation": {k: v for k, v in tri["simulation"].items() if k != "table"},
         }
@@ -312,6 +363,10 @@ def write_evaluation(
             "labels": comparison["labels"],
             "table": comparison["table"].to_dict(orient="records"),
             "macro_auc": {name: comparison[name]["macro"]["auc"] for name in comparison["names"]},
+            "means": {
+                name: auc_means({k: v["auc"] for k, v in comparison[name]["labels"].items()})
+                for name in comparison["names"]
+            },
         }
         comparison["table"].to_csv(out / "comparison.csv", index=False)
         if "grouped_triage" in comparison:

@@ -3,7 +3,9 @@
 A job directory ends up holding::
 
     config.yaml          resolved config (loads back with ``xraytriage train``)
-    metrics.csv          one row per epoch: lr, train_loss, val_loss, mean_auc, auc/<label>, images/s
+    metrics.csv          one row per epoch: lr, train_loss, val_loss, the named AUC means
+                         (mean_auc_14_findings, mean_auc_all_outputs; xraytriage.auc_means),
+                         auc/<label>, images/s
     tensorboard/         the same curves for TensorBoard
     best.pt, last.pt     servable xraytriage checkpoints (config, labels, preprocessing contract,
                          data fingerprint, validation metrics, Youden thresholds)
@@ -36,6 +38,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from xraytriage.auc_means import resolve_monitor, training_mean_names
 from xraytriage.data.base import RadiographDataset
 from xraytriage.data.torch_dataset import UInt8Source
 from xraytriage.errors import ConfigError
@@ -439,7 +442,7 @@ class Trainer:
         )
 
     def _write_metrics_csv(self) -> None:
-        columns = ["epoch", "lr", "train_loss", "val_loss", "mean_auc",
+        columns = ["epoch", "lr", "train_loss", "val_loss", *training_mean_names(self.label_names),
                    *[f"auc/{n}" for n in self.label_names], "images_per_s", "epoch_time_s"]  # fmt: skip
         with open(self.output / "metrics.csv", "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
@@ -566,12 +569,14 @@ class Trainer:
                 if self.has_validation:
                     metrics, probs = self._validate(val_loader)
                 else:
-                    metrics, probs = {"val_loss": math.nan, "mean_auc": math.nan}, None
+                    keys = [*training_mean_names(self.label_names), *[f"auc/{n}" for n in self.label_names]]
+                    metrics, probs = {"val_loss": math.nan, **dict.fromkeys(keys, math.nan)}, None
                 speeds.append(speed)
                 row = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, **metrics, "images_per_s": speed,
                        "epoch_time_s": time.perf_counter() - t0}  # fmt: skip
                 self.history.append(row)
-                value = metrics.get(c.early_stopping.metric)
+                monitor = resolve_monitor(c.early_stopping.metric, self.label_names)
+                value = metrics.get(monitor)
                 if value is None:
                     raise ConfigError(
                         f"early_stopping.metric {c.early_stopping.metric!r} is not one of {sorted(metrics)}"
@@ -612,8 +617,8 @@ class Trainer:
                         if key != "epoch" and isinstance(v, float) and math.isfinite(v):
                             writer.add_scalar(key if "/" in key else f"epoch/{key}", v, epoch + 1)
                     writer.flush()
-                    log.info("%s epoch %d/%d: train_loss %.4f val_loss %.4f mean_auc %.4f lr %.2e %.0f img/s%s",
-                             self.name, epoch + 1, c.epochs, train_loss, metrics["val_loss"], metrics["mean_auc"], lr,
+                    log.info("%s epoch %d/%d: train_loss %.4f val_loss %.4f %s %.4f lr %.2e %.0f img/s%s",
+                             self.name, epoch + 1, c.epochs, train_loss, metrics["val_loss"], monitor, value, lr,
                              speed, " *" if improved else "")  # fmt: skip
                 ctx.barrier()
                 epoch += 1
@@ -646,7 +651,7 @@ class Trainer:
         best_metrics = {
             k: v
             for k, v in best.metrics.items()
-            if k == "val_loss" or k == "mean_auc" or k.startswith("auc/")
+            if k == "val_loss" or k.startswith(("mean_auc", "auc/"))
         }
         result = FitResult(
             output=self.output,
