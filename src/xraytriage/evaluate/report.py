@@ -36,18 +36,26 @@ LABEL_ORDER: tuple[str, ...] = tuple(
 TRIAGE_COLOUR = "#222222"
 
 
+def _palette() -> list[str]:
+    """Readable, distinct colours: tab10 without its grey, then Dark2, then Set1."""
+    cmaps = matplotlib.colormaps
+    colours = [cmaps["tab10"](i) for i in range(10) if i != 7]
+    colours += [cmaps["Dark2"](i) for i in range(8)] + [cmaps["Set1"](i) for i in range(9) if i != 8]
+    return [matplotlib.colors.to_hex(c) for c in colours]
+
+
+PALETTE = _palette()
+
+
 def label_colour(label: str) -> str:
-    """One colour per label, the same in every plot (tab20 by the label's place in
-    :data:`LABEL_ORDER`, then tab20b for other names, chosen by a stable hash)."""
+    """One colour per label, the same in every plot of every report: by the label's place in
+    :data:`LABEL_ORDER`, other names by a stable hash of their spelling."""
     name = canonical_label(str(label))
-    if name in LABEL_ORDER:
-        index = LABEL_ORDER.index(name)
-        cmap = matplotlib.colormaps["tab20" if index < 20 else "tab20b"]
-        return matplotlib.colors.to_hex(cmap(index % 20))
     if name.startswith("triage"):
         return TRIAGE_COLOUR
-    code = sum(ord(c) * (k + 1) for k, c in enumerate(name)) % 20
-    return matplotlib.colors.to_hex(matplotlib.colormaps["tab20b"](code))
+    if name in LABEL_ORDER:
+        return PALETTE[LABEL_ORDER.index(name) % len(PALETTE)]
+    return PALETTE[sum(ord(c) * (k + 1) for k, c in enumerate(name)) % len(PALETTE)]
 
 
 def _grid(n: int, max_cols: int = 4, size: float = 3.0):
@@ -71,7 +79,7 @@ def _curve_panels(y, p, names, title: str, xlabel: str, ylabel: str, draw):
     for ax, j in zip(axes, cols, strict=False):
         yy, pp = valid_pairs(y[:, j], p[:, j])
         colour = label_colour(names[j])
-        ax.set_title(f"{names[j]}  {draw(ax, yy, pp, names[j], colour)}", fontsize=9, color=colour)
+        ax.set_title(f"{names[j]}  {draw(ax, yy, pp, names[j], colour)}", fontsize=9)
         ax.legend(fontsize=7, loc="lower right" if "specificity" in xlabel else "upper right")
         ax.set_xlabel(xlabel, fontsize=8)
         ax.set_ylabel(ylabel, fontsize=8)
@@ -208,7 +216,10 @@ def plot_confusion_matrices(matrices: Mapping[str, Any], title: str = "Confusion
             ax.text(j, i, str(int(v)), ha="center", va="center", fontsize=10, c="white" if dark else "black")
         ax.set_xticks([0, 1], ["pred 0", "pred 1"], fontsize=7)
         ax.set_yticks([0, 1], ["true 0", "true 1"], fontsize=7)
-        ax.set_title(f"{name} @ {entry['threshold']:.3g}", fontsize=8, color=label_colour(name))
+        ax.set_title(f"{name} @ {entry['threshold']:.3g}", fontsize=8)
+        for side in ax.spines.values():  # the label's colour, as in every other plot
+            side.set_edgecolor(label_colour(name))
+            side.set_linewidth(2)
     fig.suptitle(title)
     fig.tight_layout()
     return fig
@@ -233,21 +244,19 @@ def plot_triage(priority: np.ndarray, abnormal: np.ndarray, simulation: Mapping[
     gain.plot([0, 1], [0, 1], ls="--", c="grey", label="random / arrival order (expected)")
     k = int(np.ceil(0.1 * len(order) - 1e-9))
     if k:
-        gain.axvline(k / len(order), c="grey", lw=0.6, ls=":")
-        for value, colour in (
-            (best[k - 1], "tab:green"),
-            (hits[k - 1] / total, TRIAGE_COLOUR),
-            (k / len(order), "grey"),
-        ):
-            gain.plot([k / len(order)], [value], "o", c=colour, ms=5)
-            gain.annotate(
-                f"{value:.0%}",
-                (k / len(order), value),
-                xytext=(5, -3),
-                textcoords="offset points",
-                fontsize=8,
-                color=colour,
-            )
+        x10 = k / len(order)
+        points = {"this model": hits[k - 1] / total, "best possible": best[k - 1], "random": x10}
+        gain.axvline(x10, c="grey", lw=0.6, ls=":")
+        for (_, value), colour in zip(points.items(), (TRIAGE_COLOUR, "tab:green", "grey"), strict=True):
+            gain.plot([x10], [value], "o", c=colour, ms=5)
+        gain.text(
+            0.02,
+            0.97,
+            "abnormal studies in the first 10%:\n" + ", ".join(f"{k} {v:.0%}" for k, v in points.items()),
+            transform=gain.transAxes,
+            va="top",
+            fontsize=8,
+        )
     gain.set_xlabel("share of worklist read")
     gain.set_ylabel("share of abnormal studies found")
     gain.set_title("Worklist gain (dots: the first 10%)")
