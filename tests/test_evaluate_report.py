@@ -170,6 +170,8 @@ def test_compare_runs_table_and_delong_on_shared_predictions(evaluation, trainin
     page = (out / "report.html").read_text()
     _assert_self_contained(page)
     assert len(_embedded_pngs(page)) == 2  # the heat map and run A's curves
+    assert "class='header'" in page and "xraytriage compare" in page  # the command that made it
+    assert "mean_auc_3_findings" in page and ">nan<" not in page.lower()
 
 
 def test_compare_reads_hand_written_metrics_csvs(tmp_path):

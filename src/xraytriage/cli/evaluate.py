@@ -460,10 +460,19 @@ def _print_summary(result: dict[str, Any], comparison) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from xraytriage.evaluate.runner import mean_caption
+
     def fmt(v):
         return "–" if v is None or v != v else f"{v:.3f}"
 
-    table = Table(title=f"{result['images']} images, {result.get('patients')} patients")
+    def interval(ci):
+        return "–" if fmt(ci["low"]) == "–" else f"[{fmt(ci['low'])}, {fmt(ci['high'])}]"
+
+    patients = result.get("patients")
+    table = Table(
+        title=f"{result['images']} images, "
+        + (f"{patients} patients" if patients is not None else "patients not recorded")
+    )
     for col in ("label", "n", "pos", "AUC", "95% CI", "AP", "ECE"):
         table.add_column(col, justify="left" if col == "label" else "right")
     boot = result["bootstrap"]["labels"]
@@ -473,13 +482,11 @@ def _print_summary(result: dict[str, Any], comparison) -> None:
             name,
             str(m["n"]),
             str(m["positives"]),
-            fmt(m["auc"]),
-            f"[{fmt(ci['low'])}, {fmt(ci['high'])}]",
+            "no positives" if m["positives"] == 0 else fmt(m["auc"]),
+            interval(ci),
             fmt(m["average_precision"]),
             fmt(result["calibration"][name]["ece"]),
         )
-    from xraytriage.evaluate.runner import mean_caption
-
     for name, entry in result["means"].items():
         if not name.startswith("mean_auc"):
             continue  # a single label's AUC is its row above
@@ -488,7 +495,7 @@ def _print_summary(result: dict[str, Any], comparison) -> None:
             "",
             "",
             fmt(entry["auc"]),
-            f"[{fmt(entry['low'])}, {fmt(entry['high'])}]",
+            interval(entry),
             fmt(entry["average_precision"]),
             "",
         )
