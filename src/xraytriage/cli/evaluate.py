@@ -460,8 +460,6 @@ def _print_summary(result: dict[str, Any], comparison) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from xraytriage.evaluate.runner import mean_caption
-
     def fmt(v):
         return "–" if v is None or v != v else f"{v:.3f}"
 
@@ -475,29 +473,22 @@ def _print_summary(result: dict[str, Any], comparison) -> None:
     )
     for col in ("label", "n", "pos", "AUC", "95% CI", "AP", "ECE"):
         table.add_column(col, justify="left" if col == "label" else "right")
-    boot = result["bootstrap"]["labels"]
-    for name, m in result["metrics"]["labels"].items():
-        ci = boot[name]["auc"]
+    labels = set(result["labels"])
+    summary = result.summary_table()
+    means = [n for n in summary.index if n not in labels and not str(n).startswith("micro")]
+    for name, r in summary.loc[[*result["labels"], *means]].iterrows():  # labels, then the means
+        if name in labels:
+            cells = [str(int(r["n"])), str(int(r["positives"]))]
+            auc = "no positives" if r["positives"] == 0 else fmt(r["auc"])
+        else:
+            cells, auc = ["", ""], fmt(r["auc"])
         table.add_row(
             name,
-            str(m["n"]),
-            str(m["positives"]),
-            "no positives" if m["positives"] == 0 else fmt(m["auc"]),
-            interval(ci),
-            fmt(m["average_precision"]),
-            fmt(result["calibration"][name]["ece"]),
-        )
-    for name, entry in result["means"].items():
-        if not name.startswith("mean_auc"):
-            continue  # a single label's AUC is its row above
-        table.add_row(
-            mean_caption(name, entry),
-            "",
-            "",
-            fmt(entry["auc"]),
-            interval(entry),
-            fmt(entry["average_precision"]),
-            "",
+            *cells,
+            auc,
+            interval({"low": r["auc_low"], "high": r["auc_high"]}),
+            fmt(r["average_precision"]),
+            fmt(r["ece"]) if name in labels else "",
         )
     console = Console()
     console.print(table)

@@ -37,50 +37,32 @@ def _auc_cell(m: Mapping[str, Any], value: float | None) -> Any:
 
 
 def _summary_table(result: Mapping[str, Any]) -> pd.DataFrame:
-    """Named means first (primary first), then every label in the model's order."""
-    from xraytriage.evaluate.runner import mean_caption
+    """The result's summary table (:meth:`EvaluationResult.summary_table`: named means first,
+    then every label, then micro) with CIs as text and missing AUCs explained."""
+    from xraytriage.evaluate.runner import EvaluationResult
 
-    boot = result["bootstrap"]["labels"]
+    summary = EvaluationResult(result).summary_table()
+    labels = set(result["labels"])
     rows = []
-    for name, entry in result.get("means", {}).items():
-        if not name.startswith("mean_auc"):
-            continue
-        rows.append(
-            {
-                "label": mean_caption(name, entry),
-                "n": "",
-                "positives": "",
-                "prevalence": "",
-                "AUC": entry["auc"],
-                "AUC 95% CI": _ci(entry),
-                "AP": entry["average_precision"],
-                "AP 95% CI": _ci(result["bootstrap"]["means"][name]["average_precision"]),
-                "ECE": "",
-            }
-        )
-    for name, m in result["metrics"]["labels"].items():
+    for name, r in summary.iterrows():
+        is_label = name in labels
+        m = result["metrics"]["labels"][name] if is_label else {}
+        is_mean = not is_label and not str(name).startswith("micro")
         rows.append(
             {
                 "label": name,
-                "n": m["n"],
-                "positives": m["positives"],
-                "prevalence": m["prevalence"],
-                "AUC": _auc_cell(m, m["auc"]),
-                "AUC 95% CI": _ci(boot[name]["auc"]),
-                "AP": _auc_cell(m, m["average_precision"]),
-                "AP 95% CI": _ci(boot[name]["average_precision"]),
-                "ECE": result["calibration"][name]["ece"],
+                "n": int(r["n"]) if is_label else "",
+                "positives": int(r["positives"]) if is_label else "",
+                "prevalence": r["prevalence"] if is_label else "",
+                "AUC": _auc_cell(m, r["auc"]) if is_label else r["auc"],
+                "AUC 95% CI": _ci({"low": r["auc_low"], "high": r["auc_high"]})
+                if is_label or is_mean
+                else "",
+                "AP": _auc_cell(m, r["average_precision"]) if is_label else r["average_precision"],
+                "AP 95% CI": _ci({"low": r["ap_low"], "high": r["ap_high"]}) if is_label or is_mean else "",
+                "ECE": r["ece"] if is_label else "",
             }
         )
-    blank = dict.fromkeys(("n", "positives", "prevalence", "AUC 95% CI", "AP 95% CI", "ECE"), "")
-    rows.append(
-        {
-            **blank,
-            "label": f"micro ({len(result['labels'])} labels pooled)",
-            "AUC": result["metrics"]["micro"]["auc"],
-            "AP": result["metrics"]["micro"]["average_precision"],
-        }
-    )
     return pd.DataFrame(rows).set_index("label")  # object columns: counts stay integers
 
 

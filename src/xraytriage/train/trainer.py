@@ -649,9 +649,7 @@ class Trainer:
         else:
             probs = np.zeros((0, len(self.label_names)), np.float32)
         best_metrics = {
-            k: v
-            for k, v in best.metrics.items()
-            if k == "val_loss" or k.startswith(("mean_auc", "auc/"))
+            k: v for k, v in best.metrics.items() if k == "val_loss" or k.startswith(("mean_auc", "auc/"))
         }
         result = FitResult(
             output=self.output,
