@@ -115,8 +115,21 @@ def test_reported_numbers_match_sklearn_on_the_written_predictions(evaluation):
         "checkpoint",
     }
     assert metrics["triage"]["priority_auc"] > 0.7  # a tiny model on planted lesions; chance is 0.5
+    # every mean named by what it averages: the 3 findings apart from all 4 outputs
+    findings = [
+        roc_auc_score(preds[f"label_{n}"], preds[f"prob_{n}"]) for n in ("Mass", "Nodule", "Effusion")
+    ]
+    assert list(metrics["means"])[:2] == ["mean_auc_3_findings", "mean_auc_all_outputs"]
+    assert metrics["means"]["mean_auc_3_findings"]["auc"] == pytest.approx(np.mean(findings))
+    assert metrics["means"]["mean_auc_all_outputs"]["auc"] == pytest.approx(
+        metrics["metrics"]["macro"]["auc"]
+    )
+    assert metrics["means"]["auc_no_finding"]["auc"] == pytest.approx(
+        metrics["metrics"]["labels"]["No Finding"]["auc"]
+    )
     table = pd.read_csv(out / "metrics.csv")
-    assert {"(macro)", "(micro)"} <= set(table["label"])
+    assert {"(mean_auc_3_findings)", "(mean_auc_all_outputs)", "(macro over 4 labels)"} <= set(table["label"])
+    assert "(micro, 4 labels pooled)" in set(table["label"])
     assert {"auc_low", "auc_high", "precision@0.4", "f1@0.8", "threshold_youden"} <= set(table.columns)
 
 
@@ -157,6 +170,8 @@ def test_compare_runs_table_and_delong_on_shared_predictions(evaluation, trainin
     page = (out / "report.html").read_text()
     _assert_self_contained(page)
     assert len(_embedded_pngs(page)) == 2  # the heat map and run A's curves
+    assert "class='header'" in page and "xraytriage compare" in page  # the command that made it
+    assert "mean_auc_3_findings" in page and ">nan<" not in page.lower()
 
 
 def test_compare_reads_hand_written_metrics_csvs(tmp_path):
@@ -182,7 +197,9 @@ def test_compare_reads_hand_written_metrics_csvs(tmp_path):
     assert table.at["Mass", "one"] == 0.90 and table.at["Effusion", "one"] == 0.80  # best epoch (2)
     assert table.at["Mass", "two"] == 0.65 and table.at["Nodule", "two"] == 0.7  # best mean (epoch 2)
     assert np.isnan(table.at["Nodule", "one"])
-    assert table.at["mean", "one"] == 0.85
+    # an old run's mean_auc is not trusted: means recomputed from its labels and named by them
+    assert table.at["mean_auc_2_findings", "one"] == pytest.approx(0.85)
+    assert "mean" not in table.index and "mean_auc" not in table.index
     page = (tmp_path / "out" / "report.html").read_text()
     assert len(_embedded_pngs(page)) == 3  # heat map + one AUC curve per run
 
@@ -297,7 +314,7 @@ def test_cv_epochs_csv_is_read_as_fold_means(tmp_path):
     assert {"mean_auc", "auc/Mass", "val_loss"} <= set(history.columns)
     assert not any(c.endswith("_std") for c in history.columns)
     aucs, source = run_label_aucs(tmp_path)
-    assert aucs == {"Mass": 0.82, "mean": 0.8} and "best epoch 2" in source
+    assert aucs == {"Mass": 0.82} and "best epoch 2" in source
 
 
 def test_validation_split_column_chooses_operating_points(tmp_path):

@@ -12,7 +12,7 @@ from xraytriage.evaluate.bootstrap import (
     bootstrap_metric,
     paired_bootstrap_difference,
 )
-from xraytriage.evaluate.delong import delong_auc_variance, delong_ci, delong_covariance, delong_test
+from xraytriage.evaluate.compare import delong_auc_variance, delong_ci, delong_covariance, delong_test
 
 
 def _scores(seed: int, n: int = 300, signal: float = 1.0):

@@ -34,7 +34,7 @@ def test_training_on_every_image_keeps_the_last_epoch(all_images_run):
     assert best.thresholds == {}  # nothing to choose them on: `calibrate` sets them
     assert not (all_images_run / "val_predictions.csv").exists()
     metrics = pd.read_csv(all_images_run / "metrics.csv")
-    assert len(metrics) == 2 and metrics["mean_auc"].isna().all()
+    assert len(metrics) == 2 and metrics["mean_auc_all_outputs"].isna().all()
 
 
 def test_negative_val_fraction_is_still_refused(tmp_path):

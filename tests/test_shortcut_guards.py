@@ -102,7 +102,7 @@ def test_evaluate_reports_within_collection_auc_and_warns(tmp_path):
     table = pd.read_csv(paths["grouped_metrics.csv"])
     assert set(table["group"]) >= {"A", "B", "(within-group mean)", "(pooled)"}
     html = paths["report.html"].read_text()
-    assert "Within collection" in html and "Warning" in html
+    assert "Within each collection" in html and "Warning" in html
     assert json.loads(paths["metrics.json"].read_text())["grouped"]["labels"]["Effusion"]["shortcut_warning"]
 
 

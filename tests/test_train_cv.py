@@ -62,7 +62,15 @@ def test_summary_reports_mean_and_std_per_metric_and_per_epoch(cv_run):
     assert stats["std"] == pytest.approx(np.std(stats["folds"], ddof=1))
     epochs = pd.read_csv(run / "cv_epochs.csv")
     assert epochs["epoch"].tolist() == [1, 2] and (epochs["n_folds"] == 3).all()
-    assert {"train_loss_mean", "train_loss_std", "mean_auc_mean", "val_loss_std"} <= set(epochs.columns)
+    assert {"train_loss_mean", "train_loss_std", "mean_auc_all_outputs_mean", "val_loss_std"} <= set(
+        epochs.columns
+    )
+    # the means are named by what they average: 3 findings, and every output with No Finding
+    assert list(summary["metrics"])[:2] == ["mean_auc_3_findings", "mean_auc_all_outputs"]
+    pooled = summary["pooled_oof"]
+    assert pooled["mean_auc_3_findings"] == pytest.approx(
+        np.nanmean([pooled[f"auc/{n}"] for n in ("Mass", "Nodule", "Effusion")])
+    )
 
 
 def test_folds_are_reproducible_from_the_seed(cv_run):

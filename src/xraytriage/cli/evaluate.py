@@ -1,11 +1,13 @@
-"""``xraytriage evaluate`` and ``xraytriage compare``.
+r"""``xraytriage evaluate`` and ``xraytriage compare``.
 
     xraytriage evaluate --model run/best.pt --dataset nih --root ../shared/data/nih --output eval/
-    xraytriage evaluate --model m.pt --dataset csv --csv labels.csv --val-fraction 0.3 \\
+    xraytriage evaluate --model m.pt --dataset csv --csv labels.csv --val-fraction 0.3 \
         --calibrate temperature --save-checkpoint m.calibrated.pt --output eval/
-    xraytriage evaluate --model m.pt --dataset nih --root ../shared/data/nih \\
+    xraytriage evaluate --model m.pt --dataset nih --root ../shared/data/nih \
         --compare-preds ../shared/data/anchors/chexnet_reproduction_preds.csv --output eval/
     xraytriage evaluate --predictions oof.csv [--dataset nih --root ...] --output eval/
+    xraytriage evaluate --model m.pt --dataset folder --root ../shared/data/pediatric \
+        --patient-pattern '(person\d+|IM-\d+)' --output eval-pediatric/   # cross-dataset
     xraytriage compare runs/a runs/b runs/c --output compare/
 
 Dataset flags are exactly those of ``xraytriage datasets inspect`` (``--root``, ``--csv``,
@@ -63,6 +65,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--dataset", metavar="KIND", help="dataset kind: nih | chexpert | mura | csv | folder"
     )
     _copy_dataset_flags(parser)
+    source.add_argument(
+        "--exclude-training-images",
+        action="store_true",
+        help="leave out images the checkpoint lists among its training images (by file name); "
+        "without it they are scored and the console and report warn how many there are",
+    )
+    source.add_argument(
+        "--sample",
+        type=int,
+        metavar="N",
+        help="score a seeded random sample of about N images (whole patients, --seed) for a quick "
+        "check; the report header says it is a sample",
+    )
     val = parser.add_argument_group("validation (operating points and calibration are chosen on it)")
     val.add_argument("--val-fraction", type=float, help="hold out this share of patients as validation")
     val.add_argument(
@@ -227,10 +242,61 @@ def _refresh_probabilities(frame, checkpoint):
     return frame
 
 
+def sample_rows(patient_ids, n: int, seed: int):
+    """Row indices of a seeded random sample of whole patients holding about ``n`` rows (the
+    patients drawn until ``n`` is reached), in their original order."""
+    import numpy as np
+
+    from xraytriage.errors import ConfigError
+
+    if n < 1:
+        raise ConfigError("--sample must be at least 1")
+    ids = np.asarray(patient_ids).astype(str)
+    patients = np.unique(ids)
+    np.random.default_rng(seed).shuffle(patients)
+    sizes = {p: c for p, c in zip(*np.unique(ids, return_counts=True), strict=True)}
+    chosen, total = set(), 0
+    for patient in patients:
+        if total >= n:
+            break
+        chosen.add(patient)
+        total += sizes[patient]
+    return np.flatnonzero(np.isin(ids, list(chosen)))
+
+
+def _exclude_seen(dataset, checkpoint, args: argparse.Namespace):
+    """(dataset without the checkpoint's training images when asked, how many were dropped)."""
+    import numpy as np
+
+    from xraytriage.errors import ConfigError
+
+    if not args.exclude_training_images:
+        return dataset, 0
+    if not checkpoint.training_images:
+        raise ConfigError(f"--exclude-training-images: {args.model} does not record its training images")
+    paths = dataset.table["path"].astype(str)
+    seen = paths.isin(set(checkpoint.seen_in_training(paths.tolist()))).to_numpy()
+    if seen.all():
+        raise ConfigError(
+            f"--exclude-training-images: all {len(seen)} images of the dataset were used to train "
+            f"{args.model}; nothing is left to evaluate"
+        )
+    if seen.any():
+        print(
+            f"excluded {int(seen.sum())} of {len(seen)} images the model was trained on (--exclude-training-images)"
+        )
+    else:
+        print(f"--exclude-training-images: none of the {len(seen)} images was used to train the model")
+    return dataset.subset(np.flatnonzero(~seen)), int(seen.sum())
+
+
 def _from_model(args: argparse.Namespace, checkpoint):
     from xraytriage.evaluate.predictions import predict_dataset
 
     dataset = _load_dataset(args)
+    if args.sample:
+        dataset = dataset.subset(sample_rows(dataset.table["patient_id"], args.sample, args.seed))
+    dataset, excluded = _exclude_seen(dataset, checkpoint, args)
     test_ds, val_ds = _split_dataset(dataset, args)
     cache = None
     if args.cache is not None:
@@ -247,7 +313,7 @@ def _from_model(args: argparse.Namespace, checkpoint):
     test = predict_dataset(checkpoint, test_ds, **kwargs)
     val = predict_dataset(checkpoint, val_ds, **kwargs) if val_ds is not None else None
     errors = test.errors + (val.errors if val is not None else [])
-    return test.frame, (val.frame if val is not None else None), errors
+    return test.frame, (val.frame if val is not None else None), errors, excluded
 
 
 def _from_predictions(args: argparse.Namespace):
@@ -261,6 +327,9 @@ def _from_predictions(args: argparse.Namespace):
             log.warning("%d of %d predicted images are not in the dataset", before - len(frame), before)
     if "patient_id" not in frame.columns:
         log.warning("predictions have no patient_id: bootstrap resamples images, not patients")
+    if args.sample:
+        ids = frame["patient_id"] if "patient_id" in frame.columns else frame["image"]
+        frame = frame.iloc[sample_rows(ids, args.sample, args.seed)].reset_index(drop=True)
     return _split_frame(frame, args)
 
 
@@ -282,15 +351,25 @@ def run_evaluate(args: argparse.Namespace) -> int:
         raise ConfigError("--save-checkpoint writes the calibrated checkpoint: give --calibrate too")
     if args.calibrate and not (args.val_fraction or args.val_split):
         raise ConfigError("--calibrate needs a validation set: --val-fraction or --val-split")
+    if args.exclude_training_images and args.model is None:
+        raise ConfigError(
+            "--exclude-training-images needs --model (the checkpoint lists its training images)"
+        )
     cfg = _config(args)
-    checkpoint, errors = None, []
+    checkpoint, errors, excluded = None, [], 0
     if args.model is not None:
         from xraytriage.models.checkpoint import load_checkpoint
 
         checkpoint = load_checkpoint(resolve_model_path(args.model))
-        test, val, errors = _from_model(args, checkpoint)
+        test, val, errors, excluded = _from_model(args, checkpoint)
     else:
         test, val = _from_predictions(args)
+    overlap = None
+    if checkpoint is not None:
+        from xraytriage.evaluate.provenance import training_overlap
+
+        overlap = training_overlap(test, checkpoint, excluded)
+        _warn_overlap(overlap)
     if args.calibrate:
         names = checkpoint.label_names
         checkpoint = calibrate_checkpoint(
@@ -321,6 +400,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
             names=("ours", args.compare_name),
         )
     result = evaluate_predictions(test, val, cfg, checkpoint.thresholds if checkpoint is not None else None)
+    result["provenance"] = _provenance(args, test, checkpoint)
+    if overlap is not None:
+        result["training_overlap"] = overlap
     if comparison is not None and args.group_by:
         from xraytriage.evaluate.compare import compare_triage_by_group
 
@@ -328,16 +410,52 @@ def run_evaluate(args: argparse.Namespace) -> int:
             comparison, args.group_by, ("ours", args.compare_name)
         )
     title = args.title or (
-        f"Evaluation of {args.model.name if args.model else args.predictions.name}"
-        + (f" on {args.dataset}" if args.dataset else "")
+        f"Evaluation of {checkpoint.name if checkpoint is not None else args.predictions.name}"
+        + (f" on {result['provenance']['dataset']}" if args.dataset else "")
     )
     paths = write_evaluation(result, args.output, test, title, args.run, comparison, args.localization)
     if errors:
         pd.DataFrame(errors).to_csv(args.output / "errors.csv", index=False)
         print(f"{len(errors)} image(s) could not be read; listed in {args.output / 'errors.csv'}")
     _print_summary(result, comparison)
+    if overlap is not None:
+        _warn_overlap(overlap)  # again below the table, where the numbers are read
     print(f"wrote {paths['metrics.json']}, {paths['metrics.csv']} and {paths['report.html']}")
     return 0
+
+
+def _warn_overlap(overlap: dict[str, Any]) -> None:
+    """Loud, on stderr and in the log: the model has seen some of these images."""
+    from rich.console import Console
+
+    from xraytriage.evaluate.provenance import overlap_warning
+
+    line = overlap_warning(overlap)
+    if line is None:
+        return
+    log.warning("%s", line)
+    Console(stderr=True).print(f"[bold red]WARNING: {line}[/]", highlight=False, soft_wrap=True)
+
+
+def _provenance(args: argparse.Namespace, test, checkpoint) -> dict[str, Any]:
+    from xraytriage.evaluate.provenance import build_provenance
+
+    dataset = None
+    if args.dataset:
+        where = next((str(v) for v in (args.root, args.csv, args.image_paths) if v), "")
+        dataset = f"{args.dataset} {where}".strip()
+    sample = f"seeded random sample (seed {args.seed}) of about {args.sample} images" if args.sample else None
+    return build_provenance(
+        test,
+        checkpoint=checkpoint,
+        checkpoint_path=args.model,
+        predictions_path=args.predictions,
+        model=args.predictions.name if args.predictions else None,
+        dataset=dataset,
+        group_by=args.group_by,
+        sample=sample,
+        argv=getattr(args, "command_line", None),
+    )
 
 
 def _print_summary(result: dict[str, Any], comparison) -> None:
@@ -347,31 +465,33 @@ def _print_summary(result: dict[str, Any], comparison) -> None:
     def fmt(v):
         return "–" if v is None or v != v else f"{v:.3f}"
 
-    table = Table(title=f"{result['images']} images, {result.get('patients')} patients")
+    def interval(ci):
+        return "–" if fmt(ci["low"]) == "–" else f"[{fmt(ci['low'])}, {fmt(ci['high'])}]"
+
+    patients = result.get("patients")
+    table = Table(
+        title=f"{result['images']} images, "
+        + (f"{patients} patients" if patients is not None else "patients not recorded")
+    )
     for col in ("label", "n", "pos", "AUC", "95% CI", "AP", "ECE"):
         table.add_column(col, justify="left" if col == "label" else "right")
-    boot = result["bootstrap"]["labels"]
-    for name, m in result["metrics"]["labels"].items():
-        ci = boot[name]["auc"]
+    labels = set(result["labels"])
+    summary = result.summary_table()
+    means = [n for n in summary.index if n not in labels and not str(n).startswith("micro")]
+    for name, r in summary.loc[[*result["labels"], *means]].iterrows():  # labels, then the means
+        if name in labels:
+            cells = [str(int(r["n"])), str(int(r["positives"]))]
+            auc = "no positives" if r["positives"] == 0 else fmt(r["auc"])
+        else:
+            cells, auc = ["", ""], fmt(r["auc"])
         table.add_row(
             name,
-            str(m["n"]),
-            str(m["positives"]),
-            fmt(m["auc"]),
-            f"[{fmt(ci['low'])}, {fmt(ci['high'])}]",
-            fmt(m["average_precision"]),
-            fmt(result["calibration"][name]["ece"]),
+            *cells,
+            auc,
+            interval({"low": r["auc_low"], "high": r["auc_high"]}),
+            fmt(r["average_precision"]),
+            fmt(r["ece"]) if name in labels else "",
         )
-    macro = result["bootstrap"]["macro"]["auc"]
-    table.add_row(
-        "macro",
-        "",
-        "",
-        fmt(result["metrics"]["macro"]["auc"]),
-        f"[{fmt(macro['low'])}, {fmt(macro['high'])}]",
-        fmt(result["metrics"]["macro"]["average_precision"]),
-        "",
-    )
     console = Console()
     console.print(table)
     if "triage" in result:
@@ -432,6 +552,12 @@ def _print_grouped(console, grouped: dict[str, Any], comparison) -> None:
 def run_compare(args: argparse.Namespace) -> int:
     from xraytriage.evaluate.report import build_runs_report
 
-    path = build_runs_report(args.runs, args.output, n_boot=args.bootstrap, seed=args.seed)
+    path = build_runs_report(
+        args.runs,
+        args.output,
+        n_boot=args.bootstrap,
+        seed=args.seed,
+        command=getattr(args, "command_line", None),
+    )
     print(f"wrote {path}")
     return 0

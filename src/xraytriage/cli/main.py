@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.command_line = ["xraytriage", *(sys.argv[1:] if argv is None else argv)]  # for report headers
     configure_logging("debug" if args.verbose else "info")
     handler = getattr(args, "handler", None)
     if handler is None:

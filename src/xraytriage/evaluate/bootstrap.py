@@ -13,7 +13,7 @@ take about a second.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -169,9 +169,12 @@ def bootstrap_label_intervals(
     seed: int = 0,
     alpha: float = 0.05,
     metrics: Sequence[str] = ("auc", "average_precision"),
+    means: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, Any]:
-    """CIs of each metric for every label and of the macro mean, from one shared set of
-    patient-level replicates. Returns ``{"labels": {label: {metric: {...}}}, "macro": {...}}``."""
+    """CIs of each metric for every label, of the macro mean (all labels) and of each named
+    mean (``{name: labels it averages}``, see :mod:`xraytriage.auc_means`), from one shared set
+    of patient-level replicates. Returns ``{"labels": {label: {metric: {...}}}, "macro": {...},
+    "means": {name: {metric: {...}}}}``."""
     y_true = np.asarray(y_true, dtype=np.float64)
     y_prob = np.asarray(y_prob, dtype=np.float64)
     n, n_labels = y_true.shape
@@ -195,17 +198,30 @@ def bootstrap_label_intervals(
             estimate = _point(name, y_true[keeps[j], j], y_prob[keeps[j], j])
             out["labels"][label][name] = {"estimate": estimate, "low": low, "high": high}
     for k, name in enumerate(metrics):
-        defined = ~np.all(np.isnan(reps[:, :, k]), axis=1)
-        macro_reps = np.full(n_boot, np.nan)
-        macro_reps[defined] = np.nanmean(reps[defined, :, k], axis=1)
-        finite = [v[name]["estimate"] for v in out["labels"].values() if np.isfinite(v[name]["estimate"])]
-        low, high = percentile_interval(macro_reps, alpha)
-        out["macro"][name] = {
-            "estimate": float(np.mean(finite)) if finite else float("nan"),
-            "low": low,
-            "high": high,
+        out["macro"][name] = _mean_interval(reps[:, :, k], out["labels"], list(label_names), name, alpha)
+    out["means"] = {}
+    for mean_name, members in (means or {}).items():
+        columns = [list(label_names).index(m) for m in members]
+        out["means"][mean_name] = {
+            name: _mean_interval(reps[:, columns, k], out["labels"], members, name, alpha)
+            for k, name in enumerate(metrics)
         }
     return out
+
+
+def _mean_interval(
+    reps: np.ndarray, per_label: Mapping[str, Any], members: Sequence[str], metric: str, alpha: float
+) -> dict[str, float]:
+    """Estimate (mean of the defined label estimates) and percentile CI of the mean over labels
+    of (replicates x labels) values."""
+    defined = ~np.all(np.isnan(reps), axis=1)
+    mean_reps = np.full(reps.shape[0], np.nan)
+    mean_reps[defined] = np.nanmean(reps[defined], axis=1)
+    finite = [
+        per_label[m][metric]["estimate"] for m in members if np.isfinite(per_label[m][metric]["estimate"])
+    ]
+    low, high = percentile_interval(mean_reps, alpha)
+    return {"estimate": float(np.mean(finite)) if finite else float("nan"), "low": low, "high": high}
 
 
 def paired_bootstrap_difference(

@@ -1,335 +1,80 @@
-"""Figures (PNG) and one self-contained ``report.html`` (images embedded as base64, inline CSS,
-no scripts, no external resources) so a report can be mailed or archived as a single file.
-
-Plots: ROC and PR curves per label, AUC per epoch from a training run's metrics CSV, the
-comparison of several runs, reliability diagrams, confusion matrices at the chosen operating
-points and the triage simulation. Matplotlib runs headless (Agg).
+"""``report.html`` of an evaluation and of ``xraytriage compare``: the sections (header,
+grouped metrics, discrimination, thresholds, operating points, calibration, study level, triage,
+comparison, localisation, training runs) built from an evaluation result, with the figures of
+:mod:`xraytriage.evaluate.plots` on the page of :mod:`xraytriage.evaluate.htmlpage`.
 """
 
 from __future__ import annotations
 
-import base64
-import html
+import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from sklearn.metrics import precision_recall_curve, roc_curve
 
-from xraytriage.evaluate.calibration import reliability_table
-from xraytriage.evaluate.metrics import average_precision, has_both_classes, roc_auc, valid_pairs
-from xraytriage.evaluate.runs import auc_columns, label_of
-
-
-def _grid(n: int, max_cols: int = 4, size: float = 3.0):
-    cols = max(1, min(max_cols, n))
-    rows = max(1, math.ceil(n / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows), squeeze=False)
-    for ax in axes.flat[n:]:
-        ax.set_visible(False)
-    return fig, list(axes.flat)
+from xraytriage.evaluate.htmlpage import MISSING, NOT_ENOUGH, HtmlReport
+from xraytriage.evaluate.plots import (
+    plot_auc_per_epoch,
+    plot_calibration,
+    plot_confusion_matrices,
+    plot_pr_curves,
+    plot_roc_curves,
+    plot_run_comparison,
+    plot_triage,
+)
 
 
-def _labels_with_both_classes(y: np.ndarray, p: np.ndarray, names: Sequence[str]) -> list[int]:
-    return [j for j in range(len(names)) if has_both_classes(valid_pairs(y[:, j], p[:, j])[0])]
-
-
-def _curve_panels(y, p, names, title: str, xlabel: str, ylabel: str, draw):
-    """One panel per label with both classes; ``draw(ax, y, p)`` plots it and returns its title."""
-    cols = _labels_with_both_classes(y, p, names)
-    fig, axes = _grid(max(1, len(cols)))
-    for ax, j in zip(axes, cols, strict=False):
-        yy, pp = valid_pairs(y[:, j], p[:, j])
-        ax.set_title(f"{names[j]}  {draw(ax, yy, pp)}", fontsize=9)
-        ax.set_xlabel(xlabel, fontsize=8)
-        ax.set_ylabel(ylabel, fontsize=8)
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1.01)
-    if not cols:
-        axes[0].text(0.5, 0.5, "no label has both classes", ha="center")
-    fig.suptitle(title)
-    fig.tight_layout()
-    return fig
-
-
-def plot_roc_curves(y: np.ndarray, p: np.ndarray, names: Sequence[str], title: str = "ROC curves"):
-    """One panel per label: ROC curve with its AUC; the diagonal is chance."""
-
-    def draw(ax, yy, pp) -> str:
-        fpr, tpr, _ = roc_curve(yy, pp)
-        ax.plot(fpr, tpr, lw=1.5)
-        ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=0.8)
-        return f"AUC {roc_auc(yy, pp):.3f}"
-
-    return _curve_panels(y, p, names, title, "1 - specificity", "sensitivity", draw)
-
-
-def plot_pr_curves(
-    y: np.ndarray, p: np.ndarray, names: Sequence[str], title: str = "Precision-recall curves"
-):
-    """One panel per label: PR curve with its average precision; the line is the prevalence."""
-
-    def draw(ax, yy, pp) -> str:
-        precision, recall, _ = precision_recall_curve(yy, pp)
-        ax.step(recall, precision, where="post", lw=1.5)
-        ax.axhline(yy.mean(), ls="--", c="grey", lw=0.8)
-        return f"AP {average_precision(yy, pp):.3f}"
-
-    return _curve_panels(y, p, names, title, "recall", "precision", draw)
-
-
-def plot_auc_per_epoch(history: pd.DataFrame, title: str = "Validation AUC per epoch"):
-    """AUC of every label per epoch (mean AUC bold) and, when present, the loss curves."""
-    x = history["epoch"] if "epoch" in history.columns else pd.Series(np.arange(1, len(history) + 1))
-    losses = [
-        c for c in ("loss", "train_loss", "val_loss") if c in history.columns and history[c].notna().any()
-    ]
-    fig, axes = plt.subplots(1, 2 if losses else 1, figsize=(11 if losses else 6, 4), squeeze=False)
-    ax = axes[0, 0]
-    for col in auc_columns(history):
-        bold = col in ("mean_auc", "val_mean_auc")
-        label = label_of(col)
-        ax.plot(
-            x,
-            history[col],
-            marker="o",
-            ms=3,
-            lw=2.5 if bold else 1.0,
-            c="black" if bold else None,
-            label=label,
-        )
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("AUC")
-    ax.set_title(title)
-    ax.legend(fontsize=7, ncol=2)
-    if losses:
-        for col in losses:
-            axes[0, 1].plot(x, history[col], marker="o", ms=3, label=col)
-        axes[0, 1].set_xlabel("epoch")
-        axes[0, 1].set_ylabel("loss")
-        axes[0, 1].set_title("Loss")
-        axes[0, 1].legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def plot_run_comparison(table: pd.DataFrame, title: str = "AUC per label and run"):
-    """Heat map of a labels x runs AUC table (the comparison slide)."""
-    values = table.to_numpy(dtype=np.float64)
-    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * table.shape[1], 1.0 + 0.35 * table.shape[0]))
-    im = ax.imshow(values, cmap="viridis", vmin=0.5, vmax=1.0, aspect="auto")
-    ax.set_xticks(range(table.shape[1]), [str(c) for c in table.columns], rotation=30, ha="right", fontsize=8)
-    ax.set_yticks(range(table.shape[0]), [str(i) for i in table.index], fontsize=8)
-    for (i, j), v in np.ndenumerate(values):
-        if np.isfinite(v):
-            ax.text(
-                j, i, f"{v:.3f}", ha="center", va="center", fontsize=7, c="white" if v < 0.75 else "black"
-            )
-    fig.colorbar(im, ax=ax, fraction=0.04)
-    ax.set_title(title)
-    fig.tight_layout()
-    return fig
-
-
-def plot_calibration(
-    y: np.ndarray, p: np.ndarray, names: Sequence[str], n_bins: int = 10, title: str = "Calibration"
-):
-    """Reliability diagram (observed frequency vs mean probability per bin, every label) and
-    the histogram of predicted probabilities."""
-    fig, (ax, hist) = plt.subplots(1, 2, figsize=(11, 4.5))
-    ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=0.8, label="perfect")
-    for j, name in enumerate(names):
-        table = reliability_table(y[:, j], p[:, j], n_bins)
-        if not table.empty:
-            ax.plot(table["mean_predicted"], table["fraction_positive"], marker="o", ms=3, lw=1, label=name)
-    ax.set_xlabel("mean predicted probability")
-    ax.set_ylabel("observed frequency")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.set_title(title)
-    ax.legend(fontsize=7, ncol=2)
-    finite = p[np.isfinite(p)]
-    hist.hist(finite, bins=n_bins * 2, range=(0, 1), color="steelblue")
-    hist.set_xlabel("predicted probability")
-    hist.set_ylabel("count")
-    hist.set_title("Predicted probabilities")
-    fig.tight_layout()
-    return fig
-
-
-def plot_confusion_matrices(matrices: Mapping[str, Any], title: str = "Confusion matrices"):
-    """``{label: {"threshold": t, "matrix": [[tn, fp], [fn, tp]]}}`` -> one panel per label."""
-    names = list(matrices)
-    fig, axes = _grid(max(1, len(names)), size=2.6)
-    for ax, name in zip(axes, names, strict=False):
-        entry = matrices[name]
-        m = np.asarray(entry["matrix"])
-        ax.imshow(m, cmap="Blues")
-        for (i, j), v in np.ndenumerate(m):
-            dark = v > m.max() / 2
-            ax.text(j, i, str(int(v)), ha="center", va="center", fontsize=10, c="white" if dark else "black")
-        ax.set_xticks([0, 1], ["pred 0", "pred 1"], fontsize=7)
-        ax.set_yticks([0, 1], ["true 0", "true 1"], fontsize=7)
-        ax.set_title(f"{name} @ {entry['threshold']:.3g}", fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    return fig
-
-
-def plot_triage(priority: np.ndarray, abnormal: np.ndarray, simulation: Mapping[str, Any] | None):
-    """Left: share of abnormal studies found against the share of the worklist read, triage
-    order vs FIFO (the diagonal). Right: mean and maximum wait of abnormal (and critical)
-    studies per reading order."""
-    fig, (gain, bars) = plt.subplots(1, 2, figsize=(11, 4.5))
-    priority = np.asarray(priority, dtype=np.float64)
-    abnormal = np.asarray(abnormal, dtype=np.float64)
-    order = np.argsort(-priority, kind="stable")
-    hits = np.cumsum(abnormal[order] == 1)
-    total = max(1, int((abnormal == 1).sum()))
-    frac = np.arange(1, len(order) + 1) / max(1, len(order))
-    gain.plot(np.r_[0, frac], np.r_[0, hits / total], label="triage order")
-    gain.plot([0, 1], [0, 1], ls="--", c="grey", label="arrival order (expected)")
-    gain.set_xlabel("share of worklist read")
-    gain.set_ylabel("share of abnormal studies found")
-    gain.set_title("Worklist gain")
-    gain.legend(fontsize=8)
-    if simulation:
-        orders = simulation["orders"]
-        groups = [
-            g
-            for g in ("abnormal", "critical", "normal")
-            if all(simulation["waits"][o].get(g, {}).get("n", 0) for o in orders)
-        ]
-        colours = {"abnormal": "tab:red", "critical": "tab:purple", "normal": "tab:blue"}
-        width = 0.8 / max(1, 2 * len(groups))
-        x = np.arange(len(orders))
-        k = 0
-        for g in groups:
-            for stat, hatch, alpha in (("mean", "", 1.0), ("max", "//", 0.45)):
-                vals = [simulation["waits"][o][g][stat] for o in orders]
-                offset = (k - len(groups) + 0.5) * width
-                bars.bar(
-                    x + offset, vals, width, color=colours[g], alpha=alpha, hatch=hatch, label=f"{g} {stat}"
-                )
-                k += 1
-        bars.set_xticks(x, orders, fontsize=8)
-        bars.set_ylabel("wait (minutes)")
-        bars.set_title(
-            f"Reading queue: {simulation['studies']} studies, utilisation {simulation['utilisation']:.0%}"
-        )
-        bars.legend(fontsize=8)
-    else:
-        bars.set_visible(False)
-    fig.tight_layout()
-    return fig
-
-
-class HtmlReport:
-    """Collects sections and writes PNG files plus one self-contained HTML page."""
-
-    def __init__(self, output_dir: str | Path, title: str) -> None:
-        self.output_dir = Path(output_dir)
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        self.title = title
-        self.parts: list[str] = []
-        self.figures: list[Path] = []
-
-    def heading(self, text: str) -> None:
-        self.parts.append(f"<h2>{html.escape(text)}</h2>")
-
-    def paragraph(self, text: str) -> None:
-        self.parts.append(f"<p>{html.escape(text)}</p>")
-
-    def table(self, frame: pd.DataFrame, caption: str | None = None, digits: int = 3) -> None:
-        title = f"<h3>{html.escape(caption)}</h3>" if caption else ""
-        body = frame.to_html(float_format=lambda v: f"{v:.{digits}f}", na_rep="–", border=0, escape=True)
-        self.parts.append(title + body)
-
-    def figure(self, fig, name: str, caption: str = "") -> Path:
-        """Save ``fig`` as ``<name>.png`` and embed the same bytes in the page."""
-        path = self.output_dir / f"{name}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        data = base64.b64encode(path.read_bytes()).decode("ascii")
-        alt = html.escape(caption or name)
-        self.parts.append(
-            f'<figure><img alt="{alt}" src="data:image/png;base64,{data}"/>'
-            f"<figcaption>{html.escape(caption)}</figcaption></figure>"
-        )
-        self.figures.append(path)
-        return path
-
-    def write(self, name: str = "report.html") -> Path:
-        style = (
-            "body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}"
-            "table{border-collapse:collapse;font-size:12px;margin:1em 0}"
-            "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}"
-            "img{max-width:100%}"
-            "figure{margin:1em 0}figcaption{font-size:12px;color:#555}"
-        )
-        page = (
-            "<!DOCTYPE html><html><head><meta charset='utf-8'>"
-            f"<title>{html.escape(self.title)}</title><style>{style}</style></head><body>"
-            f"<h1>{html.escape(self.title)}</h1>{''.join(self.parts)}</body></html>"
-        )
-        path = self.output_dir / name
-        path.write_text(page, encoding="utf-8")
-        return path
+def _auc_cell(m: Mapping[str, Any], value: float | None) -> Any:
+    """An AUC/AP value, or why there is none."""
+    if value is not None and np.isfinite(value):
+        return value
+    if m.get("positives", 0) == 0:
+        return NOT_ENOUGH
+    return "not enough negatives" if m.get("positives") == m.get("n") else MISSING
 
 
 def _summary_table(result: Mapping[str, Any]) -> pd.DataFrame:
-    boot = result["bootstrap"]["labels"]
+    """The result's summary table (:meth:`EvaluationResult.summary_table`: named means first,
+    then every label, then micro) with CIs as text and missing AUCs explained."""
+    from xraytriage.evaluate.runner import EvaluationResult
+
+    summary = EvaluationResult(result).summary_table()
+    labels = set(result["labels"])
     rows = []
-    for name, m in result["metrics"]["labels"].items():
+    for name, r in summary.iterrows():
+        is_label = name in labels
+        m = result["metrics"]["labels"][name] if is_label else {}
+        is_mean = not is_label and not str(name).startswith("micro")
         rows.append(
             {
                 "label": name,
-                "n": m["n"],
-                "positives": m["positives"],
-                "prevalence": m["prevalence"],
-                "AUC": m["auc"],
-                "AUC 95% CI": _ci(boot[name]["auc"]),
-                "AP": m["average_precision"],
-                "AP 95% CI": _ci(boot[name]["average_precision"]),
-                "ECE": result["calibration"][name]["ece"],
+                "n": int(r["n"]) if is_label else "",
+                "positives": int(r["positives"]) if is_label else "",
+                "prevalence": r["prevalence"] if is_label else "",
+                "AUC": _auc_cell(m, r["auc"]) if is_label else r["auc"],
+                "AUC 95% CI": _ci({"low": r["auc_low"], "high": r["auc_high"]})
+                if is_label or is_mean
+                else "",
+                "AP": _auc_cell(m, r["average_precision"]) if is_label else r["average_precision"],
+                "AP 95% CI": _ci({"low": r["ap_low"], "high": r["ap_high"]}) if is_label or is_mean else "",
+                "ECE": r["ece"] if is_label else "",
             }
         )
-    macro = result["bootstrap"]["macro"]
-    rows.append(
-        {
-            "label": "macro mean",
-            "AUC": result["metrics"]["macro"]["auc"],
-            "AUC 95% CI": _ci(macro["auc"]),
-            "AP": result["metrics"]["macro"]["average_precision"],
-            "AP 95% CI": _ci(macro["average_precision"]),
-        }
-    )
-    rows.append(
-        {
-            "label": "micro",
-            "AUC": result["metrics"]["micro"]["auc"],
-            "AP": result["metrics"]["micro"]["average_precision"],
-        }
-    )
-    table = pd.DataFrame(rows).set_index("label")
-    return table.astype({"n": "Int64", "positives": "Int64"})  # counts stay integers beside NaN rows
+    return pd.DataFrame(rows).set_index("label")  # object columns: counts stay integers
 
 
 def _ci(entry: Mapping[str, float]) -> str:
     low, high = entry.get("low"), entry.get("high")
     if low is None or high is None or not (np.isfinite(low) and np.isfinite(high)):
-        return "–"
+        return MISSING
     return f"[{low:.3f}, {high:.3f}]"
 
 
 def _threshold_table(result: Mapping[str, Any]) -> pd.DataFrame:
+    """Every label at every fixed threshold; the 0.5 rows first."""
     rows = []
     for name, m in result["metrics"]["labels"].items():
         for t, at in m["at_threshold"].items():
@@ -340,13 +85,18 @@ def _threshold_table(result: Mapping[str, Any]) -> pd.DataFrame:
                     **{k: at[k] for k in ("precision", "recall", "f1", "specificity")},
                 }
             )
-    return pd.DataFrame(rows).set_index(["label", "threshold"])
+    frame = pd.DataFrame(rows)
+    frame["_first"] = (frame["threshold"] - 0.5).abs() > 1e-9
+    return frame.sort_values("_first", kind="stable").drop(columns="_first").set_index(["label", "threshold"])
 
 
 def _operating_table(result: Mapping[str, Any]) -> pd.DataFrame:
+    """Every rule's thresholds per label; the report's chosen rule first."""
+    chosen = result["config"]["operating_point"]
+    rules = result["operating_points"]["rules"]
     rows = []
-    for rule, per_label in result["operating_points"]["rules"].items():
-        for name, at in per_label.items():
+    for rule in [chosen, *[r for r in rules if r != chosen]]:
+        for name, at in rules[rule].items():
             rows.append(
                 {
                     "rule": rule,
@@ -361,7 +111,7 @@ def _study_table(result: Mapping[str, Any]) -> pd.DataFrame:
     rows = []
     for name, per_method in result["study_level"].items():
         for method, m in per_method.items():
-            rows.append({"label": name, "aggregation": method, **m})
+            rows.append({"label": name, "aggregation": method, **m, "auc": _auc_cell(m, m["auc"])})
     return pd.DataFrame(rows).set_index(["label", "aggregation"])
 
 
@@ -369,23 +119,25 @@ def _wait_table(simulation: Mapping[str, Any]) -> pd.DataFrame:
     rows = []
     for order in simulation["orders"]:
         for group, stats in simulation["waits"][order].items():
-            rows.append({"order": order, "studies": group, **stats})
+            if stats.get("n", 0):
+                rows.append({"order": order, "studies": group, **stats})
     return pd.DataFrame(rows).set_index(["order", "studies"])
 
 
 def _grouped_section(report: HtmlReport, grouped: Mapping[str, Any]) -> None:
-    """Within-group AUCs first: when images come from groups that differ in prevalence and
-    appearance, the pooled numbers below can rank the group instead of the disease."""
+    """Within-group AUCs in their own section: when images come from groups that differ in
+    prevalence and appearance, the pooled numbers can rank the group instead of the disease."""
     by = grouped["by"]
-    report.heading(f"Within {by} (shortcut audit)")
+    report.heading(f"Within each {by} (grouped metrics, shortcut audit)")
     report.paragraph(
         f"ROC AUC within each {by} that holds both classes, their unweighted mean, the pooled AUC "
         f"over all images, and how well the {by} alone predicts the label (each image scored by "
         f"its {by}'s prevalence; 0.5 = no information). A pooled AUC more than 0.05 above the "
-        "within-group mean is confounded."
+        "within-group mean is confounded. Rows: the triage score first, then the labels with the "
+        "largest pooled-minus-within gap."
     )
     for line in grouped["warnings"]:
-        report.parts.append(f"<p style='color:#b00'><b>Warning:</b> {html.escape(line)}</p>")
+        report.warning(line)
     if grouped["single_class_groups"]:
         report.paragraph(
             "Groups with a single class for at least one label (no AUC there): "
@@ -398,22 +150,116 @@ def _grouped_section(report: HtmlReport, grouped: Mapping[str, Any]) -> None:
 
     def cell(v: dict | None) -> str:
         if v is None:
-            return "–"
+            return MISSING
         if v["auc"] is None:
             return f"one class ({v['positives']} pos.)"
         return f"{v['auc']:.3f} ({v['positives']} pos.)" + ("" if v.get("in_mean", True) else " few")
 
+    def gap(item) -> float:
+        label, r = item
+        if label.startswith("triage"):
+            return math.inf
+        value = r.get("pooled_minus_within")
+        return -math.inf if value is None else value
+
     rows = []
-    for label, r in grouped["labels"].items():
+    for label, r in sorted(grouped["labels"].items(), key=gap, reverse=True):
         row: dict[str, Any] = {"label": label}
         for g in groups:
             row[f"{g} (n={sizes[g]})"] = cell(r["groups"].get(g))
-        row[f"mean within {by}"] = r["within_mean_auc"]
-        row["pooled"] = r["pooled_auc"]
-        row[f"{by} alone"] = r["group_only_auc"]
+        row[f"mean within {by}"] = (
+            r["within_mean_auc"]
+            if r["within_mean_auc"] is not None
+            else f"no {by} with enough of both classes"
+        )
+        row["pooled"] = r["pooled_auc"] if r["pooled_auc"] is not None else NOT_ENOUGH
+        row[f"{by} alone"] = r["group_only_auc"] if r["group_only_auc"] is not None else MISSING
         rows.append(row)
     frame = pd.DataFrame(rows).set_index("label")
     report.table(frame, f"ROC AUC within each {by}")
+
+
+def _header_items(result: Mapping[str, Any]) -> dict[str, Any]:
+    """The header rows: what model, what data, when, which command."""
+    prov = dict(result.get("provenance", {}))
+    items: dict[str, Any] = {}
+    if "model" in prov:
+        items["model"] = prov["model"]
+    if "model_version" in prov:
+        items["model version"] = prov["model_version"]
+    if "checkpoint" in prov:
+        items["checkpoint"] = f"{prov['checkpoint']} (sha256 {prov['checkpoint_sha256']}…)"
+    if "predictions" in prov:
+        items["predictions"] = f"{prov['predictions']} (sha256 {prov['predictions_sha256']}…)"
+    items["dataset"] = prov.get("dataset")
+    if prov.get("sample"):
+        items["sample"] = prov["sample"]
+    items["images"] = result["images"]
+    items["patients"] = (
+        result.get("patients")
+        if result.get("patients") is not None
+        else "not recorded (each image its own patient)"
+    )
+    if result.get("studies") is not None:
+        items["studies"] = result["studies"]
+    items["data fingerprint"] = prov.get("data_fingerprint")
+    if prov.get("training_data_fingerprint"):
+        items["training data fingerprint"] = prov["training_data_fingerprint"]
+    overlap = result.get("training_overlap")
+    if overlap is not None:
+        if not overlap.get("checked"):
+            items["seen in training"] = f"unknown ({overlap.get('reason')})"
+        else:
+            text = (
+                f"{overlap['overlapping']} of {overlap['evaluated_images']} images ({overlap['share']:.1%})"
+            )
+            if overlap.get("excluded"):
+                text += f"; {overlap['excluded']} training images excluded (--exclude-training-images)"
+            items["seen in training"] = text
+    items["groups"] = prov.get("groups") or "none (--group-by not given)"
+    items["scored labels"] = ", ".join(result["labels"])
+    items["confidence intervals"] = (
+        f"95%, {result['bootstrap']['n_boot']} {result['bootstrap']['resampling']}-level bootstrap "
+        f"replicates (seed {result['bootstrap']['seed']})"
+    )
+    items["date"] = prov.get("date")
+    items["command"] = prov.get("command")
+    return items
+
+
+def _triage_section(report: HtmlReport, tri: Mapping[str, Any]) -> None:
+    report.heading("Triage")
+    reference = tri.get("abnormal_found_in_top_reference", {})
+    best, random = reference.get("best_possible", {}), reference.get("random_order", {})
+    rows = [
+        {
+            "first part of the worklist": f"{float(k):.0%}",
+            "abnormal studies found (this model)": f"{v:.1%}" if np.isfinite(v) else MISSING,
+            "best possible order": f"{best[k]:.1%}" if k in best and np.isfinite(best[k]) else MISSING,
+            "random order": f"{random[k]:.1%}" if k in random and np.isfinite(random[k]) else MISSING,
+        }
+        for k, v in tri["abnormal_found_in_top"].items()
+    ]
+    report.paragraph(
+        f"Priority AUC (abnormal vs normal, {tri['studies']} studies): {tri['priority_auc']:.3f}. "
+        "Share of all abnormal studies found in the first part of a worklist sorted by P(abnormal), "
+        "next to the best possible order (every abnormal study first) and random order."
+    )
+    report.table(pd.DataFrame(rows).set_index("first part of the worklist"))
+    sim = tri["simulation"]
+    escalation = (
+        f", and by priority with any study that has waited {sim['max_wait']:g} minutes read next (escalation)"
+        if sim["max_wait"] is not None
+        else ""
+    )
+    report.paragraph(
+        f"Reading-queue simulation: the {sim['studies']} studies arrive at random times over one "
+        f"{sim['day_minutes']:g}-minute day and one radiologist reads them one at a time "
+        f"({sim['reading_kind']} reading time, mean {sim['reading_minutes']:.2f} min, "
+        f"{sim['utilisation']:.0%} of the day busy; seed {sim['seed']}) in arrival order (FIFO), by "
+        f"priority (triage){escalation}; the table gives waiting times in minutes."
+    )
+    report.table(_wait_table(sim))
 
 
 def build_evaluation_report(
@@ -428,16 +274,16 @@ def build_evaluation_report(
     """Every figure as PNG in ``output_dir`` and ``report.html`` embedding them; the tables of
     ``xraytriage localize-eval`` output folders (``localization.csv``) when given."""
     from xraytriage.evaluate.predictions import label_matrix, prob_matrix
+    from xraytriage.evaluate.provenance import overlap_warning
     from xraytriage.evaluate.runs import comparison_table, read_history
 
     labels = list(result["labels"])
     y, p = label_matrix(predictions, labels), prob_matrix(predictions, labels)
     report = HtmlReport(output_dir, title)
-    report.paragraph(
-        f"{result['images']} images, {result.get('patients')} patients, {result.get('studies')} studies. "
-        f"95% confidence intervals: {result['bootstrap']['n_boot']} {result['bootstrap']['resampling']}-level "
-        f"bootstrap replicates (seed {result['bootstrap']['seed']})."
-    )
+    warning = overlap_warning(result.get("training_overlap") or {})
+    if warning:
+        report.warning(warning)
+    report.header(_header_items(result))
     overlap = result.get("label_overlap", {})
     if overlap.get("model_only"):
         report.paragraph(
@@ -448,18 +294,32 @@ def build_evaluation_report(
     if "grouped" in result:
         _grouped_section(report, result["grouped"])
     report.heading("Discrimination")
+    means = result.get("means", {})
+    if means:
+        report.paragraph(
+            "Means are named by what they average: "
+            + "; ".join(
+                f"{name} = {', '.join(e['labels'])}"
+                for name, e in means.items()
+                if name.startswith("mean_auc")
+            )
+            + "."
+        )
     report.table(_summary_table(result), "Per label")
-    report.figure(plot_roc_curves(y, p, labels), "roc_curves", "ROC curve per label")
+    report.figure(plot_roc_curves(y, p, labels), "roc_curves", "ROC curve per label (one colour per label)")
     report.figure(plot_pr_curves(y, p, labels), "pr_curves", "Precision-recall curve per label")
     report.heading("Fixed thresholds")
-    report.table(_threshold_table(result))
+    report.table(
+        _threshold_table(result), preview=len(labels), note="At 0.5 first; the other thresholds below."
+    )
     report.heading("Operating points")
     ops = result["operating_points"]
-    report.paragraph(
-        f"Thresholds chosen on: {ops['source']}; sensitivity target {ops['target_sensitivity']:g}."
-    )
-    report.table(_operating_table(result))
     chosen = result["config"]["operating_point"]
+    report.paragraph(
+        f"Thresholds chosen on: {ops['source']}; sensitivity target {ops['target_sensitivity']:g}, "
+        f"specificity target {ops['target_specificity']:g}. The report's rule ({chosen}) first."
+    )
+    report.table(_operating_table(result), preview=len(labels))
     matrices = {
         n: {"threshold": at["threshold"], "matrix": at["confusion"]} for n, at in ops["rules"][chosen].items()
     }
@@ -473,21 +333,12 @@ def build_evaluation_report(
         report.table(_study_table(result), "Image probabilities aggregated per study")
     if "triage" in result:
         tri = result["triage"]
-        report.heading("Triage")
-        found = ", ".join(f"{float(k):.0%}: {v:.1%}" for k, v in tri["abnormal_found_in_top"].items())
-        report.paragraph(
-            f"Priority AUC (abnormal vs normal, {tri['studies']} studies): {tri['priority_auc']:.3f}. "
-            f"Share of abnormal studies in the first part of the worklist: {found}."
+        _triage_section(report, tri)
+        report.figure(
+            plot_triage(tri["priority"], tri["abnormal"], tri["simulation"]),
+            "triage_simulation",
+            "Triage: worklist gain with its reference orders, and waiting times per reading order",
         )
-        sim = tri["simulation"]
-        report.paragraph(
-            f"Reading-queue simulation: studies arrive at random over {sim['day_minutes']:g} minutes, one reader, "
-            f"{sim['reading_kind']} reading time {sim['reading_minutes']:.2f} min (utilisation {sim['utilisation']:.0%})"
-            + (f", escalation after {sim['max_wait']:g} min" if sim["max_wait"] is not None else "")
-            + ". Waiting times in minutes; mean and worst case."
-        )
-        report.table(_wait_table(sim))
-        report.figure(plot_triage(tri["priority"], tri["abnormal"], sim), "triage_simulation", "Triage")
     if comparison is not None:
         report.heading("Side by side with another model")
         report.paragraph(f"{comparison['images']} images present in both prediction sets.")
@@ -498,12 +349,12 @@ def build_evaluation_report(
         )
         if "grouped_triage" in comparison:
             grouped = comparison["grouped_triage"]
-            means = ", ".join(
+            means_within = ", ".join(
                 f"{name} {value:.3f}" for name, value in grouped["mean_within"].items() if value is not None
             )
             report.paragraph(
                 f"Triage score within each {grouped['by']} (ours: abnormal probability; theirs: "
-                f"{grouped['their_score']}). Mean of the within-{grouped['by']} AUCs: {means}."
+                f"{grouped['their_score']}). Mean of the within-{grouped['by']} AUCs: {means_within}."
             )
             report.table(
                 grouped["table"].set_index("group"), f"Triage AUC within each {grouped['by']}", digits=4
@@ -539,16 +390,47 @@ def build_evaluation_report(
     return report.write()
 
 
+def _run_header(
+    run_dirs: Sequence[str | Path], names: Sequence[str], sources: Mapping[str, str]
+) -> pd.DataFrame:
+    """Per run: where its numbers come from, its model (name, checkpoint hash) and data."""
+    from xraytriage.evaluate.provenance import file_sha256
+    from xraytriage.evaluate.runs import find_evaluation
+
+    rows = []
+    for name, run in zip(names, run_dirs, strict=True):
+        row: dict[str, Any] = {"run": name, "folder": str(run), "numbers from": sources.get(name)}
+        evaluation = find_evaluation(run)
+        prov = {}
+        if evaluation is not None:
+            prov = json.loads(evaluation.read_text(encoding="utf-8")).get("provenance", {})
+        checkpoint = Path(run) / "best.pt"
+        row["model"] = prov.get("model")
+        if prov.get("checkpoint_sha256"):
+            row["checkpoint sha256"] = prov["checkpoint_sha256"]
+        elif checkpoint.is_file():
+            row["checkpoint sha256"] = file_sha256(checkpoint)
+        row["dataset"] = prov.get("dataset")
+        row["images"] = prov.get("images")
+        row["data fingerprint"] = prov.get("data_fingerprint")
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("run")
+
+
 def build_runs_report(
     run_dirs: Sequence[str | Path],
     output_dir: str | Path,
     title: str = "xraytriage run comparison",
     n_boot: int = 1000,
     seed: int = 0,
+    command: Sequence[str] | None = None,
 ) -> Path:
     """``xraytriage compare``: the labels x runs AUC table, its heat map, every run's AUC curves
     and, for runs with predictions on shared images (see ``runs.run_predictions``), DeLong /
     paired-bootstrap tests of each run against the first on the images they share."""
+    import datetime as _dt
+    import shlex
+
     from xraytriage.evaluate.compare import compare_predictions
     from xraytriage.evaluate.predictions import read_predictions_csv
     from xraytriage.evaluate.runs import comparison_table, find_run_metrics, read_history, run_predictions
@@ -558,14 +440,27 @@ def build_runs_report(
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "comparison.csv", index_label="label")
     report = HtmlReport(out, title)
-    report.paragraph("; ".join(f"{name}: {src}" for name, src in sources.items()))
-    report.table(table, "AUC per label (rows) and run (columns)")
+    report.header(
+        {
+            "runs": len(run_dirs),
+            "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            "command": shlex.join(command) if command else None,
+        }
+    )
+    report.table(_run_header(run_dirs, list(table.columns), sources), "What is compared")
+    report.table(
+        table,
+        "AUC per label (rows) and run (columns)",
+        note="Means named by what they average (xraytriage.auc_means), recomputed from each run's label AUCs. "
+        "A dash: the run has no AUC for that label.",
+    )
     report.figure(plot_run_comparison(table), "run_comparison", "AUC per label and run")
     for name, run in zip(table.columns, run_dirs, strict=True):
         if find_run_metrics(run) is not None:
             report.figure(
                 plot_auc_per_epoch(read_history(run), f"{name}: validation AUC"),
                 f"auc_per_epoch_{_safe(name)}",
+                f"{name}: validation AUC per epoch, one colour per label, the named means in black/grey",
             )
     predictions = {}
     for name, run in zip(table.columns, run_dirs, strict=True):

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from xraytriage.auc_means import auc_means, mean_definitions
 from xraytriage.errors import ConfigError
 from xraytriage.evaluate.bootstrap import bootstrap_label_intervals
 from xraytriage.evaluate.calibration import expected_calibration_error, reliability_table
@@ -196,7 +197,7 @@ def evaluate_predictions(
     val: pd.DataFrame | None = None,
     config: EvaluationConfig | None = None,
     checkpoint_thresholds: Mapping[str, float] | None = None,
-) -> dict[str, Any]:
+) -> EvaluationResult:
     """Every metric for a predictions table (see :mod:`xraytriage.evaluate.predictions`).
 
     Labels scored are those with both ``prob_`` and ``label_`` columns; the others are listed
@@ -208,7 +209,7 @@ def evaluate_predictions(
         raise ConfigError("no label has both predictions (prob_*) and ground truth (label_*)")
     y, p = label_matrix(test, labels), prob_matrix(test, labels)
     groups = test["patient_id"].astype(str).to_numpy() if "patient_id" in test.columns else None
-    result: dict[str, Any] = {
+    result = EvaluationResult({
         "images": len(test),
         "patients": int(test["patient_id"].nunique()) if "patient_id" in test.columns else None,
         "studies": int(test["study_id"].nunique()) if "study_id" in test.columns else None,
@@ -217,10 +218,14 @@ def evaluate_predictions(
             prob_labels(test), [c.removeprefix(LABEL) for c in test.columns if c.startswith(LABEL)]
         ),
         "config": asdict(cfg),
-    }
+    })  # fmt: skip
     result["metrics"] = multilabel_metrics(y, p, labels, cfg.thresholds)
+    definitions = mean_definitions(labels, outputs=prob_labels(test))
     log.info("bootstrap: %d patient-level replicates", cfg.n_boot)
-    result["bootstrap"] = bootstrap_label_intervals(y, p, labels, groups, n_boot=cfg.n_boot, seed=cfg.seed)
+    result["bootstrap"] = bootstrap_label_intervals(
+        y, p, labels, groups, n_boot=cfg.n_boot, seed=cfg.seed, means=definitions
+    )
+    result["means"] = named_means(result, definitions)
     result["operating_points"] = _operating_points(test, labels, val, checkpoint_thresholds, cfg)
     result["calibration"] = {
         n: {
@@ -241,44 +246,154 @@ def evaluate_predictions(
     return result
 
 
-def metrics_table(result: Mapping[str, Any]) -> pd.DataFrame:
-    """One row per label (plus macro/micro): the flat numbers of metrics.csv."""
-    rows = []
-    boot = result["bootstrap"]["labels"]
-    ops = result["operating_points"]["rules"]
-    for name, m in result["metrics"]["labels"].items():
-        row: dict[str, Any] = {
-            "label": name,
-            "n": m["n"],
-            "positives": m["positives"],
-            "prevalence": m["prevalence"],
-            "auc": m["auc"],
-            "auc_low": boot[name]["auc"]["low"],
-            "auc_high": boot[name]["auc"]["high"],
-            "average_precision": m["average_precision"],
-            "ap_low": boot[name]["average_precision"]["low"],
-            "ap_high": boot[name]["average_precision"]["high"],
-            "ece": result["calibration"][name]["ece"],
+def named_means(result: Mapping[str, Any], definitions: Mapping[str, Sequence[str]]) -> dict[str, Any]:
+    """``{name: {labels, labels_with_auc, auc, low, high, average_precision}}`` for every named
+    mean (:mod:`xraytriage.auc_means`), primary first, with its bootstrap CI."""
+    out = {}
+    for name, members in definitions.items():
+        boot = result["bootstrap"]["means"][name]
+        with_auc = [m for m in members if math.isfinite(result["metrics"]["labels"][m]["auc"])]
+        out[name] = {
+            "labels": list(members),
+            "labels_with_auc": len(with_auc),
+            "auc": boot["auc"]["estimate"],
+            "low": boot["auc"]["low"],
+            "high": boot["auc"]["high"],
+            "average_precision": boot["average_precision"]["estimate"],
         }
-        for t, at in m["at_threshold"].items():
-            for k in ("precision", "recall", "f1", "specificity"):
-                row[f"{k}@{t}"] = at[k]
-        for rule, per_label in ops.items():
-            row[f"threshold_{rule}"] = per_label[name]["threshold"]
-            row[f"sensitivity_{rule}"] = per_label[name]["sensitivity"]
-            row[f"specificity_{rule}"] = per_label[name]["specificity"]
-        rows.append(row)
-    for avg in ("macro", "micro"):
-        summary = result["metrics"][avg]
-        row = {"label": f"({avg})", "auc": summary["auc"], "average_precision": summary["average_precision"]}
-        if avg == "macro":
-            row["auc_low"] = result["bootstrap"]["macro"]["auc"]["low"]
-            row["auc_high"] = result["bootstrap"]["macro"]["auc"]["high"]
-        for key, v in summary.items():
-            if "@" in key:
-                row[key] = v
-        rows.append(row)
-    return pd.DataFrame(rows)
+    return out
+
+
+def mean_caption(name: str, entry: Mapping[str, Any]) -> str:
+    """``mean_auc_14_findings`` or ``mean_auc_14_findings (13 of 14 with both classes)``."""
+    k, n = entry["labels_with_auc"], len(entry["labels"])
+    return name if k == n else f"{name} ({k} of {n} with both classes)"
+
+
+SUMMARY_COLUMNS = (
+    "n", "positives", "prevalence", "auc", "auc_low", "auc_high",
+    "average_precision", "ap_low", "ap_high", "ece",
+)  # fmt: skip
+"""The headline columns of :meth:`EvaluationResult.label_table` (console and report)."""
+
+
+class EvaluationResult(dict):
+    """Everything one evaluation measured, as :func:`evaluate_predictions` returns it.
+
+    A dict (keys ``images``, ``labels``, ``metrics``, ``bootstrap``, ``means``,
+    ``operating_points``, ``calibration``, ``triage``...), so code that indexes it keeps working;
+    on top, its one per-label table (:meth:`label_table`: metrics.csv, and through
+    :meth:`summary_table` the console and the report) and its JSON form (:meth:`to_json`).
+    """
+
+    def label_table(self) -> pd.DataFrame:
+        """One row per label, then the named means, macro and micro: every flat number."""
+        rows = []
+        boot = self["bootstrap"]["labels"]
+        ops = self["operating_points"]["rules"]
+        for name, m in self["metrics"]["labels"].items():
+            row: dict[str, Any] = {
+                "label": name,
+                "n": m["n"],
+                "positives": m["positives"],
+                "prevalence": m["prevalence"],
+                "auc": m["auc"],
+                "auc_low": boot[name]["auc"]["low"],
+                "auc_high": boot[name]["auc"]["high"],
+                "average_precision": m["average_precision"],
+                "ap_low": boot[name]["average_precision"]["low"],
+                "ap_high": boot[name]["average_precision"]["high"],
+                "ece": self["calibration"][name]["ece"],
+            }
+            for t, at in m["at_threshold"].items():
+                for k in ("precision", "recall", "f1", "specificity"):
+                    row[f"{k}@{t}"] = at[k]
+            for rule, per_label in ops.items():
+                row[f"threshold_{rule}"] = per_label[name]["threshold"]
+                row[f"sensitivity_{rule}"] = per_label[name]["sensitivity"]
+                row[f"specificity_{rule}"] = per_label[name]["specificity"]
+            rows.append(row)
+        for name, entry in self.get("means", {}).items():
+            if not name.startswith("mean_auc"):
+                continue  # single-label AUCs are already rows
+            rows.append(
+                {
+                    "label": f"({name})",
+                    "n_labels": len(entry["labels"]),
+                    "auc": entry["auc"],
+                    "auc_low": entry["low"],
+                    "auc_high": entry["high"],
+                    "average_precision": entry["average_precision"],
+                }
+            )
+        for avg in ("macro", "micro"):
+            summary = self["metrics"][avg]
+            n_labels = len(self["labels"])
+            row = {
+                "label": f"(macro over {n_labels} labels)"
+                if avg == "macro"
+                else f"(micro, {n_labels} labels pooled)",
+                "n_labels": n_labels,
+                "auc": summary["auc"],
+                "average_precision": summary["average_precision"],
+            }
+            if avg == "macro":
+                row["auc_low"] = self["bootstrap"]["macro"]["auc"]["low"]
+                row["auc_high"] = self["bootstrap"]["macro"]["auc"]["high"]
+            for key, v in summary.items():
+                if "@" in key:
+                    row[key] = v
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+    def summary_table(self) -> pd.DataFrame:
+        """The headline view of :meth:`label_table`: named means first (captioned with how many
+        of their labels had an AUC), then every label, then micro; :data:`SUMMARY_COLUMNS`."""
+        table = self.label_table().set_index("label")
+        means = [i for i in table.index if i.startswith("(mean_auc")]
+        micro = [i for i in table.index if i.startswith("(micro")]
+        out = table.loc[[*means, *self["labels"], *micro], list(SUMMARY_COLUMNS)]
+        out.index = [
+            mean_caption(i[1:-1], self["means"][i[1:-1]]) if i in means else i.strip("()") for i in out.index
+        ]
+        out.index.name = "label"
+        return out
+
+    def to_json(self, comparison: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """JSON-safe dict of metrics.json (NaN as None; the triage simulation's per-study table
+        and the comparison's joined frame left out: they go to CSV files)."""
+        out = {k: v for k, v in self.items() if k != "triage"}
+        if "triage" in self:
+            tri = self["triage"]
+            out["triage"] = {
+                "studies": tri["studies"],
+                "priority_auc": tri["priority_auc"],
+                "abnormal_found_in_top": tri["abnormal_found_in_top"],
+                "abnormal_found_in_top_reference": tri["abnormal_found_in_top_reference"],
+                "critical_labels": tri["critical_labels"],
+                "simulation": {k: v for k, v in tri["simulation"].items() if k != "table"},
+            }
+        if comparison is not None:
+            out["comparison"] = {
+                "images": comparison["images"],
+                "labels": comparison["labels"],
+                "table": comparison["table"].to_dict(orient="records"),
+                "macro_auc": {name: comparison[name]["macro"]["auc"] for name in comparison["names"]},
+                "means": {
+                    name: auc_means({k: v["auc"] for k, v in comparison[name]["labels"].items()})
+                    for name in comparison["names"]
+                },
+            }
+            if "grouped_triage" in comparison:
+                grouped = comparison["grouped_triage"]
+                out["comparison"]["grouped_triage"] = {
+                    "by": grouped["by"],
+                    "names": grouped["names"],
+                    "table": grouped["table"].to_dict(orient="records"),
+                    "mean_within": grouped["mean_within"],
+                    "their_score": grouped["their_score"],
+                }
+        return _clean(out)
 
 
 def write_evaluation(
@@ -295,35 +410,13 @@ def write_evaluation(
 
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    serialisable = {k: v for k, v in result.items() if k != "triage"}
+    result = result if isinstance(result, EvaluationResult) else EvaluationResult(result)
     if "triage" in result:
-        tri = result["triage"]
-        serialisable["triage"] = {
-            "studies": tri["studies"],
-            "priority_auc": tri["priority_auc"],
-            "abnormal_found_in_top": tri["abnormal_found_in_top"],
-            "critical_labels": tri["critical_labels"],
-            "simulation": {k: v for k, v in tri["simulation"].items() if k != "table"},
-        }
-        tri["simulation"]["table"].to_csv(out / "triage_simulation.csv", index=False)
+        result["triage"]["simulation"]["table"].to_csv(out / "triage_simulation.csv", index=False)
     if comparison is not None:
-        serialisable["comparison"] = {
-            "images": comparison["images"],
-            "labels": comparison["labels"],
-            "table": comparison["table"].to_dict(orient="records"),
-            "macro_auc": {name: comparison[name]["macro"]["auc"] for name in comparison["names"]},
-        }
         comparison["table"].to_csv(out / "comparison.csv", index=False)
         if "grouped_triage" in comparison:
-            grouped = comparison["grouped_triage"]
-            serialisable["comparison"]["grouped_triage"] = {
-                "by": grouped["by"],
-                "names": grouped["names"],
-                "table": grouped["table"].to_dict(orient="records"),
-                "mean_within": grouped["mean_within"],
-                "their_score": grouped["their_score"],
-            }
-            grouped["table"].to_csv(out / "grouped_comparison.csv", index=False)
+            comparison["grouped_triage"]["table"].to_csv(out / "grouped_comparison.csv", index=False)
     paths = {
         "metrics.json": out / "metrics.json",
         "metrics.csv": out / "metrics.csv",
@@ -334,8 +427,8 @@ def write_evaluation(
 
         paths["grouped_metrics.csv"] = out / "grouped_metrics.csv"
         grouped_table(result["grouped"]).to_csv(paths["grouped_metrics.csv"], index=False)
-    paths["metrics.json"].write_text(json.dumps(_clean(serialisable), indent=2), encoding="utf-8")
-    metrics_table(result).to_csv(paths["metrics.csv"], index=False)
+    paths["metrics.json"].write_text(json.dumps(result.to_json(comparison), indent=2), encoding="utf-8")
+    result.label_table().to_csv(paths["metrics.csv"], index=False)
     test.to_csv(paths["predictions.csv"], index=False)
     paths["report.html"] = build_evaluation_report(
         result, test, out, title, run_dirs, comparison, localization_dirs

@@ -50,6 +50,21 @@ def found_in_top(
     return out
 
 
+def found_in_top_reference(
+    abnormal: np.ndarray, fractions: Sequence[float] = DEFAULT_FRACTIONS
+) -> dict[str, dict[str, float]]:
+    """The reference points of :func:`found_in_top`: the best possible share (every abnormal
+    study ahead of every normal one) and the expected share in random (arrival) order."""
+    abnormal = np.asarray(abnormal, dtype=np.float64)
+    n, total = abnormal.size, int((abnormal == 1).sum())
+    best, random = {}, {}
+    for f in fractions:
+        k = int(np.ceil(f * n - 1e-9))
+        best[f"{f:g}"] = min(k, total) / total if total else float("nan")
+        random[f"{f:g}"] = k / n if n else float("nan")
+    return {"best_possible": best, "random_order": random}
+
+
 @dataclass
 class QueueResult:
     """Per-study start and wait times (minutes) of one simulated day in one reading order."""
@@ -213,5 +228,6 @@ def triage_metrics(
     return {
         "priority_auc": priority_auc(priority, abnormal),
         "abnormal_found_in_top": found_in_top(priority, abnormal, fractions),
+        "abnormal_found_in_top_reference": found_in_top_reference(abnormal, fractions),
         "simulation": simulate_reading_day(priority, abnormal, critical, **simulation),
     }

@@ -83,9 +83,10 @@ class LogProgress(Callback):
 
     def on_epoch_end(self, trainer: Trainer, record: EpochRecord) -> None:
         row: dict[str, Any] = record.row
-        log.info("%s epoch %d/%d: train_loss %.4f val_loss %.4f mean_auc %.4f lr %.2e %.0f img/s%s",
-                 trainer.name, record.epoch, trainer.config.epochs, row["train_loss"], row["val_loss"],
-                 row["mean_auc"], row["lr"], row["images_per_s"], " *" if record.improved else "")  # fmt: skip
+        monitor = trainer.tracker.metric
+        log.info("%s epoch %d/%d: train_loss %.4f val_loss %.4f %s %.4f lr %.2e %.0f img/s%s",
+                 trainer.name, record.epoch, trainer.config.epochs, row["train_loss"], row["val_loss"], monitor,
+                 row.get(monitor, float("nan")), row["lr"], row["images_per_s"], " *" if record.improved else "")  # fmt: skip
 
     def on_fit_end(self, trainer: Trainer) -> None:
         if trainer.tracker.stopped:

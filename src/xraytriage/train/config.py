@@ -195,8 +195,11 @@ class AugmentConfig(Section):
 
 
 class EarlyStoppingConfig(Section):
-    metric: str = "mean_auc"
-    """mean_auc, val_loss, or auc/<Label>; the best epoch by this metric becomes best.pt."""
+    metric: str = "mean_auc_14_findings"
+    """A named AUC mean (``mean_auc_14_findings``, ``mean_auc_all_outputs``...; see
+    :mod:`xraytriage.auc_means`; ``mean_auc`` of older configs and ``mean_auc_14_findings`` on
+    other label sets mean the primary mean), val_loss, or auc/<Label>; the best epoch by this
+    metric becomes best.pt."""
     mode: Literal["auto", "max", "min"] = "auto"
     patience: Int | None = None
     """Stop after this many epochs without improvement; None trains every epoch."""
@@ -477,8 +480,11 @@ def validate(config: TrainConfig) -> None:
         if not ok:
             raise ConfigError(message)
     metric = c.early_stopping.metric
-    if metric not in ("mean_auc", "val_loss") and not metric.startswith("auc/"):
-        raise ConfigError(f"early_stopping.metric must be mean_auc, val_loss or auc/<Label>, got {metric!r}")
+    if metric != "val_loss" and not metric.startswith(("mean_auc", "auc/", "auc_")):
+        raise ConfigError(
+            f"early_stopping.metric must be a named AUC mean (mean_auc_14_findings...), val_loss or "
+            f"auc/<Label>, got {metric!r}"
+        )
     if c.data.task != "multilabel" and c.data.add_abnormal:
         raise ConfigError("data.add_abnormal only applies to task: multilabel")
     if c.init.mode == "freeze_backbone" and not c.init.checkpoint:

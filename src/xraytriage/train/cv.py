@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from xraytriage.auc_means import primary_mean_name, training_mean_names, training_means
 from xraytriage.data.splits import assert_patient_disjoint
 from xraytriage.labels import NOT_DISEASE, abnormal_target
 from xraytriage.models.checkpoint import abnormal_probability
@@ -42,7 +43,7 @@ OOF_GROUP_COLUMNS = ("collection", "view", "sex", "age")
 
 def _fold_epochs(results: list[FitResult]) -> pd.DataFrame:
     """Per-epoch metrics of one fold; with several networks (binary relevance) their per-label
-    AUCs are joined and losses averaged, so mean_auc covers every label."""
+    AUCs are joined and losses averaged, and the named means are taken over every label."""
     frames = [pd.DataFrame(r.history).set_index("epoch") for r in results]
     if len(frames) == 1:
         return frames[0]
@@ -50,8 +51,11 @@ def _fold_epochs(results: list[FitResult]) -> pd.DataFrame:
     out = pd.DataFrame(index=aucs.index)
     for key in ("train_loss", "val_loss", "lr"):
         out[key] = pd.concat([f[key] for f in frames], axis=1).mean(axis=1)
-    out["mean_auc"] = aucs.mean(axis=1)
-    return out.join(aucs)
+    means = pd.DataFrame(
+        [training_means({c.removeprefix("auc/"): v for c, v in row.items()}) for _, row in aucs.iterrows()],
+        index=aucs.index,
+    )
+    return out.join(means).join(aucs)
 
 
 def _mean_std(values: list[float]) -> dict[str, Any]:
@@ -84,6 +88,7 @@ def grouped_oof(dataset, oof: np.ndarray, group_by: str) -> dict[str, Any] | Non
         "triage": grouped_auc(truth, score, groups),
         "findings": findings,
         "mean_within_auc_findings": float(np.mean(within)) if within else math.nan,
+        "findings_mean_name": primary_mean_name(list(findings)),
     }
 
 
@@ -144,7 +149,7 @@ def summarize(
     oof: np.ndarray,
     folds: int,
 ) -> dict[str, Any]:
-    keys = ["mean_auc", "val_loss", *[f"auc/{n}" for n in names]]
+    keys = [*training_mean_names(names), "val_loss", *[f"auc/{n}" for n in names]]
     pooled = validation_metrics(labels, oof, names)
     return {
         "name": config.name,
@@ -187,7 +192,9 @@ def format_cv(summary: dict[str, Any]) -> str:
     ]
     for key, stats in summary["metrics"].items():
         lines.append(f"  {key:<32} {stats['mean']:.4f} ± {stats['std']:.4f}")
-    lines.append(f"  pooled out-of-fold mean AUC      {summary['pooled_oof']['mean_auc']:.4f}")
+    for key, value in summary["pooled_oof"].items():
+        if key.startswith("mean_auc"):
+            lines.append(f"  pooled out-of-fold {key:<21} {value:.4f}")
     grouped = summary.get("grouped_oof")
     if grouped:
         by, tri = grouped["by"], grouped["triage"]
@@ -200,5 +207,7 @@ def format_cv(summary: dict[str, Any]) -> str:
         lines.append(
             f"  triage AUC, pooled                {tri['pooled_auc']:.4f}  ({by} alone: {tri['group_only_auc']:.4f})"
         )
-        lines.append(f"  findings AUC, mean within {by:<8} {grouped['mean_within_auc_findings']:.4f}")
+        lines.append(
+            f"  {grouped['findings_mean_name']}, mean within {by}: {grouped['mean_within_auc_findings']:.4f}"
+        )
     return "\n".join(lines)

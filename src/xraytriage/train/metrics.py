@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
+from xraytriage.auc_means import training_means
 from xraytriage.stats import youden_threshold as youden
 
 
@@ -38,12 +39,13 @@ def youden_threshold(labels: np.ndarray, probs: np.ndarray, default: float = 0.5
 def validation_metrics(
     labels: np.ndarray, probs: np.ndarray, label_names: Sequence[str], loss: float | None = None
 ) -> dict[str, float]:
-    """``{"val_loss", "mean_auc", "auc/<label>", ...}``; mean over labels whose AUC is defined."""
-    aucs = {f"auc/{name}": label_auc(labels[:, j], probs[:, j]) for j, name in enumerate(label_names)}
-    defined = [v for v in aucs.values() if not math.isnan(v)]
+    """``{"val_loss", "mean_auc_14_findings", "mean_auc_all_outputs", "auc/<label>", ...}``: the
+    means named by what they average (:mod:`xraytriage.auc_means`), over labels whose AUC is
+    defined."""
+    per_label = {name: label_auc(labels[:, j], probs[:, j]) for j, name in enumerate(label_names)}
     out = {"val_loss": math.nan if loss is None else float(loss)}
-    out["mean_auc"] = float(np.mean(defined)) if defined else math.nan
-    out.update(aucs)
+    out.update(training_means(per_label))
+    out.update({f"auc/{name}": v for name, v in per_label.items()})
     return out
 
 

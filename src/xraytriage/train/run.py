@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from xraytriage.auc_means import training_mean_names, training_means
 from xraytriage.data.base import RadiographDataset
 from xraytriage.data.torch_dataset import UInt8Source
 from xraytriage.errors import ConfigError
@@ -88,15 +89,14 @@ def train_networks(
 
 
 def merged_metrics(results: list[FitResult]) -> dict[str, float]:
-    """Best validation metrics of all networks of one split; mean_auc over every label."""
+    """Best validation metrics of all networks of one split; the named means over every label."""
     merged: dict[str, float] = {}
     losses = []
     for r in results:
         merged.update({k: v for k, v in r.best_metrics.items() if k.startswith("auc/")})
         losses.append(r.best_metrics.get("val_loss", math.nan))
-    aucs = [v for k, v in merged.items() if k.startswith("auc/") and v is not None and not math.isnan(v)]
-    return {"val_loss": float(np.nanmean(losses)) if losses else math.nan,
-            "mean_auc": float(np.mean(aucs)) if aucs else math.nan, **merged}  # fmt: skip
+    means = training_means({k.removeprefix("auc/"): v for k, v in merged.items()})
+    return {"val_loss": float(np.nanmean(losses)) if losses else math.nan, **means, **merged}
 
 
 def run_training(config: TrainConfig, output: str | Path, resume: bool = False) -> list[FitResult]:
@@ -134,13 +134,19 @@ def run_training(config: TrainConfig, output: str | Path, resume: bool = False) 
         ctx.close()
 
 
+def _means_text(result: FitResult) -> str:
+    """``mean_auc_14_findings 0.7012, mean_auc_all_outputs 0.7213``: every mean by its name."""
+    names = training_mean_names(result.label_names)
+    return "".join(f", {n} {result.best_metrics.get(n, math.nan):.4f}" for n in names)
+
+
 def format_results(results: list[FitResult]) -> str:
     """A short table: one line per label with validation AUC and the Youden threshold."""
     lines = []
     for r in results:
         lines.append(
             f"{r.output}: best epoch {r.best_epoch} of {r.epochs_run}"
-            f"{' (early stop)' if r.stopped_early else ''}, mean AUC {r.best_metrics.get('mean_auc', math.nan):.4f}, "
+            f"{' (early stop)' if r.stopped_early else ''}{_means_text(r)}, "
             f"{r.images_per_s:.0f} img/s"
         )
         for name in r.label_names:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from xraytriage.auc_means import resolve_monitor
 from xraytriage.errors import ConfigError
 from xraytriage.train.config import EarlyStoppingConfig
 from xraytriage.train.metrics import is_better
@@ -17,8 +18,10 @@ class BestEpochTracker:
     the run stops (never without a validation set).
     """
 
-    def __init__(self, config: EarlyStoppingConfig, has_validation: bool) -> None:
-        self.metric = config.metric
+    def __init__(
+        self, config: EarlyStoppingConfig, has_validation: bool, label_names: list[str] | None = None
+    ) -> None:
+        self.metric = resolve_monitor(config.metric, label_names) if label_names else config.metric
         self.maximize = config.maximize
         self.min_delta = config.min_delta
         self.patience = config.patience

@@ -27,6 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from xraytriage.auc_means import training_mean_names
 from xraytriage.data.base import RadiographDataset
 from xraytriage.data.torch_dataset import UInt8Source
 from xraytriage.errors import ConfigError
@@ -139,7 +140,7 @@ class Trainer:
         self.optim = Optimisation(self.params, c, steps, c.early_stopping.maximize, self.amp_dtype)
         self.loss_fn = build_loss(c.loss, positive_fraction(train_set.labels)).to(self.device)
         self.augment = BatchAugment(c.augment, c.seed) if c.augment.enabled else None
-        self.tracker = BestEpochTracker(c.early_stopping, self.has_validation)
+        self.tracker = BestEpochTracker(c.early_stopping, self.has_validation, self.label_names)
         self.epoch = 0
         """The next epoch to run (0-based); a resumed run starts after its last completed one."""
         self.history: list[dict[str, float]] = []
@@ -179,7 +180,8 @@ class Trainer:
         if self.has_validation:
             metrics, probs = self._validate(self.val_loader)
         else:
-            metrics, probs = {"val_loss": math.nan, "mean_auc": math.nan}, None
+            keys = [*training_mean_names(self.label_names), *[f"auc/{n}" for n in self.label_names]]
+            metrics, probs = {"val_loss": math.nan, **dict.fromkeys(keys, math.nan)}, None
         self.speeds.append(speed)
         row = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, **metrics, "images_per_s": speed,
                "epoch_time_s": time.perf_counter() - t0}  # fmt: skip
@@ -380,9 +382,7 @@ class Trainer:
         else:
             probs = np.zeros((0, len(self.label_names)), np.float32)
         best_metrics = {
-            k: v
-            for k, v in best.metrics.items()
-            if k == "val_loss" or k == "mean_auc" or k.startswith("auc/")
+            k: v for k, v in best.metrics.items() if k == "val_loss" or k.startswith(("mean_auc", "auc/"))
         }
         result = FitResult(
             output=self.output,

@@ -1,7 +1,9 @@
 """Everything a run writes into its folder, and reads back to resume::
 
     config.yaml          resolved config (loads back with ``xraytriage train``)
-    metrics.csv          one row per epoch: lr, train_loss, val_loss, mean_auc, auc/<label>, images/s
+    metrics.csv          one row per epoch: lr, train_loss, val_loss, the named AUC means
+                         (mean_auc_14_findings, mean_auc_all_outputs; xraytriage.auc_means),
+                         auc/<label>, images/s
     tensorboard/         the same curves for TensorBoard
     best.pt, last.pt     servable xraytriage checkpoints
     last.state.pt        optimizer / scheduler / scaler / sampler / tracker state for ``--resume`` only
@@ -22,6 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from xraytriage.auc_means import training_mean_names
 from xraytriage.data.base import RadiographDataset
 from xraytriage.errors import ConfigError
 from xraytriage.models.checkpoint import Checkpoint, load_checkpoint
@@ -89,7 +92,7 @@ class RunWriter:
             self.tensorboard = None
 
     def _write_metrics_csv(self, history: list[dict[str, float]]) -> None:
-        columns = ["epoch", "lr", "train_loss", "val_loss", "mean_auc",
+        columns = ["epoch", "lr", "train_loss", "val_loss", *training_mean_names(self.label_names),
                    *[f"auc/{n}" for n in self.label_names], "images_per_s", "epoch_time_s"]  # fmt: skip
         with open(self.output / "metrics.csv", "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
