@@ -12,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 X=${XRAYTRIAGE:-.venv/bin/xraytriage}
-CONFIG=configs/localiser-nih.yaml
+CONFIG=configs/localiser/nih-boxes.yaml
 RUNS=${1:-runs/localiser}
 MODEL=src/xraytriage/assets/default_model/model.pt
 DATA=../shared/data

@@ -1,8 +1,8 @@
 """``xraytriage localiser pack|train|cv|attach``: the box-supervised localiser.
 
 xraytriage localiser pack --boxes BBox_List_2017.csv.gz --images nih/images --labels Data_Entry.csv.gz -o boxes.npz
-xraytriage localiser cv boxes.npz --config configs/localiser-nih.yaml -o runs/localiser/cv
-xraytriage localiser train boxes.npz --config configs/localiser-nih.yaml -o runs/localiser/localiser.pt
+xraytriage localiser cv boxes.npz --config configs/localiser/nih-boxes.yaml -o runs/localiser/cv
+xraytriage localiser train boxes.npz --config configs/localiser/nih-boxes.yaml -o runs/localiser/localiser.pt
 xraytriage localiser attach --model model.pt --localiser localiser.pt -o model-with-localiser.pt
 """
 

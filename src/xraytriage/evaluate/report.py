@@ -363,7 +363,9 @@ def build_evaluation_report(
         report.heading("Localisation")
         report.paragraph(
             "Wang et al. (2017) protocol: accuracy at T(IoBB) and T(IoU), pointing game and false positives "
-            "per image; each model figure next to a random-heatmap control computed the same way."
+            "per image, with patient-level bootstrap 95% CIs, per method (Grad-CAM, the box-supervised "
+            "localiser); each method's rows (source model) next to its random same-size control (source random: "
+            "its own boxes moved to random places)."
         )
         for folder in localization_dirs:
             table_path = Path(folder) / "localization.csv"
