@@ -42,7 +42,7 @@ def test_subcommand_names_are_kept():
     [sub] = [a for a in parser._actions if a.dest == "command"]
     assert list(sub.choices) == [
         "calibrate", "datasets", "demo", "dicom-echo", "evaluate", "compare", "explain", "localize-eval",
-        "export", "serve", "train", "cv", "triage", "import-weights",
+        "export", "localiser", "models", "serve", "train", "cv", "triage", "import-weights",
     ]  # fmt: skip
 
 

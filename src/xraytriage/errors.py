@@ -94,3 +94,15 @@ class StoreRefused(Exception):
         super().__init__(reason)
         self.reason = reason
         self.status = status
+
+
+class DownloadError(XRayTriageError):
+    """A published model's file could not be downloaded (offline, refused, HTTP error)."""
+
+
+class ChecksumError(XRayTriageError):
+    """A downloaded or converted file does not match its expected SHA-256; it was removed."""
+
+
+class UnsafePickleError(XRayTriageError):
+    """A pickle asked for a callable that is not on the allow-list (never executed)."""

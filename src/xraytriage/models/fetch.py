@@ -17,18 +17,10 @@ import urllib.request
 from pathlib import Path
 
 from xraytriage import __version__
-from xraytriage.errors import XRayTriageError
+from xraytriage.errors import ChecksumError, DownloadError, XRayTriageError  # noqa: F401 - re-exported
 
 CHUNK = 1 << 20
 TIMEOUT_S = 60.0
-
-
-class DownloadError(XRayTriageError):
-    """The file could not be downloaded (offline, refused, HTTP error)."""
-
-
-class ChecksumError(XRayTriageError):
-    """A file does not match its expected SHA-256; it was removed."""
 
 
 def sha256_file(path: str | Path) -> str:

@@ -29,12 +29,10 @@ from typing import Any
 
 import torch
 
-from xraytriage.errors import XRayTriageError
-
-
-class UnsafePickleError(XRayTriageError):
-    """A pickle asked for a callable that is not on the allow-list."""
-
+from xraytriage.errors import (
+    UnsafePickleError,
+    XRayTriageError,
+)
 
 TORCH_NN_CLASSES = {
     "torch.nn.modules.conv": ("Conv2d",),
