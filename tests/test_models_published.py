@@ -36,6 +36,7 @@ from xraytriage.models.published import (
     CHECKPOINT_NAME,
     fetch_published,
     get_model,
+    load_model,
     load_registry,
     model_dir,
     read_manifest,
@@ -190,11 +191,11 @@ def test_recorded_checksum_is_verified_on_every_later_use(server, tmp_path, sour
     assert raw.is_file()
     # the converted checkpoint too, when a command uses it by name
     monkeypatch.setenv("XRAYTRIAGE_CACHE", str(cache))
-    assert load_checkpoint("tofu").name == "tofu"
+    assert load_model("tofu").name == "tofu"
     converted = model_dir("tofu", cache) / CHECKPOINT_NAME
     converted.write_bytes(converted.read_bytes()[:-10] + b"0123456789")
     with pytest.raises(ChecksumError, match="converted checkpoint of tofu"):
-        load_checkpoint("tofu")
+        load_model("tofu")
     assert not converted.exists()
 
 
@@ -298,9 +299,9 @@ def test_model_name_works_where_a_checkpoint_path_does(fetched, tmp_path, shared
     worklist = (out / "worklist.csv").read_text()
     assert all(p.name in worklist for p in images)
     with pytest.raises(XRayTriageError, match="checkpoint file not found"):
-        load_checkpoint("no-such-model")
+        load_model("no-such-model")
     with pytest.raises(XRayTriageError, match=r"not fetched yet.*models fetch densenet121-res224-nih"):
-        load_checkpoint("densenet121-res224-nih")
+        load_model("densenet121-res224-nih")
 
 
 def test_serve_starts_with_a_fetched_model_name(fetched, tmp_path):
@@ -326,7 +327,7 @@ def test_calibrate_fits_a_fetched_model_to_site_data(fetched, tmp_path, shared_d
     from xraytriage.io import read_radiograph
     from xraytriage.labels import NIH_FINDINGS
 
-    ckpt = load_checkpoint("tiny-xrv")
+    ckpt = load_model("tiny-xrv")
     meta = pd.read_csv(shared_data / "nih" / "meta" / "Data_Entry_2017_v2020.csv.gz")
     images = sorted((shared_data / "nih" / "images").glob("*.png"))[:40]
     rows = meta.set_index("Image Index").loc[[p.name for p in images]]

@@ -28,12 +28,15 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from xraytriage import __version__
 from xraytriage.errors import ConfigError, XRayTriageError
 from xraytriage.models.fetch import ChecksumError, download, sha256_file
 from xraytriage.preprocess import PreprocessContract
+
+if TYPE_CHECKING:
+    from xraytriage.models.checkpoint import Checkpoint
 
 REGISTRY_FORMAT = "xraytriage-published-models"
 REGISTRY_PATH = Path(__file__).with_name("published_models.json")
@@ -306,3 +309,18 @@ def resolve_model_name(value: str | Path, cache: str | Path | None = None) -> Pa
             f"`xraytriage models fetch {text}` (it downloads {registry[text].url})"
         )
     return None
+
+
+def load_model(value: str | Path) -> Checkpoint:
+    """A checkpoint file, or the converted checkpoint of a fetched published model by NAME (the
+    library's ``--model`` rule; ``load_checkpoint`` itself reads files only)."""
+    from xraytriage.errors import MissingFileError
+    from xraytriage.models.checkpoint import load_checkpoint
+
+    path = Path(value)
+    if not path.is_file():
+        resolved = resolve_model_name(value)
+        if resolved is None:
+            raise MissingFileError(path, "checkpoint file")
+        path = resolved
+    return load_checkpoint(path)
