@@ -25,6 +25,7 @@ from xraytriage.serving.repository import Repository
 from xraytriage.serving.service import TriageService
 from xraytriage.serving.states import StudyState
 from xraytriage.serving.storage import BlobStore, safe_filename
+from xraytriage.triage.worklist import site_rank
 
 QUEUED, PROCESSING, DONE, ERROR = StudyState  # images have the same four states
 
@@ -375,6 +376,7 @@ def fill_worklist(db, n: int = 60, seed: int = 0) -> None:
                     state=state,
                     read_status=rng.choice(["new", "reading", "read"]),
                     priority=rng.choice([0.5, 0.25, rng.random()]) if state != QUEUED else None,
+                    site_priority=rng.choice([None, None, 0.0, 0.5]),
                     findings=[Finding(f, rng.randint(10, 99) / 100) for f in listed],
                     received_at=1000.0 + rng.choice([0, 1, 2, i]),
                 )
@@ -384,15 +386,16 @@ def fill_worklist(db, n: int = 60, seed: int = 0) -> None:
 
 
 def reference_worklist(db, read_status=None, finding=None) -> list[tuple[str, int | None, int]]:
-    """The worklist order spelled out in Python: triaged by priority (then oldest, then id),
-    then waiting (oldest first), then unreadable; ranks over the whole list."""
+    """The worklist order spelled out in Python: triaged by priority (then the higher site
+    priority, the oldest, the id), then waiting (oldest first), then unreadable; ranks over the whole list."""
     with db.session() as s:
         studies = s.query(Study).all()
         counts = {st.id: len(st.images) for st in studies}
 
     def key(st):
         group = 0 if st.state == DONE else 2 if st.state == ERROR else 1
-        return (group, -(st.priority or 0.0) if group == 0 else 0.0, st.received_at, st.id)
+        priority = (-(st.priority or 0.0), -site_rank(st.site_priority)) if group == 0 else (0.0, 0.0)
+        return (group, *priority, st.received_at, st.id)
 
     rows, rank = [], 0
     for st in sorted(studies, key=key):
@@ -416,3 +419,6 @@ def test_worklist_order_ranks_and_filters_in_sql(tmp_path: Path) -> None:
         window = repo.worklist(read_status, finding, limit=5, offset=3)
         assert got == expected and page.total == len(expected)
         assert [(st.id, r, n) for st, r, n in window.rows] == expected[3:8]
+    # a study's page counts its rank in SQL by the same order (ties in priority included)
+    for study_id, rank, _ in reference_worklist(db):
+        assert repo.study_view(study_id).rank == rank, study_id

@@ -51,6 +51,7 @@ from xraytriage.serving.states import (
     StudyState,
     check_move,
 )
+from xraytriage.triage.worklist import site_rank
 
 WAITING = (ImageState.QUEUED, ImageState.PROCESSING)
 WAITING_STUDY = (StudyState.QUEUED, StudyState.PROCESSING)
@@ -124,6 +125,11 @@ def finding_filter(name: str):
     """Studies whose findings list ``name`` (their JSON has ``{"name": "<name>", ...}``)."""
     pattern = "%" + _like_escape('{"name": ' + json.dumps(name) + ",") + "%"
     return type_coerce(Study.findings, Text).like(pattern, escape="\\")
+
+
+def _site_rank(column):
+    """:func:`~xraytriage.triage.worklist.site_rank` in SQL (none sorts below ROUTINE)."""
+    return func.coalesce(column, -1.0)
 
 
 def _group():
@@ -233,8 +239,8 @@ class Repository:
         with self.db.session() as s:
             for score in scores:
                 image = s.get(Image, score.image_id)
-                if image is None:  # replaced by a later copy meanwhile
-                    continue
+                if image is None or image.state in (ImageState.DONE, ImageState.ERROR):
+                    continue  # replaced by a later copy, or finished by another instance meanwhile
                 image.processed_at = now
                 if score.probabilities is not None:
                     _move(image, "state", ImageState, ImageState.DONE)
@@ -462,12 +468,14 @@ class Repository:
         limit: int | None = None,
         offset: int = 0,
     ) -> WorklistPage:
-        """The worklist in SQL: triaged studies by priority (highest first, then oldest), then
-        waiting ones (oldest first), then unreadable ones. Ranks are those of the whole worklist, so a filtered view keeps them;
+        """The worklist in SQL: triaged studies by priority (highest first; at equal priority
+        the higher site priority, as in the ``triage`` worklist, then the oldest), then waiting
+        ones (oldest first), then unreadable ones. Ranks are those of the whole worklist, so a filtered view keeps them;
         ``finding`` is a model label name."""
         group = _group()
         order = (
             func.coalesce(case((Study.state == StudyState.DONE, Study.priority), else_=None), -1.0).desc(),
+            _site_rank(case((Study.state == StudyState.DONE, Study.site_priority), else_=None)).desc(),
             Study.received_at,
             Study.id,
         )
@@ -556,10 +564,13 @@ def _rank_of(session: Session, study: Study) -> int | None:
     the same order as :meth:`Repository.worklist`."""
     if study.state != StudyState.DONE or study.priority is None:
         return None
+    site, mine = _site_rank(Study.site_priority), site_rank(study.site_priority)
     ahead = or_(
         Study.priority > study.priority,
+        and_(Study.priority == study.priority, site > mine),
         and_(
             Study.priority == study.priority,
+            site == mine,
             or_(
                 Study.received_at < study.received_at,
                 and_(Study.received_at == study.received_at, Study.id < study.id),
