@@ -18,6 +18,7 @@ changes')"`` writes ``versions/<id>_what_changes.py`` to fill in.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from alembic import command
@@ -31,6 +32,7 @@ from sqlalchemy.engine import Connection, Engine
 from xraytriage.errors import ConfigError
 
 HERE = Path(__file__).resolve().parent
+logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)  # a line per plugin at each start
 ADVISORY_LOCK_KEY = 0x7872_7479_7472_6961 & 0x7FFF_FFFF_FFFF_FFFF
 """PostgreSQL advisory lock id of the migrations ("xraytria"): one per database."""
 
