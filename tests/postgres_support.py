@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -46,15 +47,16 @@ def postgres_server(folder: Path) -> Iterator[str]:
             pytest.skip("running as root without runuser: cannot start PostgreSQL as another user")
         prefix = ["runuser", "-u", "postgres", "--"]
     folder.mkdir(parents=True, exist_ok=True)
+    if prefix:
+        # not under pytest's basetemp: another pytest session (as root) sets its root folder
+        # back to mode 700 at any moment, and the postgres user could no longer reach the cluster
+        folder = Path(tempfile.mkdtemp(prefix="xraytriage-pg-"))
+        folder.chmod(0o755)
     data, sockets = folder / "pgdata", folder / "sockets"
     sockets.mkdir(exist_ok=True)
     if prefix:
         for path in (folder, sockets):
             shutil.chown(path, "postgres", "postgres")
-        for parent in folder.parents:  # the postgres user must be able to reach the folder
-            if parent == Path("/"):
-                break
-            parent.chmod(parent.stat().st_mode | 0o005)
     port = free_port()
     run = lambda *args: subprocess.run([*prefix, *args], capture_output=True, text=True, timeout=120)  # noqa: E731
     result = run(initdb, "-D", str(data), "-U", "triage", "--auth=trust", "-E", "UTF8", "--no-sync")
@@ -81,3 +83,5 @@ def postgres_server(folder: Path) -> Iterator[str]:
         yield f"postgresql+psycopg://triage@127.0.0.1:{port}/postgres"
     finally:
         run(pg_ctl, "-D", str(data), "-m", "immediate", "stop")
+        if prefix:
+            shutil.rmtree(folder, ignore_errors=True)

@@ -17,9 +17,12 @@ import pydicom
 import pytest
 
 from xraytriage.serving.config import ServeConfig
-from xraytriage.serving.db import DONE, Heatmap, Image, Study
+from xraytriage.serving.db import Heatmap, Image, Study
 from xraytriage.serving.service import TriageService
+from xraytriage.serving.states import StudyState
 from xraytriage.serving.views import study_detail, study_summary
+
+DONE = StudyState.DONE
 
 ROUNDS = 3
 THREADS = 4
@@ -104,7 +107,7 @@ def check_heatmaps_drawn_at_once(service: TriageService, second: TriageService) 
     image_id = service.ingest(sample.read_bytes(), sample.name).image_id
     drain(service)
     for instance in (service, second):
-        _ = instance.explainer.feature_shape  # built once, before the race
+        _ = instance.drawings.explainer.feature_shape  # built once, before the race
     import xraytriage.explain as explain
 
     drawn = threading.Barrier(2)
@@ -120,7 +123,7 @@ def check_heatmaps_drawn_at_once(service: TriageService, second: TriageService) 
         findings = list(service.checkpoint.findings)[:ROUNDS]
         for finding in findings:
             results = race(
-                [lambda f=finding, one=one: one.ensure_heatmaps(image_id, [f]) for one in (service, second)]
+                [lambda f=finding, one=one: one.drawings.ensure(image_id, [f]) for one in (service, second)]
             )
             assert not failures(results), failures(results)
             assert {r[0].finding for r in results} == {finding}
@@ -141,7 +144,7 @@ def check_two_workers_settle_one_study(service: TriageService, shared_data: Path
     from sqlalchemy import event
     from sqlalchemy.orm import Session
 
-    from xraytriage.serving.db import PROCESSING
+    PROCESSING = StudyState.PROCESSING
 
     other_settled = threading.Event()
     held = threading.Event()
@@ -151,13 +154,13 @@ def check_two_workers_settle_one_study(service: TriageService, shared_data: Path
             held.set()
             other_settled.wait(3)
 
-    settle = service.workers.settle
+    settle = service.jobs.settle
 
     def settle_and_tell(study_id: str) -> None:
         settle(study_id)
         other_settled.set()
 
-    service.workers.settle = settle_and_tell
+    service.jobs.settle = settle_and_tell  # type: ignore[method-assign]
     event.listen(Session, "before_flush", hold_first_processing)
     try:
         for round_ in range(ROUNDS):
@@ -165,7 +168,7 @@ def check_two_workers_settle_one_study(service: TriageService, shared_data: Path
             other_settled.clear()
             files = study_images(shared_data, folder, 2, f"s{round_}")
             (study_id,) = {service.ingest(data, "chest.dcm").study_id for data in files}
-            first, second = service.db.claim_images(1), service.db.claim_images(1)
+            first, second = service.repo.claim_images(1), service.repo.claim_images(1)
             assert len(first) == len(second) == 1
             results = race([lambda batch=batch: service.workers.predict(batch) for batch in (first, second)])
             assert not failures(results), failures(results)
@@ -175,7 +178,7 @@ def check_two_workers_settle_one_study(service: TriageService, shared_data: Path
                 assert study.priority is not None
     finally:
         event.remove(Session, "before_flush", hold_first_processing)
-        service.workers.settle = settle
+        service.jobs.settle = settle  # type: ignore[method-assign]
 
 
 def check_new_image_reopens_a_read_study(service: TriageService, shared_data: Path, folder: Path) -> None:
@@ -184,16 +187,13 @@ def check_new_image_reopens_a_read_study(service: TriageService, shared_data: Pa
     drain(service)
     assert service.set_read_status(study_id, "read")
     service.ingest(second, "second.dcm")
-    with service.db.session() as s:
-        summary = study_summary(s.get(Study, study_id))
+    summary = study_summary(service.repo.study(study_id))
     assert summary["read_status"] == "new" and summary["new_images_since_read"] is True
     drain(service)
-    with service.db.session() as s:
-        detail = study_detail(s, s.get(Study, study_id), service.checkpoint)
+    detail = study_detail(service.repo.study_view(study_id), service.checkpoint)
     assert detail["images"] == 2 and detail["state"] == DONE and detail["new_images_since_read"]
     assert service.set_read_status(study_id, "read")
-    with service.db.session() as s:
-        summary = study_summary(s.get(Study, study_id))
+    summary = study_summary(service.repo.study(study_id))
     assert summary["read_status"] == "read" and summary["new_images_since_read"] is False
 
 
@@ -234,8 +234,7 @@ def test_pacs_fields_in_the_study_json(tmp_path: Path, shared_data: Path, hidden
     service = make_service(tmp_path)
     data = study_images(shared_data, tmp_path, 1, "pacs", ViewPosition="AP")[0]
     study_id = service.ingest(data, "chest.dcm").study_id
-    with service.db.session() as s:
-        summary = study_summary(s.get(Study, study_id), hide_identifiers=hidden)
+    summary = study_summary(service.repo.study(study_id), hide_identifiers=hidden)
     expected = {"patient_id": "PAT-4711", "accession": "ACC-0815", "patient_age": "45 y", "patient_sex": "F"}
     for key, value in expected.items():
         assert summary[key] == (None if hidden else value)

@@ -18,11 +18,16 @@ import pytest
 from PIL import Image as PILImage
 
 from xraytriage.serving.config import ServeConfig
-from xraytriage.serving.db import DONE, ERROR, PROCESSING, QUEUED, Heatmap, Image, Study
+from xraytriage.serving.db import Heatmap, Image, Study
 from xraytriage.serving.intake import UploadRejected, inspect_upload
+from xraytriage.serving.records import Finding, findings_text
+from xraytriage.serving.repository import Repository
 from xraytriage.serving.service import TriageService
+from xraytriage.serving.states import StudyState
 from xraytriage.serving.storage import BlobStore, safe_filename
-from xraytriage.triage.worklist import parse_findings
+from xraytriage.triage.worklist import site_rank
+
+QUEUED, PROCESSING, DONE, ERROR = StudyState  # images have the same four states
 
 SAMPLES = Path(__file__).resolve().parents[1] / "src" / "xraytriage" / "assets" / "samples"
 
@@ -141,7 +146,7 @@ def test_service_matches_the_triage_command(service: TriageService, tmp_path: Pa
     for row in cli.rows:
         study = studies[Path(row.path).name]
         assert study.priority == pytest.approx(row.priority, abs=1e-6)
-        assert study.findings == row.findings
+        assert findings_text(study.findings) == row.findings
 
 
 def test_same_file_twice_is_one_study(service: TriageService) -> None:
@@ -198,27 +203,27 @@ def test_heatmaps_are_drawn_for_listed_findings(service: TriageService) -> None:
     drain(service)
     with service.db.session() as s:
         study = s.get(Study, accepted.study_id)
-        listed = [name for name, _ in parse_findings(study.findings)]
+        listed = [f.name for f in study.findings]
         heatmaps = s.query(Heatmap).filter(Heatmap.image_id == study.key_image_id).all()
         assert study.heatmaps_state == "done" and study.explained_at >= study.predicted_at
     assert listed, "the sample should list at least one finding"
     assert [h.finding for h in sorted(heatmaps, key=lambda h: -h.probability)] == listed[:2]
     for heatmap in heatmaps:
-        heat = np.asarray(PILImage.open(service.heat_path(accepted.image_id, heatmap.finding)))
+        heat = np.asarray(PILImage.open(service.drawings.heat_path(accepted.image_id, heatmap.finding)))
         assert heat.shape == (256, 256) and heat.max() > heat.min()
         assert heatmap.box is not None and heatmap.box["w"] > 0
 
 
 def test_recover_requeues_work_a_crash_left_behind(service: TriageService) -> None:
     accepted = service.ingest(nih_pngs(1)[0].read_bytes(), "a.png")
-    claimed = service.db.claim_images(10)
+    claimed = service.repo.claim_images(10)
     assert [i.id for i in claimed] == [accepted.image_id]
-    assert service.db.claim_images(10) == []  # claimed work is not handed out twice
+    assert service.repo.claim_images(10) == []  # claimed work is not handed out twice
     # ... the process dies here; a new service on the same data folder picks it up
     again = TriageService(service.config)
     with again.db.session() as s:
         assert s.get(Image, accepted.image_id).state == PROCESSING
-    assert again.db.recover() == (1, 0)
+    assert again.repo.recover() == (1, 0)
     with again.db.session() as s:
         assert s.get(Image, accepted.image_id).state == QUEUED
     drain(again)
@@ -230,26 +235,26 @@ def test_an_image_in_flight_too_often_is_given_up_and_suspects_run_alone(service
     """Attempts are counted at the claim, before any work: after MAX_ATTEMPTS crashes with an
     image in flight, recovery marks it an error instead of queueing it again (no crash loop);
     an image that was in flight during a crash is retried alone."""
-    from xraytriage.serving.worker import MAX_ATTEMPTS
+    from xraytriage.serving.jobs import MAX_ATTEMPTS
 
     poison, *others = [service.ingest(p.read_bytes(), p.name) for p in nih_pngs(3)]
     for crash in range(MAX_ATTEMPTS):
-        claimed = service.db.claim_images(10)
+        claimed = service.repo.claim_images(10)
         expected = 3 if crash == 0 else 1  # suspects (in flight before) are claimed one at a time
         assert len(claimed) == expected and claimed[0].id == poison.image_id
         if crash == 0:  # the two others finish before the crash; only the poison stays in flight
-            service.db.requeue([a.image_id for a in others])
+            service.repo.requeue([a.image_id for a in others])
             with service.db.session() as s:
                 for a in others:
                     s.get(Image, a.image_id).attempts = 0
         # ... the process dies here, mid-image; a restart recovers
-        assert service.db.recover(MAX_ATTEMPTS) == ((1, 0) if crash < MAX_ATTEMPTS - 1 else (0, 1))
+        assert service.repo.recover(MAX_ATTEMPTS) == ((1, 0) if crash < MAX_ATTEMPTS - 1 else (0, 1))
     with service.db.session() as s:
         image = s.get(Image, poison.image_id)
         assert image.state == ERROR and image.attempts == MAX_ATTEMPTS
         assert f"gave up after {MAX_ATTEMPTS} attempts" in image.error and image.filename in image.error
-    for study_id in service.db.unsettled_study_ids():  # what start() does after recover()
-        service.workers.settle(study_id)
+    for study_id in service.repo.unsettled_study_ids():  # what start() does after recover()
+        service.jobs.settle(study_id)
     drain(service)
     with service.db.session() as s:
         assert s.get(Study, poison.study_id).state == ERROR
@@ -262,15 +267,16 @@ def test_concurrent_heatmap_requests_share_one_job(service: TriageService) -> No
     with service.db.session() as s:
         service.db.engine.dispose()
         assert s.get(Study, accepted.study_id).state == DONE
-    started = service.heatmap_jobs.started
-    item = service.picture_item("Effusion", "overlay")
-    futures = [f for _ in range(8) for f in service.heatmap_futures(accepted.image_id, [item])]
+    drawings = service.drawings
+    started = drawings.jobs.started
+    item = drawings.picture_item("Effusion", "overlay")
+    futures = [f for _ in range(8) for f in drawings.futures(accepted.image_id, [item])]
     for future in futures:
         future.result(120)
-    assert service.heatmap_jobs.started == started + 1
+    assert drawings.jobs.started == started + 1
     assert len({id(f) for f in futures}) == 1
-    assert service.picture_path(accepted.image_id, "Effusion", "overlay").is_file()
-    assert service.heatmap_futures(accepted.image_id, [item]) == []  # drawn: nothing to wait for
+    assert drawings.picture_path(accepted.image_id, "Effusion", "overlay").is_file()
+    assert drawings.futures(accepted.image_id, [item]) == []  # drawn: nothing to wait for
 
 
 def test_start_removes_temporary_files_and_orphan_blobs(service: TriageService) -> None:
@@ -300,7 +306,7 @@ def test_a_full_disk_while_recording_is_a_507_that_leaves_nothing(service: Triag
     def full(*_args, **_kwargs):
         raise OperationalError("INSERT", {}, Exception("database or disk is full"))
 
-    service._record = full  # type: ignore[method-assign]
+    service.repo.record_image = full  # type: ignore[method-assign]
     data = nih_pngs(1)[0].read_bytes()
     with pytest.raises(UploadRejected) as refused:
         service.ingest(data, "late.png")
@@ -313,7 +319,7 @@ def test_a_full_disk_while_recording_is_a_507_that_leaves_nothing(service: Triag
 def test_a_crash_between_scoring_and_aggregating_is_repaired(service: TriageService) -> None:
     accepted = service.ingest(nih_pngs(1)[0].read_bytes(), "a.png")
     # score the image but die before the study is aggregated
-    service.workers.settle = lambda study_id: None  # type: ignore[method-assign]
+    service.jobs.settle = lambda study_id: None  # type: ignore[method-assign]
     assert service.workers.step()
     with service.db.session() as s:
         assert s.get(Image, accepted.image_id).state == DONE
@@ -334,8 +340,8 @@ def test_display_image_follows_the_dicom_pixel_chain(service: TriageService, sha
 
     a = service.ingest((shared_data / "dicom" / "siim_cr_chest_pa.dcm").read_bytes(), "1.dcm")
     b = service.ingest((shared_data / "dicom" / "cr_chest_pa_monochrome1.dcm").read_bytes(), "2.dcm")
-    first = np.asarray(PILImage.open(service.display_path(a.image_id)), dtype=np.float32)
-    second = np.asarray(PILImage.open(service.display_path(b.image_id)), dtype=np.float32)
+    first = np.asarray(PILImage.open(service.drawings.display_path(a.image_id)), dtype=np.float32)
+    second = np.asarray(PILImage.open(service.drawings.display_path(b.image_id)), dtype=np.float32)
     assert first.shape == (1024, 1024)
     assert np.abs(first + second - 255.0).mean() < 1.0
     expected = read_radiograph(shared_data / "dicom" / "siim_cr_chest_pa.dcm").pixels * 255.0
@@ -370,7 +376,8 @@ def fill_worklist(db, n: int = 60, seed: int = 0) -> None:
                     state=state,
                     read_status=rng.choice(["new", "reading", "read"]),
                     priority=rng.choice([0.5, 0.25, rng.random()]) if state != QUEUED else None,
-                    findings="; ".join(f"{f} 0.{rng.randint(10, 99)}" for f in listed),
+                    site_priority=rng.choice([None, None, 0.0, 0.5]),
+                    findings=[Finding(f, rng.randint(10, 99) / 100) for f in listed],
                     received_at=1000.0 + rng.choice([0, 1, 2, i]),
                 )
             )
@@ -379,20 +386,21 @@ def fill_worklist(db, n: int = 60, seed: int = 0) -> None:
 
 
 def reference_worklist(db, read_status=None, finding=None) -> list[tuple[str, int | None, int]]:
-    """The worklist order spelled out in Python: triaged by priority (then oldest, then id),
-    then waiting (oldest first), then unreadable; ranks over the whole list."""
+    """The worklist order spelled out in Python: triaged by priority (then the higher site
+    priority, the oldest, the id), then waiting (oldest first), then unreadable; ranks over the whole list."""
     with db.session() as s:
         studies = s.query(Study).all()
         counts = {st.id: len(st.images) for st in studies}
 
     def key(st):
         group = 0 if st.state == DONE else 2 if st.state == ERROR else 1
-        return (group, -(st.priority or 0.0) if group == 0 else 0.0, st.received_at, st.id)
+        priority = (-(st.priority or 0.0), -site_rank(st.site_priority)) if group == 0 else (0.0, 0.0)
+        return (group, *priority, st.received_at, st.id)
 
     rows, rank = [], 0
     for st in sorted(studies, key=key):
         rank += st.state == DONE
-        listed = [name for name, _ in parse_findings(st.findings)]
+        listed = [f.name for f in st.findings]
         if (read_status is None or st.read_status == read_status) and (finding is None or finding in listed):
             rows.append((st.id, rank if st.state == DONE else None, counts[st.id]))
     return rows
@@ -400,15 +408,17 @@ def reference_worklist(db, read_status=None, finding=None) -> list[tuple[str, in
 
 def test_worklist_order_ranks_and_filters_in_sql(tmp_path: Path) -> None:
     from xraytriage.serving.db import Database
-    from xraytriage.serving.views import worklist
 
     db = Database(f"sqlite:///{tmp_path / 'w.db'}")
     fill_worklist(db)
+    repo = Repository(db)
     for read_status, finding in [(None, None), ("read", None), (None, "Mass"), ("new", "Pleural Thickening")]:
         expected = reference_worklist(db, read_status, finding)
-        with db.session() as s:
-            page = worklist(s, read_status, finding)
-            got = [(st.id, rank, images) for st, rank, images in page.rows]
-            window = worklist(s, read_status, finding, limit=5, offset=3)
+        page = repo.worklist(read_status, finding)
+        got = [(st.id, rank, images) for st, rank, images in page.rows]
+        window = repo.worklist(read_status, finding, limit=5, offset=3)
         assert got == expected and page.total == len(expected)
         assert [(st.id, r, n) for st, r, n in window.rows] == expected[3:8]
+    # a study's page counts its rank in SQL by the same order (ties in priority included)
+    for study_id, rank, _ in reference_worklist(db):
+        assert repo.study_view(study_id).rank == rank, study_id

@@ -25,10 +25,12 @@ from xraytriage.dicom import (
     send_datasets,
 )
 from xraytriage.serving.config import DicomSettings, ServeConfig
-from xraytriage.serving.db import DONE, Heatmap, Image, Study
+from xraytriage.serving.db import Heatmap, Image, Study
 from xraytriage.serving.dicom_node import KEPT, PENDING, DicomNode
 from xraytriage.serving.service import TriageService
-from xraytriage.triage.worklist import parse_findings
+from xraytriage.serving.states import StudyState
+
+DONE = StudyState.DONE
 
 QUIET = 5.0
 
@@ -62,7 +64,7 @@ def test_results_wait_for_the_quiet_period_and_are_kept(node: DicomNode, shared_
         study = s.get(Study, study_id)
         info = json.loads(study.dicom_results_info)
         assert study.dicom_results_state == KEPT and study.calling_ae == "MODALITY"
-        flagged = len(parse_findings(study.findings))
+        flagged = len(study.findings)
     files = sorted(Path(info["folder"]).glob("*.dcm"))
     modalities = [pydicom.dcmread(f, stop_before_pixels=True).Modality for f in files]
     # one SR; one Secondary Capture per flagged finding, at most heatmap_findings of them
@@ -108,7 +110,7 @@ def test_one_instance_in_three_transfer_syntaxes_is_one_image(
     assert len(set(digests)) == 3
     for path in copies:
         study_id = receive(node, path)  # each one triaged (heatmap rows drawn) before the next
-        node.service.ensure_heatmaps(digests[copies.index(path)], ["Effusion"])
+        node.service.drawings.ensure(digests[copies.index(path)], ["Effusion"])
     with node.service.db.session() as s:
         study = s.get(Study, study_id)
         assert [image.id for image in study.images] == [digests[-1]]  # the latest copy

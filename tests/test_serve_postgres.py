@@ -12,8 +12,12 @@ import pytest
 
 from postgres_support import postgres_server
 from xraytriage.serving.config import ServeConfig
-from xraytriage.serving.db import DONE, Image, Study
+from xraytriage.serving.db import Image, Study
+from xraytriage.serving.repository import Repository
 from xraytriage.serving.service import TriageService
+from xraytriage.serving.states import StudyState
+
+DONE = StudyState.DONE
 
 
 def test_service_on_postgresql(tmp_path: Path, shared_data: Path) -> None:
@@ -27,7 +31,7 @@ def test_service_on_postgresql(tmp_path: Path, shared_data: Path) -> None:
             service.ingest(path.read_bytes(), path.name)
         assert service.ingest(files[0].read_bytes(), "again.png").duplicate
 
-        first, second = service.db.claim_images(3), service.db.claim_images(3)
+        first, second = service.repo.claim_images(3), service.repo.claim_images(3)
         assert not {i.id for i in first} & {i.id for i in second}  # no image handed out twice
         for batch in (first, second):
             service.workers.predict(batch)
@@ -53,7 +57,6 @@ def test_service_on_postgresql(tmp_path: Path, shared_data: Path) -> None:
 
         from test_serve_core import fill_worklist, reference_worklist
         from xraytriage.serving.db import Database
-        from xraytriage.serving.views import worklist
 
         address = make_url(url)
         with psycopg.connect(
@@ -63,8 +66,7 @@ def test_service_on_postgresql(tmp_path: Path, shared_data: Path) -> None:
         other = Database(url.rsplit("/", 1)[0] + "/worklist")
         fill_worklist(other)
         for read_status, finding in [(None, None), ("read", "Mass")]:
-            with other.session() as s:
-                got = [(st.id, r, n) for st, r, n in worklist(s, read_status, finding).rows]
+            got = [(st.id, r, n) for st, r, n in Repository(other).worklist(read_status, finding).rows]
             assert got == reference_worklist(other, read_status, finding)
 
     reference = TriageService(ServeConfig(data_dir=tmp_path / "sqlite", workers=0, heatmaps=False))

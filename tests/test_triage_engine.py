@@ -126,7 +126,11 @@ def test_findings_column_lists_labels_above_threshold(
 
 
 def test_dicom_images_are_grouped_by_study_uid_and_stat_goes_first(tiny_checkpoint_path, tmp_path):
-    study_a, study_b = generate_uid(), generate_uid()
+    """A site priority is a floor (priority = max(model, site)) and wins ties (docs/serving.md,
+    triage.priority). Fixed UIDs: the routine study's name sorts first, so a tie between the two
+    would be decided by the name if the site priority did not break it (it did: the tiny model
+    can score the routine study 1.0, which is how this test failed at random with random UIDs)."""
+    study_a, study_b = "1.2.826.0.1.3680043.10.1.1", "1.2.826.0.1.3680043.10.1.2"
     folder = tmp_path / "dicoms"
     write_dicom(folder / "a1", study_a, seed=1)  # no extension: found by content
     write_dicom(folder / "sub" / "a2.dcm", study_a, seed=2)
@@ -135,8 +139,28 @@ def test_dicom_images_are_grouped_by_study_uid_and_stat_goes_first(tiny_checkpoi
     assert run_cli(folder, "--model", tiny_checkpoint_path, "--output", out, "--workers", "0") == 0
     rows = read_worklist_csv(out / "worklist.csv")
     assert [(r["study"], r["images"]) for r in rows] == [(study_b, 1), (study_a, 2)]
-    assert rows[0]["priority"] == 1.0 and rows[0]["site_priority"] == 1.0
+    assert rows[0]["priority"] == 1.0 and rows[0]["site_priority"] == 1.0  # the floor: STAT = 1.0
     assert rows[1]["site_priority"] is None
+    assert rows[1]["priority"] == pytest.approx(rows[1]["abnormal"], abs=1e-6)  # no floor: the model's
+
+
+def test_at_equal_priority_the_site_priority_goes_first():
+    from xraytriage.triage.worklist import WorklistRow, sort_worklist
+
+    rows = sort_worklist(
+        [
+            WorklistRow(study="a-routine", path="a", priority=1.0),
+            WorklistRow(study="b-stat", path="b", priority=1.0, site_priority=1.0),
+            WorklistRow(study="c-low", path="c", priority=1.0, site_priority=0.0),
+            WorklistRow(study="d-model", path="d", priority=0.99, site_priority=0.5),
+        ]
+    )
+    assert [(r.study, r.rank) for r in rows] == [
+        ("b-stat", 1),
+        ("c-low", 2),
+        ("a-routine", 3),
+        ("d-model", 4),
+    ]
 
 
 def _mura_tree(root: Path) -> list[Path]:

@@ -1,10 +1,12 @@
 """The web service: upload, worklist, study pages, REST API, persistence, background workers.
 
 ``xraytriage serve`` runs :func:`create_app` under uvicorn. The pieces: ``config`` (settings),
-``storage`` (content-addressed blobs), ``db`` (SQLAlchemy tables), ``intake`` (content checks
-before an upload is acknowledged), ``service`` (ingest, pictures), ``worker`` (background
-inference and heatmaps), ``views`` (rows -> JSON/CSV), ``api`` (REST), ``pages`` (HTML),
-``auth`` (token, size limits).
+``states`` (life cycles), ``db`` (tables) with ``migrations`` (Alembic), ``repository`` (the
+only code that reads and writes them; ``records`` out), ``storage`` (content-addressed
+blobs), ``intake`` (content checks before an upload is acknowledged), ``jobs`` (score,
+settle, draw), ``worker`` (the loop that runs them), ``drawings`` (pictures), ``service``
+(wires them; ingest), ``queries``/``views``/``schemas`` (what the API and pages read, and its
+shape), ``api`` (REST), ``pages`` (HTML), ``auth`` (token, size limits), ``dicom_node``.
 """
 
 from xraytriage.serving.app import create_app

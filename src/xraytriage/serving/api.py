@@ -1,38 +1,91 @@
 """The REST API, ``/api/v1``: upload, worklist (JSON and CSV), study, heatmaps, status.
 
-Handlers are thin: the work is in :class:`~xraytriage.serving.service.TriageService`. Every
-error is JSON ``{"error": "...", "status": N}`` with a message that names the problem.
+Handlers are thin: they get the service, its repository and the caller's authentication as
+FastAPI dependencies, the reading is in :mod:`~xraytriage.serving.queries` (shared with the
+pages) and the rest in :class:`~xraytriage.serving.service.TriageService`. Each JSON answer
+has a ``response_model`` (:mod:`~xraytriage.serving.schemas`), so the OpenAPI document has
+real types. Every error is JSON ``{"error": "...", "status": N}`` with a message that names
+the problem.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Literal
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Security
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, Response
-from pydantic import BaseModel
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from xraytriage.labels import canonical_label
-from xraytriage.serving.db import DONE, READ_STATUSES, Image, Study
+from xraytriage.serving import schemas
+from xraytriage.serving.auth import authenticated_by
+from xraytriage.serving.drawings import DISPLAY, Drawings
 from xraytriage.serving.heatmap_jobs import HeatmapQueueFull
 from xraytriage.serving.intake import UploadRejected
-from xraytriage.serving.service import DISPLAY, TriageService
+from xraytriage.serving.queries import (
+    UnknownFinding,
+    known_finding,
+    study_json,
+    worklist_csv_text,
+    worklist_json,
+)
+from xraytriage.serving.repository import Repository
+from xraytriage.serving.service import TriageService
+from xraytriage.serving.states import ImageState, StudyState
 from xraytriage.serving.storage import is_storage_error, safe_filename
 from xraytriage.serving.uploads import UploadError, receive_upload
-from xraytriage.serving.views import study_detail, study_summary, worklist, worklist_csv
 
-router = APIRouter(prefix="/api/v1", tags=["api"])
 PNG_HEADERS = {"Cache-Control": "private, max-age=3600"}
+UNAUTHORIZED = "missing or wrong API token: send 'Authorization: Bearer <token>'"
 
 
-def service_of(request: Request) -> TriageService:
+def get_service(request: Request) -> TriageService:
     return request.app.state.service
 
 
-class StatusChange(BaseModel):
-    status: Literal["new", "reading", "read"]
+Service = Annotated[TriageService, Depends(get_service)]
+
+
+def get_repository(service: Service) -> Repository:
+    return service.repo
+
+
+def get_drawings(service: Service) -> Drawings:
+    return service.drawings
+
+
+Repo = Annotated[Repository, Depends(get_repository)]
+Pictures = Annotated[Drawings, Depends(get_drawings)]
+bearer = HTTPBearer(
+    auto_error=False,
+    description="The service's access token (`serve --token-file`), when it has one; the pages' "
+    "sign-in cookie works too.",
+)
+
+
+def authenticated(
+    request: Request, _credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)]
+) -> str:
+    """How the caller got in (the token middleware checked it and the rate limit first); a
+    second line of defence, and what documents the bearer scheme in OpenAPI."""
+    how = authenticated_by(request.scope)
+    if how is None or (how == "open" and request.app.state.guard.token):
+        raise HTTPException(401, UNAUTHORIZED, headers={"WWW-Authenticate": "Bearer"})
+    return how
+
+
+router = APIRouter(
+    prefix="/api/v1", tags=["api"], dependencies=[Depends(authenticated)], responses=schemas.ERRORS
+)
+
+
+def check_finding(service: TriageService, finding: str | None) -> str | None:
+    """The model's name of ``finding`` (404 naming the model's findings when unknown)."""
+    try:
+        return known_finding(service.checkpoint, finding)
+    except UnknownFinding as exc:
+        raise HTTPException(404, str(exc)) from None
 
 
 UPLOAD_BODY = {
@@ -59,6 +112,10 @@ UPLOAD_BODY = {
         },
     }
 }
+REFUSED = {
+    status: {"model": schemas.UploadRefused, "description": "no file was accepted"}
+    for status in (413, 415, 422, 507)
+}
 
 
 @router.post(
@@ -66,15 +123,16 @@ UPLOAD_BODY = {
     status_code=202,
     summary="Upload one or more images (PNG, JPEG, TIFF, DICOM)",
     openapi_extra=UPLOAD_BODY,
+    response_model=schemas.UploadResult,
+    responses=REFUSED,
 )
-async def upload_images(request: Request):
+async def upload_images(request: Request, service: Service):
     """Stores each file (content-addressed), queues it for triage and returns the study ids.
 
     Files stream to disk and are checked by content (headers only). A file that is refused is
     listed under ``rejected`` with the reason and never stops the others; when no file is
     accepted the status is 413 (too large), 415, 422 or 507 (the server's storage is full).
     """
-    service = service_of(request)
     try:
         upload = await receive_upload(
             request, service.store, service.storage, service.config.max_file_bytes, service.config.max_files
@@ -113,46 +171,36 @@ async def upload_images(request: Request):
     return body
 
 
-@router.get("/worklist", summary="Studies sorted by priority, with filters")
+@router.get("/worklist", summary="Studies sorted by priority, with filters", response_model=schemas.Worklist)
 def get_worklist(
-    request: Request,
+    service: Service,
+    repo: Repo,
     status: Literal["new", "reading", "read"] | None = Query(None, description="reader status"),
     finding: str | None = Query(None, description="only studies that list this finding"),
     state: Literal["queued", "processing", "done", "error"] | None = Query(None),
     limit: int = Query(500, ge=1, le=10000),
     offset: int = Query(0, ge=0),
 ):
-    service = service_of(request)
     name = check_finding(service, finding)
-    with service.db.session() as s:
-        page = worklist(s, status, name, state, limit, offset)
-        flag_at = service.checkpoint.study_flag_threshold
-        hide = service.config.hide_identifiers
-        items = [study_summary(study, rank, images, hide, flag_at) for study, rank, images in page.rows]
-    return {
-        "total": page.total,
-        "items": items,
-        "labels": list(service.checkpoint.findings),
-        "queue": service.pending(),
-        "identifiers_hidden": service.config.hide_identifiers,
-    }
+    hide = service.config.hide_identifiers
+    return worklist_json(repo, service.checkpoint, hide, service.pending, status, name, state, limit, offset)
 
 
-@router.get("/worklist.csv", summary="The worklist as CSV (same filters)", response_class=Response)
+@router.get(
+    "/worklist.csv",
+    summary="The worklist as CSV (same filters)",
+    response_class=Response,
+    responses={200: {"content": {"text/csv": {}}}},
+)
 def get_worklist_csv(
-    request: Request,
+    service: Service,
+    repo: Repo,
     status: Literal["new", "reading", "read"] | None = None,
     finding: str | None = None,
     state: Literal["queued", "processing", "done", "error"] | None = None,
 ):
-    service = service_of(request)
     name = check_finding(service, finding)
-    with service.db.session() as s:
-        ckpt = service.checkpoint
-        rows = worklist(s, status, name, state).rows
-        text = worklist_csv(
-            rows, ckpt.label_names, service.config.hide_identifiers, ckpt.study_flag_threshold
-        )
+    text = worklist_csv_text(repo, service.checkpoint, service.config.hide_identifiers, status, name, state)
     return Response(
         text,
         media_type="text/csv; charset=utf-8",
@@ -160,71 +208,64 @@ def get_worklist_csv(
     )
 
 
-def check_finding(service: TriageService, finding: str | None) -> str | None:
-    if finding is None:
-        return None
-    names = {canonical_label(n): n for n in service.checkpoint.label_names}
-    key = canonical_label(finding)
-    if key not in names:
-        raise HTTPException(
-            404, f"unknown finding {finding!r}; this model's are: {', '.join(service.checkpoint.findings)}"
-        )
-    return names[key]
-
-
-def _study_or_404(session, study_id: str) -> Study:
-    study = session.get(Study, study_id)
-    if study is None:
+def study_or_404(service: TriageService, study_id: str) -> dict:
+    data = study_json(service.repo, service.checkpoint, service.config.hide_identifiers, study_id)
+    if data is None:
         raise HTTPException(404, f"no study {study_id!r}")
-    return study
+    return data
 
 
-@router.get("/studies/{study_id}", summary="One study: findings table, images, heatmaps")
-def get_study(request: Request, study_id: str):
-    service = service_of(request)
-    with service.db.session() as s:
-        study = _study_or_404(s, study_id)
-        return study_detail(s, study, service.checkpoint, service.config.hide_identifiers)
+@router.get(
+    "/studies/{study_id}",
+    summary="One study: findings table, images, heatmaps",
+    response_model=schemas.StudyDetail,
+)
+def get_study(service: Service, study_id: str):
+    return study_or_404(service, study_id)
 
 
-@router.patch("/studies/{study_id}", summary="Set the reader status (new, reading, read)")
-def patch_study(request: Request, study_id: str, change: StatusChange):
-    service = service_of(request)
-    if change.status not in READ_STATUSES:  # pragma: no cover - pydantic already checks
-        raise HTTPException(422, f"status must be one of {', '.join(READ_STATUSES)}")
+@router.patch(
+    "/studies/{study_id}",
+    summary="Set the reader status (new, reading, read)",
+    response_model=schemas.StudyDetail,
+)
+def patch_study(service: Service, study_id: str, change: schemas.StatusChange):
     if not service.set_read_status(study_id, change.status):
         raise HTTPException(404, f"no study {study_id!r}")
-    return get_study(request, study_id)
+    return study_or_404(service, study_id)
 
 
-def _heatmap_image(service: TriageService, study_id: str, image: str | None) -> str:
+def _heatmap_image(repo: Repository, study_id: str, image: str | None) -> str:
     """The image a heatmap request is about (404/409 when there is none to draw on)."""
-    with service.db.session() as s:
-        study = _study_or_404(s, study_id)
-        if study.state != DONE or study.key_image_id is None:
-            raise HTTPException(409, f"study {study_id} is not triaged yet (state: {study.state})")
-        image_id = image or study.key_image_id
-        row = s.get(Image, image_id)
-        if row is None or row.study_id != study_id:
-            raise HTTPException(404, f"study {study_id} has no image {image_id!r}")
-        if row.state != DONE:
-            raise HTTPException(409, f"image {image_id[:12]}… could not be triaged: {row.error}")
-        return image_id
+    study = repo.study(study_id)
+    if study is None:
+        raise HTTPException(404, f"no study {study_id!r}")
+    if study.state != StudyState.DONE or study.key_image_id is None:
+        raise HTTPException(409, f"study {study_id} is not triaged yet (state: {study.state})")
+    image_id = image or study.key_image_id
+    row = repo.image(image_id)
+    if row is None or row.study_id != study_id:
+        raise HTTPException(404, f"study {study_id} has no image {image_id!r}")
+    if row.state != ImageState.DONE:
+        raise HTTPException(409, f"image {image_id[:12]}… could not be triaged: {row.error}")
+    return image_id
 
 
-async def _wait_for_pictures(service: TriageService, image_id: str, findings: list[str], what: str) -> None:
-    """Wait (without holding a thread) for the coalesced jobs that draw ``findings``; the
+async def _wait_for_pictures(
+    drawings: Drawings, wait_seconds: float, image_id: str, items: list[str], what: str
+) -> None:
+    """Wait (without holding a thread) for the coalesced jobs that draw ``items``; the
     job's failure becomes 507 (storage full), 422 (unreadable image) or 500."""
     from xraytriage.errors import ImageReadError
 
     try:
-        futures = await run_in_threadpool(service.heatmap_futures, image_id, findings)
+        futures = await run_in_threadpool(drawings.futures, image_id, items)
     except HeatmapQueueFull as exc:
         raise HTTPException(503, str(exc), headers={"Retry-After": "5"}) from None
     if not futures:
         return
     wrapped = [asyncio.wrap_future(f) for f in futures]
-    done, _ = await asyncio.wait(wrapped, timeout=service.config.heatmap_wait_seconds)
+    done, _ = await asyncio.wait(wrapped, timeout=wait_seconds)
     if len(done) < len(wrapped):
         raise HTTPException(
             503, f"{what} is still being drawn; try again shortly", headers={"Retry-After": "5"}
@@ -249,7 +290,9 @@ async def _wait_for_pictures(service: TriageService, image_id: str, findings: li
     responses={200: {"content": {"image/png": {}}}},
 )
 async def get_heatmap(
-    request: Request,
+    service: Service,
+    repo: Repo,
+    drawings: Pictures,
     study_id: str,
     finding: str,
     image: str | None = Query(None, description="image id (default: the study's key image)"),
@@ -259,12 +302,14 @@ async def get_heatmap(
 ):
     """Concurrent requests for the same heatmap share one drawing job (a bounded pool draws
     them); the request waits for it without holding a server thread."""
-    service = service_of(request)
     name = check_finding(service, finding)
-    image_id = await run_in_threadpool(_heatmap_image, service, study_id, image)
-    await _wait_for_pictures(service, image_id, [service.picture_item(name, style)], f"the {name} heatmap")
+    image_id = await run_in_threadpool(_heatmap_image, repo, study_id, image)
+    item = drawings.picture_item(name, style)
+    await _wait_for_pictures(
+        drawings, service.config.heatmap_wait_seconds, image_id, [item], f"the {name} heatmap"
+    )
     return FileResponse(
-        service.picture_path(image_id, name, style), media_type="image/png", headers=PNG_HEADERS
+        drawings.picture_path(image_id, name, style), media_type="image/png", headers=PNG_HEADERS
     )
 
 
@@ -272,22 +317,16 @@ async def get_heatmap(
     "/images/{image_id}/display.png",
     summary="The image as the model reads it (contrast-correct, no window/level needed)",
     response_class=FileResponse,
+    responses={200: {"content": {"image/png": {}}}},
 )
-async def get_display(request: Request, image_id: str):
-    service = service_of(request)
-
-    def filename() -> str | None:
-        with service.db.session() as s:
-            row = s.get(Image, image_id)
-            return None if row is None else row.filename
-
-    name = await run_in_threadpool(filename)
-    if name is None:
+async def get_display(service: Service, repo: Repo, drawings: Pictures, image_id: str):
+    row = await run_in_threadpool(repo.image, image_id)
+    if row is None:
         raise HTTPException(404, f"no image {image_id!r}")
-    await _wait_for_pictures(service, image_id, [DISPLAY], name)
-    return FileResponse(service.display_file(image_id), media_type="image/png", headers=PNG_HEADERS)
+    await _wait_for_pictures(drawings, service.config.heatmap_wait_seconds, image_id, [DISPLAY], row.filename)
+    return FileResponse(drawings.display_file(image_id), media_type="image/png", headers=PNG_HEADERS)
 
 
-@router.get("/model", summary="The model: labels, thresholds, version")
-def get_model(request: Request):
-    return service_of(request).model_info
+@router.get("/model", summary="The model: labels, thresholds, version", response_model=schemas.ModelInfo)
+def get_model(service: Service):
+    return service.model_info

@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from xraytriage import __version__
+from xraytriage.serving import schemas
 from xraytriage.serving.auth import BodyLimit, Guard, TokenAuth, login_page, login_submit, logout
 from xraytriage.serving.config import ServeConfig
 from xraytriage.serving.security import HostCheck, SecurityHeaders, allowed_host_names
@@ -87,7 +88,12 @@ def create_app(config: ServeConfig, service: TriageService | None = None) -> Fas
             return JSONResponse({"error": message, "status": 507}, 507)
         return JSONResponse({"error": f"internal error ({type(exc).__name__})", "status": 500}, 500)
 
-    @app.get("/healthz", tags=["service"], summary="Liveness, storage and queue depth (no token needed)")
+    @app.get(
+        "/healthz",
+        tags=["service"],
+        summary="Liveness, storage and queue depth (no token needed)",
+        response_model=schemas.Health,
+    )
     def healthz() -> dict:
         storage = service.storage.status()
         return {

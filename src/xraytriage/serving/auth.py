@@ -156,19 +156,40 @@ def too_many(wait: int, html: bool) -> Response:
     return JSONResponse({"error": message, "status": 429}, status_code=429, headers=headers)
 
 
+AUTH_STATE = "xraytriage_auth"
+
+
+def authenticated_by(scope: Scope) -> str | None:
+    """How :class:`TokenAuth` let this request in: ``"none"`` (no token set), ``"open"`` (an
+    open path), ``"session"`` (the sign-in cookie) or ``"bearer"``; None when it did not."""
+    return scope.get("state", {}).get(AUTH_STATE)
+
+
 class TokenAuth:
+    """Lets a request through when no token is set, for an open path, with a valid session
+    cookie or the right bearer token (recording which, see :func:`authenticated_by`);
+    answers 401, 429 or a redirect to the login page otherwise."""
+
     def __init__(self, app: ASGIApp, guard: Guard) -> None:
         self.app = app
         self.guard = guard
 
+    async def _through(self, how: str, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            scope.setdefault("state", {})[AUTH_STATE] = how
+        await self.app(scope, receive, send)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         guard = self.guard
         if scope["type"] != "http" or not guard.token:
-            await self.app(scope, receive, send)
+            await self._through("none", scope, receive, send)
             return
         path = scope.get("path", "")
-        if path == "/login" or path.startswith(OPEN_PATHS) or guard.sessions.valid(session_cookie(scope)):
-            await self.app(scope, receive, send)
+        if path == "/login" or path.startswith(OPEN_PATHS):
+            await self._through("open", scope, receive, send)
+            return
+        if guard.sessions.valid(session_cookie(scope)):
+            await self._through("session", scope, receive, send)
             return
         given = bearer_token(scope)
         if given is not None:
@@ -178,7 +199,7 @@ class TokenAuth:
                 await too_many(wait, False)(scope, receive, send)
                 return
             if token_matches(guard.token, given):
-                await self.app(scope, receive, send)
+                await self._through("bearer", scope, receive, send)
                 return
             guard.limit.failed(client)
         response: Response

@@ -10,6 +10,9 @@ from xraytriage.errors import ConfigError
 
 TOKEN_ENV = "XRAYTRIAGE_TOKEN"
 MB = 1024 * 1024
+BUNDLED_MODEL = Path(__file__).resolve().parents[1] / "assets" / "default_model" / "model.pt"
+"""The model shipped inside the package (the file ``cli.common.default_model_path`` names;
+serving does not import the CLI)."""
 
 
 @dataclass
@@ -71,6 +74,11 @@ class ServeConfig:
             raise ConfigError(f"the free-space reserve must be >= 0 MB, got {self.min_free_mb}")
         if self.token is not None and len(self.token) < 8:
             raise ConfigError("the API token must be at least 8 characters")
+
+    @property
+    def model_file(self) -> Path:
+        """The checkpoint to serve: ``model_path``, else the bundled model."""
+        return Path(self.model_path) if self.model_path is not None else BUNDLED_MODEL
 
     @property
     def database_url(self) -> str:

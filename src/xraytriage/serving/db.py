@@ -1,13 +1,14 @@
-"""The service's database (SQLAlchemy 2): studies, images, heatmaps.
+"""The service's database schema (SQLAlchemy 2) and engine: studies, images, heatmaps.
+
+Only :mod:`xraytriage.serving.repository` uses the mapped classes; the schema itself is made
+and changed by the Alembic migrations in ``serving/migrations`` (run at start, under a
+database lock, by :class:`Database`), never by ``create_all``.
 
 SQLite in the data folder by default (WAL mode, so pages read while the worker writes); any
 SQLAlchemy URL works, PostgreSQL included. Times are UNIX seconds (float), so they sort and
-subtract without time-zone surprises; the API turns them into ISO 8601.
-
-States: an image is ``queued`` -> ``processing`` -> ``done`` | ``error``; a study is
-``queued`` while any image waits, ``done`` when every image is settled (``error`` when none
-could be read). ``read_status`` is the reader's: ``new`` -> ``reading`` -> ``read``; a new
-image in a study already ``read`` puts it back to ``new`` (``new_images_at`` says when).
+subtract without time-zone surprises; the API turns them into ISO 8601. State columns hold
+the values of the enums in :mod:`~xraytriage.serving.states` (what moves are allowed is
+written down there); ``studies.findings`` holds JSON (``[{"name": ..., "probability": ...}]``).
 
 Concurrency: requests and worker threads (and on PostgreSQL several processes) write at the
 same time. Every "insert if absent" is one ``INSERT ... ON CONFLICT DO NOTHING`` (or an
@@ -23,6 +24,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
@@ -34,19 +36,48 @@ from sqlalchemy import (
     create_engine,
     event,
     insert,
-    inspect,
     select,
-    text,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
+from sqlalchemy.types import TypeDecorator
 
-QUEUED, PROCESSING, DONE, ERROR = "queued", "processing", "done", "error"
-READ_STATUSES = ("new", "reading", "read")
-HEATMAPS_NONE, HEATMAPS_PENDING, HEATMAPS_DONE = "none", "pending", "done"
+from xraytriage.serving.records import Finding, findings_from_json, findings_to_json
+from xraytriage.serving.states import HeatmapsState, ImageState, ReadStatus, ResultsState, StudyState
+
+
+class StateType(TypeDecorator):
+    """A state column: ``VARCHAR(16)`` in the database, a member of its enum in Python (a value
+    outside the enum is refused on the way in)."""
+
+    impl = String(16)
+    cache_ok = True
+
+    def __init__(self, kind: type[StrEnum]) -> None:
+        super().__init__()
+        self.kind = kind
+
+    def process_bind_param(self, value: Any, dialect: Any) -> str | None:
+        return None if value is None else self.kind(value).value
+
+    def process_result_value(self, value: Any, dialect: Any) -> StrEnum | None:
+        return None if value is None else self.kind(value)
+
+
+class FindingsType(TypeDecorator):
+    """A study's listed findings, kept as JSON text (see :func:`records.findings_to_json`)."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Any) -> str:
+        return findings_to_json(list(value or []))
+
+    def process_result_value(self, value: Any, dialect: Any) -> list[Finding]:
+        return findings_from_json(value)
 
 
 class Base(DeclarativeBase):
@@ -64,19 +95,23 @@ class Study(Base):
     received_at: Mapped[float] = mapped_column(Float, default=time.time, index=True)
     last_image_at: Mapped[float] = mapped_column(Float, default=time.time)
     updated_at: Mapped[float] = mapped_column(Float, default=time.time)
-    state: Mapped[str] = mapped_column(String(16), default=QUEUED, index=True)
-    read_status: Mapped[str] = mapped_column(String(16), default="new", index=True)
+    state: Mapped[StudyState] = mapped_column(StateType(StudyState), default=StudyState.QUEUED, index=True)
+    read_status: Mapped[ReadStatus] = mapped_column(StateType(ReadStatus), default=ReadStatus.NEW, index=True)
     priority: Mapped[float | None] = mapped_column(Float, nullable=True, index=True)
     abnormal: Mapped[float | None] = mapped_column(Float, nullable=True)
-    findings: Mapped[str] = mapped_column(Text, default="")
+    findings: Mapped[list[Finding]] = mapped_column(FindingsType, default=lambda: [])
     probabilities_json: Mapped[str] = mapped_column(Text, default="{}")
     site_priority: Mapped[float | None] = mapped_column(Float, nullable=True)
     key_image_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     error: Mapped[str] = mapped_column(Text, default="")
     predicted_at: Mapped[float | None] = mapped_column(Float, nullable=True)
-    heatmaps_state: Mapped[str] = mapped_column(String(16), default=HEATMAPS_NONE, index=True)
+    heatmaps_state: Mapped[HeatmapsState] = mapped_column(
+        StateType(HeatmapsState), default=HeatmapsState.NONE, index=True
+    )
     explained_at: Mapped[float | None] = mapped_column(Float, nullable=True)
-    dicom_results_state: Mapped[str] = mapped_column(String(16), default="none", index=True)
+    dicom_results_state: Mapped[ResultsState] = mapped_column(
+        StateType(ResultsState), default=ResultsState.NONE, index=True
+    )
     dicom_results_info: Mapped[str] = mapped_column(Text, default="")
     new_images_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     """When an image arrived after the study was marked reading/read (cleared when read again)."""
@@ -107,7 +142,7 @@ class Image(Base):
     filename: Mapped[str] = mapped_column(String(200), default="")
     format: Mapped[str] = mapped_column(String(16), default="")
     size_bytes: Mapped[int] = mapped_column(Integer, default=0)
-    state: Mapped[str] = mapped_column(String(16), default=QUEUED, index=True)
+    state: Mapped[ImageState] = mapped_column(StateType(ImageState), default=ImageState.QUEUED, index=True)
     error: Mapped[str] = mapped_column(Text, default="")
     probabilities_json: Mapped[str] = mapped_column(Text, default="{}")
     abnormal: Mapped[float | None] = mapped_column(Float, nullable=True)
@@ -157,34 +192,12 @@ UPSERT_DIALECTS = {"sqlite": sqlite, "postgresql": postgresql}
 """Databases with ``INSERT ... ON CONFLICT``; others get try-and-catch in a savepoint."""
 
 
-def add_missing_columns(engine: Engine) -> list[str]:
-    """Columns this version added, added to a database an older version created (``create_all``
-    makes missing tables only); returns ``table.column`` of each one added."""
-    added = []
-    inspector = inspect(engine)
-    for table in Base.metadata.sorted_tables:
-        have = {c["name"] for c in inspector.get_columns(table.name)}
-        for column in table.columns:
-            if column.name in have:
-                continue
-            kind = column.type.compile(dialect=engine.dialect)
-            default = column.default.arg if column.default is not None and column.default.is_scalar else None
-            clause = ""
-            if isinstance(default, str):
-                clause = " DEFAULT '" + default.replace("'", "''") + "'"
-            elif isinstance(default, int | float) and not isinstance(default, bool):
-                clause = f" DEFAULT {default}"
-            with engine.begin() as conn:
-                conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}{clause}'))
-            added.append(f"{table.name}.{column.name}")
-    return added
-
-
 class Database:
-    """Engine + sessions. ``claim_lock`` serialises job claims inside one process (SQLite);
-    PostgreSQL additionally gets ``FOR UPDATE SKIP LOCKED``."""
+    """Engine + sessions, the schema brought up to date on opening (``migrate``). ``claim_lock``
+    serialises job claims inside one process (SQLite); PostgreSQL additionally gets
+    ``FOR UPDATE SKIP LOCKED``."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, migrate: bool = True) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         kwargs: dict[str, Any] = {}
@@ -193,8 +206,10 @@ class Database:
         self.engine: Engine = create_engine(url, **kwargs)
         if self.is_sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        Base.metadata.create_all(self.engine)
-        add_missing_columns(self.engine)
+        if migrate:
+            from xraytriage.serving.migrations import upgrade
+
+            upgrade(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self.claim_lock = threading.Lock()
 
@@ -257,94 +272,3 @@ class Database:
         if not self.is_sqlite:
             query = query.with_for_update()
         return session.scalars(query).first()
-
-    def recover(self, max_attempts: int | None = None) -> tuple[int, int]:
-        """After a crash or kill: work that was being processed goes back to the queue.
-
-        An image's attempt is counted when it is claimed, before any work on it, so an image
-        that was in flight ``max_attempts`` times (each time the process died on it) is not
-        queued again but marked ``error``: no restart loop. Returns (re-queued, given up)."""
-        given_up = 0
-        with self.session() as s:
-            if max_attempts is not None:
-                poison = list(
-                    s.scalars(select(Image).where(Image.state == PROCESSING, Image.attempts >= max_attempts))
-                )
-                for image in poison:
-                    image.state = ERROR
-                    image.error = (
-                        f"{image.filename}: gave up after {image.attempts} attempts: the service stopped "
-                        "(crashed or was killed) each time while working on this image"
-                    )
-                    image.processed_at = time.time()
-                given_up = len(poison)
-            images = s.execute(update(Image).where(Image.state == PROCESSING).values(state=QUEUED)).rowcount
-            s.execute(update(Study).where(Study.state == PROCESSING).values(state=QUEUED))
-            s.execute(
-                update(Study)
-                .where(Study.heatmaps_state == PROCESSING)
-                .values(heatmaps_state=HEATMAPS_PENDING)
-            )
-        return int(images or 0), given_up
-
-    def requeue(self, image_ids: list[str]) -> None:
-        """Put images this process claimed back in the queue (their results could not be saved)."""
-        with self.session() as s:
-            s.execute(
-                update(Image).where(Image.id.in_(image_ids), Image.state == PROCESSING).values(state=QUEUED)
-            )
-
-    def image_ids(self) -> set[str]:
-        with self.session() as s:
-            return set(s.scalars(select(Image.id)))
-
-    def unsettled_study_ids(self) -> list[str]:
-        """Studies still marked waiting although none of their images is: a crash came between
-        storing the images' results and aggregating the study."""
-        with self.session() as s:
-            waiting = select(Image.study_id).where(Image.state.in_((QUEUED, PROCESSING)))
-            query = select(Study.id).where(Study.state.in_((QUEUED, PROCESSING)), Study.id.notin_(waiting))
-            return list(s.scalars(query))
-
-    def claim_images(self, limit: int) -> list[Image]:
-        """Up to ``limit`` queued images, oldest first, marked ``processing`` for this caller,
-        their attempt counted (and committed) before any work starts.
-
-        An image that was claimed before and is queued again (a crash or kill came while it
-        was in flight) is a suspect: it is claimed alone, so one image that kills the process
-        cannot use up the attempts of the others in its batch."""
-        with self.claim_lock, self.session() as s:
-            query = select(Image).where(Image.state == QUEUED).order_by(Image.received_at).limit(limit)
-            if not self.is_sqlite:
-                query = query.with_for_update(skip_locked=True)
-            images = list(s.scalars(query))
-            suspects = [image for image in images if image.attempts > 0]
-            if suspects:
-                images = suspects[:1]
-            for image in images:
-                image.state = PROCESSING
-                image.attempts += 1
-            return images
-
-    def claim_heatmap_study(self) -> str | None:
-        """One study whose heatmaps are still to be drawn (its predictions are done)."""
-        with self.claim_lock, self.session() as s:
-            query = (
-                select(Study)
-                .where(Study.heatmaps_state == HEATMAPS_PENDING, Study.state == DONE)
-                .order_by(Study.predicted_at)
-                .limit(1)
-            )
-            if not self.is_sqlite:
-                query = query.with_for_update(skip_locked=True)
-            study = s.scalars(query).first()
-            if study is None:
-                return None
-            study.heatmaps_state = PROCESSING
-            return study.id
-
-    def queue_depth(self) -> dict[str, int]:
-        with self.session() as s:
-            queued = s.query(Image).filter(Image.state.in_((QUEUED, PROCESSING))).count()
-            heatmaps = s.query(Study).filter(Study.heatmaps_state.in_((HEATMAPS_PENDING, PROCESSING))).count()
-        return {"images": queued, "heatmaps": heatmaps}

@@ -8,11 +8,13 @@ structured report (every finding's probability and threshold, UNVERIFIED), keeps
 ``DATA_DIR/results/<study>/`` and, with a destination, sends them by C-STORE. A failed send is
 retried (``MAX_SEND_ATTEMPTS``, ``RETRY_SECONDS`` apart); the outcome is on the study
 (``dicom_results_state``: pending -> sent | kept | error, and ``dicom_results_info``).
+
+Received images go in through ``TriageService.ingest``; everything the node reads or writes
+in the database goes through the service's :class:`~xraytriage.serving.repository.Repository`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -37,10 +39,10 @@ from xraytriage.dicom import (
     send_datasets,
 )
 from xraytriage.serving.config import DicomSettings
-from xraytriage.serving.db import DONE, ERROR, HEATMAPS_PENDING, PROCESSING, Image, Study
 from xraytriage.serving.intake import UploadRejected
 from xraytriage.serving.pictures import load_png
 from xraytriage.serving.service import TriageService
+from xraytriage.serving.states import ResultsState
 from xraytriage.serving.storage import write_atomic
 
 log = logging.getLogger(__name__)
@@ -49,7 +51,7 @@ SC_SERIES_NUMBER = 9901
 SR_SERIES_NUMBER = 9902
 MAX_SEND_ATTEMPTS = 5
 RETRY_SECONDS = 30.0
-PENDING, SENT, KEPT = "pending", "sent", "kept"
+PENDING, SENT, KEPT, ERROR = ResultsState.PENDING, ResultsState.SENT, ResultsState.KEPT, ResultsState.ERROR
 
 
 class DicomNode:
@@ -121,25 +123,7 @@ class DicomNode:
     def ready_studies(self, now: float | None = None) -> list[str]:
         """DICOM studies that are complete (quiet period over, triaged, pictures drawn)."""
         now = time.time() if now is None else now
-        quiet_before = now - self.settings.quiet_seconds
-        with self.service.db.session() as s:
-            candidates = (
-                s.query(Study)
-                .filter(
-                    Study.source == "dicom",
-                    Study.dicom_results_state == PENDING,
-                    Study.state.in_((DONE, ERROR)),
-                    Study.last_image_at <= quiet_before,
-                    Study.heatmaps_state.notin_((HEATMAPS_PENDING, PROCESSING)),
-                )
-                .all()
-            )
-            ready = []
-            for study in candidates:
-                info = _info(study)
-                if info.get("next_attempt_at", 0.0) <= now:
-                    ready.append(study.id)
-            return ready
+        return self.service.repo.dicom_ready(now, now - self.settings.quiet_seconds)
 
     def dispatch_ready(self) -> int:
         count = 0
@@ -154,23 +138,14 @@ class DicomNode:
         If an image arrived while the results were being built or sent, the study stays
         ``pending`` so that updated results follow.
         """
-        with self.service.db.session() as s:
-            study = s.get(Study, study_id)
-            seen_last_image = study.last_image_at if study is not None else 0.0
-            attempts = _info(study).get("attempts", 0)
+        repo = self.service.repo
+        study = repo.study(study_id)
+        seen_last_image = study.last_image_at if study is not None else 0.0
+        attempts = ((study.dicom_results_info if study is not None else None) or {}).get("attempts", 0)
         state, info = self._build_and_send(study_id, attempts)
-        with self.service.db.session() as s:
-            study = s.get(Study, study_id)
-            if study is None:
-                return state
-            if study.last_image_at > seen_last_image:
-                state = PENDING
-                info = {**info, "note": "more images arrived while sending; updated results will follow"}
-            study.dicom_results_state = state
-            study.dicom_results_info = json.dumps({**info, "at": time.time()})
-        return state
+        return repo.record_results(study_id, seen_last_image, state, info)
 
-    def _build_and_send(self, study_id: str, attempts: int) -> tuple[str, dict[str, Any]]:
+    def _build_and_send(self, study_id: str, attempts: int) -> tuple[ResultsState, dict[str, Any]]:
         """(results state, what to record) for one study; ``attempts`` failed sends so far."""
         try:
             datasets = self.build_results(study_id)
@@ -215,16 +190,15 @@ class DicomNode:
         """SC per flagged finding (with a heatmap) + one SR, for one settled study."""
         service = self.service
         ckpt = service.checkpoint
-        with service.db.session() as s:
-            study = s.get(Study, study_id)
-            images = [i for i in study.images if i.state == DONE]
-            if study.state != DONE or not images:
-                return []
-            key = s.get(Image, study.key_image_id)
-            probabilities = study.probabilities
-            abnormal = study.abnormal
-            key_id, key_size = key.id, (key.width or 1, key.height or 1)
-            image_ids = [i.id for i in images]
+        drawings = service.drawings
+        inputs = service.repo.results_inputs(study_id)
+        if inputs is None:
+            return []
+        probabilities = inputs.study.probabilities
+        abnormal = inputs.study.abnormal
+        key = inputs.key_image
+        key_id, key_size = key.id, (key.width or 1, key.height or 1)
+        image_ids = inputs.image_ids
         sources = {i: pydicom.dcmread(service.store.path(i), stop_before_pixels=True) for i in image_ids}
         findings = [
             FindingResult(name, float(probabilities[name]), float(ckpt.threshold(name)))
@@ -235,15 +209,15 @@ class DicomNode:
         flagged = flagged[: service.config.heatmap_findings]
         datasets: list[pydicom.Dataset] = []
         if flagged:
-            heatmaps = {h.finding: h for h in service.ensure_heatmaps(key_id, [f.name for f in flagged])}
-            display = load_png(service.display_path(key_id))
+            heatmaps = {h.finding: h for h in drawings.ensure(key_id, [f.name for f in flagged])}
+            display = load_png(drawings.display_path(key_id))
             series = generate_uid()
             for number, finding in enumerate(flagged, start=1):
                 heatmap = heatmaps.get(finding.name)
                 if heatmap is None:
                     continue
                 # no label: the SC builder burns in the caption, which names the finding
-                overlay = np.asarray(service.overlay(key_id, heatmap, key_size, "", display))
+                overlay = np.asarray(drawings.overlay(key_id, heatmap, key_size, "", display))
                 caption = (
                     f"NOT FOR DIAGNOSTIC USE - AI heatmap: {finding.name} p={finding.probability:.2f} "
                     f"(threshold {finding.threshold:.2f}) - {self.model.label}"
@@ -281,12 +255,3 @@ def permanent_refusal(exc: UploadRejected) -> StoreRefused | None:
     if exc.status >= 500:
         return None
     return StoreRefused(exc.problem)
-
-
-def _info(study: Study | None) -> dict[str, Any]:
-    if study is None or not study.dicom_results_info:
-        return {}
-    try:
-        return json.loads(study.dicom_results_info)
-    except ValueError:
-        return {}

@@ -9,15 +9,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from xraytriage import __version__
-from xraytriage.serving import api
+from xraytriage.serving.api import Service
 from xraytriage.serving.config import MB
-from xraytriage.serving.db import READ_STATUSES
+from xraytriage.serving.queries import UnknownFinding, known_finding, study_json, worklist_json
+from xraytriage.serving.service import TriageService
+from xraytriage.serving.states import ReadStatus
+
+READ_STATUSES = tuple(s.value for s in ReadStatus)
 
 HERE = Path(__file__).resolve().parent
 TEMPLATES = Jinja2Templates(directory=str(HERE / "templates"))
@@ -34,18 +38,22 @@ def mount(app: FastAPI) -> None:
     app.add_api_route("/studies/{study_id}", study_page, methods=["GET"], include_in_schema=False)
 
 
-def _render(request: Request, name: str, status_code: int = 200, **context) -> HTMLResponse:
-    service = api.service_of(request)
+def _render(
+    request: Request, service: TriageService, name: str, status_code: int = 200, **context
+) -> HTMLResponse:
     context.setdefault("model_name", service.checkpoint.name)
     context["token_protected"] = bool(service.config.token)
     return TEMPLATES.TemplateResponse(request, name, context, status_code=status_code, headers=NO_STORE)
 
 
 def worklist_page(
-    request: Request, status: str | None = None, finding: str | None = None, limit: int = WORKLIST_PAGE_LIMIT
+    request: Request,
+    service: Service,
+    status: str | None = None,
+    finding: str | None = None,
+    limit: int = WORKLIST_PAGE_LIMIT,
 ) -> HTMLResponse:
     """All studies by priority; filters live in the query string so a filtered view can be shared."""
-    service = api.service_of(request)
     notices = []
     status = status or None
     if status is not None and status not in READ_STATUSES:
@@ -54,14 +62,18 @@ def worklist_page(
     finding = finding or None
     if finding is not None:
         try:
-            finding = api.check_finding(service, finding)
-        except HTTPException as exc:
-            notices.append(f"{exc.detail}; showing every finding")
+            finding = known_finding(service.checkpoint, finding)
+        except UnknownFinding as exc:
+            notices.append(f"{exc}; showing every finding")
             finding = None
     limit = max(1, min(int(limit), 10_000))  # rows per page; "Show more" adds another page
-    data = api.get_worklist(request, status, finding, None, limit, 0)
+    hide = service.config.hide_identifiers
+    data = worklist_json(
+        service.repo, service.checkpoint, hide, service.pending, status, finding, None, limit
+    )
     return _render(
         request,
+        service,
         "worklist.html",
         data=data,
         labels=list(service.checkpoint.findings),
@@ -74,10 +86,11 @@ def worklist_page(
     )
 
 
-def upload_page(request: Request) -> HTMLResponse:
-    config = api.service_of(request).config
+def upload_page(request: Request, service: Service) -> HTMLResponse:
+    config = service.config
     return _render(
         request,
+        service,
         "upload.html",
         max_files=config.max_files,
         max_file_mb=round(config.max_file_bytes / MB, 1),
@@ -85,15 +98,15 @@ def upload_page(request: Request) -> HTMLResponse:
     )
 
 
-def study_page(request: Request, study_id: str) -> HTMLResponse:
-    try:
-        data = api.get_study(request, study_id)
-    except HTTPException as exc:
+def study_page(request: Request, service: Service, study_id: str) -> HTMLResponse:
+    data = study_json(service.repo, service.checkpoint, service.config.hide_identifiers, study_id)
+    if data is None:
         return _render(
             request,
+            service,
             "error.html",
-            status_code=exc.status_code,
+            status_code=404,
             title="Study not found",
-            message=str(exc.detail),
+            message=f"no study {study_id!r}",
         )
-    return _render(request, "study.html", data=data, page="study", title=data["name"] or study_id)
+    return _render(request, service, "study.html", data=data, page="study", title=data["name"] or study_id)

@@ -6,9 +6,16 @@ it is just the abnormal probability)::
 
     priority = 1 - (1 - abnormal) * prod_f (1 - w_f * p_f)
 
-Site priority (DICOM RequestedProcedurePriority, or a ``--site-priority`` CSV) is a floor::
+Site priority (DICOM RequestedProcedurePriority, or a ``--site-priority`` CSV) is a floor,
+not a precedence::
 
     priority = max(model priority, site priority)
+
+so a HIGH study (0.8) the model scores 0.3 ranks at 0.8, below a study the model scores 0.9:
+the site says "at least this urgent", the model can still find another study more urgent.
+At equal priority the study with the higher site priority goes first (``sort_worklist``;
+the service's worklist orders the same way): a STAT study (1.0) is never below a study the
+model scores 1.0, so STAT always goes first.
 
 Named levels map to: STAT 1.0, HIGH 0.8, MEDIUM 0.5, ROUTINE 0.0, LOW 0.0 (ROUTINE/LOW add
 no floor, so routine studies keep the model's order among themselves).

@@ -141,11 +141,20 @@ class WorklistRow:
         return data
 
 
+def site_rank(site_priority: float | None) -> float:
+    """A site priority as a sort key: a study without one sorts below ROUTINE (0.0)."""
+    return -1.0 if site_priority is None else float(site_priority)
+
+
 def sort_worklist(rows: Iterable[WorklistRow]) -> list[WorklistRow]:
-    """Triaged studies by priority, highest first (ties by study name), ranked 1..n; error
-    rows after them, unranked, by path."""
+    """Triaged studies by priority, highest first, ranked 1..n; at equal priority the higher
+    site priority goes first (none counts below ROUTINE), then the study name. Error rows
+    after them, unranked, by path. See ``triage.priority`` for why a site priority is a floor."""
     rows = list(rows)
-    ok = sorted((r for r in rows if r.ok), key=lambda r: (-(r.priority or 0.0), r.study, r.path))
+    ok = sorted(
+        (r for r in rows if r.ok),
+        key=lambda r: (-(r.priority or 0.0), -site_rank(r.site_priority), r.study, r.path),
+    )
     errors = sorted((r for r in rows if not r.ok), key=lambda r: r.path)
     for rank, row in enumerate(ok, start=1):
         row.rank = rank

@@ -1,0 +1,178 @@
+"""The service's three jobs, as functions of what they need: score claimed images, settle a
+study, draw a study's heatmaps. The worker (:mod:`~xraytriage.serving.worker`) only claims
+work and runs these; start-up settles studies a crash left unsettled with the same function.
+
+Scoring and settling use the triage engine's code (aggregation, priority, thresholds), so the
+service ranks exactly as ``xraytriage triage`` does. A storage error (full disk) propagates:
+the worker keeps the work aside until a write succeeds again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from xraytriage.scope import low_resolution_warning
+from xraytriage.serving.drawings import Drawings
+from xraytriage.serving.records import Finding, ImageRecord, ImageScore, Settlement, StudyScores
+from xraytriage.serving.repository import Repository
+from xraytriage.serving.states import HeatmapsState, ImageState
+from xraytriage.serving.storage import BlobStore, is_storage_error
+from xraytriage.triage.engine import ImageResult, TriageEngine
+from xraytriage.triage.worklist import parse_findings
+
+log = logging.getLogger(__name__)
+MAX_ATTEMPTS = 3
+"""An image is given up after being in flight this many times (see ``Repository.recover``)."""
+
+
+@dataclass(frozen=True)
+class HeatmapPolicy:
+    """Which heatmaps are drawn ahead of time: of each settled study's first ``findings``
+    listed findings, when ``enabled`` (others are drawn on request)."""
+
+    enabled: bool = True
+    findings: int = 4
+
+
+def score_images(
+    repo: Repository,
+    engine: TriageEngine,
+    store: BlobStore,
+    images: Sequence[ImageRecord],
+    settle: Callable[[str], None],
+) -> int:
+    """Read and score claimed images (one engine batch), save each result, then ``settle``
+    their studies; returns how many were scored. A failed batch is retried (or given up
+    after :data:`MAX_ATTEMPTS`) instead of failing its images."""
+    by_path = {str(store.path(image.id)): image for image in images}
+    try:
+        results = list(engine.iter_results(list(by_path)))
+    except Exception as exc:
+        log.exception("batch of %d images failed", len(images))
+        repo.retry_or_fail(
+            [image.id for image in images],
+            f"internal error while scoring: {type(exc).__name__}",
+            MAX_ATTEMPTS,
+        )
+        for study_id in sorted({image.study_id for image in images}):
+            settle(study_id)
+        return 0
+    labels = list(engine.checkpoint.label_names)
+    scores = []
+    for result in results:
+        image = by_path[result.path]
+        if result.ok and result.probabilities is not None:
+            probabilities = {n: float(p) for n, p in zip(labels, result.probabilities, strict=True)}
+            scores.append(ImageScore(image.id, probabilities, result.abnormal, result.site_priority))
+        else:
+            # the engine names the blob; the user knows the file by the name they gave
+            error = (result.error or "unknown error").replace(result.path, image.filename)
+            scores.append(ImageScore(image.id, error=error))
+    repo.save_scores(scores)
+    for study_id in sorted({image.study_id for image in images}):
+        settle(study_id)
+    log.info("scored %d images", len(results))
+    return len(results)
+
+
+def decide_study(
+    engine: TriageEngine, policy: HeatmapPolicy, study_id: str, images: list[ImageRecord]
+) -> Settlement:
+    """A study's settlement from its settled images: the triage engine's study row (aggregate,
+    priority, findings, key image), low-resolution caveats, and whether heatmaps are due."""
+    checkpoint = engine.checkpoint
+    ok = [image for image in images if image.state == ImageState.DONE]
+    error = "; ".join(image.error for image in images if image.state == ImageState.ERROR)
+    if not ok:
+        return Settlement(error, None)
+    labels = list(checkpoint.label_names)
+    results = [
+        ImageResult(
+            path=image.id,
+            study=study_id,
+            probabilities=np.array([image.probabilities[n] for n in labels], dtype=np.float64),
+            abnormal=image.abnormal,
+            site_priority=image.site_priority,
+        )
+        for image in ok
+    ]
+    row = engine.study_rows(results)[0]
+    size = int(checkpoint.preprocess.size)
+    caveats = (low_resolution_warning(image.width, image.height, size) for image in ok)
+    findings = [Finding(name, p) for name, p in parse_findings(row.findings)]
+    scores = StudyScores(
+        priority=row.priority,
+        abnormal=row.abnormal,
+        findings=findings,
+        probabilities=row.probabilities,
+        site_priority=row.site_priority,
+        key_image_id=row.path,
+        warnings="; ".join(dict.fromkeys(w for w in caveats if w)),
+    )
+    due = policy.enabled and bool(findings[: policy.findings])
+    return Settlement(error, scores, HeatmapsState.PENDING if due else HeatmapsState.NONE)
+
+
+def settle_study(repo: Repository, engine: TriageEngine, policy: HeatmapPolicy, study_id: str) -> None:
+    """Aggregate a study once none of its images is waiting (see ``Repository.settle``)."""
+    repo.settle(study_id, lambda images: decide_study(engine, policy, study_id, images))
+
+
+def draw_study_heatmaps(repo: Repository, drawings: Drawings, policy: HeatmapPolicy, study_id: str) -> None:
+    """The heatmaps of a claimed study's listed findings on its key image; the study's
+    heatmaps end ``done``, or ``error`` when drawing failed (its predictions stand)."""
+    target = repo.heatmap_target(study_id, policy.findings)
+    if target is None:
+        return
+    image_id, findings = target
+    try:
+        drawings.ensure(image_id, findings)
+        state = HeatmapsState.DONE
+    except Exception as exc:
+        if is_storage_error(exc):
+            raise
+        log.warning("study %s: heatmaps failed: %s", study_id, type(exc).__name__)
+        state = HeatmapsState.ERROR
+    repo.finish_heatmaps(study_id, state)
+
+
+class Jobs:
+    """The jobs bound to the service's parts: what the worker and start-up call."""
+
+    def __init__(
+        self,
+        repo: Repository,
+        engine: TriageEngine,
+        store: BlobStore,
+        drawings: Drawings,
+        policy: HeatmapPolicy,
+    ) -> None:
+        self.repo = repo
+        self.engine = engine
+        self.store = store
+        self.drawings = drawings
+        self.policy = policy
+
+    def score(self, images: Sequence[ImageRecord]) -> int:
+        return score_images(self.repo, self.engine, self.store, images, self.settle)
+
+    def settle(self, study_id: str) -> None:
+        settle_study(self.repo, self.engine, self.policy, study_id)
+
+    def draw(self, study_id: str) -> None:
+        draw_study_heatmaps(self.repo, self.drawings, self.policy, study_id)
+
+
+__all__ = [
+    "MAX_ATTEMPTS",
+    "HeatmapPolicy",
+    "Jobs",
+    "decide_study",
+    "draw_study_heatmaps",
+    "score_images",
+    "settle_study",
+]
