@@ -15,10 +15,11 @@ so they apply at any resolution. The learned priors ship in
 
 Markers (``exclude=``, e.g. :func:`xraytriage.explain.markers.marker_mask`): burned-in text,
 side letters and border bands draw Grad-CAM heat but are never a finding. Their heat is set to
-zero (the mask grown a little) before components are found; a component whose heat keeps
-rising into the mask (the blurred flank of heat on a marker) is no finding either; a box that
-still lies mostly on the mask is dropped, and one that reaches the image border is pulled in
-from it.
+zero (the mask grown a little) before components are found, and so is the heat on the
+flanks of a hill whose top is on the mask (:func:`~xraytriage.explain.markers.marker_hill`:
+Grad-CAM is coarse, heat on a side letter spreads far beyond it); a component whose heat
+still rises into the mask is left out; a box that still lies mostly on the mask is dropped,
+and one that reaches the image border is pulled in from it.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from scipy import ndimage
 
 from xraytriage.errors import ConfigError
 from xraytriage.explain.markers import check_mask as _check_mask
-from xraytriage.explain.markers import grow_mask
+from xraytriage.explain.markers import grow_mask, marker_hill
 from xraytriage.labels import canonical_label
 
 PRIORS_PATH = Path(__file__).resolve().parent.parent / "assets" / "explain" / "nih_box_size_priors.json"
@@ -221,7 +222,7 @@ def boxes_from_heatmap(
     grown, original = None, heatmap
     if exclude is not None:
         grown = grow_mask(_check_mask(exclude, heatmap.shape))
-        heatmap = np.where(grown, np.float32(0.0), heatmap)
+        heatmap = np.where(grown | marker_hill(heatmap, grown), np.float32(0.0), heatmap)
     peak = float(heatmap.max()) if heatmap.size else 0.0
     total = float(heatmap[heatmap > 0].sum()) if heatmap.size else 0.0
     if peak <= 0 or total <= 0:

@@ -287,9 +287,59 @@ def check_mask(mask: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def suppress_markers(heatmap: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
-    """``heatmap`` with zero heat inside ``mask`` grown a little (a copy; None = unchanged),
-    e.g. for a pointing-game check that should not count a hit on a side letter."""
+    """``heatmap`` with zero heat inside ``mask`` grown a little and on the hills topped there
+    (:func:`marker_hill`): the heat the box search uses (a copy; None = unchanged), e.g. for a
+    pointing-game check that should not count a hit on a side letter."""
     heat = np.asarray(heatmap, dtype=np.float32)
     if mask is None:
         return heat
-    return np.where(grow_mask(check_mask(mask, heat.shape)), np.float32(0.0), heat)
+    grown = grow_mask(check_mask(mask, heat.shape))
+    return np.where(grown | marker_hill(heat, grown), np.float32(0.0), heat)
+
+
+HILL_GRID = 128
+""":func:`marker_hill` works on the heat reduced to at most this many cells a side (CAM heat is
+smooth: a few cells per network stride), so it costs milliseconds at any image size."""
+
+
+HILL_LEVELS = 32
+"""Heat levels :func:`marker_hill` tells apart (the saddle between hills is found to 1/32)."""
+
+
+def _reduce(array: np.ndarray, factor: int, how: str) -> np.ndarray:
+    height, width = array.shape
+    pad = ((0, -height % factor), (0, -width % factor))
+    padded = np.pad(array, pad, mode="edge")
+    blocks = padded.reshape(padded.shape[0] // factor, factor, padded.shape[1] // factor, factor)
+    return blocks.max(axis=(1, 3)) if how == "max" else blocks.mean(axis=(1, 3))
+
+
+def marker_hill(heatmap: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Bool H x W: heat that belongs to a hill whose top is on ``mask`` -- pixels joined to the
+    mask by a path that never drops below their own heat (grey reconstruction by dilation).
+    Grad-CAM is coarse: heat on a side letter spreads far beyond the letter, and this is that
+    spread. A separate lesion has a valley between it and the marker, so its top (above the
+    saddle) stays out."""
+    heat = np.nan_to_num(np.asarray(heatmap, dtype=np.float32))
+    mask = check_mask(mask, heat.shape)
+    height, width = heat.shape
+    if not mask.any() or not float(heat.max()) > 0:
+        return np.zeros((height, width), dtype=bool)
+    factor = max(1, -(-max(height, width) // HILL_GRID))
+    small = _reduce(heat, factor, "mean") if factor > 1 else heat
+    on_mask = _reduce(mask, factor, "max") if factor > 1 else mask
+    # reconstruction by levels: a pixel is on the hill when its component at its own level
+    # (quantised to HILL_LEVELS steps of the maximum) touches the mask
+    peak = float(small.max())
+    step = np.minimum((small / peak * HILL_LEVELS).astype(np.int32), HILL_LEVELS - 1)
+    hill = np.zeros(small.shape, dtype=bool)
+    for k in range(HILL_LEVELS):
+        above = (step >= k) & (small > 0)
+        labelled, _ = ndimage.label(above, structure=_EIGHT)
+        touching = np.unique(labelled[on_mask & above])
+        if touching.size == 0:
+            break  # higher levels are inside these components: nothing touches the mask there
+        hill |= (step == k) & np.isin(labelled, touching[touching > 0])
+    if factor > 1:
+        hill = np.repeat(np.repeat(hill, factor, axis=0), factor, axis=1)[:height, :width]
+    return hill
