@@ -395,7 +395,15 @@ class TriageService:
         if display is None:
             display = load_png(self.display_path(image_id))
         heat = load_png(self.heat_path(image_id, heatmap.finding))
-        return overlay_image(display, heat, scale_box(heatmap.box, *size, display.shape), label)
+        return overlay_image(
+            display,
+            heat,
+            scale_box(heatmap.box, *size, display.shape),
+            label,
+            finding=heatmap.finding,
+            probability=heatmap.probability,
+            threshold=heatmap.threshold,
+        )
 
     @staticmethod
     def picture_item(finding: str, style: str) -> str:
@@ -499,7 +507,9 @@ class TriageService:
         from xraytriage.explain.overlay import overlay_label
 
         if style == "layer":
-            data = heat_layer_png(load_png(self.heat_path(image_id, heatmap.finding)))
+            data = heat_layer_png(
+                load_png(self.heat_path(image_id, heatmap.finding)), finding=heatmap.finding
+            )
         else:
             label = overlay_label(heatmap.finding, heatmap.probability, heatmap.threshold)
             data = png_bytes(self.overlay(image_id, heatmap, size, label))

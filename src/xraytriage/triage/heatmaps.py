@@ -1,8 +1,9 @@
 """``triage --explain``: heatmap overlays of the findings listed in the top worklist rows.
 
-Uses the explain module's API (``Explainer``, ``explain_image``, ``save_overlay``) on each
-row's key image (the study's most suspicious image), for the findings the row lists. Files:
-``rank003_<image>_<Finding>.png`` so they sort in worklist order.
+Uses the explain module's API (``Explainer``, ``explain_image``, ``save_findings_overlay``) on
+each row's key image (the study's most suspicious image), for the findings the row lists. Files:
+``rank003_<image>_<Finding>.png`` so they sort in worklist order; each has the legend (method,
+colour scale, finding, probability, threshold) to the right of the image.
 """
 
 from __future__ import annotations
@@ -42,13 +43,14 @@ def write_heatmaps(
     A row whose image cannot be explained is logged and skipped (the worklist is already written).
     """
     from xraytriage.explain import Explainer, explain_image
-    from xraytriage.explain.overlay import overlay_label, save_overlay
+    from xraytriage.explain.overlay import OverlayItem, method_label, save_findings_overlay
     from xraytriage.io import read_radiograph
 
     chosen = [r for r in rows if r.ok and r.findings][: max(0, top)]
     if not chosen:
         return []
     explainer = Explainer(checkpoint, method=method)
+    legend_method = method_label(explainer.method)
     output_dir = Path(output_dir)
     written: list[Path] = []
     for row in chosen:
@@ -62,10 +64,12 @@ def write_heatmaps(
         stem = _file_part(Path(row.path).stem)
         for explanation in explanations:
             name = f"rank{row.rank:03d}_{stem}_{_file_part(explanation.finding)}.png"
-            label = overlay_label(explanation.finding, explanation.probability, explanation.threshold)
-            written.append(
-                save_overlay(
-                    output_dir / name, radiograph.pixels, explanation.heatmap, explanation.box, label
-                )
+            item = OverlayItem(
+                explanation.finding,
+                explanation.probability,
+                explanation.threshold,
+                explanation.heatmap,
+                [explanation.box] if explanation.box is not None else [],
             )
+            written.append(save_findings_overlay(output_dir / name, radiograph.pixels, [item], legend_method))
     return written
