@@ -64,7 +64,7 @@ PALETTE: dict[str, tuple[int, int, int]] = {
     "Infiltration": (240, 228, 66),
     "Mass": (230, 60, 0),
     "Nodule": (255, 60, 150),
-    "Pneumonia": (30, 110, 255),
+    "Pneumonia": (0, 90, 255),
     "Pneumothorax": (200, 0, 255),
     "Consolidation": (140, 255, 0),
     "Edema": (0, 255, 255),
@@ -263,18 +263,35 @@ def _scale_bar(colour: tuple[int, int, int], width: int, height: int, level: flo
     return Image.fromarray(np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8), mode="RGB")
 
 
-def _draw_box(draw: ImageDraw.ImageDraw, box: Box, colour, label: str, font, line: int, size) -> None:
+def _draw_box(draw: ImageDraw.ImageDraw, box: Box, colour, line: int) -> None:
+    """The box in the finding's colour, with a thin black edge so it shows on bright bone."""
     x0, y0 = box.x, box.y
     x1, y1 = box.x + box.w - 1, box.y + box.h - 1
     draw.rectangle([x0 - line, y0 - line, x1 + line, y1 + line], outline=(0, 0, 0), width=1)
     draw.rectangle([x0, y0, x1, y1], outline=colour, width=line)
-    if not label:
-        return
+
+
+def _overlaps(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def _draw_label(
+    draw: ImageDraw.ImageDraw, box: Box, colour, label: str, font, line: int, size, placed: list
+) -> None:
+    """A small tag with the finding's name at the box: above it, else inside its top, moved
+    down past tags already drawn so two findings' tags do not cover each other."""
     left, top, right, bottom = draw.textbbox((0, 0), label, font=font)
     tw, th = right - left + 4, bottom - top + 4
     width, height = size
-    lx = min(max(0, x0), max(0, width - tw))
-    ly = y0 - th - line if y0 - th - line >= 0 else min(y0 + line, max(0, height - th))
+    lx = min(max(0.0, box.x), max(0.0, width - tw))
+    ly = box.y - th - line if box.y - th - line >= 0 else box.y + line
+    for _ in range(8):
+        rect = (lx, ly, lx + tw, ly + th)
+        if not any(_overlaps(rect, other) for other in placed):
+            break
+        ly += th
+    ly = min(max(0.0, ly), max(0.0, height - th))
+    placed.append((lx, ly, lx + tw, ly + th))
     luminance = 0.299 * colour[0] + 0.587 * colour[1] + 0.114 * colour[2]
     draw.rectangle([lx, ly, lx + tw - 1, ly + th - 1], fill=colour)
     draw.text(
@@ -314,12 +331,13 @@ def render_findings_overlay(
     layout = _layout(height, width)
     draw = ImageDraw.Draw(picture)
     line = max(1, min(height, width) // 200)
-    for item in items:
-        for box in item.boxes:
-            if box.area > 0:
-                _draw_box(
-                    draw, box, finding_colour(item.finding), item.finding, layout.small, line, picture.size
-                )
+    drawn = [(item, box) for item in items for box in item.boxes if box.area > 0]
+    for item, box in drawn:
+        _draw_box(draw, box, finding_colour(item.finding), line)
+    placed: list[tuple[float, float, float, float]] = []
+    for item, box in drawn:  # tags after all outlines, so no outline crosses a tag
+        colour = finding_colour(item.finding)
+        _draw_label(draw, box, colour, item.finding, layout.small, line, picture.size, placed)
 
     title = legend_title(items, method)
     entries = legend_entries(items)
@@ -327,7 +345,7 @@ def render_findings_overlay(
     text_width = max(
         [_text_width(layout.font, t) for t in title[:1]]
         + [_text_width(layout.small, t) for t in title[1:]]
-        + [_text_width(layout.font, e.text) for e in entries]
+        + [layout.size + layout.pad // 2 + _text_width(layout.font, e.text) for e in entries]
         + [layout.bar_width + 2 * _text_width(layout.small, "high") + 2 * layout.pad]
     )
     legend_width = text_width + 2 * layout.pad
