@@ -99,7 +99,11 @@ def test_cli_explain_writes_overlays_and_boxes_and_survives_a_corrupt_file(
         for finding in ("Mass", "Nodule", "Effusion"):
             png = out / f"{image.stem}_{finding}.png"
             assert png.is_file()
-            assert Image.open(png).size == (64, 64)
+            with Image.open(png) as overlay:  # the 64 px image at the top left, the legend beside it
+                assert overlay.size[0] > 64 and overlay.size[1] >= 64
+                assert "Grad-CAM" in overlay.text["Description"] and finding in overlay.text["Description"]
+        with Image.open(out / f"{image.stem}_findings.png") as combined:  # all three, one legend
+            assert all(f in combined.text["Description"] for f in ("Mass", "Nodule", "Effusion"))
     boxes = pd.read_csv(out / "boxes.csv")
     assert list(boxes.columns) == ["path", "finding", "x", "y", "w", "h", "score"]
     assert set(boxes.path) <= {str(p) for p in images} and len(boxes) >= 6

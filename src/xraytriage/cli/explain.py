@@ -43,9 +43,12 @@ def register(subparsers) -> None:
         "explain",
         help="heatmap overlays and boxes for the findings of radiographs",
         description=(
-            "For each image and finding: an overlay PNG <image-stem>_<finding>.png (image, heatmap, box, "
-            "label, probability) and a row in OUTPUT/boxes.csv (path, finding, x, y, w, h, score in the "
-            "image's own pixels). Default findings: those at or above their operating threshold, at most 4."
+            "For each image and finding: an overlay PNG <image-stem>_<finding>.png (the image with the "
+            "finding's heat in its own colour, clear below 30% of the map's maximum, its box, and a legend "
+            "naming the method, the colour scale, the probability and threshold), with two or more findings "
+            "also <image-stem>_findings.png with all of them, and a row in OUTPUT/boxes.csv (path, finding, "
+            "x, y, w, h, score in the image's own pixels; never on burned-in text or the image border). "
+            "Default findings: those at or above their operating threshold, at most 4."
         ),
     )
     explain.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders (PNG/JPEG/DICOM)")
@@ -146,10 +149,11 @@ def run_explain(args) -> int:
     from xraytriage.errors import ImageReadError
     from xraytriage.explain import explain_image
     from xraytriage.explain.feature_maps import write_feature_maps
-    from xraytriage.explain.overlay import overlay_label, save_overlay
+    from xraytriage.explain.overlay import OverlayItem, method_label, save_findings_overlay
     from xraytriage.io import iter_input_files, read_radiograph
 
     explainer = _load_explainer(args)
+    legend_method = method_label(explainer.method)
     findings = args.findings.strip()
     if findings.lower() not in ("top", "all"):
         for name in findings.split(","):
@@ -177,14 +181,19 @@ def run_explain(args) -> int:
             print(
                 f"{path}: no finding at or above its operating threshold; no overlay written (use --findings)"
             )
-        for e in explanations:
-            label = overlay_label(e.finding, e.probability, e.threshold)
-            save_overlay(
-                output / f"{stem}_{_file_part(e.finding)}.png", radiograph.pixels, e.heatmap, e.box, label
-            )
+        items = [
+            OverlayItem(e.finding, e.probability, e.threshold, e.heatmap, [e.box] if e.box else [])
+            for e in explanations
+        ]
+        for e, item in zip(explanations, items, strict=True):
+            png = output / f"{stem}_{_file_part(e.finding)}.png"
+            save_findings_overlay(png, radiograph.pixels, [item], legend_method)
             overlays += 1
             if e.box is None:
-                print(f"{path}: {e.finding}: the heatmap is empty (no positive evidence); no box")
+                print(
+                    f"{path}: {e.finding}: no box (the heatmap is empty, or its heat lies only on "
+                    "burned-in markers or the image border)"
+                )
                 continue
             rows.append(
                 {
@@ -197,6 +206,8 @@ def run_explain(args) -> int:
                     "score": round(e.box.score, 4),
                 }
             )
+        if len(items) > 1:  # all findings on one picture, each in its own colour
+            save_findings_overlay(output / f"{stem}_findings.png", radiograph.pixels, items, legend_method)
         if args.feature_maps:
             prepared = explainer.prepare(radiograph)
             x = explainer.contract.normalize(torch.as_tensor(prepared.uint8[None])).to(explainer.device)

@@ -187,10 +187,11 @@ def execute(
 
 
 class ExplainPainter:
-    """The :class:`~xraytriage.triage.heatmaps.HeatmapPainter` of ``triage --explain``: Grad-CAM
-    overlays drawn by the explain module."""
+    """The :class:`~xraytriage.triage.heatmaps.HeatmapPainter` of ``triage --explain``: overlays
+    drawn by the explain module, with the legend naming what drew them (the checkpoint's
+    box-supervised localiser for the findings it covers, Grad-CAM otherwise)."""
 
-    def __init__(self, checkpoint, method: str = "gradcam") -> None:
+    def __init__(self, checkpoint, method: str = "auto") -> None:
         self.checkpoint = checkpoint
         self.method = method
         self.explainer = None
@@ -202,7 +203,7 @@ class ExplainPainter:
 
     def paint(self, image_path: str, findings):
         from xraytriage.explain import explain_image
-        from xraytriage.explain.overlay import overlay_label, save_overlay
+        from xraytriage.explain.overlay import OverlayItem, save_findings_overlay
         from xraytriage.io import read_radiograph
         from xraytriage.triage.heatmaps import Overlay
 
@@ -210,8 +211,10 @@ class ExplainPainter:
         pixels = radiograph.pixels
 
         def overlay(e) -> Overlay:
-            label = overlay_label(e.finding, e.probability, e.threshold)
-            return Overlay(e.finding, lambda path: save_overlay(path, pixels, e.heatmap, e.box, label))
+            item = OverlayItem(
+                e.finding, e.probability, e.threshold, e.heatmap, [e.box] if e.box is not None else []
+            )
+            return Overlay(e.finding, lambda path: save_findings_overlay(path, pixels, [item], e.method))
 
         return [overlay(e) for e in explain_image(self.explainer, radiograph, findings)]
 

@@ -12,6 +12,14 @@ median box size and falls off with the ratio to it. Priors are learned from the 
 (``learn_size_priors``) and stored as sizes *relative* to the image (width/1024, height/1024),
 so they apply at any resolution. The learned priors ship in
 ``xraytriage/assets/explain/nih_box_size_priors.json``.
+
+Markers (``exclude=``, e.g. :func:`xraytriage.explain.markers.marker_mask`): burned-in text,
+side letters and border bands draw Grad-CAM heat but are never a finding. Their heat is set to
+zero (the mask grown a little) before components are found, and so is the heat on the
+flanks of a hill whose top is on the mask (:func:`~xraytriage.explain.markers.marker_hill`:
+Grad-CAM is coarse, heat on a side letter spreads far beyond it); a component whose heat
+still rises into the mask is left out; a box that still lies mostly on the mask is dropped,
+and one that reaches the image border is pulled in from it.
 """
 
 from __future__ import annotations
@@ -27,6 +35,8 @@ import numpy as np
 from scipy import ndimage
 
 from xraytriage.errors import ConfigError
+from xraytriage.explain.markers import check_mask as _check_mask
+from xraytriage.explain.markers import grow_mask, marker_hill
 from xraytriage.labels import canonical_label
 
 PRIORS_PATH = Path(__file__).resolve().parent.parent / "assets" / "explain" / "nih_box_size_priors.json"
@@ -126,16 +136,33 @@ def load_size_priors(path: str | Path | None = None) -> dict[str, SizePrior]:
         raise ConfigError(f"{path}: not a size-prior file ({exc})") from None
 
 
-def _components(heatmap: np.ndarray, level: float, min_pixels: int) -> list[tuple[slice, slice, float]]:
+def _components(
+    heatmap: np.ndarray,
+    level: float,
+    min_pixels: int,
+    original: np.ndarray | None = None,
+    grown: np.ndarray | None = None,
+) -> list[tuple[slice, slice, float]]:
+    """(rows, cols, heat mass) of each component at or above ``level``. With a marker mask
+    (``grown``, and ``original`` = the map before the mask's heat was zeroed): a component
+    whose heat keeps rising into the mask is the slope of a hill whose top is a marker, not
+    a finding of its own, and is left out."""
     labelled, count = ndimage.label(heatmap >= level, structure=_EIGHT_CONNECTED)
     if count == 0:
         return []
     index = np.arange(1, count + 1)
     masses = ndimage.sum_labels(heatmap, labelled, index)
     sizes = ndimage.sum_labels(np.ones_like(heatmap), labelled, index)
+    slope = np.zeros(count, dtype=bool)
+    if grown is not None and original is not None:
+        tops = ndimage.maximum(heatmap, labelled, index)
+        touching = np.where(grown, ndimage.grey_dilation(labelled, size=(3, 3)), 0)
+        slope = ndimage.maximum(original, touching, index) >= tops
     out = []
-    for (rows, cols), mass, size in zip(ndimage.find_objects(labelled), masses, sizes, strict=True):
-        if size >= min_pixels:
+    for (rows, cols), mass, size, on_slope in zip(
+        ndimage.find_objects(labelled), masses, sizes, slope, strict=True
+    ):
+        if size >= min_pixels and not on_slope:
             out.append((rows, cols, float(mass)))
     return out
 
@@ -148,6 +175,28 @@ def _overlap_of_smaller(a: Box, b: Box) -> float:
     return iw * ih / max(1e-9, min(a.area, b.area))
 
 
+MAX_MARKER_SHARE = 0.5
+"""A box with more than this share of its area on the (grown) marker mask is dropped."""
+
+BORDER_MARGIN = 0.01
+"""A box keeps at least this fraction of the short side away from the image border."""
+
+
+def _clear_of_markers(box: Box, grown: np.ndarray, min_pixels: int) -> Box | None:
+    """``box`` pulled in from the image border and checked against the marker mask; None
+    when too little of it is left or it lies mostly on markers."""
+    height, width = grown.shape
+    margin = max(1, round(BORDER_MARGIN * min(height, width)))
+    x0, y0 = max(box.x, margin), max(box.y, margin)
+    x1, y1 = min(box.x + box.w, width - margin), min(box.y + box.h, height - margin)
+    if x1 <= x0 or y1 <= y0 or (x1 - x0) * (y1 - y0) < min_pixels:
+        return None
+    inside = grown[int(y0) : int(np.ceil(y1)), int(x0) : int(np.ceil(x1))]
+    if inside.size == 0 or float(inside.mean()) > MAX_MARKER_SHARE:
+        return None
+    return Box(x0, y0, x1 - x0, y1 - y0, box.score)
+
+
 def boxes_from_heatmap(
     heatmap: np.ndarray,
     threshold: float = 0.5,
@@ -156,6 +205,7 @@ def boxes_from_heatmap(
     min_area_fraction: float = 0.0005,
     thresholds: Sequence[float] = PRIOR_THRESHOLDS,
     overlap: float = 0.5,
+    exclude: np.ndarray | None = None,
 ) -> list[Box]:
     """Boxes around the hot regions of ``heatmap`` (H x W, >= 0), best first.
 
@@ -163,11 +213,16 @@ def boxes_from_heatmap(
     ``thresholds``, score x prior weight, then greedy suppression of boxes that overlap a better
     one by more than ``overlap`` (of the smaller box), so each blob is boxed once.
     Components smaller than ``min_area_fraction`` of the image are ignored. An all-zero map
-    gives no boxes.
+    gives no boxes. ``exclude`` (bool H x W, True on markers and border bands): no box there
+    (see the module docstring); scores are then shares of the heat outside the mask.
     """
     heatmap = np.asarray(heatmap, dtype=np.float32)
     if heatmap.ndim != 2:
         raise ConfigError(f"heatmap must be 2-D, got shape {heatmap.shape}")
+    grown, original = None, heatmap
+    if exclude is not None:
+        grown = grow_mask(_check_mask(exclude, heatmap.shape))
+        heatmap = np.where(grown | marker_hill(heatmap, grown), np.float32(0.0), heatmap)
     peak = float(heatmap.max()) if heatmap.size else 0.0
     total = float(heatmap[heatmap > 0].sum()) if heatmap.size else 0.0
     if peak <= 0 or total <= 0:
@@ -177,13 +232,17 @@ def boxes_from_heatmap(
     levels = thresholds if prior is not None else (threshold,)
     candidates: list[Box] = []
     for level in levels:
-        for rows, cols, mass in _components(heatmap, level * peak, min_pixels):
+        for rows, cols, mass in _components(heatmap, level * peak, min_pixels, original, grown):
             box = Box(
                 float(cols.start),
                 float(rows.start),
                 float(cols.stop - cols.start),
                 float(rows.stop - rows.start),
             )
+            if grown is not None:
+                box = _clear_of_markers(box, grown, min_pixels)
+                if box is None:
+                    continue
             score = mass / total
             if prior is not None:
                 score *= prior.weight(box.w / width, box.h / height)
@@ -199,9 +258,15 @@ def boxes_from_heatmap(
     return kept
 
 
-def best_box(heatmap: np.ndarray, threshold: float = 0.5, prior: SizePrior | None = None) -> Box | None:
-    """The highest-scoring box of ``heatmap`` (None for an all-zero map)."""
-    boxes = boxes_from_heatmap(heatmap, threshold=threshold, prior=prior, max_boxes=1)
+def best_box(
+    heatmap: np.ndarray,
+    threshold: float = 0.5,
+    prior: SizePrior | None = None,
+    exclude: np.ndarray | None = None,
+) -> Box | None:
+    """The highest-scoring box of ``heatmap`` (None for an all-zero map, or when all its heat
+    lies on the ``exclude`` mask)."""
+    boxes = boxes_from_heatmap(heatmap, threshold=threshold, prior=prior, max_boxes=1, exclude=exclude)
     return boxes[0] if boxes else None
 
 

@@ -6,7 +6,9 @@
             e.finding, e.probability, e.heatmap (H x W in [0, 1], the file's pixels), e.box
 
 One forward pass per image (or per batch) gives the probabilities that choose the findings and
-the activations every requested finding's map is taken from (see :mod:`.cam`).
+the activations every requested finding's map is taken from (see :mod:`.cam`). Every image's
+burned-in markers and border bands are found once (:func:`.markers.marker_mask`, kept as
+``e.markers``) and no box is put on them; the heatmap itself is left as the network made it.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from xraytriage.errors import ConfigError
 from xraytriage.explain.boxes import Box, SizePrior, best_box, load_size_priors, prior_for
 from xraytriage.explain.cam import GradCAM, check_method
 from xraytriage.explain.layers import find_target_layer
-from xraytriage.geometry import map_to_original
+from xraytriage.explain.markers import marker_mask
+from xraytriage.geometry import input_coordinates, map_to_original
 from xraytriage.io import Radiograph
 from xraytriage.labels import canonical_label
 from xraytriage.models.checkpoint import Checkpoint
@@ -51,6 +54,8 @@ class Explanation:
     box: Box | None = None
     method: str = "Grad-CAM"
     """What drew the map and box: "localiser" (box-supervised) or "Grad-CAM" / "Grad-CAM++"."""
+    markers: np.ndarray | None = field(default=None, repr=False)
+    """Bool H x W: burned-in markers and border bands of the image (no box there), or None."""
 
     @property
     def above_threshold(self) -> bool:
@@ -59,13 +64,15 @@ class Explanation:
 
 @dataclass
 class PreparedImage:
-    """What the network sees (uint8 S x S) and the size of the image the user gave."""
+    """What the network sees (uint8 S x S), the size of the image the user gave and its
+    marker mask at that size (None when marker suppression is off)."""
 
     uint8: np.ndarray
     height: int
     width: int
     localiser_input: np.ndarray | None = None
     """The localiser's own input (its contract, from the original pixels), when it has one."""
+    markers: np.ndarray | None = field(default=None, repr=False)
 
 
 class Explainer:
@@ -73,7 +80,9 @@ class Explainer:
 
     ``layer`` overrides the automatic target layer (see :mod:`.layers`); ``size_prior`` turns on
     the NIH size prior for boxes; ``box_threshold`` is the fraction of the map's maximum the
-    plain box search keeps. Calls are serialised by a lock, so one instance can serve threads.
+    plain box search keeps; ``suppress_markers`` (default on) keeps boxes off burned-in text,
+    side letters and border bands. Calls are serialised by a lock, so one instance can serve
+    threads.
     """
 
     def __init__(
@@ -85,6 +94,7 @@ class Explainer:
         box_threshold: float = 0.5,
         device: str = "cpu",
         priors: dict[str, SizePrior] | None = None,
+        suppress_markers: bool = True,
     ) -> None:
         if not 0.0 < box_threshold < 1.0:
             raise ConfigError(f"box threshold must be in (0, 1), got {box_threshold}")
@@ -108,6 +118,7 @@ class Explainer:
         self.cam = GradCAM(model, self.layer, self.method)
         self.box_threshold = float(box_threshold)
         self.priors = (priors if priors is not None else load_size_priors()) if size_prior else None
+        self.suppress_markers = bool(suppress_markers)
         self._lock = threading.Lock()
         self._feature_shape: tuple[int, int] | None = None
 
@@ -127,8 +138,9 @@ class Explainer:
         A :class:`Radiograph` or a float array in [0, 1] is an original image: preprocessed by
         the checkpoint's contract, maps come back at its size. A uint8 array of the contract's
         S x S is taken as already preprocessed (the triage cache); give ``original_size`` =
-        (height, width) to get maps in the original file's pixels, else they are S x S. Any
-        other uint8 array is an original 8-bit image.
+        (height, width) to get maps in the original file's pixels, else they are S x S (its
+        markers are then found on the network input and mapped back). Any other uint8 array is
+        an original 8-bit image.
         """
         size = int(self.contract.size)
         if isinstance(image, Radiograph):
@@ -139,14 +151,33 @@ class Explainer:
                 raise ConfigError(f"expected a 2-D grayscale image, got shape {array.shape}")
             if array.dtype == np.uint8 and array.shape == (size, size):
                 height, width = original_size or (size, size)
-                return PreparedImage(array, int(height), int(width))
+                markers = (
+                    self._input_markers(array, int(height), int(width)) if self.suppress_markers else None
+                )
+                return PreparedImage(array, int(height), int(width), markers=markers)
             pixels = array.astype(np.float32) / 255.0 if array.dtype == np.uint8 else array.astype(np.float32)
         localiser_input = (
             self.localiser.spec.preprocess.to_uint8(pixels) if self.localiser is not None else None
         )
+        markers = marker_mask(pixels) if self.suppress_markers else None
         return PreparedImage(
-            self.contract.to_uint8(pixels), int(pixels.shape[0]), int(pixels.shape[1]), localiser_input
+            self.contract.to_uint8(pixels),
+            int(pixels.shape[0]),
+            int(pixels.shape[1]),
+            localiser_input=localiser_input,
+            markers=markers,
         )
+
+    def _input_markers(self, uint8: np.ndarray, height: int, width: int) -> np.ndarray:
+        """Markers found on the S x S network input, at the original (height, width)."""
+        mask = marker_mask(uint8)
+        if mask.shape == (height, width):
+            return mask
+        size = int(self.contract.size)
+        ys, xs = input_coordinates(self.contract, height, width)
+        rows = np.clip(ys.astype(int), 0, size - 1)
+        cols = np.clip(xs.astype(int), 0, size - 1)
+        return mask[np.ix_(rows, cols)]
 
     def class_index(self, finding: str) -> int:
         names = [canonical_label(n) for n in self.checkpoint.label_names]
@@ -230,12 +261,22 @@ class Explainer:
             for name in names:
                 c, heat, method = self.class_index(name), heat_of[name], self.method_for(name)
                 if name in located[i]:
-                    box = best_box(heat, self.localiser.spec.box_threshold)
+                    box = best_box(heat, self.localiser.spec.box_threshold, exclude=img.markers)
                 else:
                     method = CAM_NAMES.get(self.method, self.method)
-                    box = best_box(heat, self.box_threshold, prior_for(name, self.priors))
+                    box = best_box(
+                        heat, self.box_threshold, prior_for(name, self.priors), exclude=img.markers
+                    )
                 row.append(
-                    Explanation(name, float(probs[i, c]), self.checkpoint.threshold(name), heat, box, method)
+                    Explanation(
+                        name,
+                        float(probs[i, c]),
+                        self.checkpoint.threshold(name),
+                        heat,
+                        box,
+                        method=method,
+                        markers=img.markers,
+                    )
                 )
             results.append(row)
         return results

@@ -109,7 +109,22 @@ class Drawings:
         if display is None:
             display = load_png(self.display_path(image_id))
         heat = load_png(self.heat_path(image_id, heatmap.finding))
-        return overlay_image(display, heat, scale_box(heatmap.box, *size, display.shape), label)
+        return overlay_image(
+            display,
+            heat,
+            scale_box(heatmap.box, *size, display.shape),
+            label,
+            finding=heatmap.finding,
+            probability=heatmap.probability,
+            threshold=heatmap.threshold,
+            method=self.method_for(heatmap.finding),
+        )
+
+    def method_for(self, finding: str) -> str:
+        """What draws ``finding``'s map and box with this checkpoint ("localiser" for the findings
+        its box-supervised localiser covers, else "Grad-CAM"), without building the network."""
+        localiser = self.checkpoint.get_localiser()
+        return "localiser" if localiser is not None and localiser.covers(finding) else "Grad-CAM"
 
     # --- asking for pictures -----------------------------------------------------------------
     def missing(self, image_id: str, items: list[str]) -> list[str]:
@@ -211,7 +226,9 @@ class Drawings:
         from xraytriage.explain.overlay import overlay_label
 
         if style == "layer":
-            data = heat_layer_png(load_png(self.heat_path(image_id, heatmap.finding)))
+            data = heat_layer_png(
+                load_png(self.heat_path(image_id, heatmap.finding)), finding=heatmap.finding
+            )
         else:
             label = overlay_label(heatmap.finding, heatmap.probability, heatmap.threshold)
             data = png_bytes(self.overlay(image_id, heatmap, size, label))

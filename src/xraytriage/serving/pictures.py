@@ -4,8 +4,10 @@
   MONOCHROME1 already applied by :func:`xraytriage.io.read_radiograph`), so it looks right
   without any window/level control; longest side at most ``display_size``.
 - ``heat_<finding>.png``: the finding's heatmap (8-bit, display size). From it, on request,
-  a transparent colour layer (the page toggles it over the image) or a burned-in overlay with
-  the box and the label (the API's picture for other programs).
+  a transparent layer in the finding's colour (the page toggles it over the image) or a
+  burned-in overlay with the box and a legend to the right naming the method, the colour
+  scale, the finding, its probability and threshold (the API's picture for other programs and
+  the DICOM Secondary Capture); see :mod:`xraytriage.explain.overlay`.
 """
 
 from __future__ import annotations
@@ -64,26 +66,52 @@ def load_png(path: Path) -> np.ndarray:
         return np.asarray(image.convert("L"))
 
 
-COOL_FLOOR = 0.2
+def heat_layer_png(
+    heat: np.ndarray, alpha: float = 0.65, colour_map: str = "jet", finding: str | None = None
+) -> bytes:
+    """Transparent RGBA layer the page lays over the radiograph: clear below the overlay's heat
+    level (30 % of the map's maximum), above it the finding's own colour (the same as in every
+    other picture), more opaque as the heat rises. Without ``finding``: ``colour_map`` colours,
+    opacity up to ``alpha``, the same clear floor."""
+    from xraytriage.explain.overlay import HEAT_LEVEL, heat_layer_rgba
 
-
-def heat_layer_png(heat: np.ndarray, alpha: float = 0.65, colour_map: str = "jet") -> bytes:
-    """Transparent RGBA layer: colour by heat, opacity in proportion to heat (cold = clear)."""
+    if finding is not None:
+        return png_bytes(Image.fromarray(heat_layer_rgba(heat, finding), mode="RGBA"))
     from matplotlib import colormaps
 
     values = heat.astype(np.float32) / 255.0
     rgba = colormaps[colour_map](values)
     relative = values / max(float(values.max()), 1e-6)
-    # the coolest fifth of the map stays clear, so the layer marks where the model looked
-    rgba[..., 3] = alpha * np.clip((relative - COOL_FLOOR) / (1.0 - COOL_FLOOR), 0.0, 1.0)
+    rgba[..., 3] = np.where(relative >= HEAT_LEVEL, alpha * relative, 0.0)
     return png_bytes(Image.fromarray(np.rint(rgba * 255.0).astype(np.uint8), mode="RGBA"))
 
 
-def overlay_image(display: np.ndarray, heat: np.ndarray, box: Box | None, label: str) -> Image.Image:
-    """The radiograph with the heatmap blended in, the box and the label burned in (RGB)."""
+def overlay_image(
+    display: np.ndarray,
+    heat: np.ndarray,
+    box: Box | None,
+    label: str,
+    *,
+    finding: str | None = None,
+    probability: float | None = None,
+    threshold: float | None = None,
+    method: str = "Grad-CAM",
+) -> Image.Image:
+    """The radiograph with the finding's heat (clear below the level), its box and the legend
+    (method, colour scale, finding, probability, threshold) to the right (RGB). The finding
+    and probability come from the keywords, or from ``label`` ("Mass 0.87*")."""
     from xraytriage.explain.overlay import render_overlay
 
-    return render_overlay(display, heat.astype(np.float32) / 255.0, box, label)
+    return render_overlay(
+        display,
+        heat.astype(np.float32) / 255.0,
+        box,
+        label,
+        finding=finding,
+        probability=probability,
+        threshold=threshold,
+        method=method,
+    )
 
 
 def scale_box(box: dict | None, width: int, height: int, display_shape: tuple[int, int]) -> Box | None:
