@@ -16,7 +16,9 @@ NOT_YET_MOVED = {
     "serving/auth.py": {"TooLarge"},
     "serving/heatmap_jobs.py": {"HeatmapQueueFull"},
     "serving/intake.py": {"UploadRejected"},
-    "serving/service.py": {"_Duplicate"},
+    "serving/queries.py": {"UnknownFinding"},
+    "serving/repository.py": {"_Duplicate"},
+    "serving/states.py": {"IllegalTransition"},
     "serving/storage.py": {"StorageFull"},
     "serving/uploads.py": {"UploadError"},
 }

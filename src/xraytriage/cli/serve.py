@@ -8,7 +8,7 @@ import ipaddress
 import sys
 from pathlib import Path
 
-from xraytriage.cli.common import add_model_argument
+from xraytriage.cli.common import add_model_argument, resolve_model_path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -191,7 +191,7 @@ def build_config(args: argparse.Namespace):
     return ServeConfig(
         data_dir=args.data_dir,
         db_url=_database_url(args.db),
-        model_path=args.model,
+        model_path=resolve_model_path(args.model) if args.model is not None else None,
         backend=args.backend,
         host=args.host,
         port=args.port,
