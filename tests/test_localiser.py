@@ -221,3 +221,80 @@ def test_localiser_config_errors_name_the_problem(tmp_path, localiser_files, cap
         == 2
     )
     assert "localiser pack" in capsys.readouterr().err
+
+
+# --- the bundled model ships with its localiser, and every picture path names it ------------
+BOX_FINDINGS = {
+    "Atelectasis",
+    "Cardiomegaly",
+    "Effusion",
+    "Infiltration",
+    "Mass",
+    "Nodule",
+    "Pneumonia",
+    "Pneumothorax",
+}
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    from xraytriage.cli.common import default_model_path
+    from xraytriage.models import load_checkpoint
+
+    return load_checkpoint(default_model_path())
+
+
+def test_bundled_model_carries_a_small_localiser_for_the_nih_box_findings(bundled):
+    from xraytriage.cli.common import default_model_path
+
+    localiser = bundled.get_localiser()
+    assert localiser is not None and set(localiser.findings) == BOX_FINDINGS
+    assert default_model_path().stat().st_size < 8_000_000  # a few MB, fit for git
+    assert len(localiser.metrics["training_images"]) > 0
+
+
+def test_bundled_localiser_boxes_land_on_real_nih_boxes(bundled, shared_data):
+    """Smoke test on real Cardiomegaly/Effusion boxes (training images of the localiser: the
+    held-out numbers come from `localiser cv`, docs/model-card.md)."""
+    from xraytriage.data.boxes import load_ground_truth
+    from xraytriage.explain import Explainer, explain_image
+    from xraytriage.explain.localization import box_iobb
+    from xraytriage.io import read_radiograph
+
+    truth = load_ground_truth(shared_data / "nih" / "meta" / "BBox_List_2017.csv.gz")
+    folder = shared_data / "nih" / "images"
+    boxes = truth.boxes[truth.boxes["finding"].isin(["Cardiomegaly", "Effusion"])]
+    boxes = boxes[boxes["image"].map(lambda n: (folder / n).is_file())].groupby("finding").head(4)
+    explainer = Explainer(bundled)
+    hits = []
+    for r in boxes.itertuples():
+        radiograph = read_radiograph(folder / r.image)
+        [e] = explain_image(explainer, radiograph, [r.finding])
+        assert e.method == "localiser"
+        s = radiograph.width / truth.reference_size
+        gt = Box(r.x * s, r.y * s, r.w * s, r.h * s)
+        hits.append(e.box is not None and box_iobb(gt, e.box) > 0.1)
+    assert len(hits) == 8 and np.mean(hits) >= 0.6, hits  # random same-size boxes: about 0.3
+
+
+def test_web_and_dicom_pictures_name_the_localiser(bundled, tmp_path):
+    """The web overlay and the DICOM Secondary Capture are both drawn by Drawings.overlay: its
+    legend names the localiser for the findings it covers and Grad-CAM for the others."""
+    from types import SimpleNamespace
+
+    from xraytriage.serving.drawings import Drawings
+    from xraytriage.serving.records import HeatmapRecord
+
+    heat = np.zeros((64, 64), np.uint8)
+    heat[20:40, 20:40] = 255
+    display = np.full((64, 64), 120, np.uint8)
+    fake = SimpleNamespace(checkpoint=bundled, heat_path=lambda *_: tmp_path / "heat.png")
+    fake.method_for = lambda finding: Drawings.method_for(fake, finding)
+    from PIL import Image
+
+    Image.fromarray(heat).save(tmp_path / "heat.png")
+    for finding, method in (("Mass", "localiser"), ("Hernia", "Grad-CAM")):
+        record = HeatmapRecord("img", finding, 0.9, 0.5, {"x": 20, "y": 20, "w": 20, "h": 20})
+        picture = Drawings.overlay(fake, "img", record, (64, 64), "", display)
+        legend = "\n".join(picture.info["legend"])
+        assert method in legend and finding in legend, legend
