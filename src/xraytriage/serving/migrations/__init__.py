@@ -65,8 +65,26 @@ def lock(connection: Connection) -> None:
         connection.begin()
 
 
-def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Bring the database's schema to ``revision`` (default: the newest), under the lock."""
+def upgrade(engine: Engine, revision: str = "head", attempts: int = 20) -> None:
+    """Bring the database's schema to ``revision`` (default: the newest), under the lock.
+
+    SQLite answers "database is locked" at once, without waiting out its busy timeout, in a few
+    documented cases (a journal-mode switch or a lock upgrade racing another connection's
+    ``BEGIN EXCLUSIVE`` on a new file); such a start waits a moment and tries again."""
+    import time
+
+    from sqlalchemy.exc import OperationalError
+
+    for attempt in range(attempts):
+        try:
+            return _upgrade_once(engine, revision)
+        except OperationalError as exc:
+            if "database is locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.05 * (attempt + 1))
+
+
+def _upgrade_once(engine: Engine, revision: str) -> None:
     config = alembic_config()
     with engine.connect() as connection:
         lock(connection)
