@@ -3,6 +3,7 @@ what the localisation benchmark and the localiser's training both read."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,3 +68,12 @@ def index_images(folders: Sequence[str | Path]) -> dict[str, Path]:
         for path in iter_input_files([folder]):
             found.setdefault(path.name, path)
     return found
+
+
+NIH_PATIENT = re.compile(r"^(\d{8})_\d{3}")
+
+
+def patient_of(name: str) -> str:
+    """NIH file names carry the patient (``00013118_008.png``); other images are their own patient."""
+    match = NIH_PATIENT.match(name)
+    return match.group(1) if match else Path(name).stem

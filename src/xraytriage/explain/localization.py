@@ -11,11 +11,11 @@ that image are compared with it:
   summed, divided by the number of images with GT boxes of that finding.
 - **Pointing game** (Zhang et al. 2016): the heatmap's maximum pixel lies inside the GT box.
   An all-zero map points nowhere (a miss).
-- **Random control**: the same computation on heatmaps that carry no information: seeded
-  random fields at the explainer's own feature-map resolution, rectified and mapped to the
-  image through the same geometry, so they have the same smoothness and blob sizes as real
-  maps. The model's numbers mean something only by how far they sit above this line: big
-  boxes are "localised" at IoBB 0.1 by almost any blob.
+- **Random same-size control**: each method's own predicted boxes moved to uniformly random
+  places in the image (their sizes kept; the pointing game uses the first moved box's centre),
+  seeded per (method, image, finding, repeat). A method's numbers mean something only by how far
+  they sit above its control: big boxes are "localised" at IoBB 0.1 almost anywhere.
+- **Confidence intervals**: patient-level bootstrap (patients resampled with replacement).
 
 Thresholds: IoBB 0.1, 0.25, 0.5, 0.75, 0.9 and IoU 0.1 ... 0.7, the rows of Wang et al.'s
 Table 3. ``Mean`` is the unweighted mean over findings (each finding counts once).
@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from xraytriage.data.boxes import GroundTruth, index_images, load_ground_truth  # noqa: F401 - re-exported
+from xraytriage.data.boxes import GroundTruth, index_images, load_ground_truth, patient_of  # noqa: F401 - re-exported
 from xraytriage.errors import ConfigError, ImageReadError
 from xraytriage.explain.boxes import Box, boxes_from_heatmap, prior_for
 from xraytriage.geometry import map_to_original
@@ -416,6 +416,37 @@ def score_maps(
     return case, controls, predicted
 
 
+def box_rows(
+    method: str,
+    image: str,
+    patient: str,
+    finding: str,
+    truths: Sequence[Box],
+    case: CaseScore,
+    controls: Sequence[CaseScore],
+    predicted: Sequence[Box],
+) -> list[dict]:
+    """One ``localization_boxes.csv`` row per ground-truth box of one scored case."""
+    return [
+        {
+            "method": method,
+            "image": image,
+            "patient": patient,
+            "finding": finding,
+            "x": t.x,
+            "y": t.y,
+            "w": t.w,
+            "h": t.h,
+            "best_iou": case.best_iou[i],
+            "best_iobb": case.best_iobb[i],
+            "pointing": case.pointing[i],
+            "random_pointing": float(np.mean([c.pointing[i] for c in controls])) if controls else np.nan,
+            "predicted_boxes": len(predicted),
+        }
+        for i, t in enumerate(truths)
+    ]
+
+
 # --- the benchmark ------------------------------------------------------------------------
 @dataclass
 class LocalizationResult:
@@ -426,14 +457,6 @@ class LocalizationResult:
     missing_images: int = 0
     errors: list[str] = field(default_factory=list)
     methods: list[str] = field(default_factory=list)
-
-
-def patient_of(name: str) -> str:
-    """NIH file names carry the patient (``00013118_008.png``); other images are their own patient."""
-    import re
-
-    match = re.match(r"^(\d{8})_\d{3}", name)
-    return match.group(1) if match else Path(name).stem
 
 
 def _as_sources(methods) -> dict:
@@ -511,17 +534,7 @@ def evaluate_localization(
                 )  # fmt: skip
                 cases.append(case)
                 cases.extend(controls)
-                for i, t in enumerate(truths):
-                    per_box.append(
-                        {
-                            "method": method, "image": image, "patient": patient, "finding": finding,
-                            "x": t.x, "y": t.y, "w": t.w, "h": t.h,
-                            "best_iou": case.best_iou[i], "best_iobb": case.best_iobb[i],
-                            "pointing": case.pointing[i],
-                            "random_pointing": float(np.mean([c.pointing[i] for c in controls])) if controls else np.nan,
-                            "predicted_boxes": len(predicted),
-                        }
-                    )  # fmt: skip
+                per_box += box_rows(method, image, patient, finding, truths, case, controls, predicted)
     if not cases:
         raise ConfigError(
             f"nothing was evaluated: all {len(groups)} images with boxes failed to read ({'; '.join(errors[:3])})"
@@ -581,16 +594,9 @@ def evaluate_input_maps(
                 max_boxes, random_repeats, seed,
             )  # fmt: skip
             cases += [case, *controls]
-            for i, t in enumerate(truths):
-                per_box.append(
-                    {
-                        "method": method, "image": names[index], "patient": patients[index], "finding": finding,
-                        "x": t.x, "y": t.y, "w": t.w, "h": t.h,
-                        "best_iou": case.best_iou[i], "best_iobb": case.best_iobb[i], "pointing": case.pointing[i],
-                        "random_pointing": float(np.mean([c.pointing[i] for c in controls])) if controls else np.nan,
-                        "predicted_boxes": len(predicted),
-                    }
-                )  # fmt: skip
+            per_box += box_rows(
+                method, names[index], patients[index], finding, truths, case, controls, predicted
+            )
     if not cases:
         raise ConfigError("nothing was evaluated: no box of a finding the maps cover")
     return LocalizationResult(

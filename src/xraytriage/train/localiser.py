@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -26,13 +25,12 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from xraytriage.data.boxes import patient_of
 from xraytriage.errors import ConfigError, ImageReadError
 from xraytriage.labels import canonical_label
 from xraytriage.models.localiser import Localiser, LocaliserSpec, build_localiser_net
 
 log = logging.getLogger(__name__)
-
-NIH_PATIENT = re.compile(r"^(\d{8})_\d{3}")
 
 
 @dataclass
@@ -138,12 +136,6 @@ class BoxData:
             )
         except (KeyError, ValueError, OSError) as exc:
             raise ConfigError(f"{path}: not a localiser box-data file ({exc})") from None
-
-
-def patient_of(name: str) -> str:
-    """NIH file names carry the patient (``00013118_008.png``); others count as their own patient."""
-    match = NIH_PATIENT.match(name)
-    return match.group(1) if match else Path(name).stem
 
 
 def _labels_by_image(labels_csv: str | Path | None) -> tuple[dict[str, set[str]], dict[str, str]]:
