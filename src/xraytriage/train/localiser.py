@@ -78,9 +78,23 @@ class BoxData:
     boxes: pd.DataFrame  # index (row of images), finding, x, y, w, h (original px), x0, y0, x1, y1 (input px)
     ignore: np.ndarray  # (N, F) bool: labelled present without a box -> no target for that channel
     contract: dict[str, Any] = field(default_factory=dict)
+    _input_boxes: dict | None = field(default=None, init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.names)
+
+    def input_boxes(self) -> dict[int, list[tuple[int, int, int, int, int]]]:
+        """Image row -> (channel, x0, y0, x1, y1) of its boxes in whole input pixels (at least one
+        pixel each); computed once, since every training batch asks for it."""
+        if self._input_boxes is None:
+            channel = {f: i for i, f in enumerate(self.findings)}
+            out: dict[int, list[tuple[int, int, int, int, int]]] = {}
+            for r in self.boxes.itertuples():
+                x0, y0 = math.floor(r.x0), math.floor(r.y0)
+                x1, y1 = max(x0 + 1, math.ceil(r.x1)), max(y0 + 1, math.ceil(r.y1))
+                out.setdefault(int(r.index), []).append((channel[r.finding], x0, y0, x1, y1))
+            self._input_boxes = out
+        return self._input_boxes
 
     def subset(self, rows: Sequence[int]) -> BoxData:
         rows = np.asarray(rows, dtype=int)
@@ -236,15 +250,10 @@ def box_targets(data: BoxData, rows: Sequence[int], size: int) -> tuple[torch.Te
     """(B, F, S, S) float masks and (B, F) channel weights (0 where ignored) for ``rows``."""
     masks = torch.zeros(len(rows), len(data.findings), size, size)
     valid = torch.from_numpy(~data.ignore[np.asarray(rows)]).float()
-    channel = {f: i for i, f in enumerate(data.findings)}
-    by_index = data.boxes.groupby("index")
+    by_index = data.input_boxes()
     for b, row in enumerate(rows):
-        if row not in by_index.groups:
-            continue
-        for r in by_index.get_group(row).itertuples():
-            x0, y0 = math.floor(r.x0), math.floor(r.y0)
-            x1, y1 = max(x0 + 1, math.ceil(r.x1)), max(y0 + 1, math.ceil(r.y1))
-            masks[b, channel[r.finding], y0:y1, x0:x1] = 1.0
+        for channel, x0, y0, x1, y1 in by_index.get(int(row), ()):
+            masks[b, channel, y0:y1, x0:x1] = 1.0
     return masks, valid
 
 
