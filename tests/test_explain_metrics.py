@@ -19,11 +19,10 @@ from xraytriage.explain.localization import (
     load_ground_truth,
     markdown_table,
     pointing_hit,
-    random_heatmap,
+    random_same_size,
     score_case,
     summarize,
 )
-from xraytriage.preprocess import PreprocessContract
 
 
 def test_iou_and_iobb_hand_computed():
@@ -126,9 +125,10 @@ def test_pixel_space_ground_truth(tmp_path):
     assert truth.boxes.iloc[0].tolist() == ["a.png", "Mass", 1, 2, 3, 4]
 
 
-def test_random_control_is_seeded_and_cam_shaped():
-    contract = PreprocessContract(size=64)
-    a = random_heatmap(np.random.default_rng(3), (8, 8), contract, 100, 80)
-    b = random_heatmap(np.random.default_rng(3), (8, 8), contract, 100, 80)
-    assert a.shape == (100, 80) and np.array_equal(a, b) and a.max() == pytest.approx(1.0)
-    assert (a == 0).mean() > 0.05  # rectified like a CAM: parts carry no heat
+def test_random_control_is_seeded_same_size_and_inside_the_image():
+    boxes = [Box(10, 20, 30, 40, 0.9), Box(0, 0, 200, 10, 0.5)]  # the second is wider than the image
+    a = random_same_size(boxes, 100, 80, np.random.default_rng(3))
+    b = random_same_size(boxes, 100, 80, np.random.default_rng(3))
+    assert a == b and a != random_same_size(boxes, 100, 80, np.random.default_rng(4))
+    assert [(r.w, r.h, r.score) for r in a] == [(30, 40, 0.9), (80, 10, 0.5)]
+    assert all(r.x >= 0 and r.x + r.w <= 80 and r.y >= 0 and r.y + r.h <= 100 for r in a)

@@ -285,20 +285,7 @@ def _method_markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-# --- random control -----------------------------------------------------------------------
-def random_heatmap(
-    rng: np.random.Generator,
-    grid_shape: tuple[int, int],
-    contract: PreprocessContract,
-    height: int,
-    width: int,
-) -> np.ndarray:
-    """An information-free map shaped like a CAM: rectified Gaussian noise on the feature grid,
-    mapped to the image like real maps are (same smoothness, same geometry), normalised."""
-    field_ = np.maximum(rng.standard_normal(grid_shape).astype(np.float32), 0.0)
-    return map_to_original(field_, contract, height, width)
-
-
+# --- random control (seeding) -----------------------------------------------------------------------
 def case_seed(seed: int, image: str, finding: str, repeat: int) -> int:
     """Order-independent seed for one (image, finding, repeat): the control is reproducible."""
     return zlib.crc32(f"{seed}|{image}|{finding}|{repeat}".encode())
