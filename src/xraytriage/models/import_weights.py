@@ -222,16 +222,8 @@ def import_published(
     from xraytriage.models.safe_pickle import state_dict_of
 
     source = source or entry.name
+    entry.check_operating_point(operating_point)
     points = entry.operating_points()
-    if operating_point not in OPERATING_POINTS:
-        raise ConfigError(
-            f"unknown operating point {operating_point!r}: one of {', '.join(OPERATING_POINTS)}"
-        )
-    if points and operating_point not in points:
-        raise ConfigError(
-            f"{entry.name}: its publisher gives no {operating_point!r} thresholds "
-            f"(published: {', '.join(points)})"
-        )
     cfg, state = convert_torchvision_state(state_dict_of(weights, source), entry.architecture, source)
     if cfg.num_classes != len(entry.labels):
         raise XRayTriageError(

@@ -109,6 +109,18 @@ class PublishedModel:
             return "no threshold published"
         return ""
 
+    def check_operating_point(self, name: str) -> None:
+        """Raise ConfigError unless ``name`` is a known point this model publishes (a model that
+        publishes none accepts the default: its findings keep 0.5)."""
+        if name not in OPERATING_POINTS:
+            raise ConfigError(f"unknown operating point {name!r}: one of {', '.join(OPERATING_POINTS)}")
+        points = self.operating_points()
+        if name not in points and (points or name != DEFAULT_OPERATING_POINT):
+            raise ConfigError(
+                f"{self.name}: its publisher gives no {name!r} thresholds "
+                f"(published: {', '.join(points) or 'none'})"
+            )
+
     def operating_points(self) -> dict[str, list[float | None]]:
         """Each published operating point as cut-offs on the sigmoid probability, per source output
         (None: none for that output): the published values, or logit(value) where the publisher's
@@ -306,6 +318,7 @@ def fetch_published(
     from xraytriage.models.import_weights import import_published
     from xraytriage.models.safe_pickle import load_weights_file
 
+    entry.check_operating_point(operating_point)
     directory = model_dir(entry.name, cache)
     directory.mkdir(parents=True, exist_ok=True)
     manifest = read_manifest(directory)
