@@ -11,6 +11,10 @@ Formats, as the publishers ship them:
   live at ``torchxrayvision.models.*`` (registered only while saving, so loading cannot
   import them); zip or legacy (pre-1.6) layout;
 * ``state_dict``: ``torch.save(model.state_dict())`` of a torchvision ResNet-50 (1 channel);
+* ``module_pickle`` as torch <= 1.2 wrote it: legacy layout, and every module's ``__dict__`` as
+  it was then (no ``_non_persistent_buffers_set`` and later hook tables) with a ``_backend``
+  whose pickle names ``torch.nn.backends.thnn._get_thnn_function_backend`` (torch 1.2's
+  ``THNNFunctionBackend.__reduce__``);
 * ``checkpoint_dict``: CheXNet's ``model.pth.tar``: ``{"state_dict": ...}`` of a DataParallel
   ``DenseNet121`` wrapper (keys ``module.densenet121.…``, old names ``norm.1``, classifier
   ``Sequential(Linear, Sigmoid)``), legacy layout, without ``num_batches_tracked``.
@@ -217,6 +221,33 @@ def module_pickle_bytes(net: DenseNet, legacy: bool) -> bytes:
         warnings.simplefilter("ignore")  # the legacy writer looks for the classes' source
         torch.save(net, buf, _use_new_zipfile_serialization=not legacy)
     return buf.getvalue()
+
+
+TORCH12_MODULE_KEYS = ("_parameters", "_buffers", "_backward_hooks", "_forward_hooks", "_forward_pre_hooks",
+                       "_state_dict_hooks", "_load_state_dict_pre_hooks", "_modules", "training")  # fmt: skip
+"""``nn.Module.__init__``'s attributes in torch 1.2 (besides ``_backend``)."""
+
+
+class _THNNFunctionBackend:
+    """Pickles as torch 1.2's ``torch.nn.backends.thnn.THNNFunctionBackend`` did."""
+
+    def __reduce__(self):
+        import torch.nn.backends.thnn
+
+        return (torch.nn.backends.thnn._get_thnn_function_backend, ())
+
+
+def torch12_module_pickle_bytes(net: DenseNet) -> bytes:
+    """``torch.save(model)`` of ``net`` as torch <= 1.2 wrote it (see the module doc)."""
+    import copy
+
+    old = copy.deepcopy(net)
+    for module in old.modules():
+        state = module.__dict__
+        kept = {k: v for k, v in state.items() if not k.startswith("_") or k in TORCH12_MODULE_KEYS}
+        state.clear()
+        state.update({"_backend": _THNNFunctionBackend(), **kept})
+    return module_pickle_bytes(old, legacy=True)
 
 
 def state_dict_bytes(net: nn.Module) -> bytes:

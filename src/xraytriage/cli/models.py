@@ -3,16 +3,27 @@
     xraytriage models list                       every registry entry: source, licence, input
     xraytriage models show densenet121-res224-all   citation, reported numbers, cited sources
     xraytriage models fetch densenet121-res224-all  download, verify, convert (once)
+    xraytriage models fetch resnet50-res512-all --operating-point ppv80   the publisher's other cut-offs
     xraytriage triage scans/ --model densenet121-res224-all --output out/
 
 Downloads happen only here. Where the publisher gives no checksum, the SHA-256 is recorded
-at the first download and checked on every later use.
+at the first download and checked on every later use. The publishers' thresholds were set on
+their own data, not a site's: calibrate on the site's normal studies before clinical use.
 """
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+
+OPERATING_POINT_CHOICES = ("youden", "ppv80")
+"""``published.OPERATING_POINTS``' names (not imported here: the parser stays light)."""
+SITE_CALIBRATION = (
+    "  before clinical use: the publisher's thresholds were set on its own data, not your site's.\n"
+    "  Calibrate on ~100-300 of your site's normal studies first:\n"
+    "    xraytriage calibrate --model {name} --site-normals NORMALS_DIR --output site-model.pt\n"
+    "  then use --model site-model.pt (docs/published-models.md, 'Deploying one at a site')"
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -49,6 +60,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("name")
     common(q)
     q.add_argument("--no-progress", action="store_true", help="no progress bar")
+    q.add_argument(
+        "--operating-point",
+        choices=OPERATING_POINT_CHOICES,
+        default=OPERATING_POINT_CHOICES[0],
+        help="which published thresholds the converted model uses: youden (the publisher's "
+        "op_threshs, default) or ppv80 (its ppv80_thres, where published; fewer flags); "
+        "`models show NAME` lists both. Changing it re-converts without downloading",
+    )
     q.set_defaults(handler=run_fetch)
     p.set_defaults(handler=lambda args: (p.print_help(), 2)[1])
 
@@ -85,7 +104,13 @@ def run_list(args: argparse.Namespace) -> int:
 
 def run_show(args: argparse.Namespace) -> int:
     from xraytriage.labels import canonical_label
-    from xraytriage.models.published import get_model, load_registry, model_dir, read_manifest
+    from xraytriage.models.published import (
+        OPERATING_POINTS,
+        get_model,
+        load_registry,
+        model_dir,
+        read_manifest,
+    )
 
     entry = get_model(args.name, load_registry(args.registry))
     print(f"{entry.name}: {entry.description}")
@@ -96,13 +121,21 @@ def run_show(args: argparse.Namespace) -> int:
     print(f"citation:  {entry.citation}")
     print(f"reported:  {entry.reported}")
     print(f"input:     {entry.input.to_dict()}")
-    print("outputs (publisher's label -> ours, threshold):")
+    points = entry.operating_points()
+    names = list(points)
+    if points:
+        space = ""
+        if entry.threshold_space != "probability":
+            space = " (published as sigmoid(p): shown as logit(value), the cut-off on p)"
+        print(f"operating points on the sigmoid probability p{space}:")
+        for name in names:
+            print(f"  {name}: {OPERATING_POINTS[name]}")
+    print(f"outputs (publisher's label -> ours{''.join(', ' + n for n in names)}):")
     for i, label in enumerate(entry.labels):
-        threshold = entry.op_thresholds[i] if entry.op_thresholds else None
-        mapped = canonical_label(label) if label.strip() else "(not trained: dropped)"
-        print(
-            f"  {i:2d} {label or '-':<28} -> {mapped:<28} {'' if threshold is None else f'{threshold:.4g}'}"
-        )
+        reason = entry.dropped_reason(i)
+        mapped = f"(dropped: {reason})" if reason else canonical_label(label)
+        cells = "".join(f" {'-' if points[n][i] is None else f'{points[n][i]:.6g}':>10}" for n in names)
+        print(f"  {i:2d} {label or '-':<28} -> {mapped:<34}{cells}")
     for what, where in entry.sources.items():
         print(f"from ({what}): {where}")
     manifest = read_manifest(model_dir(entry.name, args.cache))
@@ -115,17 +148,31 @@ def run_show(args: argparse.Namespace) -> int:
 
 def run_fetch(args: argparse.Namespace) -> int:
     from xraytriage.models.checkpoint import load_checkpoint
-    from xraytriage.models.published import fetch_published, get_model, load_registry
+    from xraytriage.models.published import OPERATING_POINTS, fetch_published, get_model, load_registry
 
     entry = get_model(args.name, load_registry(args.registry))
     print(f"{entry.name}: {entry.url}\n  licence: {entry.licence}")
-    path = fetch_published(entry, cache=args.cache, progress=not args.no_progress)
+    path = fetch_published(
+        entry, cache=args.cache, progress=not args.no_progress, operating_point=args.operating_point
+    )
     checkpoint = load_checkpoint(path)
+    origin = checkpoint.train_config.get("imported_from", {})
+    point = origin.get("operating_point")
     print(
         f"ready: {path}\n  {checkpoint.model.backbone}, {len(checkpoint.label_names)} findings "
-        f"({', '.join(checkpoint.label_names)}), input {_input_text(entry)}\n"
+        f"({', '.join(checkpoint.label_names)}), input {_input_text(entry)}"
+    )
+    dropped = [f"{label} ({entry.dropped_reason(i)})" for i, label in enumerate(entry.labels)
+               if label.strip() and entry.dropped_reason(i)]  # fmt: skip
+    if dropped:
+        print(f"  dropped: {', '.join(dropped)}")
+    if point:
+        print(f"  thresholds: the publisher's operating point {point!r}: {OPERATING_POINTS[point]}")
+    else:
+        print("  thresholds: none published (0.5 on every finding)")
+    print(
         f"  use it: xraytriage triage SCANS --model {entry.name} --output OUT"
         + ("" if args.cache is None else f"  (with XRAYTRIAGE_CACHE={args.cache}, or --model {path})")
-        + "\n  then fit it to your site: xraytriage evaluate ... and xraytriage calibrate (see README)"
     )
+    print(SITE_CALIBRATION.format(name=entry.name))
     return 0

@@ -204,17 +204,26 @@ def import_densenet121(
     )
 
 
-def import_published(weights: Any, entry: PublishedModel, source: str = "") -> Checkpoint:
+def import_published(
+    weights: Any, entry: PublishedModel, source: str = "", operating_point: str = "youden"
+) -> Checkpoint:
     """Checkpoint from a published model's loaded weights and its registry entry.
 
-    Outputs the publisher marks as not trained (empty label) are dropped from the classifier,
-    so every output of the checkpoint is a valid finding; which source outputs were kept is
-    recorded (``train_config["imported_from"]["valid_outputs"]``). The publisher's operating
-    thresholds become the checkpoint's thresholds on the (uncalibrated) sigmoid probability.
+    Outputs the publisher did not train or evaluate (empty label, or no published threshold
+    where it publishes thresholds) are dropped from the classifier, so every output of the
+    checkpoint is a valid finding that feeds P(abnormal); which source outputs were kept is
+    recorded (``train_config["imported_from"]["valid_outputs"]``). The published
+    ``operating_point`` (``youden``: the publisher's op_threshs, ``ppv80``: its ppv80_thres)
+    becomes the checkpoint's thresholds on the (uncalibrated) sigmoid probability, converted
+    from the publisher's ``threshold_space``; every published point is kept under
+    ``imported_from["operating_points"]`` (label -> cut-off on the probability).
     """
+    from xraytriage.models.published import OPERATING_POINTS
     from xraytriage.models.safe_pickle import state_dict_of
 
     source = source or entry.name
+    entry.check_operating_point(operating_point)
+    points = entry.operating_points()
     cfg, state = convert_torchvision_state(state_dict_of(weights, source), entry.architecture, source)
     if cfg.num_classes != len(entry.labels):
         raise XRayTriageError(
@@ -231,11 +240,23 @@ def import_published(weights: Any, entry: PublishedModel, source: str = "") -> C
         state[f"{head}.{part}"] = state[f"{head}.{part}"][valid].clone()
     labels = [canonical_label(entry.labels[i]) for i in valid]
     cfg = ModelConfig(cfg.backbone, len(valid), cfg.in_channels, cfg.width, cfg.dropout)
-    thresholds = {
-        label: float(entry.op_thresholds[i])
-        for label, i in zip(labels, valid, strict=True)
-        if entry.op_thresholds and entry.op_thresholds[i] is not None
+    by_label = {
+        name: {
+            label: float(values[i]) for label, i in zip(labels, valid, strict=True) if values[i] is not None
+        }
+        for name, values in points.items()
     }
+    thresholds = dict(by_label.get(operating_point, {}))
+    # a finding without a value at this point keeps the default point's (never a silent 0.5)
+    fallback = [label for label in by_label.get("youden", {}) if label not in thresholds]
+    thresholds.update({label: by_label["youden"][label] for label in fallback})
+    provenance = entry.provenance()
+    provenance.update(
+        operating_points=by_label,
+        operating_point=operating_point if points else None,
+        operating_point_meaning=OPERATING_POINTS[operating_point] if points else None,
+        operating_point_fallback=fallback,
+    )
     return Checkpoint(
         model=cfg,
         label_names=labels,
@@ -243,7 +264,7 @@ def import_published(weights: Any, entry: PublishedModel, source: str = "") -> C
         state_dict=state,
         thresholds=thresholds,
         name=entry.name,
-        train_config={"imported_from": entry.provenance()},
+        train_config={"imported_from": provenance},
         metrics={"published": entry.reported},
     )
 

@@ -2,9 +2,10 @@
 
 ``published_models.json`` (shipped in the package) lists, per model: the download URL, the
 SHA-256 when the publisher gives one, the file format, the architecture, the publisher's
-label order (empty = an output they did not train), their operating thresholds, the exact
-input contract (:class:`~xraytriage.preprocess.PreprocessContract` fields), licence, citation,
-the numbers they report, and the source files each of these was taken from.
+label order (empty = an output they did not train), their operating thresholds (verbatim, with
+what they cut: ``threshold_space``; see :data:`OPERATING_POINTS`), the exact input contract
+(:class:`~xraytriage.preprocess.PreprocessContract` fields), licence, citation, the numbers they
+report, and the source files each of these was taken from.
 
 Nothing is downloaded at import or implicitly: :func:`fetch_published` runs only when the user
 asks (``xraytriage models fetch NAME``). The cache (``$XRAYTRIAGE_CACHE`` or
@@ -25,6 +26,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +46,23 @@ ARCHITECTURES = ("densenet121", "resnet50")
 FORMATS = ("module_pickle", "state_dict", "checkpoint_dict")
 CHECKPOINT_NAME = "model.pt"
 MANIFEST_NAME = "manifest.json"
+THRESHOLD_SPACES = ("probability", "sigmoid_of_probability")
+"""What a model's published threshold values cut: the sigmoid probability p itself, or sigmoid(p)
+(torchxrayvision's resnet50-res512-all: its calibration script applied the sigmoid twice, so the
+cut-off on p is logit(value))."""
+OPERATING_POINTS = {
+    "youden": (
+        "the publisher's op_threshs: max(sensitivity - false-positive rate) per finding on the "
+        "publisher's own data (for its DenseNets mostly their training images); low cut-offs, so "
+        "'flag if any finding' over many findings flags most studies"
+    ),
+    "ppv80": (
+        "the publisher's ppv80_thres: the cut-off where precision first exceeds 0.8 on the "
+        "publisher's own data; far fewer flags, lower sensitivity"
+    ),
+}
+"""Operating points a published model may carry (name -> what it means); ``youden`` is the default."""
+DEFAULT_OPERATING_POINT = "youden"
 log = logging.getLogger(__name__)
 
 
@@ -62,6 +81,8 @@ class PublishedModel:
     sha256: str | None = None
     size_bytes: int | None = None
     op_thresholds: tuple[float | None, ...] | None = None
+    ppv80_thresholds: tuple[float | None, ...] | None = None
+    threshold_space: str = "probability"
     reported: str = ""
     sources: dict[str, str] = field(default_factory=dict)
 
@@ -71,8 +92,44 @@ class PublishedModel:
 
     @property
     def valid_outputs(self) -> list[int]:
-        """Indices of the outputs the publisher trained (non-empty label)."""
-        return [i for i, label in enumerate(self.labels) if label.strip()]
+        """Indices of the outputs the publisher trained and evaluated: a non-empty label and, where
+        the publisher gives operating thresholds, a threshold (resnet50-res512-all's Lung Lesion and
+        Enlarged Cardiomediastinum have none and AUC 0.5 in its BENCHMARKS.md: no training data)."""
+        return [
+            i
+            for i, label in enumerate(self.labels)
+            if label.strip() and (self.op_thresholds is None or self.op_thresholds[i] is not None)
+        ]
+
+    def dropped_reason(self, index: int) -> str:
+        """Why output ``index`` is not converted ('' when it is)."""
+        if not self.labels[index].strip():
+            return "not trained"
+        if self.op_thresholds is not None and self.op_thresholds[index] is None:
+            return "no threshold published"
+        return ""
+
+    def check_operating_point(self, name: str) -> None:
+        """Raise ConfigError unless ``name`` is a known point this model publishes (a model that
+        publishes none accepts the default: its findings keep 0.5)."""
+        if name not in OPERATING_POINTS:
+            raise ConfigError(f"unknown operating point {name!r}: one of {', '.join(OPERATING_POINTS)}")
+        points = self.operating_points()
+        if name not in points and (points or name != DEFAULT_OPERATING_POINT):
+            raise ConfigError(
+                f"{self.name}: its publisher gives no {name!r} thresholds "
+                f"(published: {', '.join(points) or 'none'})"
+            )
+
+    def operating_points(self) -> dict[str, list[float | None]]:
+        """Each published operating point as cut-offs on the sigmoid probability, per source output
+        (None: none for that output): the published values, or logit(value) where the publisher's
+        values are sigmoid(p) (``threshold_space``)."""
+        out: dict[str, list[float | None]] = {}
+        for name, values in (("youden", self.op_thresholds), ("ppv80", self.ppv80_thresholds)):
+            if values is not None:
+                out[name] = [None if t is None else _to_probability(t, self.threshold_space) for t in values]
+        return out
 
     def provenance(self) -> dict[str, Any]:
         """What a converted checkpoint records about where it came from."""
@@ -89,6 +146,8 @@ class PublishedModel:
             "source_outputs": list(self.labels),
             "valid_outputs": self.valid_outputs,
             "op_thresholds": list(self.op_thresholds) if self.op_thresholds else None,
+            "ppv80_thresholds": list(self.ppv80_thresholds) if self.ppv80_thresholds else None,
+            "threshold_space": self.threshold_space,
         }
 
     @classmethod
@@ -109,9 +168,11 @@ class PublishedModel:
         labels = tuple(str(x) for x in data["labels"])
         if not any(label.strip() for label in labels):
             raise ConfigError(f"{ctx}: no valid output (every label is empty)")
-        thresholds = data.get("op_thresholds")
-        if thresholds is not None and len(thresholds) != len(labels):
-            raise ConfigError(f"{ctx}: {len(thresholds)} op_thresholds for {len(labels)} labels")
+        space = str(data.get("threshold_space") or "probability")
+        if space not in THRESHOLD_SPACES:
+            raise ConfigError(f"{ctx}: threshold_space must be one of {THRESHOLD_SPACES}, got {space!r}")
+        thresholds = _threshold_list(data, "op_thresholds", labels, space, ctx)
+        ppv80 = _threshold_list(data, "ppv80_thresholds", labels, space, ctx)
         sha = data.get("sha256")
         if sha is not None and (
             len(str(sha)) != 64 or any(c not in "0123456789abcdef" for c in str(sha).lower())
@@ -138,10 +199,39 @@ class PublishedModel:
             description=str(data.get("description", "")),
             sha256=str(sha).lower() if sha else None,
             size_bytes=int(data["size_bytes"]) if data.get("size_bytes") else None,
-            op_thresholds=tuple(None if t is None else float(t) for t in thresholds) if thresholds else None,
+            op_thresholds=thresholds,
+            ppv80_thresholds=ppv80,
+            threshold_space=space,
             reported=str(data.get("reported", "")),
             sources={str(k): str(v) for k, v in (data.get("sources") or {}).items()},
         )
+
+
+def _to_probability(value: float, space: str) -> float:
+    if space == "sigmoid_of_probability":
+        return math.log(value / (1.0 - value))
+    return value
+
+
+def _threshold_list(
+    data: dict[str, Any], key: str, labels: tuple[str, ...], space: str, ctx: str
+) -> tuple[float | None, ...] | None:
+    """A published threshold list, checked: one per label, each a cut-off its space can hold
+    (sigmoid(p) for p in [0, 1] lies in [0.5, sigmoid(1)]: a value outside says the space is wrong)."""
+    values = data.get(key)
+    if values is None:
+        return None
+    if len(values) != len(labels):
+        raise ConfigError(f"{ctx}: {len(values)} {key} for {len(labels)} labels")
+    out = tuple(None if t is None else float(t) for t in values)
+    low, high = (0.5, 1.0 / (1.0 + math.exp(-1.0))) if space == "sigmoid_of_probability" else (0.0, 1.0)
+    bad = [t for t in out if t is not None and not (low <= t <= high)]
+    if bad:
+        raise ConfigError(
+            f"{ctx}: {key} value {bad[0]} is not a cut-off on {space.replace('_', ' ')} "
+            f"(must lie in [{low:.4g}, {high:.4g}])"
+        )
+    return out
 
 
 def load_registry(path: str | Path | None = None) -> dict[str, PublishedModel]:
@@ -217,11 +307,18 @@ def _verify(path: Path, expected: str, what: str) -> None:
         )
 
 
-def fetch_published(entry: PublishedModel, cache: str | Path | None = None, progress: bool = True) -> Path:
-    """Download (or reuse), verify and convert ``entry``; returns the converted checkpoint."""
+def fetch_published(
+    entry: PublishedModel,
+    cache: str | Path | None = None,
+    progress: bool = True,
+    operating_point: str = DEFAULT_OPERATING_POINT,
+) -> Path:
+    """Download (or reuse), verify and convert ``entry``; returns the converted checkpoint, whose
+    thresholds are the published ``operating_point`` (another one re-converts, no download)."""
     from xraytriage.models.import_weights import import_published
     from xraytriage.models.safe_pickle import load_weights_file
 
+    entry.check_operating_point(operating_point)
     directory = model_dir(entry.name, cache)
     directory.mkdir(parents=True, exist_ok=True)
     manifest = read_manifest(directory)
@@ -258,11 +355,15 @@ def fetch_published(entry: PublishedModel, cache: str | Path | None = None, prog
         and manifest.get("converted_sha256") == sha256_file(checkpoint_path)
         and manifest.get("converted_by") == __version__
         and manifest.get("converted_from") == digest
+        and manifest.get("operating_point", DEFAULT_OPERATING_POINT) == operating_point
     ):
         return checkpoint_path
-    checkpoint = import_published(load_weights_file(raw), entry, source=str(raw))
+    checkpoint = import_published(
+        load_weights_file(raw), entry, source=str(raw), operating_point=operating_point
+    )
     checkpoint.save(checkpoint_path)
     manifest.update(
+        operating_point=operating_point,
         converted=CHECKPOINT_NAME,
         converted_sha256=sha256_file(checkpoint_path),
         converted_from=digest,

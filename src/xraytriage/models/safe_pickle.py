@@ -7,7 +7,8 @@ names ``os.system`` runs a shell command. Published weights come in three shapes
   ``weights_only=True`` reads these safely and is tried first;
 * a whole pickled ``nn.Module`` (torchxrayvision saves its DenseNets so): the module classes
   are not importable here and must not be. :class:`RestrictedUnpickler` allows only tensor
-  and storage rebuild functions, ``OrderedDict``/``set`` and the class paths in
+  and storage rebuild functions, ``OrderedDict``/``set``, torch <= 1.2's module backend marker
+  (``torch.nn.backends.thnn._get_thnn_function_backend``, answered with None) and the class paths in
   :data:`MODULE_CLASSES`; each of those becomes an inert :class:`ModuleState` that only keeps
   the pickled ``__dict__`` (parameters, buffers, children), never the publisher's code;
 * anything else (a function, ``builtins.eval``, an unknown class) is refused with
@@ -56,7 +57,16 @@ MODULE_CLASSES: dict[str, tuple[str, ...]] = {
 }
 """Module classes whose pickled state is rebuilt (as data) instead of refused."""
 
+
+def _no_backend() -> None:
+    """Stands in for ``torch.nn.backends.thnn._get_thnn_function_backend``: modules pickled by
+    torch <= 1.2 carry ``_backend`` (a THNNFunctionBackend whose ``__reduce__`` names that
+    function, with no arguments). It holds no weights; the inert module keeps None."""
+    return None
+
+
 _FUNCTIONS: dict[tuple[str, str], Any] = {
+    ("torch.nn.backends.thnn", "_get_thnn_function_backend"): _no_backend,
     ("collections", "OrderedDict"): collections.OrderedDict,
     ("builtins", "set"): set,
     ("builtins", "frozenset"): frozenset,
