@@ -5,6 +5,11 @@ own; its thresholds and calibration are fitted on the out-of-fold predictions of
 recipe's cross-validation (``RUN/oof_predictions.csv``), which saw every image exactly once
 as unseen data. Any predictions CSV with ``prob_<label>`` and ground-truth columns works
 (``val_predictions.csv`` of a training run too).
+
+It also sets the critical tier (``--critical``, Pneumothorax by default: its own threshold at
+``--critical-specificity`` among the held-out images without the finding) and stores the flag
+rates the service should expect at the deployment prevalence (``expected_rates``), which its
+drift monitor compares with.
 """
 
 from __future__ import annotations
@@ -56,6 +61,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="calibrate P(abnormal) to this share of abnormal studies (default 0.46, the NIH "
         "ChestX-ray14 population; 0 keeps the calibration set's own prevalence)",
     )
+    p.add_argument(
+        "--critical",
+        action="append",
+        default=[],
+        metavar="FINDING",
+        help="a finding that needs a radiologist now: its studies get the critical tier and go first "
+        "(repeatable; default Pneumothorax when the model has it; 'none' for no critical tier)",
+    )
+    p.add_argument(
+        "--critical-specificity",
+        type=float,
+        default=0.99,
+        metavar="S",
+        help="the critical threshold keeps this share of held-out images without the finding "
+        "below it (default 0.99); never below the finding's own threshold",
+    )
     p.add_argument("--output", type=Path, required=True, help="calibrated checkpoint to write")
     p.set_defaults(handler=run)
 
@@ -65,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
 
     from xraytriage.errors import ConfigError
     from xraytriage.evaluate.calibration import calibrate_checkpoint, logit
+    from xraytriage.evaluate.flag_rates import critical_thresholds, expected_rates, resolve_critical
     from xraytriage.evaluate.operating_points import parse_label_targets, parse_method
     from xraytriage.evaluate.predictions import (
         evaluable_labels,
@@ -104,6 +126,19 @@ def run(args: argparse.Namespace) -> int:
         **calibrated.metrics,
         "calibration": {**calibrated.metrics["calibration"], "source": str(args.predictions)},
     }
+    probs = calibrated.probabilities(logits)
+    critical = resolve_critical(calibrated.findings, args.critical, names)
+    calibrated.critical = critical_thresholds(
+        labels, probs, names, critical, calibrated.thresholds, args.critical_specificity
+    )
+    calibrated.expected_rates = {
+        **(checkpoint.expected_rates or {}),
+        **expected_rates(
+            labels, probs, calibrated.abnormal_probability(probs), names, calibrated.findings,
+            calibrated.thresholds, calibrated.study_flag_threshold, calibrated.critical,
+            prevalence=args.deployment_prevalence or None, source=str(args.predictions),
+        ),
+    }  # fmt: skip
     calibrated.save(args.output)
     known = ~np.isnan(labels)
     print(
@@ -111,7 +146,14 @@ def run(args: argparse.Namespace) -> int:
         f"from {len(frame)} held-out images ({int(known.sum())} known labels)"
     )
     for name in names:
-        print(f"  {name:<22} threshold {calibrated.thresholds[name]:.3f}")
+        crit = calibrated.critical.get(name)
+        extra = f"  critical at {crit:.3f} ({args.critical_specificity:.0%} specificity)" if crit else ""
+        print(f"  {name:<22} threshold {calibrated.thresholds[name]:.3f}{extra}")
+    rates = calibrated.expected_rates
+    print(
+        f"  expected at deployment: {rates['flagged']:.1%} of studies flagged, {rates['critical']:.1%} critical "
+        f"(from {rates['n']} held-out images; the service's /metrics compares with these)"
+    )
     record = calibrated.metrics["calibration"]
     for name, shift in record["deployment_prevalence"].items():
         print(
