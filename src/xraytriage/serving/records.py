@@ -67,6 +67,9 @@ class StudyRecord:
     """The DICOM node's last attempt (None when there is none)."""
     new_images_at: float | None = None
     warnings: str = ""
+    tier: str | None = None
+    flag_reason: str = ""
+    ood_score: float | None = None
     patient_id: str = ""
     accession: str = ""
     patient_age: str = ""
@@ -153,6 +156,9 @@ class StudyScores:
     site_priority: float | None
     key_image_id: str
     warnings: str
+    tier: str | None = None
+    flag_reason: str = ""
+    ood_score: float | None = None
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,7 @@ from xraytriage.serving.states import (
     StudyState,
     check_move,
 )
+from xraytriage.triage.reasons import TIER_CRITICAL, tier_rank
 from xraytriage.triage.worklist import site_rank
 
 WAITING = (ImageState.QUEUED, ImageState.PROCESSING)
@@ -130,6 +131,11 @@ def finding_filter(name: str):
 def _site_rank(column):
     """:func:`~xraytriage.triage.worklist.site_rank` in SQL (none sorts below ROUTINE)."""
     return func.coalesce(column, -1.0)
+
+
+def _critical_first(column):
+    """:func:`~xraytriage.triage.reasons.tier_rank` in SQL: critical 1, anything else 0."""
+    return case((column == TIER_CRITICAL, 1), else_=0)
 
 
 def _group():
@@ -314,7 +320,8 @@ class Repository:
             study.predicted_at = now
             scores = outcome.scores
             if scores is None:
-                study.priority = study.abnormal = None
+                study.priority = study.abnormal = study.tier = study.ood_score = None
+                study.flag_reason = ""
                 study.findings = []
                 _move(study, "heatmaps_state", HeatmapsState, HeatmapsState.NONE)
                 return
@@ -325,6 +332,9 @@ class Repository:
             study.probabilities_json = json.dumps(scores.probabilities)
             study.site_priority = scores.site_priority
             study.key_image_id = scores.key_image_id
+            study.tier = scores.tier
+            study.flag_reason = scores.flag_reason
+            study.ood_score = scores.ood_score
             _move(study, "heatmaps_state", HeatmapsState, outcome.heatmaps)
             if outcome.heatmaps == HeatmapsState.NONE:
                 study.explained_at = now
@@ -468,12 +478,13 @@ class Repository:
         limit: int | None = None,
         offset: int = 0,
     ) -> WorklistPage:
-        """The worklist in SQL: triaged studies by priority (highest first; at equal priority
+        """The worklist in SQL: triaged studies, critical ones first, by priority (highest first; at equal priority
         the higher site priority, as in the ``triage`` worklist, then the oldest), then waiting
         ones (oldest first), then unreadable ones. Ranks are those of the whole worklist, so a filtered view keeps them;
         ``finding`` is a model label name."""
         group = _group()
         order = (
+            _critical_first(case((Study.state == StudyState.DONE, Study.tier), else_=None)).desc(),
             func.coalesce(case((Study.state == StudyState.DONE, Study.priority), else_=None), -1.0).desc(),
             _site_rank(case((Study.state == StudyState.DONE, Study.site_priority), else_=None)).desc(),
             Study.received_at,
@@ -565,10 +576,14 @@ def _rank_of(session: Session, study: Study) -> int | None:
     if study.state != StudyState.DONE or study.priority is None:
         return None
     site, mine = _site_rank(Study.site_priority), site_rank(study.site_priority)
+    tier, my_tier = _critical_first(Study.tier), tier_rank(study.tier)
+    same_tier = tier == my_tier
     ahead = or_(
-        Study.priority > study.priority,
-        and_(Study.priority == study.priority, site > mine),
+        tier > my_tier,
+        and_(same_tier, Study.priority > study.priority),
+        and_(same_tier, Study.priority == study.priority, site > mine),
         and_(
+            same_tier,
             Study.priority == study.priority,
             site == mine,
             or_(

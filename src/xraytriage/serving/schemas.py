@@ -50,6 +50,17 @@ class StudySummary(BaseModel):
     priority: float | None
     abnormal: float | None = Field(description="P(abnormal) of the study")
     flagged: bool | None = Field(description="P(abnormal) at or above the model's study threshold")
+    tier: Literal["critical", "flagged", "routine"] | None = Field(
+        None,
+        description="critical: a critical finding (e.g. Pneumothorax) at or above its own high-specificity "
+        "threshold, listed first; flagged: the study flag; routine: neither (None until triaged)",
+    )
+    flag_reason: str | None = Field(
+        None, description="what drives the flag: the findings above threshold, or the study threshold"
+    )
+    ood_score: float | None = Field(
+        None, description="how unlike the training images the study is (higher = less alike); None: unknown"
+    )
     findings: list[Finding] = Field(description="findings at or above their threshold, most probable first")
     findings_text: str = Field(description='the same as text: "Effusion 0.81; Mass 0.64"')
     images: int

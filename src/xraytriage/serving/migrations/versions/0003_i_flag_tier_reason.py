@@ -1,0 +1,36 @@
+"""A study's tier (critical | flagged | routine), the reason for its flag, and its ood_score.
+
+``tier`` is what the worklist sorts on first (critical studies lead, in SQL as in
+``triage.worklist.sort_worklist``); ``flag_reason`` is the text the reader sees next to the
+flag; ``ood_score`` (how unlike the training images the study is) is filled by models that
+carry reference statistics and stays NULL otherwise. Studies triaged before this revision keep
+NULL/empty values until they are triaged again.
+
+Revision ID: 0003_i_flag_tier_reason
+Revises: 0002_findings_json
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0003_i_flag_tier_reason"
+down_revision = "0002_findings_json"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.add_column("studies", sa.Column("tier", sa.String(16), nullable=True))
+    op.add_column("studies", sa.Column("flag_reason", sa.Text, nullable=False, server_default=""))
+    op.add_column("studies", sa.Column("ood_score", sa.Float, nullable=True))
+    op.create_index("ix_studies_tier", "studies", ["tier"])
+
+
+def downgrade() -> None:
+    op.drop_index("ix_studies_tier", table_name="studies")
+    with op.batch_alter_table("studies") as batch:
+        batch.drop_column("ood_score")
+        batch.drop_column("flag_reason")
+        batch.drop_column("tier")
