@@ -125,6 +125,16 @@ class WorklistPage:
 
 
 @dataclass(frozen=True)
+class StudyOutcome:
+    """A triaged study as the drift monitor counts it."""
+
+    abnormal: float
+    findings: tuple[str, ...]
+    tier: str | None
+    ood_score: float | None
+
+
+@dataclass(frozen=True)
 class StudyView:
     """Everything the study page shows, read in one transaction."""
 

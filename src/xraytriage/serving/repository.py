@@ -39,6 +39,7 @@ from xraytriage.serving.records import (
     ImageScore,
     ResultsInputs,
     Settlement,
+    StudyOutcome,
     StudyRecord,
     StudyView,
     WorklistPage,
@@ -519,6 +520,20 @@ class Repository:
                 for study, grp, pos, count in s.execute(query)
             ]
         return WorklistPage(rows, int(total or 0))
+
+    def recent_outcomes(self, limit: int) -> list[StudyOutcome]:
+        """The last ``limit`` triaged studies (latest first): what the drift monitor counts."""
+        with self.db.session() as s:
+            query = (
+                select(Study.abnormal, Study.findings, Study.tier, Study.ood_score)
+                .where(Study.state == StudyState.DONE, Study.abnormal.is_not(None))
+                .order_by(Study.predicted_at.desc(), Study.id)
+                .limit(limit)
+            )
+            return [
+                StudyOutcome(float(abnormal), tuple(f.name for f in findings or []), tier, ood)
+                for abnormal, findings, tier, ood in s.execute(query)
+            ]
 
     # --- the DICOM node ------------------------------------------------------------------------
     def dicom_ready(self, now: float, quiet_before: float) -> list[str]:

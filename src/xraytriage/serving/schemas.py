@@ -192,6 +192,31 @@ class DicomNodeState(BaseModel):
     destination: str | None
 
 
+class RateDeparture(BaseModel):
+    rate: str = Field(description="flagged, critical, finding or ood")
+    finding: str
+    count: int
+    studies: int
+    observed: float
+    expected: float
+    low: float = Field(description="lowest rate the binomial bound allows")
+    high: float = Field(description="highest rate the binomial bound allows")
+    departed: bool
+    message: str
+
+
+class DriftState(BaseModel):
+    status: Literal["ok", "departure", "warming_up", "no_expectation"] = Field(
+        description="departure: a flag rate of the last studies is outside what calibration expects"
+    )
+    window: int
+    studies: int = Field(description="triaged studies counted (the last `window`)")
+    min_studies: int
+    alpha: float
+    departures: list[RateDeparture]
+    message: str | None
+
+
 class Health(BaseModel):
     status: Literal["ok", "degraded"]
     storage: StorageState
@@ -200,6 +225,7 @@ class Health(BaseModel):
     model: str
     queue: QueueDepth
     uptime_s: float
+    drift: DriftState | None = None
     dicom: DicomNodeState | None
 
 

@@ -25,6 +25,7 @@ from xraytriage.serving import decode
 from xraytriage.serving.config import ServeConfig
 from xraytriage.serving.db import Database
 from xraytriage.serving.drawings import Drawings
+from xraytriage.serving.drift import DriftMonitor, DriftWatch
 from xraytriage.serving.intake import UploadRejected, inspect_upload, study_id_for
 from xraytriage.serving.jobs import MAX_ATTEMPTS, HeatmapPolicy, Jobs
 from xraytriage.serving.repository import Repository
@@ -96,6 +97,12 @@ class TriageService:
             config.batch_size,
             config.heatmaps,
             config.poll_seconds,
+        )
+        self.drift = DriftWatch(
+            self.repo.recent_outcomes,
+            DriftMonitor.for_checkpoint(
+                self.checkpoint, window=config.drift_window, min_studies=config.drift_min_studies
+            ),
         )
         self.started_at = time.time()
 
