@@ -30,7 +30,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_index("ix_studies_tier", table_name="studies")
-    with op.batch_alter_table("studies") as batch:
-        batch.drop_column("ood_score")
-        batch.drop_column("flag_reason")
-        batch.drop_column("tier")
+    # plain ALTER TABLE ... DROP COLUMN (SQLite >= 3.35, PostgreSQL): batch mode would copy the
+    # table, which the images' foreign key to it forbids
+    for name in ("ood_score", "flag_reason", "tier"):
+        op.drop_column("studies", name)
