@@ -102,3 +102,10 @@ def test_calibrate_cli_stores_critical_thresholds_and_expected_rates(tiny_checkp
     assert main([*args, "--output", str(tmp_path / "plain.pt")]) == 0
     assert load_checkpoint(tmp_path / "plain.pt").critical == {}
     assert main([*args, "--critical", "Hernia", "--output", str(tmp_path / "x.pt")]) == 2
+    # only the critical tier and the expected rates, the calibration and thresholds kept as they are
+    kept = tmp_path / "kept.pt"
+    keep = ["calibrate", "--model", str(out), "--predictions", str(preds), "--keep-calibration"]
+    assert main([*keep, "--critical", "Mass", "--output", str(kept)]) == 0
+    again = load_checkpoint(kept)
+    assert again.calibration == ckpt.calibration and again.thresholds == ckpt.thresholds
+    assert list(again.critical) == ["Mass"] and again.expected_rates["n"] == n

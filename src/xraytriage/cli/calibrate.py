@@ -77,11 +77,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="the critical threshold keeps this share of held-out images without the finding "
         "below it (default 0.99); never below the finding's own threshold",
     )
+    p.add_argument(
+        "--keep-calibration",
+        action="store_true",
+        help="keep the checkpoint's calibration and thresholds; only set the critical tier and the "
+        "expected flag rates from the predictions (put through that calibration)",
+    )
     p.add_argument("--output", type=Path, required=True, help="calibrated checkpoint to write")
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    import copy
+
     import numpy as np
 
     from xraytriage.errors import ConfigError
@@ -116,16 +124,20 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError("--deployment-prevalence must be in (0, 1), or 0 to keep the data's own")
         if ABNORMAL in names:
             prevalence[ABNORMAL] = args.deployment_prevalence
-    calibrated = calibrate_checkpoint(
-        checkpoint, logits, labels, args.method, method, target,
-        label_targets=parse_label_targets(args.label_target),
-        deployment_prevalence=prevalence,
-        max_normal_flag_rate=args.max_normal_flag_rate,
-    )  # fmt: skip
-    calibrated.metrics = {
-        **calibrated.metrics,
-        "calibration": {**calibrated.metrics["calibration"], "source": str(args.predictions)},
-    }
+    if args.keep_calibration:
+        calibrated = copy.copy(checkpoint)  # its calibration and thresholds, as they are
+        calibrated.metrics = dict(checkpoint.metrics)
+    else:
+        calibrated = calibrate_checkpoint(
+            checkpoint, logits, labels, args.method, method, target,
+            label_targets=parse_label_targets(args.label_target),
+            deployment_prevalence=prevalence,
+            max_normal_flag_rate=args.max_normal_flag_rate,
+        )  # fmt: skip
+        calibrated.metrics = {
+            **calibrated.metrics,
+            "calibration": {**calibrated.metrics["calibration"], "source": str(args.predictions)},
+        }
     probs = calibrated.probabilities(logits)
     critical = resolve_critical(calibrated.findings, args.critical, names)
     calibrated.critical = critical_thresholds(
@@ -141,21 +153,23 @@ def run(args: argparse.Namespace) -> int:
     }  # fmt: skip
     calibrated.save(args.output)
     known = ~np.isnan(labels)
-    print(
-        f"wrote {args.output}: {args.method} calibration and {args.operating_point} thresholds "
-        f"from {len(frame)} held-out images ({int(known.sum())} known labels)"
+    done = (
+        "the critical tier and expected flag rates (calibration and thresholds kept)"
+        if args.keep_calibration
+        else f"{args.method} calibration and {args.operating_point} thresholds"
     )
+    print(f"wrote {args.output}: {done} from {len(frame)} held-out images ({int(known.sum())} known labels)")
     for name in names:
         crit = calibrated.critical.get(name)
         extra = f"  critical at {crit:.3f} ({args.critical_specificity:.0%} specificity)" if crit else ""
-        print(f"  {name:<22} threshold {calibrated.thresholds[name]:.3f}{extra}")
+        print(f"  {name:<22} threshold {calibrated.threshold(name):.3f}{extra}")
     rates = calibrated.expected_rates
     print(
         f"  expected at deployment: {rates['flagged']:.1%} of studies flagged, {rates['critical']:.1%} critical "
         f"(from {rates['n']} held-out images; the service's /metrics compares with these)"
     )
-    record = calibrated.metrics["calibration"]
-    for name, shift in record["deployment_prevalence"].items():
+    record = {} if args.keep_calibration else calibrated.metrics.get("calibration") or {}
+    for name, shift in (record.get("deployment_prevalence") or {}).items():
         print(
             f"  {name}: probabilities moved from the calibration set's prevalence "
             f"{shift['calibration_prevalence']:.2f} to the deployment prevalence {shift['deployment_prevalence']:.2f}"

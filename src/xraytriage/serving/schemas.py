@@ -175,6 +175,9 @@ class ModelInfo(BaseModel):
     findings: list[str]
     thresholds: dict[str, float]
     study_flag_threshold: float | None
+    critical: dict[str, float] = Field(
+        default_factory=dict, description="critical findings and their own thresholds (the critical tier)"
+    )
     backend: str
     file: str
 

@@ -155,6 +155,7 @@ class TriageService:
             "findings": list(ckpt.findings),
             "thresholds": {n: ckpt.threshold(n) for n in ckpt.findings},
             "study_flag_threshold": ckpt.study_flag_threshold,
+            "critical": dict(ckpt.critical),
             "backend": getattr(self.predictor, "name", ""),
             "file": self.model_path.name,
         }
