@@ -176,8 +176,20 @@ def test_worklist_is_sorted_by_priority(uploaded, server, page, shots):
         float(p)
         for p in page.locator("#worklist-body tr").evaluate_all("rs => rs.map(r => r.dataset.priority)")
     ]
-    assert exact == sorted(exact, reverse=True)
-    assert shown == sorted(shown, reverse=True)
+    # critical studies first, then by priority (the bundled model may have a critical tier)
+    critical = [item["tier"] == "critical" for item in api["items"]]
+    assert critical == sorted(critical, reverse=True)
+    for values in (exact, shown):
+        pairs = list(zip(critical, values, strict=True))
+        assert pairs == sorted(pairs, reverse=True)
+    # each flag's badge carries its reason; critical studies have their own badge
+    for row, item in zip(page.locator("#worklist-body tr").all(), api["items"], strict=True):
+        if item["tier"] == "critical":
+            expect(row.locator(".critical-badge")).to_have_attribute("title", item["flag_reason"])
+        elif item["flagged"]:
+            expect(row.locator(".flag-badge")).to_have_attribute("title", item["flag_reason"])
+            if not item["findings"]:
+                expect(row.locator(".flag-reason")).to_have_text(item["flag_reason"])
     ranks = page.locator("#worklist-body td.rank").all_inner_texts()
     assert ranks == [str(i) for i in range(1, len(ids) + 1)]
     for study_id, priority in zip(ids, exact, strict=True):

@@ -43,11 +43,12 @@ def flag_badge(row: WorklistRow) -> str:
 
 
 def findings_cell(row: WorklistRow) -> str:
-    """The top findings; for a flag no single finding explains, the flag's reason instead."""
+    """The top findings; for a flag no single finding explains, that short reason instead
+    (the CSV/JSON ``flag_reason`` has the full sentence with both numbers)."""
     if row.findings:
         return escape(top_findings(row.findings))
-    if row.flag_reason:
-        return escape(row.flag_reason)
+    if row.flag_reason:  # the study threshold's sentence: P(abnormal) is in its own column
+        return "abnormal, no single finding"
     return "-"
 
 
