@@ -104,7 +104,7 @@ class Study(Base):
     site_priority: Mapped[float | None] = mapped_column(Float, nullable=True)
     key_image_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     error: Mapped[str] = mapped_column(Text, default="")
-    predicted_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    predicted_at: Mapped[float | None] = mapped_column(Float, nullable=True, index=True)
     heatmaps_state: Mapped[HeatmapsState] = mapped_column(
         StateType(HeatmapsState), default=HeatmapsState.NONE, index=True
     )

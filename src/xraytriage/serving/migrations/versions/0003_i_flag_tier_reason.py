@@ -4,7 +4,8 @@
 ``triage.worklist.sort_worklist``); ``flag_reason`` is the text the reader sees next to the
 flag; ``ood_score`` (how unlike the training images the study is) is filled by models that
 carry reference statistics and stays NULL otherwise. Studies triaged before this revision keep
-NULL/empty values until they are triaged again.
+NULL/empty values until they are triaged again. ``predicted_at`` gets an index: the drift
+monitor reads the latest triaged studies.
 
 Revision ID: 0003_i_flag_tier_reason
 Revises: 0002_findings_json
@@ -26,9 +27,11 @@ def upgrade() -> None:
     op.add_column("studies", sa.Column("flag_reason", sa.Text, nullable=False, server_default=""))
     op.add_column("studies", sa.Column("ood_score", sa.Float, nullable=True))
     op.create_index("ix_studies_tier", "studies", ["tier"])
+    op.create_index("ix_studies_predicted_at", "studies", ["predicted_at"])  # the drift window
 
 
 def downgrade() -> None:
+    op.drop_index("ix_studies_predicted_at", table_name="studies")
     op.drop_index("ix_studies_tier", table_name="studies")
     # plain ALTER TABLE ... DROP COLUMN (SQLite >= 3.35, PostgreSQL): batch mode would copy the
     # table, which the images' foreign key to it forbids
