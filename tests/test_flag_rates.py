@@ -34,6 +34,11 @@ def test_critical_threshold_keeps_the_specificity_and_never_undercuts_the_findin
     assert high["Pneumothorax"] == pytest.approx(0.999)
     with pytest.raises(ConfigError, match="specificity"):
         critical_thresholds(labels, probs, NAMES, ["Pneumothorax"], {}, 1.0)
+    unknown = labels.copy()
+    unknown[:, 1] = np.nan  # no ground truth for Pneumothorax: asked by name, an error; by default, left out
+    with pytest.raises(ConfigError, match="Pneumothorax"):
+        critical_thresholds(unknown, probs, NAMES, ["Pneumothorax"], {})
+    assert critical_thresholds(unknown, probs, NAMES, ["Pneumothorax"], {}, required=False) == {}
 
 
 def test_critical_findings_default_to_pneumothorax_and_can_be_turned_off():

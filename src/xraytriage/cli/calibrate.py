@@ -141,8 +141,9 @@ def run(args: argparse.Namespace) -> int:
     probs = calibrated.probabilities(logits)
     critical = resolve_critical(calibrated.findings, args.critical, names)
     calibrated.critical = critical_thresholds(
-        labels, probs, names, critical, calibrated.thresholds, args.critical_specificity
-    )
+        labels, probs, names, critical, calibrated.thresholds, args.critical_specificity,
+        required=bool(args.critical),
+    )  # fmt: skip
     calibrated.expected_rates = {
         **(checkpoint.expected_rates or {}),
         **expected_rates(

@@ -54,9 +54,11 @@ def critical_thresholds(
     critical: Sequence[str],
     thresholds: Mapping[str, float],
     specificity: float = DEFAULT_CRITICAL_SPECIFICITY,
+    required: bool = True,
 ) -> dict[str, float]:
     """{finding: threshold} at ``specificity`` among the images without the finding (calibrated
-    held-out probabilities), at least the finding's ordinary threshold."""
+    held-out probabilities), at least the finding's ordinary threshold. A finding with no
+    known negative is an error when ``required`` (asked for by name), else left out (a default)."""
     if not 0.5 <= specificity < 1:
         raise ConfigError(f"critical specificity must be in [0.5, 1), got {specificity}")
     names = list(label_names)
@@ -66,6 +68,8 @@ def critical_thresholds(
         y = labels[:, j]
         known = ~np.isnan(y)
         if not (known.any() and (y[known] == 0).any()):
+            if not required:
+                continue
             raise ConfigError(
                 f"critical finding {name!r}: no held-out image without it to set a threshold on"
             )
@@ -101,10 +105,12 @@ def expected_rates(
     names = list(label_names)
     probs = np.asarray(probs, dtype=np.float64)
     abnormal = abnormal_target(labels, names)
-    keep = ~np.isnan(abnormal) if prevalence is not None else np.ones(len(probs), dtype=bool)
+    keep = ~np.isnan(abnormal)
+    if prevalence is None or not keep.any():  # nothing to mix by: the images' own share
+        prevalence, keep = None, np.ones(len(probs), dtype=bool)
     probs, abnormal, p_abn = probs[keep], abnormal[keep], np.asarray(abnormal_probs, dtype=np.float64)[keep]
     if len(probs) == 0:
-        raise ConfigError("no held-out image with a known normal/abnormal label to expect flag rates from")
+        raise ConfigError("no held-out image to expect flag rates from")
     hits = {n: probs[:, names.index(n)] >= float(thresholds[n]) for n in findings}
     any_finding = (
         np.any(np.stack(list(hits.values()), axis=1), axis=1) if hits else np.zeros(len(probs), bool)
