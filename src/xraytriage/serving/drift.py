@@ -13,7 +13,7 @@ a false alarm in at most about 1% of checks. Nothing is judged before ``min_stud
 
 A departure means the site's images or case mix are not what the thresholds were set for
 (another scanner, a children's ward, a new protocol): re-check with a site calibration
-(``calibrate --site-normals``, docs/deploying-at-a-new-site.md). It is shown on ``/healthz``
+(``calibrate --site-normals``; docs/monitoring.md). It is shown on ``/healthz``
 (``drift``), ``/metrics`` (Prometheus text format) and as a banner on the worklist page.
 """
 

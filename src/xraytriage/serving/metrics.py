@@ -12,7 +12,7 @@ monitor and the queue. The rates are those of :mod:`~xraytriage.serving.drift`:
 - ``xraytriage_drift_departure``: 1 when any rate is; ``xraytriage_drift_studies``: studies
   counted; ``xraytriage_queue_depth{queue}``: images and heatmaps waiting.
 
-Alert on ``xraytriage_drift_departure == 1`` (docs/deploying-at-a-new-site.md).
+Alert on ``xraytriage_drift_departure == 1`` (docs/monitoring.md).
 """
 
 from __future__ import annotations
