@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from serve_support import running_server, wait_for
+from xraytriage.triage.reasons import tier_rank
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 expect = playwright_api.expect
@@ -176,8 +177,8 @@ def test_worklist_is_sorted_by_priority(uploaded, server, page, shots):
         float(p)
         for p in page.locator("#worklist-body tr").evaluate_all("rs => rs.map(r => r.dataset.priority)")
     ]
-    # critical studies first, then by priority (the bundled model may have a critical tier)
-    critical = [item["tier"] == "critical" for item in api["items"]]
+    # critical and STAT studies first, then by priority (the bundled model may have a critical tier)
+    critical = [tier_rank(item["tier"], item["site_priority"]) for item in api["items"]]
     assert critical == sorted(critical, reverse=True)
     for values in (exact, shown):
         pairs = list(zip(critical, values, strict=True))

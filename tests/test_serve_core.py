@@ -377,7 +377,7 @@ def fill_worklist(db, n: int = 60, seed: int = 0) -> None:
                     state=state,
                     read_status=rng.choice(["new", "reading", "read"]),
                     priority=rng.choice([0.5, 0.25, rng.random()]) if state != QUEUED else None,
-                    site_priority=rng.choice([None, None, 0.0, 0.5]),
+                    site_priority=rng.choice([None, None, 0.0, 0.5, 1.0]),
                     findings=[Finding(f, rng.randint(10, 99) / 100) for f in listed],
                     received_at=1000.0 + rng.choice([0, 1, 2, i]),
                     tier=rng.choice(["routine", "flagged", "critical", None]) if state == DONE else None,
@@ -388,7 +388,7 @@ def fill_worklist(db, n: int = 60, seed: int = 0) -> None:
 
 
 def reference_worklist(db, read_status=None, finding=None) -> list[tuple[str, int | None, int]]:
-    """The worklist order spelled out in Python: triaged, critical first, by priority (then the
+    """The worklist order spelled out in Python: triaged, critical and STAT first, by priority (then the
     higher site priority, the oldest, the id), then waiting (oldest first), then unreadable;
     ranks over the whole list."""
     with db.session() as s:
@@ -398,7 +398,7 @@ def reference_worklist(db, read_status=None, finding=None) -> list[tuple[str, in
     def key(st):
         group = 0 if st.state == DONE else 2 if st.state == ERROR else 1
         priority = (
-            (-tier_rank(st.tier), -(st.priority or 0.0), -site_rank(st.site_priority))
+            (-tier_rank(st.tier, st.site_priority), -(st.priority or 0.0), -site_rank(st.site_priority))
             if group == 0
             else (0, 0.0, 0.0)
         )

@@ -60,18 +60,23 @@ def _row(study: str, priority: float, tier: str = TIER_ROUTINE) -> WorklistRow:
     return WorklistRow(study=study, path=f"{study}.png", priority=priority, abnormal=priority, tier=tier)
 
 
-def test_critical_studies_sort_first_then_priority():
+def test_critical_studies_sort_first_then_priority_and_stat_stays_on_top():
+    stat = dataclasses.replace(_row("s", 1.0), site_priority=1.0)  # model 0.1, the site said STAT
+    high = dataclasses.replace(_row("h", 0.96), site_priority=0.8)  # HIGH is a floor, not a jump
     rows = sort_worklist(
         [
             _row("a", 0.95, TIER_FLAGGED),
             _row("b", 0.40, TIER_CRITICAL),
             _row("c", 0.20),
             _row("d", 0.70, TIER_CRITICAL),
+            high,
+            stat,
             WorklistRow.error_row("e", "e.png", "e.png: unreadable"),
         ]
     )
-    assert [r.study for r in rows] == ["d", "b", "a", "c", "e"]
-    assert [r.rank for r in rows] == [1, 2, 3, 4, None]
+    assert [r.study for r in rows] == ["s", "d", "b", "h", "a", "c", "e"]
+    assert [r.rank for r in rows] == [1, 2, 3, 4, 5, 6, None]
+    assert tier_rank(TIER_ROUTINE, 1.0) == tier_rank(TIER_CRITICAL) == 1 and tier_rank(TIER_ROUTINE, 0.8) == 0
 
 
 def test_files_and_console_carry_tier_reason_and_ood_score(tmp_path):
@@ -139,7 +144,7 @@ def test_no_flagged_row_without_a_reason_on_real_nih_images(bundled_worklist):
     assert tiers[:n_critical] == [TIER_CRITICAL] * n_critical
     for r in rows:
         hits = critical_findings(r.probabilities, checkpoint.critical)
-        assert r.tier == study_tier(r.flagged, hits)
+        assert r.tier == study_tier(r.flagged, hits)  # (no site priority here: PNGs carry none)
     ranked = [r.priority for r in rows[n_critical:]]
     assert ranked == sorted(ranked, reverse=True)
     assert np.all(np.diff([r.rank for r in rows]) == 1)

@@ -52,7 +52,7 @@ from xraytriage.serving.states import (
     StudyState,
     check_move,
 )
-from xraytriage.triage.reasons import TIER_CRITICAL, tier_rank
+from xraytriage.triage.reasons import STAT, TIER_CRITICAL, tier_rank
 from xraytriage.triage.worklist import site_rank
 
 WAITING = (ImageState.QUEUED, ImageState.PROCESSING)
@@ -134,9 +134,9 @@ def _site_rank(column):
     return func.coalesce(column, -1.0)
 
 
-def _critical_first(column):
-    """:func:`~xraytriage.triage.reasons.tier_rank` in SQL: critical 1, anything else 0."""
-    return case((column == TIER_CRITICAL, 1), else_=0)
+def _critical_first(tier, site_priority):
+    """:func:`~xraytriage.triage.reasons.tier_rank` in SQL: 1 for a critical or STAT study."""
+    return case((or_(tier == TIER_CRITICAL, func.coalesce(site_priority, -1.0) >= STAT), 1), else_=0)
 
 
 def _group():
@@ -479,13 +479,16 @@ class Repository:
         limit: int | None = None,
         offset: int = 0,
     ) -> WorklistPage:
-        """The worklist in SQL: triaged studies, critical ones first, by priority (highest first; at equal priority
+        """The worklist in SQL: triaged studies, critical and STAT ones first, by priority (highest first; at equal priority
         the higher site priority, as in the ``triage`` worklist, then the oldest), then waiting
         ones (oldest first), then unreadable ones. Ranks are those of the whole worklist, so a filtered view keeps them;
         ``finding`` is a model label name."""
         group = _group()
         order = (
-            _critical_first(case((Study.state == StudyState.DONE, Study.tier), else_=None)).desc(),
+            _critical_first(
+                case((Study.state == StudyState.DONE, Study.tier), else_=None),
+                case((Study.state == StudyState.DONE, Study.site_priority), else_=None),
+            ).desc(),
             func.coalesce(case((Study.state == StudyState.DONE, Study.priority), else_=None), -1.0).desc(),
             _site_rank(case((Study.state == StudyState.DONE, Study.site_priority), else_=None)).desc(),
             Study.received_at,
@@ -591,7 +594,10 @@ def _rank_of(session: Session, study: Study) -> int | None:
     if study.state != StudyState.DONE or study.priority is None:
         return None
     site, mine = _site_rank(Study.site_priority), site_rank(study.site_priority)
-    tier, my_tier = _critical_first(Study.tier), tier_rank(study.tier)
+    tier, my_tier = (
+        _critical_first(Study.tier, Study.site_priority),
+        tier_rank(study.tier, study.site_priority),
+    )
     same_tier = tier == my_tier
     ahead = or_(
         tier > my_tier,

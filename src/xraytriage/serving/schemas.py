@@ -61,6 +61,9 @@ class StudySummary(BaseModel):
     ood_score: float | None = Field(
         None, description="how unlike the training images the study is (higher = less alike); None: unknown"
     )
+    site_priority: float | None = Field(
+        None, description="the priority the site gave (STAT 1.0 goes first, with the critical tier)"
+    )
     findings: list[Finding] = Field(description="findings at or above their threshold, most probable first")
     findings_text: str = Field(description='the same as text: "Effusion 0.81; Mass 0.64"')
     images: int

@@ -117,6 +117,7 @@ def study_summary(
         "new_images_at": iso(study.new_images_at),
         "warnings": [w for w in (study.warnings or "").split("; ") if w],
         "priority": rounded(study.priority),
+        "site_priority": rounded(study.site_priority),
         "abnormal": rounded(study.abnormal),
         "flagged": study_flagged(study, flag_at),
         "tier": study.tier if study.abnormal is not None else None,

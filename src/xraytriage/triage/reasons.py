@@ -4,8 +4,9 @@ A flag without a reason is not trusted; a reason is either the findings at or ab
 own thresholds (``"Effusion 0.81 >= 0.45; Mass 0.64 >= 0.10"``) or, when P(abnormal)
 passes the study threshold although no single finding does, that sentence with both numbers.
 
-Tiers, first to last in the worklist (``worklist.sort_worklist`` and the service's SQL sort
-on :func:`tier_rank` first):
+Tiers (``worklist.sort_worklist`` and the service's SQL sort on :func:`tier_rank` first:
+critical studies, together with the studies the site marked STAT, go before all others, and
+among them STAT first, as its priority is 1.0; see ``triage.priority``):
 
 * ``critical``: a finding that needs a radiologist now (the checkpoint's ``critical``
   mapping, ``{finding: threshold}``, each a high-specificity threshold chosen on
@@ -27,10 +28,15 @@ TIER_ROUTINE = "routine"
 TIERS = (TIER_CRITICAL, TIER_FLAGGED, TIER_ROUTINE)
 
 
-def tier_rank(tier: str | None) -> int:
-    """Sort key of a tier: critical 1, anything else 0 (only critical jumps the queue; the
-    flag itself already follows P(abnormal), which orders the rest)."""
-    return 1 if tier == TIER_CRITICAL else 0
+STAT = 1.0
+"""The site priority of a STAT study (``triage.priority.SITE_PRIORITY_LEVELS``)."""
+
+
+def tier_rank(tier: str | None, site_priority: float | None = None) -> int:
+    """First sort key of the worklist: 1 for a critical study or one the site marked STAT,
+    else 0. Only these jump the queue; the flag itself already follows P(abnormal), which
+    orders the rest. A STAT study (priority 1.0) still goes before a critical one."""
+    return 1 if tier == TIER_CRITICAL or (site_priority is not None and site_priority >= STAT) else 0
 
 
 def critical_findings(probabilities: Mapping[str, float], critical: Mapping[str, float]) -> list[str]:

@@ -163,7 +163,7 @@ def site_rank(site_priority: float | None) -> float:
 
 
 def sort_worklist(rows: Iterable[WorklistRow]) -> list[WorklistRow]:
-    """Triaged studies ranked 1..n: critical ones first (``triage.reasons.tier_rank``), then by
+    """Triaged studies ranked 1..n: critical and STAT ones first (``triage.reasons.tier_rank``), then by
     priority, highest first; at equal priority the higher site priority goes first (none
     counts below ROUTINE), then the study name. Error rows after them, unranked, by path.
     See ``triage.priority`` for why a site priority is a floor."""
@@ -171,7 +171,7 @@ def sort_worklist(rows: Iterable[WorklistRow]) -> list[WorklistRow]:
     ok = sorted(
         (r for r in rows if r.ok),
         key=lambda r: (
-            -tier_rank(r.tier), -(r.priority or 0.0), -site_rank(r.site_priority), r.study, r.path,
+            -tier_rank(r.tier, r.site_priority), -(r.priority or 0.0), -site_rank(r.site_priority), r.study, r.path,
         ),
     )  # fmt: skip
     errors = sorted((r for r in rows if not r.ok), key=lambda r: r.path)
