@@ -148,3 +148,28 @@ def test_no_flagged_row_without_a_reason_on_real_nih_images(bundled_worklist):
     ranked = [r.priority for r in rows[n_critical:]]
     assert ranked == sorted(ranked, reverse=True)
     assert np.all(np.diff([r.rank for r in rows]) == 1)
+
+
+def test_checkpoint_file_and_onnx_head_keep_critical_and_expected_rates(tmp_path):
+    """The new keys survive save/load and the ONNX metadata; files without them get none."""
+    from xraytriage.cli.common import default_model_path
+    from xraytriage.models import load_checkpoint
+    from xraytriage.models.onnx_export import META_PREFIX, head_checkpoint, onnx_metadata
+
+    checkpoint = load_checkpoint(default_model_path())
+    bare = head_checkpoint({k[len(META_PREFIX) :]: v for k, v in onnx_metadata(checkpoint).items()})
+    assert bare.critical == checkpoint.critical and bare.expected_rates == checkpoint.expected_rates
+    checkpoint.critical = {"Pneumothorax": 0.61}
+    checkpoint.expected_rates = {"flagged": 0.3, "findings": {"Pneumothorax": 0.04}, "critical": 0.01}
+    again = load_checkpoint(checkpoint.save(tmp_path / "m.pt"))
+    assert again.critical == {"Pneumothorax": pytest.approx(0.61)}
+    assert again.expected_rates == checkpoint.expected_rates
+    head = head_checkpoint({k[len(META_PREFIX) :]: v for k, v in onnx_metadata(checkpoint).items()})
+    assert head.critical == again.critical and head.expected_rates == again.expected_rates
+    data = checkpoint.to_dict()
+    for key in ("critical", "expected_rates"):
+        data.pop(key)
+    from xraytriage.models.checkpoint import Checkpoint
+
+    old = Checkpoint.from_dict(data)
+    assert old.critical == {} and old.expected_rates is None
