@@ -294,6 +294,10 @@ def test_study_page_heatmap_box_and_read_status(uploaded, server, page, shots):
     assert picture.evaluate("img => img.complete && img.naturalWidth > 0")
     table_names = page.locator("#findings-body tr").evaluate_all("rows => rows.map(r => r.dataset.finding)")
     assert top["findings"][0]["name"] in table_names
+    if top["flag_reason"]:  # the study page says why it is flagged
+        expect(page.locator("#flag-reason")).to_have_text(top["flag_reason"])
+    else:
+        expect(page.locator("#flag-reason")).to_have_count(0)
 
     # heatmaps are drawn in the background; the page shows their toggles when they are ready
     expect(study).to_have_attribute("data-heatmaps-state", "done", timeout=WAIT_MS)
