@@ -252,11 +252,12 @@ def sr_content_items(ds) -> list[tuple[str, object]]:
 
 
 def findings_in(sr) -> dict[str, dict[str, object]]:
-    """finding name -> {Probability, Operating threshold, At or above operating threshold}."""
+    """finding (the model's label: the group's tracking identifier, whatever code the finding
+    has) -> {Probability, Operating threshold, At or above operating threshold}."""
     out: dict[str, dict[str, object]] = {}
     current = None
     for name, value in sr_content_items(sr):
-        if name == "Finding":
+        if name == "Tracking Identifier":
             current = out.setdefault(str(value), {})
         elif current is not None and name in (
             "Probability",

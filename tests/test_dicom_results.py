@@ -124,7 +124,41 @@ def test_structured_report_parses_with_dsrdump(source, tmp_path):
     assert rc == 0, out
     assert not [line for line in out.splitlines() if line.startswith(("E:", "W:"))], out
     assert "Verification Flag   : UNVERIFIED" in out
-    assert 'CODE:(,,"Finding")=(PNEUMOTHORAX,99XRAYTRIAGE,"Pneumothorax")' in out
+    assert 'CODE:(,,"Finding")=(36118008,SCT,"Pneumothorax")' in out
+    assert 'CODE:(,,"Finding")=(PLEURAL_THICKENING,99XRAYTRIAGE,"Pleural Thickening")' in out
+
+
+def test_structured_report_codes_findings_in_snomed_and_states_tier_reason_and_ood(source, tmp_path):
+    reason = "CRITICAL Pneumothorax 0.82 >= 0.60; Effusion 0.30 >= 0.30"
+    sr = build_structured_report(
+        [source], FINDINGS, MODEL, generate_uid(), 902, 1, abnormal=0.7,
+        tier="critical", flag_reason=reason, ood_score=1.5,
+    )  # fmt: skip
+    sr = pydicom.dcmread(_roundtrip(sr))
+    codes = {}
+    for group in sr.ContentSequence:
+        for item in group.get("ContentSequence", []):
+            for inner in item.get("ContentSequence", []):
+                if inner.ConceptNameCodeSequence[0].CodeMeaning == "Finding":
+                    code = inner.ConceptCodeSequence[0]
+                    value = code.get("CodeValue") or code.get("LongCodeValue")  # > 16 characters
+                    codes[code.CodeMeaning] = (code.CodingSchemeDesignator, value)
+    assert codes["Pneumothorax"] == ("SCT", "36118008")
+    assert codes["Pleural effusion"] == ("SCT", "60046008")
+    assert codes["Pleural Thickening"] == ("99XRAYTRIAGE", "PLEURAL_THICKENING")  # no SNOMED concept kept
+    items = dict(sr_content_items(sr))
+    assert items["Triage tier"] == "Critical: read now"
+    assert items["Reason for flag"] == reason
+    assert items["Out-of-distribution score"] == pytest.approx(1.5)
+    plain = build_structured_report([source], FINDINGS, MODEL, generate_uid(), 902, 1, abnormal=0.7)
+    assert "Triage tier" not in dict(sr_content_items(plain))
+    with pytest.raises(ValueError, match="tier"):
+        build_structured_report([source], FINDINGS, MODEL, generate_uid(), 902, 1, tier="urgent")
+    require_tools("dsrdump")
+    path = tmp_path / "sr.dcm"
+    sr.save_as(path)
+    rc, out = run_tool("dsrdump", ["-Ee", path])
+    assert rc == 0 and not [line for line in out.splitlines() if line.startswith(("E:", "W:"))], out
 
 
 def test_structured_report_needs_sources_and_content(source):

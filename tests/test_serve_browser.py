@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from serve_support import running_server, wait_for
+from xraytriage.triage.reasons import tier_rank
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 expect = playwright_api.expect
@@ -176,8 +177,20 @@ def test_worklist_is_sorted_by_priority(uploaded, server, page, shots):
         float(p)
         for p in page.locator("#worklist-body tr").evaluate_all("rs => rs.map(r => r.dataset.priority)")
     ]
-    assert exact == sorted(exact, reverse=True)
-    assert shown == sorted(shown, reverse=True)
+    # critical and STAT studies first, then by priority (the bundled model may have a critical tier)
+    critical = [tier_rank(item["tier"], item["site_priority"]) for item in api["items"]]
+    assert critical == sorted(critical, reverse=True)
+    for values in (exact, shown):
+        pairs = list(zip(critical, values, strict=True))
+        assert pairs == sorted(pairs, reverse=True)
+    # each flag's badge carries its reason; critical studies have their own badge
+    for row, item in zip(page.locator("#worklist-body tr").all(), api["items"], strict=True):
+        if item["tier"] == "critical":
+            expect(row.locator(".critical-badge")).to_have_attribute("title", item["flag_reason"])
+        elif item["flagged"]:
+            expect(row.locator(".flag-badge")).to_have_attribute("title", item["flag_reason"])
+            if not item["findings"]:
+                expect(row.locator(".flag-reason")).to_have_text(item["flag_reason"])
     ranks = page.locator("#worklist-body td.rank").all_inner_texts()
     assert ranks == [str(i) for i in range(1, len(ids) + 1)]
     for study_id, priority in zip(ids, exact, strict=True):
@@ -281,6 +294,10 @@ def test_study_page_heatmap_box_and_read_status(uploaded, server, page, shots):
     assert picture.evaluate("img => img.complete && img.naturalWidth > 0")
     table_names = page.locator("#findings-body tr").evaluate_all("rows => rows.map(r => r.dataset.finding)")
     assert top["findings"][0]["name"] in table_names
+    if top["flag_reason"]:  # the study page says why it is flagged
+        expect(page.locator("#flag-reason")).to_have_text(top["flag_reason"])
+    else:
+        expect(page.locator("#flag-reason")).to_have_count(0)
 
     # heatmaps are drawn in the background; the page shows their toggles when they are ready
     expect(study).to_have_attribute("data-heatmaps-state", "done", timeout=WAIT_MS)

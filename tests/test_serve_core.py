@@ -25,6 +25,7 @@ from xraytriage.serving.repository import Repository
 from xraytriage.serving.service import TriageService
 from xraytriage.serving.states import StudyState
 from xraytriage.serving.storage import BlobStore, safe_filename
+from xraytriage.triage.reasons import tier_rank
 from xraytriage.triage.worklist import site_rank
 
 QUEUED, PROCESSING, DONE, ERROR = StudyState  # images have the same four states
@@ -376,9 +377,10 @@ def fill_worklist(db, n: int = 60, seed: int = 0) -> None:
                     state=state,
                     read_status=rng.choice(["new", "reading", "read"]),
                     priority=rng.choice([0.5, 0.25, rng.random()]) if state != QUEUED else None,
-                    site_priority=rng.choice([None, None, 0.0, 0.5]),
+                    site_priority=rng.choice([None, None, 0.0, 0.5, 1.0]),
                     findings=[Finding(f, rng.randint(10, 99) / 100) for f in listed],
                     received_at=1000.0 + rng.choice([0, 1, 2, i]),
+                    tier=rng.choice(["routine", "flagged", "critical", None]) if state == DONE else None,
                 )
             )
             for k in range(rng.randint(0, 2)):
@@ -386,15 +388,20 @@ def fill_worklist(db, n: int = 60, seed: int = 0) -> None:
 
 
 def reference_worklist(db, read_status=None, finding=None) -> list[tuple[str, int | None, int]]:
-    """The worklist order spelled out in Python: triaged by priority (then the higher site
-    priority, the oldest, the id), then waiting (oldest first), then unreadable; ranks over the whole list."""
+    """The worklist order spelled out in Python: triaged, critical and STAT first, by priority (then the
+    higher site priority, the oldest, the id), then waiting (oldest first), then unreadable;
+    ranks over the whole list."""
     with db.session() as s:
         studies = s.query(Study).all()
         counts = {st.id: len(st.images) for st in studies}
 
     def key(st):
         group = 0 if st.state == DONE else 2 if st.state == ERROR else 1
-        priority = (-(st.priority or 0.0), -site_rank(st.site_priority)) if group == 0 else (0.0, 0.0)
+        priority = (
+            (-tier_rank(st.tier, st.site_priority), -(st.priority or 0.0), -site_rank(st.site_priority))
+            if group == 0
+            else (0, 0.0, 0.0)
+        )
         return (group, *priority, st.received_at, st.id)
 
     rows, rank = [], 0

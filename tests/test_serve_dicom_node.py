@@ -14,7 +14,7 @@ import pydicom
 import pytest
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 
-from pacs import dicom_copy, write_image
+from pacs import dicom_copy, sr_content_items, write_image
 from xraytriage.dicom import (
     STATUS_NO_PIXEL_DATA,
     STATUS_NOT_ACCEPTED,
@@ -65,10 +65,17 @@ def test_results_wait_for_the_quiet_period_and_are_kept(node: DicomNode, shared_
         info = json.loads(study.dicom_results_info)
         assert study.dicom_results_state == KEPT and study.calling_ae == "MODALITY"
         flagged = len(study.findings)
+        tier, reason = study.tier, study.flag_reason
     files = sorted(Path(info["folder"]).glob("*.dcm"))
     modalities = [pydicom.dcmread(f, stop_before_pixels=True).Modality for f in files]
     # one SR; one Secondary Capture per flagged finding, at most heatmap_findings of them
     assert modalities.count("SR") == 1
+    # the SR states the study's tier and, when flagged, why
+    sr = pydicom.dcmread(files[modalities.index("SR")])
+    items = dict(sr_content_items(sr))
+    assert tier in ("critical", "flagged", "routine")
+    assert items["Triage tier"].lower().startswith(tier)
+    assert items.get("Reason for flag", "") == reason
     assert modalities.count("OT") == min(flagged, node.service.config.heatmap_findings)
     assert node.ready_studies(time.time() + QUIET + 1) == []  # sent once
 

@@ -74,7 +74,7 @@ def schema_of(engine) -> dict[str, tuple[set[str], set[str]]]:
 def check_migrated(db: Database) -> None:
     """At the newest revision, with every column and index the models have."""
     with db.engine.connect() as conn:
-        assert migrations.current(conn) == migrations.head() == "0002_findings_json"
+        assert migrations.current(conn) == migrations.head() == "0003_i_flag_tier_reason"
     schema = schema_of(db.engine)
     for table in Base.metadata.sorted_tables:
         columns, indexes = schema[table.name]

@@ -5,6 +5,11 @@ own; its thresholds and calibration are fitted on the out-of-fold predictions of
 recipe's cross-validation (``RUN/oof_predictions.csv``), which saw every image exactly once
 as unseen data. Any predictions CSV with ``prob_<label>`` and ground-truth columns works
 (``val_predictions.csv`` of a training run too).
+
+It also sets the critical tier (``--critical``, Pneumothorax by default: its own threshold at
+``--critical-specificity`` among the held-out images without the finding) and stores the flag
+rates the service should expect at the deployment prevalence (``expected_rates``), which its
+drift monitor compares with.
 """
 
 from __future__ import annotations
@@ -56,15 +61,40 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="calibrate P(abnormal) to this share of abnormal studies (default 0.46, the NIH "
         "ChestX-ray14 population; 0 keeps the calibration set's own prevalence)",
     )
+    p.add_argument(
+        "--critical",
+        action="append",
+        default=[],
+        metavar="FINDING",
+        help="a finding that needs a radiologist now: its studies get the critical tier and go first "
+        "(repeatable; default Pneumothorax when the model has it; 'none' for no critical tier)",
+    )
+    p.add_argument(
+        "--critical-specificity",
+        type=float,
+        default=0.99,
+        metavar="S",
+        help="the critical threshold keeps this share of held-out images without the finding "
+        "below it (default 0.99); never below the finding's own threshold",
+    )
+    p.add_argument(
+        "--keep-calibration",
+        action="store_true",
+        help="keep the checkpoint's calibration and thresholds; only set the critical tier and the "
+        "expected flag rates from the predictions (put through that calibration)",
+    )
     p.add_argument("--output", type=Path, required=True, help="calibrated checkpoint to write")
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    import copy
+
     import numpy as np
 
     from xraytriage.errors import ConfigError
     from xraytriage.evaluate.calibration import calibrate_checkpoint, logit
+    from xraytriage.evaluate.flag_rates import critical_thresholds, expected_rates, resolve_critical
     from xraytriage.evaluate.operating_points import parse_label_targets, parse_method
     from xraytriage.evaluate.predictions import (
         evaluable_labels,
@@ -94,26 +124,53 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError("--deployment-prevalence must be in (0, 1), or 0 to keep the data's own")
         if ABNORMAL in names:
             prevalence[ABNORMAL] = args.deployment_prevalence
-    calibrated = calibrate_checkpoint(
-        checkpoint, logits, labels, args.method, method, target,
-        label_targets=parse_label_targets(args.label_target),
-        deployment_prevalence=prevalence,
-        max_normal_flag_rate=args.max_normal_flag_rate,
+    if args.keep_calibration:
+        calibrated = copy.copy(checkpoint)  # its calibration and thresholds, as they are
+        calibrated.metrics = dict(checkpoint.metrics)
+    else:
+        calibrated = calibrate_checkpoint(
+            checkpoint, logits, labels, args.method, method, target,
+            label_targets=parse_label_targets(args.label_target),
+            deployment_prevalence=prevalence,
+            max_normal_flag_rate=args.max_normal_flag_rate,
+        )  # fmt: skip
+        calibrated.metrics = {
+            **calibrated.metrics,
+            "calibration": {**calibrated.metrics["calibration"], "source": str(args.predictions)},
+        }
+    probs = calibrated.probabilities(logits)
+    critical = resolve_critical(calibrated.findings, args.critical, names)
+    calibrated.critical = critical_thresholds(
+        labels, probs, names, critical, calibrated.thresholds, args.critical_specificity,
+        required=bool(args.critical),
     )  # fmt: skip
-    calibrated.metrics = {
-        **calibrated.metrics,
-        "calibration": {**calibrated.metrics["calibration"], "source": str(args.predictions)},
-    }
+    calibrated.expected_rates = {
+        **(checkpoint.expected_rates or {}),
+        **expected_rates(
+            labels, probs, calibrated.abnormal_probability(probs), names, calibrated.findings,
+            calibrated.thresholds, calibrated.study_flag_threshold, calibrated.critical,
+            prevalence=args.deployment_prevalence or None, source=str(args.predictions),
+        ),
+    }  # fmt: skip
     calibrated.save(args.output)
     known = ~np.isnan(labels)
-    print(
-        f"wrote {args.output}: {args.method} calibration and {args.operating_point} thresholds "
-        f"from {len(frame)} held-out images ({int(known.sum())} known labels)"
+    done = (
+        "the critical tier and expected flag rates (calibration and thresholds kept)"
+        if args.keep_calibration
+        else f"{args.method} calibration and {args.operating_point} thresholds"
     )
+    print(f"wrote {args.output}: {done} from {len(frame)} held-out images ({int(known.sum())} known labels)")
     for name in names:
-        print(f"  {name:<22} threshold {calibrated.thresholds[name]:.3f}")
-    record = calibrated.metrics["calibration"]
-    for name, shift in record["deployment_prevalence"].items():
+        crit = calibrated.critical.get(name)
+        extra = f"  critical at {crit:.3f} ({args.critical_specificity:.0%} specificity)" if crit else ""
+        print(f"  {name:<22} threshold {calibrated.threshold(name):.3f}{extra}")
+    rates = calibrated.expected_rates
+    print(
+        f"  expected at deployment: {rates['flagged']:.1%} of studies flagged, {rates['critical']:.1%} critical "
+        f"(from {rates['n']} held-out images; the service's /metrics compares with these)"
+    )
+    record = {} if args.keep_calibration else calibrated.metrics.get("calibration") or {}
+    for name, shift in (record.get("deployment_prevalence") or {}).items():
         print(
             f"  {name}: probabilities moved from the calibration set's prevalence "
             f"{shift['calibration_prevalence']:.2f} to the deployment prevalence {shift['deployment_prevalence']:.2f}"

@@ -82,6 +82,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "token only 127.0.0.1, localhost, [::1] and --host are answered (DNS rebinding protection)",
     )
     p.add_argument(
+        "--drift-window",
+        type=int,
+        default=500,
+        metavar="N",
+        help="drift monitor: count flag rates over the last N triaged studies and compare them with "
+        "the rates the model's calibration expects (/healthz, /metrics, a banner on the worklist; default 500)",
+    )
+    p.add_argument(
+        "--drift-min-studies",
+        type=int,
+        default=100,
+        metavar="N",
+        help="drift monitor: judge a departure only once N studies are triaged (default 100)",
+    )
+    p.add_argument(
         "--hide-identifiers",
         action="store_true",
         help="shared screens: leave patient ID, accession, age/sex and study date out of every page, "
@@ -206,6 +221,8 @@ def build_config(args: argparse.Namespace):
         min_free_mb=args.min_free_mb,
         dicom=build_dicom_settings(args),
         hide_identifiers=args.hide_identifiers,
+        drift_window=args.drift_window,
+        drift_min_studies=args.drift_min_studies,
         allowed_hosts=tuple(args.allowed_host),
     )
 

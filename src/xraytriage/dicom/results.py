@@ -7,8 +7,14 @@
   group per finding holds its probability, its operating threshold and whether it is flagged;
   VerificationFlag is UNVERIFIED and a comment states that this is an unverified AI result.
 
-Finding names have no standard code shared by every label set, so they are coded in a local
-scheme ``99XRAYTRIAGE`` (private schemes start with "99", PS3.16 8.1) with the name as meaning.
+Findings are coded in SNOMED CT where a concept says what the label means
+(:data:`SNOMED_FINDINGS`, with where each code was checked); a label without one (Infiltration,
+Pleural Thickening, Hernia: NIH's terms are looser than any single concept) keeps a code in the
+local scheme ``99XRAYTRIAGE`` (private schemes start with "99", PS3.16 8.1) with the label as
+meaning. Every group's tracking identifier is the model's own label, whichever code it has.
+
+The report also states the study's triage tier (critical | flagged | routine), the reason for
+its flag, and its out-of-distribution score when the model gives one.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid
 
 from xraytriage.dicom.acceptance import CHEST_BODY_PARTS, normalize_body_part
 from xraytriage.dicom.copied import clean_source
+from xraytriage.labels import canonical_label
 
 MANUFACTURER = "xraytriage"
 NOT_FOR_DIAGNOSTIC_USE = "NOT FOR DIAGNOSTIC USE"
@@ -41,6 +48,36 @@ PLAIN_CHEST_XRAY = hd.sr.CodedConcept("399208008", "SCT", "Plain chest X-ray")
 PLAIN_RADIOGRAPHY = hd.sr.CodedConcept(*codes.SCT.PlainRadiography[:3])
 OPERATING_THRESHOLD = hd.sr.CodedConcept("OPERATING_THRESHOLD", LOCAL_SCHEME, "Operating threshold")
 FLAGGED = hd.sr.CodedConcept("AT_OR_ABOVE_THRESHOLD", LOCAL_SCHEME, "At or above operating threshold")
+TRIAGE_TIER = hd.sr.CodedConcept("TRIAGE_TIER", LOCAL_SCHEME, "Triage tier")
+FLAG_REASON = hd.sr.CodedConcept("FLAG_REASON", LOCAL_SCHEME, "Reason for flag")
+OOD_SCORE = hd.sr.CodedConcept("OOD_SCORE", LOCAL_SCHEME, "Out-of-distribution score")
+TIERS = {
+    "critical": hd.sr.CodedConcept("CRITICAL", LOCAL_SCHEME, "Critical: read now"),
+    "flagged": hd.sr.CodedConcept("FLAGGED", LOCAL_SCHEME, "Flagged"),
+    "routine": hd.sr.CodedConcept("ROUTINE", LOCAL_SCHEME, "Routine"),
+}
+
+SNOMED_FINDINGS: dict[str, tuple[str, str]] = {
+    # label: (SNOMED CT concept id, meaning). Checked against DICOM PS3.16 (as shipped in
+    # pydicom's concept dictionary, pydicom.sr._concepts_dict) where DICOM uses the concept:
+    "Pneumothorax": ("36118008", "Pneumothorax"),  # PS3.16 CID 6102, 6105 (chest findings)
+    "Effusion": ("60046008", "Pleural effusion"),  # PS3.16 CID 645
+    "Edema": ("19242006", "Pulmonary edema"),  # PS3.16 CID 3700
+    "Mass": ("4147007", "Mass"),  # PS3.16 CID 6102 (chest findings), 6104
+    "Nodule": ("27925004", "Nodule"),  # PS3.16 CID 6102 (chest findings), 6104
+    # and, where PS3.16 has no chest use of the concept, the SNOMED CT International release's
+    # concept of that name (fully specified name in brackets), found the same in independent
+    # public code lists that map the ChestX-ray14 labels:
+    "Atelectasis": ("46621007", "Atelectasis"),  # Atelectasis (disorder)
+    "Cardiomegaly": ("8186001", "Cardiomegaly"),  # Cardiomegaly (disorder)
+    "Pneumonia": ("233604007", "Pneumonia"),  # Pneumonia (disorder)
+    "Consolidation": ("95436008", "Lung consolidation"),  # Lung consolidation (disorder)
+    "Emphysema": ("87433001", "Pulmonary emphysema"),  # Pulmonary emphysema (disorder)
+    "Fibrosis": ("51615001", "Pulmonary fibrosis"),  # Fibrosis of lung (disorder)
+}
+"""Findings with a SNOMED CT code. Infiltration (no single concept: NIH's "infiltration"
+covers several opacities), Pleural Thickening and Hernia (NIH's label is mostly, not only,
+hiatus hernia) are left to the private scheme rather than coded as something they may not be."""
 ABNORMAL_NAME = "Abnormal"
 
 
@@ -250,6 +287,12 @@ def _local_code(name: str) -> hd.sr.CodedConcept:
     return hd.sr.CodedConcept(value or "UNNAMED", LOCAL_SCHEME, name[:64])
 
 
+def finding_code(name: str) -> hd.sr.CodedConcept:
+    """The SNOMED CT concept of a finding label when it has one, else the private code."""
+    known = SNOMED_FINDINGS.get(canonical_label(name))
+    return hd.sr.CodedConcept(known[0], "SCT", known[1]) if known else _local_code(name)
+
+
 def procedure_for(sources: Sequence[Dataset]) -> hd.sr.CodedConcept:
     """Plain chest X-ray when any source is a chest (or says nothing), else plain radiography."""
     parts = {normalize_body_part(ds.get("BodyPartExamined", "")) for ds in sources}
@@ -283,7 +326,7 @@ def _group(
         evaluations.append(hd.sr.QualitativeEvaluation(name=FLAGGED, value=flagged))
     return hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=name[:64]),
-        finding_type=_local_code(name),
+        finding_type=_local_code(name) if name == ABNORMAL_NAME else finding_code(name),
         algorithm_id=hd.sr.AlgorithmIdentification(name=model.name[:64], version=model.version[:64]),
         measurements=measurements,
         qualitative_evaluations=evaluations or None,
@@ -299,12 +342,18 @@ def build_structured_report(
     series_number: int,
     instance_number: int,
     abnormal: float | None = None,
+    tier: str | None = None,
+    flag_reason: str = "",
+    ood_score: float | None = None,
 ) -> Dataset:
     """A TID 1500 Comprehensive SR of ``findings`` for the images ``sources`` (same study).
 
     One measurement group per finding (Probability, Operating threshold, At or above operating
-    threshold: Yes/No) plus one for the abnormal score when given; UNVERIFIED, PRELIMINARY.
+    threshold: Yes/No) plus one for the abnormal score when given; the study's triage tier,
+    the reason for its flag and its OOD score when given; UNVERIFIED, PRELIMINARY.
     """
+    if tier is not None and tier not in TIERS:
+        raise ValueError(f"triage tier {tier!r} is not one of {', '.join(TIERS)}")
     if not sources:
         raise ValueError("a structured report needs at least one source image")
     if not findings and abnormal is None:
@@ -317,8 +366,31 @@ def build_structured_report(
         groups.append(_group(ABNORMAL_NAME, abnormal, None, model, evidence))
     with _quiet_person_names():
         return _comprehensive_sr(
-            evidence, sources, groups, model, series_instance_uid, series_number, instance_number
+            evidence, sources, groups, model, series_instance_uid, series_number, instance_number,
+            _study_items(tier, flag_reason, ood_score),
+        )  # fmt: skip
+
+
+def _study_items(tier: str | None, flag_reason: str, ood_score: float | None) -> list:
+    """The study-level content items: tier (CODE), reason for the flag (TEXT), OOD score (NUM)."""
+    contains = hd.sr.RelationshipTypeValues.CONTAINS
+    items: list = []
+    if tier is not None:
+        items.append(hd.sr.CodeContentItem(name=TRIAGE_TIER, value=TIERS[tier], relationship_type=contains))
+    if flag_reason:
+        items.append(
+            hd.sr.TextContentItem(name=FLAG_REASON, value=flag_reason[:1024], relationship_type=contains)
         )
+    if ood_score is not None:
+        items.append(
+            hd.sr.NumContentItem(
+                name=OOD_SCORE,
+                value=round(float(ood_score), 6),
+                unit=codes.UCUM.NoUnits,
+                relationship_type=contains,
+            )
+        )
+    return items
 
 
 def _comprehensive_sr(
@@ -329,6 +401,7 @@ def _comprehensive_sr(
     series_instance_uid: str,
     series_number: int,
     instance_number: int,
+    study_items: Sequence = (),
 ) -> Dataset:
     context = hd.sr.ObservationContext(
         observer_device_context=hd.sr.ObserverContext(
@@ -354,6 +427,7 @@ def _comprehensive_sr(
             relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
         )
     )
+    report[0].ContentSequence.extend(study_items)
     return hd.sr.ComprehensiveSR(
         evidence=evidence,
         content=report[0],

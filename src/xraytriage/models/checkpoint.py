@@ -18,6 +18,10 @@ A checkpoint is a plain dict saved with ``torch.save`` and loaded with ``weights
                    evaluation can say when they are shown images the model has already seen)
     scope          what the model reads: {"body_parts": ["CHEST"], "views": ["PA", "AP"]}
                    (optional; checkpoints without it get ``scope.default_scope``)
+    critical       {finding: threshold}: findings that need a radiologist now, each at its own
+                   high-specificity threshold (``calibrate --critical``; optional, none without it)
+    expected_rates {"flagged": r, "findings": {name: r}, "ood": r}: the flag rates calibration
+                   expects at deployment, which the service's drift monitor compares with (optional)
 """
 
 from __future__ import annotations
@@ -71,6 +75,10 @@ class Checkpoint:
     localiser: dict[str, Any] | None = None
     """The box-supervised localiser (:class:`xraytriage.models.localiser.Localiser` as a dict),
     when one was attached: it draws the boxes of the findings it covers instead of Grad-CAM."""
+    critical: dict[str, float] = field(default_factory=dict)
+    """Critical findings and their own thresholds (``triage.reasons``); empty: no critical tier."""
+    expected_rates: dict[str, Any] | None = None
+    """Expected flag rates (``serving.drift`` compares the service's rolling rates with them)."""
 
     def __post_init__(self) -> None:
         if len(self.label_names) != self.model.num_classes:
@@ -172,6 +180,8 @@ class Checkpoint:
             "training_images": list(self.training_images),
             "scope": self.scope,
             **({"localiser": self.localiser} if self.localiser else {}),
+            **({"critical": {k: float(v) for k, v in self.critical.items()}} if self.critical else {}),
+            **({"expected_rates": self.expected_rates} if self.expected_rates else {}),
         }
 
     def save(self, path: str | Path, half: bool = False) -> Path:
@@ -208,6 +218,10 @@ class Checkpoint:
             created=str(data.get("created", "")),
             scope=dict(data["scope"]) if isinstance(data.get("scope"), dict) else None,
             localiser=dict(data["localiser"]) if isinstance(data.get("localiser"), dict) else None,
+            critical={str(k): float(v) for k, v in (data.get("critical") or {}).items()},
+            expected_rates=dict(data["expected_rates"])
+            if isinstance(data.get("expected_rates"), dict)
+            else None,
         )
 
 

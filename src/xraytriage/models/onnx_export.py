@@ -17,7 +17,7 @@ apply it travels in the model's ``metadata_props`` so an ``.onnx`` file is self-
     xraytriage.label_names   JSON list, output order
     xraytriage.preprocess    JSON preprocessing contract
     xraytriage.model         JSON model config
-    xraytriage.head          JSON {thresholds, calibration, abnormal}
+    xraytriage.head          JSON {thresholds, calibration, abnormal, scope, critical, expected_rates}
     xraytriage.package_version
 """
 
@@ -78,6 +78,8 @@ def onnx_metadata(checkpoint: Checkpoint) -> dict[str, str]:
         "calibration": checkpoint.calibration,
         "abnormal": checkpoint.abnormal,
         "scope": checkpoint.scope,
+        "critical": checkpoint.critical,
+        "expected_rates": checkpoint.expected_rates,
     }
     return {
         f"{META_PREFIX}format": ONNX_FORMAT,
@@ -171,6 +173,8 @@ def head_checkpoint(meta: dict[str, str]) -> Checkpoint:
         package_version=meta.get("package_version", "?"),
         created=meta.get("checkpoint_created", ""),
         scope=head.get("scope"),
+        critical={str(k): float(v) for k, v in (head.get("critical") or {}).items()},
+        expected_rates=head.get("expected_rates") if isinstance(head.get("expected_rates"), dict) else None,
     )
 
 

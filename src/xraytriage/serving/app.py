@@ -7,12 +7,13 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from xraytriage import __version__
 from xraytriage.serving import schemas
 from xraytriage.serving.auth import BodyLimit, Guard, TokenAuth, login_page, login_submit, logout
 from xraytriage.serving.config import ServeConfig
+from xraytriage.serving.metrics import metrics_registry, render
 from xraytriage.serving.security import HostCheck, SecurityHeaders, allowed_host_names
 from xraytriage.serving.service import TriageService
 from xraytriage.serving.storage import is_storage_error
@@ -104,6 +105,7 @@ def create_app(config: ServeConfig, service: TriageService | None = None) -> Fas
             "model": service.checkpoint.name,
             "queue": service.pending(),
             "uptime_s": round(time.time() - service.started_at, 1),
+            "drift": service.drift.report().to_dict(),
             "dicom": None
             if node is None
             else {
@@ -112,6 +114,18 @@ def create_app(config: ServeConfig, service: TriageService | None = None) -> Fas
                 "destination": node.settings.destination,
             },
         }
+
+    registry = metrics_registry(service.drift, service.pending)
+
+    @app.get(
+        "/metrics",
+        tags=["service"],
+        summary="Flag rates against what calibration expects, and queue depth (Prometheus text format)",
+        response_class=Response,
+    )
+    def metrics() -> Response:
+        body, content_type = render(registry)
+        return Response(body, media_type=content_type)
 
     @app.get("/login", include_in_schema=False)
     def login_form(next: str = "/"):

@@ -56,6 +56,10 @@ class ServeConfig:
     allowed_hosts: tuple[str, ...] = ()
     """Host names (besides 127.0.0.1, localhost, [::1] and the bound address) the service answers
     to; ``*`` turns the check off. Without a token the check is always on (DNS rebinding)."""
+    drift_window: int = 500
+    """The drift monitor counts flag rates over this many most recent triaged studies."""
+    drift_min_studies: int = 100
+    """Studies the drift monitor waits for before judging a departure."""
     hide_identifiers: bool = False
     """Leave patient ID, accession number, age, sex and study date out of every page, API
     answer and CSV (shared screens); views and body parts stay."""
@@ -72,6 +76,11 @@ class ServeConfig:
             raise ConfigError("the pixel limit and the heatmap pool must be positive")
         if self.min_free_mb < 0:
             raise ConfigError(f"the free-space reserve must be >= 0 MB, got {self.min_free_mb}")
+        if self.drift_window < 1 or not 1 <= self.drift_min_studies <= self.drift_window:
+            raise ConfigError(
+                f"drift window ({self.drift_window}) and minimum ({self.drift_min_studies}) must satisfy "
+                "1 <= minimum <= window"
+            )
         if self.token is not None and len(self.token) < 8:
             raise ConfigError("the API token must be at least 8 characters")
 

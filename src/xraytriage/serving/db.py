@@ -104,7 +104,7 @@ class Study(Base):
     site_priority: Mapped[float | None] = mapped_column(Float, nullable=True)
     key_image_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     error: Mapped[str] = mapped_column(Text, default="")
-    predicted_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    predicted_at: Mapped[float | None] = mapped_column(Float, nullable=True, index=True)
     heatmaps_state: Mapped[HeatmapsState] = mapped_column(
         StateType(HeatmapsState), default=HeatmapsState.NONE, index=True
     )
@@ -116,6 +116,9 @@ class Study(Base):
     new_images_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     """When an image arrived after the study was marked reading/read (cleared when read again)."""
     warnings: Mapped[str] = mapped_column(Text, default="")
+    tier: Mapped[str | None] = mapped_column(String(16), nullable=True, index=True)
+    flag_reason: Mapped[str] = mapped_column(Text, default="", server_default="")
+    ood_score: Mapped[float | None] = mapped_column(Float, nullable=True)
     """Caveats of its images the reader should see (low resolution), ``"; "``-separated."""
     # from the DICOM header, to match the worklist with the PACS (shown, never logged)
     patient_id: Mapped[str] = mapped_column(String(64), default="")

@@ -243,6 +243,9 @@ class DicomNode:
                 SR_SERIES_NUMBER,
                 1,
                 abnormal=abnormal,
+                tier=inputs.study.tier,
+                flag_reason=inputs.study.flag_reason,
+                ood_score=inputs.study.ood_score,
             )
         )
         return datasets

@@ -112,6 +112,9 @@ def decide_study(
         site_priority=row.site_priority,
         key_image_id=row.path,
         warnings="; ".join(dict.fromkeys(w for w in caveats if w)),
+        tier=row.tier,
+        flag_reason=row.flag_reason,
+        ood_score=row.ood_score,
     )
     due = policy.enabled and bool(findings[: policy.findings])
     return Settlement(error, scores, HeatmapsState.PENDING if due else HeatmapsState.NONE)

@@ -71,10 +71,12 @@ def worklist_page(
     data = worklist_json(
         service.repo, service.checkpoint, hide, service.pending, status, finding, None, limit
     )
+    drift = service.drift.report().banner()
     return _render(
         request,
         service,
         "worklist.html",
+        drift=drift,
         data=data,
         labels=list(service.checkpoint.findings),
         status=status or "",

@@ -67,6 +67,9 @@ class StudyRecord:
     """The DICOM node's last attempt (None when there is none)."""
     new_images_at: float | None = None
     warnings: str = ""
+    tier: str | None = None
+    flag_reason: str = ""
+    ood_score: float | None = None
     patient_id: str = ""
     accession: str = ""
     patient_age: str = ""
@@ -122,6 +125,16 @@ class WorklistPage:
 
 
 @dataclass(frozen=True)
+class StudyOutcome:
+    """A triaged study as the drift monitor counts it."""
+
+    abnormal: float
+    findings: tuple[str, ...]
+    tier: str | None
+    ood_score: float | None
+
+
+@dataclass(frozen=True)
 class StudyView:
     """Everything the study page shows, read in one transaction."""
 
@@ -153,6 +166,9 @@ class StudyScores:
     site_priority: float | None
     key_image_id: str
     warnings: str
+    tier: str | None = None
+    flag_reason: str = ""
+    ood_score: float | None = None
 
 
 @dataclass(frozen=True)

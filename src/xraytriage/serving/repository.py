@@ -39,6 +39,7 @@ from xraytriage.serving.records import (
     ImageScore,
     ResultsInputs,
     Settlement,
+    StudyOutcome,
     StudyRecord,
     StudyView,
     WorklistPage,
@@ -51,6 +52,7 @@ from xraytriage.serving.states import (
     StudyState,
     check_move,
 )
+from xraytriage.triage.reasons import STAT, TIER_CRITICAL, tier_rank
 from xraytriage.triage.worklist import site_rank
 
 WAITING = (ImageState.QUEUED, ImageState.PROCESSING)
@@ -130,6 +132,11 @@ def finding_filter(name: str):
 def _site_rank(column):
     """:func:`~xraytriage.triage.worklist.site_rank` in SQL (none sorts below ROUTINE)."""
     return func.coalesce(column, -1.0)
+
+
+def _critical_first(tier, site_priority):
+    """:func:`~xraytriage.triage.reasons.tier_rank` in SQL: 1 for a critical or STAT study."""
+    return case((or_(tier == TIER_CRITICAL, func.coalesce(site_priority, -1.0) >= STAT), 1), else_=0)
 
 
 def _group():
@@ -314,7 +321,8 @@ class Repository:
             study.predicted_at = now
             scores = outcome.scores
             if scores is None:
-                study.priority = study.abnormal = None
+                study.priority = study.abnormal = study.tier = study.ood_score = None
+                study.flag_reason = ""
                 study.findings = []
                 _move(study, "heatmaps_state", HeatmapsState, HeatmapsState.NONE)
                 return
@@ -325,6 +333,9 @@ class Repository:
             study.probabilities_json = json.dumps(scores.probabilities)
             study.site_priority = scores.site_priority
             study.key_image_id = scores.key_image_id
+            study.tier = scores.tier
+            study.flag_reason = scores.flag_reason
+            study.ood_score = scores.ood_score
             _move(study, "heatmaps_state", HeatmapsState, outcome.heatmaps)
             if outcome.heatmaps == HeatmapsState.NONE:
                 study.explained_at = now
@@ -468,12 +479,16 @@ class Repository:
         limit: int | None = None,
         offset: int = 0,
     ) -> WorklistPage:
-        """The worklist in SQL: triaged studies by priority (highest first; at equal priority
+        """The worklist in SQL: triaged studies, critical and STAT ones first, by priority (highest first; at equal priority
         the higher site priority, as in the ``triage`` worklist, then the oldest), then waiting
         ones (oldest first), then unreadable ones. Ranks are those of the whole worklist, so a filtered view keeps them;
         ``finding`` is a model label name."""
         group = _group()
         order = (
+            _critical_first(
+                case((Study.state == StudyState.DONE, Study.tier), else_=None),
+                case((Study.state == StudyState.DONE, Study.site_priority), else_=None),
+            ).desc(),
             func.coalesce(case((Study.state == StudyState.DONE, Study.priority), else_=None), -1.0).desc(),
             _site_rank(case((Study.state == StudyState.DONE, Study.site_priority), else_=None)).desc(),
             Study.received_at,
@@ -508,6 +523,20 @@ class Repository:
                 for study, grp, pos, count in s.execute(query)
             ]
         return WorklistPage(rows, int(total or 0))
+
+    def recent_outcomes(self, limit: int) -> list[StudyOutcome]:
+        """The last ``limit`` triaged studies (latest first): what the drift monitor counts."""
+        with self.db.session() as s:
+            query = (
+                select(Study.abnormal, Study.findings, Study.tier, Study.ood_score)
+                .where(Study.state == StudyState.DONE, Study.abnormal.is_not(None))
+                .order_by(Study.predicted_at.desc(), Study.id)
+                .limit(limit)
+            )
+            return [
+                StudyOutcome(float(abnormal), tuple(f.name for f in findings or []), tier, ood)
+                for abnormal, findings, tier, ood in s.execute(query)
+            ]
 
     # --- the DICOM node ------------------------------------------------------------------------
     def dicom_ready(self, now: float, quiet_before: float) -> list[str]:
@@ -565,10 +594,17 @@ def _rank_of(session: Session, study: Study) -> int | None:
     if study.state != StudyState.DONE or study.priority is None:
         return None
     site, mine = _site_rank(Study.site_priority), site_rank(study.site_priority)
+    tier, my_tier = (
+        _critical_first(Study.tier, Study.site_priority),
+        tier_rank(study.tier, study.site_priority),
+    )
+    same_tier = tier == my_tier
     ahead = or_(
-        Study.priority > study.priority,
-        and_(Study.priority == study.priority, site > mine),
+        tier > my_tier,
+        and_(same_tier, Study.priority > study.priority),
+        and_(same_tier, Study.priority == study.priority, site > mine),
         and_(
+            same_tier,
             Study.priority == study.priority,
             site == mine,
             or_(

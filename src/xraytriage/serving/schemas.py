@@ -50,6 +50,20 @@ class StudySummary(BaseModel):
     priority: float | None
     abnormal: float | None = Field(description="P(abnormal) of the study")
     flagged: bool | None = Field(description="P(abnormal) at or above the model's study threshold")
+    tier: Literal["critical", "flagged", "routine"] | None = Field(
+        None,
+        description="critical: a critical finding (e.g. Pneumothorax) at or above its own high-specificity "
+        "threshold, listed first; flagged: the study flag; routine: neither (None until triaged)",
+    )
+    flag_reason: str | None = Field(
+        None, description="what drives the flag: the findings above threshold, or the study threshold"
+    )
+    ood_score: float | None = Field(
+        None, description="how unlike the training images the study is (higher = less alike); None: unknown"
+    )
+    site_priority: float | None = Field(
+        None, description="the priority the site gave (STAT 1.0 goes first, with the critical tier)"
+    )
     findings: list[Finding] = Field(description="findings at or above their threshold, most probable first")
     findings_text: str = Field(description='the same as text: "Effusion 0.81; Mass 0.64"')
     images: int
@@ -164,6 +178,9 @@ class ModelInfo(BaseModel):
     findings: list[str]
     thresholds: dict[str, float]
     study_flag_threshold: float | None
+    critical: dict[str, float] = Field(
+        default_factory=dict, description="critical findings and their own thresholds (the critical tier)"
+    )
     backend: str
     file: str
 
@@ -181,6 +198,31 @@ class DicomNodeState(BaseModel):
     destination: str | None
 
 
+class RateDeparture(BaseModel):
+    rate: str = Field(description="flagged, critical, finding or ood")
+    finding: str
+    count: int
+    studies: int
+    observed: float
+    expected: float
+    low: float = Field(description="lowest rate the binomial bound allows")
+    high: float = Field(description="highest rate the binomial bound allows")
+    departed: bool
+    message: str
+
+
+class DriftState(BaseModel):
+    status: Literal["ok", "departure", "warming_up", "no_expectation"] = Field(
+        description="departure: a flag rate of the last studies is outside what calibration expects"
+    )
+    window: int
+    studies: int = Field(description="triaged studies counted (the last `window`)")
+    min_studies: int
+    alpha: float
+    departures: list[RateDeparture]
+    message: str | None
+
+
 class Health(BaseModel):
     status: Literal["ok", "degraded"]
     storage: StorageState
@@ -189,6 +231,7 @@ class Health(BaseModel):
     model: str
     queue: QueueDepth
     uptime_s: float
+    drift: DriftState | None = None
     dicom: DicomNodeState | None
 
 

@@ -25,6 +25,7 @@ from xraytriage.serving import decode
 from xraytriage.serving.config import ServeConfig
 from xraytriage.serving.db import Database
 from xraytriage.serving.drawings import Drawings
+from xraytriage.serving.drift import DriftMonitor, DriftWatch
 from xraytriage.serving.intake import UploadRejected, inspect_upload, study_id_for
 from xraytriage.serving.jobs import MAX_ATTEMPTS, HeatmapPolicy, Jobs
 from xraytriage.serving.repository import Repository
@@ -97,6 +98,12 @@ class TriageService:
             config.heatmaps,
             config.poll_seconds,
         )
+        self.drift = DriftWatch(
+            self.repo.recent_outcomes,
+            DriftMonitor.for_checkpoint(
+                self.checkpoint, window=config.drift_window, min_studies=config.drift_min_studies
+            ),
+        )
         self.started_at = time.time()
 
     # --- life cycle ----------------------------------------------------------------------
@@ -148,6 +155,7 @@ class TriageService:
             "findings": list(ckpt.findings),
             "thresholds": {n: ckpt.threshold(n) for n in ckpt.findings},
             "study_flag_threshold": ckpt.study_flag_threshold,
+            "critical": dict(ckpt.critical),
             "backend": getattr(self.predictor, "name", ""),
             "file": self.model_path.name,
         }

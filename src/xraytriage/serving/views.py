@@ -35,6 +35,7 @@ CSV_BASE = (
     "flagged",
     "findings",
 )
+CSV_TAIL = ("tier", "flag_reason", "ood_score")
 
 
 IDENTIFIERS = ("patient_id", "accession", "patient_age", "patient_sex", "study_date")
@@ -116,8 +117,12 @@ def study_summary(
         "new_images_at": iso(study.new_images_at),
         "warnings": [w for w in (study.warnings or "").split("; ") if w],
         "priority": rounded(study.priority),
+        "site_priority": rounded(study.site_priority),
         "abnormal": rounded(study.abnormal),
         "flagged": study_flagged(study, flag_at),
+        "tier": study.tier if study.abnormal is not None else None,
+        "flag_reason": study.flag_reason or None,
+        "ood_score": rounded(study.ood_score),
         "findings": [f.to_dict() for f in study.findings],
         "findings_text": study.findings_text,
         "images": images,
@@ -223,7 +228,7 @@ def worklist_csv(
 ) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow([*CSV_BASE, *label_names, "images", "error", "warnings"])
+    writer.writerow([*CSV_BASE, *label_names, "images", "error", "warnings", *CSV_TAIL])
     for study, rank, images in rows:
         probabilities = study.probabilities
         pacs = pacs_fields(study, hide_identifiers)
@@ -244,6 +249,9 @@ def worklist_csv(
                 images,
                 study.error,
                 study.warnings,
+                study.tier or "",
+                study.flag_reason,
+                "" if study.ood_score is None else f"{study.ood_score:.6f}",
             ]
         )
     return buffer.getvalue()

@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from xraytriage.triage.reasons import TIER_CRITICAL
 from xraytriage.triage.worklist import WorklistRow, safe_text
 
 
@@ -34,6 +35,23 @@ def top_findings(findings: str, limit: int = 3) -> str:
     return "; ".join(items[:limit]) + (f" (+{rest} more)" if rest > 0 else "")
 
 
+def flag_badge(row: WorklistRow) -> str:
+    """CRITICAL (white on red) for the critical tier, FLAGGED (red) for a flag, else a dash."""
+    if row.tier == TIER_CRITICAL:
+        return "[bold white on red]CRITICAL[/]"
+    return "[bold red]FLAGGED[/]" if row.flagged else "[dim]-[/]"
+
+
+def findings_cell(row: WorklistRow) -> str:
+    """The top findings; for a flag no single finding explains, that short reason instead
+    (the CSV/JSON ``flag_reason`` has the full sentence with both numbers)."""
+    if row.findings:
+        return escape(top_findings(row.findings))
+    if row.flag_reason:  # the study threshold's sentence: P(abnormal) is in its own column
+        return "abnormal, no single finding"
+    return "-"
+
+
 def worklist_table(rows: Sequence[WorklistRow], top: int = 10, title: str | None = None) -> Table:
     """Rank, the study flag, study, priority, P(abnormal) and at most three findings above
     threshold, for the ``top`` studies: the flag first, because that is what a reader acts on."""
@@ -49,12 +67,12 @@ def worklist_table(rows: Sequence[WorklistRow], top: int = 10, title: str | None
         site = f" (site {row.site_priority:.2f})" if row.site_priority is not None else ""
         table.add_row(
             str(row.rank),
-            "[bold red]FLAGGED[/]" if row.flagged else "[dim]-[/]",
+            flag_badge(row),
             escape(short_study(safe_text(row.study))),
             f"[bold]{row.priority:.2f}[/]{site}" if row.flagged else f"{row.priority:.2f}{site}",
             f"{row.abnormal:.2f}",
             str(row.images),
-            top_findings(row.findings) if row.findings else "-",
+            findings_cell(row),
         )
     return table
 
@@ -63,11 +81,12 @@ def summary_line(rows: Sequence[WorklistRow], images_total: int, seconds: float)
     studies = sum(1 for r in rows if r.ok)
     errors = [r for r in rows if not r.ok]
     flagged = sum(1 for r in rows if r.ok and r.flagged)
+    critical = sum(1 for r in rows if r.ok and r.tier == TIER_CRITICAL)
     with_findings = sum(1 for r in rows if r.ok and r.findings)
     speed = f", {images_total / seconds:.1f} images/s" if seconds > 0 else ""
     return (
         f"{images_total} file(s) -> {studies} stud{'y' if studies == 1 else 'ies'} triaged, "
-        f"{flagged} flagged, {with_findings} with findings above threshold, {len(errors)} error(s){speed}"
+        f"{critical} critical, {flagged} flagged, {with_findings} with findings above threshold, {len(errors)} error(s){speed}"
     )
 
 
@@ -93,5 +112,5 @@ def print_worklist(
     console.print(
         "[dim]Triage aid: the list is ordered by priority (= P(abnormal) unless urgency weights or a "
         "site priority raise it); FLAGGED = P(abnormal) at or above the model's high-specificity "
-        "threshold; findings are model probabilities above their operating thresholds, not a diagnosis.[/]"
+        "threshold; CRITICAL = a critical finding (e.g. Pneumothorax) at or above its own high-specificity threshold, listed first; findings are model probabilities above their operating thresholds, not a diagnosis.[/]"
     )

@@ -34,6 +34,7 @@ from xraytriage.scope import low_resolution_warning, scope_problem
 from xraytriage.triage.aggregate import aggregate_probabilities, check_aggregation
 from xraytriage.triage.grouping import check_study_mode, study_key
 from xraytriage.triage.priority import PriorityRules, SitePriorities, UrgencyWeights, dicom_site_priority
+from xraytriage.triage.reasons import critical_findings, flag_reason, study_tier
 from xraytriage.triage.worklist import WorklistRow, format_findings, sort_worklist
 
 log = logging.getLogger(__name__)
@@ -288,6 +289,7 @@ class TriageEngine:
         labels = list(self.checkpoint.label_names)
         thresholds = {name: self.checkpoint.threshold(name) for name in self.checkpoint.findings}
         flag_at = self.checkpoint.study_flag_threshold
+        critical = {n: t for n, t in self.checkpoint.critical.items() if n in labels}
         studies: dict[str, list[ImageResult]] = defaultdict(list)
         rows: list[WorklistRow] = []
         for result in results:
@@ -305,13 +307,17 @@ class TriageEngine:
             probabilities = {name: float(p) for name, p in zip(labels, probs, strict=True)}
             findings = format_findings(probabilities, thresholds)
             warnings = dict.fromkeys(w for r in images for w in r.warnings)
+            flagged = abnormal >= flag_at if flag_at is not None else bool(findings)
+            hits = critical_findings(probabilities, critical)
             rows.append(
                 WorklistRow(
                     study=study,
                     path=images[int(np.argmax(abnormal_each))].path,
                     priority=self.rules.priority(abnormal, probs, site),
                     abnormal=abnormal,
-                    flagged=abnormal >= flag_at if flag_at is not None else bool(findings),
+                    flagged=flagged,
+                    tier=study_tier(flagged, hits),
+                    flag_reason=flag_reason(probabilities, thresholds, abnormal, flag_at, flagged, critical),
                     findings=findings,
                     probabilities=probabilities,
                     images=len(images),

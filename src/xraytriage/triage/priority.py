@@ -15,7 +15,8 @@ so a HIGH study (0.8) the model scores 0.3 ranks at 0.8, below a study the model
 the site says "at least this urgent", the model can still find another study more urgent.
 At equal priority the study with the higher site priority goes first (``sort_worklist``;
 the service's worklist orders the same way): a STAT study (1.0) is never below a study the
-model scores 1.0, so STAT always goes first.
+model scores 1.0, so STAT always goes first: even before studies in the critical tier
+(``triage.reasons``), which go before every other study.
 
 Named levels map to: STAT 1.0, HIGH 0.8, MEDIUM 0.5, ROUTINE 0.0, LOW 0.0 (ROUTINE/LOW add
 no floor, so routine studies keep the model's order among themselves).

@@ -3,8 +3,13 @@ files, the web service's database and its API.
 
 Columns, in order: ``rank, study, path, priority, abnormal, flagged, status, error,
 findings``, one column per model label holding its calibrated probability, then ``images``
-(how many images the study has), ``site_priority`` (the priority the site gave, if any) and
-``warnings`` (caveats such as a low resolution).
+(how many images the study has), ``site_priority`` (the priority the site gave, if any),
+``warnings`` (caveats such as a low resolution), ``tier``, ``flag_reason`` and ``ood_score``
+(how unlike the training images the study is; blank when the model cannot tell).
+
+``tier`` is ``critical`` (a critical finding at or above its own high-specificity threshold),
+``flagged`` or ``routine``; ``flag_reason`` says what drives a flag (``triage/reasons.py``):
+no flagged or critical row is without one. Critical studies sort first.
 
 ``abnormal`` is the model's calibrated P(abnormal) (at the deployment prevalence the model was
 calibrated for); ``priority`` is what orders the list: equal to ``abnormal`` unless urgency
@@ -26,8 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from xraytriage.triage.reasons import tier_rank
+
 BASE_COLUMNS = ("rank", "study", "path", "priority", "abnormal", "flagged", "status", "error", "findings")
-TAIL_COLUMNS = ("images", "site_priority", "warnings")
+TAIL_COLUMNS = ("images", "site_priority", "warnings", "tier", "flag_reason", "ood_score")
 STATUS_OK = "ok"
 STATUS_ERROR = "error"
 DECIMALS = 6
@@ -110,6 +117,12 @@ class WorklistRow:
     """Every image of the study (``path`` is the one with the highest abnormal probability)."""
     warnings: str = ""
     """Caveats the reader should see, ``"; "``-separated (e.g. a low-resolution image)."""
+    tier: str | None = None
+    """``critical``, ``flagged`` or ``routine`` (``triage.reasons``); None for error rows."""
+    flag_reason: str = ""
+    """What drives the flag (``triage.reasons.flag_reason``); empty for routine studies."""
+    ood_score: float | None = None
+    """Higher = less like the training images; None when the model cannot tell."""
 
     @classmethod
     def error_row(cls, study: str, path: str, error: str) -> WorklistRow:
@@ -138,6 +151,9 @@ class WorklistRow:
         data["images"] = self.images
         data["site_priority"] = rounded(self.site_priority)
         data["warnings"] = self.warnings or None
+        data["tier"] = self.tier
+        data["flag_reason"] = self.flag_reason or None
+        data["ood_score"] = rounded(self.ood_score)
         return data
 
 
@@ -147,14 +163,17 @@ def site_rank(site_priority: float | None) -> float:
 
 
 def sort_worklist(rows: Iterable[WorklistRow]) -> list[WorklistRow]:
-    """Triaged studies by priority, highest first, ranked 1..n; at equal priority the higher
-    site priority goes first (none counts below ROUTINE), then the study name. Error rows
-    after them, unranked, by path. See ``triage.priority`` for why a site priority is a floor."""
+    """Triaged studies ranked 1..n: critical and STAT ones first (``triage.reasons.tier_rank``), then by
+    priority, highest first; at equal priority the higher site priority goes first (none
+    counts below ROUTINE), then the study name. Error rows after them, unranked, by path.
+    See ``triage.priority`` for why a site priority is a floor."""
     rows = list(rows)
     ok = sorted(
         (r for r in rows if r.ok),
-        key=lambda r: (-(r.priority or 0.0), -site_rank(r.site_priority), r.study, r.path),
-    )
+        key=lambda r: (
+            -tier_rank(r.tier, r.site_priority), -(r.priority or 0.0), -site_rank(r.site_priority), r.study, r.path,
+        ),
+    )  # fmt: skip
     errors = sorted((r for r in rows if not r.ok), key=lambda r: r.path)
     for rank, row in enumerate(ok, start=1):
         row.rank = rank
@@ -191,7 +210,7 @@ def _parse_cell(column: str, text: str) -> Any:
         return int(text)
     if column == "flagged":
         return text == "True"
-    if column in ("study", "path", "status", "error", "findings", "warnings"):
+    if column in ("study", "path", "status", "error", "findings", "warnings", "tier", "flag_reason"):
         return text
     return float(text)
 

@@ -46,11 +46,14 @@
       button.disabled = current;
       button.setAttribute("aria-pressed", current ? "true" : "false");
     }
-    const flag = data.flagged === null || data.flagged === undefined ? "–"
+    const flag = data.tier === "critical" ? el("span", {class: "critical-badge", id: "study-flag"}, "Critical")
+      : data.flagged === null || data.flagged === undefined ? "–"
       : data.flagged ? el("span", {class: "flag-badge", id: "study-flag"}, "Flagged")
       : el("span", {id: "study-flag"}, "not flagged");
     const facts = [
       ["Flag", flag],
+      ["Why flagged", data.flag_reason ? el("span", {id: "flag-reason"}, data.flag_reason) : "–"],
+      ["OOD score", data.ood_score === null || data.ood_score === undefined ? "–" : data.ood_score.toFixed(2)],
       ["Rank", data.rank ?? "–"],
       ["Priority", prob(data.priority)],
       ["Abnormal", prob(data.abnormal)],

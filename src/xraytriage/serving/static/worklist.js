@@ -23,16 +23,21 @@
     return params;
   }
 
-  function flagBadge(flagged) {
+  function flagBadge(item) {
+    if (item.tier === "critical") {
+      return el("span", {class: "critical-badge", title: item.flag_reason || "a critical finding"}, "Critical");
+    }
+    const flagged = item.flagged;
     if (flagged === null || flagged === undefined) return "–";
     return flagged
-      ? el("span", {class: "flag-badge", title: "P(abnormal) at or above the model's study threshold"}, "Flagged")
+      ? el("span", {class: "flag-badge", title: item.flag_reason || "P(abnormal) at or above the model's study threshold"}, "Flagged")
       : el("span", {class: "muted"}, "–");
   }
 
   function findingsCell(item) {
     const findings = item.findings || [];
     if (!findings.length) {
+      if (item.flag_reason) return el("span", {class: "flag-reason small"}, item.flag_reason);
       return item.state === "done" ? el("span", {class: "muted"}, "none above threshold") : el("span", {class: "muted"}, "–");
     }
     const shown = findings.slice(0, TOP_FINDINGS).map((f) =>
@@ -58,7 +63,7 @@
       },
     },
       el("td", {class: "rank"}, item.rank ?? "–"),
-      el("td", {class: "flag"}, flagBadge(item.flagged)),
+      el("td", {class: "flag"}, flagBadge(item)),
       el("th", {scope: "row", class: "name"}, link,
         item.images > 1 ? el("span", {class: "muted small"}, " (" + item.images + " images)") : null,
         warningBadges(item.warnings)),
