@@ -45,8 +45,12 @@ def worklist_table(rows: Sequence[WorklistRow], top: int = 10, title: str | None
     table.add_column("P(abnormal)", justify="right")
     table.add_column("images", justify="right")
     table.add_column("top findings above threshold (probability)", overflow="fold", min_width=24)
+    routed = any(r.model for r in rows)  # triage --route: which model read it
+    if routed:
+        table.add_column("model", no_wrap=True)
     for row in [r for r in rows if r.ok][: max(0, top)]:
         site = f" (site {row.site_priority:.2f})" if row.site_priority is not None else ""
+        extra = [f"{row.model} ({row.body_part.lower()})"] if routed else []
         table.add_row(
             str(row.rank),
             "[bold red]FLAGGED[/]" if row.flagged else "[dim]-[/]",
@@ -55,6 +59,7 @@ def worklist_table(rows: Sequence[WorklistRow], top: int = 10, title: str | None
             f"{row.abnormal:.2f}",
             str(row.images),
             top_findings(row.findings) if row.findings else "-",
+            *extra,
         )
     return table
 

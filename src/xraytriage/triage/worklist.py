@@ -28,6 +28,8 @@ from typing import Any
 
 BASE_COLUMNS = ("rank", "study", "path", "priority", "abnormal", "flagged", "status", "error", "findings")
 TAIL_COLUMNS = ("images", "site_priority", "warnings")
+ROUTING_COLUMNS = ("body_part", "model")
+"""Added after the tail when images were routed by body part (``triage --route``)."""
 STATUS_OK = "ok"
 STATUS_ERROR = "error"
 DECIMALS = 6
@@ -110,6 +112,10 @@ class WorklistRow:
     """Every image of the study (``path`` is the one with the highest abnormal probability)."""
     warnings: str = ""
     """Caveats the reader should see, ``"; "``-separated (e.g. a low-resolution image)."""
+    body_part: str = ""
+    """Routed worklists: the body part the image was routed by (``triage/routing.py``)."""
+    model: str = ""
+    """Routed worklists: the name of the model that scored the study."""
 
     @classmethod
     def error_row(cls, study: str, path: str, error: str) -> WorklistRow:
@@ -119,8 +125,9 @@ class WorklistRow:
     def ok(self) -> bool:
         return self.status == STATUS_OK
 
-    def to_dict(self, label_names: Sequence[str] | None = None) -> dict[str, Any]:
-        """Flat, JSON-ready mapping in column order; ``None`` for blanks."""
+    def to_dict(self, label_names: Sequence[str] | None = None, routed: bool | None = None) -> dict[str, Any]:
+        """Flat, JSON-ready mapping in column order; ``None`` for blanks. ``routed`` adds
+        ``body_part`` and ``model`` (default: when this row has either)."""
         labels = list(label_names) if label_names is not None else list(self.probabilities)
         data: dict[str, Any] = {
             "rank": self.rank,
@@ -138,6 +145,9 @@ class WorklistRow:
         data["images"] = self.images
         data["site_priority"] = rounded(self.site_priority)
         data["warnings"] = self.warnings or None
+        if routed or (routed is None and (self.body_part or self.model)):
+            data["body_part"] = self.body_part or None
+            data["model"] = self.model or None
         return data
 
 
@@ -169,8 +179,9 @@ def write_worklist(
     """Write ``worklist.csv`` and ``worklist.json`` (a list of the same rows) into ``output_dir``."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    columns = worklist_columns(label_names)
-    records = [{k: _safe(v) for k, v in row.to_dict(label_names).items()} for row in rows]
+    routed = any(row.body_part or row.model for row in rows)
+    columns = [*worklist_columns(label_names), *(ROUTING_COLUMNS if routed else ())]
+    records = [{k: _safe(v) for k, v in row.to_dict(label_names, routed).items()} for row in rows]
     csv_path, json_path = output_dir / "worklist.csv", output_dir / "worklist.json"
     tmp_csv, tmp_json = csv_path.with_suffix(".csv.tmp"), json_path.with_suffix(".json.tmp")
     with open(tmp_csv, "w", newline="", encoding="utf-8") as fh:
@@ -191,7 +202,7 @@ def _parse_cell(column: str, text: str) -> Any:
         return int(text)
     if column == "flagged":
         return text == "True"
-    if column in ("study", "path", "status", "error", "findings", "warnings"):
+    if column in ("study", "path", "status", "error", "findings", "warnings", *ROUTING_COLUMNS):
         return text
     return float(text)
 
