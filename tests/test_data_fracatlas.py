@@ -195,3 +195,19 @@ def test_mura_study_aggregation_and_kappa_on_real_pixels(fracatlas):
     by_hand = cohen_kappa_score(agg["label"].astype(int), (agg["p"] >= threshold).astype(int))
     assert result["max"]["kappa"] == pytest.approx(by_hand)
     assert result["max"]["studies"] == len(multi)
+
+
+@pytest.mark.slow
+def test_datasets_inspect_shows_resolution_kinds_and_unreadable_files(shared_data, tmp_path, capsys):
+    from xraytriage.cli.main import main
+
+    out = tmp_path / "inspect.json"
+    root = str(shared_data / "msk" / "fracatlas")
+    assert main(["datasets", "inspect", "fracatlas", "--root", root, "--folds", "3", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    printed = capsys.readouterr().out
+    assert set(report["resolution_kinds"]) == {"small", "large"}
+    assert report["unreadable_files"] and all(n in printed for n in report["unreadable_files"])
+    assert "resolution kinds" in printed and "unreadable files" in printed
+    assert report["collections"].keys() == {"fracatlas-small", "fracatlas-large"}
+    assert sum(s["images"] for s in report["splits"].values()) == report["images"]
