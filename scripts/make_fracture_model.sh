@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Makes the bundled fracture model and the body-part router, and every number in
 # docs/fracture-model-card.md and docs/routing.md, from the repository root with the project's
-# own commands. About 45 minutes on a busy shared 2-core CPU.
+# own commands. About an hour on a busy shared 2-core CPU. One thread per process: on an
+# oversubscribed CPU, PyTorch's default thread pool spins and ran 20-30x slower here.
 #
 #   scripts/make_fracture_model.sh [RUNS_DIR]      (default runs/fracture)
 #
@@ -9,6 +10,7 @@
 # alone; it writes only src/xraytriage/assets/fracture_model/ and .../body_part_router/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MKL_NUM_THREADS=${MKL_NUM_THREADS:-1}
 X=${XRAYTRIAGE:-.venv/bin/xraytriage}
 PY=${PYTHON:-.venv/bin/python}
 CONFIG=configs/fracatlas-fracture.yaml
@@ -19,9 +21,11 @@ DATA=../shared/data
 mkdir -p "$RUNS" "$FRACTURE_DIR" "$ROUTER_DIR"
 
 # 1. the fracture recipe's honest numbers: 2-fold CV grouped by FracAtlas `group` (no patient
-#    ids), out-of-fold predictions for every readable image
+#    ids), out-of-fold predictions for every readable image; 2. side by side, the final model on
+#    every readable image (no validation set, last epoch kept). One after the other (the two
+#    would build the same image cache at once); the shipped model's runs went side by side
+#    once the cache existed.
 [ -f "$RUNS/cv/oof_predictions.csv" ] || $X cv $CONFIG --folds 2 --set progress=false --output "$RUNS/cv"
-# 2. the final model on every readable image (no validation set, last epoch kept)
 [ -f "$RUNS/final/best.pt" ] || $X train $CONFIG --set progress=false data.val_fraction=0 --output "$RUNS/final"
 # 3. calibration and the operating point from the out-of-fold predictions: Platt scaling,
 #    fracture flagged at Youden's threshold, P(fracture) at FracAtlas's own prevalence

@@ -27,7 +27,8 @@ def routing_table(val_csv: str, table_csv: str) -> pd.DataFrame:
     val = pd.read_csv(val_csv)
     collection = pd.read_csv(table_csv).set_index("path")["collection"]
     probs = val[[f"prob_{p}" for p in PARTS]].to_numpy()
-    decided = [decide_body_part(row, PARTS).body_part for row in probs]
+    model_of = {"CHEST": "chest", **dict.fromkeys(MSK, "fracture")}  # as triage --route builds it
+    decided = [decide_body_part(row, PARTS, model_of=model_of).body_part for row in probs]
     truth_chest = val["CHEST"].to_numpy() == 1
     out = pd.DataFrame(
         {

@@ -36,6 +36,23 @@ def test_an_unsure_image_falls_back_to_the_header_then_to_unknown():
     assert decide_body_part(unsure, LABELS, min_confidence=0.35).body_part == "LEG"
 
 
+def test_an_unsure_limb_still_reaches_the_model_that_reads_every_limb():
+    model_of = {
+        "CHEST": "chest",
+        "HAND": "fracture",
+        "LEG": "fracture",
+        "HIP": "fracture",
+        "SHOULDER": "fracture",
+    }
+    probs = [0.05, 0.4, 0.35, 0.02, 0.1]  # hand or leg? a limb for sure: 1 - .6 * .65 * .98 * .9 = 0.66
+    d = decide_body_part(probs, LABELS, model_of=model_of)
+    assert d.body_part == "HAND" and d.image_confidence == pytest.approx(1 - 0.6 * 0.65 * 0.98 * 0.9)
+    assert "body part uncertain" in d.warning
+    assert decide_body_part(probs, LABELS).body_part == UNKNOWN  # without the model table: unknown
+    weak = [0.3, 0.2, 0.1, 0.05, 0.05]  # a limb with p = 0.34 only, a chest with 0.3: neither
+    assert decide_body_part(weak, LABELS, model_of=model_of).body_part == UNKNOWN
+
+
 def test_routed_rows_write_body_part_and_model_columns(tmp_path):
     ok = WorklistRow(study="a", path="a.png", priority=0.7, abnormal=0.7, flagged=True,
                      probabilities={"Fracture": 0.7}, body_part="HAND", model="fracture")  # fmt: skip

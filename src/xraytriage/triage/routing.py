@@ -6,7 +6,9 @@ parts: ``CHEST, HAND, LEG, HIP, SHOULDER``) combined with the DICOM header's
 BodyPartExamined where there is one:
 
 - the image's body part is the router's most probable label when it reaches
-  ``min_confidence``; otherwise the header's (when it names one), otherwise unknown;
+  ``min_confidence``; otherwise, when the parts one model covers reach it together (noisy-OR:
+  "a limb, hand or leg"), that model's most probable part, with a note; otherwise the
+  header's (when it names one), otherwise unknown;
 - a header that names another part than a confident router is reported on the row
   (``warnings``) and the image decides: headers are often missing or wrong;
 - the image then goes to the first model whose scope (``Checkpoint.scope['body_parts']``)
@@ -21,7 +23,7 @@ deep-learning library: predictors are handed in.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,24 +59,50 @@ def decide_body_part(
     labels: Sequence[str],
     header_part: str = "",
     min_confidence: float = MIN_CONFIDENCE,
+    model_of: Mapping[str, str] | None = None,
 ) -> BodyPartDecision:
-    """Combine the router's probabilities with the DICOM BodyPartExamined (may be empty)."""
+    """Combine the router's probabilities with the DICOM BodyPartExamined (may be empty).
+
+    ``model_of`` (body part -> model name) lets an image whose exact part is unsure still be
+    routed when the parts one model covers are together probable enough (their noisy-OR):
+    the router may not know hand from leg and still know it is a limb."""
     probs = np.asarray(probabilities, dtype=np.float64)
+    parts = [body_part_term(name) for name in labels]
     best = int(np.argmax(probs))
     confidence = float(probs[best])
-    image_part = body_part_term(labels[best])
+    image_part = parts[best]
     header = body_part_term(header_part) if header_part else ""
+    note = ""
+    if confidence < min_confidence and model_of:
+        grouped = _model_probabilities(probs, parts, model_of)
+        model, p_model = max(grouped.items(), key=lambda item: item[1], default=("", 0.0))
+        if p_model >= min_confidence:
+            covered = [j for j, part in enumerate(parts) if model_of.get(part) == model]
+            best = max(covered, key=lambda j: probs[j])
+            image_part, confidence = parts[best], p_model
+            note = f"body part uncertain: a {model} film (p={p_model:.2f}), most likely {image_part} (p={probs[best]:.2f})"
     if confidence >= min_confidence:
-        warning = ""
+        warning = note
         if header and header != image_part:
-            warning = (
+            warning = "; ".join(filter(None, [note, (
                 f"body part: DICOM BodyPartExamined says {header_part.strip()}, the image looks like "
                 f"{image_part} (p={confidence:.2f}); routed as {image_part}"
-            )
+            )]))  # fmt: skip
         return BodyPartDecision(image_part, image_part, confidence, header, warning)
     if header:
         return BodyPartDecision(header, image_part, confidence, header)
     return BodyPartDecision(UNKNOWN, image_part, confidence, header)
+
+
+def _model_probabilities(
+    probs: np.ndarray, parts: Sequence[str], model_of: Mapping[str, str]
+) -> dict[str, float]:
+    """P(the image belongs to each model): noisy-OR of the probabilities of the parts it covers."""
+    out: dict[str, float] = {}
+    for model in dict.fromkeys(model_of.values()):
+        covered = [probs[j] for j, part in enumerate(parts) if model_of.get(part) == model]
+        out[model] = float(1.0 - np.prod(1.0 - np.asarray(covered))) if covered else 0.0
+    return out
 
 
 @dataclass
@@ -105,6 +133,7 @@ class RoutedTriage:
         self.labels = list(router.checkpoint.label_names)
         self.models = list(models)
         self.min_confidence = min_confidence
+        self.model_of = {part: m.name for m in reversed(self.models) for part in m.body_parts}
 
     def model_for(self, body_part: str) -> RoutedModel | None:
         """The first model whose scope lists ``body_part`` (an empty scope takes nothing here:
@@ -127,7 +156,9 @@ class RoutedTriage:
             probs = self.router.checkpoint.probabilities(logits)
             for prepared, row in zip(batch, probs, strict=True):
                 header = str(prepared.meta.get("body_part") or "")
-                decisions[prepared.path] = decide_body_part(row, self.labels, header, self.min_confidence)
+                decisions[prepared.path] = decide_body_part(
+                    row, self.labels, header, self.min_confidence, self.model_of
+                )
             batch.clear()
 
         for prepared in self.router.iter_prepared(paths):
