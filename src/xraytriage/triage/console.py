@@ -45,12 +45,10 @@ def worklist_table(rows: Sequence[WorklistRow], top: int = 10, title: str | None
     table.add_column("P(abnormal)", justify="right")
     table.add_column("images", justify="right")
     table.add_column("top findings above threshold (probability)", overflow="fold", min_width=24)
-    routed = any(r.model for r in rows)  # triage --route: which model read it
-    if routed:
-        table.add_column("model", no_wrap=True)
+    routed = any(r.model for r in rows)  # triage --route: the findings cell names the model
     for row in [r for r in rows if r.ok][: max(0, top)]:
         site = f" (site {row.site_priority:.2f})" if row.site_priority is not None else ""
-        extra = [f"{row.model} ({row.body_part.lower()})"] if routed else []
+        found = top_findings(row.findings) if row.findings else "-"
         table.add_row(
             str(row.rank),
             "[bold red]FLAGGED[/]" if row.flagged else "[dim]-[/]",
@@ -58,8 +56,7 @@ def worklist_table(rows: Sequence[WorklistRow], top: int = 10, title: str | None
             f"[bold]{row.priority:.2f}[/]{site}" if row.flagged else f"{row.priority:.2f}{site}",
             f"{row.abnormal:.2f}",
             str(row.images),
-            top_findings(row.findings) if row.findings else "-",
-            *extra,
+            f"{row.model}: {found}" if routed and row.model else found,
         )
     return table
 
