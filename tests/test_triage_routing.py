@@ -143,3 +143,32 @@ def test_triage_route_cli_writes_one_worklist_across_models(shared_data, tmp_pat
     assert {r["model"] for r in ok} == {"chest", "fracture"}
     broken = next(r for r in rows if r["path"].endswith("broken.png"))
     assert broken["status"] == "error" and "broken.png" in broken["error"]
+
+
+def test_routing_accuracy_counts_the_model_each_held_out_film_reaches(tmp_path):
+    """scripts/routing_accuracy.py (the docs' routing table) on a hand-made validation file."""
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "routing_accuracy.py"
+    spec = importlib.util.spec_from_file_location("routing_accuracy", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rows = [  # path, truth (one-hot), router probabilities
+        ("c1.png", [1, 0, 0, 0, 0], [0.99, 0.01, 0.0, 0.0, 0.0]),  # chest -> chest
+        ("c2.png", [1, 0, 0, 0, 0], [0.2, 0.7, 0.0, 0.0, 0.0]),  # chest -> fracture: wrong
+        ("h1.jpg", [0, 1, 0, 0, 0], [0.01, 0.4, 0.35, 0.0, 0.1]),  # unsure limb -> fracture, HAND
+        ("l1.jpg", [0, 0, 1, 0, 0], [0.3, 0.1, 0.1, 0.0, 0.0]),  # unknown: wrong
+    ]
+    val = pd.DataFrame(
+        [{"path": p, **dict(zip(LABELS, t, strict=True)), **{f"prob_{n}": q for n, q in zip(LABELS, pr, strict=True)}}
+         for p, t, pr in rows]
+    )  # fmt: skip
+    val.to_csv(tmp_path / "val.csv", index=False)
+    pd.DataFrame({"path": [r[0] for r in rows], "collection": ["nih", "nih", "fa", "fa"]}).to_csv(
+        tmp_path / "table.csv", index=False
+    )
+    table = module.routing_table(str(tmp_path / "val.csv"), str(tmp_path / "table.csv"))
+    assert table["right_model"].tolist() == [True, False, True, False]
+    assert table["decided"].tolist() == ["CHEST", "HAND", "HAND", "UNKNOWN"]
+    text = module.markdown(table)
+    assert "| chest (NIH + pediatric) | 2 | 1 (50.00%) | 1 |" in text and "l1.jpg (UNKNOWN)" in text
