@@ -22,6 +22,7 @@ from xraytriage.labels import ABNORMAL, CHEXPERT_OBSERVATIONS, NIH_FINDINGS, NO_
 CHEST_SCOPE: dict[str, list[str]] = {"body_parts": ["CHEST"], "views": ["PA", "AP"]}
 MURA_BODY_PARTS = ["ELBOW", "FINGER", "FOREARM", "HAND", "HUMERUS", "SHOULDER", "WRIST"]
 CHEST_DATASETS = ("nih", "chexpert")
+FRACATLAS_BODY_PARTS = ["HAND", "LEG", "HIP", "SHOULDER"]
 
 BODY_PART_ALIASES = {"THORAX": "CHEST", "LUNG": "CHEST", "LUNGS": "CHEST", "PORT CHEST": "CHEST"}
 VIEW_ALIASES = {"POSTERO ANTERIOR": "PA", "ANTERO POSTERIOR": "AP", "LATERAL": "LL", "LAT": "LL"}
@@ -31,12 +32,14 @@ LOW_RESOLUTION = "low resolution"
 
 def default_scope(label_names: Sequence[str], train_config: Mapping[str, Any] | None = None) -> dict:
     """The scope of a checkpoint written before checkpoints recorded one: from its training
-    data (NIH and CheXpert: frontal chest radiographs; MURA: its seven upper-limb parts), else
+    data (NIH and CheXpert: frontal chest radiographs; MURA: its seven upper-limb parts; FracAtlas: hand, leg, hip, shoulder), else
     from its labels (chest findings: frontal chest), else none (everything in scope)."""
     data = (train_config or {}).get("data") or {}
     kind = str(data.get("kind", "") if isinstance(data, Mapping) else "").lower()
     if kind == "mura":
         return {"body_parts": list(MURA_BODY_PARTS), "views": []}
+    if kind == "fracatlas":
+        return {"body_parts": list(FRACATLAS_BODY_PARTS), "views": []}
     chest_labels = (set(NIH_FINDINGS) | set(CHEXPERT_OBSERVATIONS)) - {NO_FINDING, ABNORMAL}
     if kind in CHEST_DATASETS or chest_labels & set(label_names):
         return {key: list(values) for key, values in CHEST_SCOPE.items()}
@@ -46,6 +49,11 @@ def default_scope(label_names: Sequence[str], train_config: Mapping[str, Any] | 
 def _term(value: Any, aliases: Mapping[str, str]) -> str:
     text = re.sub(r"[^A-Z0-9]+", " ", str(value or "").upper()).strip()
     return aliases.get(text, text)
+
+
+def body_part_term(value: Any) -> str:
+    """A body part as scopes and routing compare it: upper case, DICOM aliases applied."""
+    return _term(value, BODY_PART_ALIASES)
 
 
 def _header_value(header: Any, key: str, keyword: str) -> str:

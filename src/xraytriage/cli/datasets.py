@@ -8,6 +8,7 @@ lists the ones it does); ``--option KEY=VALUE`` passes anything else (values rea
     xraytriage datasets inspect nih --images ../shared/data/nih/images --meta ../shared/data/nih/meta --views PA
     xraytriage datasets inspect chexpert --csv train.csv --root data/ --uncertainty U-Ones --uncertainty Edema=U-Zeros
     xraytriage datasets inspect mura --root ../shared/data/mura --folds 5
+    xraytriage datasets inspect fracatlas --root ../shared/data/msk/fracatlas --folds 3
     xraytriage datasets cache nih --root ../shared/data/nih --size 224 --output cache/
 """
 
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from rich.table import Table
 
-KINDS = ("nih", "chexpert", "mura", "csv", "folder")
+KINDS = ("nih", "chexpert", "mura", "fracatlas", "csv", "folder")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -72,7 +73,7 @@ def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--data-entry", help="nih: the Data_Entry CSV")
     group.add_argument("--bbox", help="nih: the BBox_List CSV")
     group.add_argument("--split-file", action="append", help="nih: official split list (repeatable)")
-    group.add_argument("--csv", help="chexpert/csv: the label CSV")
+    group.add_argument("--csv", help="chexpert/csv/fracatlas: the label CSV")
     group.add_argument("--views", help="comma list, e.g. PA,AP (nih), Frontal or AP,PA,Lateral (chexpert)")
     group.add_argument("--frontal-only", action="store_true", default=None, help="chexpert: frontal images")
     group.add_argument(
@@ -87,7 +88,9 @@ def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--nrows", type=int, help="chexpert: read only the first N CSV rows")
     group.add_argument("--image-paths", help="mura: *_image_paths.csv")
     group.add_argument("--studies", help="mura: *_labeled_studies.csv")
-    group.add_argument("--body-parts", help="mura: comma list, e.g. XR_WRIST,XR_HAND")
+    group.add_argument(
+        "--body-parts", help="mura: comma list, e.g. XR_WRIST,XR_HAND; fracatlas: hand,leg,hip,shoulder"
+    )
     group.add_argument("--patient-pattern", help="folder: regex whose first group is the patient id")
     group.add_argument("--labels", help="keep these labels (comma list); csv: the label columns")
     group.add_argument("--abnormal", action="store_true", default=None, help="add the derived Abnormal label")
@@ -196,6 +199,8 @@ def inspect_report(dataset, args: argparse.Namespace) -> dict[str, Any]:
         files = count_missing_files(dataset)
         report["listed"] = files["listed"]
         report["missing_files"] = files["missing"]
+        if hasattr(dataset, "unreadable_files"):  # FracAtlas: truncated JPEGs as released
+            report["unreadable_files"] = dataset.unreadable_files()
     seed = 0 if args.seed is None else args.seed
     splits: dict[str, Any] | None = None
     if args.folds is not None:
@@ -263,7 +268,16 @@ def print_report(report: dict[str, Any]) -> None:
     for key in ("images", "patients", "studies", "listed", "missing_files", "excluded_by_view"):
         if key in report:
             summary.add_row(key.replace("_", " "), f"{report[key]:,}")
-    for key in ("boxes", "images_with_boxes", "dropped_uncertain", "unlabelled_images", "unassigned_files"):
+    for key in (
+        "boxes",
+        "images_with_boxes",
+        "dropped_uncertain",
+        "unlabelled_images",
+        "unassigned_files",
+        "hardware",
+        "multiscan_images",
+        "multi_image_studies",
+    ):
         if key in report:
             summary.add_row(key.replace("_", " "), f"{report[key]:,}")
     if "policies" in report:
@@ -286,6 +300,7 @@ def print_report(report: dict[str, Any]) -> None:
         console.print(f"[yellow]warning:[/] {line}", highlight=False, soft_wrap=True)
     if "body_parts" in report:
         console.print(_count_table("body parts", "body part", report["body_parts"]))
+    _print_fracatlas_extras(console, report)
 
     if "splits" in report:
         splits = report["splits"]
@@ -316,6 +331,31 @@ def print_report(report: dict[str, Any]) -> None:
         # a wide table: let it run past 80 columns rather than truncate the counts
         needed = 16 + max(len(n) for n in names) + len(names) * (max(digits, 2) + 3)
         Console(width=max(console.width, needed)).print(table)
+
+
+def _print_fracatlas_extras(console, report: dict[str, Any]) -> None:
+    """Resolution kinds, box/label disagreements and the files no decoder reads (FracAtlas)."""
+    from rich.table import Table
+
+    if "resolution_kinds" in report:
+        table = Table(title="resolution kinds (evaluate within each)")
+        for col in ("kind", "images", "fractured", "groups"):
+            table.add_column(col, justify="left" if col == "kind" else "right")
+        for kind, c in report["resolution_kinds"].items():
+            table.add_row(kind, f"{c['images']:,}", _share(c["fractured"], c["images"]), f"{c['groups']:,}")
+        console.print(table)
+    if report.get("box_label_disagreements"):
+        names = ", ".join(report["box_label_disagreements"])
+        console.print(
+            f"[yellow]box vs label:[/] {names} (a fracture box but not labelled fractured, or the reverse)"
+        )
+    unreadable = report.get("unreadable_files")
+    if unreadable:
+        console.print(
+            f"[yellow]unreadable files:[/] {len(unreadable)} (skipped by cache, training and evaluation)"
+        )
+        for name, problem in unreadable.items():
+            console.print(f"  {name}: {problem}", highlight=False, soft_wrap=True)
 
 
 def run_inspect(args: argparse.Namespace) -> int:

@@ -12,6 +12,11 @@ def samples_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "assets" / "samples"
 
 
+def msk_samples_dir() -> Path:
+    """FracAtlas hand/leg/shoulder/hip films for the routed demo (``demo --route``)."""
+    return Path(__file__).resolve().parent.parent / "assets" / "samples-msk"
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     from xraytriage.cli.triage import add_triage_options
 
@@ -27,6 +32,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--output", "-o", type=Path, default=Path("xraytriage-demo"), help="folder for the worklist"
     )
     p.add_argument("--explain", action="store_true", help="also write heatmaps of the listed findings")
+    p.add_argument(
+        "--route",
+        action="store_true",
+        help="also triage the bundled musculoskeletal samples, each image routed by body part to the "
+        "chest or the fracture model: one mixed worklist (docs/routing.md)",
+    )
     add_triage_options(p, top_default=10)
     p.set_defaults(handler=run)
 
@@ -45,8 +56,10 @@ def run(args: argparse.Namespace) -> int:
     if not samples.is_dir():
         raise XRayTriageError(f"the bundled sample images are missing ({samples})")
     args.model = Path(model)
-    print(f"triaging the bundled samples in {samples}")
-    code = execute([str(samples)], args.output, args, explain=args.explain)
+    inputs = [str(samples), *([str(msk_samples_dir())] if args.route else [])]
+    print(f"triaging the bundled samples in {', '.join(inputs)}")
+    args.fracture_model = args.router = None
+    code = execute(inputs, args.output, args, explain=args.explain)
     print_sample_truth(samples, args.output)
     return code
 

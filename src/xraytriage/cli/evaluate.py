@@ -62,7 +62,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="evaluate saved predictions instead (CSV: image or path, prob_<label>, label_<label> or --dataset)",
     )
     source.add_argument(
-        "--dataset", metavar="KIND", help="dataset kind: nih | chexpert | mura | csv | folder"
+        "--dataset", metavar="KIND", help="dataset kind: nih | chexpert | mura | fracatlas | csv | folder"
     )
     _copy_dataset_flags(parser)
     source.add_argument(

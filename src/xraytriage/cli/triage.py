@@ -15,6 +15,9 @@ from xraytriage.triage.heatmaps import DEFAULT_MAX_FINDINGS
 
 EXIT_NOTHING_TRIAGED = 1
 EXIT_INTERRUPTED = 130
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+FRACTURE_MODEL = ASSETS / "fracture_model" / "model.pt"
+BODY_PART_ROUTER = ASSETS / "body_part_router" / "model.pt"
 
 
 def _default_workers() -> int:
@@ -94,6 +97,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "a floor the worklist never goes below",
     )
     p.add_argument("--explain", action="store_true", help="also write heatmaps of the listed findings")
+    route = p.add_argument_group("body-part routing (docs/routing.md)")
+    route.add_argument(
+        "--route",
+        action="store_true",
+        help="send each image to the model whose scope covers its body part (the chest model, "
+        "the fracture model, or an error row 'no model for this body part'); rows name body_part and model",
+    )
+    route.add_argument(
+        "--fracture-model", type=Path, default=None, help="with --route: default the bundled fracture model"
+    )
+    route.add_argument(
+        "--router", type=Path, default=None, help="with --route: default the bundled body-part router"
+    )
     p.add_argument(
         "--resume",
         action="store_true",
@@ -125,6 +141,11 @@ def execute(
     from xraytriage.triage.worklist import safe_text
 
     console = Console(stderr=False)
+    if getattr(args, "route", False):
+        if resume or explain:
+            console.print("[red]error: --route does not combine with --resume or --explain yet[/]")
+            return 2
+        return execute_routed(inputs, output, args, study_from, aggregate, console)
     model_path = resolve_model_path(args.model)
     checkpoint = load_checkpoint(model_path)
     options = TriageOptions(
@@ -184,6 +205,52 @@ def execute(
         )
         console.print(f"heatmaps: {len(written)} file(s) in {output / 'heatmaps'}")
     return 0
+
+
+def execute_routed(
+    inputs, output: Path, args: argparse.Namespace, study_from: str, aggregate: str, console
+) -> int:
+    """``triage --route``: the body-part router picks the model per image; one worklist."""
+    from xraytriage.models.checkpoint import load_checkpoint
+    from xraytriage.models.inference import make_predictor
+    from xraytriage.triage import TriageEngine, TriageOptions, write_worklist
+    from xraytriage.triage.console import print_worklist
+    from xraytriage.triage.routing import RoutedModel, RoutedTriage
+    from xraytriage.triage.worklist import safe_text
+
+    options = TriageOptions(
+        batch_size=args.batch_size,
+        workers=args.workers,
+        study_from=study_from,
+        aggregate=aggregate,
+        progress=False,
+    )
+
+    def predictor(path: Path):
+        return make_predictor(load_checkpoint(path), args.backend, threads=args.threads, checkpoint_path=path)
+
+    models = []
+    for name, path in (
+        ("chest", resolve_model_path(args.model)),
+        ("fracture", args.fracture_model or FRACTURE_MODEL),
+    ):
+        models.append(RoutedModel(name, TriageEngine(predictor(path), options)))
+    routed = RoutedTriage(predictor(args.router or BODY_PART_ROUTER), models, options)
+    result = routed.run(inputs)
+    csv_path, json_path = write_worklist(result.rows, output, result.label_names)
+    print_worklist(result.rows, result.images_total, result.seconds, top=args.top, console=console)
+    summary = result.extra["routing"]
+    parts = ", ".join(f"{k.lower()} {v}" for k, v in sorted(summary["body_parts"].items()))
+    by_model = ", ".join(f"{k} {v}" for k, v in sorted(summary["models"].items()))
+    console.print(f"routing: {parts or 'nothing read'}; scored by {by_model or 'no model'}", highlight=False)
+    if summary["header_disagreements"]:
+        console.print(
+            f"[yellow]note:[/] {summary['header_disagreements']} image(s) whose DICOM BodyPartExamined "
+            "disagrees with the image (see their warnings)",
+            highlight=False,
+        )
+    console.print(f"worklist: {safe_text(str(csv_path))}  and  {safe_text(str(json_path))}", markup=False)
+    return 0 if result.images_ok else EXIT_NOTHING_TRIAGED
 
 
 class ExplainPainter:

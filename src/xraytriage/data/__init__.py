@@ -5,6 +5,7 @@ from xraytriage.data.cache import CacheBuildReport, ImageCache
 from xraytriage.data.chexpert import CheXpertDataset
 from xraytriage.data.csv_dataset import CSVDataset
 from xraytriage.data.folder import FolderDataset
+from xraytriage.data.fracatlas import FracAtlasDataset
 from xraytriage.data.mura import MURADataset
 from xraytriage.data.nih import NIHChestXray14Dataset
 from xraytriage.data.registry import load_dataset, load_dataset_config
@@ -23,6 +24,7 @@ __all__ = [
     "CacheBuildReport",
     "CheXpertDataset",
     "FolderDataset",
+    "FracAtlasDataset",
     "ImageCache",
     "MURADataset",
     "NIHChestXray14Dataset",

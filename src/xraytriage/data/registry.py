@@ -15,6 +15,9 @@ Per kind (paths may be strings):
   ``{label: policy, default: policy}``), ``drop_uncertain``, ``seed``, ``nrows``.
 - ``mura``: ``root`` (finds ``meta/*image_paths.csv`` and ``meta/*labeled_studies.csv``) or
   ``image_paths`` + ``studies``, ``body_parts``.
+- ``fracatlas``: ``root`` (``dataset.csv``, ``images/``, ``annotations_coco.json``), optional
+  ``csv``/``annotations`` files, ``body_parts`` (hand, leg, hip, shoulder), ``resolution``
+  (small | large).
 - ``csv``: ``csv``, ``root``, ``path_column``.
 - ``folder``: ``root``, ``patient_pattern``, ``binary``.
 """
@@ -30,6 +33,7 @@ from xraytriage.data.base import RadiographDataset
 from xraytriage.data.chexpert import CheXpertDataset
 from xraytriage.data.csv_dataset import CSVDataset
 from xraytriage.data.folder import FolderDataset
+from xraytriage.data.fracatlas import FracAtlasDataset
 from xraytriage.data.mura import MURADataset
 from xraytriage.data.nih import BBOX_NAMES, DATA_ENTRY_NAMES, NIHChestXray14Dataset, find_meta_file
 from xraytriage.errors import ConfigError, MissingFileError
@@ -154,6 +158,20 @@ def _load_mura(
     return MURADataset(image_paths, studies, root=root, body_parts=body)
 
 
+def _load_fracatlas(
+    root: str | None = None,
+    csv: str | None = None,
+    annotations: str | None = None,
+    body_parts: str | Sequence[str] | None = None,
+    resolution: str | None = None,
+) -> RadiographDataset:
+    if root is None:
+        raise ConfigError("fracatlas: give `root` (the folder with dataset.csv and images/)")
+    return FracAtlasDataset(
+        root, csv=csv, annotations=annotations, body_parts=_names(body_parts), resolution=resolution
+    )
+
+
 def _load_csv(
     csv: str | None = None,
     root: str | None = None,
@@ -179,6 +197,7 @@ LOADERS: dict[str, Callable[..., RadiographDataset]] = {
     "nih": _load_nih,
     "chexpert": _load_chexpert,
     "mura": _load_mura,
+    "fracatlas": _load_fracatlas,
     "csv": _load_csv,
     "folder": _load_folder,
 }
@@ -201,7 +220,7 @@ def _kind(kind: str) -> str:
 
 
 def load_dataset(kind: str, **options: Any) -> RadiographDataset:
-    """Build a dataset of ``kind`` (nih | chexpert | mura | csv | folder) from plain options."""
+    """Build a dataset of ``kind`` (nih | chexpert | mura | fracatlas | csv | folder) from plain options."""
     key = _kind(kind)
     options = {k: v for k, v in options.items() if v is not None}
     allowed = dataset_options(key)
@@ -224,6 +243,6 @@ def load_dataset(kind: str, **options: Any) -> RadiographDataset:
 def load_dataset_config(config: Mapping[str, Any]) -> RadiographDataset:
     """``{kind: ..., **options}`` (a config section) -> dataset."""
     if not isinstance(config, Mapping) or "kind" not in config:
-        raise ConfigError("dataset config needs a `kind` (nih | chexpert | mura | csv | folder)")
+        raise ConfigError("dataset config needs a `kind` (nih | chexpert | mura | fracatlas | csv | folder)")
     options = dict(config)
     return load_dataset(options.pop("kind"), **options)

@@ -63,6 +63,7 @@ def worklist_table(rows: Sequence[WorklistRow], top: int = 10, title: str | None
     table.add_column("P(abnormal)", justify="right")
     table.add_column("images", justify="right")
     table.add_column("top findings above threshold (probability)", overflow="fold", min_width=24)
+    routed = any(r.model for r in rows)  # triage --route: the findings cell names the model
     for row in [r for r in rows if r.ok][: max(0, top)]:
         site = f" (site {row.site_priority:.2f})" if row.site_priority is not None else ""
         table.add_row(
@@ -72,7 +73,7 @@ def worklist_table(rows: Sequence[WorklistRow], top: int = 10, title: str | None
             f"[bold]{row.priority:.2f}[/]{site}" if row.flagged else f"{row.priority:.2f}{site}",
             f"{row.abnormal:.2f}",
             str(row.images),
-            findings_cell(row),
+            f"{row.model}: {findings_cell(row)}" if routed and row.model else findings_cell(row),
         )
     return table
 

@@ -35,6 +35,8 @@ from xraytriage.triage.reasons import tier_rank
 
 BASE_COLUMNS = ("rank", "study", "path", "priority", "abnormal", "flagged", "status", "error", "findings")
 TAIL_COLUMNS = ("images", "site_priority", "warnings", "tier", "flag_reason", "ood_score")
+ROUTING_COLUMNS = ("body_part", "model")
+"""Added after the tail when images were routed by body part (``triage --route``)."""
 STATUS_OK = "ok"
 STATUS_ERROR = "error"
 DECIMALS = 6
@@ -123,6 +125,10 @@ class WorklistRow:
     """What drives the flag (``triage.reasons.flag_reason``); empty for routine studies."""
     ood_score: float | None = None
     """Higher = less like the training images; None when the model cannot tell."""
+    body_part: str = ""
+    """Routed worklists: the body part the image was routed by (``triage/routing.py``)."""
+    model: str = ""
+    """Routed worklists: the name of the model that scored the study."""
 
     @classmethod
     def error_row(cls, study: str, path: str, error: str) -> WorklistRow:
@@ -132,8 +138,9 @@ class WorklistRow:
     def ok(self) -> bool:
         return self.status == STATUS_OK
 
-    def to_dict(self, label_names: Sequence[str] | None = None) -> dict[str, Any]:
-        """Flat, JSON-ready mapping in column order; ``None`` for blanks."""
+    def to_dict(self, label_names: Sequence[str] | None = None, routed: bool | None = None) -> dict[str, Any]:
+        """Flat, JSON-ready mapping in column order; ``None`` for blanks. ``routed`` adds
+        ``body_part`` and ``model`` (default: when this row has either)."""
         labels = list(label_names) if label_names is not None else list(self.probabilities)
         data: dict[str, Any] = {
             "rank": self.rank,
@@ -154,6 +161,9 @@ class WorklistRow:
         data["tier"] = self.tier
         data["flag_reason"] = self.flag_reason or None
         data["ood_score"] = rounded(self.ood_score)
+        if routed or (routed is None and (self.body_part or self.model)):
+            data["body_part"] = self.body_part or None
+            data["model"] = self.model or None
         return data
 
 
@@ -188,8 +198,9 @@ def write_worklist(
     """Write ``worklist.csv`` and ``worklist.json`` (a list of the same rows) into ``output_dir``."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    columns = worklist_columns(label_names)
-    records = [{k: _safe(v) for k, v in row.to_dict(label_names).items()} for row in rows]
+    routed = any(row.body_part or row.model for row in rows)
+    columns = [*worklist_columns(label_names), *(ROUTING_COLUMNS if routed else ())]
+    records = [{k: _safe(v) for k, v in row.to_dict(label_names, routed).items()} for row in rows]
     csv_path, json_path = output_dir / "worklist.csv", output_dir / "worklist.json"
     tmp_csv, tmp_json = csv_path.with_suffix(".csv.tmp"), json_path.with_suffix(".json.tmp")
     with open(tmp_csv, "w", newline="", encoding="utf-8") as fh:
@@ -210,7 +221,17 @@ def _parse_cell(column: str, text: str) -> Any:
         return int(text)
     if column == "flagged":
         return text == "True"
-    if column in ("study", "path", "status", "error", "findings", "warnings", "tier", "flag_reason"):
+    if column in (
+        "study",
+        "path",
+        "status",
+        "error",
+        "findings",
+        "warnings",
+        "tier",
+        "flag_reason",
+        *ROUTING_COLUMNS,
+    ):
         return text
     return float(text)
 

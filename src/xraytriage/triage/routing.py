@@ -1,0 +1,244 @@
+"""Body-part routing: every image goes to the model whose scope covers it.
+
+A hospital sends every CR/DX film, not only chests; a chest model given a hand answers with
+chest findings. The router is a small image classifier (a checkpoint whose labels are body
+parts: ``CHEST, HAND, LEG, HIP, SHOULDER``) combined with the DICOM header's
+BodyPartExamined where there is one:
+
+- the image's body part is the router's most probable label when it reaches
+  ``min_confidence``; otherwise, when the parts one model covers reach it together (noisy-OR:
+  "a limb, hand or leg"), that model's most probable part, with a note; otherwise the
+  header's (when it names one), otherwise unknown;
+- a header that names another part than a confident router is reported on the row
+  (``warnings``) and the image decides: headers are often missing or wrong;
+- the image then goes to the first model whose scope (``Checkpoint.scope['body_parts']``)
+  lists that part, or becomes an error row "no model for this body part".
+
+Each model scores its images with its own engine (its preprocessing, calibration and operating
+points); the rows of all models form one worklist sorted by priority, each row naming its
+``body_part`` and the ``model`` that scored it. Like the engine, this module imports no
+deep-learning library: predictors are handed in.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from xraytriage.io import iter_input_files
+from xraytriage.models.predictor import Predictor
+from xraytriage.scope import body_part_term
+from xraytriage.triage.engine import ImageResult, Prepared, TriageEngine, TriageOptions, TriageResult
+from xraytriage.triage.grouping import study_key
+from xraytriage.triage.worklist import WorklistRow, sort_worklist
+
+MIN_CONFIDENCE = 0.5
+NO_MODEL = "no model for this body part"
+UNKNOWN = "UNKNOWN"
+
+
+@dataclass(frozen=True)
+class BodyPartDecision:
+    """Where one image goes: its body part, what the image and the header said, and a
+    warning when they disagree."""
+
+    body_part: str
+    image_part: str
+    image_confidence: float
+    header_part: str
+    warning: str = ""
+
+
+def decide_body_part(
+    probabilities: Sequence[float] | np.ndarray,
+    labels: Sequence[str],
+    header_part: str = "",
+    min_confidence: float = MIN_CONFIDENCE,
+    model_of: Mapping[str, str] | None = None,
+) -> BodyPartDecision:
+    """Combine the router's probabilities with the DICOM BodyPartExamined (may be empty).
+
+    ``model_of`` (body part -> model name) lets an image whose exact part is unsure still be
+    routed when the parts one model covers are together probable enough (their noisy-OR):
+    the router may not know hand from leg and still know it is a limb."""
+    probs = np.asarray(probabilities, dtype=np.float64)
+    parts = [body_part_term(name) for name in labels]
+    best = int(np.argmax(probs))
+    confidence = float(probs[best])
+    image_part = parts[best]
+    header = body_part_term(header_part) if header_part else ""
+    note = ""
+    if confidence < min_confidence and model_of:
+        grouped = _model_probabilities(probs, parts, model_of)
+        model, p_model = max(grouped.items(), key=lambda item: item[1], default=("", 0.0))
+        if p_model >= min_confidence:
+            covered = [j for j, part in enumerate(parts) if model_of.get(part) == model]
+            best = max(covered, key=lambda j: probs[j])
+            image_part, confidence = parts[best], p_model
+            note = f"body part uncertain: a {model} film (p={p_model:.2f}), most likely {image_part} (p={probs[best]:.2f})"
+    if confidence >= min_confidence:
+        warning = note
+        if header and header != image_part:
+            warning = "; ".join(filter(None, [note, (
+                f"body part: DICOM BodyPartExamined says {header_part.strip()}, the image looks like "
+                f"{image_part} (p={confidence:.2f}); routed as {image_part}"
+            )]))  # fmt: skip
+        return BodyPartDecision(image_part, image_part, confidence, header, warning)
+    if header:
+        return BodyPartDecision(header, image_part, confidence, header)
+    return BodyPartDecision(UNKNOWN, image_part, confidence, header)
+
+
+def _model_probabilities(
+    probs: np.ndarray, parts: Sequence[str], model_of: Mapping[str, str]
+) -> dict[str, float]:
+    """P(the image belongs to each model): noisy-OR of the probabilities of the parts it covers."""
+    out: dict[str, float] = {}
+    for model in dict.fromkeys(model_of.values()):
+        covered = [probs[j] for j, part in enumerate(parts) if model_of.get(part) == model]
+        out[model] = float(1.0 - np.prod(1.0 - np.asarray(covered))) if covered else 0.0
+    return out
+
+
+@dataclass
+class RoutedModel:
+    """A model in the routing table: a name for the worklist and its engine."""
+
+    name: str
+    engine: TriageEngine
+
+    @property
+    def body_parts(self) -> list[str]:
+        scope = self.engine.checkpoint.scope or {}
+        return [body_part_term(b) for b in scope.get("body_parts") or []]
+
+
+class RoutedTriage:
+    """Route each image by body part, score it with its model, one worklist for all."""
+
+    def __init__(
+        self,
+        router: Predictor,
+        models: Sequence[RoutedModel],
+        options: TriageOptions | None = None,
+        min_confidence: float = MIN_CONFIDENCE,
+    ) -> None:
+        self.options = options or TriageOptions()
+        self.router = TriageEngine(router, self.options)
+        self.labels = list(router.checkpoint.label_names)
+        self.models = list(models)
+        self.min_confidence = min_confidence
+        self.model_of = {part: m.name for m in reversed(self.models) for part in m.body_parts}
+
+    def model_for(self, body_part: str) -> RoutedModel | None:
+        """The first model whose scope lists ``body_part`` (an empty scope takes nothing here:
+        a model that does not say what it reads is never chosen by routing)."""
+        for model in self.models:
+            if body_part in model.body_parts:
+                return model
+        return None
+
+    def route(self, paths: Iterable[str]) -> tuple[dict[str, BodyPartDecision], dict[str, str]]:
+        """Body part per readable path, and the error per unreadable one (one decode each)."""
+        decisions: dict[str, BodyPartDecision] = {}
+        errors: dict[str, str] = {}
+        batch: list[Prepared] = []
+
+        def flush() -> None:
+            if not batch:
+                return
+            logits = self.router.predictor.predict_logits(np.stack([p.image for p in batch]))
+            probs = self.router.checkpoint.probabilities(logits)
+            for prepared, row in zip(batch, probs, strict=True):
+                header = str(prepared.meta.get("body_part") or "")
+                decisions[prepared.path] = decide_body_part(
+                    row, self.labels, header, self.min_confidence, self.model_of
+                )
+            batch.clear()
+
+        for prepared in self.router.iter_prepared(paths):
+            if prepared.error is not None:
+                errors[prepared.path] = prepared.error
+                continue
+            batch.append(prepared)
+            if len(batch) >= self.options.batch_size:
+                flush()
+        flush()
+        return decisions, errors
+
+    def run(self, inputs: Iterable[str | Path]) -> TriageResult:
+        paths = [str(p) for p in iter_input_files(inputs)]
+        start = time.perf_counter()
+        decisions, errors = self.route(paths)
+        rows: list[WorklistRow] = []
+        for path, error in errors.items():
+            rows.append(WorklistRow.error_row(study_key(path, None, self.options.study_from), path, error))
+        by_model: dict[str, list[str]] = {}
+        for path in paths:
+            decision = decisions.get(path)
+            if decision is None:
+                continue
+            model = self.model_for(decision.body_part)
+            if model is None:
+                row = WorklistRow.error_row(
+                    study_key(path, None, self.options.study_from),
+                    path,
+                    f"{path}: {NO_MODEL} ({decision.body_part.lower()})",
+                )
+                row.body_part = decision.body_part
+                rows.append(row)
+                continue
+            by_model.setdefault(model.name, []).append(path)
+        ok = 0
+        for model in self.models:
+            model_paths = by_model.get(model.name, [])
+            if not model_paths:
+                continue
+            results: list[ImageResult] = list(model.engine.iter_results(model_paths))
+            ok += sum(1 for r in results if r.ok)
+            for row in model.engine.study_rows(results):
+                row.model = model.name
+                parts = dict.fromkeys(decisions[p].body_part for p in row.image_paths if p in decisions)
+                row.body_part = "+".join(parts)
+                notes = [
+                    decisions[p].warning for p in row.image_paths if p in decisions and decisions[p].warning
+                ]
+                if notes:
+                    row.warnings = "; ".join(filter(None, [row.warnings, *dict.fromkeys(notes)]))
+                rows.append(row)
+        labels: list[str] = []
+        for model in self.models:
+            labels.extend(n for n in model.engine.checkpoint.label_names if n not in labels)
+        return TriageResult(
+            rows=sort_worklist(rows),
+            label_names=labels,
+            images_total=len(paths),
+            images_ok=ok,
+            seconds=time.perf_counter() - start,
+            backend=getattr(self.router.predictor, "name", ""),
+            extra={"routing": routing_summary(decisions, errors, self)},
+        )
+
+
+def routing_summary(
+    decisions: dict[str, BodyPartDecision], errors: dict[str, str], routed: RoutedTriage
+) -> dict[str, Any]:
+    """Counts per body part and per model, and how many headers disagreed with the image."""
+    parts: dict[str, int] = {}
+    models: dict[str, int] = {}
+    for decision in decisions.values():
+        parts[decision.body_part] = parts.get(decision.body_part, 0) + 1
+        model = routed.model_for(decision.body_part)
+        key = model.name if model is not None else NO_MODEL
+        models[key] = models.get(key, 0) + 1
+    return {
+        "body_parts": parts,
+        "models": models,
+        "header_disagreements": sum(1 for d in decisions.values() if d.warning),
+        "unreadable": len(errors),
+    }
