@@ -146,7 +146,40 @@ def dataset_options(args: argparse.Namespace) -> dict[str, Any]:
         if not sep or not key.strip():
             raise ConfigError(f"--option expects KEY=VALUE, got {item!r}")
         options[key.strip().replace("-", "_")] = yaml.safe_load(value)
+    kind = getattr(args, "kind", None) or getattr(args, "dataset", None)
+    if kind:
+        check_flags_for_kind(
+            kind, options, given_as_option={i.partition("=")[0].strip() for i in args.option}
+        )
     return options
+
+
+def check_flags_for_kind(kind: str, options: dict[str, Any], given_as_option: set[str] = frozenset()) -> None:
+    """Flags that dataset ``kind`` does not take: an error naming them as typed (``--csv``, not
+    the loader's ``csv``), the flags it does take, and for a label CSV the ``csv`` kind."""
+    from xraytriage.data.registry import COMMON_OPTIONS, _kind
+    from xraytriage.data.registry import dataset_options as accepted
+    from xraytriage.errors import ConfigError
+
+    key = _kind(kind)
+    allowed = accepted(key)
+
+    def flag(name: str) -> str:
+        return f"-O {name}=..." if name in given_as_option else "--" + name.replace("_", "-")
+
+    unknown = [k for k in options if k not in allowed]
+    if not unknown:
+        return
+    takes = ", ".join("--" + n.replace("_", "-") for n in allowed if n not in COMMON_OPTIONS)
+    hint = ""
+    if key != "csv" and "csv" in unknown:
+        hint = (
+            "; for a label CSV of your own (a path column and one column per label) use the csv kind: "
+            "--dataset csv --csv FILE (`xraytriage datasets inspect csv --csv FILE` to check it first)"
+        )
+    raise ConfigError(
+        f"dataset kind {key!r} does not take {', '.join(flag(k) for k in unknown)}; it takes {takes}{hint}"
+    )
 
 
 # --- inspect -----------------------------------------------------------------------------------

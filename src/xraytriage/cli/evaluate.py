@@ -22,7 +22,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from xraytriage.cli.common import resolve_model_path
+from xraytriage.cli.common import check_output_dir, resolve_model_path
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "predictions.csv, PNG plots and a self-contained report.html in --output.",
     )
     source = parser.add_argument_group("what to evaluate")
-    source.add_argument("--model", type=Path, help="checkpoint (.pt) to run over --dataset")
+    source.add_argument(
+        "--model",
+        metavar="MODEL",
+        help="checkpoint (.pt), fetched published model NAME, or `default` to run over --dataset "
+        "(default: the bundled model when --dataset is given without --predictions)",
+    )
     source.add_argument(
         "--predictions",
         type=Path,
@@ -341,10 +346,16 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from xraytriage.evaluate.predictions import label_matrix
     from xraytriage.evaluate.runner import evaluate_predictions, write_evaluation
 
-    if (args.model is None) == (args.predictions is None):
-        raise ConfigError("give exactly one of --model (with --dataset) or --predictions")
-    if args.model is not None and not args.dataset:
-        raise ConfigError("--model needs --dataset KIND and its options")
+    check_output_dir(args.output)
+    if args.model is not None and args.predictions is not None:
+        raise ConfigError("give one of --model (with --dataset) or --predictions, not both")
+    if args.predictions is None and not args.dataset:
+        raise ConfigError(
+            "give --dataset KIND and its options (the model is the bundled one unless --model says "
+            "otherwise) or --predictions CSV"
+        )
+    if args.predictions is None:
+        args.model = str(resolve_model_path(args.model))  # the one --model rule, checked before any work
     if args.calibrate and args.model is None:
         raise ConfigError("--calibrate needs --model (calibration is fitted on raw logits)")
     if args.save_checkpoint and not args.calibrate:
@@ -448,7 +459,7 @@ def _provenance(args: argparse.Namespace, test, checkpoint) -> dict[str, Any]:
     return build_provenance(
         test,
         checkpoint=checkpoint,
-        checkpoint_path=args.model,
+        checkpoint_path=Path(args.model) if args.model else None,
         predictions_path=args.predictions,
         model=args.predictions.name if args.predictions else None,
         dataset=dataset,
