@@ -207,3 +207,20 @@ def test_models_list_puts_the_bundled_model_first_with_a_legend(tmp_path, capsys
     assert main(["models", "show", "densenet121-res224-nih", "--cache", str(tmp_path)]) == 0
     shown = capsys.readouterr().out
     assert "not fetched" in shown and str(tmp_path / "models" / "densenet121-res224-nih") in shown
+
+
+def test_a_service_start_logs_no_alembic_info_lines(tmp_path, caplog):
+    import logging
+
+    from sqlalchemy import create_engine
+
+    from xraytriage.serving.migrations import head, upgrade
+
+    engine = create_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    with caplog.at_level(logging.INFO):
+        upgrade(engine)
+        upgrade(engine)  # a restart: nothing to migrate
+    alembic = [r for r in caplog.records if r.name.startswith("alembic")]
+    ours = [r.getMessage() for r in caplog.records if r.name == "xraytriage.serving.migrations"]
+    assert alembic == [] and ours == [f"database schema migrated from revision (empty) to {head()}"]
+    engine.dispose()
