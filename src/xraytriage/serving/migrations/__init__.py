@@ -106,7 +106,7 @@ def _upgrade_once(engine: Engine, revision: str) -> None:
         log.info("database schema migrated from revision %s to %s", before or "(empty)", after)
 
 
-class _quiet_alembic:  # noqa: N801 (a context manager used like a function)
+class _quiet_alembic:
     """Alembic's INFO lines (about ten at every start) only with debug logging: the service
     logs one line of its own when a migration actually changed the schema."""
 
