@@ -154,8 +154,13 @@ def image_dict(image: ImageRecord) -> dict[str, Any]:
 
 
 def heatmap_dict(study_id: str, heatmap: HeatmapRecord) -> dict[str, Any]:
+    from xraytriage.explain.overlay import HEAT_LEVEL, OPACITY, SHADE, finding_colour
+
     base = f"/api/v1/studies/{study_id}/heatmaps/{quote(heatmap.finding)}.png?image={heatmap.image_id}"
+    red, green, blue = finding_colour(heatmap.finding)
     return {
+        "colour": f"#{red:02x}{green:02x}{blue:02x}",
+        "scale": {"level": HEAT_LEVEL, "opacity": list(OPACITY), "shade": list(SHADE)},
         "finding": heatmap.finding,
         "image_id": heatmap.image_id,
         "probability": rounded(heatmap.probability),
