@@ -64,8 +64,9 @@
         warningBadges(item.warnings),
         // folded copies of the columns a narrower window hides (app.css decides which show)
         el("div", {class: "fold fold-patient small muted"},
-          [identifier(item.patient_id, "patient_id"), [item.body_part, item.view].filter(Boolean).join(" ")]
-            .filter((part) => part && part !== "–").flatMap((part, i) => (i ? [" · ", part] : [part])))),
+          [item.patient_id ? identifier(item.patient_id, "patient_id-folded") : null,
+            [item.body_part, item.view].filter(Boolean).join(" ")]
+            .filter(Boolean).flatMap((part, i) => (i ? [" · ", part] : [part])))),
       el("td", {class: "patient"},
         el("div", {}, identifier(item.patient_id, "patient_id")),
         item.accession ? el("div", {class: "small"}, "Acc ", identifier(item.accession, "accession")) : null,
