@@ -117,3 +117,28 @@ def test_the_probability_histogram_names_its_labels():
     assert "Predicted probabilities, all labels pooled" in titles
     titles = [ax.get_title() for ax in plot_calibration(y[:, :1], p[:, :1], ["Mass"], 10).axes]
     assert "Predicted probabilities of Mass" in titles
+
+
+def test_the_console_repeats_the_clinical_warnings_in_one_line_each():
+    from xraytriage.cli.evaluate import _clinical_warnings
+
+    result = {
+        "labels": ["Mass", "Pneumonia"],
+        "config": {"operating_point": "youden"},
+        "operating_points": {
+            "rules": {
+                "youden": {
+                    "Mass": {"threshold": 0.5, "sensitivity": 0.1},
+                    "Pneumonia": {"threshold": 0.5, "sensitivity": 0.9},
+                },
+                "checkpoint": {
+                    "Mass": {"threshold": 0.4, "sensitivity": 0.8},
+                    "Pneumonia": {"threshold": 0.43, "sensitivity": 0.06},
+                },
+            }
+        },
+        "calibration": {"Mass": {"ece": 0.03}, "Pneumonia": {"ece": 0.61}},
+    }
+    lines = _clinical_warnings(result)
+    assert len(lines) == 2 and all(line.startswith("Pneumonia: ") for line in lines)  # the model's thresholds
+    assert "0.43 only 6%" in lines[0] and "off by 0.61" in lines[1]

@@ -505,6 +505,8 @@ def _print_summary(result: dict[str, Any], comparison) -> None:
         )
     console = Console()
     console.print(table)
+    for line in _clinical_warnings(result):
+        console.print(f"[bold red]warning:[/] {line}", highlight=False)
     if "triage" in result:
         tri = result["triage"]
         console.print(
@@ -515,6 +517,29 @@ def _print_summary(result: dict[str, Any], comparison) -> None:
         console.print(f"side by side on {comparison['images']} shared images: see comparison.csv")
     if "grouped" in result:
         _print_grouped(console, result["grouped"], comparison)
+
+
+def _clinical_warnings(result: dict[str, Any]) -> list[str]:
+    """The report's clinical warnings in one line each: a finding mostly missed at the model's
+    threshold, or probabilities that are not chances (report.html has the CIs and the words)."""
+    from xraytriage.evaluate.clinical import HIGH_ECE, LOW_SENSITIVITY
+
+    rules = result.get("operating_points", {}).get("rules", {})
+    rule = "checkpoint" if "checkpoint" in rules else result["config"]["operating_point"]
+    lines = []
+    for name in result["labels"]:
+        at = rules.get(rule, {}).get(name, {})
+        sensitivity, ece = at.get("sensitivity"), result.get("calibration", {}).get(name, {}).get("ece")
+        if sensitivity is not None and sensitivity == sensitivity and sensitivity < LOW_SENSITIVITY:
+            lines.append(
+                f"{name}: at its threshold {at['threshold']:.2f} only {sensitivity:.0%} of the images with it "
+                "are flagged (see the summary at the top of report.html)"
+            )
+        if ece is not None and ece == ece and ece > HIGH_ECE:
+            lines.append(
+                f"{name}: probabilities off by {ece:.2f} on average (ECE above {HIGH_ECE:g}): a ranking, not chances"
+            )
+    return lines
 
 
 def _print_grouped(console, grouped: dict[str, Any], comparison) -> None:
