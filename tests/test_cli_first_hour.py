@@ -224,3 +224,17 @@ def test_a_service_start_logs_no_alembic_info_lines(tmp_path, caplog):
     ours = [r.getMessage() for r in caplog.records if r.name == "xraytriage.serving.migrations"]
     assert alembic == [] and ours == [f"database schema migrated from revision (empty) to {head()}"]
     engine.dispose()
+
+
+def test_datasets_inspect_fits_80_columns_without_cutting_a_cell(shared_data, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    root = shared_data / "nih"
+    assert main(["datasets", "inspect", "nih", "--root", str(root), "--folds", "5", "--skip-file-check"]) == 0
+    text = capsys.readouterr().out
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert "…" not in text and "(part 2 of" in text
+    collections = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name != "meta")
+    assert all(name in text for name in collections)
+    assert "Pleural Thickening" in text and "fold 4" in text
+    assert main(["datasets", "inspect", "nih", "--root", str(root), "--skip-file-check", "--wide"]) == 0
+    assert "(part" not in capsys.readouterr().out

@@ -57,3 +57,42 @@ def check_output_dir(path: str | Path, option: str = "--output") -> Path:
     if parent.exists() and not parent.is_dir():
         raise ConfigError(f"{path}: {option} cannot be created: {parent} is a file, not a folder")
     return path
+
+
+def print_table(
+    console,
+    title: str,
+    headers: list[str],
+    rows: list[list[str]],
+    keys: int = 1,
+    wide: bool = False,
+    width: int = 80,
+) -> int:
+    """A table that fits ``width`` columns without cutting a cell: when it is wider, the columns
+    after the first ``keys`` (the row names, repeated) are split over several tables, titled
+    "(part i of n)". ``wide`` prints it whole. Returns the number of tables printed."""
+    from rich.table import Table
+
+    def cell_width(i: int) -> int:
+        return max(max((len(line) for line in headers[i].split("\n")), default=0),
+                   *(len(r[i]) for r in rows)) + 3  # fmt: skip
+
+    fixed = sum(cell_width(i) for i in range(keys)) + 1
+    groups: list[list[int]] = [[]]
+    used = fixed
+    for i in range(keys, len(headers)):
+        if groups[-1] and used + cell_width(i) > width and not wide:
+            groups.append([])
+            used = fixed
+        groups[-1].append(i)
+        used += cell_width(i)
+    for part, group in enumerate(groups, 1):
+        label = title if len(groups) == 1 else f"{title} (part {part} of {len(groups)})"
+        table = Table(title=label)
+        for i in [*range(keys), *group]:
+            table.add_column(headers[i], justify="left" if i < keys else "right", no_wrap=True)
+        for row in rows:
+            table.add_row(*(row[i] for i in [*range(keys), *group]))
+        needed = fixed + sum(cell_width(i) for i in group)
+        console.print(table, width=max(needed, min(width, console.width or width)))
+    return len(groups)

@@ -46,6 +46,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     inspect_parser.add_argument(
         "--skip-file-check", action="store_true", help="do not check that listed files exist"
     )
+    inspect_parser.add_argument(
+        "--wide", action="store_true", help="each table whole (default: wide tables split to fit 80 columns)"
+    )
     inspect_parser.set_defaults(handler=run_inspect)
 
     cache_parser = commands.add_parser(
@@ -266,30 +269,31 @@ def _count_table(title: str, column: str, counts: dict) -> Table:
     return table
 
 
-def _collection_table(collections: dict[str, dict[str, Any]], labels: list[str]) -> Table:
+def _collection_table(console, collections: dict[str, dict[str, Any]], labels: list[str], wide: bool) -> None:
     """Prevalence per collection: collections differ in selection, so their label mix differs."""
-    from rich.table import Table
+    from xraytriage.cli.common import print_table
 
-    table = Table(title="collections (positives, % of the collection's images)")
-    table.add_column("label")
-    for name, c in collections.items():
-        table.add_column(f"{name}\n{c['images']:,} img", justify="right")
-    table.add_row("abnormal", *(_share(c["abnormal"], c["images"]) for c in collections.values()))
-    table.add_row("normal", *(_share(c["normal"], c["images"]) for c in collections.values()))
-    for label in labels:
-        table.add_row(
-            label, *(_share(c["positives"].get(label, 0), c["images"]) for c in collections.values())
-        )
-    return table
+    headers = ["label", *(f"{name}\n{c['images']:,} img" for name, c in collections.items())]
+    rows = [
+        ["abnormal", *(_share(c["abnormal"], c["images"]) for c in collections.values())],
+        ["normal", *(_share(c["normal"], c["images"]) for c in collections.values())],
+        *(
+            [label, *(_share(c["positives"].get(label, 0), c["images"]) for c in collections.values())]
+            for label in labels
+        ),
+    ]
+    print_table(console, "collections (positives, % of the collection's images)", headers, rows, wide=wide)
 
 
 def _share(n: int, total: int) -> str:
     return f"{n:,} ({100 * n / max(total, 1):.0f}%)"
 
 
-def print_report(report: dict[str, Any]) -> None:
+def print_report(report: dict[str, Any], wide: bool = False) -> None:
     from rich.console import Console
     from rich.table import Table
+
+    from xraytriage.cli.common import print_table
 
     console = Console()
     summary = Table(title=f"{report['dataset']} dataset", show_header=False)
@@ -305,7 +309,7 @@ def print_report(report: dict[str, Any]) -> None:
 
     labels = Table(title="labels")
     for col in ("label", "positive", "negative", "uncertain", "unknown", "other"):
-        labels.add_column(col, justify="left" if col == "label" else "right")
+        labels.add_column(col, justify="left" if col == "label" else "right", no_wrap=True)
     for name, c in report["labels"].items():
         labels.add_row(
             name, *(f"{c.get(k, 0):,}" for k in ("positive", "negative", "uncertain", "unknown", "other"))
@@ -314,41 +318,40 @@ def print_report(report: dict[str, Any]) -> None:
 
     console.print(_count_table("views", "view", report["views"]))
     if len(report.get("collections", {})) > 1:
-        console.print(_collection_table(report["collections"], list(report["labels"])))
+        _collection_table(console, report["collections"], list(report["labels"]), wide)
     for line in report.get("warnings", []):
-        console.print(f"[yellow]warning:[/] {line}", highlight=False, soft_wrap=True)
+        console.print(f"[yellow]warning:[/] {line}", highlight=False, soft_wrap=wide)
     if "body_parts" in report:
         console.print(_count_table("body parts", "body part", report["body_parts"]))
 
     if "splits" in report:
         splits = report["splits"]
-        table = Table(title=f"splits ({report['split_method']})")
-        table.add_column("")
-        for name in splits:
-            table.add_column(name, justify="right")
-        table.add_row("images", *(f"{s['images']:,}" for s in splits.values()))
-        table.add_row("patients", *(f"{s['patients']:,}" for s in splits.values()))
+        rows = [
+            ["images", *(f"{s['images']:,}" for s in splits.values())],
+            ["patients", *(f"{s['patients']:,}" for s in splits.values())],
+        ]
         for label in report["labels"]:
             cells = []
             for s in splits.values():
                 n = s["positive"][label]
                 cells.append(f"{n:,} ({100 * n / max(s['images'], 1):.1f}%)")
-            table.add_row(f"{label} +", *cells)
-        console.print(table)
+            rows.append([f"{label} +", *cells])
+        print_table(console, f"splits ({report['split_method']})", ["", *splits], rows, wide=wide)
 
     names = list(report["co_occurrence"])
     if len(names) > 1:
-        table = Table(title="label co-occurrence (images positive for both; columns numbered as rows)")
-        table.add_column("#", justify="right", no_wrap=True)
-        table.add_column("label", no_wrap=True)
-        digits = max(len(f"{v:,}") for row in report["co_occurrence"].values() for v in row.values())
-        for k in range(len(names)):
-            table.add_column(str(k + 1), justify="right", no_wrap=True, min_width=max(digits, 2))
-        for k, a in enumerate(names):
-            table.add_row(str(k + 1), a, *(f"{report['co_occurrence'][a][b]:,}" for b in names))
-        # a wide table: let it run past 80 columns rather than truncate the counts
-        needed = 16 + max(len(n) for n in names) + len(names) * (max(digits, 2) + 3)
-        Console(width=max(console.width, needed)).print(table)
+        rows = [
+            [str(k + 1), a, *(f"{report['co_occurrence'][a][b]:,}" for b in names)]
+            for k, a in enumerate(names)
+        ]
+        print_table(
+            console,
+            "label co-occurrence (images positive for both; columns numbered as rows)",
+            ["#", "label", *(str(k + 1) for k in range(len(names)))],
+            rows,
+            keys=2,
+            wide=wide,
+        )
 
 
 def run_inspect(args: argparse.Namespace) -> int:
@@ -356,7 +359,7 @@ def run_inspect(args: argparse.Namespace) -> int:
 
     dataset = load_dataset(args.kind, **dataset_options(args))
     report = inspect_report(dataset, args)
-    print_report(report)
+    print_report(report, wide=args.wide)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2, default=str))
