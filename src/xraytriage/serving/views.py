@@ -15,7 +15,7 @@ from xraytriage.scope import low_resolution_warning
 from xraytriage.serving.records import HeatmapRecord, ImageRecord, StudyRecord, StudyView
 from xraytriage.triage.worklist import rounded
 
-DISCLAIMER = "Model output to prioritise reading; not a diagnosis."
+DISCLAIMER = "Triage aid: model output to prioritise reading, not a diagnosis."
 CSV_BASE = (
     "rank",
     "study_id",
