@@ -106,6 +106,8 @@ def test_report_opens_with_the_clinical_summary_and_defines_its_metrics(tmp_path
     assert "How to read the table" in text
     assert "escalation never triggered" in text
     assert "Triage with aging, measured in the same simulated day" in text
+    assert re.search(r"Measured here: reading any study that has waited [0-9.]+ min next", text)
+    assert "sensitivity below 0.3; ECE above 0.1" in text  # Pneumonia's row in the summary table
 
 
 def test_the_probability_histogram_names_its_labels():

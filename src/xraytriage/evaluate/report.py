@@ -15,7 +15,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from xraytriage.evaluate.clinical import DEFINITIONS, plot_operating_points, summarise_findings
+from xraytriage.evaluate.clinical import (
+    DEFINITIONS,
+    HIGH_ECE,
+    LOW_SENSITIVITY,
+    plot_operating_points,
+    summarise_findings,
+)
 from xraytriage.evaluate.htmlpage import MISSING, NOT_ENOUGH, HtmlReport
 from xraytriage.evaluate.plots import (
     plot_auc_per_epoch,
@@ -263,7 +269,17 @@ def _clinical_section(report: HtmlReport, result: Mapping[str, Any], y: np.ndarr
             "flag rate": s.flag_rate.value,
             "flag rate 95% CI": _rate_ci(s.flag_rate),
             "ECE": s.ece,
-            "warning": "; ".join(w.split(": ", 1)[1].split(" (")[0] for w in s.warnings) or "",
+            "warning": "; ".join(
+                text
+                for text, on in (
+                    (
+                        f"sensitivity below {LOW_SENSITIVITY:g}",
+                        s.sensitivity.n and s.sensitivity.value < LOW_SENSITIVITY,
+                    ),
+                    (f"ECE above {HIGH_ECE:g}", s.ece is not None and s.ece > HIGH_ECE),
+                )
+                if on
+            ),
         }
         for s in summaries
     ]
@@ -332,6 +348,17 @@ def _wait_explained(report: HtmlReport, sim: Mapping[str, Any]) -> None:
             "all: max wait": waits["triage"]["all"]["max"],
         },
     )
+    bounded = [r for r in rows[1:] if r["abnormal: mean wait"] <= fifo["mean"]]
+    if bounded:
+        best = min(bounded, key=lambda r: (r["abnormal: max wait"], r["abnormal: mean wait"]))
+        report.paragraph(
+            f"Measured here: reading any study that has waited {best['maximum wait before a study is read next (min)']:g} "
+            f"min next keeps the abnormal studies' mean wait at {best['abnormal: mean wait']:.1f} min ("
+            f"{triage['mean']:.1f} with plain triage, {fifo['mean']:.1f} first come, first served) and caps "
+            f"their longest wait at {best['abnormal: max wait']:.1f} min ({triage['max']:.1f} with plain triage): "
+            "for this data, triage with that bound is the better default (simulate another bound with "
+            "`evaluate --max-wait`; the web worklist itself is sorted by priority only)."
+        )
     report.table(
         pd.DataFrame(rows).set_index("maximum wait before a study is read next (min)"),
         "Triage with aging, measured in the same simulated day",
