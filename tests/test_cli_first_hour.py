@@ -238,3 +238,17 @@ def test_datasets_inspect_fits_80_columns_without_cutting_a_cell(shared_data, ca
     assert "Pleural Thickening" in text and "fold 4" in text
     assert main(["datasets", "inspect", "nih", "--root", str(root), "--skip-file-check", "--wide"]) == 0
     assert "(part" not in capsys.readouterr().out
+
+
+def test_a_fresh_process_opening_the_database_prints_no_alembic_lines(tmp_path):
+    """What `serve` does at start, in a new process (alembic logs some lines while imported)."""
+    code = (
+        "from xraytriage.logconfig import configure_logging; configure_logging('info');"
+        "from sqlalchemy import create_engine; from xraytriage.serving.migrations import upgrade;"
+        f"upgrade(create_engine('sqlite:///{tmp_path / 'x.db'}'))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=_env()
+    )
+    assert out.returncode == 0, out.stderr
+    assert "alembic" not in out.stderr and "database schema migrated" in out.stderr, out.stderr
