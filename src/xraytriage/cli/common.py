@@ -12,7 +12,9 @@ from xraytriage.errors import ConfigError, MissingFileError
 
 def default_model_path() -> Path:
     """The bundled default model shipped inside the package (``models.published.BUNDLED_MODEL``)."""
-    return Path(__file__).resolve().parent.parent / "assets" / "default_model" / "model.pt"
+    from xraytriage.models.published import BUNDLED_MODEL
+
+    return BUNDLED_MODEL
 
 
 def add_model_argument(parser: argparse.ArgumentParser) -> None:
