@@ -1,5 +1,5 @@
 """Load test of ``xraytriage serve`` on loopback: concurrent clients upload images and wait
-for each result, the way people use the diagnosis tool.
+for each result, the way people use the triage service.
 
 For each mode (predictions only, then with heatmaps) a fresh server is started on a free
 loopback port with its own temporary data folder and the bundled default model. First a

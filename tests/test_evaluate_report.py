@@ -16,7 +16,14 @@ from xraytriage.data import CSVDataset
 from xraytriage.evaluate.predictions import predict_dataset, read_predictions_csv
 from xraytriage.evaluate.runner import EvaluationConfig, evaluate_predictions
 
-EVALUATION_PLOTS = ("roc_curves", "pr_curves", "calibration", "confusion_matrices", "triage_simulation")
+EVALUATION_PLOTS = (
+    "clinical_summary",
+    "roc_curves",
+    "pr_curves",
+    "calibration",
+    "confusion_matrices",
+    "triage_simulation",
+)
 
 
 @pytest.fixture(scope="module")

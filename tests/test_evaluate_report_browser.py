@@ -78,7 +78,7 @@ def page(report):
 
 def test_every_image_loads(page):
     sizes = page.eval_on_selector_all("img", "imgs => imgs.map(i => [i.complete, i.naturalWidth, i.alt])")
-    assert len(sizes) == 5  # ROC, PR, confusion matrices, calibration, triage
+    assert len(sizes) == 6  # clinical summary, ROC, PR, confusion matrices, calibration, triage
     broken = [alt for complete, width, alt in sizes if not complete or width <= 0]
     assert not broken, f"images that did not load: {broken}"
 

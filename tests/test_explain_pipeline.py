@@ -134,15 +134,11 @@ def test_cli_explain_feature_maps(localizer_path, synthetic_holdout_dir, tmp_pat
 
 
 def test_cli_explain_without_model_names_the_problem(tmp_path, capsys, monkeypatch):
-    import xraytriage.cli.common as common
+    import xraytriage.models.published as published
 
-    monkeypatch.setattr(common, "default_model_path", lambda: tmp_path / "missing" / "model.pt")
-    monkeypatch.setattr("xraytriage.cli.explain.default_model_path", common.default_model_path)
-    monkeypatch.setattr(
-        "xraytriage.cli.explain.resolve_model_path", lambda v: v or common.default_model_path()
-    )
+    monkeypatch.setattr(published, "BUNDLED_MODEL", tmp_path / "missing" / "model.pt")
     assert main(["explain", str(tmp_path), "--output", str(tmp_path / "o")]) == 2
-    assert "bundled default model" in capsys.readouterr().err
+    assert "the bundled default model" in capsys.readouterr().err
 
 
 def test_cli_localize_eval_writes_tables(localizer_path, synthetic_holdout_dir, tmp_path):

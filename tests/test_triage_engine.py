@@ -345,8 +345,9 @@ def test_demo_triages_the_bundled_samples(tiny_checkpoint_path, tmp_path, capsys
 
 
 def test_demo_without_the_bundled_model_says_so(tmp_path, monkeypatch, capsys):
-    import xraytriage.cli.demo as demo
+    import xraytriage.models.published as published
 
-    monkeypatch.setattr(demo, "default_model_path", lambda: tmp_path / "absent" / "model.pt")
+    monkeypatch.setattr(published, "BUNDLED_MODEL", tmp_path / "absent" / "model.pt")
     assert main(["demo", "--output", str(tmp_path / "out")]) == 2
-    assert "bundled default model is missing" in capsys.readouterr().err
+    assert "the bundled default model" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

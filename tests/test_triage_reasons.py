@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from xraytriage.triage import WorklistRow, read_worklist_csv, write_worklist
-from xraytriage.triage.console import worklist_table
+from xraytriage.triage.console import worklist_lines
 from xraytriage.triage.reasons import (
     TIER_CRITICAL,
     TIER_FLAGGED,
@@ -80,7 +80,6 @@ def test_critical_studies_sort_first_then_priority_and_stat_stays_on_top():
 
 
 def test_files_and_console_carry_tier_reason_and_ood_score(tmp_path):
-    from rich.console import Console
 
     labels = ["Mass", "Pneumothorax"]
     crit = dataclasses.replace(
@@ -104,9 +103,7 @@ def test_files_and_console_carry_tier_reason_and_ood_score(tmp_path):
     assert [r["tier"] for r in back] == ["critical", "flagged"]
     assert back[0]["flag_reason"] == "CRITICAL Pneumothorax 0.70 >= 0.60"
     assert back[0]["ood_score"] == pytest.approx(1.25) and back[1]["ood_score"] is None
-    console = Console(width=200, record=True)
-    console.print(worklist_table(rows, top=5))
-    text = console.export_text()
+    text = "\n".join(line.plain for line in worklist_lines(rows, top=5))
     assert "CRITICAL" in text and "FLAGGED" in text
     assert "abnormal, no single finding" in text
 

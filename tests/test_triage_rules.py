@@ -19,7 +19,7 @@ from xraytriage.triage import (
     study_key,
     write_worklist,
 )
-from xraytriage.triage.console import short_study, worklist_table
+from xraytriage.triage.console import print_worklist, short_study
 from xraytriage.triage.worklist import format_findings, parse_findings, sort_worklist, worklist_columns
 
 LABELS = ["Mass", "Pneumothorax", "Effusion", "No Finding"]
@@ -211,10 +211,10 @@ def test_console_table_shows_the_top_rows_only():
     rows = sort_worklist([_row(f"study{i}", i / 10) for i in range(5)])
     rows[0].findings, rows[0].flagged = "Mass 0.40", True
     console = Console(width=120, record=True)
-    console.print(worklist_table(rows, top=2))
+    print_worklist(rows, 5, 1.0, top=2, console=console)
     text = console.export_text()
     assert "study4" in text and "study3" in text and "study2" not in text
-    assert text.count("FLAGGED") == 1
+    assert text.count("FLAGGED  ") == 1  # one flagged row (the legend explains the word)
     assert "Mass 0.40" in text
     assert short_study("/very/long/folder/name/that/goes/on/patient00001/study1", 24).endswith(
         "patient00001/study1"

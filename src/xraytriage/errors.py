@@ -38,6 +38,19 @@ class MissingFileError(ConfigError):
         return (type(self), (self.path, self.what))
 
 
+class UnknownModelError(MissingFileError):
+    """``--model`` names neither a checkpoint file nor a model it knows; the message lists
+    the names it accepts."""
+
+    def __init__(self, path: str | Path, valid: str) -> None:
+        super().__init__(path, "checkpoint file or model name")
+        self.valid = valid
+        self.args = (f"{self.args[0]}; --model takes a checkpoint path or one of: {valid}",)
+
+    def __reduce__(self):
+        return (type(self), (self.path, self.valid))
+
+
 class PatientLeakError(XRayTriageError):
     """A patient's images are in more than one split."""
 

@@ -17,6 +17,9 @@ LEVELS = ("debug", "info", "warning", "error")
 _HANDLER = "xraytriage"
 _FORMAT = "%(levelname)s %(name)s: %(message)s"
 _TIMED_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+CHATTY_LIBRARIES = ("alembic",)
+"""Libraries whose INFO lines say nothing to a user (alembic: about ten at every service start,
+some while it is imported); shown only with debug logging."""
 
 
 def configure_logging(level: str | int = "info", *, timestamps: bool = False) -> None:
@@ -37,3 +40,7 @@ def configure_logging(level: str | int = "info", *, timestamps: bool = False) ->
         handler.setFormatter(formatter)
         root.addHandler(handler)
     root.setLevel(level)
+    for name in CHATTY_LIBRARIES:
+        logging.getLogger(name).setLevel(
+            logging.NOTSET if level <= logging.DEBUG else max(level, logging.WARNING)
+        )

@@ -27,7 +27,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", type=Path, required=True, help="checkpoint to calibrate")
+    p.add_argument(
+        "--model",
+        metavar="MODEL",
+        default=None,
+        help="checkpoint to calibrate: a .pt file, a fetched published model NAME, or `default` "
+        "(the bundled model, also when left out)",
+    )
     p.add_argument(
         "--predictions", type=Path, required=True, help="held-out predictions CSV (prob_<label> + truth)"
     )

@@ -47,6 +47,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     inspect_parser.add_argument(
         "--skip-file-check", action="store_true", help="do not check that listed files exist"
     )
+    inspect_parser.add_argument(
+        "--wide", action="store_true", help="each table whole (default: wide tables split to fit 80 columns)"
+    )
     inspect_parser.set_defaults(handler=run_inspect)
 
     cache_parser = commands.add_parser(
@@ -149,7 +152,40 @@ def dataset_options(args: argparse.Namespace) -> dict[str, Any]:
         if not sep or not key.strip():
             raise ConfigError(f"--option expects KEY=VALUE, got {item!r}")
         options[key.strip().replace("-", "_")] = yaml.safe_load(value)
+    kind = getattr(args, "kind", None) or getattr(args, "dataset", None)
+    if kind:
+        check_flags_for_kind(
+            kind, options, given_as_option={i.partition("=")[0].strip() for i in args.option}
+        )
     return options
+
+
+def check_flags_for_kind(kind: str, options: dict[str, Any], given_as_option: set[str] = frozenset()) -> None:
+    """Flags that dataset ``kind`` does not take: an error naming them as typed (``--csv``, not
+    the loader's ``csv``), the flags it does take, and for a label CSV the ``csv`` kind."""
+    from xraytriage.data.registry import COMMON_OPTIONS, _kind
+    from xraytriage.data.registry import dataset_options as accepted
+    from xraytriage.errors import ConfigError
+
+    key = _kind(kind)
+    allowed = accepted(key)
+
+    def flag(name: str) -> str:
+        return f"-O {name}=..." if name in given_as_option else "--" + name.replace("_", "-")
+
+    unknown = [k for k in options if k not in allowed]
+    if not unknown:
+        return
+    takes = ", ".join("--" + n.replace("_", "-") for n in allowed if n not in COMMON_OPTIONS)
+    hint = ""
+    if key != "csv" and "csv" in unknown:
+        hint = (
+            "; for a label CSV of your own (a path column and one column per label) use the csv kind: "
+            "--dataset csv --csv FILE (`xraytriage datasets inspect csv --csv FILE` to check it first)"
+        )
+    raise ConfigError(
+        f"dataset kind {key!r} does not take {', '.join(flag(k) for k in unknown)}; it takes {takes}{hint}"
+    )
 
 
 # --- inspect -----------------------------------------------------------------------------------
@@ -238,30 +274,31 @@ def _count_table(title: str, column: str, counts: dict) -> Table:
     return table
 
 
-def _collection_table(collections: dict[str, dict[str, Any]], labels: list[str]) -> Table:
+def _collection_table(console, collections: dict[str, dict[str, Any]], labels: list[str], wide: bool) -> None:
     """Prevalence per collection: collections differ in selection, so their label mix differs."""
-    from rich.table import Table
+    from xraytriage.cli.common import print_table
 
-    table = Table(title="collections (positives, % of the collection's images)")
-    table.add_column("label")
-    for name, c in collections.items():
-        table.add_column(f"{name}\n{c['images']:,} img", justify="right")
-    table.add_row("abnormal", *(_share(c["abnormal"], c["images"]) for c in collections.values()))
-    table.add_row("normal", *(_share(c["normal"], c["images"]) for c in collections.values()))
-    for label in labels:
-        table.add_row(
-            label, *(_share(c["positives"].get(label, 0), c["images"]) for c in collections.values())
-        )
-    return table
+    headers = ["label", *(f"{name}\n{c['images']:,} img" for name, c in collections.items())]
+    rows = [
+        ["abnormal", *(_share(c["abnormal"], c["images"]) for c in collections.values())],
+        ["normal", *(_share(c["normal"], c["images"]) for c in collections.values())],
+        *(
+            [label, *(_share(c["positives"].get(label, 0), c["images"]) for c in collections.values())]
+            for label in labels
+        ),
+    ]
+    print_table(console, "collections (positives, % of the collection's images)", headers, rows, wide=wide)
 
 
 def _share(n: int, total: int) -> str:
     return f"{n:,} ({100 * n / max(total, 1):.0f}%)"
 
 
-def print_report(report: dict[str, Any]) -> None:
+def print_report(report: dict[str, Any], wide: bool = False) -> None:
     from rich.console import Console
     from rich.table import Table
+
+    from xraytriage.cli.common import print_table
 
     console = Console()
     summary = Table(title=f"{report['dataset']} dataset", show_header=False)
@@ -286,7 +323,7 @@ def print_report(report: dict[str, Any]) -> None:
 
     labels = Table(title="labels")
     for col in ("label", "positive", "negative", "uncertain", "unknown", "other"):
-        labels.add_column(col, justify="left" if col == "label" else "right")
+        labels.add_column(col, justify="left" if col == "label" else "right", no_wrap=True)
     for name, c in report["labels"].items():
         labels.add_row(
             name, *(f"{c.get(k, 0):,}" for k in ("positive", "negative", "uncertain", "unknown", "other"))
@@ -295,42 +332,41 @@ def print_report(report: dict[str, Any]) -> None:
 
     console.print(_count_table("views", "view", report["views"]))
     if len(report.get("collections", {})) > 1:
-        console.print(_collection_table(report["collections"], list(report["labels"])))
+        _collection_table(console, report["collections"], list(report["labels"]), wide)
     for line in report.get("warnings", []):
-        console.print(f"[yellow]warning:[/] {line}", highlight=False, soft_wrap=True)
+        console.print(f"[yellow]warning:[/] {line}", highlight=False, soft_wrap=wide)
     if "body_parts" in report:
         console.print(_count_table("body parts", "body part", report["body_parts"]))
     _print_fracatlas_extras(console, report)
 
     if "splits" in report:
         splits = report["splits"]
-        table = Table(title=f"splits ({report['split_method']})")
-        table.add_column("")
-        for name in splits:
-            table.add_column(name, justify="right")
-        table.add_row("images", *(f"{s['images']:,}" for s in splits.values()))
-        table.add_row("patients", *(f"{s['patients']:,}" for s in splits.values()))
+        rows = [
+            ["images", *(f"{s['images']:,}" for s in splits.values())],
+            ["patients", *(f"{s['patients']:,}" for s in splits.values())],
+        ]
         for label in report["labels"]:
             cells = []
             for s in splits.values():
                 n = s["positive"][label]
                 cells.append(f"{n:,} ({100 * n / max(s['images'], 1):.1f}%)")
-            table.add_row(f"{label} +", *cells)
-        console.print(table)
+            rows.append([f"{label} +", *cells])
+        print_table(console, f"splits ({report['split_method']})", ["", *splits], rows, wide=wide)
 
     names = list(report["co_occurrence"])
     if len(names) > 1:
-        table = Table(title="label co-occurrence (images positive for both; columns numbered as rows)")
-        table.add_column("#", justify="right", no_wrap=True)
-        table.add_column("label", no_wrap=True)
-        digits = max(len(f"{v:,}") for row in report["co_occurrence"].values() for v in row.values())
-        for k in range(len(names)):
-            table.add_column(str(k + 1), justify="right", no_wrap=True, min_width=max(digits, 2))
-        for k, a in enumerate(names):
-            table.add_row(str(k + 1), a, *(f"{report['co_occurrence'][a][b]:,}" for b in names))
-        # a wide table: let it run past 80 columns rather than truncate the counts
-        needed = 16 + max(len(n) for n in names) + len(names) * (max(digits, 2) + 3)
-        Console(width=max(console.width, needed)).print(table)
+        rows = [
+            [str(k + 1), a, *(f"{report['co_occurrence'][a][b]:,}" for b in names)]
+            for k, a in enumerate(names)
+        ]
+        print_table(
+            console,
+            "label co-occurrence (images positive for both; columns numbered as rows)",
+            ["#", "label", *(str(k + 1) for k in range(len(names)))],
+            rows,
+            keys=2,
+            wide=wide,
+        )
 
 
 def _print_fracatlas_extras(console, report: dict[str, Any]) -> None:
@@ -363,7 +399,7 @@ def run_inspect(args: argparse.Namespace) -> int:
 
     dataset = load_dataset(args.kind, **dataset_options(args))
     report = inspect_report(dataset, args)
-    print_report(report)
+    print_report(report, wide=args.wide)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2, default=str))

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from xraytriage.cli.common import default_model_path
-
 
 def samples_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "assets" / "samples"
@@ -29,7 +27,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument(
-        "--output", "-o", type=Path, default=Path("xraytriage-demo"), help="folder for the worklist"
+        "--output",
+        "-o",
+        type=Path,
+        default=Path("out/demo"),
+        help="folder for the worklist (default out/demo, as `make demo`)",
     )
     p.add_argument("--explain", action="store_true", help="also write heatmaps of the listed findings")
     p.add_argument(
@@ -43,19 +45,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from xraytriage.cli.common import check_output_dir
     from xraytriage.cli.triage import execute
     from xraytriage.errors import XRayTriageError
 
-    model = args.model or default_model_path()
-    if not Path(model).is_file():
-        raise XRayTriageError(
-            f"the bundled default model is missing ({model}); train one with `xraytriage train` "
-            "and pass it with --model, or reinstall xraytriage with its assets"
-        )
+    check_output_dir(args.output)
     samples = samples_dir()
     if not samples.is_dir():
         raise XRayTriageError(f"the bundled sample images are missing ({samples})")
-    args.model = Path(model)
     inputs = [str(samples), *([str(msk_samples_dir())] if args.route else [])]
     print(f"triaging the bundled samples in {', '.join(inputs)}")
     args.fracture_model = args.router = None
@@ -68,6 +65,7 @@ def print_sample_truth(samples: Path, output: Path) -> None:
     """The NIH labels of the samples next to their rank, so the worklist can be judged at a glance
     (text-mined report labels, not verified diagnoses)."""
     import csv
+    import textwrap
 
     from xraytriage.triage.worklist import read_worklist_csv
 
@@ -79,6 +77,8 @@ def print_sample_truth(samples: Path, output: Path) -> None:
     print("NIH labels of the samples, in worklist order (flag = the model's study flag):")
     for row in read_worklist_csv(worklist):
         name = Path(row["path"]).name
-        if name in truth and row["rank"] is not None:
+        if row["rank"] is not None:
             flag = "FLAGGED" if row["flagged"] else "-"
-            print(f"  {row['rank']:>2}  {flag:<7}  {row['abnormal']:.2f}  {name}  {truth[name]}")
+            labels = truth.get(name, "(not from NIH ChestX-ray14: no labels)")
+            line = f"  {row['rank']:>2}  {flag:<7}  {row['abnormal']:.2f}  {name}  {labels}"
+            print(textwrap.fill(line, 80, subsequent_indent=" " * 24, break_on_hyphens=False))

@@ -22,7 +22,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from xraytriage.cli.common import resolve_model_path
+from xraytriage.cli.common import check_output_dir, resolve_model_path
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "predictions.csv, PNG plots and a self-contained report.html in --output.",
     )
     source = parser.add_argument_group("what to evaluate")
-    source.add_argument("--model", type=Path, help="checkpoint (.pt) to run over --dataset")
+    source.add_argument(
+        "--model",
+        metavar="MODEL",
+        help="checkpoint (.pt), fetched published model NAME, or `default` to run over --dataset "
+        "(default: the bundled model when --dataset is given without --predictions)",
+    )
     source.add_argument(
         "--predictions",
         type=Path,
@@ -341,10 +346,16 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from xraytriage.evaluate.predictions import label_matrix
     from xraytriage.evaluate.runner import evaluate_predictions, write_evaluation
 
-    if (args.model is None) == (args.predictions is None):
-        raise ConfigError("give exactly one of --model (with --dataset) or --predictions")
-    if args.model is not None and not args.dataset:
-        raise ConfigError("--model needs --dataset KIND and its options")
+    check_output_dir(args.output)
+    if args.model is not None and args.predictions is not None:
+        raise ConfigError("give one of --model (with --dataset) or --predictions, not both")
+    if args.predictions is None and not args.dataset:
+        raise ConfigError(
+            "give --dataset KIND and its options (the model is the bundled one unless --model says "
+            "otherwise) or --predictions CSV"
+        )
+    if args.predictions is None:
+        args.model = str(resolve_model_path(args.model))  # the one --model rule, checked before any work
     if args.calibrate and args.model is None:
         raise ConfigError("--calibrate needs --model (calibration is fitted on raw logits)")
     if args.save_checkpoint and not args.calibrate:
@@ -448,7 +459,7 @@ def _provenance(args: argparse.Namespace, test, checkpoint) -> dict[str, Any]:
     return build_provenance(
         test,
         checkpoint=checkpoint,
-        checkpoint_path=args.model,
+        checkpoint_path=Path(args.model) if args.model else None,
         predictions_path=args.predictions,
         model=args.predictions.name if args.predictions else None,
         dataset=dataset,
@@ -494,6 +505,8 @@ def _print_summary(result: dict[str, Any], comparison) -> None:
         )
     console = Console()
     console.print(table)
+    for line in _clinical_warnings(result):
+        console.print(f"[bold red]warning:[/] {line}", highlight=False)
     if "triage" in result:
         tri = result["triage"]
         console.print(
@@ -504,6 +517,29 @@ def _print_summary(result: dict[str, Any], comparison) -> None:
         console.print(f"side by side on {comparison['images']} shared images: see comparison.csv")
     if "grouped" in result:
         _print_grouped(console, result["grouped"], comparison)
+
+
+def _clinical_warnings(result: dict[str, Any]) -> list[str]:
+    """The report's clinical warnings in one line each: a finding mostly missed at the model's
+    threshold, or probabilities that are not chances (report.html has the CIs and the words)."""
+    from xraytriage.evaluate.clinical import HIGH_ECE, LOW_SENSITIVITY
+
+    rules = result.get("operating_points", {}).get("rules", {})
+    rule = "checkpoint" if "checkpoint" in rules else result["config"]["operating_point"]
+    lines = []
+    for name in result["labels"]:
+        at = rules.get(rule, {}).get(name, {})
+        sensitivity, ece = at.get("sensitivity"), result.get("calibration", {}).get(name, {}).get("ece")
+        if sensitivity is not None and sensitivity == sensitivity and sensitivity < LOW_SENSITIVITY:
+            lines.append(
+                f"{name}: at its threshold {at['threshold']:.2f} only {sensitivity:.0%} of the images with it "
+                "are flagged (see the summary at the top of report.html)"
+            )
+        if ece is not None and ece == ece and ece > HIGH_ECE:
+            lines.append(
+                f"{name}: probabilities off by {ece:.2f} on average (ECE above {HIGH_ECE:g}): a ranking, not chances"
+            )
+    return lines
 
 
 def _print_grouped(console, grouped: dict[str, Any], comparison) -> None:

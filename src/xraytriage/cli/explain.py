@@ -7,7 +7,7 @@ import re
 import sys
 from pathlib import Path
 
-from xraytriage.cli.common import add_model_argument, default_model_path, resolve_model_path
+from xraytriage.cli.common import add_model_argument, resolve_model_path
 
 METHOD_CHOICES = ("auto", "gradcam", "gradcam++", "localiser")
 BOX_COLUMNS = ["path", "finding", "x", "y", "w", "h", "score"]
@@ -106,16 +106,10 @@ def register(subparsers) -> None:
 
 
 def _load_explainer(args):
-    from xraytriage.errors import XRayTriageError
     from xraytriage.explain import Explainer
     from xraytriage.models import load_checkpoint
 
     path = resolve_model_path(args.model)
-    if args.model is None and not path.is_file():
-        raise XRayTriageError(
-            f"no --model given and the bundled default model is not installed ({default_model_path()}); "
-            "pass --model CHECKPOINT.pt"
-        )
     checkpoint = load_checkpoint(path)
     return Explainer(
         checkpoint,
@@ -144,13 +138,13 @@ def _unique_stem(path: Path, used: set[str]) -> str:
 def run_explain(args) -> int:
     import pandas as pd
     import torch
-    from tqdm import tqdm
 
     from xraytriage.errors import ImageReadError
     from xraytriage.explain import explain_image
     from xraytriage.explain.feature_maps import write_feature_maps
     from xraytriage.explain.overlay import OverlayItem, method_label, save_findings_overlay
     from xraytriage.io import iter_input_files, read_radiograph
+    from xraytriage.progress import progress_bar
 
     explainer = _load_explainer(args)
     legend_method = method_label(explainer.method)
@@ -163,7 +157,7 @@ def run_explain(args) -> int:
     output.mkdir(parents=True, exist_ok=True)
     files = list(iter_input_files(args.inputs))
     rows, used, failed, overlays, explained = [], set(), 0, 0, 0
-    for path in tqdm(files, desc="explain", unit="image", disable=len(files) < 2):
+    for path in progress_bar(files, desc="explain", unit="image", disable=len(files) < 2):
         try:
             radiograph = read_radiograph(path)
             explanations = explain_image(explainer, radiograph, findings)

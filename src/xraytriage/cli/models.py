@@ -49,8 +49,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             help="cache folder (default $XRAYTRIAGE_CACHE or ~/.cache/xraytriage)",
         )
 
-    q = sub.add_parser("list", help="every published model with its source, licence and input contract")
+    q = sub.add_parser(
+        "list", help="the bundled model and every published one: fetched or not, source, licence, input"
+    )
     common(q)
+    q.add_argument("--wide", action="store_true", help="one line per field, not wrapped at 80 columns")
     q.set_defaults(handler=run_list)
     q = sub.add_parser("show", help="one model in full: citation, reported numbers, the sources cited")
     q.add_argument("name")
@@ -83,21 +86,59 @@ def _input_text(entry) -> str:
 def _status(entry, cache) -> str:
     from xraytriage.models.published import CHECKPOINT_NAME, model_dir
 
-    return "fetched" if (model_dir(entry.name, cache) / CHECKPOINT_NAME).is_file() else "-"
+    return "fetched" if (model_dir(entry.name, cache) / CHECKPOINT_NAME).is_file() else "not fetched"
+
+
+LEGEND = (
+    "[bundled] ships with xraytriage, used when --model is left out; [fetched] downloaded and "
+    "converted, ready for --model NAME; [not fetched] `xraytriage models fetch NAME` downloads it first."
+)
+
+
+def _bundled_lines() -> list[str]:
+    """The bundled model's entry: what --model means when it is left out."""
+    from xraytriage.models.published import BUNDLED_MODEL, BUNDLED_NAME
+
+    where = BUNDLED_MODEL if BUNDLED_MODEL.is_file() else f"{BUNDLED_MODEL} (missing: reinstall xraytriage)"
+    return [
+        f"{BUNDLED_NAME}  [bundled]  (also `--model default`, or no --model at all)",
+        "  this project's compact ResNet-10 (128 px, 1 ch, CLAHE), trained here on a few thousand NIH "
+        "ChestX-ray14 images: a working triage aid for the demo, not a model trained on a full data set",
+        "  numbers, thresholds and limits: docs/model-card.md",
+        f"  file:    {where}",
+    ]
+
+
+def _wrapped(text: str, width: int = 80) -> None:
+    """``text`` in lines of at most ``width`` characters (a URL longer than that stays whole),
+    continuation lines indented under the text; blank lines kept."""
+    import textwrap
+
+    for line in text.split("\n"):
+        body = line.lstrip(" ")
+        indent = " " * (len(line) - len(body))
+        more = indent + "  "
+        print("\n".join(textwrap.wrap(line, width, subsequent_indent=more, break_long_words=False,
+                                       break_on_hyphens=False)) if body else line)  # fmt: skip
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from xraytriage.models.published import load_registry
+    from xraytriage.models.published import cache_root, load_registry
 
     registry = load_registry(args.registry)
+    say = print if args.wide else _wrapped
+    say(LEGEND + "\n")
+    for line in _bundled_lines():
+        say(line)
     for entry in registry.values():
         valid = len(entry.valid_outputs)
-        print(f"{entry.name}  [{_status(entry, args.cache)}]")
-        print(f"  {entry.description}")
-        print(f"  {entry.architecture}, {_input_text(entry)}, {valid} valid output(s) of {len(entry.labels)}")
-        print(f"  source:  {entry.url}")
-        print(f"  licence: {entry.licence}")
-    print(f"\n{len(registry)} models. `xraytriage models show NAME` for citation and reported numbers; "
+        say(f"{entry.name}  [{_status(entry, args.cache)}]")
+        say(f"  {entry.description}")
+        say(f"  {entry.architecture}, {_input_text(entry)}, {valid} valid output(s) of {len(entry.labels)}")
+        say(f"  source:  {entry.url}")
+        say(f"  licence: {entry.licence}")
+    say(f"\nthe bundled model and {len(registry)} published ones (cache: {cache_root(args.cache)}). "
+          "`xraytriage models show NAME` for citation, reported numbers and where it lives; "
           "`xraytriage models fetch NAME` to download one.")  # fmt: skip
     return 0
 
@@ -105,6 +146,9 @@ def run_list(args: argparse.Namespace) -> int:
 def run_show(args: argparse.Namespace) -> int:
     from xraytriage.labels import canonical_label
     from xraytriage.models.published import (
+        BUNDLED_NAME,
+        CHECKPOINT_NAME,
+        DEFAULT_NAMES,
         OPERATING_POINTS,
         get_model,
         load_registry,
@@ -112,8 +156,30 @@ def run_show(args: argparse.Namespace) -> int:
         read_manifest,
     )
 
-    entry = get_model(args.name, load_registry(args.registry))
+    if args.name in DEFAULT_NAMES:
+        for line in _bundled_lines():
+            print(line)
+        return 0
+    registry = load_registry(args.registry)
+    if args.name not in registry:
+        from xraytriage.errors import ConfigError
+
+        raise ConfigError(
+            f"unknown model {args.name!r}; `xraytriage models list` shows: {BUNDLED_NAME} (bundled), "
+            + ", ".join(registry)
+        )
+    entry = get_model(args.name, registry)
+    directory = model_dir(entry.name, args.cache)
+    fetched = (directory / CHECKPOINT_NAME).is_file()
     print(f"{entry.name}: {entry.description}")
+    print(
+        f"status:    {'fetched' if fetched else 'not fetched'}: "
+        + (
+            f"{directory / CHECKPOINT_NAME}"
+            if fetched
+            else f"`xraytriage models fetch {entry.name}` puts it in {directory}"
+        )
+    )
     print(f"publisher: {entry.publisher}")
     print(f"source:    {entry.url} ({entry.format})")
     print(f"sha256:    {entry.sha256 or 'not published (recorded at first download)'}")

@@ -28,8 +28,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--data-dir",
         type=Path,
-        default=Path("xraytriage-data"),
-        help="folder for stored uploads, pictures and the default database (default ./xraytriage-data)",
+        default=None,
+        help="folder for stored uploads, pictures and the default database (default ./out/serve, "
+        "as `make serve`)",
     )
     p.add_argument(
         "--db",
@@ -201,12 +202,18 @@ def build_dicom_settings(args: argparse.Namespace):
 
 
 def build_config(args: argparse.Namespace):
-    from xraytriage.serving.config import MB, ServeConfig, read_token
+    from xraytriage.serving.config import DEFAULT_DATA_DIR, MB, ServeConfig, read_token
 
+    model_path = resolve_model_path(args.model)  # a bad --model fails before any folder is made
+    data_dir = args.data_dir if args.data_dir is not None else DEFAULT_DATA_DIR
+    if data_dir.exists() and not data_dir.is_dir():
+        from xraytriage.errors import ConfigError
+
+        raise ConfigError(f"{data_dir}: --data-dir must be a folder, but a file of that name exists")
     return ServeConfig(
-        data_dir=args.data_dir,
+        data_dir=data_dir,
         db_url=_database_url(args.db),
-        model_path=resolve_model_path(args.model) if args.model is not None else None,
+        model_path=model_path,
         backend=args.backend,
         host=args.host,
         port=args.port,

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
-from xraytriage.cli.common import add_model_argument, resolve_model_path
+from xraytriage.cli.common import add_model_argument, check_output_dir, resolve_model_path
 from xraytriage.models.predictor import BACKENDS, DEFAULT_BACKEND
 from xraytriage.triage.aggregate import AGGREGATIONS
 from xraytriage.triage.engine import TriageOptions
@@ -56,6 +57,12 @@ def add_triage_options(p: argparse.ArgumentParser, top_default: int = 15) -> Non
         f"(default {DEFAULT_MAX_FINDINGS})",
     )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument(
+        "--wide",
+        action="store_true",
+        help="the console table with every column and full study keys on one line per study "
+        "(default: fits 80 columns, findings on their own line)",
+    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -119,6 +126,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run)
 
 
+def nothing_to_triage(inputs: list[str]) -> str | None:
+    """Why ``inputs`` cannot give a worklist (none exists, or no folder holds an image), before a
+    model is loaded or a line printed; None when there is something to read. A missing file next
+    to existing ones still becomes an error row: one bad path never stops a batch."""
+    from xraytriage.io import iter_input_files
+
+    missing = [p for p in inputs if not Path(p).exists()]
+    if len(missing) == len(inputs):
+        return f"{', '.join(map(str, missing))}: not found (check the path; folders are read recursively)"
+    if next(iter(iter_input_files(inputs)), None) is None:
+        return f"no image files (PNG, JPEG, DICOM) in {', '.join(map(str, inputs))} or its subfolders"
+    return None
+
+
 def execute(
     inputs: list[str],
     output: Path,
@@ -140,13 +161,19 @@ def execute(
     from xraytriage.triage.journal import JOURNAL_NAME, journal_header, run_journaled
     from xraytriage.triage.worklist import safe_text
 
-    console = Console(stderr=False)
+    check_output_dir(output)
+    problem = nothing_to_triage(inputs) if not resume else None
+    if problem:
+        print(f"error: nothing to triage: {problem}", file=sys.stderr)
+        return EXIT_NOTHING_TRIAGED
     if getattr(args, "route", False):
+        console = Console(stderr=False)
         if resume or explain:
             console.print("[red]error: --route does not combine with --resume or --explain yet[/]")
             return 2
         return execute_routed(inputs, output, args, study_from, aggregate, console)
     model_path = resolve_model_path(args.model)
+    console = Console(stderr=False)
     checkpoint = load_checkpoint(model_path)
     options = TriageOptions(
         batch_size=args.batch_size,
@@ -162,7 +189,9 @@ def execute(
     header = journal_header(model_path, checkpoint.label_names, study_from)
     result = run_journaled(engine, inputs, output, header, resume=resume)
     csv_path, json_path = write_worklist(result.rows, output, result.label_names)
-    print_worklist(result.rows, result.images_total, result.seconds, top=args.top, console=console)
+    print_worklist(
+        result.rows, result.images_total, result.seconds, top=args.top, console=console, wide=args.wide
+    )
     seen = checkpoint.seen_in_training([p for r in result.rows if r.ok for p in r.image_paths])
     if seen:
         console.print(

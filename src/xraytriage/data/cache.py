@@ -221,9 +221,11 @@ class ImageCache:
         store = np.memmap(self.pixels_file, dtype=np.uint8, mode="r+", shape=(capacity, self.size, self.size))
         updates: dict[str, dict[str, Any]] = {}
         try:
-            from tqdm.auto import tqdm
+            from xraytriage.progress import progress_bar
 
-            bar = tqdm(total=len(todo), desc=f"caching {self.size}px", unit="img", disable=not progress)
+            bar = progress_bar(
+                total=len(todo), desc=f"caching {self.size}px", unit="img", disable=not progress
+            )
             for path, pixels, error in self._results(todo, workers):
                 size, mtime = _stat(path)
                 if pixels is None:

@@ -107,7 +107,10 @@ def read_data_entry(path: PathLike) -> pd.DataFrame:
     needed = ("Image Index", "Finding Labels", "Patient ID", "View Position")
     missing = [c for c in needed if c not in table.columns]
     if missing:
-        raise ConfigError(f"{path}: not a NIH Data_Entry file, column(s) {missing} missing")
+        raise ConfigError(
+            f"{path}: not a NIH Data_Entry file, column(s) {missing} missing (a label CSV of your own "
+            "is the csv dataset kind: --dataset csv --csv FILE)"
+        )
     return table
 
 

@@ -194,7 +194,11 @@ def plot_calibration(
     hist.hist(finite, bins=n_bins * 2, range=(0, 1), color="steelblue")
     hist.set_xlabel("predicted probability")
     hist.set_ylabel("count")
-    hist.set_title("Predicted probabilities")
+    hist.set_title(
+        f"Predicted probabilities of {names[0]}"
+        if len(names) == 1
+        else "Predicted probabilities, all labels pooled"
+    )
     fig.tight_layout()
     return fig
 

@@ -23,13 +23,13 @@ import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from xraytriage.data.base import RadiographDataset
 from xraytriage.data.torch_dataset import UInt8Dataset, UInt8Source
 from xraytriage.errors import ConfigError, XRayTriageError
 from xraytriage.labels import ABNORMAL, abnormal_target, canonical_label, map_labels
 from xraytriage.models.checkpoint import Checkpoint
+from xraytriage.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ def predict_dataset(
     logits: list[np.ndarray] = []
     errors: list[dict[str, str]] = []
     with torch.inference_mode():
-        for batch in tqdm(loader, desc="predict", unit="batch", disable=not progress):
+        for batch in progress_bar(loader, desc="predict", unit="batch", disable=not progress):
             ok = [(i, img) for i, img, err in batch if img is not None]
             for i, _, err in batch:
                 if err:

@@ -15,6 +15,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from xraytriage.evaluate.clinical import (
+    DEFINITIONS,
+    HIGH_ECE,
+    LOW_SENSITIVITY,
+    plot_operating_points,
+    summarise_findings,
+)
 from xraytriage.evaluate.htmlpage import MISSING, NOT_ENOUGH, HtmlReport
 from xraytriage.evaluate.plots import (
     plot_auc_per_epoch,
@@ -227,6 +234,141 @@ def _header_items(result: Mapping[str, Any]) -> dict[str, Any]:
     return items
 
 
+def _clinical_section(report: HtmlReport, result: Mapping[str, Any], y: np.ndarray, p: np.ndarray) -> None:
+    """The first section: per finding, at the thresholds the model runs with, sensitivity,
+    specificity and flag rate with 95% CIs, in words and one picture, warnings first."""
+    labels = list(result["labels"])
+    ops = result["operating_points"]
+    rule = "checkpoint" if "checkpoint" in ops["rules"] else result["config"]["operating_point"]
+    thresholds = {n: ops["rules"][rule][n]["threshold"] for n in labels}
+    ece = {n: result.get("calibration", {}).get(n, {}).get("ece") for n in labels}
+    summaries = summarise_findings(y, p, labels, thresholds, ece)
+    report.heading("Summary for a clinical lead: what the model does at its operating points")
+    where = (
+        "the thresholds stored in the model, the ones `triage` and the service flag with"
+        if rule == "checkpoint"
+        else f"thresholds of the {rule} rule, chosen on the {ops['source']} (no model thresholds were given)"
+    )
+    report.paragraph(
+        f"The model flags a finding when its probability reaches the finding's threshold; here {where}. "
+        f"Measured on {result['images']} images of this data set. The model is a triage aid: it changes "
+        "the order of reading, never whether a study is read."
+    )
+    report.paragraph("What the numbers mean. " + DEFINITIONS)
+    for s in summaries:
+        for text in s.warnings:
+            report.warning(text)
+    rows = [
+        {
+            "finding": s.label,
+            "threshold": s.threshold,
+            "sensitivity": s.sensitivity.value,
+            "sensitivity 95% CI": _rate_ci(s.sensitivity),
+            "specificity": s.specificity.value,
+            "specificity 95% CI": _rate_ci(s.specificity),
+            "flag rate": s.flag_rate.value,
+            "flag rate 95% CI": _rate_ci(s.flag_rate),
+            "ECE": s.ece,
+            "warning": "; ".join(
+                text
+                for text, on in (
+                    (
+                        f"sensitivity below {LOW_SENSITIVITY:g}",
+                        s.sensitivity.n and s.sensitivity.value < LOW_SENSITIVITY,
+                    ),
+                    (f"ECE above {HIGH_ECE:g}", s.ece is not None and s.ece > HIGH_ECE),
+                )
+                if on
+            ),
+        }
+        for s in summaries
+    ]
+    report.table(pd.DataFrame(rows).set_index("finding"), "Per finding at its threshold", digits=2)
+    report.figure(
+        plot_operating_points(summaries, "Per finding at its threshold: sensitivity, specificity, flag rate"),
+        "clinical_summary",
+        "Dots: the measured share; bars: its 95% CI; dotted line: sensitivity 0.3, below which the report warns.",
+    )
+    for s in summaries:
+        report.paragraph(s.sentence())
+
+
+def _rate_ci(rate) -> str:
+    return MISSING if not rate.n else f"[{rate.low:.2f}, {rate.high:.2f}]"
+
+
+def _wait_explained(report: HtmlReport, sim: Mapping[str, Any]) -> None:
+    """What the wait table says, in words, and a measured maximum-wait bound (aging) for the
+    triage order."""
+    from xraytriage.evaluate.triage_eval import simulate_queue
+
+    waits = sim["waits"]
+    report.paragraph(
+        "How to read the table: each row is one reading order and one group of studies; the columns "
+        "are minutes from a study's arrival to the start of its reading (n studies; mean; median; p95 = "
+        "95 of 100 studies waited less; max = the longest wait)."
+    )
+    fifo, triage = waits.get("fifo", {}).get("abnormal", {}), waits.get("triage", {}).get("abnormal", {})
+    if fifo.get("n") and triage.get("n"):
+        report.paragraph(
+            f"Abnormal studies wait {triage['mean']:.1f} min on average under triage against "
+            f"{fifo['mean']:.1f} min first come, first served, but their longest wait is {triage['max']:.1f} "
+            f"against {fifo['max']:.1f} min: the abnormal studies the model scores low (its misses) "
+            "are read late, after every higher-scored study. An escalation limit bounds that wait."
+        )
+    escalated = [o for o in sim["orders"] if o.startswith("triage+escalation")]
+    if escalated and waits[escalated[0]] == waits.get("triage"):
+        longest = max(v["max"] for v in waits["triage"].values() if v.get("n"))
+        report.paragraph(
+            f"The {escalated[0]} rows equal the triage rows because escalation never triggered: no study "
+            f"waited {sim['max_wait']:g} minutes (the longest wait under triage was {longest:.1f} min)."
+        )
+    table = sim.get("table")
+    if table is None or not len(table) or not fifo.get("n"):
+        return
+    arrival, reading = table["arrival"].to_numpy(), table["reading"].to_numpy()
+    priority, abnormal = table["priority"].to_numpy(), table["abnormal"].to_numpy() == 1
+    rows = []
+    for bound in sorted({round(fifo["max"] * f, 1) for f in (0.5, 1.0)} - {0.0}):
+        run = simulate_queue(arrival, reading, priority, "triage", max_wait=bound)
+        rows.append(
+            {
+                "maximum wait before a study is read next (min)": bound,
+                "abnormal: mean wait": float(run.wait[abnormal].mean()),
+                "abnormal: max wait": float(run.wait[abnormal].max()),
+                "all: max wait": float(run.wait.max()),
+            }
+        )
+    rows.insert(
+        0,
+        {
+            "maximum wait before a study is read next (min)": "none (triage)",
+            "abnormal: mean wait": triage["mean"],
+            "abnormal: max wait": triage["max"],
+            "all: max wait": waits["triage"]["all"]["max"],
+        },
+    )
+    bounded = [r for r in rows[1:] if r["abnormal: mean wait"] <= fifo["mean"]]
+    if bounded:
+        best = min(bounded, key=lambda r: (r["abnormal: max wait"], r["abnormal: mean wait"]))
+        report.paragraph(
+            f"Measured here: reading any study that has waited {best['maximum wait before a study is read next (min)']:g} "
+            f"min next keeps the abnormal studies' mean wait at {best['abnormal: mean wait']:.1f} min ("
+            f"{triage['mean']:.1f} with plain triage, {fifo['mean']:.1f} first come, first served) and caps "
+            f"their longest wait at {best['abnormal: max wait']:.1f} min ({triage['max']:.1f} with plain triage): "
+            "for this data, triage with that bound is the better default (simulate another bound with "
+            "`evaluate --max-wait`; the web worklist itself is sorted by priority only)."
+        )
+    report.table(
+        pd.DataFrame(rows).set_index("maximum wait before a study is read next (min)"),
+        "Triage with aging, measured in the same simulated day",
+        digits=1,
+        note="Aging: a study that has waited the bound is read next. Bounds at half and at all of the "
+        "longest first-come-first-served wait of an abnormal study; the one that keeps the triage mean "
+        "and caps the maximum is the better default for this data.",
+    )
+
+
 def _triage_section(report: HtmlReport, tri: Mapping[str, Any]) -> None:
     report.heading("Triage")
     reference = tri.get("abnormal_found_in_top_reference", {})
@@ -260,6 +402,7 @@ def _triage_section(report: HtmlReport, tri: Mapping[str, Any]) -> None:
         f"priority (triage){escalation}; the table gives waiting times in minutes."
     )
     report.table(_wait_table(sim))
+    _wait_explained(report, sim)
 
 
 def build_evaluation_report(
@@ -283,6 +426,9 @@ def build_evaluation_report(
     warning = overlap_warning(result.get("training_overlap") or {})
     if warning:
         report.warning(warning)
+    if "operating_points" in result:
+        _clinical_section(report, result, y, p)
+    report.heading("What was evaluated")
     report.header(_header_items(result))
     overlap = result.get("label_overlap", {})
     if overlap.get("model_only"):
@@ -305,6 +451,13 @@ def build_evaluation_report(
             )
             + "."
         )
+    report.paragraph(
+        "AUC (area under the ROC curve): the chance that a randomly chosen image with the finding scores "
+        "above a randomly chosen image without it (0.5 = a coin toss, 1 = always). AP (average "
+        "precision): precision (the share of flagged images that have the finding) averaged over all "
+        "sensitivities; a random model's AP equals the prevalence, so read it against that column. "
+        "ECE: see the summary at the top."
+    )
     report.table(_summary_table(result), "Per label")
     report.figure(plot_roc_curves(y, p, labels), "roc_curves", "ROC curve per label (one colour per label)")
     report.figure(plot_pr_curves(y, p, labels), "pr_curves", "Precision-recall curve per label")

@@ -471,9 +471,8 @@ def evaluate_localization(
     the same GT boxes whose images are found in ``image_folders``, each next to its random
     same-size control. Unreadable images are reported and skipped; a finding no method covers
     is counted in ``skipped_findings``. Raises ConfigError when nothing could be evaluated."""
-    from tqdm import tqdm
-
     from xraytriage.io import read_radiograph
+    from xraytriage.progress import progress_bar
 
     sources = _as_sources(methods)
     files = index_images(image_folders)
@@ -494,7 +493,7 @@ def evaluate_localization(
     per_box: list[dict] = []
     errors: list[str] = []
     groups = list(present.groupby("image", sort=True))
-    for image, group in tqdm(groups, desc="localize", unit="image", disable=not progress):
+    for image, group in progress_bar(groups, desc="localize", unit="image", disable=not progress):
         try:
             radiograph = read_radiograph(files[image])
         except ImageReadError as exc:
@@ -556,12 +555,14 @@ def evaluate_input_maps(
     """The benchmark on maps already computed on the network input (N, F, S, S), e.g. a
     localiser's out-of-fold maps: each map is taken to its image's original size, boxed and
     scored against ``boxes`` (``index, finding, x, y, w, h`` in original pixels)."""
-    from tqdm import tqdm
+    from xraytriage.progress import progress_bar
 
     cases: list[CaseScore] = []
     per_box: list[dict] = []
     channel = {canonical_label(f): i for i, f in enumerate(findings)}
-    for index, group in tqdm(list(boxes.groupby("index", sort=True)), desc=method, disable=not progress):
+    for index, group in progress_bar(
+        list(boxes.groupby("index", sort=True)), desc=method, disable=not progress
+    ):
         index = int(index)
         h, w = (int(v) for v in sizes[index])
         wanted = [f for f in dict.fromkeys(group["finding"]) if canonical_label(f) in channel]

@@ -51,7 +51,7 @@ def download(url: str, dest: str | Path, sha256: str | None = None, progress: bo
 
     With ``sha256`` the file must match it, else it is removed and ChecksumError raised.
     """
-    from tqdm import tqdm
+    from xraytriage.progress import progress_bar
 
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -74,7 +74,7 @@ def download(url: str, dest: str | Path, sha256: str | None = None, progress: bo
             total = offset + int(length) if length and length.isdigit() else None
             with (
                 open(part, "ab" if offset else "wb") as out,
-                tqdm(
+                progress_bar(
                     total=total,
                     initial=offset,
                     unit="B",

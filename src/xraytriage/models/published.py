@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from xraytriage import __version__
-from xraytriage.errors import ConfigError, XRayTriageError
+from xraytriage.errors import ConfigError, MissingFileError, UnknownModelError, XRayTriageError
 from xraytriage.models.fetch import ChecksumError, download, sha256_file
 from xraytriage.preprocess import PreprocessContract
 
@@ -412,16 +412,62 @@ def resolve_model_name(value: str | Path, cache: str | Path | None = None) -> Pa
     return None
 
 
-def load_model(value: str | Path) -> Checkpoint:
-    """A checkpoint file, or the converted checkpoint of a fetched published model by NAME (the
-    library's ``--model`` rule; ``load_checkpoint`` itself reads files only)."""
-    from xraytriage.errors import MissingFileError
+# --- the one --model rule ------------------------------------------------------------------
+BUNDLED_MODEL = Path(__file__).resolve().parents[1] / "assets" / "default_model" / "model.pt"
+"""The model shipped inside the package."""
+BUNDLED_NAME = "nih-default-compact"
+"""The bundled model's name (its checkpoint's, which the web page's header shows)."""
+DEFAULT_NAMES = ("default", BUNDLED_NAME)
+"""What ``--model`` accepts for the bundled model (leaving ``--model`` out means the same)."""
+
+
+def model_names(cache: str | Path | None = None) -> str:
+    """Every name ``--model`` accepts, for an error message: the bundled model's, then the
+    registry's with whether each is fetched."""
+    try:
+        registry = load_registry()
+    except ConfigError:
+        registry = {}
+    models = cache_root(cache) / "models"
+    fetched = sorted(p.parent.name for p in models.glob(f"*/{CHECKPOINT_NAME}")) if models.is_dir() else []
+    others = [n for n in registry if n not in fetched]
+    parts = [f"{' or '.join(DEFAULT_NAMES)} (the bundled model)"]
+    if fetched:
+        parts.append("fetched: " + ", ".join(fetched))
+    if others:
+        parts.append("published, `xraytriage models fetch NAME` first: " + ", ".join(others))
+    return "; ".join(parts)
+
+
+def resolve_model(value: str | Path | None, cache: str | Path | None = None) -> Path:
+    """The checkpoint file ``--model`` means: nothing, ``default`` or the bundled model's name
+    -> the bundled model; an existing file -> itself; a fetched published model's NAME -> its
+    verified converted checkpoint. Anything else is an error that lists the valid names (and,
+    for a published model not fetched yet, the command that fetches it)."""
+    text = "" if value is None else str(value)
+    if not text or text in DEFAULT_NAMES:
+        if not BUNDLED_MODEL.is_file():
+            raise MissingFileError(
+                BUNDLED_MODEL,
+                "the bundled default model (reinstall xraytriage with its assets, or pass --model)",
+            )
+        return BUNDLED_MODEL
+    path = Path(text).expanduser()
+    if path.is_file():
+        return path
+    if path.is_dir():
+        inside = sorted(p.name for p in path.glob("*.pt"))[:5]
+        hint = f"; checkpoints in it: {', '.join(inside)}" if inside else ""
+        raise ConfigError(f"{path}: --model takes a checkpoint file, not a folder{hint}")
+    resolved = resolve_model_name(text, cache)
+    if resolved is not None:
+        return resolved
+    raise UnknownModelError(path, model_names(cache))
+
+
+def load_model(value: str | Path | None) -> Checkpoint:
+    """The checkpoint :func:`resolve_model` names, loaded (``load_checkpoint`` itself reads
+    files only)."""
     from xraytriage.models.checkpoint import load_checkpoint
 
-    path = Path(value)
-    if not path.is_file():
-        resolved = resolve_model_name(value)
-        if resolved is None:
-            raise MissingFileError(path, "checkpoint file")
-        path = resolved
-    return load_checkpoint(path)
+    return load_checkpoint(resolve_model(value))

@@ -7,12 +7,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from xraytriage.errors import ConfigError
+from xraytriage.models.published import BUNDLED_MODEL, resolve_model
 
 TOKEN_ENV = "XRAYTRIAGE_TOKEN"
 MB = 1024 * 1024
-BUNDLED_MODEL = Path(__file__).resolve().parents[1] / "assets" / "default_model" / "model.pt"
-"""The model shipped inside the package (the file ``cli.common.default_model_path`` names;
-serving does not import the CLI)."""
+__all__ = ["BUNDLED_MODEL", "DEFAULT_DATA_DIR", "DicomSettings", "ServeConfig", "read_token"]
+
+DEFAULT_DATA_DIR = Path("out/serve")
+"""``serve``'s data folder when none is given: the one ``make serve`` uses (ignored by git)."""
 
 
 @dataclass
@@ -20,7 +22,7 @@ class ServeConfig:
     """Settings of one service. ``data_dir`` holds the blobs, derived pictures and (by default)
     the SQLite database; ``db_url`` may point elsewhere (any SQLAlchemy URL, e.g. PostgreSQL)."""
 
-    data_dir: Path = Path("xraytriage-data")
+    data_dir: Path = DEFAULT_DATA_DIR
     db_url: str | None = None
     model_path: Path | None = None
     backend: str = "onnx"
@@ -86,8 +88,9 @@ class ServeConfig:
 
     @property
     def model_file(self) -> Path:
-        """The checkpoint to serve: ``model_path``, else the bundled model."""
-        return Path(self.model_path) if self.model_path is not None else BUNDLED_MODEL
+        """The checkpoint to serve: ``model_path`` (a file or a name, ``models.published.
+        resolve_model``'s rule), else the bundled model."""
+        return resolve_model(self.model_path)
 
     @property
     def database_url(self) -> str:

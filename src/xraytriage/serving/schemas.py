@@ -113,6 +113,15 @@ class HeatmapItem(BaseModel):
     box: dict[str, Any] | None = Field(description="x, y, w, h (and score) in the original image's pixels")
     url: str
     layer_url: str
+    colour: str | None = Field(
+        default=None,
+        description="the finding's colour (#rrggbb) in the heat layer, box and every overlay picture",
+    )
+    scale: dict[str, Any] | None = Field(
+        default=None,
+        description="how the layer maps heat to colour: clear below `level` of the map's maximum, then "
+        "`opacity` and `shade` (brightness) from the level to the maximum",
+    )
 
 
 class StudyDetail(StudySummary):

@@ -15,7 +15,7 @@ from xraytriage.scope import low_resolution_warning
 from xraytriage.serving.records import HeatmapRecord, ImageRecord, StudyRecord, StudyView
 from xraytriage.triage.worklist import rounded
 
-DISCLAIMER = "Model output to prioritise reading; not a diagnosis."
+DISCLAIMER = "Triage aid: model output to prioritise reading, not a diagnosis."
 CSV_BASE = (
     "rank",
     "study_id",
@@ -159,8 +159,13 @@ def image_dict(image: ImageRecord) -> dict[str, Any]:
 
 
 def heatmap_dict(study_id: str, heatmap: HeatmapRecord) -> dict[str, Any]:
+    from xraytriage.explain.overlay import HEAT_LEVEL, OPACITY, SHADE, finding_colour
+
     base = f"/api/v1/studies/{study_id}/heatmaps/{quote(heatmap.finding)}.png?image={heatmap.image_id}"
+    red, green, blue = finding_colour(heatmap.finding)
     return {
+        "colour": f"#{red:02x}{green:02x}{blue:02x}",
+        "scale": {"level": HEAT_LEVEL, "opacity": list(OPACITY), "shade": list(SHADE)},
         "finding": heatmap.finding,
         "image_id": heatmap.image_id,
         "probability": rounded(heatmap.probability),

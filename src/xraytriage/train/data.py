@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from xraytriage.data.base import RadiographDataset
 from xraytriage.data.cache import ImageCache
@@ -24,6 +23,7 @@ from xraytriage.data.torch_dataset import UInt8Dataset, UInt8Source, collate
 from xraytriage.errors import ConfigError, ImageReadError
 from xraytriage.io import read_radiograph
 from xraytriage.preprocess import PreprocessContract
+from xraytriage.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def preload(
     ok = np.zeros(len(dataset), dtype=bool)
     loader = DataLoader(_Decode(dataset, contract), batch_size=32, num_workers=workers, collate_fn=_as_list)
     errors = []
-    bar = tqdm(total=len(dataset), desc="decode", unit="img", disable=not progress, leave=False)
+    bar = progress_bar(total=len(dataset), desc="decode", unit="img", disable=not progress, leave=False)
     for batch in loader:
         for i, image, error in batch:
             if image is None:

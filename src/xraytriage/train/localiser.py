@@ -189,11 +189,10 @@ def build_box_data(
 ) -> tuple[BoxData, list[str]]:
     """Read every image that has boxes for the spec's findings; returns the data and the errors
     (unreadable images are reported and skipped, never fatal)."""
-    from tqdm import tqdm
-
     from xraytriage.data.boxes import index_images, load_ground_truth
     from xraytriage.geometry import box_to_input
     from xraytriage.io import read_radiograph
+    from xraytriage.progress import progress_bar
 
     truth = load_ground_truth(boxes_csv)
     files = index_images(image_folders)
@@ -207,7 +206,9 @@ def build_box_data(
     labelled, patient_map = _labels_by_image(labels_csv)
     contract = spec.preprocess
     images, names, patients, sizes, rows, ignore, errors = [], [], [], [], [], [], []
-    for name, group in tqdm(list(table.groupby("image", sort=True)), desc="box images", disable=not progress):
+    for name, group in progress_bar(
+        list(table.groupby("image", sort=True)), desc="box images", disable=not progress
+    ):
         try:
             radiograph = read_radiograph(files[name])
         except ImageReadError as exc:
@@ -313,7 +314,7 @@ def train_localiser(
     desc: str = "localiser",
 ) -> Localiser:
     """Train on ``rows`` of ``data`` (default all) and return the localiser (weights on CPU)."""
-    from tqdm import tqdm
+    from xraytriage.progress import progress_bar
 
     if tuple(data.findings) != tuple(spec.findings):
         raise ConfigError(
@@ -345,7 +346,7 @@ def train_localiser(
     mean, std = spec.preprocess.mean, spec.preprocess.std
     amp = device.type == "cuda"
     net.train()
-    bar = tqdm(range(config.epochs), desc=desc, unit="epoch", disable=not progress)
+    bar = progress_bar(range(config.epochs), desc=desc, unit="epoch", disable=not progress)
     for epoch in bar:
         order = rows[torch.randperm(len(rows), generator=generator).numpy()]
         running = 0.0

@@ -25,13 +25,13 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from xraytriage.auc_means import training_mean_names
 from xraytriage.data.base import RadiographDataset
 from xraytriage.data.torch_dataset import UInt8Source
 from xraytriage.errors import ConfigError
 from xraytriage.models.checkpoint import Checkpoint
+from xraytriage.progress import progress_bar
 from xraytriage.train.augment import BatchAugment
 from xraytriage.train.callbacks import Callback, EpochRecord, default_callbacks
 from xraytriage.train.config import TrainConfig
@@ -258,7 +258,7 @@ class Trainer:
             keep_frozen_norms_in_eval(self.net)
         total, count, images = 0.0, 0, 0
         steps = len(loader) if c.max_steps_per_epoch is None else min(len(loader), c.max_steps_per_epoch)
-        bar = tqdm(total=steps, desc=f"{self.name} {epoch + 1}/{c.epochs}", unit="batch", leave=False,
+        bar = progress_bar(total=steps, desc=f"{self.name} {epoch + 1}/{c.epochs}", unit="batch", leave=False,
                    disable=not (c.progress and self.ctx.is_main))  # fmt: skip
         start = time.perf_counter()
         for step, (x_u8, y, _) in enumerate(loader):

@@ -334,9 +334,11 @@ class TriageEngine:
         start = time.perf_counter()
         progress = None
         if self.options.progress:
-            from tqdm import tqdm
+            from xraytriage.progress import progress_bar
 
-            progress = tqdm(total=len(paths), unit="img", desc="triage", dynamic_ncols=True, file=sys.stderr)
+            progress = progress_bar(
+                total=len(paths), unit="img", desc="triage", dynamic_ncols=True, file=sys.stderr
+            )
         try:
             results = list(self.iter_results(paths, progress))
         finally:

@@ -172,9 +172,11 @@ def run_journaled(
     start = time.perf_counter()
     progress = None
     if engine.options.progress:
-        from tqdm import tqdm
+        from xraytriage.progress import progress_bar
 
-        progress = tqdm(total=len(paths), unit="img", desc="triage", dynamic_ncols=True, file=sys.stderr)
+        progress = progress_bar(
+            total=len(paths), unit="img", desc="triage", dynamic_ncols=True, file=sys.stderr
+        )
     interrupted = False
     rewritten = time.monotonic()
     try:

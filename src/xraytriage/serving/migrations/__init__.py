@@ -33,6 +33,7 @@ from xraytriage.errors import ConfigError
 
 HERE = Path(__file__).resolve().parent
 logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)  # a line per plugin at each start
+log = logging.getLogger(__name__)
 ADVISORY_LOCK_KEY = 0x7872_7479_7472_6961 & 0x7FFF_FFFF_FFFF_FFFF
 """PostgreSQL advisory lock id of the migrations ("xraytria"): one per database."""
 
@@ -90,13 +91,33 @@ def _upgrade_once(engine: Engine, revision: str) -> None:
         lock(connection)
         config.attributes["connection"] = connection
         try:
-            command.upgrade(config, revision)
+            with _quiet_alembic():
+                before = current(connection)
+                command.upgrade(config, revision)
         except CommandError as exc:
             raise ConfigError(
                 f"{engine.url.render_as_string(hide_password=True)}: cannot migrate the database to "
                 f"revision {revision} ({exc}); was it made by a newer version of xraytriage?"
             ) from None
+        with _quiet_alembic():
+            after = current(connection)
         connection.commit()
+    if after != before:
+        log.info("database schema migrated from revision %s to %s", before or "(empty)", after)
+
+
+class _quiet_alembic:
+    """Alembic's INFO lines (about ten at every start) only with debug logging: the service
+    logs one line of its own when a migration actually changed the schema."""
+
+    def __enter__(self) -> None:
+        self.logger = logging.getLogger("alembic")
+        self.level = self.logger.level
+        if not logging.getLogger().isEnabledFor(logging.DEBUG):
+            self.logger.setLevel(logging.WARNING)
+
+    def __exit__(self, *exc: object) -> None:
+        self.logger.setLevel(self.level)
 
 
 def downgrade(engine: Engine, revision: str) -> None:

@@ -96,6 +96,7 @@
       src: image.display_url,
       alt: "radiograph " + image.filename,
       dataset: {imageId: image.id},
+      onload: () => layoutLabels(picture.parentNode),
     });
     const stage = el("div", {class: "stage", dataset: {imageId: image.id}}, picture);
     if (image.width && image.height) {
@@ -133,7 +134,78 @@
       left: pct(box.x, image.width), top: pct(box.y, image.height),
       width: pct(box.w, image.width), height: pct(box.h, image.height),
     });
+    if (heatmap.colour) {
+      node.style.setProperty("--box", heatmap.colour);
+      node.firstChild.style.color = inkOn(heatmap.colour);
+    }
     return node;
+  }
+
+  // black or white text, whichever reads better on the finding's colour
+  function inkOn(hex) {
+    const [r, g, b] = [1, 3, 5].map((i) => parseInt(hex.slice(i, i + 2), 16));
+    return 0.299 * r + 0.587 * g + 0.114 * b > 140 ? "#000" : "#fff";
+  }
+
+  // Box labels that would overlap an earlier one (or leave the image) move down, one after the
+  // other, so every label stays readable however many heatmaps are on.
+  function layoutLabels(stage) {
+    const labels = [...stage.querySelectorAll(".heat-box-label")];
+    for (const label of labels) label.style.transform = "";
+    const outer = stage.getBoundingClientRect();
+    const placed = [];
+    const rects = labels.map((label) => ({label, rect: label.getBoundingClientRect()}))
+      .sort((a, b) => a.rect.top - b.rect.top || a.rect.left - b.rect.left);
+    for (const {label, rect} of rects) {
+      let shift = Math.max(0, outer.top - rect.top);
+      const hits = (r) => placed.find((p) => r.left < p.right && p.left < r.right && r.top + shift < p.bottom &&
+        p.top < r.bottom + shift);
+      for (let hit = hits(rect), guard = 0; hit && guard < 50; hit = hits(rect), guard++) {
+        shift = hit.bottom - rect.top + 1;
+      }
+      if (shift) label.style.transform = "translateY(" + shift.toFixed(1) + "px)";
+      placed.push({left: rect.left, right: rect.right, top: rect.top + shift, bottom: rect.bottom + shift});
+    }
+  }
+
+  // --- legend: each overlay's colour and scale, as the overlay pictures draw it ----------------
+  function scaleGradient(heatmap) {
+    const s = heatmap.scale || {level: 0.3, opacity: [0.25, 0.7], shade: [0.55, 1]};
+    const [r, g, b] = [1, 3, 5].map((i) => parseInt((heatmap.colour || "#00e5ff").slice(i, i + 2), 16));
+    const stop = (t) => {
+      const shade = s.shade[0] + (s.shade[1] - s.shade[0]) * t;
+      const alpha = s.opacity[0] + (s.opacity[1] - s.opacity[0]) * t;
+      return "rgba(" + [r, g, b].map((c) => Math.round(c * shade)).join(", ") + ", " + alpha.toFixed(3) + ")";
+    };
+    const level = (100 * s.level).toFixed(0) + "%";
+    return "linear-gradient(to right, transparent 0, transparent " + level + ", " + stop(0) + " " + level +
+      ", " + stop(0.5) + ", " + stop(1) + " 100%)";
+  }
+
+  function renderLegend() {
+    const on = (data.heatmaps || []).filter((h) => shown.has(key(h.image_id, h.finding)));
+    const legend = document.getElementById("heat-legend");
+    legend.hidden = !on.length;
+    const images = new Set(on.map((h) => h.image_id));
+    const name = (h) => (data.image_list || []).find((i) => i.id === h.image_id)?.filename || "";
+    document.getElementById("heat-legend-items").replaceChildren(...on.map((h) => {
+      const swatch = el("span", {class: "heat-scale", "aria-hidden": "true"});
+      swatch.style.backgroundImage = scaleGradient(h);
+      const chip = el("span", {class: "heat-chip", "aria-hidden": "true"});
+      chip.style.background = h.colour || "";
+      return el("li", {class: "heat-legend-item", dataset: {finding: h.finding, imageId: h.image_id}},
+        chip, el("span", {class: "heat-legend-name"}, h.finding),
+        el("span", {class: "muted small"}, " " + prob(h.probability) + " (threshold " + prob(h.threshold) + ")" +
+          (images.size > 1 ? " · " + name(h) : "")),
+        swatch, el("span", {class: "muted small"}, "low → high"));
+    }));
+  }
+
+  function applyOpacity() {
+    const slider = document.getElementById("heat-opacity");
+    const value = Number(slider.value) / 100;
+    document.getElementById("image-list").style.setProperty("--heat-opacity", String(value));
+    document.getElementById("heat-opacity-value").textContent = slider.value + "%";
   }
 
   function renderOverlays(image, entry) {
@@ -159,6 +231,7 @@
         if (box) entry.stage.append(box);
       }
     }
+    layoutLabels(entry.stage);
   }
 
   function toggle(imageId, finding) {
@@ -184,13 +257,14 @@
     for (const image of images) {
       const entry = figureFor(image);
       entry.figure.dataset.state = image.state;
-      entry.caption.replaceChildren(
+      entry.caption.replaceChildren(...[
         el("span", {}, image.filename + " · " + (image.format || "").toUpperCase() +
           (image.width ? " · " + image.width + " × " + image.height + " px" : "") +
           (image.body_part || image.view ? " · " + [image.body_part, image.view].filter(Boolean).join(" ") : "") +
           (image.id === data.key_image_id && images.length > 1 ? " · key image" : "")),
         image.warning ? el("span", {class: "warning-text", role: "note"}, " · ⚠ " + image.warning) : null,
-        el("span", {class: "error"}, image.error ? " · " + image.error : ""));
+        image.error ? el("span", {class: "error"}, " · " + image.error) : null,
+      ].filter(Boolean));  // replaceChildren(null) would write the text "null"
       // heatmaps of images other than the key image (the table's toggles are for the key image)
       const others = image.id === data.key_image_id ? [] : heatmapsOf(image.id);
       entry.toggles.replaceChildren(...others.map((h) =>
@@ -254,7 +328,14 @@
     renderHeader();
     renderImages();
     renderFindings();
+    renderLegend();
   }
+
+  document.getElementById("heat-opacity").addEventListener("input", applyOpacity);
+  applyOpacity();
+  window.addEventListener("resize", () => {
+    for (const entry of figures.values()) layoutLabels(entry.stage);
+  });
 
   // --- reader status -------------------------------------------------------------------------
   for (const button of article.querySelectorAll("[data-set-status]")) {

@@ -66,7 +66,12 @@
       el("td", {class: "flag"}, flagBadge(item)),
       el("th", {scope: "row", class: "name"}, link,
         item.images > 1 ? el("span", {class: "muted small"}, " (" + item.images + " images)") : null,
-        warningBadges(item.warnings)),
+        warningBadges(item.warnings),
+        // folded copies of the columns a narrower window hides (app.css decides which show)
+        el("div", {class: "fold fold-patient small muted"},
+          [item.patient_id ? identifier(item.patient_id, "patient_id-folded") : null,
+            [item.body_part, item.view].filter(Boolean).join(" ")]
+            .filter(Boolean).flatMap((part, i) => (i ? [" · ", part] : [part])))),
       el("td", {class: "patient"},
         el("div", {}, identifier(item.patient_id, "patient_id")),
         item.accession ? el("div", {class: "small"}, "Acc ", identifier(item.accession, "accession")) : null,
@@ -79,7 +84,8 @@
       el("td", {class: "findings"}, findingsCell(item)),
       el("td", {class: "read-status"}, statusBadge(item.read_status),
         item.new_images_since_read ? el("span", {class: "new-images small", title: "images arrived after it was read"},
-          " new images since read") : null),
+          " new images since read") : null,
+        el("div", {class: "fold fold-received small muted"}, stateCell(item), " · received ", time(item.received_at))),
       el("td", {class: "processing"}, stateCell(item)),
       el("td", {class: "received"}, time(item.received_at)));
   }
