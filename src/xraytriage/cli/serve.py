@@ -87,6 +87,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="shared screens: leave patient ID, accession, age/sex and study date out of every page, "
         "API answer and CSV (each page also has its own switch)",
     )
+    p.add_argument(
+        "--header-timeout",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="close a connection whose request headers are not complete after S seconds (slow clients; "
+        "default 10)",
+    )
+    p.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="close a request whose body sends nothing for S seconds (default 30)",
+    )
     dicom = p.add_argument_group("DICOM node (receive studies from a PACS or modality, send results back)")
     dicom.add_argument(
         "--dicom-port", type=int, default=None, help="listen for DICOM (C-STORE, C-ECHO) on this port"
@@ -207,6 +222,8 @@ def build_config(args: argparse.Namespace):
         dicom=build_dicom_settings(args),
         hide_identifiers=args.hide_identifiers,
         allowed_hosts=tuple(args.allowed_host),
+        header_timeout_s=args.header_timeout,
+        idle_timeout_s=args.idle_timeout,
     )
 
 
@@ -229,5 +246,13 @@ def run_serve(args: argparse.Namespace) -> int:
         f"xraytriage: http://{config.host}:{config.port}/  (API docs: /docs; data: {config.data_dir})",
         file=sys.stderr,
     )
-    uvicorn.run(app, host=config.host, port=config.port, log_level=args.log_level)
+    from xraytriage.serving.connections import timed_protocol
+
+    uvicorn.run(
+        app,
+        host=config.host,
+        port=config.port,
+        log_level=args.log_level,
+        http=timed_protocol(config.header_timeout_s, config.idle_timeout_s),
+    )
     return 0

@@ -37,6 +37,8 @@ from xraytriage.serving.storage import is_storage_error, safe_filename
 from xraytriage.serving.uploads import UploadError, receive_upload
 
 PNG_HEADERS = {"Cache-Control": "private, max-age=3600"}
+MAX_OFFSET = 2**31 - 1
+"""Largest worklist offset (a database integer; 2**63 would overflow it: 422, not 500)."""
 UNAUTHORIZED = "missing or wrong API token: send 'Authorization: Bearer <token>'"
 
 
@@ -179,7 +181,7 @@ def get_worklist(
     finding: str | None = Query(None, description="only studies that list this finding"),
     state: Literal["queued", "processing", "done", "error"] | None = Query(None),
     limit: int = Query(500, ge=1, le=10000),
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=MAX_OFFSET),
 ):
     name = check_finding(service, finding)
     hide = service.config.hide_identifiers

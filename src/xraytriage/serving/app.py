@@ -5,9 +5,10 @@ from __future__ import annotations
 import time
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 from xraytriage import __version__
 from xraytriage.serving import schemas
@@ -66,7 +67,7 @@ def create_app(config: ServeConfig, service: TriageService | None = None) -> Fas
     app.add_middleware(HostCheck, allowed=hosts)
     app.add_middleware(SecurityHeaders)
 
-    @app.exception_handler(HTTPException)
+    @app.exception_handler(HTTPException)  # Starlette's: unknown routes and methods too, not only ours
     async def http_error(_request: Request, exc: HTTPException) -> JSONResponse:
         return JSONResponse(
             {"error": str(exc.detail), "status": exc.status_code}, exc.status_code, exc.headers

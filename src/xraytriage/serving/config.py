@@ -59,6 +59,10 @@ class ServeConfig:
     hide_identifiers: bool = False
     """Leave patient ID, accession number, age, sex and study date out of every page, API
     answer and CSV (shared screens); views and body parts stay."""
+    header_timeout_s: float = 10.0
+    """A connection whose request headers are not complete after this long is closed (408)."""
+    idle_timeout_s: float = 30.0
+    """A request whose body sends nothing for this long is closed (slow clients)."""
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir)
@@ -72,6 +76,8 @@ class ServeConfig:
             raise ConfigError("the pixel limit and the heatmap pool must be positive")
         if self.min_free_mb < 0:
             raise ConfigError(f"the free-space reserve must be >= 0 MB, got {self.min_free_mb}")
+        if self.header_timeout_s <= 0 or self.idle_timeout_s <= 0:
+            raise ConfigError("the header and idle timeouts must be positive")
         if self.token is not None and len(self.token) < 8:
             raise ConfigError("the API token must be at least 8 characters")
 
