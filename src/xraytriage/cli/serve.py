@@ -88,6 +88,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "API answer and CSV (each page also has its own switch)",
     )
     p.add_argument(
+        "--db-timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="seconds a database call waits for a SQLite lock or a PostgreSQL connection before the "
+        "API answers 503 (default 30)",
+    )
+    p.add_argument(
+        "--db-retry",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="seconds the worker retries a database call through an outage before it pauses and "
+        "re-queues its work (default 30)",
+    )
+    p.add_argument(
         "--header-timeout",
         type=float,
         default=10.0,
@@ -223,6 +239,8 @@ def build_config(args: argparse.Namespace):
         hide_identifiers=args.hide_identifiers,
         allowed_hosts=tuple(args.allowed_host),
         header_timeout_s=args.header_timeout,
+        db_timeout_s=args.db_timeout,
+        db_retry_seconds=args.db_retry,
         idle_timeout_s=args.idle_timeout,
     )
 

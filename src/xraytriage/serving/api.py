@@ -23,6 +23,7 @@ from xraytriage.serving.auth import authenticated_by
 from xraytriage.serving.drawings import DISPLAY, Drawings
 from xraytriage.serving.heatmap_jobs import HeatmapQueueFull
 from xraytriage.serving.intake import UploadRejected
+from xraytriage.serving.outages import RETRY_AFTER_S, is_database_outage
 from xraytriage.serving.queries import (
     UnknownFinding,
     known_finding,
@@ -116,7 +117,7 @@ UPLOAD_BODY = {
 }
 REFUSED = {
     status: {"model": schemas.UploadRefused, "description": "no file was accepted"}
-    for status in (413, 415, 422, 507)
+    for status in (413, 415, 422, 503, 507)
 }
 
 
@@ -169,7 +170,10 @@ async def upload_images(request: Request, service: Service):
     if not accepted:
         status = max(set(statuses), key=statuses.count) if statuses else 422
         reasons = "; ".join(f"{r['filename']}: {r['error']}" for r in rejected)
-        return JSONResponse({"error": f"no file was accepted: {reasons}", "status": status, **body}, status)
+        headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None
+        return JSONResponse(
+            {"error": f"no file was accepted: {reasons}", "status": status, **body}, status, headers
+        )
     return body
 
 
@@ -279,6 +283,12 @@ async def _wait_for_pictures(
         if is_storage_error(exc):
             raise HTTPException(
                 507, f"{what} could not be saved: the server's storage is full; try again later"
+            )
+        if is_database_outage(exc):
+            raise HTTPException(
+                503,
+                f"{what}: the database is unavailable; try again shortly",
+                {"Retry-After": str(RETRY_AFTER_S)},
             )
         if isinstance(exc, ImageReadError):  # names the blob: say the file's name instead
             raise HTTPException(422, f"{what}: {exc.problem}")

@@ -14,6 +14,8 @@ from xraytriage import __version__
 from xraytriage.serving import schemas
 from xraytriage.serving.auth import BodyLimit, Guard, TokenAuth, login_page, login_submit, logout
 from xraytriage.serving.config import ServeConfig
+from xraytriage.serving.csrf import CsrfCheck
+from xraytriage.serving.outages import RETRY_AFTER_S, is_database_outage
 from xraytriage.serving.security import HostCheck, SecurityHeaders, allowed_host_names
 from xraytriage.serving.service import TriageService
 from xraytriage.serving.storage import is_storage_error
@@ -56,6 +58,7 @@ def create_app(config: ServeConfig, service: TriageService | None = None) -> Fas
     app.state.dicom_node = node
     guard = Guard(config.token)
     app.state.guard = guard
+    app.add_middleware(CsrfCheck, guard=guard)  # inside TokenAuth: it knows how the caller got in
     app.add_middleware(TokenAuth, guard=guard)
     app.add_middleware(BodyLimit, limit=config.max_request_bytes)
     # outermost: foreign Host headers are refused before anything else, every answer gets the headers
@@ -83,6 +86,10 @@ def create_app(config: ServeConfig, service: TriageService | None = None) -> Fas
 
     @app.exception_handler(Exception)
     async def server_error(_request: Request, exc: Exception) -> JSONResponse:
+        if is_database_outage(exc):  # the database restarts or is locked: come back shortly
+            service.database.note(exc)
+            message = "the database is unavailable right now; nothing was changed: try again shortly"
+            return JSONResponse({"error": message, "status": 503}, 503, {"Retry-After": str(RETRY_AFTER_S)})
         if is_storage_error(exc):  # a full disk is the server's condition, not a bug: say so
             service.storage.note(exc)
             message = "the server's storage is full: nothing was changed; try again later"
@@ -97,13 +104,28 @@ def create_app(config: ServeConfig, service: TriageService | None = None) -> Fas
     )
     def healthz() -> dict:
         storage = service.storage.status()
+        try:
+            queue = service.pending()
+            if service.database.down:  # a request saw an outage; this one got through
+                service.database.probe()
+        except Exception as exc:
+            if not is_database_outage(exc):
+                raise
+            service.database.note(exc)
+            queue = None
+        database = service.database.status()
+        problems = [f"storage: {storage['error']}"] if not storage["ok"] else []
+        if not database["ok"]:
+            problems.append(f"database: {database['reason']}")
         return {
-            "status": "ok" if storage["ok"] else "degraded",
+            "status": "degraded" if problems else "ok",
+            "reason": "; ".join(problems) or None,
             "storage": storage,
+            "database": database,
             "ready": service.ready.is_set(),
             "version": __version__,
             "model": service.checkpoint.name,
-            "queue": service.pending(),
+            "queue": queue,
             "uptime_s": round(time.time() - service.started_at, 1),
             "dicom": None
             if node is None

@@ -59,6 +59,11 @@ class ServeConfig:
     hide_identifiers: bool = False
     """Leave patient ID, accession number, age, sex and study date out of every page, API
     answer and CSV (shared screens); views and body parts stay."""
+    db_timeout_s: float = 30.0
+    """How long one database call waits for a SQLite lock or a PostgreSQL connection."""
+    db_retry_seconds: float = 30.0
+    """How long the worker retries a database call through an outage (with back-off) before it
+    sets its work aside and waits for the database (requests answer 503 meanwhile)."""
     header_timeout_s: float = 10.0
     """A connection whose request headers are not complete after this long is closed (408)."""
     idle_timeout_s: float = 30.0
@@ -76,7 +81,10 @@ class ServeConfig:
             raise ConfigError("the pixel limit and the heatmap pool must be positive")
         if self.min_free_mb < 0:
             raise ConfigError(f"the free-space reserve must be >= 0 MB, got {self.min_free_mb}")
-        if self.header_timeout_s <= 0 or self.idle_timeout_s <= 0:
+        if (
+            min(self.header_timeout_s, self.idle_timeout_s, self.db_timeout_s) <= 0
+            or self.db_retry_seconds < 0
+        ):
             raise ConfigError("the header and idle timeouts must be positive")
         if self.token is not None and len(self.token) < 8:
             raise ConfigError("the API token must be at least 8 characters")

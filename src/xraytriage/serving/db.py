@@ -179,9 +179,9 @@ class Heatmap(Base):
         return json.loads(self.box_json or "null")
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any, busy_ms: int = 30000) -> None:
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA busy_timeout=30000")  # first: the journal-mode switch may have to wait
+    cursor.execute(f"PRAGMA busy_timeout={int(busy_ms)}")  # first: the journal-mode switch may wait
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=FULL")
     cursor.execute("PRAGMA foreign_keys=ON")
@@ -197,15 +197,22 @@ class Database:
     serialises job claims inside one process (SQLite); PostgreSQL additionally gets
     ``FOR UPDATE SKIP LOCKED``."""
 
-    def __init__(self, url: str, migrate: bool = True) -> None:
+    def __init__(self, url: str, migrate: bool = True, timeout: float = 30.0) -> None:
+        """``timeout``: seconds a call waits for a SQLite lock, or for a PostgreSQL connection
+        (to be made, or from the pool) before it fails as an outage."""
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
-        kwargs: dict[str, Any] = {}
+        # pre-ping: a pooled connection the database dropped (a restart) is replaced, not used
+        kwargs: dict[str, Any] = {"pool_pre_ping": True}
         if self.is_sqlite:
-            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": timeout}
+        elif url.startswith("postgresql"):
+            kwargs["connect_args"] = {"connect_timeout": max(1, round(timeout))}
+            kwargs["pool_timeout"] = timeout
         self.engine: Engine = create_engine(url, **kwargs)
         if self.is_sqlite:
-            event.listen(self.engine, "connect", _sqlite_pragmas)
+            busy_ms = int(timeout * 1000)
+            event.listen(self.engine, "connect", lambda conn, record: _sqlite_pragmas(conn, record, busy_ms))
         if migrate:
             from xraytriage.serving.migrations import upgrade
 

@@ -181,13 +181,22 @@ class DicomNodeState(BaseModel):
     destination: str | None
 
 
+class DatabaseState(BaseModel):
+    ok: bool
+    reason: str | None = Field(None, description="why the database cannot be used (an outage)")
+    since: float | None = Field(None, description="UNIX time the outage was first seen")
+    dialect: str
+
+
 class Health(BaseModel):
     status: Literal["ok", "degraded"]
+    reason: str | None = Field(None, description="what is degraded (storage, database), when something is")
     storage: StorageState
+    database: DatabaseState | None = None
     ready: bool = Field(description="warmed up: the heatmap network is built")
     version: str
     model: str
-    queue: QueueDepth
+    queue: QueueDepth | None = Field(description="None while the database is unavailable")
     uptime_s: float
     dicom: DicomNodeState | None
 

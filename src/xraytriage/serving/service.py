@@ -27,6 +27,7 @@ from xraytriage.serving.db import Database
 from xraytriage.serving.drawings import Drawings
 from xraytriage.serving.intake import UploadRejected, inspect_upload, study_id_for
 from xraytriage.serving.jobs import MAX_ATTEMPTS, HeatmapPolicy, Jobs
+from xraytriage.serving.outages import DatabaseMonitor, RetryingRepository, is_database_outage
 from xraytriage.serving.repository import Repository
 from xraytriage.serving.states import ReadStatus
 from xraytriage.serving.storage import BlobStore, StorageMonitor, is_storage_error, safe_filename
@@ -60,8 +61,11 @@ class TriageService:
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = BlobStore(config.data_dir)
         self.storage = StorageMonitor(config.data_dir, config.min_free_bytes)
-        self.db = Database(config.database_url)
+        self.db = Database(config.database_url, timeout=config.db_timeout_s)
         self.repo = Repository(self.db)
+        self.database = DatabaseMonitor(self.db.engine, config.db_retry_seconds)
+        # the worker and its jobs retry through an outage; requests answer 503 instead
+        background = RetryingRepository(self.repo, self.database)
         self.model_path = config.model_file
         self.predictor = make_predictor(self.model_path, backend=config.backend)
         self.checkpoint = self.predictor.checkpoint
@@ -83,12 +87,12 @@ class TriageService:
             config.heatmap_queue,
         )
         policy = HeatmapPolicy(config.heatmaps, config.heatmap_findings)
-        self.jobs = Jobs(self.repo, self.engine, self.store, self.drawings, policy)
+        self.jobs = Jobs(background, self.engine, self.store, self.drawings, policy)
         self.wake = threading.Event()
         self.ready = threading.Event()
         """Set when the service is warmed up (the explainer built when heatmaps are on)."""
         self.workers = WorkerPool(
-            self.repo,
+            background,
             self.jobs,
             self.storage,
             self.wake,
@@ -96,6 +100,7 @@ class TriageService:
             config.batch_size,
             config.heatmaps,
             config.poll_seconds,
+            database=self.database,
         )
         self.started_at = time.time()
 
@@ -210,11 +215,18 @@ class TriageService:
         try:
             recorded = self.repo.record_image(digest, study_id, name, info, size, origin, calling_ae)
         except Exception as exc:
-            if not is_storage_error(exc):
+            outage = is_database_outage(exc)
+            if not (outage or is_storage_error(exc)):
                 raise
             if created:  # nothing refers to it: no orphan left behind
                 self.store.remove(digest)
+            if outage:  # not acknowledged: the sender tries again later
+                self.database.note(exc)
+                raise UploadRejected(
+                    name, "the database is unavailable right now: nothing was stored; try again shortly", 503
+                ) from None
             raise self._storage_rejection(name, exc) from None
+        self.database.recovered()
         if recorded.replaced:
             log.info(
                 "image %s… replaces %d earlier copies of its SOP instance",
