@@ -88,6 +88,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "API answer and CSV (each page also has its own switch)",
     )
     p.add_argument(
+        "--retention-days",
+        type=float,
+        default=None,
+        metavar="N",
+        help="remove studies nothing happened to for N days (images, pictures, rows; audit entries "
+        "stay), checked at start and every hour (default: keep everything)",
+    )
+    p.add_argument(
         "--db-timeout",
         type=float,
         default=30.0,
@@ -239,6 +247,7 @@ def build_config(args: argparse.Namespace):
         hide_identifiers=args.hide_identifiers,
         allowed_hosts=tuple(args.allowed_host),
         header_timeout_s=args.header_timeout,
+        retention_days=args.retention_days,
         db_timeout_s=args.db_timeout,
         db_retry_seconds=args.db_retry,
         idle_timeout_s=args.idle_timeout,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from contextlib import asynccontextmanager
 
@@ -15,10 +16,13 @@ from xraytriage.serving import schemas
 from xraytriage.serving.auth import BodyLimit, Guard, TokenAuth, login_page, login_submit, logout
 from xraytriage.serving.config import ServeConfig
 from xraytriage.serving.csrf import CsrfCheck
+from xraytriage.serving.db import DATABASE_ERRORS
 from xraytriage.serving.outages import RETRY_AFTER_S, is_database_outage
 from xraytriage.serving.security import HostCheck, SecurityHeaders, allowed_host_names
 from xraytriage.serving.service import TriageService
 from xraytriage.serving.storage import is_storage_error
+
+log = logging.getLogger(__name__)
 
 
 def create_app(config: ServeConfig, service: TriageService | None = None) -> FastAPI:
@@ -83,6 +87,19 @@ def create_app(config: ServeConfig, service: TriageService | None = None) -> Fas
             for err in exc.errors()
         ]
         return JSONResponse({"error": "invalid request: " + "; ".join(problems), "status": 422}, 422)
+
+    async def database_error(_request: Request, exc: Exception) -> JSONResponse:
+        """Handled here, not by the catch-all below: that one re-raises after answering, and
+        uvicorn then closes the client's kept-alive connection."""
+        if is_database_outage(exc):  # the database restarts or is locked: come back shortly
+            service.database.note(exc)
+            message = "the database is unavailable right now; nothing was changed: try again shortly"
+            return JSONResponse({"error": message, "status": 503}, 503, {"Retry-After": str(RETRY_AFTER_S)})
+        log.error("database error", exc_info=exc)
+        return JSONResponse({"error": f"internal error ({type(exc).__name__})", "status": 500}, 500)
+
+    for kind in DATABASE_ERRORS:
+        app.add_exception_handler(kind, database_error)
 
     @app.exception_handler(Exception)
     async def server_error(_request: Request, exc: Exception) -> JSONResponse:

@@ -143,6 +143,10 @@ class DicomNode:
         seen_last_image = study.last_image_at if study is not None else 0.0
         attempts = ((study.dicom_results_info if study is not None else None) or {}).get("attempts", 0)
         state, info = self._build_and_send(study_id, attempts)
+        if state == ResultsState.SENT:
+            self.service.audit.record(
+                "send", actor="dicom", study_ids=[study_id], detail=f"to {self.settings.destination or '?'}"
+            )
         return repo.record_results(study_id, seen_last_image, state, info)
 
     def _build_and_send(self, study_id: str, attempts: int) -> tuple[ResultsState, dict[str, Any]]:

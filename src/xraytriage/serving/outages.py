@@ -18,54 +18,23 @@ database dropped is replaced instead of failing the next query. What remains are
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from sqlalchemy import text
-from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
-
-from xraytriage.errors import XRayTriageError
+from xraytriage.serving.db import Database, is_database_outage, outage_reason
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 RETRY_AFTER_S = 5
-OUTAGE_WORDS = ("database is locked", "database table is locked", "unable to open database", "disk i/o error")
-
-
-class DatabaseUnavailable(XRayTriageError):
-    """The database cannot be reached right now (HTTP 503 with Retry-After)."""
-
-
-def is_database_outage(exc: BaseException) -> bool:
-    """True for errors that mean "the database is away" rather than "this query is wrong"."""
-    if isinstance(exc, DatabaseUnavailable | DisconnectionError | PoolTimeout):
-        return True
-    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
-        return True
-    if not isinstance(exc, DBAPIError):
-        return False
-    if isinstance(exc.orig, sqlite3.Error):  # "no such table" is a bug, "locked" is an outage
-        return any(word in str(exc).lower() for word in OUTAGE_WORDS)
-    return isinstance(exc, OperationalError | InterfaceError)  # refused, terminated, shutting down
-
-
-def outage_reason(exc: BaseException) -> str:
-    """A short, safe description (the first line of the driver's message, no SQL)."""
-    inner = getattr(exc, "orig", None) or exc
-    first = (str(inner).strip().splitlines() or [""])[0][:200]
-    return f"{type(inner).__name__}: {first}" if first else type(inner).__name__
 
 
 class DatabaseMonitor:
     """Whether the database answers, why not, and retries with back-off (see the module doc)."""
 
-    def __init__(self, engine: Engine, retry_seconds: float = 30.0, probe_every: float = 2.0) -> None:
-        self.engine = engine
+    def __init__(self, db: Database, retry_seconds: float = 30.0, probe_every: float = 2.0) -> None:
+        self.db = db
         self.retry_seconds = retry_seconds
         self.probe_every = probe_every
         self._lock = threading.Lock()
@@ -98,18 +67,13 @@ class DatabaseMonitor:
                 "ok": self._reason is None,
                 "reason": self._reason,
                 "since": self._since,
-                "dialect": self.engine.dialect.name,
+                "dialect": self.db.engine.dialect.name,
             }
 
     def probe(self) -> bool:
-        """``SELECT 1`` on PostgreSQL, taking (and dropping) the write lock on SQLite, where
-        readers pass a lock that stops writers; True (and recovered) when it answers."""
+        """:meth:`Database.probe`; True (and recovered) when the database answers."""
         try:
-            with self.engine.connect() as connection:
-                if self.engine.dialect.name == "sqlite":
-                    connection.exec_driver_sql("BEGIN IMMEDIATE")  # rolled back on leaving
-                else:
-                    connection.execute(text("SELECT 1"))
+            self.db.probe()
         except Exception as exc:
             if not is_database_outage(exc):
                 raise
@@ -171,11 +135,4 @@ class RetryingRepository:
         return retried
 
 
-__all__ = [
-    "RETRY_AFTER_S",
-    "DatabaseMonitor",
-    "DatabaseUnavailable",
-    "RetryingRepository",
-    "is_database_outage",
-    "outage_reason",
-]
+__all__ = ["RETRY_AFTER_S", "DatabaseMonitor", "RetryingRepository", "is_database_outage", "outage_reason"]

@@ -76,6 +76,7 @@ def worklist_page(
             finding = None
     limit = max(1, min(int(limit), 10_000))  # rows per page; "Show more" adds another page
     hide = service.config.hide_identifiers
+    service.audit.request(request, "view-worklist", detail="page", once=True)
     data = worklist_json(
         service.repo, service.checkpoint, hide, service.pending, status, finding, None, limit
     )
@@ -117,4 +118,5 @@ def study_page(request: Request, service: Service, study_id: str) -> HTMLRespons
             title="Study not found",
             message=f"no study {study_id!r}",
         )
+    service.audit.request(request, "view", [study_id], detail="page", once=True)
     return _render(request, service, "study.html", data=data, page="study", title=data["name"] or study_id)

@@ -203,3 +203,19 @@ class Health(BaseModel):
 
 ERRORS = {status: {"model": ErrorBody} for status in (401, 404, 409, 422, 429, 503, 507)}
 """Error answers, for the OpenAPI document."""
+
+
+class AuditItem(BaseModel):
+    id: int
+    at: str = Field(description="ISO 8601, UTC")
+    actor: str = Field(description="token, session:<8 hex>, open, dicom:<AE title>, dicom, retention")
+    address: str
+    action: str
+    study_id: str | None
+    status: int
+    detail: str
+
+
+class AuditPage(BaseModel):
+    total: int
+    items: list[AuditItem]

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from xraytriage.scope import low_resolution_warning, scope_problem
 from xraytriage.serving import decode
+from xraytriage.serving.audit import AuditLog
 from xraytriage.serving.config import ServeConfig
 from xraytriage.serving.db import Database
 from xraytriage.serving.drawings import Drawings
@@ -29,6 +30,7 @@ from xraytriage.serving.intake import UploadRejected, inspect_upload, study_id_f
 from xraytriage.serving.jobs import MAX_ATTEMPTS, HeatmapPolicy, Jobs
 from xraytriage.serving.outages import DatabaseMonitor, RetryingRepository, is_database_outage
 from xraytriage.serving.repository import Repository
+from xraytriage.serving.retention import Retention
 from xraytriage.serving.states import ReadStatus
 from xraytriage.serving.storage import BlobStore, StorageMonitor, is_storage_error, safe_filename
 from xraytriage.serving.worker import WorkerPool
@@ -63,9 +65,10 @@ class TriageService:
         self.storage = StorageMonitor(config.data_dir, config.min_free_bytes)
         self.db = Database(config.database_url, timeout=config.db_timeout_s)
         self.repo = Repository(self.db)
-        self.database = DatabaseMonitor(self.db.engine, config.db_retry_seconds)
+        self.database = DatabaseMonitor(self.db, config.db_retry_seconds)
         # the worker and its jobs retry through an outage; requests answer 503 instead
         background = RetryingRepository(self.repo, self.database)
+        self.audit = AuditLog(self.repo)
         self.model_path = config.model_file
         self.predictor = make_predictor(self.model_path, backend=config.backend)
         self.checkpoint = self.predictor.checkpoint
@@ -102,6 +105,11 @@ class TriageService:
             config.poll_seconds,
             database=self.database,
         )
+        self.retention = (
+            Retention(self.repo, self.store, self.audit, config.retention_days, config.retention_every_s)
+            if config.retention_days
+            else None
+        )
         self.started_at = time.time()
 
     # --- life cycle ----------------------------------------------------------------------
@@ -121,6 +129,8 @@ class TriageService:
             self.jobs.settle(study_id)
         self.workers.start()
         self.wake.set()
+        if self.retention is not None:
+            self.retention.start()
         if self.config.heatmaps and self.config.workers > 0:
             # build the explainer (a PyTorch copy of the network) now, not on the first study;
             # /healthz says "ready" once it is there
@@ -137,6 +147,8 @@ class TriageService:
             self.ready.set()
 
     def stop(self) -> None:
+        if self.retention is not None:
+            self.retention.stop()
         self.workers.stop()
         self.drawings.shutdown()
 
@@ -233,8 +245,14 @@ class TriageService:
                 digest[:12],
                 len(recorded.replaced),
             )
+            for old in recorded.replaced:  # their rows are gone: so are their blob and pictures
+                self.store.discard(old)
         if not recorded.duplicate:
             log.info("queued image %s… in study %s (%s)", digest[:12], study_id, info.format)
+            if origin == "dicom":  # uploads are audited by the API, which knows the caller
+                self.audit.record(
+                    "receive", actor=f"dicom:{calling_ae or '?'}", study_ids=[recorded.study_id], once=True
+                )
             self.wake.set()
         return Accepted(name, digest, recorded.study_id, recorded.duplicate, warnings)
 
