@@ -164,13 +164,13 @@ def test_backup_while_serving_and_restore_into_a_fresh_folder(tmp_path: Path, sh
                 lambda: (
                     (i := http.get("/api/v1/worklist").json()["items"])
                     and len(i) == len(files)
-                    and all(x["state"] == "done" for x in i)
+                    and all(x["state"] == "done" and x["heatmaps_state"] in ("none", "done") for x in i)
                     and i
                 ),
                 180,
                 what="triage",
             )
-            http.patch(f"/api/v1/studies/{items[0]['study_id']}", json={"status": "read"})
+            http.patch(f"/api/v1/studies/{items[0]['id']}", json={"status": "read"})
             # a backup taken while the service runs (and keeps writing: audit entries, heatmaps)
             archive = tmp_path / "backup.tar"
             restored = tmp_path / "restored"
@@ -192,9 +192,7 @@ def test_backup_while_serving_and_restore_into_a_fresh_folder(tmp_path: Path, sh
         running_server(tmp_path / "again", data_dir=restored) as again,
         httpx.Client(base_url=again.url) as http,
     ):
-        assert [i["study_id"] for i in http.get("/api/v1/worklist").json()["items"]] == [
-            i["study_id"] for i in items
-        ]
+        assert [i["id"] for i in http.get("/api/v1/worklist").json()["items"]] == [i["id"] for i in items]
         audit = http.get("/api/v1/audit.csv").text
     actions = {row["action"] for row in csv.DictReader(io.StringIO(audit))}
     assert {"upload", "mark", "view-worklist"} <= actions

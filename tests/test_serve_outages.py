@@ -169,7 +169,7 @@ def test_postgresql_restarted_under_load(tmp_path: Path, shared_data: Path) -> N
 
                 def triaged():
                     items = http.get("/api/v1/worklist").json()["items"]
-                    ours = [i for i in items if i["study_id"] in acknowledged]
+                    ours = [i for i in items if i["id"] in acknowledged]
                     ready = len(ours) == len(acknowledged) and all(i["state"] == "done" for i in ours)
                     heatmaps = all(i["heatmaps_state"] in ("none", "done", "error") for i in ours)
                     return ready and heatmaps
