@@ -37,15 +37,11 @@ from pathlib import Path
 from typing import Any
 
 from xraytriage import __version__
-from xraytriage.errors import XRayTriageError
+from xraytriage.errors import BackupError
 
 FORMAT = "xraytriage-backup/1"
 BLOB_NAME = re.compile(r"^blobs/[0-9a-f]{2}/[0-9a-f]{64}$")
 DATABASE_FILES = ("database.sqlite", "database.pgdump")
-
-
-class BackupError(XRayTriageError):
-    """A backup or restore that cannot be done (names the file and the problem)."""
 
 
 def sqlite_path(data_dir: Path, db_url: str | None) -> Path | None:
