@@ -91,6 +91,8 @@ def create_app(config: ServeConfig, service: TriageService | None = None) -> Fas
     async def database_error(_request: Request, exc: Exception) -> JSONResponse:
         """Handled here, not by the catch-all below: that one re-raises after answering, and
         uvicorn then closes the client's kept-alive connection."""
+        if is_storage_error(exc):  # SQLite: "database or disk is full"
+            return await server_error(_request, exc)
         if is_database_outage(exc):  # the database restarts or is locked: come back shortly
             service.database.note(exc)
             message = "the database is unavailable right now; nothing was changed: try again shortly"

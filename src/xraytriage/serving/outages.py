@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from xraytriage.serving.db import Database, is_database_outage, outage_reason
+from xraytriage.serving.storage import is_storage_error
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -102,8 +103,8 @@ class DatabaseMonitor:
             try:
                 result = call(*args, **kwargs)
             except Exception as exc:
-                if not is_database_outage(exc):
-                    raise
+                if not is_database_outage(exc) or is_storage_error(exc):  # a full disk: the worker's
+                    raise  # storage pause handles it
                 self.note(exc)
                 if time.monotonic() + wait > deadline:
                     raise

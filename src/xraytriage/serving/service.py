@@ -227,7 +227,7 @@ class TriageService:
         try:
             recorded = self.repo.record_image(digest, study_id, name, info, size, origin, calling_ae)
         except Exception as exc:
-            outage = is_database_outage(exc)
+            outage = is_database_outage(exc) and not is_storage_error(exc)  # a full disk is a 507
             if not (outage or is_storage_error(exc)):
                 raise
             if created:  # nothing refers to it: no orphan left behind

@@ -154,7 +154,9 @@ class WorkerPool:
         try:
             job()
         except Exception as exc:
-            if is_database_outage(exc):  # retried already: wait for the database, then re-queue
+            if is_database_outage(exc) and not is_storage_error(
+                exc
+            ):  # retried already: wait for the database, then re-queue
                 if self.database is not None:
                     self.database.note(exc)
                 log.warning("database unavailable: %d images, %d studies set aside until it is back",
