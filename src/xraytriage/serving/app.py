@@ -75,10 +75,11 @@ def create_app(config: ServeConfig, service: TriageService | None = None) -> Fas
     app.add_middleware(SecurityHeaders)
 
     @app.exception_handler(HTTPException)  # Starlette's: unknown routes and methods too, not only ours
-    async def http_error(_request: Request, exc: HTTPException) -> JSONResponse:
-        return JSONResponse(
-            {"error": str(exc.detail), "status": exc.status_code}, exc.status_code, exc.headers
-        )
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        message = str(exc.detail)
+        if message in ("Not Found", "Method Not Allowed"):  # Starlette's own: say what was asked
+            message = f"{message.lower()}: {request.method} {request.url.path[:200]}"
+        return JSONResponse({"error": message, "status": exc.status_code}, exc.status_code, exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
