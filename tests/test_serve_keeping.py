@@ -208,3 +208,41 @@ def test_restore_refuses_a_folder_that_has_data(tmp_path: Path) -> None:
     bad = tmp_path / "bad.tar"
     bad.write_bytes(b"not a tar file")
     assert main(["restore", "--input", str(bad), "--data-dir", str(tmp_path / "fresh")]) != 0
+
+
+def test_copies_of_one_sop_instance_at_the_same_instant_leave_one_on_postgresql(
+    tmp_path: Path, shared_data: Path
+) -> None:
+    """Issue 25: on PostgreSQL two copies committed at once could both survive; now the unique
+    index makes the later one replace the earlier, and only the survivor's blob stays."""
+    from postgres_support import postgres_server
+    from test_serve_concurrency import failures, race
+    from xraytriage.serving.db import Image
+
+    with postgres_server(tmp_path / "pg") as url:
+        service = TriageService(
+            ServeConfig(data_dir=tmp_path / "data", db_url=url, workers=0, heatmaps=False)
+        )
+        for round_ in range(3):
+            sop = pydicom.uid.generate_uid()
+            copies = [
+                sop_copy(
+                    shared_data,
+                    tmp_path,
+                    f"r{round_}-{i}.dcm",
+                    SOPInstanceUID=sop,
+                    InstitutionName=f"copy {i}",
+                )
+                for i in range(4)
+            ]
+            results = race(
+                [lambda data=data: service.ingest(data, "copy.dcm", "dicom", "MODALITY") for data in copies]
+            )
+            assert not failures(results), failures(results)
+            with service.db.session() as s:
+                rows = s.query(Image).filter(Image.sop_instance_uid == sop).all()
+            assert len(rows) == 1, [r.id[:8] for r in rows]
+            stored = [r.image_id for r in results if service.store.exists(r.image_id)]
+            assert stored == [rows[0].id]
+        received = service.repo.audit_entries(action="receive")[1]
+        assert received and all(e.actor == "dicom:MODALITY" for e in received)
