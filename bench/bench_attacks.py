@@ -40,6 +40,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -347,11 +348,11 @@ def attack_pg_restart(tmp: Path, count: int) -> None:
             statuses: list[int] = []
             acknowledged: set[str] = set()
             started = time.monotonic()
-            restart_s = 0.0
+            restart_s: list[float] = []
             with httpx.Client(base_url=server.url, timeout=60) as http:
                 for index, path in enumerate(files):
-                    if index == count // 3:
-                        restart_s = url.restart("fast")
+                    if index == count // 3:  # restarted while the uploads and the worker go on
+                        threading.Thread(target=lambda: restart_s.append(url.restart("fast"))).start()
                     body = upload_until_accepted(http, path, statuses)
                     if body:
                         acknowledged.update(body["study_ids"])
@@ -364,7 +365,7 @@ def attack_pg_restart(tmp: Path, count: int) -> None:
         report(
             "pg-restart (pg_ctl -m fast)", len(statuses), len(acknowledged), f"503 x{statuses.count(503)}",
             lost, peak, time.monotonic() - started,
-            f"restart {restart_s:.2f} s; 500s: {statuses.count(500)}; all triaged {after:.0f} s after the "
+            f"restart {restart_s[0] if restart_s else float('nan'):.2f} s; 500s: {statuses.count(500)}; all triaged {after:.0f} s after the "
             f"last upload; health {health}",
         )  # fmt: skip
     finally:
@@ -373,7 +374,6 @@ def attack_pg_restart(tmp: Path, count: int) -> None:
 
 def attack_sqlite_lock(tmp: Path) -> None:
     import sqlite3
-    import threading
 
     files = nih(6, skip=200)
     args = ("--workers", "1", "--no-heatmaps", "--db-timeout", "1", "--db-retry", "2")
@@ -384,7 +384,9 @@ def attack_sqlite_lock(tmp: Path) -> None:
         statuses: list[int] = []
         acknowledged: set[str] = set()
         started = time.monotonic()
-        lock = sqlite3.connect(server.data_dir / "xraytriage.db", timeout=10, isolation_level=None)
+        lock = sqlite3.connect(
+            server.data_dir / "xraytriage.db", timeout=10, isolation_level=None, check_same_thread=False
+        )
         lock.execute("BEGIN EXCLUSIVE")
         threading.Timer(5.0, lambda: lock.execute("ROLLBACK")).start()
         health = http.get("/healthz").json()

@@ -164,11 +164,18 @@ def test_cookie_requests_need_our_origin_and_the_session_token(server, shared_da
             f"/api/v1/images?csrf_token={token}", files=files, headers={"Sec-Fetch-Site": "same-origin"}
         )
         assert ok.status_code == 202, ok.text
+        # the audit trail is for the token holder, not a browser session
+        assert http.get("/api/v1/audit").status_code == 403
     finally:
         http.close()
     # a program with the bearer token is not a browser: no origin or CSRF token needed
     with server.client() as api:
         assert api.post("/api/v1/images", files=files, headers={"Origin": other}).status_code == 202
+        audit = api.get("/api/v1/audit", params={"action": "upload"}).json()["items"]
+        actors = {entry["actor"] for entry in audit}
+        assert "token" in actors and any(a.startswith("session:") for a in actors), actors
+        assert all(entry["address"] == "127.0.0.1" and entry["study_id"] for entry in audit)
+        assert TOKEN not in api.get("/api/v1/audit.csv").text  # never the token (nor the cookie)
     # the login form itself cannot be posted from elsewhere (login CSRF)
     assert httpx.post(own + "/login", data={"token": TOKEN}, headers={"Origin": other}).status_code == 403
 
