@@ -90,3 +90,16 @@ def test_cli_worklist_csv_is_spreadsheet_safe_and_reads_back(tmp_path) -> None:
         cells = [cell for row in csv.reader(fh) for cell in row]
     assert not [c for c in cells if c.startswith(("=", "+", "-", "@", "\t", "\r"))]
     assert [r["study"] for r in read_worklist_csv(csv_path)] == [*INJECTIONS[:-1], "\n=1"]
+
+
+def test_csv_writer_neutralises_every_cell() -> None:
+    import csv
+    import io
+
+    from xraytriage.sanitize import csv_writer
+
+    buffer = io.StringIO()
+    writer = csv_writer(buffer)
+    writer.writerow(["=head", 1])
+    writer.writerows([["@x", -2.5], ["ok", "+y"]])
+    assert list(csv.reader(io.StringIO(buffer.getvalue()))) == [["'=head", "1"], ["'@x", "-2.5"], ["ok", "'+y"]]

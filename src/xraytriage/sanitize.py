@@ -126,3 +126,24 @@ def read_csv_cells(path: str | Path, **read_csv: Any) -> Any:
     if not is_numeric_dtype(frame.index.dtype):
         frame.index = [csv_uncell(i) for i in frame.index]
     return frame
+
+
+class _SafeWriter:
+    """``csv.writer`` whose rows go through :func:`csv_row`."""
+
+    def __init__(self, writer: Any) -> None:
+        self._writer = writer
+
+    def writerow(self, row: Any) -> Any:
+        return self._writer.writerow(csv_row(row))
+
+    def writerows(self, rows: Any) -> None:
+        for row in rows:
+            self.writerow(row)
+
+
+def csv_writer(fh: Any, **options: Any) -> _SafeWriter:
+    """``csv.writer(fh, **options)`` with every cell through :func:`csv_cell`."""
+    import csv
+
+    return _SafeWriter(csv.writer(fh, **options))

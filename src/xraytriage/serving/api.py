@@ -11,7 +11,6 @@ the problem.
 from __future__ import annotations
 
 import asyncio
-import csv
 import io
 from datetime import UTC, datetime
 from typing import Annotated, Literal
@@ -21,7 +20,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from xraytriage.sanitize import csv_row
+from xraytriage.sanitize import csv_writer
 from xraytriage.serving import schemas
 from xraytriage.serving.auth import authenticated_by
 from xraytriage.serving.drawings import DISPLAY, Drawings
@@ -447,10 +446,10 @@ def get_audit_csv(
     admin_only(request)
     total, items = _audit_items(service, study, action, actor, since, until, None, 0)
     buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(csv_row(AUDIT_COLUMNS))
+    writer = csv_writer(buffer)
+    writer.writerow(AUDIT_COLUMNS)
     for item in items:
-        writer.writerow(csv_row(item[k] for k in AUDIT_COLUMNS))
+        writer.writerow([item[k] for k in AUDIT_COLUMNS])
     service.audit.request(request, "audit", detail=f"exported {total} entries")
     return Response(
         buffer.getvalue(),

@@ -4,14 +4,13 @@ or above operating thresholds, never a diagnosis; the study JSON says so in ``di
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import io
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote
 
-from xraytriage.sanitize import csv_row
+from xraytriage.sanitize import csv_writer
 from xraytriage.scope import low_resolution_warning
 from xraytriage.serving.records import HeatmapRecord, ImageRecord, StudyRecord, StudyView
 from xraytriage.triage.worklist import rounded
@@ -223,30 +222,28 @@ def worklist_csv(
     flag_at: float | None = None,
 ) -> str:
     buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(csv_row([*CSV_BASE, *label_names, "images", "error", "warnings"]))
+    writer = csv_writer(buffer)  # spreadsheet-safe cells (sanitize.csv_cell)
+    writer.writerow([*CSV_BASE, *label_names, "images", "error", "warnings"])
     for study, rank, images in rows:
         probabilities = study.probabilities
         pacs = pacs_fields(study, hide_identifiers)
         writer.writerow(
-            csv_row(
-                [
-                    "" if rank is None else rank,
-                    study.id,
-                    study.name,
-                    *(pacs[k] or "" for k in (*IDENTIFIERS, "view", "body_part")),
-                    iso(study.received_at),
-                    study.state,
-                    study.read_status,
-                    "" if study.priority is None else f"{study.priority:.6f}",
-                    "" if study.abnormal is None else f"{study.abnormal:.6f}",
-                    "" if study.abnormal is None else study_flagged(study, flag_at),
-                    study.findings_text,
-                    *["" if probabilities.get(n) is None else f"{probabilities[n]:.6f}" for n in label_names],
-                    images,
-                    study.error,
-                    study.warnings,
-                ]
-            )
+            [
+                "" if rank is None else rank,
+                study.id,
+                study.name,
+                *(pacs[k] or "" for k in (*IDENTIFIERS, "view", "body_part")),
+                iso(study.received_at),
+                study.state,
+                study.read_status,
+                "" if study.priority is None else f"{study.priority:.6f}",
+                "" if study.abnormal is None else f"{study.abnormal:.6f}",
+                "" if study.abnormal is None else study_flagged(study, flag_at),
+                study.findings_text,
+                *["" if probabilities.get(n) is None else f"{probabilities[n]:.6f}" for n in label_names],
+                images,
+                study.error,
+                study.warnings,
+            ]
         )
     return buffer.getvalue()
