@@ -102,4 +102,8 @@ def test_csv_writer_neutralises_every_cell() -> None:
     writer = csv_writer(buffer)
     writer.writerow(["=head", 1])
     writer.writerows([["@x", -2.5], ["ok", "+y"]])
-    assert list(csv.reader(io.StringIO(buffer.getvalue()))) == [["'=head", "1"], ["'@x", "-2.5"], ["ok", "'+y"]]
+    assert list(csv.reader(io.StringIO(buffer.getvalue()))) == [
+        ["'=head", "1"],
+        ["'@x", "-2.5"],
+        ["ok", "'+y"],
+    ]
