@@ -40,6 +40,7 @@ from xraytriage.dicom import (
 )
 from xraytriage.serving.config import DicomSettings
 from xraytriage.serving.intake import UploadRejected
+from xraytriage.serving.outages import is_database_outage
 from xraytriage.serving.pictures import load_png
 from xraytriage.serving.service import TriageService
 from xraytriage.serving.states import ResultsState
@@ -116,8 +117,11 @@ class DicomNode:
         while not self._stop.is_set():
             try:
                 self.dispatch_ready()
-            except Exception:
-                log.exception("DICOM results: unexpected error")
+            except Exception as exc:
+                if is_database_outage(exc):  # noted (and logged) once; tried again next round
+                    self.service.database.note(exc)
+                else:
+                    log.exception("DICOM results: unexpected error")
             self._stop.wait(0.5)
 
     def ready_studies(self, now: float | None = None) -> list[str]:
