@@ -62,6 +62,7 @@ def test_the_audit_trail_is_append_only(tmp_path: Path, shared_data: Path) -> No
     service.audit.record(
         "view", actor="token", address="10.0.0.7", study_ids=["s1"], detail="page", once=True
     )
+    assert service.audit.flush()
     total, rows = service.repo.audit_entries()
     assert total == 2 and rows[0].actor == "token" and rows[0].study_id == "s1"  # the repeat counted once
     connection = sqlite3.connect(tmp_path / "data" / "xraytriage.db")
@@ -91,6 +92,7 @@ def test_retention_removes_old_studies_but_keeps_audit_and_running_work(
     assert retention.run_once() == {"studies": 0, "images": 0}
     # ten days on: the two triaged studies go, the queued one stays (a job would pick it up)
     assert retention.run_once(now=later) == {"studies": 2, "images": 2}
+    service.audit.flush()
     for accepted in old:
         assert service.repo.study(accepted.study_id) is None
         assert not service.store.path(accepted.image_id).exists()
@@ -171,6 +173,7 @@ def test_backup_while_serving_and_restore_into_a_fresh_folder(tmp_path: Path, sh
                 what="triage",
             )
             http.patch(f"/api/v1/studies/{items[0]['id']}", json={"status": "read"})
+            http.get("/api/v1/audit")  # the admin's read writes what waits, before the backup
             # a backup taken while the service runs (and keeps writing: audit entries, heatmaps)
             archive = tmp_path / "backup.tar"
             restored = tmp_path / "restored"
@@ -244,5 +247,6 @@ def test_copies_of_one_sop_instance_at_the_same_instant_leave_one_on_postgresql(
             assert len(rows) == 1, [r.id[:8] for r in rows]
             stored = [r.image_id for r in results if service.store.exists(r.image_id)]
             assert stored == [rows[0].id]
+        service.audit.flush()
         received = service.repo.audit_entries(action="receive")[1]
         assert received and all(e.actor == "dicom:MODALITY" for e in received)

@@ -423,6 +423,7 @@ def get_audit(
 ):
     """Who viewed, exported, marked, uploaded, received or was sent which study, newest first."""
     admin_only(request)
+    service.audit.flush()  # what was recorded so far, written
     total, items = _audit_items(service, study, action, actor, since, until, limit, offset)
     service.audit.request(request, "audit", detail=f"read {len(items)} of {total}", once=True)
     return {"total": total, "items": items}
@@ -444,6 +445,7 @@ def get_audit_csv(
     until: datetime | None = AuditFilters["until"],
 ):
     admin_only(request)
+    service.audit.flush()  # what was recorded so far, written
     total, items = _audit_items(service, study, action, actor, since, until, None, 0)
     buffer = io.StringIO()
     writer = csv_writer(buffer)

@@ -10,8 +10,12 @@ Entries are appended to the ``audit`` table (migration 0003, whose triggers refu
 and DELETE), kept when retention removes the studies, and read through the admin API
 (``GET /api/v1/audit``, ``/api/v1/audit.csv``). A page that polls the API would add an entry
 every few seconds: the same actor, address, action and study within ``REPEAT_S`` count once.
-An entry that cannot be written (the database is away) is logged and dropped: the request it
-describes failed with 503 too.
+
+A request never waits for its entry: entries are queued and a writer thread appends them in
+batches (within ``FLUSH_S``); while the database is away they wait in memory (at most
+``MAX_WAITING``, the oldest dropped with a warning beyond that) and are written when it is
+back. Reading the trail (:meth:`AuditLog.flush` first) and stopping the service write what
+waits.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import hashlib
 import logging
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from typing import Any
 
 from starlette.requests import Request
@@ -30,6 +34,8 @@ from xraytriage.serving.repository import Repository
 
 log = logging.getLogger(__name__)
 REPEAT_S = 60.0
+FLUSH_S = 0.5
+MAX_WAITING = 100_000
 ACTIONS = (
     "view",  # a study (page or API), one of its images or heatmaps
     "view-worklist",
@@ -62,6 +68,51 @@ class AuditLog:
         self.repeat_s = repeat_s
         self._recent: OrderedDict[tuple, float] = OrderedDict()
         self._lock = threading.Lock()
+        self._waiting: deque[dict[str, Any]] = deque()
+        self._write_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _ensure_writer(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            with self._lock:
+                if self._thread is None or not self._thread.is_alive():
+                    self._thread = threading.Thread(target=self._loop, name="xraytriage-audit", daemon=True)
+                    self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(FLUSH_S)
+            self._wake.clear()
+            if not self.flush():
+                self._stop.wait(2.0)  # the database is away: try again in a moment
+
+    def flush(self) -> bool:
+        """Write every waiting entry now; False when the database would not take them (they
+        stay waiting)."""
+        with self._write_lock:
+            with self._lock:
+                rows = list(self._waiting)
+            if not rows:
+                return True
+            try:
+                self.repo.add_audit(rows)
+            except Exception as exc:
+                log.warning("%d audit entries wait for the database (%s)", len(rows), type(exc).__name__)
+                return False
+            with self._lock:
+                for _ in rows:
+                    self._waiting.popleft()
+            return True
+
+    def stop(self) -> None:
+        """Write what waits (called when the service stops)."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(10)
+        self.flush()
 
     def _repeated(self, key: tuple, now: float) -> bool:
         with self._lock:
@@ -100,10 +151,17 @@ class AuditLog:
                     "detail": detail[:500],
                 }
             )
-        try:
-            self.repo.add_audit(rows)
-        except Exception:
-            log.warning("audit entry not written (%s by %s)", action, actor, exc_info=True)
+        if not rows:
+            return
+        with self._lock:
+            self._waiting.extend(rows)
+            dropped = len(self._waiting) - MAX_WAITING
+            for _ in range(max(dropped, 0)):
+                self._waiting.popleft()
+        if dropped > 0:
+            log.warning("audit: %d entries dropped (the database has been away too long)", dropped)
+        self._ensure_writer()
+        self._wake.set()
 
     def request(
         self,

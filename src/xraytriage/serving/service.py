@@ -151,6 +151,7 @@ class TriageService:
             self.retention.stop()
         self.workers.stop()
         self.drawings.shutdown()
+        self.audit.stop()
 
     @property
     def model_info(self) -> dict:
