@@ -15,6 +15,18 @@ Request counts are bounded (the largest is one upload of ``--upload-mb``).
 5. disk full (root only: a 48 MB tmpfs): an upload on the full disk, /healthz, and whether
    the stored work finishes once space is back.
 
+Issue 25 (a hospital's bad day):
+
+6. pg-restart: PostgreSQL restarted (``pg_ctl -m fast restart``) while ``--images`` images are
+   uploaded one by one by a client that honours Retry-After; every acknowledged image must be
+   triaged within 2 minutes, with no 500 and no service restart.
+7. sqlite-lock: another process holds the SQLite write lock for 5 s while images are uploaded.
+8. csrf: a signed-in browser's cookie sent from another loopback port (Origin, Sec-Fetch-Site
+   same-site) or without the page's CSRF token.
+9. csv: DICOM PatientID ``=cmd|' /C calc'!A0`` and AccessionNumber ``@SUM(1+1)*cmd`` exported
+   in worklist.csv; an offset of 2**63 and unknown routes.
+10. slowloris: ``--slow`` connections that never finish their headers, and bodies that stop.
+
     .venv/bin/python bench/bench_attacks.py                 # all five
     .venv/bin/python bench/bench_attacks.py --only heatmaps bombs --upload-mb 300
 """
@@ -23,10 +35,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -283,9 +297,220 @@ def attack_disk_full(tmp: Path) -> None:
         subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
+ALL = (
+    "heatmaps",
+    "upload",
+    "bombs",
+    "poison",
+    "disk",
+    "pg-restart",
+    "sqlite-lock",
+    "csrf",
+    "csv",
+    "slowloris",
+)
+
+
+def upload_until_accepted(http: httpx.Client, path: Path, statuses: list[int]) -> dict | None:
+    """Upload one file as a careful client does: again after Retry-After on 503."""
+    for _ in range(120):
+        answer = http.post("/api/v1/images", files=[part(path)])
+        statuses.append(answer.status_code)
+        if answer.status_code == 202:
+            return answer.json()
+        if answer.status_code != 503:
+            return None
+        time.sleep(min(float(answer.headers.get("Retry-After", "1")), 1.0))
+    return None
+
+
+def triaged(http: httpx.Client, study_ids: set[str]) -> bool:
+    items = [i for i in http.get("/api/v1/worklist").json()["items"] if i["id"] in study_ids]
+    return len(items) == len(study_ids) and all(
+        i["state"] == "done" and i["heatmaps_state"] in ("none", "done", "error") for i in items
+    )
+
+
+def attack_pg_restart(tmp: Path, count: int) -> None:
+    try:
+        from postgres_support import postgres_server
+
+        context = postgres_server(tmp / "pg")
+        url = context.__enter__()
+    except BaseException as exc:  # pytest.skip outside pytest: PostgreSQL is not installed
+        print(f"{'pg-restart':<34} skipped: {exc}")
+        return
+    try:
+        files = nih(count, skip=100)
+        with running_server(
+            tmp / "pgs", "--db", url, "--workers", "2", "--heatmap-findings", "1", timeout=START_S
+        ) as server:
+            statuses: list[int] = []
+            acknowledged: set[str] = set()
+            started = time.monotonic()
+            restart_s: list[float] = []
+            with httpx.Client(base_url=server.url, timeout=60) as http:
+                for index, path in enumerate(files):
+                    if index == count // 3:  # restarted while the uploads and the worker go on
+                        threading.Thread(target=lambda: restart_s.append(url.restart("fast"))).start()
+                    body = upload_until_accepted(http, path, statuses)
+                    if body:
+                        acknowledged.update(body["study_ids"])
+                uploaded = time.monotonic()
+                done = wait(lambda: triaged(http, acknowledged), 120)
+                after = time.monotonic() - uploaded
+                health = http.get("/healthz").json()["status"]
+            peak = memory_mb(server.process.pid)["peak"]
+        lost = 0 if done else len(acknowledged)
+        report(
+            "pg-restart (pg_ctl -m fast)", len(statuses), len(acknowledged), f"503 x{statuses.count(503)}",
+            lost, peak, time.monotonic() - started,
+            f"restart {restart_s[0] if restart_s else float('nan'):.2f} s; 500s: {statuses.count(500)}; all triaged {after:.0f} s after the "
+            f"last upload; health {health}",
+        )  # fmt: skip
+    finally:
+        context.__exit__(None, None, None)
+
+
+def attack_sqlite_lock(tmp: Path) -> None:
+    import sqlite3
+
+    files = nih(6, skip=200)
+    args = ("--workers", "1", "--no-heatmaps", "--db-timeout", "1", "--db-retry", "2")
+    with (
+        running_server(tmp / "lock", *args, timeout=START_S) as server,
+        httpx.Client(base_url=server.url, timeout=60) as http,
+    ):
+        statuses: list[int] = []
+        acknowledged: set[str] = set()
+        started = time.monotonic()
+        lock = sqlite3.connect(
+            server.data_dir / "xraytriage.db", timeout=10, isolation_level=None, check_same_thread=False
+        )
+        lock.execute("BEGIN EXCLUSIVE")
+        threading.Timer(5.0, lambda: lock.execute("ROLLBACK")).start()
+        health = http.get("/healthz").json()
+        for path in files:
+            body = upload_until_accepted(http, path, statuses)
+            if body:
+                acknowledged.update(body["study_ids"])
+        done = wait(lambda: triaged(http, acknowledged), 120)
+        report(
+            "sqlite locked 5 s", len(statuses), len(acknowledged), f"503 x{statuses.count(503)}",
+            0 if done else len(acknowledged), memory_mb(server.process.pid)["peak"], time.monotonic() - started,
+            f"500s: {statuses.count(500)}; health during: {health['status']} ({health.get('reason')})",
+        )  # fmt: skip
+
+
+def attack_csrf(tmp: Path) -> None:
+    import re
+
+    token = "bench-csrf-token-0123456789"
+    image = nih(1, skip=300)[0]
+    with running_server(tmp / "csrf", "--no-heatmaps", token=token, timeout=START_S) as server:
+        started = time.monotonic()
+        http = httpx.Client(base_url=server.url, timeout=60)
+        http.post("/login", data={"token": token, "next": "/upload"})
+        page_token = re.search(r'name="csrf-token" content="([^"]*)"', http.get("/upload").text).group(1)
+        other = "http://127.0.0.1:1"
+        attempts = [
+            {"Origin": other},
+            {"Sec-Fetch-Site": "same-site"},
+            {"Sec-Fetch-Site": "cross-site"},
+            {"Origin": "null"},
+            {"Origin": server.url},  # same origin, no CSRF token
+            {"Origin": other, "X-CSRF-Token": page_token},
+        ]
+        codes = [http.post("/api/v1/images", files=[part(image)], headers=h).status_code for h in attempts]
+        own = http.post(
+            "/api/v1/images", files=[part(image)], headers={"Origin": server.url, "X-CSRF-Token": page_token}
+        )
+        http.close()
+        accepted = sum(c == 202 for c in codes)
+        report(
+            "csrf (cookie from another origin)", len(codes), accepted, f"403 x{codes.count(403)}", 0,
+            memory_mb(server.process.pid)["peak"], time.monotonic() - started,
+            f"own page with its token: {own.status_code}",
+        )  # fmt: skip
+
+
+def attack_csv_and_params(tmp: Path) -> None:
+    import csv
+    import io
+
+    import pydicom
+
+    ds = pydicom.dcmread(SHARED / "dicom" / "siim_cr_chest_pa.dcm")
+    ds.PatientID, ds.AccessionNumber = "=cmd|' /C calc'!A0", "@SUM(1+1)*cmd"
+    ds.PatientName = '+HYPERLINK("http://evil.example")'
+    path = tmp / "=evil.dcm"
+    ds.save_as(path)
+    with (
+        running_server(tmp / "csv", "--no-heatmaps", timeout=START_S) as server,
+        httpx.Client(base_url=server.url, timeout=60) as http,
+    ):
+        started = time.monotonic()
+        http.post("/api/v1/images", files=[part(path)])
+        cells = [c for row in csv.reader(io.StringIO(http.get("/api/v1/worklist.csv").text)) for c in row]
+        formulas = [c for c in cells if c[:1] in ("=", "+", "@", "\t", "\r") or re.match(r"-[^0-9.]", c)]
+        probes = [
+            http.get("/api/v1/worklist", params={"offset": str(2**63)}),
+            http.get("/api/v1/worklist", params={"limit": str(2**64)}),
+            http.get("/api/v1/no-such-route"),
+            http.delete("/api/v1/worklist"),
+        ]
+        bodies_ok = all(set(p.json()) == {"error", "status"} for p in probes)
+        report(
+            "csv injection + bad parameters", 2 + len(probes), len(cells) and 1, "/".join(str(p.status_code) for p in probes),
+            len(formulas), memory_mb(server.process.pid)["peak"], time.monotonic() - started,
+            f"formula cells in worklist.csv: {len(formulas)}; one error body: {bodies_ok}",
+        )  # fmt: skip
+
+
+def attack_slowloris(tmp: Path, count: int) -> None:
+    import socket
+
+    with running_server(
+        tmp / "slow", "--no-heatmaps", "--header-timeout", "2", "--idle-timeout", "2", timeout=START_S
+    ) as server:
+        host, port = server.url.removeprefix("http://").split(":")
+        started = time.monotonic()
+        sockets = []
+        for i in range(count):
+            sock = socket.create_connection((host, int(port)), timeout=10)
+            if i % 2:
+                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-a: ")
+            else:
+                sock.sendall(
+                    b"POST /api/v1/images HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 99999\r\n\r\nab"
+                )
+            sockets.append(sock)
+        time.sleep(5.0)
+        closed = 0
+        for sock in sockets:
+            sock.settimeout(0.5)
+            try:
+                while sock.recv(4096):
+                    pass
+                closed += 1
+            except ConnectionResetError:
+                closed += 1
+            except TimeoutError:
+                pass
+            sock.close()
+        healthy = httpx.get(server.url + "/healthz", timeout=10).status_code
+        report(
+            "slowloris (headers, bodies)", count, 0, f"closed {closed}", count - closed,
+            memory_mb(server.process.pid)["peak"], time.monotonic() - started,
+            f"within 5 s of a 2 s limit; /healthz after: {healthy}",
+        )  # fmt: skip
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", nargs="*", choices=("heatmaps", "upload", "bombs", "poison", "disk"))
+    parser.add_argument("--only", nargs="*", choices=ALL)
+    parser.add_argument("--images", type=int, default=60, help="images uploaded in pg-restart (default 60)")
+    parser.add_argument("--slow", type=int, default=50, help="slow connections in slowloris (default 50)")
     parser.add_argument(
         "--concurrent", type=int, default=14, help="simultaneous heatmap requests (default 14)"
     )
@@ -293,7 +518,7 @@ def main() -> int:
         "--upload-mb", type=int, default=1500, help="size of the oversized upload (default 1500)"
     )
     args = parser.parse_args()
-    wanted = set(args.only or ("heatmaps", "upload", "bombs", "poison", "disk"))
+    wanted = set(args.only or ALL)
     with tempfile.TemporaryDirectory(prefix="xraytriage-attacks-") as folder:
         tmp = Path(folder)
         if "heatmaps" in wanted:
@@ -306,6 +531,16 @@ def main() -> int:
             attack_poison(tmp)
         if "disk" in wanted:
             attack_disk_full(tmp)
+        if "pg-restart" in wanted:
+            attack_pg_restart(tmp, args.images)
+        if "sqlite-lock" in wanted:
+            attack_sqlite_lock(tmp)
+        if "csrf" in wanted:
+            attack_csrf(tmp)
+        if "csv" in wanted:
+            attack_csv_and_params(tmp)
+        if "slowloris" in wanted:
+            attack_slowloris(tmp, args.slow)
         shutil.rmtree(tmp, ignore_errors=True)
     worst = max((r["peak"] for r in ROWS), default=0.0)
     print(f"\nhighest server peak: {worst:.0f} MB (limit 1500 MB); lost: {sum(r['lost'] for r in ROWS)}")

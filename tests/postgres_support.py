@@ -34,9 +34,25 @@ def _binary(name: str) -> str | None:
     return None
 
 
+class PostgresUrl(str):
+    """The SQLAlchemy URL, with :meth:`restart` (``pg_ctl restart``) for outage tests."""
+
+    restart_command: list[str]
+
+    def restart(self, mode: str = "fast") -> float:
+        """``pg_ctl -m MODE restart`` (waits until it accepts connections); the seconds it took."""
+        started = time.monotonic()
+        result = subprocess.run(
+            [*self.restart_command, "-m", mode, "restart"], capture_output=True, text=True, timeout=120
+        )
+        assert result.returncode == 0, result.stderr[-500:]
+        return time.monotonic() - started
+
+
 @contextmanager
-def postgres_server(folder: Path) -> Iterator[str]:
-    """Start PostgreSQL; yields a SQLAlchemy URL (psycopg 3) of an empty database."""
+def postgres_server(folder: Path) -> Iterator[PostgresUrl]:
+    """Start PostgreSQL; yields a SQLAlchemy URL (psycopg 3) of an empty database (a ``str``
+    with a ``restart()`` method)."""
     pytest.importorskip("psycopg", reason="psycopg (PostgreSQL driver) is not installed")
     initdb, pg_ctl = _binary("initdb"), _binary("pg_ctl")
     if not initdb or not pg_ctl:
@@ -80,7 +96,19 @@ def postgres_server(folder: Path) -> Iterator[str]:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
-        yield f"postgresql+psycopg://triage@127.0.0.1:{port}/postgres"
+        url = PostgresUrl(f"postgresql+psycopg://triage@127.0.0.1:{port}/postgres")
+        url.restart_command = [
+            *prefix,
+            pg_ctl,
+            "-D",
+            str(data),
+            "-o",
+            options,
+            "-l",
+            str(folder / "postgres.log"),
+            "-w",
+        ]
+        yield url
     finally:
         run(pg_ctl, "-D", str(data), "-m", "immediate", "stop")
         if prefix:

@@ -41,7 +41,7 @@ def test_subcommand_names_are_kept():
     parser = build_parser()
     [sub] = [a for a in parser._actions if a.dest == "command"]
     assert list(sub.choices) == [
-        "calibrate", "datasets", "demo", "dicom-echo", "evaluate", "compare", "explain", "localize-eval",
+        "backup", "restore", "calibrate", "datasets", "demo", "dicom-echo", "evaluate", "compare", "explain", "localize-eval",
         "export", "localiser", "models", "serve", "train", "cv", "triage", "import-weights",
     ]  # fmt: skip
 

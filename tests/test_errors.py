@@ -17,7 +17,7 @@ NOT_YET_MOVED = {
     "serving/heatmap_jobs.py": {"HeatmapQueueFull"},
     "serving/intake.py": {"UploadRejected"},
     "serving/queries.py": {"UnknownFinding"},
-    "serving/repository.py": {"_Duplicate"},
+    "serving/repository.py": {"_Duplicate", "_SopConflict"},
     "serving/states.py": {"IllegalTransition"},
     "serving/storage.py": {"StorageFull"},
     "serving/uploads.py": {"UploadError"},

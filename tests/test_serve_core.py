@@ -340,8 +340,10 @@ def test_display_image_follows_the_dicom_pixel_chain(service: TriageService, sha
     from xraytriage.io import read_radiograph
 
     a = service.ingest((shared_data / "dicom" / "siim_cr_chest_pa.dcm").read_bytes(), "1.dcm")
-    b = service.ingest((shared_data / "dicom" / "cr_chest_pa_monochrome1.dcm").read_bytes(), "2.dcm")
     first = np.asarray(PILImage.open(service.drawings.display_path(a.image_id)), dtype=np.float32)
+    # the same SOP instance: b replaces a (whose blob and pictures then go), so a is drawn first
+    b = service.ingest((shared_data / "dicom" / "cr_chest_pa_monochrome1.dcm").read_bytes(), "2.dcm")
+    assert b.study_id == a.study_id and not service.store.exists(a.image_id)
     second = np.asarray(PILImage.open(service.drawings.display_path(b.image_id)), dtype=np.float32)
     assert first.shape == (1024, 1024)
     assert np.abs(first + second - 255.0).mean() < 1.0

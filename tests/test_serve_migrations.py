@@ -67,14 +67,14 @@ def schema_of(engine) -> dict[str, tuple[set[str], set[str]]]:
             {c["name"] for c in inspector.get_columns(table)},
             {ix["name"] for ix in inspector.get_indexes(table)},
         )
-        for table in ("studies", "images", "heatmaps")
+        for table in ("studies", "images", "heatmaps", "audit")
     }
 
 
 def check_migrated(db: Database) -> None:
     """At the newest revision, with every column and index the models have."""
     with db.engine.connect() as conn:
-        assert migrations.current(conn) == migrations.head() == "0003_i_flag_tier_reason"
+        assert migrations.current(conn) == migrations.head() == "0005_tier_reason"
     schema = schema_of(db.engine)
     for table in Base.metadata.sorted_tables:
         columns, indexes = schema[table.name]

@@ -119,3 +119,7 @@ class ChecksumError(XRayTriageError):
 
 class UnsafePickleError(XRayTriageError):
     """A pickle asked for a callable that is not on the allow-list (never executed)."""
+
+
+class BackupError(XRayTriageError):
+    """A service backup or restore that cannot be done (names the file and the problem)."""

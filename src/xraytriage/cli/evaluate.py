@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from xraytriage.cli.common import check_output_dir, resolve_model_path
+from xraytriage.sanitize import write_csv
 
 log = logging.getLogger(__name__)
 
@@ -426,7 +427,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     )
     paths = write_evaluation(result, args.output, test, title, args.run, comparison, args.localization)
     if errors:
-        pd.DataFrame(errors).to_csv(args.output / "errors.csv", index=False)
+        write_csv(pd.DataFrame(errors), args.output / "errors.csv", index=False)
         print(f"{len(errors)} image(s) could not be read; listed in {args.output / 'errors.csv'}")
     _print_summary(result, comparison)
     if overlap is not None:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from xraytriage.cli.common import add_model_argument, resolve_model_path
+from xraytriage.sanitize import write_csv
 
 METHOD_CHOICES = ("auto", "gradcam", "gradcam++", "localiser")
 BOX_COLUMNS = ["path", "finding", "x", "y", "w", "h", "score"]
@@ -206,7 +207,7 @@ def run_explain(args) -> int:
             prepared = explainer.prepare(radiograph)
             x = explainer.contract.normalize(torch.as_tensor(prepared.uint8[None])).to(explainer.device)
             write_feature_maps(explainer.cam.model, x, output / "feature_maps" / stem)
-    pd.DataFrame(rows, columns=BOX_COLUMNS).to_csv(output / "boxes.csv", index=False)
+    write_csv(pd.DataFrame(rows, columns=BOX_COLUMNS), output / "boxes.csv", index=False)
     print(
         f"explained {explained} image(s) with {explainer.method} at layer {explainer.layer}: "
         f"{overlays} overlay(s), {len(rows)} box(es) -> {output / 'boxes.csv'}"

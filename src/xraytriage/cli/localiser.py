@@ -142,7 +142,10 @@ def _check_data(data, spec, path: Path) -> None:
 def run_cv(args) -> int:
     import json
 
+    import pandas as pd
+
     from xraytriage.explain.localization import evaluate_input_maps, write_localization_report
+    from xraytriage.sanitize import write_csv
     from xraytriage.train.localiser import BoxData, cross_validate_box_prior, cross_validate_localiser
 
     spec, config = load_localiser_config(args.config, args.overrides)
@@ -160,10 +163,8 @@ def run_cv(args) -> int:
     args.output.mkdir(parents=True, exist_ok=True)
     title = f"{method}, {config.folds}-fold patient-grouped CV, out of fold"
     paths = write_localization_report(result, args.output, title=title)
-    (args.output / "folds.csv").write_text(
-        "image,patient,fold\n"
-        + "".join(f"{n},{p},{f}\n" for n, p, f in zip(data.names, data.patients, fold, strict=True))
-    )
+    folds = pd.DataFrame({"image": data.names, "patient": data.patients, "fold": fold})
+    write_csv(folds, args.output / "folds.csv", index=False)
     (args.output / "config.json").write_text(
         json.dumps({"spec": spec.to_dict(), "train": vars(config)}, indent=2)
     )

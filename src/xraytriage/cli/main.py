@@ -17,6 +17,7 @@ from xraytriage.errors import XRayTriageError
 from xraytriage.logconfig import configure_logging
 
 COMMANDS: tuple[str, ...] = (
+    "xraytriage.cli.backup",  # backup, restore
     "xraytriage.cli.calibrate",  # calibrate
     "xraytriage.cli.datasets",  # datasets inspect | cache
     "xraytriage.cli.demo",  # demo

@@ -103,6 +103,45 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="shared screens: leave patient ID, accession, age/sex and study date out of every page, "
         "API answer and CSV (each page also has its own switch)",
     )
+    p.add_argument(
+        "--retention-days",
+        type=float,
+        default=None,
+        metavar="N",
+        help="remove studies nothing happened to for N days (images, pictures, rows; audit entries "
+        "stay), checked at start and every hour (default: keep everything)",
+    )
+    p.add_argument(
+        "--db-timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="seconds a database call waits for a SQLite lock or a PostgreSQL connection before the "
+        "API answers 503 (default 30)",
+    )
+    p.add_argument(
+        "--db-retry",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="seconds the worker retries a database call through an outage before it pauses and "
+        "re-queues its work (default 30)",
+    )
+    p.add_argument(
+        "--header-timeout",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="close a connection whose request headers are not complete after S seconds (slow clients; "
+        "default 10)",
+    )
+    p.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="close a request whose body sends nothing for S seconds (default 30)",
+    )
     dicom = p.add_argument_group("DICOM node (receive studies from a PACS or modality, send results back)")
     dicom.add_argument(
         "--dicom-port", type=int, default=None, help="listen for DICOM (C-STORE, C-ECHO) on this port"
@@ -231,6 +270,11 @@ def build_config(args: argparse.Namespace):
         drift_window=args.drift_window,
         drift_min_studies=args.drift_min_studies,
         allowed_hosts=tuple(args.allowed_host),
+        header_timeout_s=args.header_timeout,
+        retention_days=args.retention_days,
+        db_timeout_s=args.db_timeout,
+        db_retry_seconds=args.db_retry,
+        idle_timeout_s=args.idle_timeout,
     )
 
 
@@ -253,5 +297,13 @@ def run_serve(args: argparse.Namespace) -> int:
         f"xraytriage: http://{config.host}:{config.port}/  (API docs: /docs; data: {config.data_dir})",
         file=sys.stderr,
     )
-    uvicorn.run(app, host=config.host, port=config.port, log_level=args.log_level)
+    from xraytriage.serving.connections import timed_protocol
+
+    uvicorn.run(
+        app,
+        host=config.host,
+        port=config.port,
+        log_level=args.log_level,
+        http=timed_protocol(config.header_timeout_s, config.idle_timeout_s),
+    )
     return 0

@@ -30,6 +30,7 @@ from xraytriage.errors import ConfigError, XRayTriageError
 from xraytriage.labels import ABNORMAL, abnormal_target, canonical_label, map_labels
 from xraytriage.models.checkpoint import Checkpoint
 from xraytriage.progress import progress_bar
+from xraytriage.sanitize import read_csv_cells
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +223,7 @@ def read_predictions_csv(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: predictions CSV not found")
-    frame = pd.read_csv(path)
+    frame = read_csv_cells(path)
     key = next((c for c in IMAGE_KEY_COLUMNS if c in frame.columns), None)
     if key is None:
         raise ConfigError(f"{path}: no image column (expected one of {', '.join(IMAGE_KEY_COLUMNS)})")

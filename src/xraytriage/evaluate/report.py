@@ -32,6 +32,7 @@ from xraytriage.evaluate.plots import (
     plot_run_comparison,
     plot_triage,
 )
+from xraytriage.sanitize import write_csv
 
 
 def _auc_cell(m: Mapping[str, Any], value: float | None) -> Any:
@@ -593,7 +594,7 @@ def build_runs_report(
     table, sources = comparison_table(run_dirs)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out / "comparison.csv", index_label="label")
+    write_csv(table, out / "comparison.csv", index_label="label")
     report = HtmlReport(out, title)
     report.header(
         {
@@ -631,7 +632,7 @@ def build_runs_report(
         except Exception as exc:  # runs on different images or labels: say so, keep the report
             report.paragraph(f"{names[0]} vs {other}: not compared ({exc})")
             continue
-        result["table"].to_csv(out / f"delong_{_safe(names[0])}_vs_{_safe(other)}.csv", index=False)
+        write_csv(result["table"], out / f"delong_{_safe(names[0])}_vs_{_safe(other)}.csv", index=False)
         report.table(
             result["table"].set_index("label"),
             f"{names[0]} vs {other} on {result['images']} shared images (DeLong, paired bootstrap)",

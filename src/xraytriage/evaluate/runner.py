@@ -39,6 +39,7 @@ from xraytriage.evaluate.predictions import (
 from xraytriage.evaluate.study import AGGREGATIONS, aggregate_studies, evaluate_studies
 from xraytriage.evaluate.triage_eval import triage_metrics
 from xraytriage.models.checkpoint import abnormal_probability
+from xraytriage.sanitize import write_csv
 
 log = logging.getLogger(__name__)
 
@@ -412,11 +413,11 @@ def write_evaluation(
     out.mkdir(parents=True, exist_ok=True)
     result = result if isinstance(result, EvaluationResult) else EvaluationResult(result)
     if "triage" in result:
-        result["triage"]["simulation"]["table"].to_csv(out / "triage_simulation.csv", index=False)
+        write_csv(result["triage"]["simulation"]["table"], out / "triage_simulation.csv", index=False)
     if comparison is not None:
-        comparison["table"].to_csv(out / "comparison.csv", index=False)
+        write_csv(comparison["table"], out / "comparison.csv", index=False)
         if "grouped_triage" in comparison:
-            comparison["grouped_triage"]["table"].to_csv(out / "grouped_comparison.csv", index=False)
+            write_csv(comparison["grouped_triage"]["table"], out / "grouped_comparison.csv", index=False)
     paths = {
         "metrics.json": out / "metrics.json",
         "metrics.csv": out / "metrics.csv",
@@ -426,10 +427,10 @@ def write_evaluation(
         from xraytriage.evaluate.grouped import grouped_table
 
         paths["grouped_metrics.csv"] = out / "grouped_metrics.csv"
-        grouped_table(result["grouped"]).to_csv(paths["grouped_metrics.csv"], index=False)
+        write_csv(grouped_table(result["grouped"]), paths["grouped_metrics.csv"], index=False)
     paths["metrics.json"].write_text(json.dumps(result.to_json(comparison), indent=2), encoding="utf-8")
-    result.label_table().to_csv(paths["metrics.csv"], index=False)
-    test.to_csv(paths["predictions.csv"], index=False)
+    write_csv(result.label_table(), paths["metrics.csv"], index=False)
+    write_csv(test, paths["predictions.csv"], index=False)
     paths["report.html"] = build_evaluation_report(
         result, test, out, title, run_dirs, comparison, localization_dirs
     )

@@ -39,6 +39,7 @@ from xraytriage.explain.boxes import Box, boxes_from_heatmap, prior_for
 from xraytriage.geometry import map_to_original
 from xraytriage.labels import canonical_label
 from xraytriage.preprocess import PreprocessContract
+from xraytriage.sanitize import write_csv
 
 log = logging.getLogger(__name__)
 
@@ -616,8 +617,8 @@ def write_localization_report(
         "boxes": output / "localization_boxes.csv",
         "markdown": output / "localization.md",
     }
-    result.table.to_csv(paths["csv"], index=False)
-    result.per_box.to_csv(paths["boxes"], index=False)
+    write_csv(result.table, paths["csv"], index=False)
+    write_csv(result.per_box, paths["boxes"], index=False)
     notes = [
         f"# Localisation{': ' + title if title else ''}",
         "",

@@ -11,6 +11,8 @@ the problem.
 from __future__ import annotations
 
 import asyncio
+import io
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Security
@@ -18,11 +20,13 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from xraytriage.sanitize import csv_writer
 from xraytriage.serving import schemas
 from xraytriage.serving.auth import authenticated_by
 from xraytriage.serving.drawings import DISPLAY, Drawings
 from xraytriage.serving.heatmap_jobs import HeatmapQueueFull
 from xraytriage.serving.intake import UploadRejected
+from xraytriage.serving.outages import RETRY_AFTER_S, is_database_outage
 from xraytriage.serving.queries import (
     UnknownFinding,
     known_finding,
@@ -35,8 +39,11 @@ from xraytriage.serving.service import TriageService
 from xraytriage.serving.states import ImageState, StudyState
 from xraytriage.serving.storage import is_storage_error, safe_filename
 from xraytriage.serving.uploads import UploadError, receive_upload
+from xraytriage.serving.views import iso
 
 PNG_HEADERS = {"Cache-Control": "private, max-age=3600"}
+MAX_OFFSET = 2**31 - 1
+"""Largest worklist offset (a database integer; 2**63 would overflow it: 422, not 500)."""
 UNAUTHORIZED = "missing or wrong API token: send 'Authorization: Bearer <token>'"
 
 
@@ -80,6 +87,12 @@ router = APIRouter(
 )
 
 
+def _filters(status: str | None, finding: str | None, state: str | None) -> str:
+    """The worklist filters of a request, for its audit entry."""
+    given = {"status": status, "finding": finding, "state": state}
+    return ", ".join(f"{k}={v}" for k, v in given.items() if v) or "no filters"
+
+
 def check_finding(service: TriageService, finding: str | None) -> str | None:
     """The model's name of ``finding`` (404 naming the model's findings when unknown)."""
     try:
@@ -114,7 +127,7 @@ UPLOAD_BODY = {
 }
 REFUSED = {
     status: {"model": schemas.UploadRefused, "description": "no file was accepted"}
-    for status in (413, 415, 422, 507)
+    for status in (413, 415, 422, 503, 507)
 }
 
 
@@ -164,25 +177,34 @@ async def upload_images(request: Request, service: Service):
             parsed.cleanup()
     study_ids = list(dict.fromkeys(item["study_id"] for item in accepted))
     body = {"study_ids": study_ids, "accepted": accepted, "rejected": rejected}
+    if study_ids:
+        count = {s: sum(1 for item in accepted if item["study_id"] == s) for s in study_ids}
+        for study_id in study_ids:
+            service.audit.request(request, "upload", [study_id], 202, f"{count[study_id]} file(s)")
     if not accepted:
         status = max(set(statuses), key=statuses.count) if statuses else 422
         reasons = "; ".join(f"{r['filename']}: {r['error']}" for r in rejected)
-        return JSONResponse({"error": f"no file was accepted: {reasons}", "status": status, **body}, status)
+        headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None
+        return JSONResponse(
+            {"error": f"no file was accepted: {reasons}", "status": status, **body}, status, headers
+        )
     return body
 
 
 @router.get("/worklist", summary="Studies sorted by priority, with filters", response_model=schemas.Worklist)
 def get_worklist(
+    request: Request,
     service: Service,
     repo: Repo,
     status: Literal["new", "reading", "read"] | None = Query(None, description="reader status"),
     finding: str | None = Query(None, description="only studies that list this finding"),
     state: Literal["queued", "processing", "done", "error"] | None = Query(None),
     limit: int = Query(500, ge=1, le=10000),
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=MAX_OFFSET),
 ):
     name = check_finding(service, finding)
     hide = service.config.hide_identifiers
+    service.audit.request(request, "view-worklist", detail=_filters(status, name, state), once=True)
     return worklist_json(repo, service.checkpoint, hide, service.pending, status, name, state, limit, offset)
 
 
@@ -193,6 +215,7 @@ def get_worklist(
     responses={200: {"content": {"text/csv": {}}}},
 )
 def get_worklist_csv(
+    request: Request,
     service: Service,
     repo: Repo,
     status: Literal["new", "reading", "read"] | None = None,
@@ -201,6 +224,10 @@ def get_worklist_csv(
 ):
     name = check_finding(service, finding)
     text = worklist_csv_text(repo, service.checkpoint, service.config.hide_identifiers, status, name, state)
+    rows = max(text.count("\n") - 1, 0)
+    service.audit.request(
+        request, "export", detail=f"worklist.csv, {rows} rows; {_filters(status, name, state)}"
+    )
     return Response(
         text,
         media_type="text/csv; charset=utf-8",
@@ -220,8 +247,10 @@ def study_or_404(service: TriageService, study_id: str) -> dict:
     summary="One study: findings table, images, heatmaps",
     response_model=schemas.StudyDetail,
 )
-def get_study(service: Service, study_id: str):
-    return study_or_404(service, study_id)
+def get_study(request: Request, service: Service, study_id: str):
+    data = study_or_404(service, study_id)
+    service.audit.request(request, "view", [study_id], once=True)
+    return data
 
 
 @router.patch(
@@ -229,9 +258,10 @@ def get_study(service: Service, study_id: str):
     summary="Set the reader status (new, reading, read)",
     response_model=schemas.StudyDetail,
 )
-def patch_study(service: Service, study_id: str, change: schemas.StatusChange):
+def patch_study(request: Request, service: Service, study_id: str, change: schemas.StatusChange):
     if not service.set_read_status(study_id, change.status):
         raise HTTPException(404, f"no study {study_id!r}")
+    service.audit.request(request, "mark", [study_id], detail=f"status {change.status}")
     return study_or_404(service, study_id)
 
 
@@ -278,6 +308,12 @@ async def _wait_for_pictures(
             raise HTTPException(
                 507, f"{what} could not be saved: the server's storage is full; try again later"
             )
+        if is_database_outage(exc):
+            raise HTTPException(
+                503,
+                f"{what}: the database is unavailable; try again shortly",
+                {"Retry-After": str(RETRY_AFTER_S)},
+            )
         if isinstance(exc, ImageReadError):  # names the blob: say the file's name instead
             raise HTTPException(422, f"{what}: {exc.problem}")
         raise HTTPException(500, f"{what} could not be drawn: {type(exc).__name__}")
@@ -290,6 +326,7 @@ async def _wait_for_pictures(
     responses={200: {"content": {"image/png": {}}}},
 )
 async def get_heatmap(
+    request: Request,
     service: Service,
     repo: Repo,
     drawings: Pictures,
@@ -308,6 +345,7 @@ async def get_heatmap(
     await _wait_for_pictures(
         drawings, service.config.heatmap_wait_seconds, image_id, [item], f"the {name} heatmap"
     )
+    await run_in_threadpool(service.audit.request, request, "view", [study_id], 200, "heatmaps", True)
     return FileResponse(
         drawings.picture_path(image_id, name, style), media_type="image/png", headers=PNG_HEADERS
     )
@@ -319,14 +357,104 @@ async def get_heatmap(
     response_class=FileResponse,
     responses={200: {"content": {"image/png": {}}}},
 )
-async def get_display(service: Service, repo: Repo, drawings: Pictures, image_id: str):
+async def get_display(request: Request, service: Service, repo: Repo, drawings: Pictures, image_id: str):
     row = await run_in_threadpool(repo.image, image_id)
     if row is None:
         raise HTTPException(404, f"no image {image_id!r}")
     await _wait_for_pictures(drawings, service.config.heatmap_wait_seconds, image_id, [DISPLAY], row.filename)
+    await run_in_threadpool(service.audit.request, request, "view", [row.study_id], 200, "images", True)
     return FileResponse(drawings.display_file(image_id), media_type="image/png", headers=PNG_HEADERS)
 
 
 @router.get("/model", summary="The model: labels, thresholds, version", response_model=schemas.ModelInfo)
 def get_model(service: Service):
     return service.model_info
+
+
+AUDIT_COLUMNS = ("id", "at", "actor", "address", "action", "study_id", "status", "detail")
+
+
+def admin_only(request: Request) -> None:
+    """The audit trail is for whoever holds the API token (or anyone on a token-less loopback
+    service), not for a signed-in browser."""
+    if authenticated_by(request.scope) == "session":
+        raise HTTPException(403, "the audit trail needs the API token: send 'Authorization: Bearer <token>'")
+
+
+def _when(value: datetime | None) -> float | None:
+    if value is None:
+        return None
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
+
+
+def _audit_items(
+    service: TriageService, study: str | None, action: str | None, actor: str | None,
+    since: datetime | None, until: datetime | None, limit: int | None, offset: int,
+) -> tuple[int, list[dict]]:  # fmt: skip
+    total, rows = service.repo.audit_entries(study, action, actor, _when(since), _when(until), limit, offset)
+    items = [{**{k: getattr(r, k) for k in AUDIT_COLUMNS}, "at": iso(r.at)} for r in rows]
+    return total, items
+
+
+AuditFilters = {
+    "study": Query(None, description="one study id", max_length=64),
+    "action": Query(
+        None, description="view, view-worklist, export, mark, upload, receive, send, audit, delete"
+    ),
+    "actor": Query(
+        None, description="token, session:<8 hex>, open, dicom:<AE>, dicom, retention", max_length=64
+    ),
+    "since": Query(None, description="ISO 8601 date/time (UTC when no zone is given)"),
+    "until": Query(None, description="ISO 8601 date/time, exclusive"),
+}
+
+
+@router.get("/audit", summary="The audit trail (admin: the API token)", response_model=schemas.AuditPage)
+def get_audit(
+    request: Request,
+    service: Service,
+    study: str | None = AuditFilters["study"],
+    action: str | None = AuditFilters["action"],
+    actor: str | None = AuditFilters["actor"],
+    since: datetime | None = AuditFilters["since"],
+    until: datetime | None = AuditFilters["until"],
+    limit: int = Query(500, ge=1, le=10000),
+    offset: int = Query(0, ge=0, le=MAX_OFFSET),
+):
+    """Who viewed, exported, marked, uploaded, received or was sent which study, newest first."""
+    admin_only(request)
+    service.audit.flush()  # what was recorded so far, written
+    total, items = _audit_items(service, study, action, actor, since, until, limit, offset)
+    service.audit.request(request, "audit", detail=f"read {len(items)} of {total}", once=True)
+    return {"total": total, "items": items}
+
+
+@router.get(
+    "/audit.csv",
+    summary="The audit trail as CSV (same filters; admin: the API token)",
+    response_class=Response,
+    responses={200: {"content": {"text/csv": {}}}},
+)
+def get_audit_csv(
+    request: Request,
+    service: Service,
+    study: str | None = AuditFilters["study"],
+    action: str | None = AuditFilters["action"],
+    actor: str | None = AuditFilters["actor"],
+    since: datetime | None = AuditFilters["since"],
+    until: datetime | None = AuditFilters["until"],
+):
+    admin_only(request)
+    service.audit.flush()  # what was recorded so far, written
+    total, items = _audit_items(service, study, action, actor, since, until, None, 0)
+    buffer = io.StringIO()
+    writer = csv_writer(buffer)
+    writer.writerow(AUDIT_COLUMNS)
+    for item in items:
+        writer.writerow([item[k] for k in AUDIT_COLUMNS])
+    service.audit.request(request, "audit", detail=f"exported {total} entries")
+    return Response(
+        buffer.getvalue(),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": 'attachment; filename="audit.csv"'},
+    )

@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException
 
 from xraytriage import __version__
 from xraytriage.serving import schemas
 from xraytriage.serving.auth import BodyLimit, Guard, TokenAuth, login_page, login_submit, logout
 from xraytriage.serving.config import ServeConfig
+from xraytriage.serving.csrf import CsrfCheck
+from xraytriage.serving.db import DATABASE_ERRORS
 from xraytriage.serving.metrics import metrics_registry, render
+from xraytriage.serving.outages import RETRY_AFTER_S, is_database_outage
 from xraytriage.serving.security import HostCheck, SecurityHeaders, allowed_host_names
 from xraytriage.serving.service import TriageService
 from xraytriage.serving.storage import is_storage_error
+
+log = logging.getLogger(__name__)
 
 
 def create_app(config: ServeConfig, service: TriageService | None = None) -> FastAPI:
@@ -56,6 +63,7 @@ def create_app(config: ServeConfig, service: TriageService | None = None) -> Fas
     app.state.dicom_node = node
     guard = Guard(config.token)
     app.state.guard = guard
+    app.add_middleware(CsrfCheck, guard=guard)  # inside TokenAuth: it knows how the caller got in
     app.add_middleware(TokenAuth, guard=guard)
     app.add_middleware(BodyLimit, limit=config.max_request_bytes)
     # outermost: foreign Host headers are refused before anything else, every answer gets the headers
@@ -67,11 +75,12 @@ def create_app(config: ServeConfig, service: TriageService | None = None) -> Fas
     app.add_middleware(HostCheck, allowed=hosts)
     app.add_middleware(SecurityHeaders)
 
-    @app.exception_handler(HTTPException)
-    async def http_error(_request: Request, exc: HTTPException) -> JSONResponse:
-        return JSONResponse(
-            {"error": str(exc.detail), "status": exc.status_code}, exc.status_code, exc.headers
-        )
+    @app.exception_handler(HTTPException)  # Starlette's: unknown routes and methods too, not only ours
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        message = str(exc.detail)
+        if message in ("Not Found", "Method Not Allowed"):  # Starlette's own: say what was asked
+            message = f"{message.lower()}: {request.method} {request.url.path[:200]}"
+        return JSONResponse({"error": message, "status": exc.status_code}, exc.status_code, exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -81,8 +90,27 @@ def create_app(config: ServeConfig, service: TriageService | None = None) -> Fas
         ]
         return JSONResponse({"error": "invalid request: " + "; ".join(problems), "status": 422}, 422)
 
+    async def database_error(_request: Request, exc: Exception) -> JSONResponse:
+        """Handled here, not by the catch-all below: that one re-raises after answering, and
+        uvicorn then closes the client's kept-alive connection."""
+        if is_storage_error(exc):  # SQLite: "database or disk is full"
+            return await server_error(_request, exc)
+        if is_database_outage(exc):  # the database restarts or is locked: come back shortly
+            service.database.note(exc)
+            message = "the database is unavailable right now; nothing was changed: try again shortly"
+            return JSONResponse({"error": message, "status": 503}, 503, {"Retry-After": str(RETRY_AFTER_S)})
+        log.error("database error", exc_info=exc)
+        return JSONResponse({"error": f"internal error ({type(exc).__name__})", "status": 500}, 500)
+
+    for kind in DATABASE_ERRORS:
+        app.add_exception_handler(kind, database_error)
+
     @app.exception_handler(Exception)
     async def server_error(_request: Request, exc: Exception) -> JSONResponse:
+        if is_database_outage(exc):  # the database restarts or is locked: come back shortly
+            service.database.note(exc)
+            message = "the database is unavailable right now; nothing was changed: try again shortly"
+            return JSONResponse({"error": message, "status": 503}, 503, {"Retry-After": str(RETRY_AFTER_S)})
         if is_storage_error(exc):  # a full disk is the server's condition, not a bug: say so
             service.storage.note(exc)
             message = "the server's storage is full: nothing was changed; try again later"
@@ -97,13 +125,28 @@ def create_app(config: ServeConfig, service: TriageService | None = None) -> Fas
     )
     def healthz() -> dict:
         storage = service.storage.status()
+        try:
+            queue = service.pending()
+            if service.database.down:  # a request saw an outage; this one got through
+                service.database.probe()
+        except Exception as exc:
+            if not is_database_outage(exc):
+                raise
+            service.database.note(exc)
+            queue = None
+        database = service.database.status()
+        problems = [f"storage: {storage['error']}"] if not storage["ok"] else []
+        if not database["ok"]:
+            problems.append(f"database: {database['reason']}")
         return {
-            "status": "ok" if storage["ok"] else "degraded",
+            "status": "degraded" if problems else "ok",
+            "reason": "; ".join(problems) or None,
             "storage": storage,
+            "database": database,
             "ready": service.ready.is_set(),
             "version": __version__,
             "model": service.checkpoint.name,
-            "queue": service.pending(),
+            "queue": queue,
             "uptime_s": round(time.time() - service.started_at, 1),
             "drift": service.drift.report().to_dict(),
             "dicom": None

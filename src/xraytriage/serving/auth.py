@@ -62,6 +62,13 @@ class Sessions:
         with self._lock:
             return -60 <= age <= self.lifetime and nonce not in self._revoked
 
+    def csrf_token(self, cookie: str | None) -> str | None:
+        """The CSRF token of this session (None without a valid cookie): bound to the cookie's
+        nonce, so it ends with the session; see :mod:`~xraytriage.serving.csrf`."""
+        if not self.valid(cookie):
+            return None
+        return self._mac("csrf." + cookie.split(".")[1])
+
     def revoke(self, cookie: str | None) -> None:
         """Sign out: this cookie stops working here even if a copy of it survives."""
         if self.valid(cookie):

@@ -65,6 +65,20 @@ class ServeConfig:
     hide_identifiers: bool = False
     """Leave patient ID, accession number, age, sex and study date out of every page, API
     answer and CSV (shared screens); views and body parts stay."""
+    retention_days: float | None = None
+    """Remove studies (images, pictures, rows; not audit entries) nothing happened to for this
+    many days; None keeps everything."""
+    retention_every_s: float = 3600.0
+    """How often the retention check runs."""
+    db_timeout_s: float = 30.0
+    """How long one database call waits for a SQLite lock or a PostgreSQL connection."""
+    db_retry_seconds: float = 30.0
+    """How long the worker retries a database call through an outage (with back-off) before it
+    sets its work aside and waits for the database (requests answer 503 meanwhile)."""
+    header_timeout_s: float = 10.0
+    """A connection whose request headers are not complete after this long is closed (408)."""
+    idle_timeout_s: float = 30.0
+    """A request whose body sends nothing for this long is closed (slow clients)."""
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir)
@@ -83,6 +97,13 @@ class ServeConfig:
                 f"drift window ({self.drift_window}) and minimum ({self.drift_min_studies}) must satisfy "
                 "1 <= minimum <= window"
             )
+        if (
+            min(self.header_timeout_s, self.idle_timeout_s, self.db_timeout_s) <= 0
+            or self.db_retry_seconds < 0
+        ):
+            raise ConfigError("the header and idle timeouts must be positive")
+        if self.retention_days is not None and self.retention_days <= 0:
+            raise ConfigError(f"--retention-days must be positive, got {self.retention_days}")
         if self.token is not None and len(self.token) < 8:
             raise ConfigError("the API token must be at least 8 characters")
 

@@ -20,6 +20,7 @@ takes the write lock first (``session(lock=True)``: ``BEGIN IMMEDIATE`` on SQLit
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -30,6 +31,7 @@ from typing import Any
 from sqlalchemy import (
     Float,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
@@ -41,7 +43,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -138,6 +141,10 @@ class Study(Base):
 
 class Image(Base):
     __tablename__ = "images"
+    __table_args__ = (
+        # one image per DICOM instance and study (migration 0004); NULL (not DICOM) is not constrained
+        Index("uq_images_study_sop_instance", "study_id", "sop_instance_uid", unique=True),
+    )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     """SHA-256 of the file's bytes: the blob's name."""
@@ -182,13 +189,55 @@ class Heatmap(Base):
         return json.loads(self.box_json or "null")
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+class AuditEntry(Base):
+    """One audited action (migration 0003): append-only, triggers refuse UPDATE and DELETE."""
+
+    __tablename__ = "audit"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[float] = mapped_column(Float, index=True)
+    actor: Mapped[str] = mapped_column(String(64), default="")
+    address: Mapped[str] = mapped_column(String(64), default="")
+    action: Mapped[str] = mapped_column(String(32), index=True)
+    study_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
+    status: Mapped[int] = mapped_column(Integer, default=0)
+    detail: Mapped[str] = mapped_column(Text, default="")
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any, busy_ms: int = 30000) -> None:
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA busy_timeout=30000")  # first: the journal-mode switch may have to wait
+    cursor.execute(f"PRAGMA busy_timeout={int(busy_ms)}")  # first: the journal-mode switch may wait
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=FULL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+OUTAGE_WORDS = ("database is locked", "database table is locked", "unable to open database", "disk i/o error")
+
+
+def is_database_outage(exc: BaseException) -> bool:
+    """True for errors that mean "the database is away" rather than "this query is wrong"."""
+    if isinstance(exc, DisconnectionError | PoolTimeout):
+        return True
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    if not isinstance(exc, DBAPIError):
+        return False
+    if isinstance(exc.orig, sqlite3.Error):  # "no such table" is a bug, "locked" is an outage
+        return any(word in str(exc).lower() for word in OUTAGE_WORDS)
+    return isinstance(exc, OperationalError | InterfaceError)  # refused, terminated, shutting down
+
+
+DATABASE_ERRORS = (DBAPIError, DisconnectionError, PoolTimeout)
+"""What a database call raises: the API answers these itself (503 for an outage)."""
+
+
+def outage_reason(exc: BaseException) -> str:
+    """A short, safe description (the first line of the driver's message, no SQL)."""
+    inner = getattr(exc, "orig", None) or exc
+    first = (str(inner).strip().splitlines() or [""])[0][:200]
+    return f"{type(inner).__name__}: {first}" if first else type(inner).__name__
 
 
 UPSERT_DIALECTS = {"sqlite": sqlite, "postgresql": postgresql}
@@ -200,15 +249,22 @@ class Database:
     serialises job claims inside one process (SQLite); PostgreSQL additionally gets
     ``FOR UPDATE SKIP LOCKED``."""
 
-    def __init__(self, url: str, migrate: bool = True) -> None:
+    def __init__(self, url: str, migrate: bool = True, timeout: float = 30.0) -> None:
+        """``timeout``: seconds a call waits for a SQLite lock, or for a PostgreSQL connection
+        (to be made, or from the pool) before it fails as an outage."""
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
-        kwargs: dict[str, Any] = {}
+        # pre-ping: a pooled connection the database dropped (a restart) is replaced, not used
+        kwargs: dict[str, Any] = {"pool_pre_ping": True}
         if self.is_sqlite:
-            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": timeout}
+        elif url.startswith("postgresql"):
+            kwargs["connect_args"] = {"connect_timeout": max(1, round(timeout))}
+            kwargs["pool_timeout"] = timeout
         self.engine: Engine = create_engine(url, **kwargs)
         if self.is_sqlite:
-            event.listen(self.engine, "connect", _sqlite_pragmas)
+            busy_ms = int(timeout * 1000)
+            event.listen(self.engine, "connect", lambda conn, record: _sqlite_pragmas(conn, record, busy_ms))
         if migrate:
             from xraytriage.serving.migrations import upgrade
 
@@ -233,6 +289,15 @@ class Database:
             except BaseException:
                 session.rollback()
                 raise
+
+    def probe(self) -> None:
+        """Raises when the database cannot take a write now: ``SELECT 1`` on PostgreSQL; on
+        SQLite the write lock taken and dropped (readers pass a lock that stops writers)."""
+        with self.engine.connect() as connection:
+            if self.is_sqlite:
+                connection.exec_driver_sql("BEGIN IMMEDIATE")  # rolled back on leaving
+            else:
+                connection.exec_driver_sql("SELECT 1")
 
     def insert_if_absent(self, session: Session, model: type[Base], values: dict[str, Any]) -> bool:
         """``INSERT ... ON CONFLICT DO NOTHING``: True when this call created the row, False when

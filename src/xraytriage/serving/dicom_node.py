@@ -40,6 +40,7 @@ from xraytriage.dicom import (
 )
 from xraytriage.serving.config import DicomSettings
 from xraytriage.serving.intake import UploadRejected
+from xraytriage.serving.outages import is_database_outage
 from xraytriage.serving.pictures import load_png
 from xraytriage.serving.service import TriageService
 from xraytriage.serving.states import ResultsState
@@ -116,8 +117,11 @@ class DicomNode:
         while not self._stop.is_set():
             try:
                 self.dispatch_ready()
-            except Exception:
-                log.exception("DICOM results: unexpected error")
+            except Exception as exc:
+                if is_database_outage(exc):  # noted (and logged) once; tried again next round
+                    self.service.database.note(exc)
+                else:
+                    log.exception("DICOM results: unexpected error")
             self._stop.wait(0.5)
 
     def ready_studies(self, now: float | None = None) -> list[str]:
@@ -143,6 +147,10 @@ class DicomNode:
         seen_last_image = study.last_image_at if study is not None else 0.0
         attempts = ((study.dicom_results_info if study is not None else None) or {}).get("attempts", 0)
         state, info = self._build_and_send(study_id, attempts)
+        if state == ResultsState.SENT:
+            self.service.audit.record(
+                "send", actor="dicom", study_ids=[study_id], detail=f"to {self.settings.destination or '?'}"
+            )
         return repo.record_results(study_id, seen_last_image, state, info)
 
     def _build_and_send(self, study_id: str, attempts: int) -> tuple[ResultsState, dict[str, Any]]:

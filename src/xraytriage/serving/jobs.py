@@ -17,6 +17,7 @@ import numpy as np
 
 from xraytriage.scope import low_resolution_warning
 from xraytriage.serving.drawings import Drawings
+from xraytriage.serving.outages import is_database_outage
 from xraytriage.serving.records import Finding, ImageRecord, ImageScore, Settlement, StudyScores
 from xraytriage.serving.repository import Repository
 from xraytriage.serving.states import HeatmapsState, ImageState
@@ -136,8 +137,8 @@ def draw_study_heatmaps(repo: Repository, drawings: Drawings, policy: HeatmapPol
         drawings.ensure(image_id, findings)
         state = HeatmapsState.DONE
     except Exception as exc:
-        if is_storage_error(exc):
-            raise
+        if is_storage_error(exc) or is_database_outage(exc):
+            raise  # not the picture's fault: the worker sets the study aside and tries again
         log.warning("study %s: heatmaps failed: %s", study_id, type(exc).__name__)
         state = HeatmapsState.ERROR
     repo.finish_heatmaps(study_id, state)

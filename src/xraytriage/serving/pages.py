@@ -16,6 +16,7 @@ from fastapi.templating import Jinja2Templates
 
 from xraytriage import __version__
 from xraytriage.serving.api import Service
+from xraytriage.serving.auth import COOKIE
 from xraytriage.serving.config import MB
 from xraytriage.serving.queries import UnknownFinding, known_finding, study_json, worklist_json
 from xraytriage.serving.service import TriageService
@@ -38,11 +39,18 @@ def mount(app: FastAPI) -> None:
     app.add_api_route("/studies/{study_id}", study_page, methods=["GET"], include_in_schema=False)
 
 
+def page_csrf_token(request: Request) -> str:
+    """The signed-in session's CSRF token for the page's forms and fetches ("" without one)."""
+    sessions = request.app.state.guard.sessions
+    return (sessions.csrf_token(request.cookies.get(COOKIE)) if sessions else None) or ""
+
+
 def _render(
     request: Request, service: TriageService, name: str, status_code: int = 200, **context
 ) -> HTMLResponse:
     context.setdefault("model_name", service.checkpoint.name)
     context["token_protected"] = bool(service.config.token)
+    context["csrf_token"] = page_csrf_token(request)
     return TEMPLATES.TemplateResponse(request, name, context, status_code=status_code, headers=NO_STORE)
 
 
@@ -68,6 +76,7 @@ def worklist_page(
             finding = None
     limit = max(1, min(int(limit), 10_000))  # rows per page; "Show more" adds another page
     hide = service.config.hide_identifiers
+    service.audit.request(request, "view-worklist", detail="page", once=True)
     data = worklist_json(
         service.repo, service.checkpoint, hide, service.pending, status, finding, None, limit
     )
@@ -111,4 +120,5 @@ def study_page(request: Request, service: Service, study_id: str) -> HTMLRespons
             title="Study not found",
             message=f"no study {study_id!r}",
         )
+    service.audit.request(request, "view", [study_id], detail="page", once=True)
     return _render(request, service, "study.html", data=data, page="study", title=data["name"] or study_id)

@@ -192,3 +192,17 @@ class ResultsInputs:
     study: StudyRecord
     image_ids: list[str]
     key_image: ImageRecord
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """One audited action (see :mod:`~xraytriage.serving.audit`); never image data."""
+
+    id: int
+    at: float
+    actor: str
+    address: str
+    action: str
+    study_id: str | None
+    status: int
+    detail: str

@@ -27,13 +27,14 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
-from sqlalchemy import and_, case, delete, func, or_, select, type_coerce, update
+from sqlalchemy import and_, case, delete, func, insert, or_, select, type_coerce, update
 from sqlalchemy.orm import Session
 from sqlalchemy.types import Text
 
-from xraytriage.serving.db import Database, Heatmap, Image, Study
+from xraytriage.serving.db import AuditEntry, Database, Heatmap, Image, Study
 from xraytriage.serving.intake import UploadInfo
 from xraytriage.serving.records import (
+    AuditRecord,
     HeatmapRecord,
     ImageRecord,
     ImageScore,
@@ -67,6 +68,10 @@ class Recorded:
     study_id: str
     duplicate: bool
     replaced: list[str]
+
+
+class _SopConflict(Exception):
+    """Another copy of the same SOP instance was committed while this one was being added."""
 
 
 class _Duplicate(Exception):
@@ -144,7 +149,98 @@ def _group():
     return case((Study.state == StudyState.DONE, 0), (Study.state == StudyState.ERROR, 2), else_=1)
 
 
-class Repository:
+class AuditMixin:
+    """The audit trail's rows: only added and read, never changed (the table's triggers refuse)."""
+
+    db: Database
+
+    def add_audit(self, entries: Iterable[dict[str, Any]]) -> None:
+        """Append entries (``at, actor, address, action, study_id, status, detail``)."""
+        rows = [dict(entry) for entry in entries]
+        if rows:
+            with self.db.session() as s:
+                s.execute(insert(AuditEntry), rows)
+
+    def audit_entries(
+        self,
+        study_id: str | None = None,
+        action: str | None = None,
+        actor: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int | None = 1000,
+        offset: int = 0,
+    ) -> tuple[int, list[AuditRecord]]:
+        """(how many match, one page of them, newest first)."""
+        filters = []
+        if study_id:
+            filters.append(AuditEntry.study_id == study_id)
+        if action:
+            filters.append(AuditEntry.action == action)
+        if actor:
+            filters.append(AuditEntry.actor == actor)
+        if since is not None:
+            filters.append(AuditEntry.at >= since)
+        if until is not None:
+            filters.append(AuditEntry.at < until)
+        with self.db.session() as s:
+            total = s.scalar(select(func.count()).select_from(AuditEntry).where(*filters)) or 0
+            query = select(AuditEntry).where(*filters).order_by(AuditEntry.id.desc()).offset(offset)
+            if limit is not None:
+                query = query.limit(limit)
+            return int(total), [audit_record(e) for e in s.scalars(query)]
+
+
+class RetentionMixin:
+    """Removing studies past the retention period (their images, heatmaps; audit rows stay)."""
+
+    db: Database
+
+    def expired_studies(self, before: float, limit: int = 500) -> list[str]:
+        """Studies nothing happened to since ``before`` and that no job is working on."""
+        busy = select(Image.study_id).where(Image.state.in_(WAITING))
+        query = (
+            select(Study.id)
+            .where(
+                Study.received_at < before,
+                Study.last_image_at < before,
+                Study.updated_at < before,
+                Study.state.notin_(WAITING_STUDY),
+                Study.heatmaps_state.notin_((HeatmapsState.PENDING, HeatmapsState.PROCESSING)),
+                Study.id.notin_(busy),
+            )
+            .order_by(Study.received_at)
+            .limit(limit)
+        )
+        with self.db.session() as s:
+            return list(s.scalars(query))
+
+    def delete_studies(self, study_ids: Sequence[str], before: float) -> dict[str, list[str]]:
+        """Delete each study (locked, checked again: still expired and idle) with its images
+        and heatmap rows; {study id: its image ids} of those deleted (the caller removes
+        their blobs and pictures)."""
+        deleted: dict[str, list[str]] = {}
+        for study_id in study_ids:
+            with self.db.session(lock=True) as s:
+                study = self.db.lock_study(s, study_id)
+                if study is None:
+                    continue
+                last = max(study.received_at or 0, study.last_image_at or 0, study.updated_at or 0)
+                images = list(s.scalars(select(Image).where(Image.study_id == study_id)))
+                waiting = study.state in WAITING_STUDY or any(i.state in WAITING for i in images)
+                drawing = study.heatmaps_state in (HeatmapsState.PENDING, HeatmapsState.PROCESSING)
+                if last >= before or waiting or drawing:
+                    continue  # an image arrived or a job started since it was chosen
+                ids = [image.id for image in images]
+                if ids:
+                    s.execute(delete(Heatmap).where(Heatmap.image_id.in_(ids)))
+                    s.execute(delete(Image).where(Image.study_id == study_id))
+                s.execute(delete(Study).where(Study.id == study_id))
+                deleted[study_id] = ids
+        return deleted
+
+
+class Repository(AuditMixin, RetentionMixin):
     def __init__(self, db: Database) -> None:
         self.db = db
 
@@ -165,21 +261,28 @@ class Repository:
         on the study's key nor lose an update."""
         now = time.time()
         db = self.db
-        try:
-            with db.session(lock=True) as s:
-                existing = s.get(Image, digest)
-                if existing is not None:
-                    raise _Duplicate(existing.study_id)
-                db.insert_if_absent(s, Study, _new_study(study_id, info, name, source, calling_ae, now))
-                study = db.lock_study(s, study_id)
-                if not db.insert_if_absent(s, Image, _new_image(digest, study_id, info, name, size, now)):
-                    # the same file at the same moment from someone else: theirs stands
-                    raise _Duplicate(s.scalar(select(Image.study_id).where(Image.id == digest)) or study_id)
-                _add_image_to_study(study, info, source, now)
-                replaced = _replace_earlier_copies(s, study_id, info.sop_instance_uid, keep=digest)
-        except _Duplicate as duplicate:
-            return Recorded(duplicate.study_id, True, [])
-        return Recorded(study_id, False, replaced)
+        for _ in range(5):
+            try:
+                with db.session(lock=True) as s:
+                    existing = s.get(Image, digest)
+                    if existing is not None:
+                        raise _Duplicate(existing.study_id)
+                    db.insert_if_absent(s, Study, _new_study(study_id, info, name, source, calling_ae, now))
+                    study = db.lock_study(s, study_id)  # uploads of one study wait for each other here
+                    # earlier copies of this SOP instance go first: (study, SOP UID) is unique
+                    replaced = _replace_earlier_copies(s, study_id, info.sop_instance_uid, keep=digest)
+                    if not db.insert_if_absent(s, Image, _new_image(digest, study_id, info, name, size, now)):
+                        holder = s.scalar(select(Image.study_id).where(Image.id == digest))
+                        if holder is None:  # another copy of the instance committed meanwhile
+                            raise _SopConflict
+                        raise _Duplicate(holder)  # the same file at the same moment: theirs stands
+                    _add_image_to_study(study, info, source, now)
+            except _Duplicate as duplicate:
+                return Recorded(duplicate.study_id, True, [])
+            except _SopConflict:
+                continue  # again, now seeing (and replacing) the copy that won
+            return Recorded(study_id, False, replaced)
+        raise RuntimeError(f"image {digest[:12]}: its SOP instance kept being replaced at the same moment")
 
     def set_read_status(self, study_id: str, status: str) -> bool:
         """The reader's status; False when there is no such study."""
@@ -588,6 +691,19 @@ class Repository:
         return state
 
 
+def audit_record(entry: AuditEntry) -> AuditRecord:
+    return AuditRecord(
+        entry.id,
+        entry.at,
+        entry.actor,
+        entry.address,
+        entry.action,
+        entry.study_id,
+        entry.status,
+        entry.detail,
+    )
+
+
 def _rank_of(session: Session, study: Study) -> int | None:
     """The study's place in the worklist, counted in SQL (no need to load every study);
     the same order as :meth:`Repository.worklist`."""
@@ -680,9 +796,10 @@ def _replace_earlier_copies(
     another transfer syntax, re-sent, or corrected), is the one that counts; returns the
     removed image ids. Identical bytes are already one image (the blob's hash is its id).
 
-    Called in the transaction that adds ``keep``, after adding it: the insert comes first, so
-    on SQLite two copies arriving at once are serialised and the later one sees the earlier.
-    The blobs stay on disk, stored exactly as received.
+    Called in the transaction that adds ``keep``, before adding it (the unique index on
+    (study, SOP Instance UID) allows one row); a copy another transaction commits meanwhile
+    makes the insert find a conflict, and :meth:`Repository.record_image` runs again. The
+    caller deletes the removed copies' blobs and pictures once this transaction committed.
     """
     if not sop_instance_uid:
         return []

@@ -232,13 +232,22 @@ class DriftState(BaseModel):
     message: str | None
 
 
+class DatabaseState(BaseModel):
+    ok: bool
+    reason: str | None = Field(None, description="why the database cannot be used (an outage)")
+    since: float | None = Field(None, description="UNIX time the outage was first seen")
+    dialect: str
+
+
 class Health(BaseModel):
     status: Literal["ok", "degraded"]
+    reason: str | None = Field(None, description="what is degraded (storage, database), when something is")
     storage: StorageState
+    database: DatabaseState | None = None
     ready: bool = Field(description="warmed up: the heatmap network is built")
     version: str
     model: str
-    queue: QueueDepth
+    queue: QueueDepth | None = Field(description="None while the database is unavailable")
     uptime_s: float
     drift: DriftState | None = None
     dicom: DicomNodeState | None
@@ -246,3 +255,19 @@ class Health(BaseModel):
 
 ERRORS = {status: {"model": ErrorBody} for status in (401, 404, 409, 422, 429, 503, 507)}
 """Error answers, for the OpenAPI document."""
+
+
+class AuditItem(BaseModel):
+    id: int
+    at: str = Field(description="ISO 8601, UTC")
+    actor: str = Field(description="token, session:<8 hex>, open, dicom:<AE title>, dicom, retention")
+    address: str
+    action: str
+    study_id: str | None
+    status: int
+    detail: str
+
+
+class AuditPage(BaseModel):
+    total: int
+    items: list[AuditItem]

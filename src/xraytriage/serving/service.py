@@ -22,13 +22,16 @@ from pathlib import Path
 
 from xraytriage.scope import low_resolution_warning, scope_problem
 from xraytriage.serving import decode
+from xraytriage.serving.audit import AuditLog
 from xraytriage.serving.config import ServeConfig
 from xraytriage.serving.db import Database
 from xraytriage.serving.drawings import Drawings
 from xraytriage.serving.drift import DriftMonitor, DriftWatch
 from xraytriage.serving.intake import UploadRejected, inspect_upload, study_id_for
 from xraytriage.serving.jobs import MAX_ATTEMPTS, HeatmapPolicy, Jobs
+from xraytriage.serving.outages import DatabaseMonitor, RetryingRepository, is_database_outage
 from xraytriage.serving.repository import Repository
+from xraytriage.serving.retention import Retention
 from xraytriage.serving.states import ReadStatus
 from xraytriage.serving.storage import BlobStore, StorageMonitor, is_storage_error, safe_filename
 from xraytriage.serving.worker import WorkerPool
@@ -61,8 +64,12 @@ class TriageService:
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = BlobStore(config.data_dir)
         self.storage = StorageMonitor(config.data_dir, config.min_free_bytes)
-        self.db = Database(config.database_url)
+        self.db = Database(config.database_url, timeout=config.db_timeout_s)
         self.repo = Repository(self.db)
+        self.database = DatabaseMonitor(self.db, config.db_retry_seconds)
+        # the worker and its jobs retry through an outage; requests answer 503 instead
+        background = RetryingRepository(self.repo, self.database)
+        self.audit = AuditLog(self.repo)
         self.model_path = config.model_file
         self.predictor = make_predictor(self.model_path, backend=config.backend)
         self.checkpoint = self.predictor.checkpoint
@@ -84,12 +91,12 @@ class TriageService:
             config.heatmap_queue,
         )
         policy = HeatmapPolicy(config.heatmaps, config.heatmap_findings)
-        self.jobs = Jobs(self.repo, self.engine, self.store, self.drawings, policy)
+        self.jobs = Jobs(background, self.engine, self.store, self.drawings, policy)
         self.wake = threading.Event()
         self.ready = threading.Event()
         """Set when the service is warmed up (the explainer built when heatmaps are on)."""
         self.workers = WorkerPool(
-            self.repo,
+            background,
             self.jobs,
             self.storage,
             self.wake,
@@ -97,6 +104,12 @@ class TriageService:
             config.batch_size,
             config.heatmaps,
             config.poll_seconds,
+            database=self.database,
+        )
+        self.retention = (
+            Retention(self.repo, self.store, self.audit, config.retention_days, config.retention_every_s)
+            if config.retention_days
+            else None
         )
         self.drift = DriftWatch(
             self.repo.recent_outcomes,
@@ -123,6 +136,8 @@ class TriageService:
             self.jobs.settle(study_id)
         self.workers.start()
         self.wake.set()
+        if self.retention is not None:
+            self.retention.start()
         if self.config.heatmaps and self.config.workers > 0:
             # build the explainer (a PyTorch copy of the network) now, not on the first study;
             # /healthz says "ready" once it is there
@@ -139,8 +154,11 @@ class TriageService:
             self.ready.set()
 
     def stop(self) -> None:
+        if self.retention is not None:
+            self.retention.stop()
         self.workers.stop()
         self.drawings.shutdown()
+        self.audit.stop()
 
     @property
     def model_info(self) -> dict:
@@ -218,19 +236,32 @@ class TriageService:
         try:
             recorded = self.repo.record_image(digest, study_id, name, info, size, origin, calling_ae)
         except Exception as exc:
-            if not is_storage_error(exc):
+            outage = is_database_outage(exc) and not is_storage_error(exc)  # a full disk is a 507
+            if not (outage or is_storage_error(exc)):
                 raise
             if created:  # nothing refers to it: no orphan left behind
                 self.store.remove(digest)
+            if outage:  # not acknowledged: the sender tries again later
+                self.database.note(exc)
+                raise UploadRejected(
+                    name, "the database is unavailable right now: nothing was stored; try again shortly", 503
+                ) from None
             raise self._storage_rejection(name, exc) from None
+        self.database.recovered()
         if recorded.replaced:
             log.info(
                 "image %s… replaces %d earlier copies of its SOP instance",
                 digest[:12],
                 len(recorded.replaced),
             )
+            for old in recorded.replaced:  # their rows are gone: so are their blob and pictures
+                self.store.discard(old)
         if not recorded.duplicate:
             log.info("queued image %s… in study %s (%s)", digest[:12], study_id, info.format)
+            if origin == "dicom":  # uploads are audited by the API, which knows the caller
+                self.audit.record(
+                    "receive", actor=f"dicom:{calling_ae or '?'}", study_ids=[recorded.study_id], once=True
+                )
             self.wake.set()
         return Accepted(name, digest, recorded.study_id, recorded.duplicate, warnings)
 

@@ -116,6 +116,13 @@ class BlobStore:
         """Delete a blob (one whose database row could not be written: an orphan)."""
         self.path(digest).unlink(missing_ok=True)
 
+    def discard(self, digest: str) -> None:
+        """Delete a blob and every picture derived from it (its row is gone: a replaced DICOM
+        copy, or an image past the retention period)."""
+        self.remove(digest)
+        folder = self.derived_root / self._check(digest)[:2] / digest
+        shutil.rmtree(folder, ignore_errors=True)
+
     def temp_file(self) -> Path:
         """A new empty file in :attr:`tmp` for an upload to stream into (the caller removes it)."""
         fd, name = tempfile.mkstemp(dir=self.tmp, prefix="upload-")

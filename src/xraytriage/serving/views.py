@@ -4,13 +4,13 @@ or above operating thresholds, never a diagnosis; the study JSON says so in ``di
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import io
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote
 
+from xraytriage.sanitize import csv_writer
 from xraytriage.scope import low_resolution_warning
 from xraytriage.serving.records import HeatmapRecord, ImageRecord, StudyRecord, StudyView
 from xraytriage.triage.worklist import rounded
@@ -232,7 +232,7 @@ def worklist_csv(
     flag_at: float | None = None,
 ) -> str:
     buffer = io.StringIO()
-    writer = csv.writer(buffer)
+    writer = csv_writer(buffer)  # spreadsheet-safe cells (sanitize.csv_cell)
     writer.writerow([*CSV_BASE, *label_names, "images", "error", "warnings", *CSV_TAIL])
     for study, rank, images in rows:
         probabilities = study.probabilities

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from xraytriage.serving.jobs import Jobs
+from xraytriage.serving.outages import DatabaseMonitor, is_database_outage
 from xraytriage.serving.records import ImageRecord
 from xraytriage.serving.repository import Repository
 from xraytriage.serving.storage import StorageMonitor, is_storage_error
@@ -62,6 +63,7 @@ class WorkerPool:
         batch_size: int,
         heatmaps: bool,
         poll_seconds: float,
+        database: DatabaseMonitor | None = None,
     ) -> None:
         self.repo = repo
         self.jobs = jobs
@@ -71,6 +73,7 @@ class WorkerPool:
         self.batch_size = batch_size
         self.heatmaps = heatmaps
         self.poll_seconds = poll_seconds
+        self.database = database
         self.set_aside = SetAside()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -106,16 +109,32 @@ class WorkerPool:
         (or paused: the storage cannot take writes)."""
         if not self.storage.healthy():
             return False
+        if self.database is not None and not self.database.healthy():
+            return False  # paused until the database answers a probe again
         self._release_set_aside()
-        images = self.repo.claim_images(self.batch_size)
+        try:
+            images = self.repo.claim_images(self.batch_size)
+        except Exception as exc:
+            return self._outage(exc)
         if images:
             self.predict(images)
             return True
         if self.heatmaps:
-            study_id = self.repo.claim_heatmap_study()
+            try:
+                study_id = self.repo.claim_heatmap_study()
+            except Exception as exc:
+                return self._outage(exc)
             if study_id is not None:
                 self.draw(study_id)
                 return True
+        return False
+
+    def _outage(self, exc: Exception) -> bool:
+        """A claim failed: a database outage pauses the worker (False); anything else is raised."""
+        if not is_database_outage(exc):
+            raise exc
+        if self.database is not None:
+            self.database.note(exc)
         return False
 
     def predict(self, images: Sequence[ImageRecord]) -> None:
@@ -123,18 +142,27 @@ class WorkerPool:
         ids = [image.id for image in images]
         studies = sorted({image.study_id for image in images})
         if self._guarded(lambda: self.jobs.score(images), images=ids, studies=studies):
-            log.warning("could not save the results of %d images: the storage is full", len(ids))
+            log.warning("could not save the results of %d images; they go back to the queue", len(ids))
 
     def draw(self, study_id: str) -> None:
         """The heatmap job on a claimed study; set aside when the storage is full."""
         if self._guarded(lambda: self.jobs.draw(study_id), heatmaps=[study_id]):
-            log.warning("study %s: heatmaps wait for storage space", study_id)
+            log.warning("study %s: heatmaps wait for storage space or the database", study_id)
 
     def _guarded(self, job: Callable[[], object], **work: Sequence[str]) -> bool:
         """Run ``job``; True when a storage error stopped it (``work`` is then set aside)."""
         try:
             job()
         except Exception as exc:
+            if is_database_outage(exc) and not is_storage_error(
+                exc
+            ):  # retried already: wait for the database, then re-queue
+                if self.database is not None:
+                    self.database.note(exc)
+                log.warning("database unavailable: %d images, %d studies set aside until it is back",
+                            len(work.get("images", ())), len(work.get("studies", ())))  # fmt: skip
+                self.set_aside.add(**work)
+                return True
             if not is_storage_error(exc):
                 raise
             self.storage.note(exc)
@@ -158,7 +186,7 @@ class WorkerPool:
         if self._guarded(release, images=images, studies=studies, heatmaps=heatmaps):
             return
         log.info(
-            "storage is back: re-queued %d images, %d studies' heatmaps; settled %d studies",
+            "storage and database are back: re-queued %d images, %d studies' heatmaps; settled %d studies",
             len(images),
             len(heatmaps),
             len(studies),

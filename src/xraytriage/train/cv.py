@@ -27,7 +27,7 @@ from xraytriage.auc_means import primary_mean_name, training_mean_names, trainin
 from xraytriage.data.splits import assert_patient_disjoint
 from xraytriage.labels import NOT_DISEASE, abnormal_target
 from xraytriage.models.checkpoint import abnormal_probability
-from xraytriage.sanitize import write_json
+from xraytriage.sanitize import write_csv, write_json
 from xraytriage.stats import grouped_auc
 from xraytriage.train.config import TrainConfig
 from xraytriage.train.data import kfold
@@ -133,7 +133,7 @@ def run_cv(
         if ctx.is_main:
             write_oof(output / "oof_predictions.csv", dataset, fold_of, oof)
             epochs = pd.concat([f.reset_index() for f in epoch_frames], ignore_index=True)
-            per_epoch(epochs).to_csv(output / "cv_epochs.csv", index=False)
+            write_csv(per_epoch(epochs), output / "cv_epochs.csv", index=False)
             write_json(output / "cv_summary.json", summary)
         return summary
     finally:
@@ -183,7 +183,7 @@ def write_oof(path: Path, dataset, fold_of: np.ndarray, probs: np.ndarray) -> No
     for j, name in enumerate(dataset.label_names):
         frame[name] = dataset.labels[:, j]
         frame[f"prob_{name}"] = probs[:, j]
-    frame.to_csv(path, index=False)
+    write_csv(frame, path, index=False)
 
 
 def format_cv(summary: dict[str, Any]) -> str:

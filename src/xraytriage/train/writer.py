@@ -29,7 +29,7 @@ from xraytriage.data.base import RadiographDataset
 from xraytriage.errors import ConfigError
 from xraytriage.models.checkpoint import Checkpoint, load_checkpoint
 from xraytriage.models.factory import ModelConfig
-from xraytriage.sanitize import write_json
+from xraytriage.sanitize import csv_cell, write_csv, write_json
 from xraytriage.train.config import TrainConfig
 
 if TYPE_CHECKING:
@@ -96,10 +96,13 @@ class RunWriter:
                    *[f"auc/{n}" for n in self.label_names], "images_per_s", "epoch_time_s"]  # fmt: skip
         with open(self.output / "metrics.csv", "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
-            writer.writeheader()
+            writer.writerow({c: csv_cell(c) for c in columns})
             for row in history:
                 writer.writerow(
-                    {k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+                    {
+                        k: ("" if isinstance(v, float) and math.isnan(v) else csv_cell(v))
+                        for k, v in row.items()
+                    }
                 )
 
     def _save_state(self, state: dict[str, Any]) -> None:
@@ -113,7 +116,7 @@ class RunWriter:
         for j, name in enumerate(self.label_names):
             frame[name] = val_set.labels[:, j]
             frame[f"prob_{name}"] = probs[:, j]
-        frame.to_csv(self.output / "val_predictions.csv", index=False)
+        write_csv(frame, self.output / "val_predictions.csv", index=False)
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         write_json(self.output / "summary.json", summary)

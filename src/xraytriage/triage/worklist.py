@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from xraytriage.sanitize import csv_cell, csv_uncell
 from xraytriage.triage.reasons import tier_rank
 
 BASE_COLUMNS = ("rank", "study", "path", "priority", "abnormal", "flagged", "status", "error", "findings")
@@ -205,9 +206,9 @@ def write_worklist(
     tmp_csv, tmp_json = csv_path.with_suffix(".csv.tmp"), json_path.with_suffix(".json.tmp")
     with open(tmp_csv, "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns)
-        writer.writeheader()
-        for record in records:
-            writer.writerow({k: ("" if v is None else v) for k, v in record.items()})
+        writer.writerow({c: csv_cell(c) for c in columns})
+        for record in records:  # spreadsheet-safe cells (OWASP); read_worklist_csv undoes it
+            writer.writerow({k: ("" if v is None else csv_cell(v)) for k, v in record.items()})
     tmp_json.write_text(json.dumps(records, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     tmp_csv.replace(csv_path)
     tmp_json.replace(json_path)
@@ -239,4 +240,7 @@ def _parse_cell(column: str, text: str) -> Any:
 def read_worklist_csv(path: str | Path) -> list[dict[str, Any]]:
     """Rows of a worklist CSV with the types :meth:`WorklistRow.to_dict` gives (blank -> None)."""
     with open(path, newline="", encoding="utf-8") as fh:
-        return [{k: _parse_cell(k, v) for k, v in record.items()} for record in csv.DictReader(fh)]
+        return [
+            {csv_uncell(k): _parse_cell(csv_uncell(k), csv_uncell(v)) for k, v in record.items()}
+            for record in csv.DictReader(fh)
+        ]

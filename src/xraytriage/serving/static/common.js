@@ -42,10 +42,19 @@ const XT = (() => {
     return fallback || "HTTP " + status;
   }
 
+  /** The signed-in session's CSRF token (the page's meta tag; "" without a session). */
+  function csrfToken() {
+    const meta = document.querySelector('meta[name="csrf-token"]');
+    return meta ? meta.getAttribute("content") || "" : "";
+  }
+
   /** fetch() a JSON endpoint with the session cookie; throws ApiError with the server's message. */
   async function api(path, options = {}) {
     const init = Object.assign({credentials: "same-origin", headers: {}}, options);
     init.headers = Object.assign({Accept: "application/json"}, options.headers || {});
+    if (init.method && !["GET", "HEAD"].includes(init.method.toUpperCase())) {
+      init.headers["X-CSRF-Token"] = csrfToken();  // see serving/csrf.py
+    }
     if (options.json !== undefined) {
       init.body = JSON.stringify(options.json);
       init.headers["Content-Type"] = "application/json";
@@ -172,6 +181,6 @@ const XT = (() => {
 
   return {
     el, api, ApiError, errorMessage, toLogin, pageData, prob, time, statusBadge, stateCell, queueText, poll,
-    identifiersToggle, identifier, ageSex, warningBadges,
+    identifiersToggle, identifier, ageSex, warningBadges, csrfToken,
   };
 })();

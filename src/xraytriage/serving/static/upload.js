@@ -93,6 +93,7 @@
       });
       xhr.open("POST", "/api/v1/images");
       xhr.setRequestHeader("Accept", "application/json");
+      xhr.setRequestHeader("X-CSRF-Token", XT.csrfToken());
       xhr.send(form);
     });
   }

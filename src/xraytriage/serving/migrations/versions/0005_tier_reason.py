@@ -7,7 +7,7 @@ carry reference statistics and stays NULL otherwise. Studies triaged before this
 NULL/empty values until they are triaged again. ``predicted_at`` gets an index: the drift
 monitor reads the latest triaged studies.
 
-Revision ID: 0003_i_flag_tier_reason
+Revision ID: 0005_tier_reason
 Revises: 0002_findings_json
 """
 
@@ -16,8 +16,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0003_i_flag_tier_reason"
-down_revision = "0002_findings_json"
+revision = "0005_tier_reason"
+down_revision = "0004_sop_unique"
 branch_labels = None
 depends_on = None
 
