@@ -16,8 +16,11 @@ A checkpoint is a plain dict saved with ``torch.save`` and loaded with ``weights
     train_config   the resolved training config (dict), data_fingerprint, metrics, notes
     training_images  file names of the images the weights were trained on (so triage and
                    evaluation can say when they are shown images the model has already seen)
-    scope          what the model reads: {"body_parts": ["CHEST"], "views": ["PA", "AP"]}
-                   (optional; checkpoints without it get ``scope.default_scope``)
+    scope          what the model reads: {"body_parts": ["CHEST"], "views": ["PA", "AP"],
+                   "age_years": [min, max]} (optional; checkpoints without it get
+                   ``scope.default_scope``; without "age_years" no age is checked)
+    ood            optional out-of-distribution reference (``models.ood.OodReference`` as a
+                   dict): the training images' feature statistics and the warning line
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from xraytriage import __version__
 from xraytriage.errors import ConfigError, MissingFileError, XRayTriageError
 from xraytriage.labels import ABNORMAL, NO_FINDING, NOT_DISEASE
 from xraytriage.models.factory import ModelConfig, build_model
+from xraytriage.models.ood import OodReference
 from xraytriage.preprocess import PreprocessContract
 from xraytriage.scope import default_scope
 
@@ -71,6 +75,9 @@ class Checkpoint:
     localiser: dict[str, Any] | None = None
     """The box-supervised localiser (:class:`xraytriage.models.localiser.Localiser` as a dict),
     when one was attached: it draws the boxes of the findings it covers instead of Grad-CAM."""
+    ood: dict[str, Any] | None = None
+    """The out-of-distribution reference (:class:`xraytriage.models.ood.OodReference` as a
+    dict), set by ``xraytriage calibrate --ood-reference``; None: no ``ood_score``."""
 
     def __post_init__(self) -> None:
         if len(self.label_names) != self.model.num_classes:
@@ -93,6 +100,16 @@ class Checkpoint:
             cached = Localiser.from_dict(self.localiser)
             object.__setattr__(self, "_localiser", cached)
         return cached
+
+    def ood_reference(self) -> OodReference | None:
+        """The out-of-distribution reference (built once), or None when the file has none."""
+        if not self.ood:
+            return None
+        cached = getattr(self, "_ood", None)
+        if cached is None or cached[0] is not self.ood:  # rebuilt when ``ood`` is replaced
+            cached = (self.ood, OodReference.from_dict(self.ood))
+            object.__setattr__(self, "_ood", cached)
+        return cached[1]
 
     # --- network -------------------------------------------------------------------------
     def build_model(self) -> nn.Module:
@@ -135,6 +152,23 @@ class Checkpoint:
             return float(self.thresholds[ABNORMAL])
         return None
 
+    @property
+    def flags_on_findings(self) -> bool:
+        """Whether a listed finding flags a study by itself: always without a study threshold;
+        with one, when the abnormal rule says so (``"flag_on_findings": true``, set by a site
+        calibration: at a new site the findings' thresholds are set on its own normals and
+        often separate better than P(abnormal) does)."""
+        return self.study_flag_threshold is None or bool(self.abnormal.get("flag_on_findings"))
+
+    def study_flagged(self, abnormal: Any, any_finding: Any) -> Any:
+        """The study flag (bool, or a bool array for arrays): P(abnormal) at or above the study
+        threshold, or a finding listed where :attr:`flags_on_findings`. The one definition the
+        worklist, the site calibration and its check use."""
+        listed = np.asarray(any_finding, dtype=bool)
+        at = self.study_flag_threshold
+        flagged = listed if at is None else (np.asarray(abnormal) >= at) | (listed & self.flags_on_findings)
+        return bool(flagged) if flagged.ndim == 0 else flagged
+
     def seen_in_training(self, paths: list[str]) -> list[str]:
         """The paths whose file name is one of this model's training images."""
         if not self.training_images:
@@ -172,6 +206,7 @@ class Checkpoint:
             "training_images": list(self.training_images),
             "scope": self.scope,
             **({"localiser": self.localiser} if self.localiser else {}),
+            **({"ood": self.ood} if self.ood else {}),
         }
 
     def save(self, path: str | Path, half: bool = False) -> Path:
@@ -208,6 +243,7 @@ class Checkpoint:
             created=str(data.get("created", "")),
             scope=dict(data["scope"]) if isinstance(data.get("scope"), dict) else None,
             localiser=dict(data["localiser"]) if isinstance(data.get("localiser"), dict) else None,
+            ood=dict(data["ood"]) if isinstance(data.get("ood"), dict) else None,
         )
 
 

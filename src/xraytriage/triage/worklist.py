@@ -3,8 +3,10 @@ files, the web service's database and its API.
 
 Columns, in order: ``rank, study, path, priority, abnormal, flagged, status, error,
 findings``, one column per model label holding its calibrated probability, then ``images``
-(how many images the study has), ``site_priority`` (the priority the site gave, if any) and
-``warnings`` (caveats such as a low resolution).
+(how many images the study has), ``site_priority`` (the priority the site gave, if any),
+``ood_score`` (how unlike the training images the study's least typical image is, 1.0 = the
+warning line set on the training images; empty without a reference or for error rows) and
+``warnings`` (caveats such as a low resolution, an age outside the model's, ood_score >= 1).
 
 ``abnormal`` is the model's calibrated P(abnormal) (at the deployment prevalence the model was
 calibrated for); ``priority`` is what orders the list: equal to ``abnormal`` unless urgency
@@ -27,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 BASE_COLUMNS = ("rank", "study", "path", "priority", "abnormal", "flagged", "status", "error", "findings")
-TAIL_COLUMNS = ("images", "site_priority", "warnings")
+TAIL_COLUMNS = ("images", "site_priority", "ood_score", "warnings")
 STATUS_OK = "ok"
 STATUS_ERROR = "error"
 DECIMALS = 6
@@ -110,6 +112,8 @@ class WorklistRow:
     """Every image of the study (``path`` is the one with the highest abnormal probability)."""
     warnings: str = ""
     """Caveats the reader should see, ``"; "``-separated (e.g. a low-resolution image)."""
+    ood_score: float | None = None
+    """The highest ``ood_score`` of the study's images (``models.ood``); None if not scored."""
 
     @classmethod
     def error_row(cls, study: str, path: str, error: str) -> WorklistRow:
@@ -137,6 +141,7 @@ class WorklistRow:
             data[name] = rounded(self.probabilities.get(name))
         data["images"] = self.images
         data["site_priority"] = rounded(self.site_priority)
+        data["ood_score"] = rounded(self.ood_score)
         data["warnings"] = self.warnings or None
         return data
 
