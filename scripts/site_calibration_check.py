@@ -42,7 +42,7 @@ from xraytriage.evaluate.site_calibration import (
     site_thresholds,
 )
 from xraytriage.labels import ABNORMAL
-from xraytriage.models import Checkpoint, load_checkpoint
+from xraytriage.models import load_checkpoint
 from xraytriage.models.ood import fit_reference
 from xraytriage.stats import roc_auc
 
@@ -62,17 +62,15 @@ def half_split(patients: np.ndarray, seed: int) -> np.ndarray:
     return np.array([p in chosen for p in patients])
 
 
-def rates(checkpoint, probs, abnormal, is_normal, thresholds, site: bool) -> dict[str, float]:
-    """The five rates of the issue's target on a set of scored images, with ``thresholds``
-    (and, when ``site``, the site-calibrated flag rule: a listed finding flags too)."""
+def rates(checkpoint, probs, abnormal, is_normal, thresholds, flag_by: str) -> dict[str, float]:
+    """The five rates of the issue's target on a set of scored images, with ``thresholds``;
+    ``flag_by``: "findings" (a listed finding flags: site calibration's default) or "abnormal"
+    (P(abnormal) at or above the Abnormal threshold: the model's own rule)."""
     findings = list(checkpoint.findings)
     cols = [checkpoint.label_names.index(n) for n in findings]
     t = np.array([thresholds[n] for n in findings])
     listed = np.any(probs[:, cols] >= t, axis=1)
-    rule = Checkpoint.from_dict({**checkpoint.to_dict(), "thresholds": thresholds})
-    if site:
-        rule.abnormal = {**rule.abnormal, "flag_on_findings": True}
-    flagged = rule.study_flagged(abnormal, listed)
+    flagged = listed if flag_by == "findings" else abnormal >= thresholds[ABNORMAL]
     ptx = probs[:, checkpoint.label_names.index("Pneumothorax")] >= thresholds["Pneumothorax"]
     normal, pneumonia = is_normal, ~is_normal
     return {
@@ -87,46 +85,39 @@ def rates(checkpoint, probs, abnormal, is_normal, thresholds, site: bool) -> dic
 
 
 def site_check(checkpoint, scored, table: pd.DataFrame, splits: int, rate_args: dict) -> dict:
-    """Calibrate on one half's normals, count on the other half; ``splits`` random splits x 2."""
+    """Calibrate on one half's normals, count on the other half; ``splits`` random splits x 2.
+    ``held_out``: the CLI's default (--flag-by findings); ``held_out_flag_by_abnormal``: the
+    same with --flag-by abnormal; ``uncalibrated``: the model's own thresholds."""
     findings = list(checkpoint.findings)
     cols = [checkpoint.label_names.index(n) for n in findings]
-    study_label = ABNORMAL if checkpoint.study_flag_threshold is not None else None
     by_path = {str(Path(p).resolve()): i for i, p in enumerate(scored.paths)}
     rows = np.array([by_path[str(p.resolve())] for p in table["path"]])
     probs, abnormal = scored.probabilities[rows], scored.abnormal[rows]
     is_normal = table["label"].str.upper().eq("NORMAL").to_numpy()
     own = {n: checkpoint.threshold(n) for n in checkpoint.label_names}
+    own_rule = "abnormal" if checkpoint.study_flag_threshold is not None else "findings"
     runs = []
     for seed in range(splits):
         first = half_split(table["patient"].to_numpy(), seed)
         for fit in (first, ~first):
-            fit_normals = fit & is_normal
-            result = site_thresholds(
-                probs[fit_normals][:, cols], abnormal[fit_normals], findings, study_label, **rate_args
+            fit_normals, held = fit & is_normal, ~fit
+            run = {"seed": seed, "calibration_normals": int(fit_normals.sum())}
+            for key, study_label in (("held_out", None), ("held_out_flag_by_abnormal", ABNORMAL)):
+                if study_label and own_rule != "abnormal":
+                    continue
+                result = site_thresholds(
+                    probs[fit_normals][:, cols], abnormal[fit_normals], findings, study_label, **rate_args
+                )
+                rule = "abnormal" if study_label else "findings"
+                t = {**own, **result.thresholds}
+                run[key] = rates(checkpoint, probs[held], abnormal[held], is_normal[held], t, rule)
+            run["uncalibrated"] = rates(
+                checkpoint, probs[held], abnormal[held], is_normal[held], own, own_rule
             )
-            held = ~fit
-            runs.append(
-                {
-                    "seed": seed,
-                    "calibration_normals": int(fit_normals.sum()),
-                    "held_out": rates(
-                        checkpoint,
-                        probs[held],
-                        abnormal[held],
-                        is_normal[held],
-                        {**own, **result.thresholds},
-                        True,
-                    ),
-                    "uncalibrated": rates(
-                        checkpoint, probs[held], abnormal[held], is_normal[held], own, False
-                    ),
-                }
-            )
+            runs.append(run)
     keys = list(TARGETS)
-    summary = {
-        kind: {k: float(np.mean([r[kind][k] for r in runs])) for k in keys}
-        for kind in ("held_out", "uncalibrated")
-    }
+    kinds = [k for k in ("held_out", "held_out_flag_by_abnormal", "uncalibrated") if k in runs[0]]
+    summary = {kind: {k: float(np.mean([r[kind][k] for r in runs])) for k in keys} for kind in kinds}
     summary["held_out_worst"] = {
         k: float((max if TARGETS[k][0] == "<=" else min)(r["held_out"][k] for r in runs)) for k in keys
     }
@@ -165,11 +156,16 @@ def holdout_ood(fold_path: Path, pediatric_dir: Path, nih_dir: Path) -> dict:
 def _print(report: dict) -> None:
     site = report["site"]["summary"]
     print(f"site calibration, {len(report['site']['runs'])} patient-split halves (mean; worst half):")
-    print(f"  {'rate':<24}{'target':>8}{'NIH thresholds':>16}{'site-calibrated':>17}{'worst':>8}")
+    by_abnormal = site.get("held_out_flag_by_abnormal")
+    print(
+        f"  {'rate':<24}{'target':>8}{'NIH thresholds':>16}{'site-calibrated':>17}{'worst':>8}"
+        + (f"{'--flag-by abnormal':>20}" if by_abnormal else "")
+    )
     for key, (op, target) in TARGETS.items():
         print(
             f"  {key:<24}{op + f'{target:.0%}':>8}{site['uncalibrated'][key]:>16.1%}"
             f"{site['held_out'][key]:>17.1%}{site['held_out_worst'][key]:>8.1%}"
+            + (f"{by_abnormal[key]:>20.1%}" if by_abnormal else "")
         )
     for name in ("ood", "ood_holdout"):
         if name in report:

@@ -9,7 +9,8 @@ as unseen data. Any predictions CSV with ``prob_<label>`` and ground-truth colum
 At a new site (docs/deploying.md), ``--site-normals DIR...`` sets the thresholds from the
 site's own reported-normal studies instead (no predictions CSV needed): each finding fires on
 at most --finding-rate of them, any finding on at most --any-finding-rate, the study flag on
-at most --flag-rate; ``--site-labels CSV`` checks the result on a labelled sample. The model's
+at most --flag-rate (a study is flagged when a finding is listed; --flag-by abnormal keeps
+the P(abnormal) threshold); ``--site-labels CSV`` checks the result on a labelled sample. The model's
 ranking and probabilities are kept; a NEW checkpoint is written (the input stays as it is).
 
 ``--ood-reference DIR...`` stores the out-of-distribution reference (the training images'
@@ -108,6 +109,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="RATE",
         help=f"at most RATE of the normals are flagged (default {DEFAULT_FLAG_RATE})",
     )
+    site.add_argument(
+        "--flag-by",
+        choices=("findings", "abnormal"),
+        default="findings",
+        help="what flags a study after site calibration: a listed finding (default: every flag "
+        "names its finding; separates better at a new site, docs/deploying.md) or P(abnormal) at "
+        "its own threshold (the model's rule)",
+    )
     site.add_argument("--workers", type=int, default=1, help="decoder processes (0: decode in this process)")
     scope = p.add_argument_group("out-of-distribution reference and scope")
     scope.add_argument(
@@ -159,12 +168,14 @@ def run(args: argparse.Namespace) -> int:
 
         report["site_calibration"] = run_site_calibration(checkpoint, args)
     checkpoint.save(args.output)
-    if args.site_normals or args.ood_reference:
+    if args.site_normals:  # the site's record of what was done (the OOD step only prints)
         from xraytriage.sanitize import write_json
 
         report_path = args.output.with_suffix(".calibration.json")
         write_json(report_path, report)
         print(f"wrote {args.output} (report: {report_path})")
+    else:
+        print(f"wrote {args.output}")
     return 0
 
 

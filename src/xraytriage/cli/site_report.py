@@ -34,10 +34,15 @@ def run_site_calibration(checkpoint, args: argparse.Namespace) -> dict[str, Any]
         raise ConfigError(f"no readable image under {', '.join(map(str, args.site_normals))}")
     findings = list(checkpoint.findings)
     columns = [checkpoint.label_names.index(n) for n in findings]
-    study_label = ABNORMAL if checkpoint.study_flag_threshold is not None else None
-    before = {
-        name: checkpoint.threshold(name) for name in [*findings, *([study_label] if study_label else [])]
-    }
+    had_study_threshold = checkpoint.study_flag_threshold is not None
+    if args.flag_by == "abnormal" and not had_study_threshold:
+        raise ConfigError(
+            f"{args.model}: --flag-by abnormal needs a model with an Abnormal output and threshold"
+        )
+    study_label = ABNORMAL if args.flag_by == "abnormal" else None
+    before = {name: checkpoint.threshold(name) for name in findings}
+    if had_study_threshold:
+        before[ABNORMAL] = checkpoint.threshold(ABNORMAL)
     result = site_thresholds(
         scored.probabilities[:, columns], scored.abnormal, findings, study_label,
         args.finding_rate, args.any_finding_rate, args.flag_rate,
@@ -57,8 +62,8 @@ def run_site_calibration(checkpoint, args: argparse.Namespace) -> dict[str, Any]
     if seen:
         result.warnings.append(f"{len(seen)} of the normal images are the model's own training images")
     checkpoint.thresholds = {**checkpoint.thresholds, **result.thresholds}
-    if study_label:
-        checkpoint.abnormal = {**checkpoint.abnormal, "flag_on_findings": True}
+    rule = {k: v for k, v in checkpoint.abnormal.items() if k != "flag_by"}
+    checkpoint.abnormal = rule if study_label else {**rule, "flag_by": "findings"}
     if args.site_labels:
         report["labelled_check"] = _labelled(checkpoint, args, scored.paths, findings, columns, study_label)
     checkpoint.metrics = {**checkpoint.metrics, "site_calibration": report}
@@ -79,7 +84,6 @@ def _labelled(checkpoint, args, normal_paths, findings, columns, study_label) ->
     check = labelled_check(
         scored.probabilities[:, columns], scored.abnormal, labels.abnormal[rows],
         {n: t[rows] for n, t in labels.findings.items()}, findings, checkpoint.thresholds, study_label,
-        checkpoint.flags_on_findings,
     )  # fmt: skip
     check["left_out_used_for_calibration"] = len(labels.paths) - len(keep)
     check["unreadable"] = len(scored.errors)
@@ -106,10 +110,9 @@ def _print(report: dict[str, Any], findings: list[str], study_label: str | None)
     )
     if study_label:
         t = report["study_threshold"]["threshold"]
-        print(
-            f"  study flag: a finding listed, or P(abnormal) >= {t:.3f} "
-            f"(was P(abnormal) >= {before['thresholds'][study_label]:.3f})"
-        )
+        print(f"  study flag: P(abnormal) >= {t:.3f} (was {before['thresholds'][study_label]:.3f})")
+    else:
+        print("  study flag: a study is flagged when a finding is listed (--flag-by findings)")
     check = report.get("labelled_check")
     if check:
         print(

@@ -5,13 +5,15 @@ other post-processing, another population) the same probabilities shift, and a f
 at 90% specificity on NIH can fire on a third of the site's normal films. What a site always
 has is a few hundred studies its radiologists reported as normal. On those, each finding's
 threshold is set so that it fires on at most ``finding_rate`` of them, lowered together (one
-shared rate ``q <= finding_rate``) until at most ``any_rate`` of them list any finding. A
-site-calibrated study is flagged when a finding is listed OR P(abnormal) reaches the study
-threshold (``Checkpoint.study_flagged`` with ``flag_on_findings``), and that threshold is set
-so that at most ``flag_rate`` of the normals are flagged in all: at a new site the findings,
-set on its own normals, often separate better than P(abnormal) (measured on the pediatric
-site: docs/deploying.md), and every flag then has a finding or the study threshold behind it.
-The model's ranking is kept: only thresholds move (the probabilities stay as they are).
+shared rate ``q <= finding_rate``) until at most ``any_rate`` of them list any finding.
+
+The study flag: by default a site-calibrated study is flagged when a finding is listed
+(``flag_by="findings"``; the any-finding cap is then at most ``flag_rate`` too), so every flag
+names its finding. At a new site the findings, set on its own normals, separate better than
+P(abnormal) at the same false-flag rate (measured on the pediatric site: docs/deploying.md).
+``flag_by="abnormal"`` keeps the model's rule instead (P(abnormal) at or above the study
+threshold, set so that at most ``flag_rate`` of the normals reach it). Either way the model's
+ranking is kept: only thresholds move (the probabilities stay as they are).
 
 The rates are shares of the site's normals, so they estimate the false-positive rates the
 site will see, with the sampling error of a sample of that size (reported: the 95% Wilson
@@ -87,9 +89,8 @@ def site_thresholds(
     """Thresholds from the calibrated probabilities of a site's normal images.
 
     ``probs``: (N, F) probabilities of ``findings``; ``abnormal``: (N,) P(abnormal);
-    ``study_label``: the label whose threshold (with any listed finding) flags a study
-    (Abnormal), or None when a study is flagged by any finding alone (then the any-finding cap
-    is at most ``flag_rate`` too).
+    ``study_label``: the label whose threshold flags a study (Abnormal), or None when a study
+    is flagged by any listed finding (then the any-finding cap is at most ``flag_rate`` too).
     """
     for name, rate in (("finding", finding_rate), ("any-finding", any_rate), ("flag", flag_rate)):
         if not 0 < rate < 1:
@@ -139,17 +140,10 @@ def site_thresholds(
     }
     flagged = np.any(fires, axis=1)
     if study_label:
-        # flagged = a finding listed OR P(abnormal) >= t: t lets through only what the
-        # findings leave of the flag budget
-        abnormal = np.asarray(abnormal, dtype=np.float64)
-        budget = int(np.floor(flag_rate * n + 1e-9)) - any_count
-        thresholds[study_label] = min(1.0, count_threshold(abnormal[~flagged], budget))
-        flagged = flagged | (abnormal >= thresholds[study_label])
-        report["study_threshold"] = {
-            "label": study_label,
-            "threshold": thresholds[study_label],
-            "or_finding": True,
-        }
+        thresholds[study_label] = rate_threshold(abnormal, flag_rate)
+        flagged = np.asarray(abnormal) >= thresholds[study_label]
+        report["study_threshold"] = {"label": study_label, "threshold": thresholds[study_label]}
+    report["flag_by"] = "abnormal" if study_label else "findings"
     flag_count = int(flagged.sum())
     report["flagged"] = {
         "normals": flag_count,
@@ -192,7 +186,6 @@ def labelled_check(
     findings: Sequence[str],
     thresholds: dict[str, float],
     study_label: str | None,
-    flag_on_findings: bool = True,
 ) -> dict[str, Any]:
     """Sensitivity and specificity (95% Wilson intervals) of the new thresholds on a labelled
     sample: the study flag and "any finding listed" against normal/abnormal, and each named
@@ -201,9 +194,7 @@ def labelled_check(
     is_abnormal = np.asarray(is_abnormal, dtype=bool)
     t = np.array([thresholds[name] for name in findings])
     listed = np.any(probs >= t, axis=1)
-    flagged = listed
-    if study_label:
-        flagged = (np.asarray(abnormal_prob) >= thresholds[study_label]) | (listed & flag_on_findings)
+    flagged = np.asarray(abnormal_prob) >= thresholds[study_label] if study_label else listed
 
     def share(hit: np.ndarray, among: np.ndarray) -> dict[str, Any]:
         k, n = int(hit[among].sum()), int(among.sum())

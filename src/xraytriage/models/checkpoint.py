@@ -12,7 +12,9 @@ A checkpoint is a plain dict saved with ``torch.save`` and loaded with ``weights
     calibration    {label: {"method": "temperature", "t": T} | {"method": "platt", "a": a, "b": b}},
                    each with an optional "shift" added to the calibrated logit (prior shift from the
                    calibration set's prevalence to a stated deployment prevalence)
-    abnormal       how to get P(abnormal): {"label": L, "invert": bool} or {"rule": "noisy_or"}
+    abnormal       how to get P(abnormal): {"label": L, "invert": bool} or {"rule": "noisy_or"};
+                   optionally "flag_by": "findings" (a site calibration: a study is flagged
+                   when a finding is listed, not by the P(abnormal) threshold)
     train_config   the resolved training config (dict), data_fingerprint, metrics, notes
     training_images  file names of the images the weights were trained on (so triage and
                    evaluation can say when they are shown images the model has already seen)
@@ -146,27 +148,21 @@ class Checkpoint:
     @property
     def study_flag_threshold(self) -> float | None:
         """P(abnormal) at or above which a study is flagged: the Abnormal output's operating
-        threshold when the model has one (None: flag a study when any finding is flagged)."""
+        threshold when the model has one (None: flag a study when any finding is flagged, also
+        where the abnormal rule says ``"flag_by": "findings"``)."""
         rule = self.abnormal
+        if rule.get("flag_by") == "findings":  # a site calibration's choice (calibrate --site-normals)
+            return None
         if rule.get("label") == ABNORMAL and ABNORMAL in self.thresholds:
             return float(self.thresholds[ABNORMAL])
         return None
 
-    @property
-    def flags_on_findings(self) -> bool:
-        """Whether a listed finding flags a study by itself: always without a study threshold;
-        with one, when the abnormal rule says so (``"flag_on_findings": true``, set by a site
-        calibration: at a new site the findings' thresholds are set on its own normals and
-        often separate better than P(abnormal) does)."""
-        return self.study_flag_threshold is None or bool(self.abnormal.get("flag_on_findings"))
-
     def study_flagged(self, abnormal: Any, any_finding: Any) -> Any:
         """The study flag (bool, or a bool array for arrays): P(abnormal) at or above the study
-        threshold, or a finding listed where :attr:`flags_on_findings`. The one definition the
-        worklist, the site calibration and its check use."""
-        listed = np.asarray(any_finding, dtype=bool)
+        threshold, or, without one, any finding listed. The one rule the worklist, the site
+        calibration and its check use."""
         at = self.study_flag_threshold
-        flagged = listed if at is None else (np.asarray(abnormal) >= at) | (listed & self.flags_on_findings)
+        flagged = np.asarray(any_finding, dtype=bool) if at is None else np.asarray(abnormal) >= at
         return bool(flagged) if flagged.ndim == 0 else flagged
 
     def seen_in_training(self, paths: list[str]) -> list[str]:

@@ -30,6 +30,11 @@ OOD_WARNING = "unlike the training images"
 MIN_REFERENCE_IMAGES = 50
 
 
+def _short(value: float) -> float:
+    """7 significant digits: float32 precision, half the size in the ONNX file's JSON."""
+    return float(f"{float(value):.7g}")
+
+
 @dataclass
 class OodReference:
     """The training images' feature statistics and the warning line."""
@@ -63,8 +68,8 @@ class OodReference:
         """Plain lists and numbers: safe for ``torch.load(weights_only=True)`` and JSON."""
         return {
             "method": self.method,
-            "mean": [float(v) for v in self.mean],
-            "whiten": [[float(v) for v in row] for row in self.whiten],
+            "mean": [_short(v) for v in self.mean],
+            "whiten": [[_short(v) for v in row] for row in self.whiten],
             "threshold": float(self.threshold),
             "percentile": float(self.percentile),
             "images": int(self.images),
