@@ -189,3 +189,31 @@ def test_a_child_dicom_is_scored_with_a_warning(tiny_checkpoint, shared_data, tm
     assert child.ok and child.abnormal is not None  # scored, never dropped
     assert "PatientAge 004Y" in child.warnings
     assert "PatientAge" not in adult.warnings
+
+
+def test_bundled_model_ships_its_ood_reference_and_training_ages(shared_data):
+    """The bundled model's reference separates real pediatric films (another hospital,
+    children) from NIH films; the NIH ones are its training images (so this shows the shipped
+    reference works; docs/deploying.md has the full measurement)."""
+    from xraytriage.cli.common import default_model_path
+    from xraytriage.cli.site_scoring import score_images
+    from xraytriage.stats import roc_auc
+
+    checkpoint = load_checkpoint(default_model_path())
+    reference = checkpoint.ood_reference()
+    assert reference is not None and reference.images >= len(checkpoint.training_images)
+    low, high = checkpoint.scope["age_years"]
+    assert 0 < low < 18 < 60 < high  # a child of 4 is outside, an adult inside
+    assert age_warning("004Y", checkpoint) and age_warning("045Y", checkpoint) is None
+    rng = np.random.default_rng(0)
+    children = sorted((shared_data / "pediatric").rglob("*.jpeg")) + sorted(
+        (shared_data / "pediatric").rglob("*.jpg")
+    )
+    adults = sorted((shared_data / "nih" / "images-c").glob("*.png"))
+    picked = [*rng.choice(children, 30, replace=False), *rng.choice(adults, 30, replace=False)]
+    scored = score_images(checkpoint, picked, workers=0)
+    assert len(scored.paths) == 60
+    scores = reference.scores(scored.features)
+    is_child = np.array(["pediatric" in p for p in scored.paths])
+    assert roc_auc(is_child, scores) >= 0.85
+    assert np.mean(scores[~is_child] >= 1) <= 0.1
