@@ -165,67 +165,114 @@ def _patient_halves(table: pd.DataFrame, seed: int) -> np.ndarray:
 
 
 @pytest.mark.slow
-def test_site_calibration_on_held_out_pediatric_patients(shared_data, tmp_path, capsys):
+def test_site_calibration_on_held_out_pediatric_patients(shared_data, tmp_path):
     """The issue's target, measured the honest way: `calibrate --site-normals` (the CLI) on one
-    patient half's NORMAL images, every rate counted on the other half's patients."""
+    patient half's NORMAL images, the rates counted on the other half's patients; both ways
+    round, so every child is counted exactly once, by thresholds that never saw them."""
     from xraytriage.cli.common import default_model_path
     from xraytriage.cli.main import main
     from xraytriage.cli.site_scoring import score_images
 
     root = shared_data / "pediatric"
     table = pd.read_csv(root / "labels.csv")
-    first = _patient_halves(table, seed=0)
     normal = table["label"].str.upper().eq("NORMAL").to_numpy()
-    site = tmp_path / "site-normals"
-    site.mkdir()
-    for f in table.loc[first & normal, "file"]:
-        (site / f.replace("/", "_")).symlink_to((root / f).resolve())
-    out = tmp_path / "site.pt"
-    assert (
-        main(
-            [
-                "calibrate",
-                "--model",
-                str(default_model_path()),
-                "--site-normals",
-                str(site),
-                "--output",
-                str(out),
-            ]
-        )
-        == 0
-    )
-    calibrated, bundled = load_checkpoint(out), load_checkpoint(default_model_path())
-    held = table.loc[~first]
-    scored = score_images(calibrated, [root / f for f in held["file"]], workers=0)
-    assert len(scored.paths) == len(held)
-    is_normal = held["label"].str.upper().eq("NORMAL").to_numpy()
-
-    def rates(model: Checkpoint) -> dict[str, float]:
-        cols = [model.label_names.index(n) for n in model.findings]
-        t = np.array([model.threshold(n) for n in model.findings])
-        listed = (scored.probabilities[:, cols] >= t).any(axis=1)
-        ptx = scored.probabilities[:, model.label_names.index("Pneumothorax")] >= model.threshold(
-            "Pneumothorax"
-        )
-        flagged = model.study_flagged(scored.abnormal, listed)
-        return {
-            "normal_listed": listed[is_normal].mean(),
-            "normal_ptx": ptx[is_normal].mean(),
-            "normal_flagged": flagged[is_normal].mean(),
-            "pneumonia_flagged": flagged[~is_normal].mean(),
-            "pneumonia_listed": listed[~is_normal].mean(),
-        }
-
-    site_rates, own_rates = rates(calibrated), rates(bundled)
+    bundled = load_checkpoint(default_model_path())
+    scored = score_images(bundled, [root / f for f in table["file"]], workers=0)
+    assert len(scored.paths) == len(table)
+    probs, abnormal = scored.probabilities, scored.abnormal
+    first = _patient_halves(table, seed=0)
+    listed = {"site": np.zeros(len(table), bool), "own": np.zeros(len(table), bool)}
+    flagged = {key: np.zeros(len(table), bool) for key in listed}
+    ptx = {key: np.zeros(len(table), bool) for key in listed}
+    for half, fit in enumerate((first, ~first)):
+        site = tmp_path / f"normals-{half}"
+        site.mkdir()
+        for f in table.loc[fit & normal, "file"]:
+            (site / f.replace("/", "_")).symlink_to((root / f).resolve())
+        out = tmp_path / f"site-{half}.pt"
+        argv = ["calibrate", "--model", str(default_model_path()), "--site-normals", str(site)]
+        assert main([*argv, "--workers", "0", "--output", str(out)]) == 0
+        held = ~fit
+        for key, model in (("site", load_checkpoint(out)), ("own", bundled)):
+            cols = [model.label_names.index(n) for n in model.findings]
+            t = np.array([model.threshold(n) for n in model.findings])
+            hit = (probs[held][:, cols] >= t).any(axis=1)
+            listed[key][held] = hit
+            flagged[key][held] = model.study_flagged(abnormal[held], hit)
+            j = model.label_names.index("Pneumothorax")
+            ptx[key][held] = probs[held, j] >= model.threshold("Pneumothorax")
+    site_rates, own_rates = ({
+        "normal_listed": listed[k][normal].mean(),
+        "normal_ptx": ptx[k][normal].mean(),
+        "normal_flagged": flagged[k][normal].mean(),
+        "pneumonia_flagged": flagged[k][~normal].mean(),
+        "pneumonia_listed": listed[k][~normal].mean(),
+    } for k in ("site", "own"))  # fmt: skip
     print(site_rates, own_rates)
-    # the issue's targets on patients the calibration never saw (one half of ~100 normals:
-    # the pneumothorax bound allows the 2% target plus one image of sampling error)
+    # the issue's targets on children the thresholds never saw (~200 normals: the pneumothorax
+    # bound allows the 2% target plus one image of sampling error)
     assert site_rates["normal_listed"] <= 0.15
-    assert site_rates["normal_ptx"] <= 0.02 + 1.0 / is_normal.sum()
+    assert site_rates["normal_ptx"] <= 0.02 + 1.0 / normal.sum()
     assert site_rates["normal_flagged"] <= 0.15
     assert site_rates["pneumonia_flagged"] >= 0.60
     assert site_rates["pneumonia_listed"] >= 0.70
     # and it is the calibration that does it: the model's own (NIH) thresholds fail the site
     assert own_rates["normal_listed"] > 0.5 and own_rates["normal_ptx"] > 0.1
     assert own_rates["pneumonia_listed"] < 0.5
+
+
+def test_site_labels_csv_formats(tmp_path):
+    from xraytriage.cli.site_scoring import read_site_labels
+
+    names = ["Effusion", "Pneumonia", "Pneumothorax"]
+    one = tmp_path / "one.csv"
+    one.write_text("file,label\na.png,normal\nb.png,PNEUMONIA\nsub/c.png,abnormal\n")
+    labels = read_site_labels(one, names)
+    assert labels.paths == [tmp_path / "a.png", tmp_path / "b.png", tmp_path / "sub" / "c.png"]
+    assert labels.abnormal.tolist() == [False, True, True]
+    assert labels.findings["Pneumonia"].tolist() == [False, True, False]
+    wide = tmp_path / "wide.csv"
+    wide.write_text("file,Effusion,Pneumothorax\na.png,0,0\nb.png,1,0\nc.png,0,1\n")
+    labels = read_site_labels(wide, names)
+    assert labels.abnormal.tolist() == [False, True, True]
+    assert labels.findings["Pneumothorax"].tolist() == [False, False, True]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("file,label\na.png,sprained ankle\n")
+    with pytest.raises(ConfigError, match=r"bad.csv, line 2: label 'sprained ankle'"):
+        read_site_labels(bad, names)
+
+
+def test_a_model_without_an_abnormal_output_is_site_calibrated_too(shared_data, tmp_path, capsys):
+    """Published models (torchxrayvision, CheXNet) have findings only: P(abnormal) is their
+    noisy-OR and a study is flagged by its findings."""
+    import torch
+
+    from xraytriage.cli.main import main
+    from xraytriage.models import ModelConfig, build_model
+    from xraytriage.preprocess import PreprocessContract
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(backbone="densenet121", num_classes=3, width=0.25)
+    names = ["Effusion", "Pneumothorax", "Pneumonia"]
+    checkpoint = Checkpoint(
+        model=cfg,
+        label_names=names,
+        preprocess=PreprocessContract(size=32),
+        state_dict=build_model(cfg).state_dict(),
+        thresholds=dict.fromkeys(names, 0.5),
+        name="published-like",
+    )
+    assert checkpoint.study_flag_threshold is None
+    path = checkpoint.save(tmp_path / "published.pt")
+    normals = sorted((shared_data / "nih" / "images-c").glob("*.png"))[:25]
+    out = tmp_path / "site.pt"
+    argv = ["calibrate", "--model", str(path), "--site-normals", *map(str, normals), "--output", str(out)]
+    assert main([*argv, "--any-finding-rate", "0.2", "--flag-rate", "0.08"]) == 0
+    site = load_checkpoint(out)
+    scored_rate = json.loads(out.with_suffix(".calibration.json").read_text())["site_calibration"]["flagged"][
+        "rate"
+    ]
+    assert scored_rate <= 0.08
+    assert site.thresholds != checkpoint.thresholds and site.study_flag_threshold is None
+    with pytest.raises(ConfigError, match="--flag-by abnormal needs"):
+        main([*argv, "--flag-by", "abnormal"])
