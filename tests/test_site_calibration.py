@@ -137,11 +137,12 @@ def test_calibrate_site_normals_cli_on_a_small_site(tiny_checkpoint_path, synthe
     assert check["normal_images"] + check["abnormal_images"] + 30 == len(labels)
 
 
-def test_calibrate_needs_something_to_do(tiny_checkpoint_path, tmp_path):
+def test_calibrate_needs_something_to_do(tiny_checkpoint_path, tmp_path, capsys):
     from xraytriage.cli.main import main
 
-    with pytest.raises(ConfigError, match="--site-normals"):
-        main(["calibrate", "--model", str(tiny_checkpoint_path), "--output", str(tmp_path / "x.pt")])
+    assert main(["calibrate", "--model", str(tiny_checkpoint_path), "--output", str(tmp_path / "x.pt")]) == 2
+    assert "calibrate needs --predictions, --site-normals" in capsys.readouterr().err
+    assert not (tmp_path / "x.pt").exists()
 
 
 def test_study_flag_rule(tiny_checkpoint):
@@ -274,5 +275,6 @@ def test_a_model_without_an_abnormal_output_is_site_calibrated_too(shared_data, 
     ]
     assert scored_rate <= 0.08
     assert site.thresholds != checkpoint.thresholds and site.study_flag_threshold is None
-    with pytest.raises(ConfigError, match="--flag-by abnormal needs"):
-        main([*argv, "--flag-by", "abnormal"])
+    capsys.readouterr()
+    assert main([*argv, "--flag-by", "abnormal"]) == 2
+    assert "--flag-by abnormal needs a model with an Abnormal output" in capsys.readouterr().err
