@@ -113,24 +113,30 @@ def test_triage_rows_carry_ood_score_on_both_backends(tiny_checkpoint, synthetic
 
     train = sorted((synthetic_dir / "images").glob("*.png"))
     checkpoint = Checkpoint.from_dict(tiny_checkpoint.to_dict())
-    checkpoint.ood = fit_reference(score_images(checkpoint, train, workers=0).features).to_dict()
-    nih = sorted((shared_data / "nih" / "images").glob("*.png"))[:4]
-    inputs = [*train[:4], *nih]
+    reference = fit_reference(score_images(checkpoint, train, workers=0).features)
+    inputs = [*train[:4], *sorted((shared_data / "nih" / "images").glob("*.png"))[:4]]
+    scored = score_images(checkpoint, inputs, workers=0)
+    distances = reference.distances(scored.features)
+    # the warning line between the inputs' distances: some rows warned, some not
+    reference.threshold = float(np.median(distances))
+    checkpoint.ood = reference.to_dict()
+    expected = {p: d / reference.threshold for p, d in zip(scored.paths, distances, strict=True)}
     scores = {}
     for predictor in (TorchPredictor(checkpoint), OnnxPredictor(checkpoint)):
         engine = TriageEngine(predictor, TriageOptions(workers=0, progress=False))
         result = engine.run(inputs)
         scores[predictor.name] = {r.path: r.ood_score for r in result.rows}
-        for row in result.rows:
-            assert (row.ood_score >= 1) == ("unlike the training images" in row.warnings)
-    assert scores["torch"].keys() == scores["onnx"].keys()
-    for path, value in scores["torch"].items():
-        assert scores["onnx"][path] == pytest.approx(value, rel=1e-3)
-    # real chest films lie further from the synthetic training images than those images do
-    assert min(scores["torch"][str(p)] for p in nih) > max(scores["torch"][str(p)] for p in train[:4])
+        warned = [row.ood_score >= 1 for row in result.rows]
+        assert any(warned) and not all(warned)
+        for row, flag in zip(result.rows, warned, strict=True):
+            assert flag == ("unlike the training images" in row.warnings)
+    for name in ("torch", "onnx"):
+        assert scores[name].keys() == expected.keys()
+        for path, value in expected.items():
+            assert scores[name][path] == pytest.approx(value, rel=1e-3)
     write_worklist(result.rows, tmp_path, checkpoint.label_names)
     written = read_worklist_csv(tmp_path / "worklist.csv")
-    assert all(isinstance(r["ood_score"], float) for r in written)
+    assert sorted(r["ood_score"] for r in written) == pytest.approx(sorted(expected.values()), rel=1e-4)
 
 
 def test_rows_without_a_reference_or_with_errors_have_no_ood_score(tiny_checkpoint, synthetic_dir, tmp_path):
