@@ -35,6 +35,12 @@ $X calibrate --model "$RUNS/final/best.pt" --predictions "$RUNS/cv/oof_predictio
 $X calibrate --model "$MODEL_DIR/model.pt" --predictions "$RUNS/cv/oof_predictions.csv" \
     --keep-calibration --critical Pneumothorax --critical-specificity 0.99 \
     --deployment-prevalence 0.46 --output "$MODEL_DIR/model.pt"
+# 3c. (issue 22) the out-of-distribution reference: the final model's features on its own
+#     training images (ood_score 1.0 = their 99th percentile), and the ages it was trained on
+#     (central 99% of the training images' NIH ages) for the scope's age warning
+AGES=$(.venv/bin/python scripts/training_age_range.py "$MODEL_DIR/model.pt" $DATA/nih/meta/Data_Entry_2017_v2020.csv.gz)
+$X calibrate --model "$MODEL_DIR/model.pt" --ood-reference $DATA/nih --age-range "$AGES" \
+    --output "$MODEL_DIR/model.pt"
 $X export --model "$MODEL_DIR/model.pt" --output "$MODEL_DIR/model.onnx"
 # 4. out of fold, within each collection, next to the CheXNet reproduction on the same images
 $X evaluate --predictions "$RUNS/cv/oof_predictions.csv" --dataset nih --root $DATA/nih \
@@ -52,4 +58,8 @@ $X localize-eval --model "$MODEL_DIR/model.pt" --images $DATA/nih/images \
 .venv/bin/python scripts/model_card_tables.py "$RUNS/eval-oof" --checkpoint "$MODEL_DIR/model.pt" \
     --oof "$RUNS/eval-oof/predictions.csv" --pediatric "$RUNS/eval-pediatric" \
     --localization "$RUNS/localization" > "$RUNS/model-card-tables.md"
+# 8. (issue 22) site calibration on half the pediatric patients, checked on the other half,
+#    and the ood_score's separation of pediatric and NIH images (docs/deploying.md)
+.venv/bin/python scripts/site_calibration_check.py --model "$MODEL_DIR/model.pt" --nih $DATA/nih \
+    --output "$RUNS/site-calibration-check.json"
 echo "tables for docs/model-card.md: $RUNS/model-card-tables.md"

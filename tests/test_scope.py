@@ -11,15 +11,15 @@ from xraytriage.scope import CHEST_SCOPE, default_scope, low_resolution_warning,
 
 
 def test_the_bundled_model_reads_frontal_chest_radiographs() -> None:
-    """Its file predates the field: the default for NIH-trained checkpoints applies."""
+    """The default for NIH-trained checkpoints, plus the ages it was trained on (issue 22)."""
     checkpoint = load_checkpoint(default_model_path())
-    assert checkpoint.scope == CHEST_SCOPE
+    assert {k: v for k, v in checkpoint.scope.items() if k != "age_years"} == CHEST_SCOPE
 
 
 def test_scope_round_trips_and_older_checkpoints_get_a_default() -> None:
     checkpoint = load_checkpoint(default_model_path())
     data = checkpoint.to_dict()
-    assert data["scope"] == CHEST_SCOPE
+    assert data["scope"] == {**CHEST_SCOPE, "age_years": checkpoint.scope["age_years"]}
     data["scope"] = {"body_parts": ["HAND", "WRIST"], "views": []}
     assert Checkpoint.from_dict(data).scope == {"body_parts": ["HAND", "WRIST"], "views": []}
     del data["scope"]

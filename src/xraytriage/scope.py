@@ -8,7 +8,12 @@ body part or view is out of scope: it is reported with the reason and never give
 A header that names neither (PNG, JPEG, DICOM without the attributes) cannot be judged and is
 read as usual.
 
+The scope may also hold ``"age_years": [min, max]``, the ages the model saw enough of in
+training. A DICOM whose PatientAge lies outside (an adult model given a child) is still read,
+but its row carries a warning saying so: never silently scored (:func:`age_warning`).
+
     problem = scope_problem(dataset_or_meta, checkpoint)   # None, or "out of scope: ..."
+    warning = age_warning(meta["patient_age"], checkpoint)  # None, or "patient age ..."
 """
 
 from __future__ import annotations
@@ -101,3 +106,38 @@ def low_resolution_warning(width: int | None, height: int | None, input_size: in
     if not width or not height or min(width, height) >= input_size:
         return None
     return f"{LOW_RESOLUTION}: {width}x{height} px, smaller than the model's {input_size} px input"
+
+
+AGE_UNIT_YEARS = {"Y": 1.0, "M": 1 / 12, "W": 7 / 365.25, "D": 1 / 365.25}
+
+
+def age_in_years(value: Any) -> float | None:
+    """DICOM AS (``"045Y"``, ``"006M"``, ``"002W"``, ``"003D"``) or a plain number of years ->
+    years; None when absent or unreadable (then no age is checked)."""
+    text = str(value or "").strip().upper()
+    match = re.fullmatch(r"(\d{1,3})\s*([YMWD]?)", text)
+    if not match:
+        return None
+    return int(match.group(1)) * AGE_UNIT_YEARS[match.group(2) or "Y"]
+
+
+def age_range(scope_of: Any) -> tuple[float, float] | None:
+    """The scope's ``age_years`` as ``(min, max)``, or None when it states none."""
+    scope = getattr(scope_of, "scope", scope_of) or {}
+    ages = scope.get("age_years")
+    if not ages or len(ages) != 2:
+        return None
+    return float(ages[0]), float(ages[1])
+
+
+def age_warning(patient_age: Any, scope_of: Any) -> str | None:
+    """A warning when a header's PatientAge lies outside the model's age range, else None."""
+    ages = age_range(scope_of)
+    years = age_in_years(patient_age)
+    if ages is None or years is None or ages[0] <= years <= ages[1]:
+        return None
+    shown = f"{years:.1f}" if years < 2 else f"{years:.0f}"
+    return (
+        f"patient age {shown} y (PatientAge {str(patient_age).strip()}) outside the model's "
+        f"training ages {ages[0]:.0f}-{ages[1]:.0f} y: findings may not hold"
+    )

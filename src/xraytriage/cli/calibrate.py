@@ -10,6 +10,17 @@ It also sets the critical tier (``--critical``, Pneumothorax by default: its own
 ``--critical-specificity`` among the held-out images without the finding) and stores the flag
 rates the service should expect at the deployment prevalence (``expected_rates``), which its
 drift monitor compares with.
+
+At a new site (docs/deploying.md), ``--site-normals DIR...`` sets the thresholds from the
+site's own reported-normal studies instead (no predictions CSV needed): each finding fires on
+at most --finding-rate of them, any finding on at most --any-finding-rate, the study flag on
+at most --flag-rate (a study is flagged when a finding is listed; --flag-by abnormal keeps
+the P(abnormal) threshold); ``--site-labels CSV`` checks the result on a labelled sample. The model's
+ranking and probabilities are kept; a NEW checkpoint is written (the input stays as it is).
+
+``--ood-reference DIR...`` stores the out-of-distribution reference (the training images'
+feature statistics; ``ood_score`` >= 1 is warned about) and ``--age-range MIN-MAX`` the
+training ages (a DICOM PatientAge outside them is warned about).
 """
 
 from __future__ import annotations
@@ -18,12 +29,15 @@ import argparse
 from pathlib import Path
 
 from xraytriage.cli.common import resolve_model_path
+from xraytriage.evaluate.site_calibration import DEFAULT_ANY_RATE, DEFAULT_FINDING_RATE, DEFAULT_FLAG_RATE
+from xraytriage.models.ood import DEFAULT_PERCENTILE
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "calibrate",
-        help="set a checkpoint's calibration and thresholds from held-out (e.g. out-of-fold) predictions",
+        help="set a checkpoint's thresholds from held-out predictions or a site's normal studies; "
+        "store its OOD reference and age range",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -35,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(the bundled model, also when left out)",
     )
     p.add_argument(
-        "--predictions", type=Path, required=True, help="held-out predictions CSV (prob_<label> + truth)"
+        "--predictions", type=Path, default=None, help="held-out predictions CSV (prob_<label> + truth)"
     )
     p.add_argument("--method", choices=("temperature", "platt"), default="platt")
     p.add_argument(
@@ -89,11 +103,153 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="keep the checkpoint's calibration and thresholds; only set the critical tier and the "
         "expected flag rates from the predictions (put through that calibration)",
     )
+    site = p.add_argument_group("site calibration (docs/deploying.md)")
+    site.add_argument(
+        "--site-normals",
+        nargs="+",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="folders/files of the site's reported-normal studies (PNG/JPEG/DICOM, ~100-300): "
+        "thresholds are set on them",
+    )
+    site.add_argument(
+        "--site-labels",
+        type=Path,
+        default=None,
+        metavar="CSV",
+        help="labelled sample to check the new thresholds on: 'file' + 'label' (normal/abnormal "
+        "or a finding name), or one 0/1 column per finding; reports sensitivity with 95%% CIs",
+    )
+    site.add_argument(
+        "--finding-rate",
+        type=float,
+        default=DEFAULT_FINDING_RATE,
+        metavar="RATE",
+        help=f"each finding fires on at most RATE of the normals (default {DEFAULT_FINDING_RATE})",
+    )
+    site.add_argument(
+        "--any-finding-rate",
+        type=float,
+        default=DEFAULT_ANY_RATE,
+        metavar="RATE",
+        help=f"at most RATE of the normals list any finding (default {DEFAULT_ANY_RATE})",
+    )
+    site.add_argument(
+        "--flag-rate",
+        type=float,
+        default=DEFAULT_FLAG_RATE,
+        metavar="RATE",
+        help=f"at most RATE of the normals are flagged (default {DEFAULT_FLAG_RATE})",
+    )
+    site.add_argument(
+        "--flag-by",
+        choices=("findings", "abnormal"),
+        default="findings",
+        help="what flags a study after site calibration: a listed finding (default: every flag "
+        "names its finding; separates better at a new site, docs/deploying.md) or P(abnormal) at "
+        "its own threshold (the model's rule)",
+    )
+    site.add_argument("--workers", type=int, default=1, help="decoder processes (0: decode in this process)")
+    scope = p.add_argument_group("out-of-distribution reference and scope")
+    scope.add_argument(
+        "--ood-reference",
+        nargs="+",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="the model's training images: their feature statistics become the OOD reference",
+    )
+    scope.add_argument(
+        "--ood-percentile",
+        type=float,
+        default=DEFAULT_PERCENTILE,
+        help=f"warn above this percentile of the training images' distances (default {DEFAULT_PERCENTILE:g})",
+    )
+    scope.add_argument(
+        "--age-range",
+        default=None,
+        metavar="MIN-MAX",
+        help="patient ages in years the model was trained on, e.g. 9-89 "
+        "(scripts/training_age_range.py computes it); other ages are warned about",
+    )
     p.add_argument("--output", type=Path, required=True, help="calibrated checkpoint to write")
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from xraytriage.errors import ConfigError
+    from xraytriage.models import load_checkpoint
+
+    if not (args.predictions or args.site_normals or args.ood_reference or args.age_range):
+        raise ConfigError(
+            "calibrate needs --predictions, --site-normals, --ood-reference or --age-range (see --help)"
+        )
+    if args.site_labels and not args.site_normals:
+        raise ConfigError("--site-labels checks a site calibration: give --site-normals too")
+    source = resolve_model_path(args.model)
+    checkpoint = run_predictions(args) if args.predictions else load_checkpoint(source)
+    report: dict = {"model": str(source), "output": str(args.output)}
+    if args.age_range:
+        set_age_range(checkpoint, args.age_range)
+        report["age_years"] = checkpoint.scope["age_years"]
+        print(f"  training ages: {args.age_range} y (DICOM PatientAge outside is warned about)")
+    if args.ood_reference:
+        report["ood"] = run_ood_reference(checkpoint, args)
+    if args.site_normals:
+        from xraytriage.cli.site_report import run_site_calibration
+
+        report["site_calibration"] = run_site_calibration(checkpoint, args)
+    checkpoint.save(args.output)
+    if args.site_normals:  # the site's record of what was done (the OOD step only prints)
+        from xraytriage.sanitize import write_json
+
+        report_path = args.output.with_suffix(".calibration.json")
+        write_json(report_path, report)
+        print(f"wrote {args.output} (report: {report_path})")
+    else:
+        print(f"wrote {args.output}")
+    return 0
+
+
+def set_age_range(checkpoint, text: str) -> None:
+    """``--age-range 9-89`` into the checkpoint's scope."""
+    from xraytriage.errors import ConfigError
+
+    low, sep, high = text.partition("-")
+    try:
+        ages = [float(low), float(high)]
+    except ValueError:
+        raise ConfigError(f"--age-range must look like 9-89, got {text!r}") from None
+    if not sep or not 0 <= ages[0] < ages[1] <= 130:
+        raise ConfigError(f"--age-range must look like 9-89 (0 <= min < max <= 130), got {text!r}")
+    checkpoint.scope = {**(checkpoint.scope or {}), "age_years": ages}
+
+
+def run_ood_reference(checkpoint, args: argparse.Namespace) -> dict:
+    """Score the training images and store their feature statistics as the OOD reference."""
+    from xraytriage.cli.site_scoring import score_images
+    from xraytriage.models.ood import fit_reference
+
+    scored = score_images(checkpoint, args.ood_reference, workers=args.workers)
+    for line in scored.errors[:10]:
+        print(f"  skipped: {line}")
+    seen = len(checkpoint.seen_in_training(scored.paths))
+    source = ", ".join(str(p) for p in args.ood_reference)
+    reference = fit_reference(scored.features, args.ood_percentile, source)
+    checkpoint.ood = reference.to_dict()
+    print(
+        f"  OOD reference: {reference.images} images ({seen} of them the model's training images, "
+        f"{len(scored.errors)} unreadable), {reference.dim} features; warning line = "
+        f"{reference.percentile:g}th percentile of their distances ({reference.threshold:.2f})"
+    )
+    if checkpoint.training_images and seen < reference.images:
+        print(f"  note: {reference.images - seen} reference images are not among the model's training images")
+    return {"images": reference.images, "training_images": seen, "unreadable": len(scored.errors),
+            "percentile": reference.percentile, "threshold_distance": reference.threshold, "source": source}  # fmt: skip
+
+
+def run_predictions(args: argparse.Namespace):
     import copy
 
     import numpy as np
@@ -158,14 +314,13 @@ def run(args: argparse.Namespace) -> int:
             prevalence=args.deployment_prevalence or None, source=str(args.predictions),
         ),
     }  # fmt: skip
-    calibrated.save(args.output)
     known = ~np.isnan(labels)
     done = (
         "the critical tier and expected flag rates (calibration and thresholds kept)"
         if args.keep_calibration
         else f"{args.method} calibration and {args.operating_point} thresholds"
     )
-    print(f"wrote {args.output}: {done} from {len(frame)} held-out images ({int(known.sum())} known labels)")
+    print(f"calibrated: {done} from {len(frame)} held-out images ({int(known.sum())} known labels)")
     for name in names:
         crit = calibrated.critical.get(name)
         extra = f"  critical at {crit:.3f} ({args.critical_specificity:.0%} specificity)" if crit else ""
@@ -187,4 +342,4 @@ def run(args: argparse.Namespace) -> int:
             f"  normal images with any finding flagged: {cap['rate_before']:.1%} -> {cap['rate_after']:.1%} "
             f"(cap {cap['max_rate']:.0%}, {cap['normal_images']} normal images)"
         )
-    return 0
+    return calibrated

@@ -12,16 +12,21 @@ A checkpoint is a plain dict saved with ``torch.save`` and loaded with ``weights
     calibration    {label: {"method": "temperature", "t": T} | {"method": "platt", "a": a, "b": b}},
                    each with an optional "shift" added to the calibrated logit (prior shift from the
                    calibration set's prevalence to a stated deployment prevalence)
-    abnormal       how to get P(abnormal): {"label": L, "invert": bool} or {"rule": "noisy_or"}
+    abnormal       how to get P(abnormal): {"label": L, "invert": bool} or {"rule": "noisy_or"};
+                   optionally "flag_by": "findings" (a site calibration: a study is flagged
+                   when a finding is listed, not by the P(abnormal) threshold)
     train_config   the resolved training config (dict), data_fingerprint, metrics, notes
     training_images  file names of the images the weights were trained on (so triage and
                    evaluation can say when they are shown images the model has already seen)
-    scope          what the model reads: {"body_parts": ["CHEST"], "views": ["PA", "AP"]}
-                   (optional; checkpoints without it get ``scope.default_scope``)
+    scope          what the model reads: {"body_parts": ["CHEST"], "views": ["PA", "AP"],
+                   "age_years": [min, max]} (optional; checkpoints without it get
+                   ``scope.default_scope``; without "age_years" no age is checked)
     critical       {finding: threshold}: findings that need a radiologist now, each at its own
                    high-specificity threshold (``calibrate --critical``; optional, none without it)
     expected_rates {"flagged": r, "findings": {name: r}, "ood": r}: the flag rates calibration
                    expects at deployment, which the service's drift monitor compares with (optional)
+    ood            optional out-of-distribution reference (``models.ood.OodReference`` as a
+                   dict): the training images' feature statistics and the warning line
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from xraytriage import __version__
 from xraytriage.errors import ConfigError, MissingFileError, XRayTriageError
 from xraytriage.labels import ABNORMAL, NO_FINDING, NOT_DISEASE
 from xraytriage.models.factory import ModelConfig, build_model
+from xraytriage.models.ood import OodReference
 from xraytriage.preprocess import PreprocessContract
 from xraytriage.scope import default_scope
 
@@ -79,6 +85,9 @@ class Checkpoint:
     """Critical findings and their own thresholds (``triage.reasons``); empty: no critical tier."""
     expected_rates: dict[str, Any] | None = None
     """Expected flag rates (``serving.drift`` compares the service's rolling rates with them)."""
+    ood: dict[str, Any] | None = None
+    """The out-of-distribution reference (:class:`xraytriage.models.ood.OodReference` as a
+    dict), set by ``xraytriage calibrate --ood-reference``; None: no ``ood_score``."""
 
     def __post_init__(self) -> None:
         if len(self.label_names) != self.model.num_classes:
@@ -101,6 +110,16 @@ class Checkpoint:
             cached = Localiser.from_dict(self.localiser)
             object.__setattr__(self, "_localiser", cached)
         return cached
+
+    def ood_reference(self) -> OodReference | None:
+        """The out-of-distribution reference (built once), or None when the file has none."""
+        if not self.ood:
+            return None
+        cached = getattr(self, "_ood", None)
+        if cached is None or cached[0] is not self.ood:  # rebuilt when ``ood`` is replaced
+            cached = (self.ood, OodReference.from_dict(self.ood))
+            object.__setattr__(self, "_ood", cached)
+        return cached[1]
 
     # --- network -------------------------------------------------------------------------
     def build_model(self) -> nn.Module:
@@ -137,11 +156,22 @@ class Checkpoint:
     @property
     def study_flag_threshold(self) -> float | None:
         """P(abnormal) at or above which a study is flagged: the Abnormal output's operating
-        threshold when the model has one (None: flag a study when any finding is flagged)."""
+        threshold when the model has one (None: flag a study when any finding is flagged, also
+        where the abnormal rule says ``"flag_by": "findings"``)."""
         rule = self.abnormal
+        if rule.get("flag_by") == "findings":  # a site calibration's choice (calibrate --site-normals)
+            return None
         if rule.get("label") == ABNORMAL and ABNORMAL in self.thresholds:
             return float(self.thresholds[ABNORMAL])
         return None
+
+    def study_flagged(self, abnormal: Any, any_finding: Any) -> Any:
+        """The study flag (bool, or a bool array for arrays): P(abnormal) at or above the study
+        threshold, or, without one, any finding listed. The one rule the worklist, the site
+        calibration and its check use."""
+        at = self.study_flag_threshold
+        flagged = np.asarray(any_finding, dtype=bool) if at is None else np.asarray(abnormal) >= at
+        return bool(flagged) if flagged.ndim == 0 else flagged
 
     def seen_in_training(self, paths: list[str]) -> list[str]:
         """The paths whose file name is one of this model's training images."""
@@ -182,6 +212,7 @@ class Checkpoint:
             **({"localiser": self.localiser} if self.localiser else {}),
             **({"critical": {k: float(v) for k, v in self.critical.items()}} if self.critical else {}),
             **({"expected_rates": self.expected_rates} if self.expected_rates else {}),
+            **({"ood": self.ood} if self.ood else {}),
         }
 
     def save(self, path: str | Path, half: bool = False) -> Path:
@@ -222,6 +253,7 @@ class Checkpoint:
             expected_rates=dict(data["expected_rates"])
             if isinstance(data.get("expected_rates"), dict)
             else None,
+            ood=dict(data["ood"]) if isinstance(data.get("ood"), dict) else None,
         )
 
 

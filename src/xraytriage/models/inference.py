@@ -1,5 +1,7 @@
 """Batched inference on preprocessed uint8 images. Backends share one interface:
-``predict_logits(uint8 batch N x S x S) -> float32 logits N x L``."""
+``predict_logits(uint8 batch N x S x S) -> float32 logits N x L``, and
+``predict_with_features(batch) -> (logits, features N x D or None)`` for the
+out-of-distribution score (None: an older ONNX export without the features output)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import torch
 
 from xraytriage.errors import ConfigError
 from xraytriage.models.checkpoint import Checkpoint, load_checkpoint
+from xraytriage.models.features import WithFeatures
 from xraytriage.models.onnx_export import (
     export_onnx,
     head_checkpoint,
@@ -19,7 +22,7 @@ from xraytriage.models.onnx_export import (
     read_onnx_metadata,
     state_hash,
 )
-from xraytriage.models.onnx_format import INPUT_NAME
+from xraytriage.models.onnx_format import FEATURES_NAME, INPUT_NAME, OUTPUT_NAME
 from xraytriage.models.predictor import BACKENDS, DEFAULT_BACKEND
 from xraytriage.sanitize import file_slug
 
@@ -33,11 +36,18 @@ class TorchPredictor:
         self.checkpoint = checkpoint
         self.device = torch.device(device)
         self.model = checkpoint.build_model().to(self.device)
+        self.with_features = WithFeatures(self.model)
 
     @torch.inference_mode()
     def predict_logits(self, batch_uint8: np.ndarray) -> np.ndarray:
         x = self.checkpoint.preprocess.normalize(torch.as_tensor(np.asarray(batch_uint8)).to(self.device))
         return self.model(x).float().cpu().numpy()
+
+    @torch.inference_mode()
+    def predict_with_features(self, batch_uint8: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        x = self.checkpoint.preprocess.normalize(torch.as_tensor(np.asarray(batch_uint8)).to(self.device))
+        logits, features = self.with_features(x)
+        return logits.float().cpu().numpy(), features.float().cpu().numpy()
 
     def predict_proba(self, batch_uint8: np.ndarray) -> np.ndarray:
         return self.checkpoint.probabilities(self.predict_logits(batch_uint8))
@@ -107,13 +117,21 @@ class OnnxPredictor:
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         self.session = ort.InferenceSession(str(self.onnx_path), options, providers=["CPUExecutionProvider"])
         self.input_name = INPUT_NAME
+        outputs = {o.name for o in self.session.get_outputs()}
+        self.output_names = [OUTPUT_NAME] + ([FEATURES_NAME] if FEATURES_NAME in outputs else [])
 
-    def predict_logits(self, batch_uint8: np.ndarray) -> np.ndarray:
+    def _run(self, batch_uint8: np.ndarray, names: list[str]) -> list[np.ndarray]:
         batch = np.ascontiguousarray(batch_uint8, dtype=np.uint8)
         if batch.ndim == 4:  # (N, 1, S, S) -> (N, S, S)
             batch = batch[:, 0]
-        (logits,) = self.session.run(None, {self.input_name: batch})
-        return np.asarray(logits, dtype=np.float32)
+        return [np.asarray(a, dtype=np.float32) for a in self.session.run(names, {self.input_name: batch})]
+
+    def predict_logits(self, batch_uint8: np.ndarray) -> np.ndarray:
+        return self._run(batch_uint8, [OUTPUT_NAME])[0]
+
+    def predict_with_features(self, batch_uint8: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        out = self._run(batch_uint8, self.output_names)
+        return out[0], (out[1] if len(out) > 1 else None)
 
     def predict_proba(self, batch_uint8: np.ndarray) -> np.ndarray:
         return self.checkpoint.probabilities(self.predict_logits(batch_uint8))

@@ -2,9 +2,10 @@
 metadata back (the parity check against PyTorch is ``models.parity``).
 
 The exported graph takes the **uint8 output of stage 1** of the preprocessing contract,
-shape ``(N, S, S)`` with a dynamic batch ``N``, and returns **raw logits** ``(N, L)``:
+shape ``(N, S, S)`` with a dynamic batch ``N``, and returns **raw logits** ``(N, L)`` and the
+network's pooled penultimate **features** ``(N, D)`` (for the out-of-distribution score):
 
-    uint8 -> float -> (x / 255 - mean) / std -> repeat to C channels -> network -> logits
+    uint8 -> float -> (x / 255 - mean) / std -> repeat to C channels -> network -> logits, features
 
 So the ONNX path and the PyTorch path see identical tensors (both call the contract's
 arithmetic) and a caller of the ONNX file only needs stage 1 (decode, intensity, resize).
@@ -18,6 +19,8 @@ apply it travels in the model's ``metadata_props`` so an ``.onnx`` file is self-
     xraytriage.preprocess    JSON preprocessing contract
     xraytriage.model         JSON model config
     xraytriage.head          JSON {thresholds, calibration, abnormal, scope, critical, expected_rates}
+    xraytriage.ood           JSON out-of-distribution reference (absent when the checkpoint has none)
+    xraytriage.outputs       JSON list of the graph's outputs (older exports: logits only)
     xraytriage.package_version
 """
 
@@ -37,7 +40,15 @@ from xraytriage import __version__
 from xraytriage.errors import MissingFileError, XRayTriageError
 from xraytriage.models.checkpoint import Checkpoint
 from xraytriage.models.factory import ModelConfig
-from xraytriage.models.onnx_format import DEFAULT_OPSET, INPUT_NAME, META_PREFIX, ONNX_FORMAT, OUTPUT_NAME
+from xraytriage.models.features import WithFeatures
+from xraytriage.models.onnx_format import (
+    DEFAULT_OPSET,
+    FEATURES_NAME,
+    INPUT_NAME,
+    META_PREFIX,
+    ONNX_FORMAT,
+    OUTPUT_NAME,
+)
 from xraytriage.preprocess import PreprocessContract
 
 
@@ -49,7 +60,7 @@ class NormalizedNetwork(nn.Module):
         self.network = network
         self.contract = contract
 
-    def forward(self, image_uint8: torch.Tensor) -> torch.Tensor:
+    def forward(self, image_uint8: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         return self.network(self.contract.normalize(image_uint8))
 
 
@@ -91,6 +102,8 @@ def onnx_metadata(checkpoint: Checkpoint) -> dict[str, str]:
         f"{META_PREFIX}head": json.dumps(head),
         f"{META_PREFIX}package_version": __version__,
         f"{META_PREFIX}checkpoint_created": checkpoint.created,
+        f"{META_PREFIX}outputs": json.dumps([OUTPUT_NAME, FEATURES_NAME]),
+        **({f"{META_PREFIX}ood": json.dumps(checkpoint.ood)} if checkpoint.ood else {}),
     }
 
 
@@ -106,7 +119,7 @@ def export_onnx(checkpoint: Checkpoint, output: str | Path, opset: int = DEFAULT
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     size = int(checkpoint.preprocess.size)
-    module = NormalizedNetwork(checkpoint.build_model(), checkpoint.preprocess).eval()
+    module = NormalizedNetwork(WithFeatures(checkpoint.build_model()), checkpoint.preprocess).eval()
     example = torch.zeros((2, size, size), dtype=torch.uint8)
     tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
     try:
@@ -117,8 +130,12 @@ def export_onnx(checkpoint: Checkpoint, output: str | Path, opset: int = DEFAULT
                 (example,),
                 str(tmp),
                 input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                output_names=[OUTPUT_NAME, FEATURES_NAME],
+                dynamic_axes={
+                    INPUT_NAME: {0: "batch"},
+                    OUTPUT_NAME: {0: "batch"},
+                    FEATURES_NAME: {0: "batch"},
+                },
                 opset_version=opset,
                 do_constant_folding=True,
                 dynamo=False,
@@ -175,12 +192,17 @@ def head_checkpoint(meta: dict[str, str]) -> Checkpoint:
         scope=head.get("scope"),
         critical={str(k): float(v) for k, v in (head.get("critical") or {}).items()},
         expected_rates=head.get("expected_rates") if isinstance(head.get("expected_rates"), dict) else None,
+        ood=json.loads(meta["ood"]) if meta.get("ood") else None,
     )
 
 
 def onnx_matches(path: str | Path, checkpoint: Checkpoint) -> bool:
-    """True when ``path`` is an xraytriage ONNX export of exactly these weights."""
+    """True when ``path`` is an xraytriage ONNX export of exactly these weights, with the
+    features output (an older export gives logits only: it is exported again)."""
     try:
-        return read_onnx_metadata(path).get("state_hash") == state_hash(checkpoint)
+        meta = read_onnx_metadata(path)
     except XRayTriageError:
         return False
+    return meta.get("state_hash") == state_hash(checkpoint) and FEATURES_NAME in json.loads(
+        meta.get("outputs", "[]")
+    )

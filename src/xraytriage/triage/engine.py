@@ -28,9 +28,10 @@ import numpy as np
 
 from xraytriage.errors import ConfigError, ImageReadError
 from xraytriage.io import iter_input_files, read_radiograph
+from xraytriage.models.ood import ood_warning
 from xraytriage.models.predictor import Predictor
 from xraytriage.preprocess import PreprocessContract
-from xraytriage.scope import low_resolution_warning, scope_problem
+from xraytriage.scope import age_warning, low_resolution_warning, scope_problem
 from xraytriage.triage.aggregate import aggregate_probabilities, check_aggregation
 from xraytriage.triage.grouping import check_study_mode, study_key
 from xraytriage.triage.priority import PriorityRules, SitePriorities, UrgencyWeights, dicom_site_priority
@@ -49,6 +50,7 @@ KEPT_META = (
     "body_part",
     "width",
     "height",
+    "patient_age",
 )
 
 
@@ -119,6 +121,8 @@ class ImageResult:
     site_priority: float | None = None
     warnings: tuple[str, ...] = ()
     """Read, but with a caveat the reader should see (e.g. low resolution)."""
+    ood_score: float | None = None
+    """How unlike the training images (``models.ood``; >= 1 warned); None without a reference."""
 
     @property
     def ok(self) -> bool:
@@ -228,26 +232,47 @@ class TriageEngine:
             pool.shutdown(wait=True, cancel_futures=True)
 
     # --- the model in the main process ---------------------------------------------------------
+    def _logits_and_ood(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Logits, and each image's ``ood_score`` when the checkpoint has an OOD reference and
+        the backend gives the network's features (older ONNX exports do not)."""
+        reference = self.checkpoint.ood_reference()
+        with_features = getattr(self.predictor, "predict_with_features", None)
+        if reference is None or with_features is None:
+            return self.predictor.predict_logits(images), None
+        logits, features = with_features(images)
+        return logits, (None if features is None else reference.scores(features))
+
     def _score(self, batch: list[Prepared]) -> list[ImageResult]:
         images = np.stack([p.image for p in batch])
-        probs = self.checkpoint.probabilities(self.predictor.predict_logits(images))
+        logits, ood = self._logits_and_ood(images)
+        probs = self.checkpoint.probabilities(logits)
         abnormal = self.checkpoint.abnormal_probability(probs)
-        return [
-            ImageResult(
-                path=p.path,
-                study=study_key(p.path, p.meta, self.options.study_from),
-                probabilities=probs[i],
-                abnormal=float(abnormal[i]),
-                site_priority=dicom_site_priority(p.meta),
-                warnings=self.image_warnings(p.meta),
+        results = []
+        for i, p in enumerate(batch):
+            score = None if ood is None else float(ood[i])
+            results.append(
+                ImageResult(
+                    path=p.path,
+                    study=study_key(p.path, p.meta, self.options.study_from),
+                    probabilities=probs[i],
+                    abnormal=float(abnormal[i]),
+                    site_priority=dicom_site_priority(p.meta),
+                    warnings=self.image_warnings(p.meta, score),
+                    ood_score=score,
+                )
             )
-            for i, p in enumerate(batch)
-        ]
+        return results
 
-    def image_warnings(self, meta: dict[str, Any]) -> tuple[str, ...]:
+    def image_warnings(self, meta: dict[str, Any], ood_score: float | None = None) -> tuple[str, ...]:
+        """Caveats for a scored image: low resolution, a patient age outside the model's
+        training ages, features unlike the training images'."""
         size = int(self.checkpoint.preprocess.size)
-        warning = low_resolution_warning(meta.get("width"), meta.get("height"), size)
-        return (warning,) if warning else ()
+        found = (
+            low_resolution_warning(meta.get("width"), meta.get("height"), size),
+            age_warning(meta.get("patient_age"), self.checkpoint),
+            ood_warning(ood_score),
+        )
+        return tuple(w for w in found if w)
 
     def out_of_scope(self, prepared: Prepared) -> Prepared:
         """The prepared image, or an error when its header says the model was not made for it
@@ -307,8 +332,9 @@ class TriageEngine:
             probabilities = {name: float(p) for name, p in zip(labels, probs, strict=True)}
             findings = format_findings(probabilities, thresholds)
             warnings = dict.fromkeys(w for r in images for w in r.warnings)
-            flagged = abnormal >= flag_at if flag_at is not None else bool(findings)
+            flagged = self.checkpoint.study_flagged(abnormal, bool(findings))
             hits = critical_findings(probabilities, critical)
+            ood = [r.ood_score for r in images if r.ood_score is not None]
             rows.append(
                 WorklistRow(
                     study=study,
@@ -324,6 +350,7 @@ class TriageEngine:
                     site_priority=site,
                     image_paths=paths,
                     warnings="; ".join(warnings),
+                    ood_score=max(ood) if ood else None,
                 )
             )
         return sort_worklist(rows)

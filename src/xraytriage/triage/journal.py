@@ -54,6 +54,7 @@ def _record(result: ImageResult) -> dict[str, Any]:
         "site": result.site_priority,
         "error": result.error,
         "warnings": list(result.warnings),
+        "ood": result.ood_score,
     }
 
 
@@ -67,6 +68,7 @@ def _result(record: dict[str, Any]) -> ImageResult:
         site_priority=record.get("site"),
         error=record.get("error"),
         warnings=tuple(record.get("warnings") or ()),
+        ood_score=record.get("ood"),
     )
 
 

@@ -4,8 +4,10 @@ files, the web service's database and its API.
 Columns, in order: ``rank, study, path, priority, abnormal, flagged, status, error,
 findings``, one column per model label holding its calibrated probability, then ``images``
 (how many images the study has), ``site_priority`` (the priority the site gave, if any),
-``warnings`` (caveats such as a low resolution), ``tier``, ``flag_reason`` and ``ood_score``
-(how unlike the training images the study is; blank when the model cannot tell).
+``warnings`` (caveats such as a low resolution, an age outside the model's, ood_score >= 1),
+``tier``, ``flag_reason`` and ``ood_score`` (how unlike the training images the study's least
+typical image is, 1.0 = the warning line set on the training images; empty without a reference
+or for error rows).
 
 ``tier`` is ``critical`` (a critical finding at or above its own high-specificity threshold),
 ``flagged`` or ``routine``; ``flag_reason`` says what drives a flag (``triage/reasons.py``):
@@ -125,7 +127,8 @@ class WorklistRow:
     flag_reason: str = ""
     """What drives the flag (``triage.reasons.flag_reason``); empty for routine studies."""
     ood_score: float | None = None
-    """Higher = less like the training images; None when the model cannot tell."""
+    """The highest ``ood_score`` of the study's images (``models.ood``; 1.0 = the warning line);
+    None if not scored."""
     body_part: str = ""
     """Routed worklists: the body part the image was routed by (``triage/routing.py``)."""
     model: str = ""

@@ -1,0 +1,138 @@
+"""``calibrate --site-normals``: score the site's normals, set the thresholds, check them on
+the labelled sample if given, and print what was done (the same record goes into the
+checkpoint's metrics and the ``.calibration.json`` report)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from xraytriage.errors import ConfigError
+
+
+def _pct(rate: float | None) -> str:
+    return "-" if rate is None else f"{rate:.1%}"
+
+
+def _ci(pair: tuple[float, float]) -> str:
+    return f"95% CI {pair[0]:.1%}-{pair[1]:.1%}"
+
+
+def run_site_calibration(checkpoint, args: argparse.Namespace) -> dict[str, Any]:
+    """Set ``checkpoint``'s finding and study thresholds from the site's normals, in place."""
+    from xraytriage.cli.site_scoring import score_images
+    from xraytriage.evaluate.site_calibration import site_thresholds
+    from xraytriage.labels import ABNORMAL
+
+    scored = score_images(checkpoint, args.site_normals, workers=args.workers)
+    for line in scored.errors:
+        print(f"  skipped: {line}")
+    if not scored.paths:
+        raise ConfigError(f"no readable image under {', '.join(map(str, args.site_normals))}")
+    findings = list(checkpoint.findings)
+    columns = [checkpoint.label_names.index(n) for n in findings]
+    had_study_threshold = checkpoint.study_flag_threshold is not None
+    if args.flag_by == "abnormal" and not had_study_threshold:
+        raise ConfigError(
+            f"{args.model}: --flag-by abnormal needs a model with an Abnormal output and threshold"
+        )
+    study_label = ABNORMAL if args.flag_by == "abnormal" else None
+    before = {name: checkpoint.threshold(name) for name in findings}
+    if had_study_threshold:
+        before[ABNORMAL] = checkpoint.threshold(ABNORMAL)
+    result = site_thresholds(
+        scored.probabilities[:, columns], scored.abnormal, findings, study_label,
+        args.finding_rate, args.any_finding_rate, args.flag_rate,
+    )  # fmt: skip
+    old_t = np.array([before[n] for n in findings])
+    old_listed = np.any(scored.probabilities[:, columns] >= old_t, axis=1)
+    old_flag = checkpoint.study_flagged(scored.abnormal, old_listed)
+    report = result.report
+    report["unreadable"] = len(scored.errors)
+    report["sources"] = [str(p) for p in args.site_normals]
+    report["before"] = {
+        "thresholds": before,
+        "any_finding_rate": float(old_listed.mean()),
+        "flagged_rate": float(old_flag.mean()),
+    }
+    seen = checkpoint.seen_in_training(scored.paths)
+    if seen:
+        result.warnings.append(f"{len(seen)} of the normal images are the model's own training images")
+    checkpoint.thresholds = {**checkpoint.thresholds, **result.thresholds}
+    rule = {k: v for k, v in checkpoint.abnormal.items() if k != "flag_by"}
+    checkpoint.abnormal = rule if study_label else {**rule, "flag_by": "findings"}
+    if args.site_labels:
+        report["labelled_check"] = _labelled(checkpoint, args, scored.paths, findings, columns, study_label)
+    checkpoint.metrics = {**checkpoint.metrics, "site_calibration": report}
+    _print(report, findings, study_label)
+    return report
+
+
+def _labelled(checkpoint, args, normal_paths, findings, columns, study_label) -> dict[str, Any]:
+    from xraytriage.cli.site_scoring import read_site_labels, score_images
+    from xraytriage.evaluate.site_calibration import labelled_check
+
+    labels = read_site_labels(args.site_labels, findings)
+    used = {Path(p).resolve() for p in normal_paths}
+    keep = [i for i, p in enumerate(labels.paths) if p.resolve() not in used]
+    scored = score_images(checkpoint, [labels.paths[i] for i in keep], workers=args.workers)
+    index = {str(p): i for i, p in zip(keep, [labels.paths[i] for i in keep], strict=True)}
+    rows = [index[p] for p in scored.paths]
+    check = labelled_check(
+        scored.probabilities[:, columns], scored.abnormal, labels.abnormal[rows],
+        {n: t[rows] for n, t in labels.findings.items()}, findings, checkpoint.thresholds, study_label,
+    )  # fmt: skip
+    check["left_out_used_for_calibration"] = len(labels.paths) - len(keep)
+    check["unreadable"] = len(scored.errors)
+    check["source"] = str(args.site_labels)
+    return check
+
+
+def _print(report: dict[str, Any], findings: list[str], study_label: str | None) -> None:
+    n = report["normal_images"]
+    before = report["before"]
+    print(f"site calibration on {n} normal images ({report['unreadable']} unreadable, left out):")
+    print(f"  {'finding':<22}{'threshold':>10}{'was':>8}  normals listed")
+    for name in findings:
+        item = report["findings"][name]
+        print(
+            f"  {name:<22}{item['threshold']:>10.3f}{before['thresholds'][name]:>8.3f}  "
+            f"{item['normals_listed']:>3} ({item['rate']:.1%})"
+        )
+    listed, flagged = report["any_finding"], report["flagged"]
+    print(
+        f"  expected on normal studies: any finding listed {listed['rate']:.1%} ({_ci(listed['rate_ci95'])}, "
+        f"was {before['any_finding_rate']:.1%}); flagged {flagged['rate']:.1%} ({_ci(flagged['rate_ci95'])}, "
+        f"was {before['flagged_rate']:.1%})"
+    )
+    if study_label:
+        t = report["study_threshold"]["threshold"]
+        print(f"  study flag: P(abnormal) >= {t:.3f} (was {before['thresholds'][study_label]:.3f})")
+    else:
+        print("  study flag: a study is flagged when a finding is listed (--flag-by findings)")
+    check = report.get("labelled_check")
+    if check:
+        print(
+            f"  labelled check ({check['abnormal_images']} abnormal, {check['normal_images']} normal; "
+            f"{check['left_out_used_for_calibration']} calibration images left out):"
+        )
+        for key, text in (
+            ("flagged_sensitivity", "abnormal flagged"),
+            ("any_finding_sensitivity", "abnormal with a finding listed"),
+            ("flagged_false_positive_rate", "normal flagged"),
+            ("any_finding_false_positive_rate", "normal with a finding listed"),
+        ):
+            item = check[key]
+            if item["n"]:
+                print(
+                    f"    {text:<32} {_pct(item['rate'])} ({item['hits']}/{item['n']}, {_ci(item['ci95'])})"
+                )
+        for name, item in check["findings"].items():
+            print(
+                f"    {name + ' found':<32} {_pct(item['rate'])} ({item['hits']}/{item['n']}, {_ci(item['ci95'])})"
+            )
+    for line in report["warnings"]:
+        print(f"  warning: {line}")
