@@ -71,7 +71,7 @@ def test_teacher_file_is_matched_by_file_name_and_label_spelling(tmp_path):
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        ("file,prob_Mass\na.png,0.5\n", "no image column"),
+        ("x,prob_Mass\na.png,0.5\n", "no image column"),
         ("Image Index,Mass\na.png,0.5\n", "no prob_"),
         ("Image Index,prob_Mass\na.png,1.5\n", "outside [0, 1]"),
         ("Image Index,prob_Mass\na.png,0.5\ndir/a.png,0.2\n", "more than once"),
@@ -79,8 +79,8 @@ def test_teacher_file_is_matched_by_file_name_and_label_spelling(tmp_path):
 )
 def test_a_bad_teacher_file_is_named_with_its_problem(tmp_path, content, message):
     path = tmp_path / "teacher.csv"
-    path.write_text(content.replace("file,", "x,"))
-    with pytest.raises(ConfigError, match="teacher.csv") as err:
+    path.write_text(content)
+    with pytest.raises(ConfigError, match=r"teacher\.csv") as err:
         read_teacher(path)
     assert message in str(err.value)
     with pytest.raises(ConfigError, match="not found"):
@@ -95,17 +95,23 @@ def test_off_unless_configured_and_refused_when_no_training_image_matches(tmp_pa
     assert build_soft_targets(DistillConfig(predictions=str(teacher), weight=0.0), dataset, ["Mass"]) is None
     with pytest.raises(ConfigError, match="none of the 8 training images"):
         build_soft_targets(DistillConfig(predictions=str(teacher)), dataset, ["Mass"])
-    with pytest.raises(ConfigError, match="distill.weight"):
+    with pytest.raises(ConfigError, match=r"distill\.weight"):
         TrainConfig.from_dict(tiny_config(csv, distill={"predictions": str(teacher), "weight": 1.5}))
 
 
 def _first_step_loss(csv: Path, tmp_path: Path, distill: dict | None) -> float:
     labels = ["Mass", "Effusion", "No Finding"]
     config = TrainConfig.from_dict(
-        tiny_config(csv, data={"options": {"csv": str(csv), "labels": labels}}, **({"distill": distill} if distill else {}))
+        tiny_config(
+            csv,
+            data={"options": {"csv": str(csv), "labels": labels}},
+            **({"distill": distill} if distill else {}),
+        )
     )
     dataset = CSVDataset(csv, labels=labels)
-    trainer = Trainer(config, dataset, dataset.subset([]), tmp_path / f"run{len(list(tmp_path.iterdir()))}", source=None)
+    trainer = Trainer(
+        config, dataset, dataset.subset([]), tmp_path / f"run{len(list(tmp_path.iterdir()))}", source=None
+    )
     return trainer._train_epoch(0, trainer.train_loader)[0]
 
 

@@ -92,7 +92,9 @@ def build_soft_targets(
     matrix = teacher_matrix(train_set, label_names, read_teacher(config.predictions))
     images = int(np.isfinite(matrix).any(axis=1).sum())
     if images == 0:
-        raise ConfigError(f"{config.predictions}: none of the {len(train_set)} training images has a prediction")
+        raise ConfigError(
+            f"{config.predictions}: none of the {len(train_set)} training images has a prediction"
+        )
     log.info("distillation: teacher predictions for %d of %d training images (weight %.2f)",
              images, len(train_set), config.weight)  # fmt: skip
     return SoftTargets(matrix, config.weight)

@@ -36,11 +36,11 @@ from xraytriage.train.augment import BatchAugment
 from xraytriage.train.callbacks import Callback, EpochRecord, default_callbacks
 from xraytriage.train.config import TrainConfig
 from xraytriage.train.data import TrainImages, batch_collate
+from xraytriage.train.distill import build_soft_targets
 from xraytriage.train.distributed import DistContext, resolve_device
 from xraytriage.train.losses import build_loss, positive_fraction
 from xraytriage.train.metrics import validation_metrics
 from xraytriage.train.network import build_network, head_module, keep_frozen_norms_in_eval
-from xraytriage.train.distill import build_soft_targets
 from xraytriage.train.optim import Optimisation, build_optimizer, resolve_amp
 from xraytriage.train.samplers import EpochSampler, ShardSampler, sampling_strata
 from xraytriage.train.tracker import BestEpochTracker
