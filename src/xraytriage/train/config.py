@@ -213,6 +213,17 @@ class EarlyStoppingConfig(Section):
         return self.mode == "max" or (self.mode == "auto" and "loss" not in self.metric)
 
 
+class DistillConfig(Section):
+    """Knowledge distillation from another model's per-image probabilities (e.g. the CheXNet
+    reproduction's): for the training images listed in ``predictions`` the target of each
+    finding it predicts becomes ``(1 - weight) * label + weight * probability`` (BCE with that
+    target = the two BCEs mixed). Validation and sampling keep the hard labels."""
+
+    predictions: str | None = None
+    """CSV with an image column (``Image Index``, ``image``, ``path``) and ``prob_<finding>``."""
+    weight: Float = 0.5
+
+
 class TrainConfig(Section):
     name: str = "run"
     data: DatasetSpec = Field(default_factory=DatasetSpec)
@@ -220,6 +231,7 @@ class TrainConfig(Section):
     model: ModelSection = Field(default_factory=ModelSection)
     init: InitConfig = Field(default_factory=InitConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
@@ -474,6 +486,7 @@ def validate(config: TrainConfig) -> None:
         (c.loss.focal_gamma >= 0 and c.loss.asl_gamma_neg >= 0 and c.loss.asl_gamma_pos >= 0,
          "loss gammas must be >= 0"),
         (0 <= c.loss.asl_clip < 1, "loss.asl_clip must be in [0, 1)"),
+        (0 <= c.distill.weight <= 1, "distill.weight must be in [0, 1]"),
         (c.loss.focal_alpha is None or 0 < c.loss.focal_alpha < 1, "loss.focal_alpha must be in (0, 1)"),
     ]  # fmt: skip
     for ok, message in checks:

@@ -36,6 +36,7 @@ from xraytriage.train.augment import BatchAugment
 from xraytriage.train.callbacks import Callback, EpochRecord, default_callbacks
 from xraytriage.train.config import TrainConfig
 from xraytriage.train.data import TrainImages, batch_collate
+from xraytriage.train.distill import build_soft_targets
 from xraytriage.train.distributed import DistContext, resolve_device
 from xraytriage.train.losses import build_loss, positive_fraction
 from xraytriage.train.metrics import validation_metrics
@@ -139,6 +140,7 @@ class Trainer:
             steps = min(steps, c.max_steps_per_epoch)
         self.optim = Optimisation(self.params, c, steps, c.early_stopping.maximize, self.amp_dtype)
         self.loss_fn = build_loss(c.loss, positive_fraction(train_set.labels)).to(self.device)
+        self.soft_targets = build_soft_targets(c.distill, train_set, self.label_names)
         self.augment = BatchAugment(c.augment, c.seed) if c.augment.enabled else None
         self.tracker = BestEpochTracker(c.early_stopping, self.has_validation, self.label_names)
         self.epoch = 0
@@ -261,11 +263,13 @@ class Trainer:
         bar = progress_bar(total=steps, desc=f"{self.name} {epoch + 1}/{c.epochs}", unit="batch", leave=False,
                    disable=not (c.progress and self.ctx.is_main))  # fmt: skip
         start = time.perf_counter()
-        for step, (x_u8, y, _) in enumerate(loader):
+        for step, (x_u8, y, index) in enumerate(loader):
             if step >= steps:
                 break
             x = self._inputs(x_u8, self.augment)
             y = y.to(self.device, non_blocking=True)
+            if self.soft_targets is not None:
+                y = self.soft_targets.blend(y, index)
             with self._autocast():
                 logits = self.model(x)
             loss = self.loss_fn(logits.float(), y)
