@@ -32,6 +32,7 @@ from xraytriage.preprocess import PreprocessContract  # noqa: E402
 from xraytriage.train.augment import BatchAugment  # noqa: E402
 from xraytriage.train.config import AugmentConfig, LossConfig, OptimConfig  # noqa: E402
 from xraytriage.train.losses import build_loss  # noqa: E402
+from xraytriage.train.optim import resolve_amp, use_channels_last  # noqa: E402
 from xraytriage.train.trainer import build_optimizer  # noqa: E402
 
 
@@ -155,6 +156,10 @@ def main() -> int:
     print(
         f"{args.backbone} {args.size}px, batch {args.batch_size}, {args.steps} timed steps on {where} (torch {torch.__version__})"
     )
+    auto = resolve_amp("auto", device)
+    auto_text = "float32" if auto is None else str(auto).removeprefix("torch.")
+    auto_text += " + channels_last" if use_channels_last(None, auto) else ""
+    print(f"the trainer's amp: auto picks {auto_text} here")
     results = {}
     for v in variants(args.device, args.compile):
         try:
@@ -168,10 +173,13 @@ def main() -> int:
     if eager and len(results) > 1:
         best = max(results, key=results.get)
         print(f"best: {best} at {results[best]:.1f} images/s = {results[best] / eager:.2f}x eager fp32")
+        bf16 = results.get("channels_last + bf16 autocast")
+        if bf16:
+            print(f"ratio bf16/fp32 (training): {bf16 / eager:.2f}x")
     if args.json:
         args.json.write_text(json.dumps({
             "device": where, "backbone": args.backbone, "size": args.size, "batch_size": args.batch_size,
-            "steps": args.steps, "images_per_s": results, "cpu_count": os.cpu_count(),
+            "steps": args.steps, "images_per_s": results, "cpu_count": os.cpu_count(), "amp_auto": auto_text,
         }, indent=2))  # fmt: skip
     return 0
 
