@@ -76,7 +76,10 @@ def run_variant(v: dict, args: argparse.Namespace, device: torch.device) -> floa
     net = build_model(ModelConfig(backbone=args.backbone, num_classes=labels, in_channels=1)).to(device)
     if v["channels_last"]:
         net = net.to(memory_format=torch.channels_last)
-    model = torch.compile(net) if v["compile"] else net
+    if isinstance(v["compile"], str):  # a named backend (gpu_run.py's dry run: "aot_eager")
+        model = torch.compile(net, backend=v["compile"])
+    else:
+        model = torch.compile(net) if v["compile"] else net
     optimizer = build_optimizer([p for p in net.parameters()], OptimConfig(name="adam", lr=1e-4))
     loss_fn = build_loss(LossConfig(name="bce"), torch.full((labels,), 0.1).numpy()).to(device)
     scaler = torch.amp.GradScaler("cuda") if v["amp"] == torch.float16 else None

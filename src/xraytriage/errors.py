@@ -106,3 +106,7 @@ class ChecksumError(XRayTriageError):
 
 class UnsafePickleError(XRayTriageError):
     """A pickle asked for a callable that is not on the allow-list (never executed)."""
+
+
+class QuantizationError(XRayTriageError):
+    """An int8 twin could not be made (no calibration images) or ranks unlike float32."""
