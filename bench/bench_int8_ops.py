@@ -72,7 +72,7 @@ def main() -> int:
     from xraytriage.models.inference import resolve_int8_file, resolve_onnx_file
 
     checkpoint = random_checkpoint(args.model)
-    fp32, int8 = resolve_onnx_file(checkpoint), resolve_int8_file(checkpoint)
+    fp32, int8 = resolve_onnx_file(checkpoint), resolve_int8_file(checkpoint, min_rank_correlation=-1.0)
     size = int(checkpoint.preprocess.size)
     batch = np.random.default_rng(0).integers(0, 256, (args.batch_size, size, size), dtype=np.uint8)
     results = {}

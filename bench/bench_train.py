@@ -73,7 +73,10 @@ def run_variant(v: dict, args: argparse.Namespace, device: torch.device) -> floa
     torch.manual_seed(0)
     contract = PreprocessContract(size=args.size, channels=1)
     labels = 15
-    net = build_model(ModelConfig(backbone=args.backbone, num_classes=labels, in_channels=1)).to(device)
+    cfg = ModelConfig(
+        backbone=args.backbone, num_classes=labels, in_channels=1, width=getattr(args, "width", 1.0)
+    )
+    net = build_model(cfg).to(device)
     if v["channels_last"]:
         net = net.to(memory_format=torch.channels_last)
     if isinstance(v["compile"], str):  # a named backend (gpu_run.py's dry run: "aot_eager")
@@ -129,6 +132,9 @@ def main() -> int:
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--backbone", default="densenet121")
     parser.add_argument("--size", type=int, default=224)
+    parser.add_argument(
+        "--width", type=float, default=1.0, help="width multiplier (the bundled model: resnet10 0.5)"
+    )
     parser.add_argument("--batch-size", type=int, default=None, help="default: 8 on CPU, 128 on GPU")
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default: 3 on CPU, 30 on GPU)")
     parser.add_argument(

@@ -137,6 +137,10 @@ def run_one(checkpoint, backend: str, paths: list[str], args) -> dict:
     from xraytriage.triage import TriageEngine, TriageOptions
 
     t0 = time.perf_counter()
+    if backend == "onnx-int8":  # random weights: nothing to rank, so no ranking check (speed only)
+        from xraytriage.models.inference import resolve_int8_file
+
+        resolve_int8_file(checkpoint, min_rank_correlation=-1.0)
     predictor = make_predictor(checkpoint, backend, threads=args.threads)
     setup_s = time.perf_counter() - t0
     options = TriageOptions(batch_size=args.batch_size, workers=args.workers, progress=False)

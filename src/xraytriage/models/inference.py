@@ -77,19 +77,26 @@ def resolve_onnx_file(checkpoint: Checkpoint, checkpoint_path: str | Path | None
 
 SAMPLES_DIR = Path(__file__).resolve().parents[1] / "assets" / "samples"
 """The bundled sample radiographs: what an int8 twin made on first use is calibrated on."""
+SAMPLES_MIN_RANK_CORRELATION = 0.9
 
 
 def _is_int8_twin(path: Path, checkpoint: Checkpoint) -> bool:
     return onnx_matches(path, checkpoint) and read_quantization(path) is not None
 
 
-def resolve_int8_file(checkpoint: Checkpoint, checkpoint_path: str | Path | None = None) -> Path:
+def resolve_int8_file(
+    checkpoint: Checkpoint,
+    checkpoint_path: str | Path | None = None,
+    min_rank_correlation: float | None = None,
+) -> Path:
     """The int8 twin of ``checkpoint``'s ONNX export, quantising it at most once.
 
     Order: ``<checkpoint>.int8.onnx`` next to the checkpoint when its weight hash matches (the
     bundled model ships one, calibrated on NIH images); else the user cache, made there if
     absent, calibrated on the bundled sample radiographs (``xraytriage export --int8
-    --calibration DIR`` makes one from a site's own images instead).
+    IMAGES`` makes one from a site's own images instead). ``min_rank_correlation``
+    overrides the parity check's bar (benchmarks of random weights, whose near-constant outputs
+    have no ranking to keep).
     """
     if checkpoint_path is not None:
         sibling = int8_sibling(checkpoint_path)
@@ -108,7 +115,12 @@ def resolve_int8_file(checkpoint: Checkpoint, checkpoint_path: str | Path | None
         checkpoint.name, len(images), cached,
     )  # fmt: skip
     # too few samples to keep some apart: the parity check reruns the calibration images
-    return quantize_onnx(checkpoint, fp32, cached, images, names, images, source="bundled samples")
+    # ten images: one swapped pair already costs 0.01 of rank correlation, so a looser bar that
+    # still catches a broken quantisation (correlation near 0)
+    bar = SAMPLES_MIN_RANK_CORRELATION if min_rank_correlation is None else min_rank_correlation
+    return quantize_onnx(
+        checkpoint, fp32, cached, images, names, images, source="bundled samples", min_rank_correlation=bar
+    )
 
 
 class OnnxPredictor:
