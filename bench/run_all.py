@@ -49,7 +49,8 @@ def machine() -> str:
 def run(name: str, quick: bool) -> tuple[int, list[str]]:
     """Run one benchmark, echoing its output; returns its exit code and its ratio lines."""
     script, plain, small = BENCHES[name]
-    cmd = [sys.executable, str(Path(__file__).with_name(script)), *(small if quick else plain)]
+    path = Path(__file__).parent / script  # (an absolute script path stays as it is)
+    cmd = [sys.executable, str(path), *(small if quick else plain)]
     print(
         f"\n=== {name}: {' '.join(Path(c).name if i < 2 else c for i, c in enumerate(cmd))} ===", flush=True
     )
