@@ -6,8 +6,7 @@ import argparse
 from pathlib import Path
 
 from xraytriage.cli.common import add_model_argument, resolve_model_path
-from xraytriage.models.onnx_format import DEFAULT_OPSET
-from xraytriage.models.quantize import DEFAULT_CALIBRATION, DEFAULT_PARITY
+from xraytriage.models.onnx_format import DEFAULT_CALIBRATION, DEFAULT_OPSET, DEFAULT_PARITY
 
 PARITY_TOLERANCE = 1e-4
 

@@ -19,10 +19,9 @@ from xraytriage.models.onnx_export import (
     read_onnx_metadata,
     state_hash,
 )
-from xraytriage.models.onnx_format import INPUT_NAME
+from xraytriage.models.onnx_format import DEFAULT_CALIBRATION, INPUT_NAME
 from xraytriage.models.predictor import BACKENDS, DEFAULT_BACKEND
 from xraytriage.models.quantize import (
-    DEFAULT_CALIBRATION,
     int8_sibling,
     load_calibration_images,
     quantize_onnx,

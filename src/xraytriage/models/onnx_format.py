@@ -6,3 +6,9 @@ INPUT_NAME = "image_uint8"
 OUTPUT_NAME = "logits"
 DEFAULT_OPSET = 17
 META_PREFIX = "xraytriage."
+INT8_SUFFIX = ".int8.onnx"
+"""The int8 twin of ``model.pt`` is ``model.int8.onnx`` (``models.quantize``)."""
+DEFAULT_CALIBRATION = 64
+"""Images that calibrate an int8 twin's activation ranges (min-max: more adds time, hardly accuracy)."""
+DEFAULT_PARITY = 64
+"""Other images an int8 twin is checked on against float32."""

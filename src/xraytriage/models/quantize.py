@@ -29,16 +29,15 @@ import numpy as np
 from xraytriage.errors import ImageReadError, QuantizationError
 from xraytriage.io import read_radiograph
 from xraytriage.models.checkpoint import Checkpoint
-from xraytriage.models.onnx_format import INPUT_NAME, META_PREFIX
+from xraytriage.models.onnx_format import (
+    INPUT_NAME,
+    INT8_SUFFIX,
+    META_PREFIX,
+)
 
 log = logging.getLogger(__name__)
 
-INT8_SUFFIX = ".int8.onnx"
 QUANT_KEY = f"{META_PREFIX}quantization"
-DEFAULT_CALIBRATION = 64
-"""Images that calibrate the activation ranges (more adds time, hardly accuracy: min-max ranges)."""
-DEFAULT_PARITY = 64
-"""Other images the int8 twin is checked on against float32."""
 MIN_RANK_CORRELATION = 0.98
 """Below this Spearman correlation of P(abnormal) (int8 vs float32) the twin is refused."""
 QUANTIZED_OPS = (
