@@ -42,6 +42,7 @@ def test_export_writes_an_int8_twin_calibrated_on_real_images(
     assert main(argv) == 0
     twin = int8_sibling(out)
     assert twin.name == "model.int8.onnx" and twin.is_file()
+    assert int8_sibling("runs/a.v2/model.v2.pt") == Path("runs/a.v2/model.v2.int8.onnx")
     printed = capsys.readouterr().out
     assert "int8 twin" in printed and "rank correlation" in printed
     quant = read_quantization(twin)

@@ -57,7 +57,8 @@ and the head's Flatten stay float32; every convolution and the classifier run in
 
 def int8_sibling(checkpoint_path: str | Path) -> Path:
     """Where a checkpoint's shipped int8 twin lives: ``model.pt`` -> ``model.int8.onnx``."""
-    return Path(checkpoint_path).with_suffix("").with_suffix(INT8_SUFFIX)
+    path = Path(checkpoint_path)
+    return path.with_name(path.stem + INT8_SUFFIX)
 
 
 def load_calibration_images(
