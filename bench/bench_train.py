@@ -32,6 +32,7 @@ from xraytriage.preprocess import PreprocessContract  # noqa: E402
 from xraytriage.train.augment import BatchAugment  # noqa: E402
 from xraytriage.train.config import AugmentConfig, LossConfig, OptimConfig  # noqa: E402
 from xraytriage.train.losses import build_loss  # noqa: E402
+from xraytriage.train.optim import resolve_amp, use_channels_last  # noqa: E402
 from xraytriage.train.trainer import build_optimizer  # noqa: E402
 
 
@@ -72,10 +73,16 @@ def run_variant(v: dict, args: argparse.Namespace, device: torch.device) -> floa
     torch.manual_seed(0)
     contract = PreprocessContract(size=args.size, channels=1)
     labels = 15
-    net = build_model(ModelConfig(backbone=args.backbone, num_classes=labels, in_channels=1)).to(device)
+    cfg = ModelConfig(
+        backbone=args.backbone, num_classes=labels, in_channels=1, width=getattr(args, "width", 1.0)
+    )
+    net = build_model(cfg).to(device)
     if v["channels_last"]:
         net = net.to(memory_format=torch.channels_last)
-    model = torch.compile(net) if v["compile"] else net
+    if isinstance(v["compile"], str):  # a named backend (gpu_run.py's dry run: "aot_eager")
+        model = torch.compile(net, backend=v["compile"])
+    else:
+        model = torch.compile(net) if v["compile"] else net
     optimizer = build_optimizer([p for p in net.parameters()], OptimConfig(name="adam", lr=1e-4))
     loss_fn = build_loss(LossConfig(name="bce"), torch.full((labels,), 0.1).numpy()).to(device)
     scaler = torch.amp.GradScaler("cuda") if v["amp"] == torch.float16 else None
@@ -125,6 +132,9 @@ def main() -> int:
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--backbone", default="densenet121")
     parser.add_argument("--size", type=int, default=224)
+    parser.add_argument(
+        "--width", type=float, default=1.0, help="width multiplier (the bundled model: resnet10 0.5)"
+    )
     parser.add_argument("--batch-size", type=int, default=None, help="default: 8 on CPU, 128 on GPU")
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default: 3 on CPU, 30 on GPU)")
     parser.add_argument(
@@ -155,6 +165,10 @@ def main() -> int:
     print(
         f"{args.backbone} {args.size}px, batch {args.batch_size}, {args.steps} timed steps on {where} (torch {torch.__version__})"
     )
+    auto = resolve_amp("auto", device)
+    auto_text = "float32" if auto is None else str(auto).removeprefix("torch.")
+    auto_text += " + channels_last" if use_channels_last(None, auto) else ""
+    print(f"the trainer's amp: auto picks {auto_text} here")
     results = {}
     for v in variants(args.device, args.compile):
         try:
@@ -168,10 +182,13 @@ def main() -> int:
     if eager and len(results) > 1:
         best = max(results, key=results.get)
         print(f"best: {best} at {results[best]:.1f} images/s = {results[best] / eager:.2f}x eager fp32")
+        bf16 = results.get("channels_last + bf16 autocast")
+        if bf16:
+            print(f"ratio bf16/fp32 (training): {bf16 / eager:.2f}x")
     if args.json:
         args.json.write_text(json.dumps({
             "device": where, "backbone": args.backbone, "size": args.size, "batch_size": args.batch_size,
-            "steps": args.steps, "images_per_s": results, "cpu_count": os.cpu_count(),
+            "steps": args.steps, "images_per_s": results, "cpu_count": os.cpu_count(), "amp_auto": auto_text,
         }, indent=2))  # fmt: skip
     return 0
 

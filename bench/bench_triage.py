@@ -10,6 +10,10 @@ backend in one run, and samples resident memory (main process + decoder workers,
 
 Networks are randomly initialised (speed does not depend on the weights). Images: the real
 NIH 256 px PNGs in ../shared/data/nih/images, the list repeated to reach ``--images``.
+``onnx-int8`` quantises on first use (calibrated on the bundled samples; counted as setup, not
+in images/s) and prints int8 / fp32 in the same run:
+
+    .venv/bin/python bench/bench_triage.py --models densenet121 --backends onnx,onnx-int8
 """
 
 from __future__ import annotations
@@ -133,6 +137,10 @@ def run_one(checkpoint, backend: str, paths: list[str], args) -> dict:
     from xraytriage.triage import TriageEngine, TriageOptions
 
     t0 = time.perf_counter()
+    if backend == "onnx-int8":  # random weights: nothing to rank, so no ranking check (speed only)
+        from xraytriage.models.inference import resolve_int8_file
+
+        resolve_int8_file(checkpoint, min_rank_correlation=-1.0)
     predictor = make_predictor(checkpoint, backend, threads=args.threads)
     setup_s = time.perf_counter() - t0
     options = TriageOptions(batch_size=args.batch_size, workers=args.workers, progress=False)
@@ -171,7 +179,7 @@ def main() -> int:
     )
     parser.add_argument("--images", type=int, default=160, help="images per measurement (default 160)")
     parser.add_argument("--models", default="densenet121,compact", help=f"comma list of {', '.join(MODELS)}")
-    parser.add_argument("--backends", default="onnx,torch", help="comma list of onnx, torch")
+    parser.add_argument("--backends", default="onnx,torch", help="comma list of onnx, onnx-int8, torch")
     parser.add_argument("--threads", type=int, default=2, help="model threads (default 2)")
     parser.add_argument("--cores", type=int, default=2, help="pin everything to this many cores (default 2)")
     parser.add_argument("--workers", type=int, default=1, help="decoder processes (default 1)")
@@ -208,7 +216,7 @@ def main() -> int:
             peak = max((m["total_mib"] for m in result["memory"]), default=0.0)
             first = result["memory"][0]["total_mib"] if result["memory"] else 0.0
             print(
-                f"{name:12s} {result['size']:4d} px  {backend:5s}  {result['images_per_s']:7.2f} images/s  "
+                f"{name:12s} {result['size']:4d} px  {backend:9s}  {result['images_per_s']:7.2f} images/s  "
                 f"({result['seconds']:.1f} s; setup {result['setup_s']:.1f} s)  "
                 f"RSS main+workers {first:.0f} -> peak {peak:.0f} MiB; got {100 * result['cpu_share']:.0f}% of "
                 f"{args.cores} cores, {result['images_per_cpu_s']:.2f} images per CPU-second"
@@ -217,6 +225,10 @@ def main() -> int:
         if {"onnx", "torch"} <= set(by_backend):
             ratio = by_backend["onnx"]["images_per_s"] / by_backend["torch"]["images_per_s"]
             print(f"{name:12s} ONNX / eager = {ratio:.2f}x")
+        if {"onnx", "onnx-int8"} <= set(by_backend):
+            ratio = by_backend["onnx-int8"]["images_per_s"] / by_backend["onnx"]["images_per_s"]
+            per_cpu = by_backend["onnx-int8"]["images_per_cpu_s"] / by_backend["onnx"]["images_per_cpu_s"]
+            print(f"{name:12s} ONNX int8 / fp32 = {ratio:.2f}x end to end ({per_cpu:.2f}x per CPU-second)")
     summary = {
         "images": len(paths),
         "cores": cores,

@@ -129,7 +129,7 @@ def test_cache_exports_once_and_reuses(tmp_path):
 def test_unknown_backend_is_rejected(tiny_checkpoint):
     from xraytriage.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="onnx, torch"):
+    with pytest.raises(ConfigError, match="onnx, onnx-int8, torch"):
         make_predictor(tiny_checkpoint, "tensorrt")
 
 

@@ -123,3 +123,7 @@ class UnsafePickleError(XRayTriageError):
 
 class BackupError(XRayTriageError):
     """A service backup or restore that cannot be done (names the file and the problem)."""
+
+
+class QuantizationError(XRayTriageError):
+    """An int8 twin could not be made (no calibration images) or ranks unlike float32."""

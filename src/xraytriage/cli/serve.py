@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from xraytriage.cli.common import add_model_argument, resolve_model_path
+from xraytriage.models.predictor import BACKENDS, DEFAULT_BACKEND
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -40,7 +41,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_model_argument(p)
     p.add_argument(
-        "--backend", choices=("onnx", "torch"), default="onnx", help="inference backend (default onnx)"
+        "--backend",
+        choices=BACKENDS,
+        default=DEFAULT_BACKEND,
+        help=f"inference backend (default {DEFAULT_BACKEND})",
     )
     p.add_argument(
         "--token-file",

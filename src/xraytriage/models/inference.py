@@ -22,8 +22,14 @@ from xraytriage.models.onnx_export import (
     read_onnx_metadata,
     state_hash,
 )
-from xraytriage.models.onnx_format import FEATURES_NAME, INPUT_NAME, OUTPUT_NAME
+from xraytriage.models.onnx_format import DEFAULT_CALIBRATION, FEATURES_NAME, INPUT_NAME, OUTPUT_NAME
 from xraytriage.models.predictor import BACKENDS, DEFAULT_BACKEND
+from xraytriage.models.quantize import (
+    int8_sibling,
+    load_calibration_images,
+    quantize_onnx,
+    read_quantization,
+)
 from xraytriage.sanitize import file_slug
 
 
@@ -78,6 +84,54 @@ def resolve_onnx_file(checkpoint: Checkpoint, checkpoint_path: str | Path | None
     return export_onnx(checkpoint, cached)
 
 
+SAMPLES_DIR = Path(__file__).resolve().parents[1] / "assets" / "samples"
+"""The bundled sample radiographs: what an int8 twin made on first use is calibrated on."""
+SAMPLES_MIN_RANK_CORRELATION = 0.9
+
+
+def _is_int8_twin(path: Path, checkpoint: Checkpoint) -> bool:
+    return onnx_matches(path, checkpoint) and read_quantization(path) is not None
+
+
+def resolve_int8_file(
+    checkpoint: Checkpoint,
+    checkpoint_path: str | Path | None = None,
+    min_rank_correlation: float | None = None,
+) -> Path:
+    """The int8 twin of ``checkpoint``'s ONNX export, quantising it at most once.
+
+    Order: ``<checkpoint>.int8.onnx`` next to the checkpoint when its weight hash matches (the
+    bundled model ships one, calibrated on NIH images); else the user cache, made there if
+    absent, calibrated on the bundled sample radiographs (``xraytriage export --int8
+    IMAGES`` makes one from a site's own images instead). ``min_rank_correlation``
+    overrides the parity check's bar (benchmarks of random weights, whose near-constant outputs
+    have no ranking to keep).
+    """
+    if checkpoint_path is not None:
+        sibling = int8_sibling(checkpoint_path)
+        if sibling.is_file() and _is_int8_twin(sibling, checkpoint):
+            return sibling
+    fp32 = resolve_onnx_file(checkpoint, checkpoint_path)
+    digest = state_hash(checkpoint)
+    safe_name = file_slug(checkpoint.name, keep="-_", fallback="model")[:40]
+    cached = onnx_cache_dir() / f"{safe_name}-{digest[:16]}.int8.onnx"
+    if cached.is_file() and _is_int8_twin(cached, checkpoint):
+        return cached
+    files = sorted(p for p in SAMPLES_DIR.iterdir() if p.suffix.lower() in (".png", ".dcm"))
+    images, names, _ = load_calibration_images(files, checkpoint, DEFAULT_CALIBRATION)
+    logging.getLogger(__name__).info(
+        "quantising %s to int8 once (calibrated on %d bundled sample radiographs): %s",
+        checkpoint.name, len(images), cached,
+    )  # fmt: skip
+    # too few samples to keep some apart: the parity check reruns the calibration images
+    # ten images: one swapped pair already costs 0.01 of rank correlation, so a looser bar that
+    # still catches a broken quantisation (correlation near 0)
+    bar = SAMPLES_MIN_RANK_CORRELATION if min_rank_correlation is None else min_rank_correlation
+    return quantize_onnx(
+        checkpoint, fp32, cached, images, names, images, source="bundled samples", min_rank_correlation=bar
+    )
+
+
 class OnnxPredictor:
     """ONNX Runtime CPU backend; same interface as :class:`TorchPredictor`.
 
@@ -95,18 +149,22 @@ class OnnxPredictor:
         checkpoint: Checkpoint | None = None,
         intra_op_threads: int | None = None,
         spin: bool = False,
+        int8: bool = False,
     ) -> None:
         import onnxruntime as ort  # here, not at the top: ~0.3 s, and the torch backend never needs it
 
+        resolve = resolve_int8_file if int8 else resolve_onnx_file
+        if int8:
+            self.name = "onnx-int8"
         if isinstance(source, Checkpoint):
             self.checkpoint = source
-            self.onnx_path = resolve_onnx_file(source)
+            self.onnx_path = resolve(source)
         elif Path(source).suffix.lower() == ".onnx":
             self.onnx_path = Path(source)
             self.checkpoint = checkpoint or head_checkpoint(read_onnx_metadata(self.onnx_path))
         else:
             self.checkpoint = checkpoint or load_checkpoint(source)
-            self.onnx_path = resolve_onnx_file(self.checkpoint, source)
+            self.onnx_path = resolve(self.checkpoint, source)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -156,6 +214,7 @@ def make_predictor(
         if threads:
             torch.set_num_threads(int(threads))
         return TorchPredictor(checkpoint)
+    int8 = backend == "onnx-int8"
     if checkpoint_path is not None:
-        return OnnxPredictor(checkpoint_path, checkpoint=checkpoint, intra_op_threads=threads)
-    return OnnxPredictor(checkpoint, intra_op_threads=threads)
+        return OnnxPredictor(checkpoint_path, checkpoint=checkpoint, intra_op_threads=threads, int8=int8)
+    return OnnxPredictor(checkpoint, intra_op_threads=threads, int8=int8)

@@ -77,9 +77,10 @@ class LogProgress(Callback):
     """One line when training starts, one per epoch (``*`` marks a new best), and why it ended."""
 
     def on_fit_start(self, trainer: Trainer) -> None:
-        log.info("%s: %d train / %d val images, %d labels, %s on %s (%s)", trainer.name, len(trainer.train_set),
-                 len(trainer.val_set), len(trainer.label_names), trainer.model_cfg.backbone, trainer.device,
-                 trainer.init_note)  # fmt: skip
+        precision = "float32" if trainer.amp_dtype is None else str(trainer.amp_dtype).removeprefix("torch.")
+        log.info("%s: %d train / %d val images, %d labels, %s on %s in %s%s (%s)", trainer.name, len(trainer.train_set),
+                 len(trainer.val_set), len(trainer.label_names), trainer.model_cfg.backbone, trainer.device, precision,
+                 ", channels_last" if trainer.channels_last else "", trainer.init_note)  # fmt: skip
 
     def on_epoch_end(self, trainer: Trainer, record: EpochRecord) -> None:
         row: dict[str, Any] = record.row

@@ -249,8 +249,10 @@ class TrainConfig(Section):
     device: str = "auto"
     """auto (cuda when available), cpu, cuda, cuda:1, ..."""
     amp: Literal["auto", "none", "bf16", "fp16"] = "auto"
-    """Mixed precision: auto = bf16 on a GPU that supports it, none on CPU."""
-    channels_last: StrictBool = False
+    """Mixed precision: auto = bf16 on a GPU that supports it and on a CPU with bf16 units
+    (AVX512-BF16 or AMX), float32 elsewhere."""
+    channels_last: StrictBool | None = None
+    """Default (null): on when training with mixed precision."""
     compile: StrictBool = False
     max_steps_per_epoch: Int | None = None
     """Cut epochs short (smoke tests, benchmarks)."""

@@ -29,8 +29,12 @@ from xraytriage.data.boxes import patient_of
 from xraytriage.errors import ConfigError, ImageReadError
 from xraytriage.labels import canonical_label
 from xraytriage.models.localiser import Localiser, LocaliserSpec, build_localiser_net
+from xraytriage.train.optim import resolve_amp
 
 log = logging.getLogger(__name__)
+
+
+LOCALISER_AMP = ("auto", "bf16", "none")
 
 
 @dataclass
@@ -48,6 +52,12 @@ class LocaliserTrainConfig:
     device: str = "auto"
     threads: int = 0
     """CPU threads for torch (0: leave torch's default)."""
+    amp: str = "auto"
+    """auto (bf16 on a GPU or on a CPU with bf16 units, as the classifier's training), bf16, none."""
+
+    def __post_init__(self) -> None:
+        if self.amp not in LOCALISER_AMP:
+            raise ConfigError(f"localiser amp must be {'|'.join(LOCALISER_AMP)}, got {self.amp!r}")
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any], source: str = "config") -> LocaliserTrainConfig:
@@ -344,7 +354,8 @@ def train_localiser(
     size = int(spec.preprocess.size)
     images = torch.from_numpy(data.images)
     mean, std = spec.preprocess.mean, spec.preprocess.std
-    amp = device.type == "cuda"
+    amp_dtype = resolve_amp(config.amp, device)
+    log.info("%s: training on %s in %s", desc, device, "float32" if amp_dtype is None else "bfloat16")
     net.train()
     bar = progress_bar(range(config.epochs), desc=desc, unit="epoch", disable=not progress)
     for epoch in bar:
@@ -358,7 +369,7 @@ def train_localiser(
             if config.augment:
                 x, y = augment_batch(x, y, generator)
             x = (x - float(mean)) / float(std)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                 logits = net(x)
             loss = localiser_loss(logits.float(), y, valid, config.dice_weight)
             optimiser.zero_grad(set_to_none=True)

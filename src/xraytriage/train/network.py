@@ -99,6 +99,7 @@ def build_network(
     model_cfg: ModelConfig,
     label_names: list[str],
     device: torch.device,
+    channels_last: bool | None = None,
 ) -> tuple[nn.Module, list[nn.Parameter], str]:
     """(network on ``device``, the parameters to train, a note on how it was initialised)."""
     net = build_model(model_cfg)
@@ -110,6 +111,6 @@ def build_network(
         params = freeze_backbone(net)
         note += "; backbone frozen, training the head only"
     net = net.to(device)
-    if config.channels_last:
+    if config.channels_last if channels_last is None else channels_last:
         net = net.to(memory_format=torch.channels_last)
     return net, params, note

@@ -4,6 +4,7 @@ optimisation step, with the state that ``--resume`` restores."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -60,16 +61,55 @@ def build_scheduler(
     return None, False
 
 
+def _cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes in bf16 natively (AVX512-BF16 or AMX): there bf16 autocast trains
+    about twice as fast as float32 (bench/bench_train.py); elsewhere bf16 is emulated and slower,
+    so ``amp: auto`` stays in float32."""
+    probes = (
+        getattr(torch.cpu, "_is_avx512_bf16_supported", None),
+        getattr(torch.cpu, "_is_amx_tile_supported", None),
+    )
+    try:
+        if any(probe is not None and probe() for probe in probes):
+            return True
+    except RuntimeError:  # pragma: no cover - a torch build without the probes' backend
+        pass
+    return bool(_cpu_flags() & {"avx512_bf16", "amx_bf16"})
+
+
 def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``amp`` on ``device`` (None: float32). ``auto``: bf16 on a GPU that
+    supports it and on a CPU with bf16 units (:func:`cpu_has_bf16`), else float32."""
     if amp == "none":
         return None
     if amp == "auto":
-        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+        return torch.bfloat16 if device.type == "cpu" and cpu_has_bf16() else None
     if amp == "fp16":
         if device.type != "cuda":
             raise ConfigError("amp: fp16 needs a CUDA device; use bf16 or none")
         return torch.float16
     return torch.bfloat16
+
+
+def use_channels_last(setting: bool | None, amp_dtype: torch.dtype | None) -> bool:
+    """``channels_last: null`` (the default) turns it on with mixed precision, where it pays
+    (oneDNN's bf16 and the GPU's tensor-core convolutions want NHWC; bench/bench_train.py)."""
+    if setting is not None:
+        return bool(setting)
+    return amp_dtype is not None
 
 
 class Optimisation:

@@ -41,7 +41,7 @@ from xraytriage.train.distributed import DistContext, resolve_device
 from xraytriage.train.losses import build_loss, positive_fraction
 from xraytriage.train.metrics import validation_metrics
 from xraytriage.train.network import build_network, head_module, keep_frozen_norms_in_eval
-from xraytriage.train.optim import Optimisation, build_optimizer, resolve_amp
+from xraytriage.train.optim import Optimisation, build_optimizer, resolve_amp, use_channels_last
 from xraytriage.train.samplers import EpochSampler, ShardSampler, sampling_strata
 from xraytriage.train.tracker import BestEpochTracker
 from xraytriage.train.writer import RESUME_STATE, RunWriter
@@ -121,6 +121,7 @@ class Trainer:
         self.model_cfg = c.model.resolve(len(self.label_names), self.contract.channels)
         self.device = resolve_device(c.device, self.ctx)
         self.amp_dtype = resolve_amp(c.amp, self.device)
+        self.channels_last = use_channels_last(c.channels_last, self.amp_dtype)
         self.has_validation = len(val_set) > 0
         """False for a final model trained on every image (``data.val_fraction: 0``)."""
         self.writer = RunWriter(self.output, self.label_names)
@@ -130,7 +131,7 @@ class Trainer:
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         self.net, self.params, self.init_note = build_network(
-            c, self.model_cfg, self.label_names, self.device
+            c, self.model_cfg, self.label_names, self.device, self.channels_last
         )
         self.model = self._wrapped(self.net)
         """What the training step calls: the network, under DDP and/or ``torch.compile`` when asked."""
@@ -244,7 +245,7 @@ class Trainer:
         if augment is not None:
             x = augment(x)
         x = self.contract.normalize(x)
-        if self.config.channels_last:
+        if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
@@ -293,12 +294,13 @@ class Trainer:
 
     @torch.no_grad()
     def predict_logits(self, loader: DataLoader) -> np.ndarray:
-        """Logits for every row of the loader's dataset, in order, gathered from all ranks."""
+        """Logits for every row of the loader's dataset, in order, gathered from all ranks.
+        Always float32, even when training in bf16: validation metrics, out-of-fold predictions
+        (calibration's input) and a checkpoint's stored metrics are what the served model computes."""
         self.net.eval()
         parts_idx, parts_logits = [], []
         for x_u8, _, idx in loader:
-            with self._autocast():
-                logits = self.net(self._inputs(x_u8, None))
+            logits = self.net(self._inputs(x_u8, None))
             parts_idx.append(idx.numpy())
             parts_logits.append(logits.float().cpu().numpy())
         n_out = len(self.label_names)
