@@ -63,7 +63,7 @@ $X localize-eval --model "$MODEL_DIR/model.pt" --images $DATA/nih/images \
 .venv/bin/python scripts/site_calibration_check.py --model "$MODEL_DIR/model.pt" --nih $DATA/nih \
     --output "$RUNS/site-calibration-check.json"
 echo "tables for docs/model-card.md: $RUNS/model-card-tables.md"
-# 8. LAST (after every step that changes model.pt or model.onnx): the int8 twin that
+# 9. LAST (after every step that changes model.pt or model.onnx): the int8 twin that
 #    `--backend onnx-int8` uses, static QDQ calibrated on 64 NIH images (RSNA collection) through
 #    the model's preprocessing, checked against float32 on 128 others of that folder at export;
 #    then the held-out check: triage AUC of int8 vs float32 on the pediatric images (never trained on)
