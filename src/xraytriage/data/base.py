@@ -91,6 +91,9 @@ class RadiographDataset:
         for key, value in self.__dict__.items():
             if key not in ("table", "labels", "label_names"):
                 clone.__dict__[key] = value
+        boxes = getattr(self, "boxes", None)
+        if isinstance(boxes, pd.DataFrame) and "path" in boxes:  # a derived dataset keeps its own boxes
+            clone.boxes = boxes[boxes["path"].isin(set(clone.table["path"]))].reset_index(drop=True)
         return clone
 
     def subset(self, indices: Sequence[int] | np.ndarray) -> RadiographDataset:

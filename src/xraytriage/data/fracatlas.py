@@ -211,10 +211,7 @@ class FracAtlasDataset(RadiographDataset):
         return pd.DataFrame(columns=columns)
 
     def _derive(self, table, labels, label_names):
-        clone = super()._derive(table, labels, label_names)
-        boxes = getattr(self, "boxes", None)
-        if boxes is not None:
-            clone.boxes = boxes[boxes["path"].isin(set(clone.table["path"]))].reset_index(drop=True)
+        clone = super()._derive(table, labels, label_names)  # boxes: the base keeps the clone's own
         clone._unreadable = None
         return clone
 

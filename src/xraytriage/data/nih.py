@@ -287,14 +287,6 @@ class NIHChestXray14Dataset(RadiographDataset):
         columns = ["path", "image_index", "finding", "x", "y", "w", "h", "image_width", "image_height"]
         return pd.DataFrame(columns=columns)
 
-    # --- derived datasets keep only their own boxes ---------------------------------------
-    def _derive(self, table, labels, label_names):
-        clone = super()._derive(table, labels, label_names)
-        boxes = getattr(self, "boxes", None)
-        if boxes is not None:
-            clone.boxes = boxes[boxes["path"].isin(set(clone.table["path"]))].reset_index(drop=True)
-        return clone
-
     def boxes_for(self, index: int) -> pd.DataFrame:
         """Boxes of image ``index`` (pixels of the file as stored)."""
         return self.boxes[self.boxes["path"] == self.table.at[index, "path"]].reset_index(drop=True)
