@@ -28,6 +28,7 @@ from typing import Any
 from scipy.stats import binom
 
 from xraytriage.errors import ConfigError
+from xraytriage.models.ood import OOD_SCORE_LINE
 from xraytriage.serving.records import StudyOutcome
 from xraytriage.triage.reasons import TIER_CRITICAL
 
@@ -122,11 +123,15 @@ class DriftReport:
 
 
 def ood_threshold_of(checkpoint) -> float | None:
-    """The OOD threshold a checkpoint carries (``ood: {"threshold": t}``, or
-    ``expected_rates["ood_threshold"]``); None: no OOD share is counted."""
+    """The ``ood_score`` at which a study counts as out of distribution; None: no OOD share
+    is counted. ``ood_score`` is already normalised by the reference's warning distance
+    (``models.ood``: 1.0 = the warning line), so a checkpoint with an OOD reference gives 1.0;
+    its ``ood["threshold"]`` is a Mahalanobis distance, not a score, and is never compared
+    with scores. Without a reference no study has an ``ood_score``;
+    ``expected_rates["ood_threshold"]`` (in ``ood_score`` units) is honoured if set."""
     ood = getattr(checkpoint, "ood", None)
     if isinstance(ood, dict) and ood.get("threshold") is not None:
-        return float(ood["threshold"])
+        return OOD_SCORE_LINE
     rates = getattr(checkpoint, "expected_rates", None) or {}
     value = rates.get("ood_threshold")
     return None if value is None else float(value)
