@@ -106,3 +106,31 @@ def test_drift_ood_threshold_is_the_warning_line_in_score_units():
     assert ood_threshold_of(bundled) == (1.0 if bundled.ood else None)
 
     assert ood_threshold_of(SimpleNamespace(ood=None, expected_rates={"ood_threshold": 1.5})) == 1.5
+
+
+@pytest.mark.parametrize("age", ["005Y", "062Y"])
+def test_a_dicom_outside_the_models_ages_gets_the_age_warning_in_the_service(
+    service, shared_data: Path, tmp_path: Path, age: str
+):
+    import pydicom
+
+    source = shared_data / "dicom" / "siim_cr_chest_pa.dcm"
+    if not source.is_file():
+        pytest.skip(f"{source} not found")
+    low, high = service.engine.checkpoint.scope["age_years"]
+    dataset = pydicom.dcmread(source)
+    dataset.PatientAge = age
+    path = tmp_path / f"age-{age}.dcm"
+    dataset.save_as(path)
+    service.ingest(path.read_bytes(), path.name)
+    _run_worker(service)
+    with _client(service) as client:
+        (item,) = client.get("/api/v1/worklist").json()["items"]
+        study = client.get(f"/api/v1/studies/{item['id']}").json()
+        csv_text = client.get("/api/v1/worklist.csv").text
+    assert study["state"] == "done", study
+    text = " ".join(study["warnings"])
+    outside = not low <= int(age[:3]) <= high
+    assert ("outside the model's training ages" in text) == outside, text
+    assert ("outside the model's training ages" in csv_text) == outside
+    assert study["ood_score"] is not None
