@@ -18,6 +18,11 @@ ranking is kept: only thresholds move (the probabilities stay as they are).
 The rates are shares of the site's normals, so they estimate the false-positive rates the
 site will see, with the sampling error of a sample of that size (reported: the 95% Wilson
 interval of each rate, and warnings when the sample is too small for the rate asked).
+
+The service's drift monitor gets its expected rates from the same images
+(:func:`site_expected_rates`): among the normals (a floor for a worklist that also holds
+abnormal studies), or, with a labelled sample, mixed at a prevalence. Critical thresholds are
+kept at or above their finding's new threshold (:func:`raise_critical`).
 """
 
 from __future__ import annotations
