@@ -79,7 +79,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=0.46,
         metavar="P",
         help="calibrate P(abnormal) to this share of abnormal studies (default 0.46, the NIH "
-        "ChestX-ray14 population; 0 keeps the calibration set's own prevalence)",
+        "ChestX-ray14 population; 0 keeps the calibration set's own prevalence); with "
+        "--site-labels, the mix of the expected flag rates the drift monitor checks",
     )
     p.add_argument(
         "--critical",
@@ -119,7 +120,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         metavar="CSV",
         help="labelled sample to check the new thresholds on: 'file' + 'label' (normal/abnormal "
-        "or a finding name), or one 0/1 column per finding; reports sensitivity with 95%% CIs",
+        "or a finding name), or one 0/1 column per finding; reports sensitivity with 95%% CIs "
+        "and gives the drift monitor the site's expected rates (without it: rates among normals)",
     )
     site.add_argument(
         "--finding-rate",

@@ -24,7 +24,7 @@ def _ci(pair: tuple[float, float]) -> str:
 def run_site_calibration(checkpoint, args: argparse.Namespace) -> dict[str, Any]:
     """Set ``checkpoint``'s finding and study thresholds from the site's normals, in place."""
     from xraytriage.cli.site_scoring import score_images
-    from xraytriage.evaluate.site_calibration import site_thresholds
+    from xraytriage.evaluate.site_calibration import raise_critical, site_expected_rates, site_thresholds
     from xraytriage.labels import ABNORMAL
 
     scored = score_images(checkpoint, args.site_normals, workers=args.workers)
@@ -64,14 +64,54 @@ def run_site_calibration(checkpoint, args: argparse.Namespace) -> dict[str, Any]
     checkpoint.thresholds = {**checkpoint.thresholds, **result.thresholds}
     rule = {k: v for k, v in checkpoint.abnormal.items() if k != "flag_by"}
     checkpoint.abnormal = rule if study_label else {**rule, "flag_by": "findings"}
+    critical = dict(checkpoint.critical or {})
+    raised = raise_critical(critical, checkpoint.thresholds)
+    checkpoint.critical = critical
+    report["critical_raised"] = {name: {"was": old, "now": new} for name, (old, new) in raised.items()}
+    hits = _hits(checkpoint, scored, findings)
+    sample = None
     if args.site_labels:
-        report["labelled_check"] = _labelled(checkpoint, args, scored.paths, findings, columns, study_label)
+        report["labelled_check"], sample = _labelled(
+            checkpoint, args, scored.paths, findings, columns, study_label
+        )
+    if sample is not None and sample[4].any() and (~sample[4]).any():
+        # abnormal and normal studies of the site: the rates the worklist should show
+        prevalence = args.deployment_prevalence or None
+        listed, flagged, critical_hits, ood, truth = sample
+        rates = site_expected_rates(
+            listed, flagged, critical_hits, ood, findings, truth, prevalence, str(args.site_labels)
+        )
+    else:
+        rates = site_expected_rates(*hits, findings, source=", ".join(report["sources"]))
+    checkpoint.expected_rates = {
+        **{k: v for k, v in (checkpoint.expected_rates or {}).items() if k != "ood_threshold"},
+        **rates,
+    }
+    report["expected_rates"] = rates
     checkpoint.metrics = {**checkpoint.metrics, "site_calibration": report}
     _print(report, findings, study_label)
     return report
 
 
-def _labelled(checkpoint, args, normal_paths, findings, columns, study_label) -> dict[str, Any]:
+def _hits(checkpoint, scored, findings):
+    """(listed (N, F), flagged, critical, ood_scores or None) of scored images at the
+    checkpoint's (new) thresholds: what the service would count for each."""
+    names = list(checkpoint.label_names)
+    probs = np.asarray(scored.probabilities, dtype=np.float64)  # as triage compares (float64)
+    thresholds = np.array([checkpoint.threshold(n) for n in findings])
+    listed = probs[:, [names.index(n) for n in findings]] >= thresholds
+    flagged = np.asarray(checkpoint.study_flagged(scored.abnormal, np.any(listed, axis=1)), dtype=bool)
+    critical = np.zeros(len(probs), dtype=bool)
+    for name, t in checkpoint.critical.items():
+        if name in names:
+            critical |= probs[:, names.index(name)] >= float(t)
+    reference = checkpoint.ood_reference()
+    ood = None if reference is None or len(probs) == 0 else reference.scores(scored.features)
+    return listed, flagged, critical, ood
+
+
+def _labelled(checkpoint, args, normal_paths, findings, columns, study_label) -> tuple[dict[str, Any], Any]:
+    """The labelled check, and the sample's hits and truth (None when nothing was readable)."""
     from xraytriage.cli.site_scoring import read_site_labels, score_images
     from xraytriage.evaluate.site_calibration import labelled_check
 
@@ -88,7 +128,9 @@ def _labelled(checkpoint, args, normal_paths, findings, columns, study_label) ->
     check["left_out_used_for_calibration"] = len(labels.paths) - len(keep)
     check["unreadable"] = len(scored.errors)
     check["source"] = str(args.site_labels)
-    return check
+    if not rows:
+        return check, None
+    return check, (*_hits(checkpoint, scored, findings), labels.abnormal[rows])
 
 
 def _print(report: dict[str, Any], findings: list[str], study_label: str | None) -> None:
@@ -134,5 +176,22 @@ def _print(report: dict[str, Any], findings: list[str], study_label: str | None)
             print(
                 f"    {name + ' found':<32} {_pct(item['rate'])} ({item['hits']}/{item['n']}, {_ci(item['ci95'])})"
             )
+    for name, item in report.get("critical_raised", {}).items():
+        print(
+            f"  critical {name}: threshold raised {item['was']:.3f} -> {item['now']:.3f} "
+            "(never below the finding's own threshold)"
+        )
+    rates = report.get("expected_rates")
+    if rates:
+        among = (
+            "among normal studies (a floor: the worklist also holds abnormal ones)"
+            if rates["population"] == "normal"
+            else f"at {rates['prevalence']:.0%} abnormal (the labelled sample)"
+        )
+        ood = f", out of distribution {rates['ood']:.1%}" if "ood" in rates else ""
+        print(
+            f"  the service's drift monitor expects {among}: flagged {rates['flagged']:.1%}, "
+            f"critical {rates['critical']:.1%}{ood}"
+        )
     for line in report["warnings"]:
         print(f"  warning: {line}")

@@ -18,6 +18,11 @@ ranking is kept: only thresholds move (the probabilities stay as they are).
 The rates are shares of the site's normals, so they estimate the false-positive rates the
 site will see, with the sampling error of a sample of that size (reported: the 95% Wilson
 interval of each rate, and warnings when the sample is too small for the rate asked).
+
+The service's drift monitor gets its expected rates from the same images
+(:func:`site_expected_rates`): among the normals (a floor for a worklist that also holds
+abnormal studies), or, with a labelled sample, mixed at a prevalence. Critical thresholds are
+kept at or above their finding's new threshold (:func:`raise_critical`).
 """
 
 from __future__ import annotations
@@ -214,3 +219,73 @@ def labelled_check(
             j = list(findings).index(name)
             out["findings"][name] = share(probs[:, j] >= t[j], truth.astype(bool))
     return out
+
+
+NORMALS_ONLY = "normal"
+"""``expected_rates["population"]`` when the rates are shares of normal studies only."""
+SITE_MIX = "site"
+"""... when normal and abnormal labelled studies were mixed at a prevalence."""
+
+
+def site_expected_rates(
+    listed: np.ndarray,
+    flagged: np.ndarray,
+    critical: np.ndarray,
+    ood_scores: np.ndarray | None,
+    findings: Sequence[str],
+    is_abnormal: np.ndarray | None = None,
+    prevalence: float | None = None,
+    source: str = "",
+) -> dict[str, Any]:
+    """The checkpoint's ``expected_rates`` (the drift monitor's format, as
+    :func:`xraytriage.evaluate.flag_rates.expected_rates`) from a site's own images.
+
+    ``listed``: (N, F) findings listed at the new thresholds; ``flagged``, ``critical``: (N,);
+    ``ood_scores``: (N,) or None (no OOD reference). Without ``is_abnormal`` the images are
+    the site's normals and the rates are rates among normal studies (``population: normal``):
+    a site's real worklist also holds abnormal studies, so the monitor takes them as a floor.
+    With ``is_abnormal`` (a labelled sample) the rates among abnormal and normal images are
+    mixed at ``prevalence`` (None: the sample's own mix; ``population: site``)."""
+    from xraytriage.evaluate.flag_rates import _rate
+    from xraytriage.models.ood import OOD_SCORE_LINE
+
+    listed = np.asarray(listed, dtype=bool)
+    n = len(listed)
+    if n == 0:
+        raise ConfigError("no site image to expect flag rates from")
+    if is_abnormal is None:
+        truth, prevalence, population = np.zeros(n), None, NORMALS_ONLY
+    else:
+        truth, population = np.asarray(is_abnormal, dtype=np.float64), SITE_MIX
+        if prevalence is None:
+            prevalence = float(truth.mean())
+
+    def rate(hit: np.ndarray) -> float:
+        return _rate(np.asarray(hit, dtype=bool), truth, prevalence)
+
+    rates: dict[str, Any] = {
+        "flagged": rate(flagged),
+        "findings": {name: rate(listed[:, j]) for j, name in enumerate(findings)},
+        "critical": rate(critical),
+        "n": n,
+        "prevalence": prevalence,
+        "population": population,
+        "source": source,
+    }
+    if ood_scores is not None:
+        rates["ood"] = rate(np.asarray(ood_scores) >= OOD_SCORE_LINE)
+    return rates
+
+
+def raise_critical(
+    critical: dict[str, float], thresholds: dict[str, float]
+) -> dict[str, tuple[float, float]]:
+    """Critical thresholds kept at or above their finding's (new) threshold, in place: a
+    critical finding must be listed too. Returns ``{finding: (old, new)}`` of those raised."""
+    raised = {}
+    for name, t in critical.items():
+        floor = thresholds.get(name)
+        if floor is not None and float(floor) > float(t):
+            raised[name] = (float(t), float(floor))
+            critical[name] = float(floor)
+    return raised

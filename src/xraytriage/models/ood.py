@@ -28,6 +28,8 @@ DEFAULT_PERCENTILE = 99.0
 METHOD = "mahalanobis-ledoit-wolf"
 OOD_WARNING = "unlike the training images"
 MIN_REFERENCE_IMAGES = 50
+OOD_SCORE_LINE = 1.0
+"""The warning line in ``ood_score`` units (scores are distances over the warning distance)."""
 
 
 def _short(value: float) -> float:
@@ -118,7 +120,7 @@ def fit_reference(
 
 def ood_warning(score: float | None) -> str | None:
     """The worklist warning for an image whose ``ood_score`` reaches the line, else None."""
-    if score is None or not np.isfinite(score) or score < 1.0:
+    if score is None or not np.isfinite(score) or score < OOD_SCORE_LINE:
         return None
     return (
         f"{OOD_WARNING} (ood_score {score:.2f} >= 1): another population or device? "

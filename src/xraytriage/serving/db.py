@@ -166,12 +166,20 @@ class Image(Base):
     received_at: Mapped[float] = mapped_column(Float, default=time.time, index=True)
     processed_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    ood_score: Mapped[float | None] = mapped_column(Float, nullable=True)
+    """How unlike the training images (``models.ood``; migration 0006); NULL without a reference."""
+    warnings_json: Mapped[str | None] = mapped_column("warnings", Text, nullable=True)
+    """The engine's caveats for the image, a JSON list (migration 0006); NULL before it."""
 
     study: Mapped[Study] = relationship(back_populates="images")
 
     @property
     def probabilities(self) -> dict[str, float]:
         return json.loads(self.probabilities_json or "{}")
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        return tuple(str(w) for w in json.loads(self.warnings_json or "[]"))
 
 
 class Heatmap(Base):

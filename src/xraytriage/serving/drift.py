@@ -10,6 +10,8 @@ binomial bound: with ``n`` studies and expected rate ``p``, a count outside the 
 ``1 - alpha`` interval of Binomial(n, p) is a departure. ``alpha`` (default 0.01) is split
 over the rates checked (Bonferroni), so with 17 rates a site that matches the expectation sees
 a false alarm in at most about 1% of checks. Nothing is judged before ``min_studies`` studies.
+Rates a site calibration took from normal studies only (``population: normal``) are a floor:
+the worklist also holds abnormal studies, so only a count below the lower bound departs.
 
 A departure means the site's images or case mix are not what the thresholds were set for
 (another scanner, a children's ward, a new protocol): re-check with a site calibration
@@ -28,6 +30,7 @@ from typing import Any
 from scipy.stats import binom
 
 from xraytriage.errors import ConfigError
+from xraytriage.models.ood import OOD_SCORE_LINE
 from xraytriage.serving.records import StudyOutcome
 from xraytriage.triage.reasons import TIER_CRITICAL
 
@@ -122,11 +125,15 @@ class DriftReport:
 
 
 def ood_threshold_of(checkpoint) -> float | None:
-    """The OOD threshold a checkpoint carries (``ood: {"threshold": t}``, or
-    ``expected_rates["ood_threshold"]``); None: no OOD share is counted."""
+    """The ``ood_score`` at which a study counts as out of distribution; None: no OOD share
+    is counted. ``ood_score`` is already normalised by the reference's warning distance
+    (``models.ood``: 1.0 = the warning line), so a checkpoint with an OOD reference gives 1.0;
+    its ``ood["threshold"]`` is a Mahalanobis distance, not a score, and is never compared
+    with scores. Without a reference no study has an ``ood_score``;
+    ``expected_rates["ood_threshold"]`` (in ``ood_score`` units) is honoured if set."""
     ood = getattr(checkpoint, "ood", None)
     if isinstance(ood, dict) and ood.get("threshold") is not None:
-        return float(ood["threshold"])
+        return OOD_SCORE_LINE
     rates = getattr(checkpoint, "expected_rates", None) or {}
     value = rates.get("ood_threshold")
     return None if value is None else float(value)
@@ -159,6 +166,12 @@ class DriftMonitor:
             **options,
         )
 
+    @property
+    def floor_only(self) -> bool:
+        """The expected rates are among normal studies (``calibrate --site-normals`` without a
+        labelled sample): a floor, not a centre."""
+        return (self.expected or {}).get("population") == "normal"
+
     def _counts(self, outcomes: Sequence[StudyOutcome]) -> list[tuple[str, str, int, int, float | None]]:
         """(rate, finding, count, studies, expected) for every rate there is something to count."""
         expected = self.expected or {}
@@ -186,9 +199,16 @@ class DriftMonitor:
         counts = self._counts(outcomes)
         judged = [row for row in counts if row[4] is not None and row[3] >= self.min_studies]
         alpha = self.alpha / max(1, len(judged))
+        floor = self.floor_only
         checks = []
         for rate, finding, count, n, p in judged:
-            low, high = binomial_bounds(n, float(p), alpha)
+            # rates among normal studies only: the worklist's abnormal studies add flags, so
+            # only a count below the normals' own rate departs (one tail, the whole alpha)
+            low, high = (
+                binomial_bounds(n, float(p), 2 * alpha) if floor else binomial_bounds(n, float(p), alpha)
+            )
+            if floor:
+                high = n
             checks.append(
                 RateCheck(rate, finding, count, n, float(p), low / n, high / n, not low <= count <= high)
             )

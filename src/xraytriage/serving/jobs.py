@@ -68,7 +68,16 @@ def score_images(
         image = by_path[result.path]
         if result.ok and result.probabilities is not None:
             probabilities = {n: float(p) for n, p in zip(labels, result.probabilities, strict=True)}
-            scores.append(ImageScore(image.id, probabilities, result.abnormal, result.site_priority))
+            scores.append(
+                ImageScore(
+                    image.id,
+                    probabilities,
+                    result.abnormal,
+                    result.site_priority,
+                    ood_score=result.ood_score,
+                    warnings=tuple(result.warnings),
+                )
+            )
         else:
             # the engine names the blob; the user knows the file by the name they gave
             error = (result.error or "unknown error").replace(result.path, image.filename)
@@ -84,7 +93,8 @@ def decide_study(
     engine: TriageEngine, policy: HeatmapPolicy, study_id: str, images: list[ImageRecord]
 ) -> Settlement:
     """A study's settlement from its settled images: the triage engine's study row (aggregate,
-    priority, findings, key image), low-resolution caveats, and whether heatmaps are due."""
+    priority, findings, key image, highest ood_score), the images' caveats (age, OOD, low
+    resolution), and whether heatmaps are due."""
     checkpoint = engine.checkpoint
     ok = [image for image in images if image.state == ImageState.DONE]
     error = "; ".join(image.error for image in images if image.state == ImageState.ERROR)
@@ -98,12 +108,17 @@ def decide_study(
             probabilities=np.array([image.probabilities[n] for n in labels], dtype=np.float64),
             abnormal=image.abnormal,
             site_priority=image.site_priority,
+            warnings=image.warnings,
+            ood_score=image.ood_score,
         )
         for image in ok
     ]
     row = engine.study_rows(results)[0]
     size = int(checkpoint.preprocess.size)
-    caveats = (low_resolution_warning(image.width, image.height, size) for image in ok)
+    # the images' own caveats (age, OOD; NULL for images scored before migration 0006) and the
+    # low-resolution one from the stored size (which those older images lack)
+    low = (low_resolution_warning(image.width, image.height, size) for image in ok)
+    caveats = [*(w for image in ok for w in image.warnings), *low]
     findings = [Finding(name, p) for name, p in parse_findings(row.findings)]
     scores = StudyScores(
         priority=row.priority,

@@ -104,6 +104,9 @@ class ImageRecord:
     received_at: float = 0.0
     processed_at: float | None = None
     attempts: int = 0
+    ood_score: float | None = None
+    warnings: tuple[str, ...] = ()
+    """The triage engine's caveats for the image (age, OOD, low resolution)."""
 
 
 @dataclass(frozen=True)
@@ -153,6 +156,8 @@ class ImageScore:
     abnormal: float | None = None
     site_priority: float | None = None
     error: str = ""
+    ood_score: float | None = None
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -358,6 +358,8 @@ class Repository(AuditMixin, RetentionMixin):
                     image.probabilities_json = json.dumps(score.probabilities)
                     image.abnormal = score.abnormal
                     image.site_priority = score.site_priority
+                    image.ood_score = score.ood_score
+                    image.warnings_json = json.dumps(list(score.warnings))
                 else:
                     _move(image, "state", ImageState, ImageState.ERROR)
                     image.error = score.error or "unknown error"
