@@ -105,7 +105,7 @@ def test_files_and_console_carry_tier_reason_and_ood_score(tmp_path):
     assert back[0]["ood_score"] == pytest.approx(1.25) and back[1]["ood_score"] is None
     text = "\n".join(line.plain for line in worklist_lines(rows, top=5))
     assert "CRITICAL" in text and "FLAGGED" in text
-    assert "abnormal, no single finding" in text
+    assert "why flagged: abnormal, no single finding" in text
 
 
 @pytest.fixture(scope="module")

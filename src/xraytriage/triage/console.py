@@ -84,6 +84,8 @@ class Detail:
     header: str
     cell: Callable[[WorklistRow], str]
     style: str = ""
+    label: Callable[[WorklistRow], str] | None = None
+    """The word before the value on its own line, when it depends on the row (default ``header``)."""
 
 
 def _site(row: WorklistRow) -> str:
@@ -137,7 +139,7 @@ COLUMNS: list[Column] = [
 """The columns, in order; the study key last so a long one (``--wide``) does not push the others."""
 
 DETAILS: list[Detail] = [
-    Detail("findings", findings_detail),
+    Detail("findings", findings_detail, label=lambda r: "findings" if r.findings else "why flagged"),
     Detail("warnings", lambda r: safe_text(r.warnings), style="yellow"),
 ]
 """Long values: their own line under the study in the narrow table, last columns with ``--wide``."""
@@ -185,7 +187,7 @@ def worklist_lines(
             if not value_text:
                 continue
             wrapped = textwrap.wrap(
-                f"{detail.header}: {value_text}",
+                f"{detail.label(row) if detail.label else detail.header}: {value_text}",
                 width=max(20, width - indent),
                 break_on_hyphens=False,
                 subsequent_indent="  ",
