@@ -1,4 +1,6 @@
-"""The registry of published chest X-ray models, and their local cache.
+"""Published chest X-ray models: their local cache, verified download and conversion, and the
+one ``--model`` rule. The registry itself is read by :mod:`xraytriage.models.registry` (names
+re-exported here).
 
 ``published_models.json`` (shipped in the package) lists, per model: the download URL, the
 SHA-256 when the publisher gives one, the file format, the architecture, the publisher's
