@@ -173,7 +173,7 @@ def compare_triage_by_group(
     without an abnormal output gets); per group both AUCs and the DeLong test, then the mean of
     the within-group AUCs over groups with both classes (at least 5 of each)."""
     from xraytriage.evaluate.grouped import counts_in_mean, group_labels
-    from xraytriage.evaluate.runner import with_abnormal_columns
+    from xraytriage.evaluate.result import with_abnormal_columns
     from xraytriage.labels import NOT_DISEASE
     from xraytriage.models.checkpoint import NOISY_OR, abnormal_probability
 

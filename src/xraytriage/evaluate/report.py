@@ -47,7 +47,7 @@ def _auc_cell(m: Mapping[str, Any], value: float | None) -> Any:
 def _summary_table(result: Mapping[str, Any]) -> pd.DataFrame:
     """The result's summary table (:meth:`EvaluationResult.summary_table`: named means first,
     then every label, then micro) with CIs as text and missing AUCs explained."""
-    from xraytriage.evaluate.runner import EvaluationResult
+    from xraytriage.evaluate.result import EvaluationResult
 
     summary = EvaluationResult(result).summary_table()
     labels = set(result["labels"])

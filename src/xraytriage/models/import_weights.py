@@ -33,11 +33,12 @@ from xraytriage.errors import ConfigError, XRayTriageError
 from xraytriage.labels import canonical_label
 from xraytriage.models.checkpoint import Checkpoint
 from xraytriage.models.factory import ModelConfig, build_model
+from xraytriage.models.registry import OPERATING_POINTS
 from xraytriage.models.weight_presets import PRESETS, WeightsPreset  # noqa: F401 - re-exported
 from xraytriage.preprocess import PreprocessContract
 
 if TYPE_CHECKING:
-    from xraytriage.models.published import PublishedModel
+    from xraytriage.models.registry import PublishedModel
 
 _PREFIXES = ("module.", "densenet121.", "model.", "backbone.")
 _OLD_STYLE = re.compile(r"\.(norm|relu|conv)\.([12])\.")
@@ -218,7 +219,6 @@ def import_published(
     from the publisher's ``threshold_space``; every published point is kept under
     ``imported_from["operating_points"]`` (label -> cut-off on the probability).
     """
-    from xraytriage.models.published import OPERATING_POINTS
     from xraytriage.models.safe_pickle import state_dict_of
 
     source = source or entry.name
