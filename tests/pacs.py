@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
-import pytest
 
 from serve_support import free_port
+from tool_support import skip_missing
 
 ORTHANC_AE = "ORTHANC"
 
@@ -43,7 +43,7 @@ def require_tools(*names: str) -> None:
     ]
     if missing:
         packages = sorted({DEBIAN_PACKAGE.get(name, "dcmtk") for name in missing})
-        pytest.skip(
+        skip_missing(
             f"not on PATH: {', '.join(missing)} (Debian package {', '.join(packages)}; "
             "run scripts/install-system-deps.sh)"
         )
@@ -124,7 +124,7 @@ def orthanc(
     """Start a private Orthanc under ``workdir`` on free loopback ports; stop it on exit."""
     binary = orthanc_binary()
     if binary is None:
-        pytest.skip("Orthanc is not installed (Debian package orthanc)")
+        skip_missing("Orthanc is not installed (Debian package orthanc)")
     workdir.mkdir(parents=True, exist_ok=True)
     server = OrthancServer(free_port(), free_port(), ae_title, workdir / "orthanc.log")
     config = {

@@ -20,9 +20,10 @@ import httpx
 import pytest
 
 from serve_support import running_server, wait_for
+from tool_support import importorskip_tool, skipif_missing
 from xraytriage.triage.reasons import tier_rank
 
-playwright_api = pytest.importorskip("playwright.sync_api")
+playwright_api = importorskip_tool("playwright.sync_api", "playwright is not installed")
 expect = playwright_api.expect
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -40,9 +41,9 @@ WAIT_MS = int(float(os.environ.get("XRAYTRIAGE_TEST_WAIT_S", "45")) * 1000)  # l
 N_NIH = 4
 REJECTION = "not a PNG, JPEG, TIFF or DICOM file by its content"
 
-pytestmark = pytest.mark.skipif(
+pytestmark = skipif_missing(
     not CHROMIUM.exists(),
-    reason="Debian's Chromium (/usr/bin/chromium) is not installed: apt install chromium",
+    "Debian's Chromium (/usr/bin/chromium) is not installed: apt install chromium",
 )
 
 
