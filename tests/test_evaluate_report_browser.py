@@ -30,10 +30,13 @@ CHROMIUM_ARGS = [
 ]
 BAD_CELL = {"nan", "na", "<na>", "none", "nat", "inf", "-inf"}
 
-pytestmark = skipif_missing(
-    not CHROMIUM.exists(),
-    "Debian's Chromium (/usr/bin/chromium) is not installed: run scripts/install-system-deps.sh",
-)
+pytestmark = [
+    pytest.mark.slow,
+    skipif_missing(
+        not CHROMIUM.exists(),
+        "Debian's Chromium (/usr/bin/chromium) is not installed: run scripts/install-system-deps.sh",
+    ),
+]
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,8 @@ import pytest
 from serve_support import running_server
 from tool_support import importorskip_tool, skip_missing
 
+pytestmark = pytest.mark.slow  # a real server process (system test); make test-fast leaves it out
+
 TOKEN = "bad-day-token-0123456789"
 PATIENT_ID = "=cmd|' /C calc'!A0"
 ACCESSION = "@SUM(1+1)*cmd"

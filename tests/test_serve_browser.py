@@ -41,10 +41,13 @@ WAIT_MS = int(float(os.environ.get("XRAYTRIAGE_TEST_WAIT_S", "45")) * 1000)  # l
 N_NIH = 4
 REJECTION = "not a PNG, JPEG, TIFF or DICOM file by its content"
 
-pytestmark = skipif_missing(
-    not CHROMIUM.exists(),
-    "Debian's Chromium (/usr/bin/chromium) is not installed: apt install chromium",
-)
+pytestmark = [
+    pytest.mark.slow,
+    skipif_missing(
+        not CHROMIUM.exists(),
+        "Debian's Chromium (/usr/bin/chromium) is not installed: apt install chromium",
+    ),
+]
 
 
 def nih_images(shared_data: Path, start: int, count: int) -> list[Path]:
