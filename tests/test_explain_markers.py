@@ -161,6 +161,7 @@ def test_real_nih_text_is_masked_and_the_mass_keeps_its_box(shared_data):
     assert box is not None and _iou(box, truth) > 0.4 and _overlap(box, *text) == 0
 
 
+@pytest.mark.slow
 def test_real_nih_lesion_boxes_are_not_masked(shared_data):
     """Over every NIH box on the images here, the mask covers almost none of the lesion."""
     boxes = pd.read_csv(shared_data / "nih/meta/BBox_List_2017.csv.gz").iloc[:, :6]
