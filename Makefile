@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup system-deps demo serve test lint bench clean
+.PHONY: setup system-deps demo serve test test-fast lint bench clean
 
 $(STAMP): pyproject.toml requirements-lock.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -34,6 +34,11 @@ lint: $(STAMP)
 
 test: lint system-deps
 	$(BIN)/python -m pytest -q
+
+# the fast tier while you work: every test but the @slow system ones (real server processes,
+# browsers, Orthanc/dcmtk, PostgreSQL, training runs); `make test` still runs everything
+test-fast: lint
+	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py

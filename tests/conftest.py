@@ -9,16 +9,42 @@ import numpy as np
 import pytest
 import torch
 
+from tool_support import in_ci, missing_reason, skip_missing
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("XRAYTRIAGE_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 torch.set_num_threads(2)
 
 
+def _fail_missing_tool_in_ci(report) -> None:
+    """Under CI=true a skip for a missing tool or missing shared data is a failure (tool_support)."""
+    if not (report.skipped and in_ci()) or hasattr(report, "wasxfail"):
+        return
+    reason = missing_reason(report.longrepr)
+    if reason is not None:
+        report.outcome = "failed"
+        report.longrepr = f"CI=true and this test would skip: {reason} (CI must install it)"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    _fail_missing_tool_in_ci(report)
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector):
+    report = yield
+    _fail_missing_tool_in_ci(report)
+    return report
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
-        pytest.skip(f"shared data not found at {SHARED_DATA}")
+        skip_missing(f"shared data not found at {SHARED_DATA}")
     return SHARED_DATA
 
 

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
-import pytest
 
-from serve_support import free_port
+from serve_support import PORT_ATTEMPTS, PORT_IN_USE, free_port
+from tool_support import skip_missing
 
 ORTHANC_AE = "ORTHANC"
 
@@ -43,7 +43,7 @@ def require_tools(*names: str) -> None:
     ]
     if missing:
         packages = sorted({DEBIAN_PACKAGE.get(name, "dcmtk") for name in missing})
-        pytest.skip(
+        skip_missing(
             f"not on PATH: {', '.join(missing)} (Debian package {', '.join(packages)}; "
             "run scripts/install-system-deps.sh)"
         )
@@ -124,8 +124,25 @@ def orthanc(
     """Start a private Orthanc under ``workdir`` on free loopback ports; stop it on exit."""
     binary = orthanc_binary()
     if binary is None:
-        pytest.skip("Orthanc is not installed (Debian package orthanc)")
+        skip_missing("Orthanc is not installed (Debian package orthanc)")
     workdir.mkdir(parents=True, exist_ok=True)
+    for attempt in range(PORT_ATTEMPTS):  # another process may take a free port before Orthanc binds it
+        server, proc = _start_orthanc(binary, workdir, ae_title)
+        try:
+            _wait_ready(server, proc, startup_timeout)
+            break
+        except RuntimeError:
+            _stop(proc)
+            if attempt < PORT_ATTEMPTS - 1 and PORT_IN_USE in server.log_path.read_text().lower():
+                continue
+            raise
+    try:
+        yield server
+    finally:
+        _stop(proc)
+
+
+def _start_orthanc(binary: str, workdir: Path, ae_title: str) -> tuple[OrthancServer, subprocess.Popen]:
     server = OrthancServer(free_port(), free_port(), ae_title, workdir / "orthanc.log")
     config = {
         "Name": "xraytriage-test",
@@ -147,16 +164,18 @@ def orthanc(
     config_path.write_text(json.dumps(config, indent=2))
     with server.log_path.open("w") as log:
         proc = subprocess.Popen([binary, str(config_path)], stdout=log, stderr=subprocess.STDOUT)
+    return server, proc
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is not None:
+        return
+    proc.terminate()
     try:
-        _wait_ready(server, proc, startup_timeout)
-        yield server
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
 
 
 def write_image(

@@ -16,9 +16,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
-
-from serve_support import free_port
+from serve_support import PORT_ATTEMPTS, PORT_IN_USE, free_port
+from tool_support import importorskip_tool, skip_missing
 
 SEARCH = ["/usr/local/bin", *sorted(str(p) for p in Path("/usr/lib/postgresql").glob("*/bin"))]
 
@@ -53,14 +52,14 @@ class PostgresUrl(str):
 def postgres_server(folder: Path) -> Iterator[PostgresUrl]:
     """Start PostgreSQL; yields a SQLAlchemy URL (psycopg 3) of an empty database (a ``str``
     with a ``restart()`` method)."""
-    pytest.importorskip("psycopg", reason="psycopg (PostgreSQL driver) is not installed")
+    importorskip_tool("psycopg", "psycopg (PostgreSQL driver) is not installed")
     initdb, pg_ctl = _binary("initdb"), _binary("pg_ctl")
     if not initdb or not pg_ctl:
-        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found (Debian package postgresql)")
+        skip_missing("PostgreSQL server binaries (initdb, pg_ctl) not found (Debian package postgresql)")
     prefix: list[str] = []
     if os.geteuid() == 0:
         if not shutil.which("runuser"):
-            pytest.skip("running as root without runuser: cannot start PostgreSQL as another user")
+            skip_missing("running as root without runuser: cannot start PostgreSQL as another user")
         prefix = ["runuser", "-u", "postgres", "--"]
     folder.mkdir(parents=True, exist_ok=True)
     if prefix:
@@ -73,17 +72,22 @@ def postgres_server(folder: Path) -> Iterator[PostgresUrl]:
     if prefix:
         for path in (folder, sockets):
             shutil.chown(path, "postgres", "postgres")
-    port = free_port()
     run = lambda *args: subprocess.run([*prefix, *args], capture_output=True, text=True, timeout=120)  # noqa: E731
     result = run(initdb, "-D", str(data), "-U", "triage", "--auth=trust", "-E", "UTF8", "--no-sync")
     if result.returncode != 0:
-        pytest.skip(f"initdb failed: {result.stderr.strip()[-300:]}")
-    options = (
-        f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={sockets} -c fsync=off"
-    )
-    result = run(pg_ctl, "-D", str(data), "-o", options, "-l", str(folder / "postgres.log"), "-w", "start")
-    if result.returncode != 0:
-        pytest.skip(f"PostgreSQL did not start: {result.stderr.strip()[-300:]}")
+        skip_missing(f"initdb failed: {result.stderr.strip()[-300:]}")
+    log_path = folder / "postgres.log"
+    for attempt in range(PORT_ATTEMPTS):  # another process may take the free port before PostgreSQL binds it
+        port = free_port()
+        options = (
+            f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={sockets} -c fsync=off"
+        )
+        result = run(pg_ctl, "-D", str(data), "-o", options, "-l", str(log_path), "-w", "start")
+        if result.returncode == 0:
+            break
+        log = log_path.read_text(errors="replace") if log_path.is_file() else ""
+        if attempt == PORT_ATTEMPTS - 1 or PORT_IN_USE not in (result.stderr + log).lower():
+            skip_missing(f"PostgreSQL did not start: {result.stderr.strip()[-300:]}")
     try:
         deadline = time.monotonic() + 30
         import psycopg

@@ -28,11 +28,26 @@ START_TIMEOUT_S = float(os.environ.get("XRAYTRIAGE_TEST_START_TIMEOUT", "90"))  
 STOP_TIMEOUT_S = 20.0
 
 
+_HANDED_OUT: set[int] = set()
+PORT_IN_USE = "already in use"
+"""What the server, Orthanc and PostgreSQL logs say when another process took the port first."""
+PORT_ATTEMPTS = 3
+
+
 def free_port() -> int:
-    """A TCP port nobody listens on right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A TCP port nobody listens on right now (the OS picks it), never one this process handed out
+    before (two calls in a row could otherwise get the same released port).
+
+    It is released before the server binds it, so another process can still take it in between:
+    the starters (``start_server``, ``pacs.orthanc``, ``postgres_server``) retry on a new port when
+    the log says ``already in use``."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 @dataclass
@@ -134,7 +149,7 @@ def start_server(
         token_file = tmp_path / "token.txt"
         token_file.write_text(token + "\n", encoding="utf-8")
         token_args = ["--token-file", str(token_file)]
-    for attempt in range(3):  # another process may take the free port before the server binds it
+    for attempt in range(PORT_ATTEMPTS):  # another process may take the free port before the server binds it
         port = free_port()
         log_path = logs / f"serve-{port}.log"
         args = [
@@ -160,7 +175,7 @@ def start_server(
             _wait_until_healthy(server, timeout)
             return server
         except RuntimeError:
-            if attempt < 2 and "address already in use" in server.log().lower():
+            if attempt < PORT_ATTEMPTS - 1 and PORT_IN_USE in server.log().lower():
                 continue
             raise
     raise AssertionError("unreachable")  # pragma: no cover

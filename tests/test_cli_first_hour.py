@@ -240,6 +240,7 @@ def test_datasets_inspect_fits_80_columns_without_cutting_a_cell(shared_data, ca
     assert "(part" not in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_a_fresh_process_opening_the_database_prints_no_alembic_lines(tmp_path):
     """What `serve` does at start, in a new process (alembic logs some lines while imported)."""
     code = (

@@ -36,10 +36,12 @@ def destination(pacs_server) -> Destination:
     return Destination(pacs_server.ae_title, "127.0.0.1", pacs_server.dicom_port)
 
 
+@pytest.mark.slow  # a real Orthanc
 def test_echo_orthanc(destination):
     assert echo(destination)
 
 
+@pytest.mark.slow  # a real Orthanc
 def test_send_sc_and_sr_to_orthanc_and_read_them_back(pacs_server, destination, shared_data):
     path = shared_data / "dicom" / "siim_cr_chest_pa.dcm"
     source = pydicom.dcmread(path)

@@ -61,6 +61,7 @@ def test_anchor_csv_reads_with_harmonised_names(anchor_csv):
     assert frame["image"].str.endswith(".png").all()
 
 
+@pytest.mark.slow
 def test_anchor_auc_on_the_shared_images_matches_sklearn(anchor, anchor_csv, data_entry_truth):
     # every anchor image is in the shared NIH folders
     assert len(anchor) == anchor_rows(anchor_csv)
@@ -91,6 +92,7 @@ def test_comparison_joins_on_exactly_the_shared_images(anchor, anchor_csv):
     np.testing.assert_allclose(joined["other_prob_Mass"], by_image.loc[joined["image"], "prob_Mass"])
 
 
+@pytest.mark.slow
 def test_degraded_model_is_worse_than_the_anchor(anchor, anchor_csv):
     rng = np.random.default_rng(0)
     ours = anchor.copy()
@@ -112,6 +114,7 @@ def test_a_model_compared_with_itself_shows_no_difference(anchor, anchor_csv):
     assert (table["delong_p"] == 1).all() and (table["bootstrap_p"] == 1).all()
 
 
+@pytest.mark.slow
 def test_evaluate_compares_the_triage_score_within_each_collection(anchor_csv, nih, shared_data, tmp_path):
     """The anchor against a degraded copy of itself, within each collection it has images in."""
     from xraytriage.cli.main import main

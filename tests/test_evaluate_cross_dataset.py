@@ -34,6 +34,7 @@ def evaluate(args: list[str], capsys) -> tuple[str, str]:
     return captured.out, captured.err
 
 
+@pytest.mark.slow
 def test_pediatric_folder_is_scored_on_the_labels_both_sides_have(shared_data, tmp_path, capsys):
     root = shared_data / "pediatric"
     out = tmp_path / "eval"
@@ -96,6 +97,7 @@ def _mixed_folder(shared_data, root, per_class: int = 3):
     return [name for cls in nih for name in nih[cls]]
 
 
+@pytest.mark.slow
 def test_overlap_with_training_images_warns_and_can_be_excluded(shared_data, tmp_path, capsys):
     root = tmp_path / "mixed"
     nih_names = _mixed_folder(shared_data, root)

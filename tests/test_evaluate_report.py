@@ -87,6 +87,7 @@ def evaluation(tiny_checkpoint_path, synthetic_holdout_dir, training_run, tmp_pa
     return out
 
 
+@pytest.mark.slow
 def test_evaluate_writes_metrics_and_a_self_contained_report_with_every_plot(evaluation, training_run):
     out = evaluation / "report"
     for name in ("metrics.json", "metrics.csv", "predictions.csv", "report.html"):
@@ -101,6 +102,7 @@ def test_evaluate_writes_metrics_and_a_self_contained_report_with_every_plot(eva
     assert {bytes(b) for b in embedded} == {(out / f"{n}.png").read_bytes() for n in pngs}
 
 
+@pytest.mark.slow
 def test_reported_numbers_match_sklearn_on_the_written_predictions(evaluation):
     out = evaluation / "report"
     metrics = json.loads((out / "metrics.json").read_text())
@@ -140,6 +142,7 @@ def test_reported_numbers_match_sklearn_on_the_written_predictions(evaluation):
     assert {"auc_low", "auc_high", "precision@0.4", "f1@0.8", "threshold_youden"} <= set(table.columns)
 
 
+@pytest.mark.slow
 def test_calibrated_checkpoint_is_saved_with_thresholds(evaluation, tiny_checkpoint):
     from xraytriage.models.checkpoint import load_checkpoint
 
@@ -150,6 +153,7 @@ def test_calibrated_checkpoint_is_saved_with_thresholds(evaluation, tiny_checkpo
     assert calibrated.metrics["calibration"]["validation_images"] > 0
 
 
+@pytest.mark.slow
 def test_compare_runs_table_and_delong_on_shared_predictions(evaluation, training_run, tmp_path):
     # run A: the training run with the evaluation stored inside it; run B: a noisier copy
     a = tmp_path / "run_a"
@@ -358,6 +362,7 @@ def test_validation_split_column_chooses_operating_points(tmp_path):
     assert metrics["operating_points"]["rules"]["sensitivity"]["Mass"]["threshold"] == pytest.approx(expected)
 
 
+@pytest.mark.slow
 def test_compare_tests_runs_on_their_validation_predictions(training_run, tmp_path):
     """Two runs validated on the same images (same split seed): DeLong on ``val_predictions.csv``."""
     a, b = tmp_path / "a", tmp_path / "b"

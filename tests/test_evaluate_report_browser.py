@@ -14,10 +14,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tool_support import importorskip_tool, skipif_missing
 from xraytriage.cli.main import main
 from xraytriage.labels import ABNORMAL, NIH_FINDINGS, NO_FINDING
 
-playwright_api = pytest.importorskip("playwright.sync_api")
+playwright_api = importorskip_tool("playwright.sync_api", "playwright is not installed")
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -29,10 +30,13 @@ CHROMIUM_ARGS = [
 ]
 BAD_CELL = {"nan", "na", "<na>", "none", "nat", "inf", "-inf"}
 
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists(),
-    reason="Debian's Chromium (/usr/bin/chromium) is not installed: run scripts/install-system-deps.sh",
-)
+pytestmark = [
+    pytest.mark.slow,
+    skipif_missing(
+        not CHROMIUM.exists(),
+        "Debian's Chromium (/usr/bin/chromium) is not installed: run scripts/install-system-deps.sh",
+    ),
+]
 
 
 @pytest.fixture(scope="module")

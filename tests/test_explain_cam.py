@@ -76,6 +76,7 @@ def test_unknown_network_falls_back_to_last_spatial_layer():
         ("vgg_like", "gradcam++"),
     ],
 )
+@pytest.mark.slow
 def test_batched_maps_equal_monai_class_by_class(backbone, method):
     net = _net(backbone, classes=4)
     layer = find_target_layer(net, backbone, input_size=64)

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
+from tool_support import skip_missing
 from xraytriage.data.synthetic import make_sample
 from xraytriage.errors import ConfigError
 from xraytriage.explain.boxes import Box, SizePrior, best_box, boxes_from_heatmap
@@ -135,7 +136,7 @@ def test_exclude_is_optional_and_checked():
 def _nih(shared_data, name: str) -> np.ndarray:
     path = shared_data / "nih" / "images" / name
     if not path.is_file():
-        pytest.skip(f"{path} not in the shared data")
+        skip_missing(f"{path} not in the shared data")
     return np.asarray(Image.open(path).convert("L"))
 
 
@@ -160,6 +161,7 @@ def test_real_nih_text_is_masked_and_the_mass_keeps_its_box(shared_data):
     assert box is not None and _iou(box, truth) > 0.4 and _overlap(box, *text) == 0
 
 
+@pytest.mark.slow
 def test_real_nih_lesion_boxes_are_not_masked(shared_data):
     """Over every NIH box on the images here, the mask covers almost none of the lesion."""
     boxes = pd.read_csv(shared_data / "nih/meta/BBox_List_2017.csv.gz").iloc[:, :6]
@@ -191,7 +193,7 @@ def test_real_dicom_side_marker_is_masked(shared_data):
 
     path = shared_data / "dicom" / "rsna" / "00322d4d-1c29-4943-afc9-b6754be640eb.dcm"
     if not path.is_file():
-        pytest.skip(f"{path} not in the shared data")
+        skip_missing(f"{path} not in the shared data")
     pixels = read_radiograph(path).pixels
     mask = marker_mask(pixels)
     assert mask.shape == pixels.shape

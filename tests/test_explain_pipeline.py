@@ -13,6 +13,8 @@ from xraytriage.cli.main import main
 from xraytriage.explain import Explainer, evaluate_localization, explain_image, load_ground_truth
 from xraytriage.io import read_radiograph
 
+pytestmark = pytest.mark.slow  # most tests share a localiser trained for the session
+
 LARGE_LESIONS = ["Mass", "Effusion"]
 """Nodules are 5 px boxes on 64 px images, below the 8 px cells of the map; they are not asserted."""
 

@@ -49,6 +49,7 @@ def test_key_mapping_covers_every_layer(reference):
     assert set(mapped) == set(reference.state_dict())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("old_style", "prefix"), [(False, ""), (True, "module.densenet121.")])
 def test_imported_model_computes_what_the_original_did(reference, old_style, prefix):
     state = _torchvision_layout(reference.state_dict(), old_style=old_style, prefix=prefix)

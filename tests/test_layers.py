@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from tool_support import skip_missing
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -20,7 +20,7 @@ def _env() -> dict[str, str]:
 def test_import_contract_is_kept() -> None:
     lint_imports = Path(sys.executable).parent / "lint-imports"
     if not lint_imports.exists():
-        pytest.skip("import-linter is not installed (pip install -e '.[dev]')")
+        skip_missing("import-linter is not installed (pip install -e '.[dev]')")
     done = subprocess.run(
         [str(lint_imports), "--no-cache"], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120
     )

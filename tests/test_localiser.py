@@ -14,6 +14,8 @@ from xraytriage.cli.main import main
 from xraytriage.explain.boxes import Box
 from xraytriage.explain.localization import box_iou
 
+pytestmark = pytest.mark.slow  # trains a localiser (minutes on 2 busy cores)
+
 CONFIG = """
 name: synthetic-localiser
 spec:

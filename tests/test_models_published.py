@@ -306,6 +306,7 @@ def test_model_name_works_where_a_checkpoint_path_does(fetched, tmp_path, shared
         load_model("densenet121-res224-nih")
 
 
+@pytest.mark.slow
 def test_serve_starts_with_a_fetched_model_name(fetched, tmp_path):
     """(torch backend: the ONNX export of a converted contract is covered in
     test_preprocess_published; exporting here would only slow the start on a busy machine)"""
@@ -321,6 +322,7 @@ def test_serve_starts_with_a_fetched_model_name(fetched, tmp_path):
     assert info["labels"] == [canonical_label(x) for x in XRV_LABELS if x]
 
 
+@pytest.mark.slow
 def test_calibrate_fits_a_fetched_model_to_site_data(fetched, tmp_path, shared_data):
     """The deployment path: a site's labelled images -> the fetched model's predictions ->
     ``calibrate --model NAME`` -> a checkpoint with the site's thresholds."""
@@ -354,6 +356,7 @@ def test_calibrate_fits_a_fetched_model_to_site_data(fetched, tmp_path, shared_d
     assert calibrated.train_config["imported_from"]["registry"] == "tiny-xrv"
 
 
+@pytest.mark.slow
 def test_import_weights_reads_a_whole_pickled_module_with_the_publishers_input(tmp_path, sources):
     """``import-weights`` (a local file) uses the same safe loader and the preset's contract."""
     net, data, *_ = sources["xrv-legacy"]

@@ -19,6 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tool_support import skip_missing
 from xraytriage.explain.geometry import map_to_original
 from xraytriage.io import read_radiograph
 from xraytriage.models import Checkpoint, ModelConfig, build_model, load_checkpoint
@@ -47,7 +48,7 @@ def _real_images(shared_data, per_folder: int = 2) -> list:
         found += sorted((shared_data / folder).glob("*.jpg"))
         paths += found[:per_folder]
     if not paths:
-        pytest.skip("no real radiographs in the shared data")
+        skip_missing("no real radiographs in the shared data")
     return paths
 
 

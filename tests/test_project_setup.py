@@ -6,7 +6,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
+from tool_support import skip_missing
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -15,7 +15,7 @@ def test_make_test_installs_the_system_tools_first() -> None:
     """``make test`` runs scripts/install-system-deps.sh before pytest, so the browser and
     DICOM tests are not skipped merely because nobody ran the script by hand."""
     if shutil.which("make") is None:
-        pytest.skip("make is not installed")
+        skip_missing("make is not installed")
     plan = subprocess.run(
         ["make", "-n", "test"], cwd=REPO, capture_output=True, text=True, timeout=30, check=True
     ).stdout.splitlines()

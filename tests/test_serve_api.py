@@ -18,6 +18,8 @@ from PIL import Image
 
 from serve_support import running_server, start_server, wait_for
 
+pytestmark = pytest.mark.slow  # a real server process (system test); make test-fast leaves it out
+
 NIH_COUNT = 4
 PATIENT_NAME, PATIENT_ID = "DOE^JANE^Q", "PID-3141592"
 

@@ -28,6 +28,8 @@ from attacks import (
 )
 from serve_support import running_server, start_server, wait_for
 
+pytestmark = pytest.mark.slow  # a real server process (system test); make test-fast leaves it out
+
 PEAK_LIMIT_MB = 1500.0
 START_S = 300.0
 """Generous: on a loaded 2-core machine a server start can take a minute."""

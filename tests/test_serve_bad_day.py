@@ -23,6 +23,9 @@ import pydicom
 import pytest
 
 from serve_support import running_server
+from tool_support import importorskip_tool, skip_missing
+
+pytestmark = pytest.mark.slow  # a real server process (system test); make test-fast leaves it out
 
 TOKEN = "bad-day-token-0123456789"
 PATIENT_ID = "=cmd|' /C calc'!A0"
@@ -226,10 +229,10 @@ fetch("%s/api/v1/images", {method: "POST", body: data, credentials: "include", m
 
 
 def test_a_page_on_another_loopback_port_cannot_upload_with_the_cookie(server, shared_data, tmp_path) -> None:
-    playwright_api = pytest.importorskip("playwright.sync_api")
+    playwright_api = importorskip_tool("playwright.sync_api", "playwright is not installed")
     chromium = Path("/usr/bin/chromium")
     if not chromium.exists():
-        pytest.skip("Debian's Chromium (/usr/bin/chromium) is not installed")
+        skip_missing("Debian's Chromium (/usr/bin/chromium) is not installed")
     image = sorted((shared_data / "nih" / "images").glob("*.png"))[1].read_bytes()
     (tmp_path / "attack.html").write_text(ATTACK_PAGE % (list(image), server.url))
     handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(*a, directory=str(tmp_path), **k)  # noqa: E731

@@ -20,9 +20,10 @@ import httpx
 import pytest
 
 from serve_support import running_server, wait_for
+from tool_support import importorskip_tool, skipif_missing
 from xraytriage.triage.reasons import tier_rank
 
-playwright_api = pytest.importorskip("playwright.sync_api")
+playwright_api = importorskip_tool("playwright.sync_api", "playwright is not installed")
 expect = playwright_api.expect
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -40,10 +41,13 @@ WAIT_MS = int(float(os.environ.get("XRAYTRIAGE_TEST_WAIT_S", "45")) * 1000)  # l
 N_NIH = 4
 REJECTION = "not a PNG, JPEG, TIFF or DICOM file by its content"
 
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists(),
-    reason="Debian's Chromium (/usr/bin/chromium) is not installed: apt install chromium",
-)
+pytestmark = [
+    pytest.mark.slow,
+    skipif_missing(
+        not CHROMIUM.exists(),
+        "Debian's Chromium (/usr/bin/chromium) is not installed: apt install chromium",
+    ),
+]
 
 
 def nih_images(shared_data: Path, start: int, count: int) -> list[Path]:

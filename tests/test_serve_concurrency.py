@@ -205,6 +205,7 @@ def test_a_heatmap_drawn_by_two_at_once(tmp_path: Path) -> None:
     check_heatmaps_drawn_at_once(make_service(tmp_path), make_service(tmp_path))
 
 
+@pytest.mark.slow
 def test_two_workers_settle_one_study(tmp_path: Path, shared_data: Path) -> None:
     check_two_workers_settle_one_study(make_service(tmp_path, batch_size=1), shared_data, tmp_path)
 

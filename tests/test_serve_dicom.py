@@ -24,6 +24,8 @@ from pacs import (
 from serve_support import running_server, wait_for
 from xraytriage.serving.dicom_node import SC_SERIES_NUMBER, SR_SERIES_NUMBER
 
+pytestmark = pytest.mark.slow  # a real server process (system test); make test-fast leaves it out
+
 QUIET_SECONDS = 3.0
 
 

@@ -15,6 +15,8 @@ import pytest
 
 from serve_support import running_server, wait_for
 
+pytestmark = pytest.mark.slow  # a real server process (system test); make test-fast leaves it out
+
 PATIENT_ID, ACCESSION = "PID-27182818", "ACC-16180339"
 
 

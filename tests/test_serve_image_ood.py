@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from tool_support import skip_missing
 from xraytriage.models.ood import OOD_WARNING
 
 
@@ -39,7 +40,7 @@ def _run_worker(service) -> None:
 def _first(folder: Path, pattern: str, count: int = 1) -> list[Path]:
     found = sorted(folder.glob(pattern))[:count]
     if len(found) < count:
-        pytest.skip(f"no {pattern} under {folder}")
+        skip_missing(f"no {pattern} under {folder}")
     return found
 
 
@@ -116,7 +117,7 @@ def test_a_dicom_outside_the_models_ages_gets_the_age_warning_in_the_service(
 
     source = shared_data / "dicom" / "siim_cr_chest_pa.dcm"
     if not source.is_file():
-        pytest.skip(f"{source} not found")
+        skip_missing(f"{source} not found")
     low, high = service.engine.checkpoint.scope["age_years"]
     dataset = pydicom.dcmread(source)
     dataset.PatientAge = age

@@ -153,6 +153,7 @@ def table_rows(db_file: Path) -> dict[str, list[tuple]]:
     return rows
 
 
+@pytest.mark.slow
 def test_backup_while_serving_and_restore_into_a_fresh_folder(tmp_path: Path, shared_data: Path) -> None:
     files = nih(shared_data, 3, skip=5)
     with running_server(tmp_path, "--workers", "1", "--heatmap-findings", "1") as server:
@@ -213,6 +214,7 @@ def test_restore_refuses_a_folder_that_has_data(tmp_path: Path) -> None:
     assert main(["restore", "--input", str(bad), "--data-dir", str(tmp_path / "fresh")]) != 0
 
 
+@pytest.mark.slow
 def test_copies_of_one_sop_instance_at_the_same_instant_leave_one_on_postgresql(
     tmp_path: Path, shared_data: Path
 ) -> None:

@@ -162,6 +162,7 @@ def test_instances_opening_one_empty_sqlite_file_at_once(tmp_path: Path) -> None
         check_migrated(Database(url))
 
 
+@pytest.mark.slow
 def test_migrations_on_postgresql_from_empty_and_from_the_old_schema(tmp_path: Path) -> None:
     import psycopg
     from sqlalchemy.engine import make_url
@@ -186,6 +187,7 @@ def test_migrations_on_postgresql_from_empty_and_from_the_old_schema(tmp_path: P
         assert schema_of(db.engine) == schema_of(Database(url).engine)
 
 
+@pytest.mark.slow
 def test_two_serve_instances_started_at_once_on_one_empty_postgresql(
     tmp_path: Path, shared_data: Path
 ) -> None:

@@ -24,6 +24,8 @@ from xraytriage.serving.db import Image
 from xraytriage.serving.service import TriageService
 from xraytriage.serving.states import ImageState
 
+pytestmark = pytest.mark.slow  # database outages under load, PostgreSQL
+
 
 def nih(shared_data: Path, n: int, skip: int = 0) -> list[Path]:
     return sorted((shared_data / "nih" / "images").glob("*.png"))[skip : skip + n]

@@ -17,6 +17,8 @@ from xraytriage.serving.repository import Repository
 from xraytriage.serving.service import TriageService
 from xraytriage.serving.states import StudyState
 
+pytestmark = pytest.mark.slow  # a real PostgreSQL server (system test); make test-fast leaves it out
+
 DONE = StudyState.DONE
 
 

@@ -8,10 +8,13 @@ import subprocess
 import sys
 
 import pandas as pd
+import pytest
 import yaml
 
 from train_support import make_data, tiny_config
 from xraytriage.models import load_checkpoint
+
+pytestmark = pytest.mark.slow  # two training processes
 
 
 def test_two_process_gloo_run_trains_and_writes_one_checkpoint(tmp_path):

@@ -92,6 +92,7 @@ def _interrupt(command: list[str], out: Path, sig: int, after: int, env: dict) -
     return subprocess.CompletedProcess(command, process.returncode, output.decode("utf-8", "replace"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
 def test_an_interrupted_run_keeps_its_work_and_resumes(shared_data, tmp_path, sig):
     """Kill -9 or Ctrl-C mid-run used to discard every finished image."""

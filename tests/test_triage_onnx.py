@@ -72,6 +72,7 @@ def test_tiny_model_onnx_matches_torch_on_real_images(tiny_checkpoint, shared_da
     ],
     ids=["densenet121-grey", "imagenet-rgb"],
 )
+@pytest.mark.slow
 def test_onnx_matches_torch_with_normalisation_in_the_graph(backbone, contract, shared_data, tmp_path):
     checkpoint = _random_checkpoint(backbone, 64, contract)
     path = export_onnx(checkpoint, tmp_path / "dn.onnx")

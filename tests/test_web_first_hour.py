@@ -12,8 +12,9 @@ import httpx
 import pytest
 
 from serve_support import running_server, wait_for
+from tool_support import importorskip_tool, skipif_missing
 
-playwright_api = pytest.importorskip("playwright.sync_api")
+playwright_api = importorskip_tool("playwright.sync_api", "playwright is not installed")
 expect = playwright_api.expect
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,9 +27,7 @@ BAD_TEXT = r"\b(null|undefined|NaN)\b"
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(
-        not CHROMIUM.exists(), reason="Debian's Chromium (/usr/bin/chromium) is not installed"
-    ),
+    skipif_missing(not CHROMIUM.exists(), "Debian's Chromium (/usr/bin/chromium) is not installed"),
 ]
 
 
