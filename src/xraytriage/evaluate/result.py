@@ -7,11 +7,9 @@ fills the abnormal columns the same way; keeping both here makes those imports p
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from xraytriage.auc_means import auc_means
@@ -23,19 +21,7 @@ from xraytriage.evaluate.predictions import (
     prob_matrix,
 )
 from xraytriage.models.checkpoint import abnormal_probability
-
-
-def json_safe(value: Any) -> Any:
-    """JSON-safe: NaN/inf -> None, numpy scalars -> Python."""
-    if isinstance(value, Mapping):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+from xraytriage.sanitize import json_clean
 
 
 def with_abnormal_columns(frame: pd.DataFrame) -> pd.DataFrame:
@@ -181,4 +167,4 @@ class EvaluationResult(dict):
                     "mean_within": grouped["mean_within"],
                     "their_score": grouped["their_score"],
                 }
-        return json_safe(out)
+        return json_clean(out)
