@@ -191,6 +191,15 @@ async def upload_images(request: Request, service: Service):
     return body
 
 
+def csv_download(text: str, filename: str) -> Response:
+    """A CSV answer the browser saves as ``filename`` (worklist and audit exports)."""
+    return Response(
+        text,
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )
+
+
 @router.get("/worklist", summary="Studies sorted by priority, with filters", response_model=schemas.Worklist)
 def get_worklist(
     request: Request,
@@ -228,11 +237,7 @@ def get_worklist_csv(
     service.audit.request(
         request, "export", detail=f"worklist.csv, {rows} rows; {_filters(status, name, state)}"
     )
-    return Response(
-        text,
-        media_type="text/csv; charset=utf-8",
-        headers={"Content-Disposition": 'attachment; filename="worklist.csv"'},
-    )
+    return csv_download(text, "worklist.csv")
 
 
 def study_or_404(service: TriageService, study_id: str) -> dict:
@@ -453,8 +458,4 @@ def get_audit_csv(
     for item in items:
         writer.writerow([item[k] for k in AUDIT_COLUMNS])
     service.audit.request(request, "audit", detail=f"exported {total} entries")
-    return Response(
-        buffer.getvalue(),
-        media_type="text/csv; charset=utf-8",
-        headers={"Content-Disposition": 'attachment; filename="audit.csv"'},
-    )
+    return csv_download(buffer.getvalue(), "audit.csv")
