@@ -38,6 +38,22 @@ def single_class_warnings(collections: dict[str, dict[str, Any]]) -> list[str]:
     return lines
 
 
+def study_table(images: pd.DataFrame, label: str, how: str) -> pd.DataFrame:
+    """One row per study of ``images`` (columns ``index, study_id, patient_id, body_part`` and
+    ``label``): ``study_id, patient_id, body_part, label, n_images, indices``, the study's label
+    being its images' ``label`` reduced by ``how`` (``first``: a study-level label; ``max``: any
+    positive image)."""
+    grouped = images.groupby("study_id", sort=False)
+    out = grouped.agg(
+        patient_id=("patient_id", "first"),
+        body_part=("body_part", "first"),
+        label=(label, how),
+        n_images=("index", "size"),
+        indices=("index", lambda s: np.asarray(s, dtype=np.int64)),
+    )
+    return out.reset_index()
+
+
 class RadiographDataset:
     """Rows of ``table`` (columns ``path, patient_id, study_id, view, collection`` + source
     metadata; ``collection`` says which public collection or folder an image came from, since

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from xraytriage.data.base import RadiographDataset
+from xraytriage.data.base import RadiographDataset, study_table
 from xraytriage.errors import ConfigError, ImageReadError, MissingFileError
 from xraytriage.labels import ABNORMAL
 
@@ -240,15 +240,7 @@ class FracAtlasDataset(RadiographDataset):
         (the shape of :meth:`MURADataset.studies`, so study-level evaluation reads both)."""
         frame = self.table.reset_index()[["index", "study_id", "patient_id", "body_part"]].copy()
         frame["label"] = self.labels[:, 0]
-        grouped = frame.groupby("study_id", sort=False)
-        out = grouped.agg(
-            patient_id=("patient_id", "first"),
-            body_part=("body_part", "first"),
-            label=("label", "max"),
-            n_images=("index", "size"),
-            indices=("index", lambda s: np.asarray(s, dtype=np.int64)),
-        )
-        return out.reset_index()
+        return study_table(frame, "label", "max")
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from xraytriage.data.base import RadiographDataset
+from xraytriage.data.base import RadiographDataset, study_table
 from xraytriage.errors import ConfigError, MissingFileError
 from xraytriage.labels import ABNORMAL
 
@@ -112,15 +112,7 @@ class MURADataset(RadiographDataset):
     def studies(self) -> pd.DataFrame:
         """One row per study: ``study_id, patient_id, body_part, label, n_images, indices``
         (``indices`` = this dataset's image rows of the study)."""
-        grouped = self.table.reset_index().groupby("study_id", sort=False)
-        out = grouped.agg(
-            patient_id=("patient_id", "first"),
-            body_part=("body_part", "first"),
-            label=("study_label", "first"),
-            n_images=("index", "size"),
-            indices=("index", lambda s: np.asarray(s, dtype=np.int64)),
-        )
-        return out.reset_index()
+        return study_table(self.table.reset_index(), "study_label", "first")
 
     def study_scores(self, image_scores: np.ndarray, reduce: str = "mean") -> pd.DataFrame:
         """Aggregate per-image scores to per-study scores (``mean`` like the MURA paper, or ``max``)."""
