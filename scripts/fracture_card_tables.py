@@ -68,7 +68,7 @@ def tables(oof_csv: str, root: str, checkpoint_path: str) -> dict:
     }
     out["shortcuts"] = {}
     for by in ("resolution", "hardware", "body_part"):
-        r = grouped_auc(y, p, frame[by].astype(str).to_numpy())
+        r = grouped_auc(y, p, groups=frame[by].astype(str).to_numpy())
         out["shortcuts"][by] = {
             "group_only_auc": r["group_only_auc"],
             "within_mean_auc": r["within_mean_auc"],

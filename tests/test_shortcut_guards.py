@@ -42,7 +42,7 @@ def _collection_shortcut(seed: int = 0):
 
 def test_a_collection_only_signal_is_caught():
     y, p, groups = _collection_shortcut()
-    r = grouped_auc(y, p, groups)
+    r = grouped_auc(y, p, groups=groups)
     assert r["pooled_auc"] > 0.75
     assert r["groups"]["A"]["auc"] is None  # one class: no AUC there
     assert abs(r["groups"]["B"]["auc"] - 0.5) < 0.08
@@ -56,7 +56,7 @@ def test_a_real_signal_is_not_flagged():
     y = rng.integers(0, 2, 600).astype(float)
     p = np.clip(0.5 * y + rng.normal(0.25, 0.2, 600), 0, 1)
     groups = np.array(["A", "B", "C"] * 200, dtype=object)
-    r = grouped_auc(y, p, groups)
+    r = grouped_auc(y, p, groups=groups)
     assert r["within_mean_auc"] > 0.8
     assert abs(r["group_only_auc"] - 0.5) < 0.1
     assert not r["shortcut_warning"]
@@ -64,9 +64,9 @@ def test_a_real_signal_is_not_flagged():
 
 def test_group_only_auc_is_chance_for_equal_prevalence():
     y = np.array([0, 1, 0, 1, 0, 1, 0, 1], dtype=float)
-    assert group_only_auc(y, np.array(list("AABBCCDD"))) == pytest.approx(0.5)
-    assert group_only_auc(y, np.array(list("AAAABBBB"))) == pytest.approx(0.5)
-    assert group_only_auc(np.array([1, 1, 0, 0.0]), np.array(list("AABB"))) == pytest.approx(1.0)
+    assert group_only_auc(y, groups=np.array(list("AABBCCDD"))) == pytest.approx(0.5)
+    assert group_only_auc(y, groups=np.array(list("AAAABBBB"))) == pytest.approx(0.5)
+    assert group_only_auc(np.array([1, 1, 0, 0.0]), groups=np.array(list("AABB"))) == pytest.approx(1.0)
 
 
 def test_group_labels_from_prediction_columns():

@@ -167,7 +167,7 @@ def _grouped(test: pd.DataFrame, labels: list[str], by: str) -> dict[str, Any]:
         y = np.column_stack([y, frame["abnormal"].to_numpy(dtype=np.float64)])
         p = np.column_stack([p, frame["abnormal_probability"].to_numpy(dtype=np.float64)])
         names.append(TRIAGE_SCORE)
-    return grouped_metrics(y, p, names, groups, by)
+    return grouped_metrics(y, p, labels=names, groups=groups, by=by)
 
 
 def evaluate_predictions(
