@@ -47,7 +47,7 @@ def tables(oof_csv: str, root: str, checkpoint_path: str) -> dict:
     out: dict = {"images": len(frame), "fractured": int(y.sum()), "threshold": threshold, "auc": {}}
     for kind in ("small", "large", "pooled"):
         mask = np.ones(len(frame), bool) if kind == "pooled" else (frame["resolution"] == kind).to_numpy()
-        ci = bootstrap_metric(y[mask], p[mask], "auc", groups=groups[mask], n_boot=1000, seed=0)
+        ci = bootstrap_metric(y[mask], p[mask], metric="auc", groups=groups[mask], n_boot=1000, seed=0)
         pred = p[mask] >= threshold
         pos, neg = y[mask] == 1, y[mask] == 0
         out["auc"][kind] = {

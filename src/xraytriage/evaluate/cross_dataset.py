@@ -41,6 +41,8 @@ def cross_dataset_metrics(
     y = map_labels(labels, dataset_labels, shared)
     p = map_labels(probs, model_labels, shared)
     result = (
-        multilabel_metrics(y, p, shared, thresholds) if shared else {"labels": {}, "macro": {}, "micro": {}}
+        multilabel_metrics(y, p, label_names=shared, thresholds=thresholds)
+        if shared
+        else {"labels": {}, "macro": {}, "micro": {}}
     )
     return {**overlap, **result}

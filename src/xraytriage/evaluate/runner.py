@@ -104,8 +104,8 @@ def _operating_points(
     for rule, thresholds in rules.items():
         out["rules"][rule] = {
             n: {
-                **threshold_metrics(y[:, j], p[:, j], thresholds[n]),
-                "confusion": confusion(y[:, j], p[:, j], thresholds[n]),
+                **threshold_metrics(y[:, j], p[:, j], threshold=thresholds[n]),
+                "confusion": confusion(y[:, j], p[:, j], threshold=thresholds[n]),
             }
             for j, n in enumerate(labels)
         }
@@ -197,11 +197,11 @@ def evaluate_predictions(
         ),
         "config": asdict(cfg),
     })  # fmt: skip
-    result["metrics"] = multilabel_metrics(y, p, labels, cfg.thresholds)
+    result["metrics"] = multilabel_metrics(y, p, label_names=labels, thresholds=cfg.thresholds)
     definitions = mean_definitions(labels, outputs=prob_labels(test))
     log.info("bootstrap: %d patient-level replicates", cfg.n_boot)
     result["bootstrap"] = bootstrap_label_intervals(
-        y, p, labels, groups, n_boot=cfg.n_boot, seed=cfg.seed, means=definitions
+        y, p, label_names=labels, groups=groups, n_boot=cfg.n_boot, seed=cfg.seed, means=definitions
     )
     result["means"] = named_means(result, definitions)
     result["operating_points"] = _operating_points(test, labels, val, checkpoint_thresholds, cfg)

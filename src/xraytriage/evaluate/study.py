@@ -73,7 +73,7 @@ def study_metrics(
     p = np.asarray(study_probs, dtype=np.float64)
     keep = ~np.isnan(y) & ~np.isnan(p)
     y, p = y[keep], p[keep]
-    at = threshold_metrics(y, p, threshold)
+    at = threshold_metrics(y, p, threshold=threshold)
     pred = (p >= threshold).astype(int)
     kappa = float(cohen_kappa_score(y.astype(int), pred)) if y.size else float("nan")
     return {
