@@ -115,9 +115,9 @@ def test_the_probability_histogram_names_its_labels():
 
     rng = np.random.default_rng(0)
     y, p = rng.integers(0, 2, (50, 2)).astype(float), rng.random((50, 2))
-    titles = [ax.get_title() for ax in plot_calibration(y, p, ["Mass", "Nodule"], 10).axes]
+    titles = [ax.get_title() for ax in plot_calibration(y, p, names=["Mass", "Nodule"], n_bins=10).axes]
     assert "Predicted probabilities, all labels pooled" in titles
-    titles = [ax.get_title() for ax in plot_calibration(y[:, :1], p[:, :1], ["Mass"], 10).axes]
+    titles = [ax.get_title() for ax in plot_calibration(y[:, :1], p[:, :1], names=["Mass"], n_bins=10).axes]
     assert "Predicted probabilities of Mass" in titles
 
 

@@ -138,9 +138,9 @@ def _triage(test: pd.DataFrame, cfg: EvaluationConfig) -> dict[str, Any] | None:
     reading = cfg.reading_minutes or 0.9 * cfg.day_minutes / n
     critical = studies["critical"].to_numpy() if critical_cols else None
     result = triage_metrics(
-        studies["abnormal_probability"].to_numpy(),
         studies["abnormal"].to_numpy(),
-        critical,
+        studies["abnormal_probability"].to_numpy(),
+        critical=critical,
         day_minutes=cfg.day_minutes,
         reading_minutes=reading,
         reading_kind=cfg.reading_kind,
