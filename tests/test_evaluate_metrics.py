@@ -116,10 +116,10 @@ def test_youden_threshold_by_hand():
 
 
 def test_sensitivity_threshold_reaches_target():
-    t = sensitivity_threshold(y8, p8, 0.75)
+    t = sensitivity_threshold(y8, p8, target=0.75)
     assert t == pytest.approx(0.6)
     assert threshold_metrics(y8, p8, threshold=t)["sensitivity"] >= 0.75
-    assert sensitivity_threshold(y8, p8, 1.0) == pytest.approx(0.45)
+    assert sensitivity_threshold(y8, p8, target=1.0) == pytest.approx(0.45)
 
 
 def test_f1_threshold_maximises_f1():
@@ -166,7 +166,7 @@ def _overconfident_logits(seed: int = 4, n: int = 2000, scale: float = 3.0):
 
 def test_temperature_scaling_recovers_overconfidence():
     z, y = _overconfident_logits()
-    t = fit_temperature(z, y)
+    t = fit_temperature(y, z)
     assert t == pytest.approx(3.0, rel=0.15)
     before = expected_calibration_error(y, 1 / (1 + np.exp(-z)))
     after = expected_calibration_error(y, 1 / (1 + np.exp(-z / t)))
@@ -175,7 +175,7 @@ def test_temperature_scaling_recovers_overconfidence():
 
 def test_platt_scaling_matches_unregularised_logistic_regression():
     z, y = _overconfident_logits(seed=5)
-    a, b = fit_platt(z, y)
+    a, b = fit_platt(y, z)
     assert a == pytest.approx(1 / 3, rel=0.15)
     assert abs(b) < 0.2
 

@@ -170,7 +170,7 @@ def test_specificity_rule_keeps_false_alarms_at_the_target():
     y = rng.integers(0, 2, 2000).astype(float)
     p = np.clip(0.3 * y + rng.uniform(0, 0.7, 2000), 0, 1)
     for target in (0.8, 0.9, 0.97):
-        t = specificity_threshold(y, p, target)
+        t = specificity_threshold(y, p, target=target)
         spec = float((p[y == 0] < t).mean())
         assert target <= spec < target + 0.01
     assert parse_method("specificity") == ("specificity", 0.9)
@@ -182,7 +182,9 @@ def test_specificity_rule_keeps_false_alarms_at_the_target():
         parse_label_targets(["Mass:0.8"])
     labels = np.column_stack([y, y])
     probs = np.column_stack([p, p])
-    chosen = choose_thresholds(labels, probs, ["A", "B"], "specificity", 0.9, {"B": 0.99})
+    chosen = choose_thresholds(
+        labels, probs, label_names=["A", "B"], method="specificity", target=0.9, label_targets={"B": 0.99}
+    )
     assert chosen["B"] > chosen["A"]
 
 
@@ -193,11 +195,13 @@ def test_cap_on_flagged_normals_raises_all_thresholds_together():
     y = np.where(normal[:, None], 0, rng.uniform(size=(n, k)) < 0.2).astype(float)
     p = np.clip(0.3 * y + rng.uniform(0, 0.7, (n, k)), 0, 1)
     names = [f"F{j}" for j in range(k)]
-    base = choose_thresholds(y, p, names, "specificity", 0.9)
-    before = normal_flag_rate(p, normal, np.array([base[n] for n in names]))
+    base = choose_thresholds(y, p, label_names=names, method="specificity", target=0.9)
+    before = normal_flag_rate(np.where(normal, 0.0, 1.0), p, thresholds=np.array([base[n] for n in names]))
     assert before > 0.4  # eight labels at 90% each flag far more than 10% of normals
-    capped, floor = cap_normal_flag_rate(y, p, normal, names, base, 0.15)
-    after = normal_flag_rate(p, normal, np.array([capped[n] for n in names]))
+    capped, floor = cap_normal_flag_rate(
+        y, p, normal=normal, label_names=names, thresholds=base, max_rate=0.15
+    )
+    after = normal_flag_rate(np.where(normal, 0.0, 1.0), p, thresholds=np.array([capped[n] for n in names]))
     assert after <= 0.15 and floor > 0.9
     assert all(capped[n] >= base[n] for n in names)
 

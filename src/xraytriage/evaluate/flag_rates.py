@@ -73,7 +73,7 @@ def critical_thresholds(
             raise ConfigError(
                 f"critical finding {name!r}: no held-out image without it to set a threshold on"
             )
-        t = specificity_threshold(y[known], probs[known, j], specificity)
+        t = specificity_threshold(y[known], probs[known, j], target=specificity)
         out[name] = float(max(t, float(thresholds.get(name, 0.0))))
     return out
 

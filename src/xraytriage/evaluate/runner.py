@@ -90,7 +90,8 @@ def _operating_points(
     source_frame, source = (val, "validation") if val is not None else (test, "evaluation set (optimistic)")
     y_src, p_src = label_matrix(source_frame, labels), prob_matrix(source_frame, labels)
     rules: dict[str, dict[str, float]] = {
-        m: choose_thresholds(y_src, p_src, labels, m, _target(m, cfg)) for m in METHODS
+        m: choose_thresholds(y_src, p_src, label_names=labels, method=m, target=_target(m, cfg))
+        for m in METHODS
     }
     if checkpoint_thresholds:
         rules["checkpoint"] = {n: float(checkpoint_thresholds.get(n, 0.5)) for n in labels}
@@ -207,8 +208,8 @@ def evaluate_predictions(
     result["operating_points"] = _operating_points(test, labels, val, checkpoint_thresholds, cfg)
     result["calibration"] = {
         n: {
-            "ece": expected_calibration_error(y[:, j], p[:, j], cfg.n_bins),
-            "reliability": reliability_table(y[:, j], p[:, j], cfg.n_bins).to_dict(orient="records"),
+            "ece": expected_calibration_error(y[:, j], p[:, j], n_bins=cfg.n_bins),
+            "reliability": reliability_table(y[:, j], p[:, j], n_bins=cfg.n_bins).to_dict(orient="records"),
         }
         for j, n in enumerate(labels)
     }
