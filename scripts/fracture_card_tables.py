@@ -63,8 +63,10 @@ def tables(oof_csv: str, root: str, checkpoint_path: str) -> dict:
     studies = aggregate_studies(frame, ["p"], [LABEL], method="max")
     multi = studies[studies["images"] > 1]
     out["study_level"] = {
-        "all_studies": study_metrics(studies[LABEL].to_numpy(), studies["p"].to_numpy(), threshold),
-        "multi_image_studies": study_metrics(multi[LABEL].to_numpy(), multi["p"].to_numpy(), threshold),
+        "all_studies": study_metrics(studies[LABEL].to_numpy(), studies["p"].to_numpy(), threshold=threshold),
+        "multi_image_studies": study_metrics(
+            multi[LABEL].to_numpy(), multi["p"].to_numpy(), threshold=threshold
+        ),
     }
     out["shortcuts"] = {}
     for by in ("resolution", "hardware", "body_part"):

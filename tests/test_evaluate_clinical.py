@@ -33,7 +33,9 @@ def test_rates_and_warnings_per_finding():
     y = rng.integers(0, 2, (n, 2)).astype(float)
     p = np.column_stack([0.2 + 0.6 * y[:, 0], np.full(n, 0.05)])  # A: separable; B: never flagged
     y[:7, 1] = np.nan  # not annotated: left out
-    out = summarise_findings(y, p, ["A", "B"], {"A": 0.5, "B": 0.5}, {"A": 0.02, "B": 0.45})
+    out = summarise_findings(
+        y, p, labels=["A", "B"], thresholds={"A": 0.5, "B": 0.5}, ece={"A": 0.02, "B": 0.45}
+    )
     a, b = out
     positives = int((y[:, 0] == 1).sum())
     assert (a.sensitivity.k, a.sensitivity.n) == (positives, positives) and a.specificity.value == 1.0

@@ -305,14 +305,15 @@ def run_predictions(args: argparse.Namespace):
     probs = calibrated.probabilities(logits)
     critical = resolve_critical(calibrated.findings, args.critical, names)
     calibrated.critical = critical_thresholds(
-        labels, probs, names, critical, calibrated.thresholds, args.critical_specificity,
-        required=bool(args.critical),
+        labels, probs, label_names=names, critical=critical, thresholds=calibrated.thresholds,
+        specificity=args.critical_specificity, required=bool(args.critical),
     )  # fmt: skip
     calibrated.expected_rates = {
         **(checkpoint.expected_rates or {}),
         **expected_rates(
-            labels, probs, calibrated.abnormal_probability(probs), names, calibrated.findings,
-            calibrated.thresholds, calibrated.study_flag_threshold, calibrated.critical,
+            labels, probs, abnormal_score=calibrated.abnormal_probability(probs), label_names=names,
+            findings=calibrated.findings, thresholds=calibrated.thresholds,
+            flag_at=calibrated.study_flag_threshold, critical=calibrated.critical,
             prevalence=args.deployment_prevalence or None, source=str(args.predictions),
         ),
     }  # fmt: skip

@@ -243,7 +243,7 @@ def _clinical_section(report: HtmlReport, result: Mapping[str, Any], y: np.ndarr
     rule = "checkpoint" if "checkpoint" in ops["rules"] else result["config"]["operating_point"]
     thresholds = {n: ops["rules"][rule][n]["threshold"] for n in labels}
     ece = {n: result.get("calibration", {}).get(n, {}).get("ece") for n in labels}
-    summaries = summarise_findings(y, p, labels, thresholds, ece)
+    summaries = summarise_findings(y, p, labels=labels, thresholds=thresholds, ece=ece)
     report.heading("Summary for a clinical lead: what the model does at its operating points")
     where = (
         "the thresholds stored in the model, the ones `triage` and the service flag with"
