@@ -201,7 +201,9 @@ def test_calibrate_checkpoint_writes_calibration_and_thresholds(tmp_path):
     z, y = _overconfident_logits(seed=6, n=400)
     logits = np.column_stack([z + 0.1 * j for j in range(len(names))])
     labels = np.column_stack([y] * len(names))
-    calibrated = calibrate_checkpoint(tiny_checkpoint, logits, labels, "platt", "f1")
+    calibrated = calibrate_checkpoint(
+        tiny_checkpoint, y_true=labels, y_score=logits, method="platt", threshold_method="f1"
+    )
     assert tiny_checkpoint.calibration == {}  # original untouched
     assert set(calibrated.calibration) == set(names)
     assert all(c["method"] == "platt" for c in calibrated.calibration.values())

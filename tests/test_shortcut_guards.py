@@ -216,9 +216,17 @@ def test_prior_shift_moves_the_mean_probability_to_the_deployment_prevalence():
     ckpt = Checkpoint(cfg, labels, PreprocessContract(size=32), dict(build_model(cfg).state_dict()))
     logits = np.column_stack([z, z])
     truth = np.column_stack([y, y])
-    plain = calibrate_checkpoint(ckpt, logits, truth, "platt", "specificity", 0.9)
+    plain = calibrate_checkpoint(
+        ckpt, y_true=truth, y_score=logits, method="platt", threshold_method="specificity", target=0.9
+    )
     moved = calibrate_checkpoint(
-        ckpt, logits, truth, "platt", "specificity", 0.9, deployment_prevalence={"Abnormal": 0.46}
+        ckpt,
+        y_true=truth,
+        y_score=logits,
+        method="platt",
+        threshold_method="specificity",
+        target=0.9,
+        deployment_prevalence={"Abnormal": 0.46},
     )
     p_plain, p_moved = plain.probabilities(logits), moved.probabilities(logits)
     assert p_plain[:, 1].mean() == pytest.approx(0.76, abs=0.02)

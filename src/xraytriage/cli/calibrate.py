@@ -293,8 +293,8 @@ def run_predictions(args: argparse.Namespace):
         calibrated.metrics = dict(checkpoint.metrics)
     else:
         calibrated = calibrate_checkpoint(
-            checkpoint, logits, labels, args.method, method, target,
-            label_targets=parse_label_targets(args.label_target),
+            checkpoint, y_true=labels, y_score=logits, method=args.method, threshold_method=method,
+            target=target, label_targets=parse_label_targets(args.label_target),
             deployment_prevalence=prevalence,
             max_normal_flag_rate=args.max_normal_flag_rate,
         )  # fmt: skip

@@ -68,13 +68,13 @@ class ClusterSampler:
 class WeightedRanking:
     """One label's known (label, score) pairs, sorted once; AUC and AP for any row weights."""
 
-    def __init__(self, y: np.ndarray, p: np.ndarray) -> None:
-        order = np.argsort(-np.asarray(p, dtype=np.float64), kind="mergesort")  # descending
-        sp = np.asarray(p, dtype=np.float64)[order]
+    def __init__(self, y_true: np.ndarray, y_score: np.ndarray) -> None:
+        order = np.argsort(-np.asarray(y_score, dtype=np.float64), kind="mergesort")  # descending
+        sp = np.asarray(y_score, dtype=np.float64)[order]
         self.order = order
         self.tie_group = np.r_[0, np.cumsum(np.diff(sp) != 0)] if len(sp) else np.zeros(0, dtype=np.int64)
         self.n_ties = int(self.tie_group[-1]) + 1 if len(sp) else 0
-        self.positive = (np.asarray(y)[order] == 1).astype(np.float64)
+        self.positive = (np.asarray(y_true)[order] == 1).astype(np.float64)
 
     def _group_weights(self, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         w = weights[self.order]

@@ -157,8 +157,9 @@ def prior_shift(calibration_prevalence: float, deployment_prevalence: float) -> 
 
 def calibrate_checkpoint(
     checkpoint: Checkpoint,
-    val_logits: np.ndarray,
-    val_labels: np.ndarray,
+    *,
+    y_true: np.ndarray,
+    y_score: np.ndarray,
     method: str = "temperature",
     threshold_method: str = "youden",
     target: float = 0.9,
@@ -166,9 +167,9 @@ def calibrate_checkpoint(
     deployment_prevalence: dict[str, float] | None = None,
     max_normal_flag_rate: float | None = None,
 ) -> Checkpoint:
-    """A copy of ``checkpoint`` with calibration fitted on validation *raw* logits and thresholds
-    chosen on the resulting calibrated validation probabilities. Labels of the checkpoint are
-    the columns of both arrays.
+    """A copy of ``checkpoint`` with calibration fitted on validation *raw* logits (``y_score``)
+    against the validation labels (``y_true``) and thresholds chosen on the resulting calibrated
+    validation probabilities. Labels of the checkpoint are the columns of both arrays.
 
     ``deployment_prevalence`` ({label: prevalence}) moves those labels' probabilities from the
     validation set's prevalence to the stated one (e.g. Abnormal 0.46, the NIH population), so
@@ -176,6 +177,7 @@ def calibrate_checkpoint(
     the findings' thresholds together until at most that share of the validation's normal
     images (No Finding) has any finding flagged."""
     names = list(checkpoint.label_names)
+    val_labels, val_logits = y_true, y_score
     calibrated = copy.copy(checkpoint)
     calibrated.calibration = fit_calibration(val_labels, val_logits, label_names=names, method=method)
     shifts: dict[str, dict[str, float]] = {}
