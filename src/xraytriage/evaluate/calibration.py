@@ -23,6 +23,7 @@ from xraytriage.evaluate.metrics import has_both_classes, valid_pairs
 from xraytriage.evaluate.operating_points import cap_normal_flag_rate, choose_thresholds, normal_flag_rate
 from xraytriage.labels import abnormal_target
 from xraytriage.models.checkpoint import Checkpoint
+from xraytriage.stats import known_rows
 
 CALIBRATION_METHODS = ("temperature", "platt")
 
@@ -185,7 +186,7 @@ def calibrate_checkpoint(
         if name not in names:
             raise ConfigError(f"deployment prevalence for {name!r}: the model has no such output")
         column = val_labels[:, names.index(name)]
-        known = column[~np.isnan(column)]
+        known = column[known_rows(column)]
         observed = float(known.mean()) if known.size else float("nan")
         shift = prior_shift(observed, prevalence)
         calibrated.calibration[name] = {**calibrated.calibration[name], "shift": shift}
