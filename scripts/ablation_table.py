@@ -48,7 +48,7 @@ def findings_mean(
 ) -> tuple[float, dict[str, float]]:
     per = {}
     for name in NIH_FINDINGS:
-        result = grouped_auc(truth[name].to_numpy(), probs[f"prob_{name}"].to_numpy(), groups)
+        result = grouped_auc(truth[name].to_numpy(), probs[f"prob_{name}"].to_numpy(), groups=groups)
         if result["within_mean_auc"] is not None:
             per[name] = result["within_mean_auc"]
     return float(np.mean(list(per.values()))), per
@@ -58,12 +58,12 @@ def row(name: str, probs: pd.DataFrame, truth: pd.DataFrame, anchors: pd.DataFra
     truth = truth.loc[probs.index]
     groups = truth["collection"].astype(str).to_numpy()
     abnormal = (truth["No Finding"] == 0).astype(float).to_numpy()
-    triage = grouped_auc(abnormal, probs["prob_Abnormal"].to_numpy(), groups)["groups"]
+    triage = grouped_auc(abnormal, probs["prob_Abnormal"].to_numpy(), groups=groups)["groups"]
     mean14, per = findings_mean(truth, probs, groups)
     both = probs.index.intersection(anchors.index)
     ours_a, _ = findings_mean(truth.loc[both], probs.loc[both], groups_of(truth, both))
     theirs_a, _ = findings_mean(truth.loc[both], anchors.loc[both], groups_of(truth, both))
-    tri = grouped_auc(abnormal, probs["prob_Abnormal"].to_numpy(), groups)
+    tri = grouped_auc(abnormal, probs["prob_Abnormal"].to_numpy(), groups=groups)
     return {
         "recipe": name,
         "images": len(probs),

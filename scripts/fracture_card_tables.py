@@ -47,7 +47,7 @@ def tables(oof_csv: str, root: str, checkpoint_path: str) -> dict:
     out: dict = {"images": len(frame), "fractured": int(y.sum()), "threshold": threshold, "auc": {}}
     for kind in ("small", "large", "pooled"):
         mask = np.ones(len(frame), bool) if kind == "pooled" else (frame["resolution"] == kind).to_numpy()
-        ci = bootstrap_metric(y[mask], p[mask], "auc", groups=groups[mask], n_boot=1000, seed=0)
+        ci = bootstrap_metric(y[mask], p[mask], metric="auc", groups=groups[mask], n_boot=1000, seed=0)
         pred = p[mask] >= threshold
         pos, neg = y[mask] == 1, y[mask] == 0
         out["auc"][kind] = {
@@ -63,12 +63,14 @@ def tables(oof_csv: str, root: str, checkpoint_path: str) -> dict:
     studies = aggregate_studies(frame, ["p"], [LABEL], method="max")
     multi = studies[studies["images"] > 1]
     out["study_level"] = {
-        "all_studies": study_metrics(studies[LABEL].to_numpy(), studies["p"].to_numpy(), threshold),
-        "multi_image_studies": study_metrics(multi[LABEL].to_numpy(), multi["p"].to_numpy(), threshold),
+        "all_studies": study_metrics(studies[LABEL].to_numpy(), studies["p"].to_numpy(), threshold=threshold),
+        "multi_image_studies": study_metrics(
+            multi[LABEL].to_numpy(), multi["p"].to_numpy(), threshold=threshold
+        ),
     }
     out["shortcuts"] = {}
     for by in ("resolution", "hardware", "body_part"):
-        r = grouped_auc(y, p, frame[by].astype(str).to_numpy())
+        r = grouped_auc(y, p, groups=frame[by].astype(str).to_numpy())
         out["shortcuts"][by] = {
             "group_only_auc": r["group_only_auc"],
             "within_mean_auc": r["within_mean_auc"],

@@ -33,7 +33,9 @@ def test_rates_and_warnings_per_finding():
     y = rng.integers(0, 2, (n, 2)).astype(float)
     p = np.column_stack([0.2 + 0.6 * y[:, 0], np.full(n, 0.05)])  # A: separable; B: never flagged
     y[:7, 1] = np.nan  # not annotated: left out
-    out = summarise_findings(y, p, ["A", "B"], {"A": 0.5, "B": 0.5}, {"A": 0.02, "B": 0.45})
+    out = summarise_findings(
+        y, p, labels=["A", "B"], thresholds={"A": 0.5, "B": 0.5}, ece={"A": 0.02, "B": 0.45}
+    )
     a, b = out
     positives = int((y[:, 0] == 1).sum())
     assert (a.sensitivity.k, a.sensitivity.n) == (positives, positives) and a.specificity.value == 1.0
@@ -115,9 +117,9 @@ def test_the_probability_histogram_names_its_labels():
 
     rng = np.random.default_rng(0)
     y, p = rng.integers(0, 2, (50, 2)).astype(float), rng.random((50, 2))
-    titles = [ax.get_title() for ax in plot_calibration(y, p, ["Mass", "Nodule"], 10).axes]
+    titles = [ax.get_title() for ax in plot_calibration(y, p, names=["Mass", "Nodule"], n_bins=10).axes]
     assert "Predicted probabilities, all labels pooled" in titles
-    titles = [ax.get_title() for ax in plot_calibration(y[:, :1], p[:, :1], ["Mass"], 10).axes]
+    titles = [ax.get_title() for ax in plot_calibration(y[:, :1], p[:, :1], names=["Mass"], n_bins=10).axes]
     assert "Predicted probabilities of Mass" in titles
 
 

@@ -66,7 +66,7 @@ def test_anchor_auc_on_the_shared_images_matches_sklearn(anchor, anchor_csv, dat
     # every anchor image is in the shared NIH folders
     assert len(anchor) == anchor_rows(anchor_csv)
     y, p = label_matrix(anchor, NIH_FINDINGS), prob_matrix(anchor, NIH_FINDINGS)
-    result = multilabel_metrics(y, p, NIH_FINDINGS)
+    result = multilabel_metrics(y, p, label_names=NIH_FINDINGS)
     joined = anchor[["image"]].merge(data_entry_truth, on="image")
     for name in NIH_FINDINGS:
         if joined[name].nunique() == 2:

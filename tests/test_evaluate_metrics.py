@@ -45,7 +45,9 @@ def test_auc_and_ap_by_hand():
 
 
 def test_threshold_metrics_by_hand_and_sklearn():
-    m = threshold_metrics(y8, p8, 0.5)  # predicted positive: 0.9 0.8 0.6 0.7 -> tp 3, fp 1, fn 1, tn 3
+    m = threshold_metrics(
+        y8, p8, threshold=0.5
+    )  # predicted positive: 0.9 0.8 0.6 0.7 -> tp 3, fp 1, fn 1, tn 3
     assert (m["tp"], m["fp"], m["fn"], m["tn"]) == (3, 1, 1, 3)
     assert m["precision"] == pytest.approx(0.75)
     assert m["recall"] == pytest.approx(0.75)
@@ -54,7 +56,7 @@ def test_threshold_metrics_by_hand_and_sklearn():
     assert m["f1"] == pytest.approx(f1_score(y8, pred))
     assert m["precision"] == pytest.approx(precision_score(y8, pred))
     # no predicted positive: precision is 0 (sklearn zero_division=0), not an error
-    assert threshold_metrics(y8, p8, 0.95)["precision"] == 0.0
+    assert threshold_metrics(y8, p8, threshold=0.95)["precision"] == 0.0
 
 
 def test_nan_labels_are_masked_per_label():
@@ -62,7 +64,7 @@ def test_nan_labels_are_masked_per_label():
     y = rng.integers(0, 2, size=(200, 3)).astype(float)
     p = np.clip(y * 0.3 + rng.random((200, 3)) * 0.7, 0, 1)
     y[:50, 1] = np.nan  # label 1 unknown for 50 images; the others keep them
-    result = multilabel_metrics(y, p, ["a", "b", "c"])
+    result = multilabel_metrics(y, p, label_names=["a", "b", "c"])
     assert result["labels"]["a"]["n"] == 200
     assert result["labels"]["b"]["n"] == 150
     assert result["labels"]["b"]["auc"] == pytest.approx(roc_auc_score(y[50:, 1], p[50:, 1]))
@@ -78,7 +80,7 @@ def test_micro_and_macro_match_sklearn_on_complete_matrix():
     rng = np.random.default_rng(1)
     y = rng.integers(0, 2, size=(300, 4)).astype(float)
     p = np.clip(0.4 * y + 0.6 * rng.random((300, 4)), 0, 1)
-    result = multilabel_metrics(y, p, list("abcd"))
+    result = multilabel_metrics(y, p, label_names=list("abcd"))
     assert result["micro"]["auc"] == pytest.approx(roc_auc_score(y, p, average="micro"))
     assert result["macro"]["auc"] == pytest.approx(roc_auc_score(y, p, average="macro"))
     assert result["micro"]["average_precision"] == pytest.approx(
@@ -114,10 +116,10 @@ def test_youden_threshold_by_hand():
 
 
 def test_sensitivity_threshold_reaches_target():
-    t = sensitivity_threshold(y8, p8, 0.75)
+    t = sensitivity_threshold(y8, p8, target=0.75)
     assert t == pytest.approx(0.6)
-    assert threshold_metrics(y8, p8, t)["sensitivity"] >= 0.75
-    assert sensitivity_threshold(y8, p8, 1.0) == pytest.approx(0.45)
+    assert threshold_metrics(y8, p8, threshold=t)["sensitivity"] >= 0.75
+    assert sensitivity_threshold(y8, p8, target=1.0) == pytest.approx(0.45)
 
 
 def test_f1_threshold_maximises_f1():
@@ -164,7 +166,7 @@ def _overconfident_logits(seed: int = 4, n: int = 2000, scale: float = 3.0):
 
 def test_temperature_scaling_recovers_overconfidence():
     z, y = _overconfident_logits()
-    t = fit_temperature(z, y)
+    t = fit_temperature(y, z)
     assert t == pytest.approx(3.0, rel=0.15)
     before = expected_calibration_error(y, 1 / (1 + np.exp(-z)))
     after = expected_calibration_error(y, 1 / (1 + np.exp(-z / t)))
@@ -173,7 +175,7 @@ def test_temperature_scaling_recovers_overconfidence():
 
 def test_platt_scaling_matches_unregularised_logistic_regression():
     z, y = _overconfident_logits(seed=5)
-    a, b = fit_platt(z, y)
+    a, b = fit_platt(y, z)
     assert a == pytest.approx(1 / 3, rel=0.15)
     assert abs(b) < 0.2
 
@@ -199,7 +201,9 @@ def test_calibrate_checkpoint_writes_calibration_and_thresholds(tmp_path):
     z, y = _overconfident_logits(seed=6, n=400)
     logits = np.column_stack([z + 0.1 * j for j in range(len(names))])
     labels = np.column_stack([y] * len(names))
-    calibrated = calibrate_checkpoint(tiny_checkpoint, logits, labels, "platt", "f1")
+    calibrated = calibrate_checkpoint(
+        tiny_checkpoint, y_true=labels, y_score=logits, method="platt", threshold_method="f1"
+    )
     assert tiny_checkpoint.calibration == {}  # original untouched
     assert set(calibrated.calibration) == set(names)
     assert all(c["method"] == "platt" for c in calibrated.calibration.values())
@@ -225,7 +229,7 @@ def test_threshold_metrics_equal_sklearn_on_random_cases():
         p = np.round(rng.random(n), 1)
         t = float(rng.choice([0.0, 0.3, 0.5, 0.7, 1.0]))
         pred = (p >= t).astype(int)
-        m = threshold_metrics(y, p, t)
+        m = threshold_metrics(y, p, threshold=t)
         tn, fp, fn, tp = confusion_matrix(y.astype(int), pred, labels=[0, 1]).ravel()
         assert (m["tn"], m["fp"], m["fn"], m["tp"]) == (tn, fp, fn, tp)
         prec, rec, f1, _ = precision_recall_fscore_support(y, pred, labels=[1], average=None, zero_division=0)

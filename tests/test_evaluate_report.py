@@ -358,7 +358,7 @@ def test_validation_split_column_chooses_operating_points(tmp_path):
     from xraytriage.evaluate.operating_points import sensitivity_threshold
 
     val = frame[frame["split"] == "val"]
-    expected = sensitivity_threshold(val["label_Mass"], val["prob_Mass"], 0.95)
+    expected = sensitivity_threshold(val["label_Mass"], val["prob_Mass"], target=0.95)
     assert metrics["operating_points"]["rules"]["sensitivity"]["Mass"]["threshold"] == pytest.approx(expected)
 
 

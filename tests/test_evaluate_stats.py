@@ -25,22 +25,22 @@ def _scores(seed: int, n: int = 300, signal: float = 1.0):
 def test_perfect_separation_gives_ci_of_one():
     y = np.array([0, 0, 0, 1, 1, 1] * 10, dtype=float)
     p = y * 0.5 + np.linspace(0, 0.4, 60)
-    ci = bootstrap_metric(y, p, "auc", n_boot=200, seed=0)
+    ci = bootstrap_metric(y, p, metric="auc", n_boot=200, seed=0)
     assert (ci["estimate"], ci["low"], ci["high"]) == (1.0, 1.0, 1.0)
 
 
 def test_random_scores_ci_covers_half():
     y, rng, _ = _scores(0, n=400)
-    ci = bootstrap_metric(y, rng.random(400), "auc", n_boot=300, seed=1)
+    ci = bootstrap_metric(y, rng.random(400), metric="auc", n_boot=300, seed=1)
     assert ci["low"] < 0.5 < ci["high"]
     assert ci["high"] - ci["low"] < 0.2
 
 
 def test_bootstrap_is_seeded():
     y, _, s = _scores(1)
-    a = bootstrap_metric(y, s, "auc", n_boot=100, seed=7)
-    b = bootstrap_metric(y, s, "auc", n_boot=100, seed=7)
-    c = bootstrap_metric(y, s, "auc", n_boot=100, seed=8)
+    a = bootstrap_metric(y, s, metric="auc", n_boot=100, seed=7)
+    b = bootstrap_metric(y, s, metric="auc", n_boot=100, seed=7)
+    c = bootstrap_metric(y, s, metric="auc", n_boot=100, seed=8)
     assert a == b and a != c
     assert a["estimate"] == pytest.approx(roc_auc_score(y, s))
 
@@ -70,8 +70,8 @@ def test_patient_resampling_widens_ci_for_correlated_images():
     y = np.repeat(patient_y, 10)
     s = np.repeat(patient_s, 10) + rng.normal(0, 0.01, 400)
     groups = np.repeat(np.arange(40), 10)
-    by_image = bootstrap_metric(y, s, "auc", None, n_boot=300, seed=0)
-    by_patient = bootstrap_metric(y, s, "auc", groups, n_boot=300, seed=0)
+    by_image = bootstrap_metric(y, s, metric="auc", groups=None, n_boot=300, seed=0)
+    by_patient = bootstrap_metric(y, s, metric="auc", groups=groups, n_boot=300, seed=0)
     assert (by_patient["high"] - by_patient["low"]) > 2 * (by_image["high"] - by_image["low"])
 
 
@@ -80,7 +80,9 @@ def test_label_intervals_mask_nan_and_cover_macro():
     ys = np.column_stack([y, 1 - y])
     ps = np.column_stack([s, -s + rng.normal(0, 2, 200)])
     ys[:30, 1] = np.nan
-    out = bootstrap_label_intervals(ys, ps, ["a", "b"], np.arange(200) // 2, n_boot=150, seed=0)
+    out = bootstrap_label_intervals(
+        ys, ps, label_names=["a", "b"], groups=np.arange(200) // 2, n_boot=150, seed=0
+    )
     for name in ("a", "b"):
         ci = out["labels"][name]["auc"]
         assert ci["low"] <= ci["estimate"] <= ci["high"]
@@ -126,24 +128,24 @@ def test_fast_delong_equals_textbook_kernel_with_ties():
 
 def test_identical_predictions_give_p_one():
     y, _, s = _scores(6)
-    result = delong_test(y, s, s.copy())
+    result = delong_test(y, s, y_score_b=s.copy())
     assert result["difference"] == 0.0 and result["p_value"] == 1.0
     # a monotone transform ranks identically: same AUC, p = 1
-    assert delong_test(y, s, np.exp(s))["p_value"] == pytest.approx(1.0)
+    assert delong_test(y, s, y_score_b=np.exp(s))["p_value"] == pytest.approx(1.0)
 
 
 def test_delong_detects_a_clearly_better_model():
     y, rng, s = _scores(7, n=400, signal=2.0)
     weak = y * 0.3 + rng.normal(0, 1, 400)
-    result = delong_test(y, s, weak)
+    result = delong_test(y, s, y_score_b=weak)
     assert result["difference"] > 0.1 and result["p_value"] < 1e-4
 
 
 def test_delong_agrees_with_paired_bootstrap():
     y, rng, s = _scores(8, n=500, signal=1.2)
     other = s + rng.normal(0, 0.8, 500)
-    test = delong_test(y, s, other)
-    boot = paired_bootstrap_difference(y, s, other, "auc", None, n_boot=1000, seed=0)
+    test = delong_test(y, s, y_score_b=other)
+    boot = paired_bootstrap_difference(y, s, y_score_b=other, metric="auc", groups=None, n_boot=1000, seed=0)
     assert boot["difference"] == pytest.approx(test["difference"])
     assert boot["se"] == pytest.approx(test["se"], rel=0.15)  # two estimates of one standard error
     z_boot = boot["difference"] / boot["se"]
@@ -161,7 +163,9 @@ def test_delong_ci_contains_auc_and_narrows_with_n():
 
 def test_paired_bootstrap_identical_models_p_one():
     y, _, s = _scores(10)
-    out = paired_bootstrap_difference(y, s, s, "auc", np.arange(300) // 3, n_boot=100, seed=0)
+    out = paired_bootstrap_difference(
+        y, s, y_score_b=s, metric="auc", groups=np.arange(300) // 3, n_boot=100, seed=0
+    )
     assert out["difference"] == 0.0 and out["p_value"] == 1.0 and out["low"] == out["high"] == 0.0
 
 
@@ -194,14 +198,14 @@ def test_weighted_replicate_metrics_equal_sklearn_on_resampled_arrays():
 
 def test_custom_metric_callable_is_bootstrapped_too():
     y, _, s = _scores(13, n=100)
-    ci = bootstrap_metric(y, s, lambda yy, pp: float(np.mean(pp[yy == 1])), n_boot=100, seed=0)
+    ci = bootstrap_metric(y, s, metric=lambda yy, pp: float(np.mean(pp[yy == 1])), n_boot=100, seed=0)
     assert ci["low"] <= ci["estimate"] <= ci["high"]
 
 
 def test_label_without_any_known_value_gives_nan_not_error():
     y, _, s = _scores(14, n=60)
     ys = np.column_stack([y, np.full(60, np.nan)])
-    out = bootstrap_label_intervals(ys, np.column_stack([s, s]), ["known", "unknown"], n_boot=20)
+    out = bootstrap_label_intervals(ys, np.column_stack([s, s]), label_names=["known", "unknown"], n_boot=20)
     assert np.isnan(out["labels"]["unknown"]["auc"]["estimate"]) and np.isnan(
         out["labels"]["unknown"]["auc"]["low"]
     )

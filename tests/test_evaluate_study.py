@@ -140,7 +140,7 @@ def test_cross_dataset_metrics_score_only_shared_labels(shared_data):
         truth[canonical_label(c)] if canonical_label(c) in truth else np.zeros(len(truth)) for c in chexpert
     ]
     probs = np.column_stack(signal) + rng.normal(0, 0.7, (len(truth), len(chexpert)))
-    result = cross_dataset_metrics(probs, chexpert, nih.labels, nih.label_names)
+    result = cross_dataset_metrics(nih.labels, probs, dataset_labels=nih.label_names, model_labels=chexpert)
     assert set(result["labels"]) == set(CHEXPERT_NIH_OVERLAP)
     j = chexpert.index("Pleural Effusion")
     expected = roc_auc_score(truth["Effusion"], probs[:, j])

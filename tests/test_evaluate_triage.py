@@ -24,16 +24,16 @@ def _informative_studies(n: int = 200, seed: int = 0):
 
 def test_priority_auc_is_sklearn_auc():
     priority, abnormal = _informative_studies()
-    assert priority_auc(priority, abnormal) == pytest.approx(roc_auc_score(abnormal, priority))
+    assert priority_auc(abnormal, priority) == pytest.approx(roc_auc_score(abnormal, priority))
 
 
 def test_found_in_top_by_hand():
     priority = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.0])
     abnormal = np.array([1, 0, 1, 0, 0, 0, 1, 0, 0, 1], dtype=float)
-    found = found_in_top(priority, abnormal, (0.1, 0.2, 0.5))
+    found = found_in_top(abnormal, priority, fractions=(0.1, 0.2, 0.5))
     assert found == {"0.1": 0.25, "0.2": 0.25, "0.5": 0.5}
     # a perfect score finds all abnormal studies in the first 40 %
-    assert found_in_top(abnormal, abnormal, (0.4,))["0.4"] == 1.0
+    assert found_in_top(abnormal, abnormal, fractions=(0.4,))["0.4"] == 1.0
 
 
 def test_queue_by_hand_fifo_vs_triage():
@@ -75,7 +75,7 @@ def test_arrivals_are_seeded_and_span_the_day():
 
 def test_triage_shortens_mean_wait_of_abnormal_studies():
     priority, abnormal = _informative_studies(200)
-    day = simulate_reading_day(priority, abnormal, day_minutes=480, reading_minutes=2.3, seed=0)
+    day = simulate_reading_day(abnormal, priority, day_minutes=480, reading_minutes=2.3, seed=0)
     waits = day["waits"]
     assert waits["triage"]["abnormal"]["mean"] < 0.6 * waits["fifo"]["abnormal"]["mean"]
     # ... and the normal studies pay for it
@@ -86,7 +86,7 @@ def test_triage_shortens_mean_wait_of_abnormal_studies():
 
 def test_uninformative_score_gives_abnormal_studies_no_advantage():
     def advantage(priority, abnormal, seed):  # how much sooner abnormal studies are read
-        waits = simulate_reading_day(priority, abnormal, reading_minutes=1.5, seed=seed)["waits"]["triage"]
+        waits = simulate_reading_day(abnormal, priority, reading_minutes=1.5, seed=seed)["waits"]["triage"]
         return waits["normal"]["mean"] - waits["abnormal"]["mean"]
 
     informative = np.mean([advantage(*_informative_studies(300, seed=s), s) for s in range(4)])
@@ -100,7 +100,7 @@ def test_escalation_bounds_the_worst_wait():
     priority, abnormal = _informative_studies(220, seed=1)
     critical = abnormal * (np.random.default_rng(2).random(220) < 0.3)
     day = simulate_reading_day(
-        priority, abnormal, critical, day_minutes=480, reading_minutes=2.1, max_wait=45.0, seed=1
+        abnormal, priority, critical=critical, day_minutes=480, reading_minutes=2.1, max_wait=45.0, seed=1
     )
     waits = day["waits"]
     triage, escalated = waits["triage"], waits["triage+escalation(45 min)"]
@@ -116,7 +116,7 @@ def test_escalation_bounds_the_worst_wait():
 
 def test_random_reading_times_are_seeded():
     priority, abnormal = _informative_studies(50)
-    a = simulate_reading_day(priority, abnormal, reading_kind="exponential", reading_minutes=5, seed=3)
-    b = simulate_reading_day(priority, abnormal, reading_kind="exponential", reading_minutes=5, seed=3)
+    a = simulate_reading_day(abnormal, priority, reading_kind="exponential", reading_minutes=5, seed=3)
+    b = simulate_reading_day(abnormal, priority, reading_kind="exponential", reading_minutes=5, seed=3)
     assert a["waits"] == b["waits"]
     assert a["table"]["reading"].std() > 0

@@ -25,20 +25,41 @@ def _held_out(n: int = 2000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 def test_critical_threshold_keeps_the_specificity_and_never_undercuts_the_finding():
     labels, probs = _held_out()
-    out = critical_thresholds(labels, probs, NAMES, ["Pneumothorax"], {"Pneumothorax": 0.2}, 0.99)
+    out = critical_thresholds(
+        labels,
+        probs,
+        label_names=NAMES,
+        critical=["Pneumothorax"],
+        thresholds={"Pneumothorax": 0.2},
+        specificity=0.99,
+    )
     t = out["Pneumothorax"]
     negatives = probs[labels[:, 1] == 0, 1]
     assert (negatives >= t).mean() <= 0.01
     assert (negatives >= t).mean() > 0.005  # the lowest such threshold, not an arbitrary high one
-    high = critical_thresholds(labels, probs, NAMES, ["Pneumothorax"], {"Pneumothorax": 0.999}, 0.99)
+    high = critical_thresholds(
+        labels,
+        probs,
+        label_names=NAMES,
+        critical=["Pneumothorax"],
+        thresholds={"Pneumothorax": 0.999},
+        specificity=0.99,
+    )
     assert high["Pneumothorax"] == pytest.approx(0.999)
     with pytest.raises(ConfigError, match="specificity"):
-        critical_thresholds(labels, probs, NAMES, ["Pneumothorax"], {}, 1.0)
+        critical_thresholds(
+            labels, probs, label_names=NAMES, critical=["Pneumothorax"], thresholds={}, specificity=1.0
+        )
     unknown = labels.copy()
     unknown[:, 1] = np.nan  # no ground truth for Pneumothorax: asked by name, an error; by default, left out
     with pytest.raises(ConfigError, match="Pneumothorax"):
-        critical_thresholds(unknown, probs, NAMES, ["Pneumothorax"], {})
-    assert critical_thresholds(unknown, probs, NAMES, ["Pneumothorax"], {}, required=False) == {}
+        critical_thresholds(unknown, probs, label_names=NAMES, critical=["Pneumothorax"], thresholds={})
+    assert (
+        critical_thresholds(
+            unknown, probs, label_names=NAMES, critical=["Pneumothorax"], thresholds={}, required=False
+        )
+        == {}
+    )
 
 
 def test_critical_findings_default_to_pneumothorax_and_can_be_turned_off():
@@ -56,13 +77,30 @@ def test_expected_rates_mix_normal_and_abnormal_rates_to_the_deployment_prevalen
     thresholds = {"Mass": 0.5, "Pneumothorax": 0.6}
     critical = {"Pneumothorax": 0.9}
     p_abn = probs[:, 3]
-    own = expected_rates(labels, probs, p_abn, NAMES, ["Mass", "Pneumothorax"], thresholds, 0.7, critical)
+    own = expected_rates(
+        labels,
+        probs,
+        abnormal_score=p_abn,
+        label_names=NAMES,
+        findings=["Mass", "Pneumothorax"],
+        thresholds=thresholds,
+        flag_at=0.7,
+        critical=critical,
+    )
     assert own["flagged"] == pytest.approx((p_abn >= 0.7).mean())
     assert own["findings"]["Mass"] == pytest.approx((probs[:, 0] >= 0.5).mean())
     assert own["critical"] == pytest.approx((probs[:, 1] >= 0.9).mean())
     assert own["n"] == len(labels)
     mixed = expected_rates(
-        labels, probs, p_abn, NAMES, ["Mass", "Pneumothorax"], thresholds, 0.7, critical, prevalence=0.5
+        labels,
+        probs,
+        abnormal_score=p_abn,
+        label_names=NAMES,
+        findings=["Mass", "Pneumothorax"],
+        thresholds=thresholds,
+        flag_at=0.7,
+        critical=critical,
+        prevalence=0.5,
     )
     abn = labels[:, 3] == 1
     by_hand = 0.5 * (p_abn[abn] >= 0.7).mean() + 0.5 * (p_abn[~abn] >= 0.7).mean()

@@ -42,7 +42,7 @@ def _collection_shortcut(seed: int = 0):
 
 def test_a_collection_only_signal_is_caught():
     y, p, groups = _collection_shortcut()
-    r = grouped_auc(y, p, groups)
+    r = grouped_auc(y, p, groups=groups)
     assert r["pooled_auc"] > 0.75
     assert r["groups"]["A"]["auc"] is None  # one class: no AUC there
     assert abs(r["groups"]["B"]["auc"] - 0.5) < 0.08
@@ -56,7 +56,7 @@ def test_a_real_signal_is_not_flagged():
     y = rng.integers(0, 2, 600).astype(float)
     p = np.clip(0.5 * y + rng.normal(0.25, 0.2, 600), 0, 1)
     groups = np.array(["A", "B", "C"] * 200, dtype=object)
-    r = grouped_auc(y, p, groups)
+    r = grouped_auc(y, p, groups=groups)
     assert r["within_mean_auc"] > 0.8
     assert abs(r["group_only_auc"] - 0.5) < 0.1
     assert not r["shortcut_warning"]
@@ -64,9 +64,9 @@ def test_a_real_signal_is_not_flagged():
 
 def test_group_only_auc_is_chance_for_equal_prevalence():
     y = np.array([0, 1, 0, 1, 0, 1, 0, 1], dtype=float)
-    assert group_only_auc(y, np.array(list("AABBCCDD"))) == pytest.approx(0.5)
-    assert group_only_auc(y, np.array(list("AAAABBBB"))) == pytest.approx(0.5)
-    assert group_only_auc(np.array([1, 1, 0, 0.0]), np.array(list("AABB"))) == pytest.approx(1.0)
+    assert group_only_auc(y, groups=np.array(list("AABBCCDD"))) == pytest.approx(0.5)
+    assert group_only_auc(y, groups=np.array(list("AAAABBBB"))) == pytest.approx(0.5)
+    assert group_only_auc(np.array([1, 1, 0, 0.0]), groups=np.array(list("AABB"))) == pytest.approx(1.0)
 
 
 def test_group_labels_from_prediction_columns():
@@ -170,7 +170,7 @@ def test_specificity_rule_keeps_false_alarms_at_the_target():
     y = rng.integers(0, 2, 2000).astype(float)
     p = np.clip(0.3 * y + rng.uniform(0, 0.7, 2000), 0, 1)
     for target in (0.8, 0.9, 0.97):
-        t = specificity_threshold(y, p, target)
+        t = specificity_threshold(y, p, target=target)
         spec = float((p[y == 0] < t).mean())
         assert target <= spec < target + 0.01
     assert parse_method("specificity") == ("specificity", 0.9)
@@ -182,7 +182,9 @@ def test_specificity_rule_keeps_false_alarms_at_the_target():
         parse_label_targets(["Mass:0.8"])
     labels = np.column_stack([y, y])
     probs = np.column_stack([p, p])
-    chosen = choose_thresholds(labels, probs, ["A", "B"], "specificity", 0.9, {"B": 0.99})
+    chosen = choose_thresholds(
+        labels, probs, label_names=["A", "B"], method="specificity", target=0.9, label_targets={"B": 0.99}
+    )
     assert chosen["B"] > chosen["A"]
 
 
@@ -193,11 +195,13 @@ def test_cap_on_flagged_normals_raises_all_thresholds_together():
     y = np.where(normal[:, None], 0, rng.uniform(size=(n, k)) < 0.2).astype(float)
     p = np.clip(0.3 * y + rng.uniform(0, 0.7, (n, k)), 0, 1)
     names = [f"F{j}" for j in range(k)]
-    base = choose_thresholds(y, p, names, "specificity", 0.9)
-    before = normal_flag_rate(p, normal, np.array([base[n] for n in names]))
+    base = choose_thresholds(y, p, label_names=names, method="specificity", target=0.9)
+    before = normal_flag_rate(np.where(normal, 0.0, 1.0), p, thresholds=np.array([base[n] for n in names]))
     assert before > 0.4  # eight labels at 90% each flag far more than 10% of normals
-    capped, floor = cap_normal_flag_rate(y, p, normal, names, base, 0.15)
-    after = normal_flag_rate(p, normal, np.array([capped[n] for n in names]))
+    capped, floor = cap_normal_flag_rate(
+        y, p, normal=normal, label_names=names, thresholds=base, max_rate=0.15
+    )
+    after = normal_flag_rate(np.where(normal, 0.0, 1.0), p, thresholds=np.array([capped[n] for n in names]))
     assert after <= 0.15 and floor > 0.9
     assert all(capped[n] >= base[n] for n in names)
 
@@ -212,9 +216,17 @@ def test_prior_shift_moves_the_mean_probability_to_the_deployment_prevalence():
     ckpt = Checkpoint(cfg, labels, PreprocessContract(size=32), dict(build_model(cfg).state_dict()))
     logits = np.column_stack([z, z])
     truth = np.column_stack([y, y])
-    plain = calibrate_checkpoint(ckpt, logits, truth, "platt", "specificity", 0.9)
+    plain = calibrate_checkpoint(
+        ckpt, y_true=truth, y_score=logits, method="platt", threshold_method="specificity", target=0.9
+    )
     moved = calibrate_checkpoint(
-        ckpt, logits, truth, "platt", "specificity", 0.9, deployment_prevalence={"Abnormal": 0.46}
+        ckpt,
+        y_true=truth,
+        y_score=logits,
+        method="platt",
+        threshold_method="specificity",
+        target=0.9,
+        deployment_prevalence={"Abnormal": 0.46},
     )
     p_plain, p_moved = plain.probabilities(logits), moved.probabilities(logits)
     assert p_plain[:, 1].mean() == pytest.approx(0.76, abs=0.02)

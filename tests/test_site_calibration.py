@@ -92,13 +92,27 @@ def test_labelled_check_counts_sensitivity_with_intervals():
     truth = np.array([True, True, True, False, False])
     thresholds = {"A": 0.5, "B": 0.5, "Abnormal": 0.8}
     check = labelled_check(
-        probs, abnormal, truth, {"A": np.array([1, 0, 0, 0, 0])}, ["A", "B"], thresholds, "Abnormal"
+        truth,
+        probs,
+        abnormal_score=abnormal,
+        finding_truth={"A": np.array([1, 0, 0, 0, 0])},
+        findings=["A", "B"],
+        thresholds=thresholds,
+        study_label="Abnormal",
     )
     assert check["any_finding_sensitivity"]["hits"] == 2  # rows 0 and 2
     assert check["flagged_sensitivity"]["hits"] == 1  # P(abnormal) >= 0.8: row 0
     assert check["any_finding_false_positive_rate"]["hits"] == 1  # row 4
     assert check["findings"]["A"]["rate"] == 1.0
-    by_findings = labelled_check(probs, abnormal, truth, {}, ["A", "B"], thresholds, None)
+    by_findings = labelled_check(
+        truth,
+        probs,
+        abnormal_score=abnormal,
+        finding_truth={},
+        findings=["A", "B"],
+        thresholds=thresholds,
+        study_label=None,
+    )
     assert by_findings["flagged_sensitivity"]["hits"] == 2
 
 

@@ -151,7 +151,7 @@ def test_affine_parameters_stay_within_the_configured_ranges():
 def test_metrics_named_means_skip_undefined_labels_and_youden_threshold_separates():
     labels = np.array([[0, 1], [0, 1], [1, 1], [1, NAN]], dtype=np.float32)
     probs = np.array([[0.1, 0.5], [0.3, 0.6], [0.8, 0.7], [0.9, 0.2]], dtype=np.float32)
-    metrics = validation_metrics(labels, probs, ["A", "B"], loss=0.5)
+    metrics = validation_metrics(labels, probs, label_names=["A", "B"], loss=0.5)
     assert metrics["auc/A"] == 1.0 and math.isnan(metrics["auc/B"]) and metrics["mean_auc_2_findings"] == 1.0
     assert youden_threshold(labels[:, 0], probs[:, 0]) == pytest.approx(0.8)  # lowest p of the positives
     assert is_better(0.7, None, True) and not is_better(NAN, 0.5, True) and is_better(0.4, 0.5, False)

@@ -2,8 +2,10 @@
 AUC within groups. It sits below ``train`` and ``evaluate`` so neither imports the other;
 ``xraytriage.evaluate.metrics``, ``.operating_points`` and ``.grouped`` re-export these names.
 
-Labels are float with NaN = unknown; every function masks the pairs where label or probability
-is unknown. The numbers come from scikit-learn.
+Every metric function takes ``(y_true, y_score, *, ...)`` (truth first, the score second, the
+rest keyword-only, as scikit-learn). Labels are float with NaN = unknown; every function masks
+the pairs where label or score is unknown by one rule, :func:`known_rows`. The numbers come
+from scikit-learn.
 """
 
 from __future__ import annotations
@@ -21,29 +23,54 @@ SHORTCUT_GAP = 0.05
 """Pooled minus within-group mean AUC above this is reported as a likely shortcut."""
 
 
-def valid_pairs(y_true: np.ndarray, y_prob: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The (label, probability) pairs of one label where both are known."""
+def known_rows(y_true: np.ndarray, *y_score: np.ndarray, binarize: bool = False) -> np.ndarray:
+    """The one masking rule: True for the rows whose label and every score are known.
+
+    Unknown is a NaN label or a NaN score. With ``binarize`` (training targets) a label outside
+    [0, 1] is unknown too: -1 (uncertain, U-Ignore) and 2 (U-MultiClass); NaN falls outside as
+    well. Takes several score arrays for paired comparisons (two models on the same images)."""
     y = np.asarray(y_true, dtype=np.float64).ravel()
-    p = np.asarray(y_prob, dtype=np.float64).ravel()
-    if y.shape != p.shape:
-        raise ValueError(f"labels ({y.shape[0]}) and probabilities ({p.shape[0]}) differ in length")
-    keep = ~np.isnan(y) & ~np.isnan(p)
-    return y[keep], p[keep]
+    keep = (y >= 0) & (y <= 1) if binarize else ~np.isnan(y)
+    for score in y_score:
+        s = np.asarray(score, dtype=np.float64).ravel()
+        if s.shape != y.shape:
+            raise ValueError(f"labels ({y.shape[0]}) and probabilities ({s.shape[0]}) differ in length")
+        keep &= ~np.isnan(s)
+    return keep
 
 
-def has_both_classes(y: np.ndarray) -> bool:
-    return bool(np.any(y == 1) and np.any(y == 0))
+def valid_pairs(
+    y_true: np.ndarray, y_score: np.ndarray, *, binarize: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """The (label, score) pairs of one label where both are known (:func:`known_rows`). With
+    ``binarize`` soft labels (label smoothing) are rounded to 0/1 at 0.5."""
+    y = np.asarray(y_true, dtype=np.float64).ravel()
+    p = np.asarray(y_score, dtype=np.float64).ravel()
+    keep = known_rows(y, p, binarize=binarize)
+    y = (y[keep] >= 0.5).astype(np.float64) if binarize else y[keep]
+    return y, p[keep]
 
 
-def roc_auc(y_true: np.ndarray, y_prob: np.ndarray) -> float:
-    """ROC AUC of the known pairs; NaN when only one class is present."""
-    y, p = valid_pairs(y_true, y_prob)
+def has_both_classes(y_true: np.ndarray) -> bool:
+    return bool(np.any(y_true == 1) and np.any(y_true == 0))
+
+
+def roc_auc(y_true: np.ndarray, y_score: np.ndarray, *, binarize: bool = False) -> float:
+    """ROC AUC of the known pairs (:func:`valid_pairs`); NaN when only one class is present.
+    The one label AUC: evaluation, training (``binarize``) and the triage AUC call it."""
+    y, p = valid_pairs(y_true, y_score, binarize=binarize)
     return float(roc_auc_score(y, p)) if has_both_classes(y) else float("nan")
 
 
-def youden_threshold(y_true: np.ndarray, y_prob: np.ndarray) -> float:
-    """Threshold maximising Youden's J = TPR - FPR (the first, i.e. highest, on ties)."""
-    y, p = valid_pairs(y_true, y_prob)
+def youden_threshold(
+    y_true: np.ndarray, y_score: np.ndarray, *, binarize: bool = False, default: float = 0.5
+) -> float:
+    """Threshold (``score >= t`` is positive) maximising Youden's J = TPR - FPR over the known
+    pairs; ``default`` without both classes. Ties: the first in ``roc_curve``'s descending
+    order, i.e. the highest threshold (the fewest false alarms) among those with the best J."""
+    y, p = valid_pairs(y_true, y_score, binarize=binarize)
+    if not has_both_classes(y):
+        return default
     fpr, tpr, thr = roc_curve(y, p, drop_intermediate=False)
     finite = np.isfinite(thr)
     j = np.where(finite, tpr - fpr, -np.inf)
@@ -61,11 +88,11 @@ def _auc(y: np.ndarray, p: np.ndarray) -> float | None:
     return None if np.isnan(value) else value
 
 
-def group_only_auc(y_true: np.ndarray, groups: np.ndarray) -> float | None:
+def group_only_auc(y_true: np.ndarray, *, groups: np.ndarray) -> float | None:
     """AUC of predicting ``y_true`` by nothing but the group (each image scored with its group's
     prevalence): what a model that only recognised the group could reach. 0.5 = uninformative."""
     y = np.asarray(y_true, dtype=np.float64)
-    known = ~np.isnan(y)
+    known = known_rows(y)
     y, g = y[known], np.asarray(groups)[known]
     if len(y) == 0:
         return None
@@ -74,15 +101,15 @@ def group_only_auc(y_true: np.ndarray, groups: np.ndarray) -> float | None:
 
 
 def grouped_auc(
-    y_true: np.ndarray, y_prob: np.ndarray, groups: np.ndarray, min_per_class: int = MIN_PER_CLASS
+    y_true: np.ndarray, y_score: np.ndarray, *, groups: np.ndarray, min_per_class: int = MIN_PER_CLASS
 ) -> dict[str, Any]:
     """Per group: images, positives, AUC (None when the group holds one class), and whether it
     counts in the mean; the unweighted mean of the within-group AUCs over groups with at least
     ``min_per_class`` of each class; the pooled AUC; the group-only AUC and the gap."""
     y = np.asarray(y_true, dtype=np.float64)
-    p = np.asarray(y_prob, dtype=np.float64)
+    p = np.asarray(y_score, dtype=np.float64)
     g = np.asarray(groups, dtype=object)
-    known = ~np.isnan(y) & ~np.isnan(p)
+    known = known_rows(y, p)
     y, p, g = y[known], p[known], g[known]
     per_group: dict[str, dict[str, Any]] = {}
     for name in sorted(set(g.tolist()), key=str):
@@ -101,7 +128,7 @@ def grouped_auc(
         "within_mean_auc": within_mean,
         "groups_with_both_classes": len(within),
         "pooled_auc": pooled,
-        "group_only_auc": group_only_auc(y, g),
+        "group_only_auc": group_only_auc(y, groups=g),
         "pooled_minus_within": gap,
         "shortcut_warning": bool(gap is not None and gap > SHORTCUT_GAP),
     }

@@ -293,8 +293,8 @@ def run_predictions(args: argparse.Namespace):
         calibrated.metrics = dict(checkpoint.metrics)
     else:
         calibrated = calibrate_checkpoint(
-            checkpoint, logits, labels, args.method, method, target,
-            label_targets=parse_label_targets(args.label_target),
+            checkpoint, y_true=labels, y_score=logits, method=args.method, threshold_method=method,
+            target=target, label_targets=parse_label_targets(args.label_target),
             deployment_prevalence=prevalence,
             max_normal_flag_rate=args.max_normal_flag_rate,
         )  # fmt: skip
@@ -305,14 +305,15 @@ def run_predictions(args: argparse.Namespace):
     probs = calibrated.probabilities(logits)
     critical = resolve_critical(calibrated.findings, args.critical, names)
     calibrated.critical = critical_thresholds(
-        labels, probs, names, critical, calibrated.thresholds, args.critical_specificity,
-        required=bool(args.critical),
+        labels, probs, label_names=names, critical=critical, thresholds=calibrated.thresholds,
+        specificity=args.critical_specificity, required=bool(args.critical),
     )  # fmt: skip
     calibrated.expected_rates = {
         **(checkpoint.expected_rates or {}),
         **expected_rates(
-            labels, probs, calibrated.abnormal_probability(probs), names, calibrated.findings,
-            calibrated.thresholds, calibrated.study_flag_threshold, calibrated.critical,
+            labels, probs, abnormal_score=calibrated.abnormal_probability(probs), label_names=names,
+            findings=calibrated.findings, thresholds=calibrated.thresholds,
+            flag_at=calibrated.study_flag_threshold, critical=calibrated.critical,
             prevalence=args.deployment_prevalence or None, source=str(args.predictions),
         ),
     }  # fmt: skip

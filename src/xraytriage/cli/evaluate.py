@@ -386,11 +386,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
         names = checkpoint.label_names
         checkpoint = calibrate_checkpoint(
             checkpoint,
-            val[["logit_" + n for n in names]].to_numpy(),
-            label_matrix(val, names),
-            args.calibrate,
-            cfg.operating_point,
-            cfg.target_specificity if cfg.operating_point == "specificity" else cfg.target_sensitivity,
+            y_true=label_matrix(val, names),
+            y_score=val[["logit_" + n for n in names]].to_numpy(),
+            method=args.calibrate,
+            threshold_method=cfg.operating_point,
+            target=cfg.target_specificity if cfg.operating_point == "specificity" else cfg.target_sensitivity,
         )
         test, val = _refresh_probabilities(test, checkpoint), _refresh_probabilities(val, checkpoint)
         target = args.save_checkpoint or args.output / "calibrated.pt"

@@ -122,8 +122,9 @@ def _labelled(checkpoint, args, normal_paths, findings, columns, study_label) ->
     index = {str(p): i for i, p in zip(keep, [labels.paths[i] for i in keep], strict=True)}
     rows = [index[p] for p in scored.paths]
     check = labelled_check(
-        scored.probabilities[:, columns], scored.abnormal, labels.abnormal[rows],
-        {n: t[rows] for n, t in labels.findings.items()}, findings, checkpoint.thresholds, study_label,
+        labels.abnormal[rows], scored.probabilities[:, columns], abnormal_score=scored.abnormal,
+        finding_truth={n: t[rows] for n, t in labels.findings.items()}, findings=findings,
+        thresholds=checkpoint.thresholds, study_label=study_label,
     )  # fmt: skip
     check["left_out_used_for_calibration"] = len(labels.paths) - len(keep)
     check["unreadable"] = len(scored.errors)

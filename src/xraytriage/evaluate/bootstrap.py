@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from xraytriage.evaluate.metrics import rank_auc, step_average_precision
+from xraytriage.stats import known_rows
 
 MetricFn = Callable[[np.ndarray, np.ndarray], float]
 
@@ -67,13 +68,13 @@ class ClusterSampler:
 class WeightedRanking:
     """One label's known (label, score) pairs, sorted once; AUC and AP for any row weights."""
 
-    def __init__(self, y: np.ndarray, p: np.ndarray) -> None:
-        order = np.argsort(-np.asarray(p, dtype=np.float64), kind="mergesort")  # descending
-        sp = np.asarray(p, dtype=np.float64)[order]
+    def __init__(self, y_true: np.ndarray, y_score: np.ndarray) -> None:
+        order = np.argsort(-np.asarray(y_score, dtype=np.float64), kind="mergesort")  # descending
+        sp = np.asarray(y_score, dtype=np.float64)[order]
         self.order = order
         self.tie_group = np.r_[0, np.cumsum(np.diff(sp) != 0)] if len(sp) else np.zeros(0, dtype=np.int64)
         self.n_ties = int(self.tie_group[-1]) + 1 if len(sp) else 0
-        self.positive = (np.asarray(y)[order] == 1).astype(np.float64)
+        self.positive = (np.asarray(y_true)[order] == 1).astype(np.float64)
 
     def _group_weights(self, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         w = weights[self.order]
@@ -126,16 +127,10 @@ def percentile_interval(values: np.ndarray, alpha: float = 0.05) -> tuple[float,
     return float(low), float(high)
 
 
-def _known(*arrays: np.ndarray) -> np.ndarray:
-    keep = np.ones(len(arrays[0]), dtype=bool)
-    for a in arrays:
-        keep &= ~np.isnan(np.asarray(a, dtype=np.float64))
-    return keep
-
-
 def bootstrap_metric(
     y_true: np.ndarray,
-    y_prob: np.ndarray,
+    y_score: np.ndarray,
+    *,
     metric: str | MetricFn = "auc",
     groups: Sequence[Any] | np.ndarray | None = None,
     n_boot: int = 1000,
@@ -144,8 +139,8 @@ def bootstrap_metric(
 ) -> dict[str, float]:
     """Point estimate and percentile CI of one metric on one label (NaN labels dropped first)."""
     y = np.asarray(y_true, dtype=np.float64)
-    p = np.asarray(y_prob, dtype=np.float64)
-    keep = _known(y, p)
+    p = np.asarray(y_score, dtype=np.float64)
+    keep = known_rows(y, p)
     y, p = y[keep], p[keep]
     sampler = ClusterSampler(None if groups is None else np.asarray(groups)[keep], n=len(y))
     score = _replicate_scorer(metric, y, p)
@@ -162,7 +157,8 @@ def bootstrap_metric(
 
 def bootstrap_label_intervals(
     y_true: np.ndarray,
-    y_prob: np.ndarray,
+    y_score: np.ndarray,
+    *,
     label_names: Sequence[str],
     groups: Sequence[Any] | np.ndarray | None = None,
     n_boot: int = 1000,
@@ -176,11 +172,11 @@ def bootstrap_label_intervals(
     of patient-level replicates. Returns ``{"labels": {label: {metric: {...}}}, "macro": {...},
     "means": {name: {metric: {...}}}}``."""
     y_true = np.asarray(y_true, dtype=np.float64)
-    y_prob = np.asarray(y_prob, dtype=np.float64)
+    y_score = np.asarray(y_score, dtype=np.float64)
     n, n_labels = y_true.shape
     sampler = ClusterSampler(groups, n=n)
-    keeps = [_known(y_true[:, j], y_prob[:, j]) for j in range(n_labels)]
-    rankings = [WeightedRanking(y_true[k, j], y_prob[k, j]) for j, k in enumerate(keeps)]
+    keeps = [known_rows(y_true[:, j], y_score[:, j]) for j in range(n_labels)]
+    rankings = [WeightedRanking(y_true[k, j], y_score[k, j]) for j, k in enumerate(keeps)]
     rng = np.random.default_rng(seed)
     reps = np.full((n_boot, n_labels, len(metrics)), np.nan)
     for b in range(n_boot):
@@ -195,7 +191,7 @@ def bootstrap_label_intervals(
         out["labels"][label] = {}
         for k, name in enumerate(metrics):
             low, high = percentile_interval(reps[:, j, k], alpha)
-            estimate = _point(name, y_true[keeps[j], j], y_prob[keeps[j], j])
+            estimate = _point(name, y_true[keeps[j], j], y_score[keeps[j], j])
             out["labels"][label][name] = {"estimate": estimate, "low": low, "high": high}
     for k, name in enumerate(metrics):
         out["macro"][name] = _mean_interval(reps[:, :, k], out["labels"], list(label_names), name, alpha)
@@ -226,20 +222,21 @@ def _mean_interval(
 
 def paired_bootstrap_difference(
     y_true: np.ndarray,
-    prob_a: np.ndarray,
-    prob_b: np.ndarray,
+    y_score: np.ndarray,
+    *,
+    y_score_b: np.ndarray,
     metric: str | MetricFn = "auc",
     groups: Sequence[Any] | np.ndarray | None = None,
     n_boot: int = 1000,
     seed: int = 0,
     alpha: float = 0.05,
 ) -> dict[str, float]:
-    """Difference metric(a) - metric(b) on the same images, its CI, bootstrap standard error and
+    """Difference metric(``y_score``) - metric(``y_score_b``) on the same images, its CI, bootstrap standard error and
     a two-sided p-value (twice the share of replicates on the other side of zero)."""
     y = np.asarray(y_true, dtype=np.float64)
-    a = np.asarray(prob_a, dtype=np.float64)
-    b = np.asarray(prob_b, dtype=np.float64)
-    keep = _known(y, a, b)
+    a = np.asarray(y_score, dtype=np.float64)
+    b = np.asarray(y_score_b, dtype=np.float64)
+    keep = known_rows(y, a, b)
     y, a, b = y[keep], a[keep], b[keep]
     sampler = ClusterSampler(None if groups is None else np.asarray(groups)[keep], n=len(y))
     score_a, score_b = _replicate_scorer(metric, y, a), _replicate_scorer(metric, y, b)

@@ -23,6 +23,7 @@ from xraytriage.evaluate.metrics import has_both_classes, valid_pairs
 from xraytriage.evaluate.operating_points import cap_normal_flag_rate, choose_thresholds, normal_flag_rate
 from xraytriage.labels import abnormal_target
 from xraytriage.models.checkpoint import Checkpoint
+from xraytriage.stats import known_rows
 
 CALIBRATION_METHODS = ("temperature", "platt")
 
@@ -32,9 +33,9 @@ def _bin_index(p: np.ndarray, n_bins: int) -> np.ndarray:
     return np.clip(np.floor(p * n_bins).astype(int), 0, n_bins - 1)
 
 
-def reliability_table(y_true: np.ndarray, y_prob: np.ndarray, n_bins: int = 10) -> pd.DataFrame:
+def reliability_table(y_true: np.ndarray, y_score: np.ndarray, *, n_bins: int = 10) -> pd.DataFrame:
     """One row per non-empty bin: bin edges, count, mean predicted probability, observed frequency."""
-    y, p = valid_pairs(y_true, y_prob)
+    y, p = valid_pairs(y_true, y_score)
     idx = _bin_index(p, n_bins)
     rows = []
     for b in range(n_bins):
@@ -53,16 +54,17 @@ def reliability_table(y_true: np.ndarray, y_prob: np.ndarray, n_bins: int = 10) 
     return pd.DataFrame(rows, columns=["bin", "low", "high", "count", "mean_predicted", "fraction_positive"])
 
 
-def expected_calibration_error(y_true: np.ndarray, y_prob: np.ndarray, n_bins: int = 10) -> float:
+def expected_calibration_error(y_true: np.ndarray, y_score: np.ndarray, *, n_bins: int = 10) -> float:
     """ECE = sum over bins of (share of cases) * |observed frequency - mean probability|."""
-    table = reliability_table(y_true, y_prob, n_bins)
+    table = reliability_table(y_true, y_score, n_bins=n_bins)
     if table.empty:
         return float("nan")
     weights = table["count"] / table["count"].sum()
     return float((weights * (table["fraction_positive"] - table["mean_predicted"]).abs()).sum())
 
 
-def logit(p: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+def logit(p: np.ndarray, *, eps: float = 1e-6) -> np.ndarray:
+    """log(p / (1 - p)) with p clipped to [eps, 1 - eps]."""
     p = np.clip(np.asarray(p, dtype=np.float64), eps, 1 - eps)
     return np.log(p / (1 - p))
 
@@ -72,9 +74,10 @@ def _nll(z: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(np.logaddexp(0.0, z) - y * z))
 
 
-def fit_temperature(logits: np.ndarray, y_true: np.ndarray) -> float:
-    """Temperature T > 0 minimising the validation NLL of sigmoid(logit / T)."""
-    y, z = valid_pairs(y_true, logits)
+def fit_temperature(y_true: np.ndarray, y_score: np.ndarray) -> float:
+    """Temperature T > 0 minimising the validation NLL of sigmoid(logit / T). ``y_score`` holds
+    the raw *logits* (not probabilities)."""
+    y, z = valid_pairs(y_true, y_score)
     if not has_both_classes(y):
         return 1.0
     result = minimize_scalar(
@@ -83,9 +86,10 @@ def fit_temperature(logits: np.ndarray, y_true: np.ndarray) -> float:
     return float(np.exp(result.x))
 
 
-def fit_platt(logits: np.ndarray, y_true: np.ndarray) -> tuple[float, float]:
-    """Platt scaling: unregularised logistic regression of the label on the logit -> (a, b)."""
-    y, z = valid_pairs(y_true, logits)
+def fit_platt(y_true: np.ndarray, y_score: np.ndarray) -> tuple[float, float]:
+    """Platt scaling: unregularised logistic regression of the label on the logit -> (a, b).
+    ``y_score`` holds the raw *logits* (not probabilities)."""
+    y, z = valid_pairs(y_true, y_score)
     if not has_both_classes(y):
         return 1.0, 0.0
     model = LogisticRegression(C=np.inf, solver="lbfgs", max_iter=1000).fit(z[:, None], y.astype(int))
@@ -93,19 +97,20 @@ def fit_platt(logits: np.ndarray, y_true: np.ndarray) -> tuple[float, float]:
 
 
 def fit_calibration(
-    logits: np.ndarray, y_true: np.ndarray, label_names: Sequence[str], method: str = "temperature"
+    y_true: np.ndarray, y_score: np.ndarray, *, label_names: Sequence[str], method: str = "temperature"
 ) -> dict[str, dict[str, Any]]:
-    """Per-label calibration entries in the checkpoint format."""
+    """Per-label calibration entries in the checkpoint format, fitted on the raw *logits*
+    ``y_score`` (N, L) against ``y_true`` (N, L)."""
     if method not in CALIBRATION_METHODS:
         raise ConfigError(f"calibration must be one of {', '.join(CALIBRATION_METHODS)}; got {method!r}")
-    logits = np.asarray(logits, dtype=np.float64)
+    logits = np.asarray(y_score, dtype=np.float64)
     y_true = np.asarray(y_true, dtype=np.float64)
     out: dict[str, dict[str, Any]] = {}
     for j, name in enumerate(label_names):
         if method == "temperature":
-            out[name] = {"method": "temperature", "t": fit_temperature(logits[:, j], y_true[:, j])}
+            out[name] = {"method": "temperature", "t": fit_temperature(y_true[:, j], logits[:, j])}
         else:
-            a, b = fit_platt(logits[:, j], y_true[:, j])
+            a, b = fit_platt(y_true[:, j], logits[:, j])
             out[name] = {"method": "platt", "a": a, "b": b}
     return out
 
@@ -118,18 +123,21 @@ def _cap_findings(
     names = list(checkpoint.label_names)
     findings = checkpoint.findings
     idx = [names.index(n) for n in findings]
-    normal = abnormal_target(labels, names) == 0
-    before = normal_flag_rate(probs[:, idx], normal, np.array([checkpoint.thresholds[n] for n in findings]))
+    abnormal = abnormal_target(labels, names)
+    normal = abnormal == 0
+    before = normal_flag_rate(
+        abnormal, probs[:, idx], thresholds=np.array([checkpoint.thresholds[n] for n in findings])
+    )
     capped, floor = cap_normal_flag_rate(
         labels[:, idx],
         probs[:, idx],
-        normal,
-        findings,
-        {n: checkpoint.thresholds[n] for n in findings},
-        max_rate,
+        normal=normal,
+        label_names=findings,
+        thresholds={n: checkpoint.thresholds[n] for n in findings},
+        max_rate=max_rate,
     )
     checkpoint.thresholds.update(capped)
-    after = normal_flag_rate(probs[:, idx], normal, np.array([capped[n] for n in findings]))
+    after = normal_flag_rate(abnormal, probs[:, idx], thresholds=np.array([capped[n] for n in findings]))
     return {
         "max_rate": max_rate,
         "normal_images": int(normal.sum()),
@@ -150,8 +158,9 @@ def prior_shift(calibration_prevalence: float, deployment_prevalence: float) -> 
 
 def calibrate_checkpoint(
     checkpoint: Checkpoint,
-    val_logits: np.ndarray,
-    val_labels: np.ndarray,
+    *,
+    y_true: np.ndarray,
+    y_score: np.ndarray,
     method: str = "temperature",
     threshold_method: str = "youden",
     target: float = 0.9,
@@ -159,9 +168,9 @@ def calibrate_checkpoint(
     deployment_prevalence: dict[str, float] | None = None,
     max_normal_flag_rate: float | None = None,
 ) -> Checkpoint:
-    """A copy of ``checkpoint`` with calibration fitted on validation *raw* logits and thresholds
-    chosen on the resulting calibrated validation probabilities. Labels of the checkpoint are
-    the columns of both arrays.
+    """A copy of ``checkpoint`` with calibration fitted on validation *raw* logits (``y_score``)
+    against the validation labels (``y_true``) and thresholds chosen on the resulting calibrated
+    validation probabilities. Labels of the checkpoint are the columns of both arrays.
 
     ``deployment_prevalence`` ({label: prevalence}) moves those labels' probabilities from the
     validation set's prevalence to the stated one (e.g. Abnormal 0.46, the NIH population), so
@@ -169,14 +178,15 @@ def calibrate_checkpoint(
     the findings' thresholds together until at most that share of the validation's normal
     images (No Finding) has any finding flagged."""
     names = list(checkpoint.label_names)
+    val_labels, val_logits = y_true, y_score
     calibrated = copy.copy(checkpoint)
-    calibrated.calibration = fit_calibration(val_logits, val_labels, names, method)
+    calibrated.calibration = fit_calibration(val_labels, val_logits, label_names=names, method=method)
     shifts: dict[str, dict[str, float]] = {}
     for name, prevalence in (deployment_prevalence or {}).items():
         if name not in names:
             raise ConfigError(f"deployment prevalence for {name!r}: the model has no such output")
         column = val_labels[:, names.index(name)]
-        known = column[~np.isnan(column)]
+        known = column[known_rows(column)]
         observed = float(known.mean()) if known.size else float("nan")
         shift = prior_shift(observed, prevalence)
         calibrated.calibration[name] = {**calibrated.calibration[name], "shift": shift}
@@ -187,7 +197,12 @@ def calibrate_checkpoint(
         }
     probs = calibrated.probabilities(val_logits)
     calibrated.thresholds = choose_thresholds(
-        val_labels, probs, names, threshold_method, target, label_targets
+        val_labels,
+        probs,
+        label_names=names,
+        method=threshold_method,
+        target=target,
+        label_targets=label_targets,
     )
     normal_cap = None
     if max_normal_flag_rate is not None:

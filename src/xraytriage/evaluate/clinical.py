@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from xraytriage.stats import known_rows
+
 LOW_SENSITIVITY = 0.3
 """Below this sensitivity at its threshold a finding is mostly missed: the report warns."""
 HIGH_ECE = 0.1
@@ -76,17 +78,19 @@ class FindingSummary:
 
 
 def summarise_findings(
-    y: np.ndarray,
-    p: np.ndarray,
+    y_true: np.ndarray,
+    y_score: np.ndarray,
+    *,
     labels: Sequence[str],
     thresholds: Mapping[str, float],
     ece: Mapping[str, float | None] | None = None,
 ) -> list[FindingSummary]:
-    """Per label (columns of ``y`` / ``p``; NaN truth = not annotated, left out): the rates at
-    ``thresholds[label]`` and the warnings that apply."""
+    """Per label (columns of ``y_true`` / ``y_score``; NaN truth = not annotated, left out): the
+    rates at ``thresholds[label]`` and the warnings that apply."""
+    y, p = np.asarray(y_true, dtype=np.float64), np.asarray(y_score, dtype=np.float64)
     out = []
     for j, name in enumerate(labels):
-        known = np.isfinite(y[:, j]) & np.isfinite(p[:, j])
+        known = known_rows(y[:, j], p[:, j])
         truth, flagged = y[known, j] == 1, p[known, j] >= float(thresholds[name])
         summary = FindingSummary(
             label=name,

@@ -33,16 +33,17 @@ from xraytriage.evaluate.predictions import (
     prob_labels,
     source_paths,
 )
+from xraytriage.stats import known_rows
 
 
 # --- DeLong -------------------------------------------------------------------------------------
-def delong_covariance(y_true: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def delong_covariance(y_true: np.ndarray, y_score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """AUCs (k,) and their DeLong covariance (k, k) for k score vectors on the same cases.
 
-    ``scores`` is (k, n) or (n,); ``y_true`` holds 0/1 (no NaN: mask before calling).
+    ``y_score`` is (k, n) or (n,); ``y_true`` holds 0/1 (no NaN: mask before calling).
     """
     y = np.asarray(y_true).astype(int).ravel()
-    s = np.atleast_2d(np.asarray(scores, dtype=np.float64))
+    s = np.atleast_2d(np.asarray(y_score, dtype=np.float64))
     if s.shape[1] != y.size:
         raise ValueError(f"{s.shape[1]} scores for {y.size} labels")
     pos, neg = s[:, y == 1], s[:, y == 0]
@@ -60,26 +61,26 @@ def delong_covariance(y_true: np.ndarray, scores: np.ndarray) -> tuple[np.ndarra
     return aucs, s_pos / m + s_neg / n
 
 
-def delong_auc_variance(y_true: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
+def delong_auc_variance(y_true: np.ndarray, y_score: np.ndarray) -> tuple[float, float]:
     """One AUC and its DeLong variance."""
-    aucs, cov = delong_covariance(y_true, scores)
+    aucs, cov = delong_covariance(y_true, y_score)
     return float(aucs[0]), float(cov[0, 0])
 
 
-def delong_ci(y_true: np.ndarray, scores: np.ndarray, alpha: float = 0.05) -> dict[str, float]:
+def delong_ci(y_true: np.ndarray, y_score: np.ndarray, *, alpha: float = 0.05) -> dict[str, float]:
     """Normal-approximation CI of one AUC from its DeLong variance (clipped to [0, 1])."""
-    auc, var = delong_auc_variance(y_true, scores)
+    auc, var = delong_auc_variance(y_true, y_score)
     half = norm.ppf(1 - alpha / 2) * np.sqrt(max(var, 0.0))
     return {"auc": auc, "variance": var, "low": max(0.0, auc - half), "high": min(1.0, auc + half)}
 
 
-def delong_test(y_true: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray) -> dict[str, float]:
-    """Two-sided test of AUC(a) == AUC(b) on the same cases.
+def delong_test(y_true: np.ndarray, y_score: np.ndarray, *, y_score_b: np.ndarray) -> dict[str, float]:
+    """Two-sided test of AUC(a) == AUC(b) on the same cases (a: ``y_score``, b: ``y_score_b``).
 
     Returns both AUCs, the difference, its standard error, z and p. When the difference has
     zero variance (identical rankings) z is 0 and p is 1.
     """
-    aucs, cov = delong_covariance(y_true, np.vstack([np.ravel(scores_a), np.ravel(scores_b)]))
+    aucs, cov = delong_covariance(y_true, np.vstack([np.ravel(y_score), np.ravel(y_score_b)]))
     diff = float(aucs[0] - aucs[1])
     var = float(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
     se = float(np.sqrt(max(var, 0.0)))
@@ -129,16 +130,22 @@ def compare_predictions(
     groups = joined["patient_id"].astype(str).to_numpy() if "patient_id" in joined.columns else None
     rows = []
     for j, label in enumerate(labels):
-        keep = ~np.isnan(y[:, j]) & ~np.isnan(p_ours[:, j]) & ~np.isnan(p_other[:, j])
+        keep = known_rows(y[:, j], p_ours[:, j], p_other[:, j])
         row: dict[str, Any] = {
             "label": label,
             "n": int(keep.sum()),
             "positives": int((y[keep, j] == 1).sum()),
         }
         if has_both_classes(y[keep, j]):
-            test = delong_test(y[keep, j], p_ours[keep, j], p_other[keep, j])
+            test = delong_test(y[keep, j], p_ours[keep, j], y_score_b=p_other[keep, j])
             boot = paired_bootstrap_difference(
-                y[:, j], p_ours[:, j], p_other[:, j], "auc", groups, n_boot=n_boot, seed=seed + j
+                y[:, j],
+                p_ours[:, j],
+                y_score_b=p_other[:, j],
+                metric="auc",
+                groups=groups,
+                n_boot=n_boot,
+                seed=seed + j,
             )
             row.update(
                 {
@@ -159,8 +166,8 @@ def compare_predictions(
         "labels": labels,
         "names": list(names),
         "table": table,
-        names[0]: multilabel_metrics(y, p_ours, labels, thresholds),
-        names[1]: multilabel_metrics(y, p_other, labels, thresholds),
+        names[0]: multilabel_metrics(y, p_ours, label_names=labels, thresholds=thresholds),
+        names[1]: multilabel_metrics(y, p_other, label_names=labels, thresholds=thresholds),
         "joined": joined,
     }
 
@@ -195,11 +202,11 @@ def compare_triage_by_group(
     groups = group_labels(joined, by)
     rows = []
     for group in sorted(set(groups.tolist()), key=str):
-        mask = (groups == group) & ~np.isnan(y)
+        mask = (groups == group) & known_rows(y)
         positives = int((y[mask] == 1).sum())
         row: dict[str, Any] = {"group": group, "n": int(mask.sum()), "positives": positives}
         if has_both_classes(y[mask]):
-            test = delong_test(y[mask], p_ours[mask], p_other[mask])
+            test = delong_test(y[mask], p_ours[mask], y_score_b=p_other[mask])
             row.update(
                 {
                     f"auc_{names[0]}": test["auc_a"],

@@ -28,19 +28,22 @@ def label_overlap(model_labels: Sequence[str], dataset_labels: Sequence[str]) ->
 
 
 def cross_dataset_metrics(
-    probs: np.ndarray,
-    model_labels: Sequence[str],
-    labels: np.ndarray,
+    y_true: np.ndarray,
+    y_score: np.ndarray,
+    *,
     dataset_labels: Sequence[str],
+    model_labels: Sequence[str],
     thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
 ) -> dict[str, Any]:
-    """Metrics of model probabilities (N, model labels) against a dataset's label matrix
-    (N, dataset labels) on the shared labels."""
+    """Metrics of model probabilities ``y_score`` (N, model labels) against a dataset's label
+    matrix ``y_true`` (N, dataset labels) on the shared labels."""
     overlap = label_overlap(model_labels, dataset_labels)
     shared = overlap["shared"]
-    y = map_labels(labels, dataset_labels, shared)
-    p = map_labels(probs, model_labels, shared)
+    y = map_labels(y_true, dataset_labels, shared)
+    p = map_labels(y_score, model_labels, shared)
     result = (
-        multilabel_metrics(y, p, shared, thresholds) if shared else {"labels": {}, "macro": {}, "micro": {}}
+        multilabel_metrics(y, p, label_names=shared, thresholds=thresholds)
+        if shared
+        else {"labels": {}, "macro": {}, "micro": {}}
     )
     return {**overlap, **result}

@@ -23,6 +23,7 @@ import numpy as np
 from xraytriage.errors import ConfigError
 from xraytriage.evaluate.operating_points import specificity_threshold
 from xraytriage.labels import abnormal_target, canonical_label
+from xraytriage.stats import known_rows
 
 DEFAULT_CRITICAL = ("Pneumothorax",)
 DEFAULT_CRITICAL_SPECIFICITY = 0.99
@@ -48,8 +49,9 @@ def resolve_critical(names: Sequence[str], requested: Sequence[str], label_names
 
 
 def critical_thresholds(
-    labels: np.ndarray,
-    probs: np.ndarray,
+    y_true: np.ndarray,
+    y_score: np.ndarray,
+    *,
     label_names: Sequence[str],
     critical: Sequence[str],
     thresholds: Mapping[str, float],
@@ -58,22 +60,23 @@ def critical_thresholds(
 ) -> dict[str, float]:
     """{finding: threshold} at ``specificity`` among the images without the finding (calibrated
     held-out probabilities), at least the finding's ordinary threshold. A finding with no
-    known negative is an error when ``required`` (asked for by name), else left out (a default)."""
+    known negative is an error when ``required`` (asked for by name), else left out (a default).
+    ``y_true`` / ``y_score``: (N, L) labels and probabilities, columns ``label_names``."""
     if not 0.5 <= specificity < 1:
         raise ConfigError(f"critical specificity must be in [0.5, 1), got {specificity}")
     names = list(label_names)
     out = {}
     for name in critical:
         j = names.index(name)
-        y = labels[:, j]
-        known = ~np.isnan(y)
+        y = y_true[:, j]
+        known = known_rows(y)
         if not (known.any() and (y[known] == 0).any()):
             if not required:
                 continue
             raise ConfigError(
                 f"critical finding {name!r}: no held-out image without it to set a threshold on"
             )
-        t = specificity_threshold(y[known], probs[known, j], specificity)
+        t = specificity_threshold(y[known], y_score[known, j], target=specificity)
         out[name] = float(max(t, float(thresholds.get(name, 0.0))))
     return out
 
@@ -89,9 +92,10 @@ def _rate(hit: np.ndarray, abnormal: np.ndarray, prevalence: float | None) -> fl
 
 
 def expected_rates(
-    labels: np.ndarray,
-    probs: np.ndarray,
-    abnormal_probs: np.ndarray,
+    y_true: np.ndarray,
+    y_score: np.ndarray,
+    *,
+    abnormal_score: np.ndarray,
     label_names: Sequence[str],
     findings: Sequence[str],
     thresholds: Mapping[str, float],
@@ -101,14 +105,16 @@ def expected_rates(
     source: str = "",
 ) -> dict[str, Any]:
     """The checkpoint's ``expected_rates``: ``{"flagged": r, "findings": {name: r},
-    "critical": r, "n": images, "prevalence": pi, "source": ...}`` (see the module docstring)."""
+    "critical": r, "n": images, "prevalence": pi, "source": ...}`` (see the module docstring).
+    ``y_true`` / ``y_score``: (N, L) labels and probabilities; ``abnormal_score``: (N,)
+    P(abnormal)."""
     names = list(label_names)
-    probs = np.asarray(probs, dtype=np.float64)
-    abnormal = abnormal_target(labels, names)
-    keep = ~np.isnan(abnormal)
+    probs = np.asarray(y_score, dtype=np.float64)
+    abnormal = abnormal_target(y_true, names)
+    keep = known_rows(abnormal)
     if prevalence is None or not keep.any():  # nothing to mix by: the images' own share
         prevalence, keep = None, np.ones(len(probs), dtype=bool)
-    probs, abnormal, p_abn = probs[keep], abnormal[keep], np.asarray(abnormal_probs, dtype=np.float64)[keep]
+    probs, abnormal, p_abn = probs[keep], abnormal[keep], np.asarray(abnormal_score, dtype=np.float64)[keep]
     if len(probs) == 0:
         raise ConfigError("no held-out image to expect flag rates from")
     hits = {n: probs[:, names.index(n)] >= float(thresholds[n]) for n in findings}

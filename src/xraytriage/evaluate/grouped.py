@@ -59,11 +59,13 @@ def group_labels(frame: pd.DataFrame, by: str) -> np.ndarray:
 
 
 def grouped_metrics(
-    y: np.ndarray, p: np.ndarray, labels: Sequence[str], groups: np.ndarray, by: str
+    y_true: np.ndarray, y_score: np.ndarray, *, labels: Sequence[str], groups: np.ndarray, by: str
 ) -> dict[str, Any]:
-    """:func:`grouped_auc` for every label (columns of ``y``/``p``), with a warning line per
+    """:func:`grouped_auc` for every label (columns of ``y_true``/``y_score``), with a warning line per
     label whose pooled AUC exceeds its within-group mean by more than :data:`SHORTCUT_GAP`."""
-    per_label = {name: grouped_auc(y[:, j], p[:, j], groups) for j, name in enumerate(labels)}
+    per_label = {
+        name: grouped_auc(y_true[:, j], y_score[:, j], groups=groups) for j, name in enumerate(labels)
+    }
     warnings = [
         f"{name}: pooled AUC {r['pooled_auc']:.3f} exceeds the mean within-{by} AUC "
         f"{r['within_mean_auc']:.3f} by {r['pooled_minus_within']:.3f} (the {by} alone predicts it "

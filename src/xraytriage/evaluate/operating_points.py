@@ -26,22 +26,22 @@ METHODS = ("youden", "sensitivity", "specificity", "f1")
 DEFAULT_TARGETS = {"sensitivity": 0.9, "specificity": 0.9}
 
 
-def sensitivity_threshold(y_true: np.ndarray, y_prob: np.ndarray, target: float = 0.9) -> float:
+def sensitivity_threshold(y_true: np.ndarray, y_score: np.ndarray, *, target: float = 0.9) -> float:
     """Highest threshold whose sensitivity (``prob >= t``) is at least ``target``."""
     if not 0 < target <= 1:
         raise ConfigError(f"target sensitivity must be in (0, 1], got {target}")
-    y, p = valid_pairs(y_true, y_prob)
+    y, p = valid_pairs(y_true, y_score)
     _, tpr, thr = roc_curve(y, p, drop_intermediate=False)
     ok = np.flatnonzero((tpr >= target - 1e-12) & np.isfinite(thr))
     return float(thr[ok[0]]) if ok.size else float(np.min(p))
 
 
-def specificity_threshold(y_true: np.ndarray, y_prob: np.ndarray, target: float = 0.9) -> float:
+def specificity_threshold(y_true: np.ndarray, y_score: np.ndarray, *, target: float = 0.9) -> float:
     """Lowest threshold whose specificity (negatives with ``prob < t``) is at least ``target``:
     the most sensitive operating point that keeps false alarms at ``1 - target``."""
     if not 0 < target <= 1:
         raise ConfigError(f"target specificity must be in (0, 1], got {target}")
-    y, p = valid_pairs(y_true, y_prob)
+    y, p = valid_pairs(y_true, y_score)
     negatives = np.sort(p[y == 0])
     if negatives.size == 0:
         return float(np.max(p)) if p.size else 0.5
@@ -54,9 +54,9 @@ def specificity_threshold(y_true: np.ndarray, y_prob: np.ndarray, target: float 
     return float(np.nextafter(below, np.inf)) if above <= below else float((below + above) / 2)
 
 
-def f1_threshold(y_true: np.ndarray, y_prob: np.ndarray) -> float:
+def f1_threshold(y_true: np.ndarray, y_score: np.ndarray) -> float:
     """Threshold maximising F1 on the precision-recall curve."""
-    y, p = valid_pairs(y_true, y_prob)
+    y, p = valid_pairs(y_true, y_score)
     precision, recall, thr = precision_recall_curve(y, p)
     precision, recall = precision[:-1], recall[:-1]  # the last point has no threshold
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -65,20 +65,20 @@ def f1_threshold(y_true: np.ndarray, y_prob: np.ndarray) -> float:
 
 
 def choose_threshold(
-    y_true: np.ndarray, y_prob: np.ndarray, method: str = "youden", target: float = 0.9
+    y_true: np.ndarray, y_score: np.ndarray, *, method: str = "youden", target: float = 0.9
 ) -> float:
     """One label's threshold by ``method`` (youden | sensitivity | f1); 0.5 without both classes."""
-    y, _ = valid_pairs(y_true, y_prob)
+    y, _ = valid_pairs(y_true, y_score)
     if not has_both_classes(y):
         return 0.5
     if method == "youden":
-        return youden_threshold(y_true, y_prob)
+        return youden_threshold(y_true, y_score)
     if method == "sensitivity":
-        return sensitivity_threshold(y_true, y_prob, target)
+        return sensitivity_threshold(y_true, y_score, target=target)
     if method == "specificity":
-        return specificity_threshold(y_true, y_prob, target)
+        return specificity_threshold(y_true, y_score, target=target)
     if method == "f1":
-        return f1_threshold(y_true, y_prob)
+        return f1_threshold(y_true, y_score)
     raise ConfigError(f"operating point method must be one of {', '.join(METHODS)}; got {method!r}")
 
 
@@ -120,7 +120,8 @@ def parse_label_targets(specs: Sequence[str]) -> dict[str, float]:
 
 def choose_thresholds(
     y_true: np.ndarray,
-    y_prob: np.ndarray,
+    y_score: np.ndarray,
+    *,
     label_names: Sequence[str],
     method: str = "youden",
     target: float = 0.9,
@@ -129,26 +130,28 @@ def choose_thresholds(
     """Per-label thresholds {label: t} chosen on validation labels/probabilities (N, L);
     ``label_targets`` overrides ``target`` for some labels (sensitivity/specificity rules)."""
     y_true = np.asarray(y_true, dtype=np.float64)
-    y_prob = np.asarray(y_prob, dtype=np.float64)
+    y_score = np.asarray(y_score, dtype=np.float64)
     targets = label_targets or {}
     return {
-        name: choose_threshold(y_true[:, j], y_prob[:, j], method, targets.get(name, target))
+        name: choose_threshold(y_true[:, j], y_score[:, j], method=method, target=targets.get(name, target))
         for j, name in enumerate(label_names)
     }
 
 
-def normal_flag_rate(probs: np.ndarray, normal: np.ndarray, thresholds: np.ndarray) -> float:
-    """Share of normal rows (``normal`` True) with at least one column at or above its threshold."""
-    normal = np.asarray(normal, dtype=bool)
+def normal_flag_rate(y_true: np.ndarray, y_score: np.ndarray, *, thresholds: np.ndarray) -> float:
+    """Share of normal rows (``y_true`` 0; 1 = abnormal, NaN = unknown, neither counted) with at
+    least one column of ``y_score`` (N, L) at or above its threshold."""
+    normal = np.asarray(y_true, dtype=np.float64) == 0
     if not normal.any():
         return float("nan")
-    flagged = (np.asarray(probs)[normal] >= np.asarray(thresholds)[None, :]).any(axis=1)
+    flagged = (np.asarray(y_score)[normal] >= np.asarray(thresholds)[None, :]).any(axis=1)
     return float(flagged.mean())
 
 
 def cap_normal_flag_rate(
     y_true: np.ndarray,
-    y_prob: np.ndarray,
+    y_score: np.ndarray,
+    *,
     normal: np.ndarray,
     label_names: Sequence[str],
     thresholds: dict[str, float],
@@ -159,19 +162,20 @@ def cap_normal_flag_rate(
     ``max_rate`` of the ``normal`` rows get any label flagged. Returns the new thresholds and
     the common specificity floor used (the original target when no raise was needed)."""
     y = np.asarray(y_true, dtype=np.float64)
-    p = np.asarray(y_prob, dtype=np.float64)
+    p = np.asarray(y_score, dtype=np.float64)
     base = np.array([thresholds[n] for n in label_names], dtype=np.float64)
+    abnormal = np.where(np.asarray(normal, dtype=bool), 0.0, 1.0)  # normal_flag_rate counts the 0s
 
     def at(q: float) -> np.ndarray:
-        floor = np.array([specificity_threshold(y[:, j], p[:, j], q) for j in range(len(label_names))])
+        floor = np.array([specificity_threshold(y[:, j], p[:, j], target=q) for j in range(len(label_names))])
         return np.maximum(base, floor)
 
-    if normal_flag_rate(p, normal, base) <= max_rate:
+    if normal_flag_rate(abnormal, p, thresholds=base) <= max_rate:
         return dict(thresholds), float("nan")
     lo, hi = 0.5, 1.0
     for _ in range(40):
         mid = (lo + hi) / 2
-        if normal_flag_rate(p, normal, at(mid)) <= max_rate:
+        if normal_flag_rate(abnormal, p, thresholds=at(mid)) <= max_rate:
             hi = mid
         else:
             lo = mid
@@ -180,7 +184,10 @@ def cap_normal_flag_rate(
 
 
 def all_operating_points(
-    y_true: np.ndarray, y_prob: np.ndarray, label_names: Sequence[str], target: float = 0.9
+    y_true: np.ndarray, y_score: np.ndarray, *, label_names: Sequence[str], target: float = 0.9
 ) -> dict[str, dict[str, float]]:
     """{method: {label: threshold}} for every method (sensitivity at ``target``)."""
-    return {method: choose_thresholds(y_true, y_prob, label_names, method, target) for method in METHODS}
+    return {
+        method: choose_thresholds(y_true, y_score, label_names=label_names, method=method, target=target)
+        for method in METHODS
+    }

@@ -88,7 +88,9 @@ def _curve_panels(y, p, names, title: str, xlabel: str, ylabel: str, draw):
     return fig
 
 
-def plot_roc_curves(y: np.ndarray, p: np.ndarray, names: Sequence[str], title: str = "ROC curves"):
+def plot_roc_curves(
+    y_true: np.ndarray, y_score: np.ndarray, *, names: Sequence[str], title: str = "ROC curves"
+):
     """One panel per label: ROC curve with its AUC; the diagonal is chance."""
 
     def draw(ax, yy, pp, name, colour) -> str:
@@ -97,11 +99,11 @@ def plot_roc_curves(y: np.ndarray, p: np.ndarray, names: Sequence[str], title: s
         ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=0.8, label="chance")
         return f"AUC {roc_auc(yy, pp):.3f}"
 
-    return _curve_panels(y, p, names, title, "1 - specificity", "sensitivity", draw)
+    return _curve_panels(y_true, y_score, names, title, "1 - specificity", "sensitivity", draw)
 
 
 def plot_pr_curves(
-    y: np.ndarray, p: np.ndarray, names: Sequence[str], title: str = "Precision-recall curves"
+    y_true: np.ndarray, y_score: np.ndarray, *, names: Sequence[str], title: str = "Precision-recall curves"
 ):
     """One panel per label: PR curve with its average precision; the line is the prevalence."""
 
@@ -111,7 +113,7 @@ def plot_pr_curves(
         ax.axhline(yy.mean(), ls="--", c="grey", lw=0.8, label=f"prevalence {yy.mean():.2f}")
         return f"AP {average_precision(yy, pp):.3f}"
 
-    return _curve_panels(y, p, names, title, "recall", "precision", draw)
+    return _curve_panels(y_true, y_score, names, title, "recall", "precision", draw)
 
 
 def plot_auc_per_epoch(history: pd.DataFrame, title: str = "Validation AUC per epoch"):
@@ -166,14 +168,20 @@ def plot_run_comparison(table: pd.DataFrame, title: str = "AUC per label and run
 
 
 def plot_calibration(
-    y: np.ndarray, p: np.ndarray, names: Sequence[str], n_bins: int = 10, title: str = "Calibration"
+    y_true: np.ndarray,
+    y_score: np.ndarray,
+    *,
+    names: Sequence[str],
+    n_bins: int = 10,
+    title: str = "Calibration",
 ):
     """Reliability diagram (observed frequency vs mean probability per bin, every label) and
     the histogram of predicted probabilities."""
+    y, p = y_true, y_score
     fig, (ax, hist) = plt.subplots(1, 2, figsize=(11, 4.5))
     ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=0.8, label="perfect")
     for j, name in enumerate(names):
-        table = reliability_table(y[:, j], p[:, j], n_bins)
+        table = reliability_table(y[:, j], p[:, j], n_bins=n_bins)
         if not table.empty:
             ax.plot(
                 table["mean_predicted"],
@@ -225,13 +233,13 @@ def plot_confusion_matrices(matrices: Mapping[str, Any], title: str = "Confusion
     return fig
 
 
-def plot_triage(priority: np.ndarray, abnormal: np.ndarray, simulation: Mapping[str, Any] | None):
-    """Left: share of abnormal studies found against the share of the worklist read, triage
-    order vs FIFO (the diagonal). Right: mean and maximum wait of abnormal (and critical)
-    studies per reading order."""
+def plot_triage(y_true: np.ndarray, y_score: np.ndarray, *, simulation: Mapping[str, Any] | None):
+    """Left: share of abnormal studies (``y_true`` 1) found against the share of the worklist
+    read in priority (``y_score``) order, vs FIFO (the diagonal). Right: mean and maximum wait
+    of abnormal (and critical) studies per reading order."""
     fig, (gain, bars) = plt.subplots(1, 2, figsize=(11, 4.5))
-    priority = np.asarray(priority, dtype=np.float64)
-    abnormal = np.asarray(abnormal, dtype=np.float64)
+    priority = np.asarray(y_score, dtype=np.float64)
+    abnormal = np.asarray(y_true, dtype=np.float64)
     order = np.argsort(-priority, kind="stable")
     hits = np.cumsum(abnormal[order] == 1)
     total = max(1, int((abnormal == 1).sum()))

@@ -243,7 +243,7 @@ def _clinical_section(report: HtmlReport, result: Mapping[str, Any], y: np.ndarr
     rule = "checkpoint" if "checkpoint" in ops["rules"] else result["config"]["operating_point"]
     thresholds = {n: ops["rules"][rule][n]["threshold"] for n in labels}
     ece = {n: result.get("calibration", {}).get(n, {}).get("ece") for n in labels}
-    summaries = summarise_findings(y, p, labels, thresholds, ece)
+    summaries = summarise_findings(y, p, labels=labels, thresholds=thresholds, ece=ece)
     report.heading("Summary for a clinical lead: what the model does at its operating points")
     where = (
         "the thresholds stored in the model, the ones `triage` and the service flag with"
@@ -460,8 +460,10 @@ def build_evaluation_report(
         "ECE: see the summary at the top."
     )
     report.table(_summary_table(result), "Per label")
-    report.figure(plot_roc_curves(y, p, labels), "roc_curves", "ROC curve per label (one colour per label)")
-    report.figure(plot_pr_curves(y, p, labels), "pr_curves", "Precision-recall curve per label")
+    report.figure(
+        plot_roc_curves(y, p, names=labels), "roc_curves", "ROC curve per label (one colour per label)"
+    )
+    report.figure(plot_pr_curves(y, p, names=labels), "pr_curves", "Precision-recall curve per label")
     report.heading("Fixed thresholds")
     report.table(
         _threshold_table(result), preview=len(labels), note="At 0.5 first; the other thresholds below."
@@ -480,7 +482,9 @@ def build_evaluation_report(
     report.figure(plot_confusion_matrices(matrices, f"Confusion matrices ({chosen})"), "confusion_matrices")
     report.heading("Calibration")
     report.figure(
-        plot_calibration(y, p, labels, result["config"]["n_bins"]), "calibration", "Reliability diagram"
+        plot_calibration(y, p, names=labels, n_bins=result["config"]["n_bins"]),
+        "calibration",
+        "Reliability diagram",
     )
     if "study_level" in result:
         report.heading("Study level")
@@ -489,7 +493,7 @@ def build_evaluation_report(
         tri = result["triage"]
         _triage_section(report, tri)
         report.figure(
-            plot_triage(tri["priority"], tri["abnormal"], tri["simulation"]),
+            plot_triage(tri["abnormal"], tri["priority"], simulation=tri["simulation"]),
             "triage_simulation",
             "Triage: worklist gain with its reference orders, and waiting times per reading order",
         )

@@ -90,7 +90,8 @@ def _operating_points(
     source_frame, source = (val, "validation") if val is not None else (test, "evaluation set (optimistic)")
     y_src, p_src = label_matrix(source_frame, labels), prob_matrix(source_frame, labels)
     rules: dict[str, dict[str, float]] = {
-        m: choose_thresholds(y_src, p_src, labels, m, _target(m, cfg)) for m in METHODS
+        m: choose_thresholds(y_src, p_src, label_names=labels, method=m, target=_target(m, cfg))
+        for m in METHODS
     }
     if checkpoint_thresholds:
         rules["checkpoint"] = {n: float(checkpoint_thresholds.get(n, 0.5)) for n in labels}
@@ -104,8 +105,8 @@ def _operating_points(
     for rule, thresholds in rules.items():
         out["rules"][rule] = {
             n: {
-                **threshold_metrics(y[:, j], p[:, j], thresholds[n]),
-                "confusion": confusion(y[:, j], p[:, j], thresholds[n]),
+                **threshold_metrics(y[:, j], p[:, j], threshold=thresholds[n]),
+                "confusion": confusion(y[:, j], p[:, j], threshold=thresholds[n]),
             }
             for j, n in enumerate(labels)
         }
@@ -138,9 +139,9 @@ def _triage(test: pd.DataFrame, cfg: EvaluationConfig) -> dict[str, Any] | None:
     reading = cfg.reading_minutes or 0.9 * cfg.day_minutes / n
     critical = studies["critical"].to_numpy() if critical_cols else None
     result = triage_metrics(
-        studies["abnormal_probability"].to_numpy(),
         studies["abnormal"].to_numpy(),
-        critical,
+        studies["abnormal_probability"].to_numpy(),
+        critical=critical,
         day_minutes=cfg.day_minutes,
         reading_minutes=reading,
         reading_kind=cfg.reading_kind,
@@ -167,7 +168,7 @@ def _grouped(test: pd.DataFrame, labels: list[str], by: str) -> dict[str, Any]:
         y = np.column_stack([y, frame["abnormal"].to_numpy(dtype=np.float64)])
         p = np.column_stack([p, frame["abnormal_probability"].to_numpy(dtype=np.float64)])
         names.append(TRIAGE_SCORE)
-    return grouped_metrics(y, p, names, groups, by)
+    return grouped_metrics(y, p, labels=names, groups=groups, by=by)
 
 
 def evaluate_predictions(
@@ -197,18 +198,18 @@ def evaluate_predictions(
         ),
         "config": asdict(cfg),
     })  # fmt: skip
-    result["metrics"] = multilabel_metrics(y, p, labels, cfg.thresholds)
+    result["metrics"] = multilabel_metrics(y, p, label_names=labels, thresholds=cfg.thresholds)
     definitions = mean_definitions(labels, outputs=prob_labels(test))
     log.info("bootstrap: %d patient-level replicates", cfg.n_boot)
     result["bootstrap"] = bootstrap_label_intervals(
-        y, p, labels, groups, n_boot=cfg.n_boot, seed=cfg.seed, means=definitions
+        y, p, label_names=labels, groups=groups, n_boot=cfg.n_boot, seed=cfg.seed, means=definitions
     )
     result["means"] = named_means(result, definitions)
     result["operating_points"] = _operating_points(test, labels, val, checkpoint_thresholds, cfg)
     result["calibration"] = {
         n: {
-            "ece": expected_calibration_error(y[:, j], p[:, j], cfg.n_bins),
-            "reliability": reliability_table(y[:, j], p[:, j], cfg.n_bins).to_dict(orient="records"),
+            "ece": expected_calibration_error(y[:, j], p[:, j], n_bins=cfg.n_bins),
+            "reliability": reliability_table(y[:, j], p[:, j], n_bins=cfg.n_bins).to_dict(orient="records"),
         }
         for j, n in enumerate(labels)
     }

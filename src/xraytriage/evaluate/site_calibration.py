@@ -184,9 +184,10 @@ def sample_warnings(n: int, finding_rate: float, any_rate: float, flag_rate: flo
 
 
 def labelled_check(
-    probs: np.ndarray,
-    abnormal_prob: np.ndarray,
-    is_abnormal: np.ndarray,
+    y_true: np.ndarray,
+    y_score: np.ndarray,
+    *,
+    abnormal_score: np.ndarray,
     finding_truth: dict[str, np.ndarray],
     findings: Sequence[str],
     thresholds: dict[str, float],
@@ -194,12 +195,14 @@ def labelled_check(
 ) -> dict[str, Any]:
     """Sensitivity and specificity (95% Wilson intervals) of the new thresholds on a labelled
     sample: the study flag and "any finding listed" against normal/abnormal, and each named
-    finding's own sensitivity where the labels name it."""
-    probs = np.asarray(probs, dtype=np.float64)
-    is_abnormal = np.asarray(is_abnormal, dtype=bool)
+    finding's own sensitivity where the labels name it. ``y_true``: (N,) abnormal (True) or
+    normal; ``y_score``: (N, F) probabilities of ``findings``; ``abnormal_score``: (N,)
+    P(abnormal)."""
+    probs = np.asarray(y_score, dtype=np.float64)
+    is_abnormal = np.asarray(y_true, dtype=bool)
     t = np.array([thresholds[name] for name in findings])
     listed = np.any(probs >= t, axis=1)
-    flagged = np.asarray(abnormal_prob) >= thresholds[study_label] if study_label else listed
+    flagged = np.asarray(abnormal_score) >= thresholds[study_label] if study_label else listed
 
     def share(hit: np.ndarray, among: np.ndarray) -> dict[str, Any]:
         k, n = int(hit[among].sum()), int(among.sum())

@@ -16,7 +16,7 @@ import pandas as pd
 from sklearn.metrics import cohen_kappa_score
 
 from xraytriage.errors import ConfigError
-from xraytriage.evaluate.metrics import roc_auc, threshold_metrics
+from xraytriage.evaluate.metrics import roc_auc, threshold_metrics, valid_pairs
 
 AGGREGATIONS = ("mean", "max", "noisy_or")
 
@@ -64,16 +64,12 @@ def aggregate_studies(
     return out.reset_index()
 
 
-def study_metrics(
-    study_labels: np.ndarray, study_probs: np.ndarray, threshold: float = 0.5
-) -> dict[str, Any]:
+def study_metrics(y_true: np.ndarray, y_score: np.ndarray, *, threshold: float = 0.5) -> dict[str, Any]:
     """AUC, and at ``threshold`` sensitivity, specificity and Cohen's kappa (sklearn) between the
-    thresholded prediction and the study label, on studies with a known label."""
-    y = np.asarray(study_labels, dtype=np.float64)
-    p = np.asarray(study_probs, dtype=np.float64)
-    keep = ~np.isnan(y) & ~np.isnan(p)
-    y, p = y[keep], p[keep]
-    at = threshold_metrics(y, p, threshold)
+    thresholded prediction and the study label, on studies with a known label (``y_true``:
+    study labels, ``y_score``: study probabilities)."""
+    y, p = valid_pairs(y_true, y_score)
+    at = threshold_metrics(y, p, threshold=threshold)
     pred = (p >= threshold).astype(int)
     kappa = float(cohen_kappa_score(y.astype(int), pred)) if y.size else float("nan")
     return {
@@ -101,6 +97,6 @@ def evaluate_studies(
     for method in methods:
         studies = aggregate_studies(images, [prob_column], [label_column], method, study_column)
         out[method] = study_metrics(
-            studies[label_column].to_numpy(), studies[prob_column].to_numpy(), threshold
+            studies[label_column].to_numpy(), studies[prob_column].to_numpy(), threshold=threshold
         )
     return out

@@ -27,19 +27,20 @@ from xraytriage.evaluate.metrics import roc_auc
 DEFAULT_FRACTIONS = (0.1, 0.2, 0.5)
 
 
-def priority_auc(priority: np.ndarray, abnormal: np.ndarray) -> float:
-    """AUC of the priority score separating abnormal (1) from normal (0) studies."""
-    return roc_auc(abnormal, priority)
+def priority_auc(y_true: np.ndarray, y_score: np.ndarray) -> float:
+    """AUC of the priority score (``y_score``) separating abnormal (``y_true`` 1) from normal
+    (0) studies."""
+    return roc_auc(y_true, y_score)
 
 
 def found_in_top(
-    priority: np.ndarray, abnormal: np.ndarray, fractions: Sequence[float] = DEFAULT_FRACTIONS
+    y_true: np.ndarray, y_score: np.ndarray, *, fractions: Sequence[float] = DEFAULT_FRACTIONS
 ) -> dict[str, float]:
-    """Share of abnormal studies within the first ``f`` of the worklist (sorted by priority,
-    descending; ties keep input order), for each fraction ``f``. Studies with unknown status
-    still occupy worklist places but are not counted."""
-    priority = np.asarray(priority, dtype=np.float64)
-    abnormal = np.asarray(abnormal, dtype=np.float64)
+    """Share of abnormal studies (``y_true`` 1) within the first ``f`` of the worklist (sorted
+    by the priority ``y_score``, descending; ties keep input order), for each fraction ``f``.
+    Studies with unknown status still occupy worklist places but are not counted."""
+    priority = np.asarray(y_score, dtype=np.float64)
+    abnormal = np.asarray(y_true, dtype=np.float64)
     order = np.argsort(-priority, kind="stable")
     ranked = abnormal[order] == 1
     total = ranked.sum()
@@ -51,11 +52,11 @@ def found_in_top(
 
 
 def found_in_top_reference(
-    abnormal: np.ndarray, fractions: Sequence[float] = DEFAULT_FRACTIONS
+    y_true: np.ndarray, *, fractions: Sequence[float] = DEFAULT_FRACTIONS
 ) -> dict[str, dict[str, float]]:
     """The reference points of :func:`found_in_top`: the best possible share (every abnormal
     study ahead of every normal one) and the expected share in random (arrival) order."""
-    abnormal = np.asarray(abnormal, dtype=np.float64)
+    abnormal = np.asarray(y_true, dtype=np.float64)
     n, total = abnormal.size, int((abnormal == 1).sum())
     best, random = {}, {}
     for f in fractions:
@@ -167,8 +168,9 @@ def _wait_summary(wait: np.ndarray, mask: np.ndarray) -> dict[str, float]:
 
 
 def simulate_reading_day(
-    priority: np.ndarray,
-    abnormal: np.ndarray,
+    y_true: np.ndarray,
+    y_score: np.ndarray,
+    *,
     critical: np.ndarray | None = None,
     day_minutes: float = 480.0,
     reading_minutes: float = 4.0,
@@ -176,11 +178,12 @@ def simulate_reading_day(
     max_wait: float | None = None,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Simulate one day for these studies (arrivals in random order over ``day_minutes``) with
-    FIFO, triage and, if ``max_wait`` is given, triage with escalation. Returns per-order wait
-    summaries for abnormal, critical, normal and all studies, plus the per-study waits table."""
-    priority = np.asarray(priority, dtype=np.float64)
-    abnormal = np.asarray(abnormal, dtype=np.float64)
+    """Simulate one day for these studies (``y_true``: abnormal 1 / normal 0; ``y_score``: the
+    priority; arrivals in random order over ``day_minutes``) with FIFO, triage and, if
+    ``max_wait`` is given, triage with escalation. Returns per-order wait summaries for
+    abnormal, critical, normal and all studies, plus the per-study waits table."""
+    priority = np.asarray(y_score, dtype=np.float64)
+    abnormal = np.asarray(y_true, dtype=np.float64)
     n = priority.size
     arrival_times = day_of_arrivals(n, day_minutes, seed)
     rng = np.random.default_rng(seed + 2)
@@ -217,17 +220,19 @@ def simulate_reading_day(
 
 
 def triage_metrics(
-    priority: np.ndarray,
-    abnormal: np.ndarray,
+    y_true: np.ndarray,
+    y_score: np.ndarray,
+    *,
     critical: np.ndarray | None = None,
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
     **simulation: Any,
 ) -> dict[str, Any]:
-    """Ranking metrics and the reading-day simulation in one dict (the simulation's per-study
-    table under ``simulation.table``)."""
+    """Ranking metrics of the priority ``y_score`` against abnormal truth ``y_true`` and the
+    reading-day simulation in one dict (the simulation's per-study table under
+    ``simulation.table``)."""
     return {
-        "priority_auc": priority_auc(priority, abnormal),
-        "abnormal_found_in_top": found_in_top(priority, abnormal, fractions),
-        "abnormal_found_in_top_reference": found_in_top_reference(abnormal, fractions),
-        "simulation": simulate_reading_day(priority, abnormal, critical, **simulation),
+        "priority_auc": priority_auc(y_true, y_score),
+        "abnormal_found_in_top": found_in_top(y_true, y_score, fractions=fractions),
+        "abnormal_found_in_top_reference": found_in_top_reference(y_true, fractions=fractions),
+        "simulation": simulate_reading_day(y_true, y_score, critical=critical, **simulation),
     }

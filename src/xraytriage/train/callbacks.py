@@ -59,7 +59,7 @@ class SaveRun(Callback):
 
     def on_epoch_end(self, trainer: TrainerView, record: EpochRecord) -> None:
         thresholds = (
-            youden_thresholds(trainer.val_set.labels, record.probs, trainer.label_names)
+            youden_thresholds(trainer.val_set.labels, record.probs, label_names=trainer.label_names)
             if record.probs is not None
             else {}
         )

@@ -78,14 +78,14 @@ def grouped_oof(dataset, oof: np.ndarray, group_by: str) -> dict[str, Any] | Non
     truth = abnormal_target(dataset.labels, names)
     score = abnormal_probability(oof, names)
     findings = {
-        n: grouped_auc(dataset.labels[:, j], oof[:, j], groups)
+        n: grouped_auc(dataset.labels[:, j], oof[:, j], groups=groups)
         for j, n in enumerate(names)
         if n not in NOT_DISEASE
     }
     within = [r["within_mean_auc"] for r in findings.values() if r["within_mean_auc"] is not None]
     return {
         "by": group_by,
-        "triage": grouped_auc(truth, score, groups),
+        "triage": grouped_auc(truth, score, groups=groups),
         "findings": findings,
         "mean_within_auc_findings": float(np.mean(within)) if within else math.nan,
         "findings_mean_name": primary_mean_name(list(findings)),
@@ -150,7 +150,7 @@ def summarize(
     folds: int,
 ) -> dict[str, Any]:
     keys = [*training_mean_names(names), "val_loss", *[f"auc/{n}" for n in names]]
-    pooled = validation_metrics(labels, oof, names)
+    pooled = validation_metrics(labels, oof, label_names=names)
     return {
         "name": config.name,
         "folds": folds,

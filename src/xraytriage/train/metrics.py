@@ -7,50 +7,43 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
 from xraytriage.auc_means import training_means
+from xraytriage.stats import roc_auc
 from xraytriage.stats import youden_threshold as youden
 
 
-def _binary(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Rows whose label is usable (in [0, 1]; soft labels are rounded) as (y, p)."""
-    labels = np.asarray(labels, dtype=np.float64)
-    usable = (labels >= 0) & (labels <= 1)
-    return (labels[usable] >= 0.5).astype(np.int64), np.asarray(probs, dtype=np.float64)[usable]
+def label_auc(y_true: np.ndarray, y_score: np.ndarray) -> float:
+    """ROC AUC of one label (:func:`xraytriage.stats.roc_auc` on the training masking rule:
+    labels may be soft (LSR, rounded) or outside [0, 1] (-1 / 2, dropped)); NaN when the
+    validation rows hold only one class."""
+    return roc_auc(y_true, y_score, binarize=True)
 
 
-def label_auc(labels: np.ndarray, probs: np.ndarray) -> float:
-    """ROC AUC of one label; NaN when the validation rows hold only one class."""
-    y, p = _binary(labels, probs)
-    if len(np.unique(y)) < 2:
-        return math.nan
-    return float(roc_auc_score(y, p))
-
-
-def youden_threshold(labels: np.ndarray, probs: np.ndarray, default: float = 0.5) -> float:
-    """Probability threshold maximising Youden's J on these rows (``default`` if undefined)."""
-    y, p = _binary(labels, probs)  # training labels may be soft (LSR) or 2 (U-MultiClass)
-    if len(np.unique(y)) < 2:
-        return default
-    return float(np.clip(youden(y, p), 0.0, 1.0))
+def youden_threshold(y_true: np.ndarray, y_score: np.ndarray, *, default: float = 0.5) -> float:
+    """Probability threshold maximising Youden's J on these rows (``default`` if undefined):
+    :func:`xraytriage.stats.youden_threshold` on the training masking rule, clipped to [0, 1]."""
+    t = youden(y_true, y_score, binarize=True, default=math.nan)
+    return default if math.isnan(t) else float(np.clip(t, 0.0, 1.0))
 
 
 def validation_metrics(
-    labels: np.ndarray, probs: np.ndarray, label_names: Sequence[str], loss: float | None = None
+    y_true: np.ndarray, y_score: np.ndarray, *, label_names: Sequence[str], loss: float | None = None
 ) -> dict[str, float]:
     """``{"val_loss", "mean_auc_14_findings", "mean_auc_all_outputs", "auc/<label>", ...}``: the
     means named by what they average (:mod:`xraytriage.auc_means`), over labels whose AUC is
     defined."""
-    per_label = {name: label_auc(labels[:, j], probs[:, j]) for j, name in enumerate(label_names)}
+    per_label = {name: label_auc(y_true[:, j], y_score[:, j]) for j, name in enumerate(label_names)}
     out = {"val_loss": math.nan if loss is None else float(loss)}
     out.update(training_means(per_label))
     out.update({f"auc/{name}": v for name, v in per_label.items()})
     return out
 
 
-def youden_thresholds(labels: np.ndarray, probs: np.ndarray, label_names: Sequence[str]) -> dict[str, float]:
-    return {name: youden_threshold(labels[:, j], probs[:, j]) for j, name in enumerate(label_names)}
+def youden_thresholds(
+    y_true: np.ndarray, y_score: np.ndarray, *, label_names: Sequence[str]
+) -> dict[str, float]:
+    return {name: youden_threshold(y_true[:, j], y_score[:, j]) for j, name in enumerate(label_names)}
 
 
 def is_better(value: float, best: float | None, maximize: bool, min_delta: float = 0.0) -> bool:

@@ -320,7 +320,7 @@ class Trainer:
         labels = self.val_set.labels
         loss = float(self.loss_fn(torch.from_numpy(logits), torch.from_numpy(labels)))
         probs = _sigmoid(logits)
-        return validation_metrics(labels, probs, self.label_names, loss), probs
+        return validation_metrics(labels, probs, label_names=self.label_names, loss=loss), probs
 
     # --- persistence -----------------------------------------------------------------------------
     def checkpoint(self, metrics: dict[str, float], epoch: int, thresholds: dict[str, float]) -> Checkpoint:
