@@ -15,8 +15,9 @@ BodyPartExamined where there is one:
   lists that part, or becomes an error row "no model for this body part".
 
 Each model scores its images with its own engine (its preprocessing, calibration and operating
-points); the rows of all models form one worklist sorted by priority, each row naming its
-``body_part`` and the ``model`` that scored it. Like the engine, this module imports no
+points); the rows of all models form one worklist, each row naming its ``body_part`` and the
+``model`` that scored it, ordered by :func:`shared_urgency`: each model's priority on the first
+(reference, chest) model's scale, its own flag point mapped onto the reference's. Like the engine, this module imports no
 deep-learning library: predictors are handed in.
 """
 
@@ -35,6 +36,7 @@ from xraytriage.models.predictor import Predictor
 from xraytriage.scope import body_part_term
 from xraytriage.triage.engine import ImageResult, Prepared, TriageEngine, TriageOptions, TriageResult
 from xraytriage.triage.grouping import study_key
+from xraytriage.triage.priority import flag_point, on_reference_scale
 from xraytriage.triage.worklist import WorklistRow, sort_worklist
 
 MIN_CONFIDENCE = 0.5
@@ -134,6 +136,8 @@ class RoutedTriage:
         self.models = list(models)
         self.min_confidence = min_confidence
         self.model_of = {part: m.name for m in reversed(self.models) for part in m.body_parts}
+        self.reference_point = flag_point(self.models[0].engine.checkpoint) if self.models else None
+        """The first model's flag point: every model's urgency is on its scale."""
 
     def model_for(self, body_part: str) -> RoutedModel | None:
         """The first model whose scope lists ``body_part`` (an empty scope takes nothing here:
@@ -203,6 +207,7 @@ class RoutedTriage:
             ok += sum(1 for r in results if r.ok)
             for row in model.engine.study_rows(results):
                 row.model = model.name
+                row.urgency = shared_urgency(model.engine, row, self.reference_point)
                 parts = dict.fromkeys(decisions[p].body_part for p in row.image_paths if p in decisions)
                 row.body_part = "+".join(parts)
                 notes = [
@@ -223,6 +228,19 @@ class RoutedTriage:
             backend=getattr(self.router.predictor, "name", ""),
             extra={"routing": routing_summary(decisions, errors, self)},
         )
+
+
+def shared_urgency(engine: TriageEngine, row: WorklistRow, reference: float | None) -> float | None:
+    """A scored study's urgency on the reference model's scale (None for an error row): its
+    model priority (urgency weights included, the site floor not) moved so that its model's
+    flag point lands on ``reference``, then the site priority as a floor
+    (``triage.priority.on_reference_scale``)."""
+    if not row.ok or row.abnormal is None:
+        return None
+    labels = list(engine.checkpoint.label_names)
+    probs = np.array([row.probabilities.get(n, 0.0) for n in labels], dtype=np.float64)
+    model_priority = engine.rules.model_priority(row.abnormal, probs)
+    return on_reference_scale(model_priority, flag_point(engine.checkpoint), reference, row.site_priority)
 
 
 def routing_summary(
