@@ -130,9 +130,11 @@ class RoutedTriage:
         models: Sequence[RoutedModel],
         options: TriageOptions | None = None,
         min_confidence: float = MIN_CONFIDENCE,
+        prepare: Any = None,
     ) -> None:
         self.options = options or TriageOptions()
-        self.router = TriageEngine(router, self.options)
+        # ``prepare``: the router's decode step (the service's, with its pixel limits)
+        self.router = TriageEngine(router, self.options, **({"prepare": prepare} if prepare else {}))
         self.labels = list(router.checkpoint.label_names)
         self.models = list(models)
         self.min_confidence = min_confidence
