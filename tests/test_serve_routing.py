@@ -134,3 +134,15 @@ def test_serve_routes_by_default_and_model_alone_keeps_one_model(tmp_path):
     assert config("--model", bundled, "--route").route is True
     with pytest.raises(ConfigError):
         config("--no-route", "--route")
+
+
+def test_a_fracture_heatmap_request_says_who_draws_it(tmp_path, shared_data):
+    _, hand = mixed_films(shared_data)
+    service = routed_service(tmp_path)
+    service.ingest(hand.read_bytes(), hand.name)
+    _run_worker(service)
+    with _client(service) as client:
+        (item,) = client.get("/api/v1/worklist").json()["items"]
+        response = client.get(f"/api/v1/studies/{item['id']}/heatmaps/Fracture.png")
+    assert response.status_code == 404 and "--route --explain" in response.text
+    service.stop()

@@ -353,6 +353,12 @@ async def get_heatmap(
     """Concurrent requests for the same heatmap share one drawing job (a bounded pool draws
     them); the request waits for it without holding a server thread."""
     name = check_finding(service, finding)
+    if name not in service.checkpoint.label_names:  # a routed model's finding (Fracture)
+        raise HTTPException(
+            404,
+            f"no {name} heatmap: the service draws the {service.checkpoint.name} model's findings only "
+            "(`xraytriage triage --route --explain` draws every model's)",
+        )
     image_id = await run_in_threadpool(_heatmap_image, repo, study_id, image)
     item = drawings.picture_item(name, style)
     await _wait_for_pictures(
