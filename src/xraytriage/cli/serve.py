@@ -346,6 +346,12 @@ def run_serve(args: argparse.Namespace) -> int:
         f"xraytriage: http://{config.host}:{config.port}/  (API docs: /docs; data: {config.data_dir})",
         file=sys.stderr,
     )
+    print(
+        "routing: each image to the chest or the fracture model by body part (--no-route: one model)"
+        if config.route
+        else "routing: off (every image to --model)",
+        file=sys.stderr,
+    )
     from xraytriage.serving.connections import timed_protocol
 
     uvicorn.run(
