@@ -146,3 +146,25 @@ def test_a_fracture_heatmap_request_says_who_draws_it(tmp_path, shared_data):
         response = client.get(f"/api/v1/studies/{item['id']}/heatmaps/Fracture.png")
     assert response.status_code == 404 and "--route --explain" in response.text
     service.stop()
+
+
+def test_a_chest_whose_header_says_hand_is_routed_by_its_pixels(tmp_path, shared_data):
+    """A routed service takes a DICOM whose header says HAND (the single-model one refused it:
+    test_serve_hospital) and lets the image decide, saying so on the study."""
+    import pydicom
+
+    source = shared_data / "dicom" / "siim_cr_chest_pa.dcm"
+    if not source.is_file():
+        skip_missing(f"{source} is absent")
+    ds = pydicom.dcmread(source)
+    ds.BodyPartExamined = "HAND"
+    path = tmp_path / "hand-header.dcm"
+    ds.save_as(path)
+    service = routed_service(tmp_path)
+    service.ingest(path.read_bytes(), path.name)
+    _run_worker(service)
+    with _client(service) as client:
+        (item,) = client.get("/api/v1/worklist").json()["items"]
+    assert (item["state"], item["routed_body_part"], item["model"]) == ("done", "CHEST", "chest")
+    assert any("BodyPartExamined says HAND" in w for w in item["warnings"]), item["warnings"]
+    service.stop()

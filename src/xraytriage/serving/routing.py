@@ -77,7 +77,9 @@ class ServiceRouting:
             else:
                 groups.setdefault(model.name, []).append(path)
         for model in self.routed.models:
-            for result in model.engine.iter_results(groups.get(model.name, [])):
+            mine = groups.get(model.name, [])
+            parts = {p: decisions[p].body_part for p in mine}  # the pixels chose over the header
+            for result in model.engine.iter_results(mine, body_parts=parts):
                 out.append(RoutedScore(result.path, decisions[result.path], model.name, result))
         return out
 

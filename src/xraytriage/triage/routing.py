@@ -220,9 +220,9 @@ class RoutedTriage:
         for model in self.models:
             results: list[ImageResult] = list(done_before.get(model.name, []))
             try:
-                for result in model.engine.iter_results(
-                    by_model.get(model.name, []) if not interrupted else []
-                ):
+                mine = by_model.get(model.name, []) if not interrupted else []
+                parts = {p: decisions[p].body_part for p in mine}  # the pixels chose over the header
+                for result in model.engine.iter_results(mine, body_parts=parts):
                     if journal is not None:
                         decision = asdict(decisions[result.path])
                         journal.append(result, {"model": model.name, "decision": decision})
