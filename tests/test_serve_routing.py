@@ -168,3 +168,25 @@ def test_a_chest_whose_header_says_hand_is_routed_by_its_pixels(tmp_path, shared
     assert (item["state"], item["routed_body_part"], item["model"]) == ("done", "CHEST", "chest")
     assert any("BodyPartExamined says HAND" in w for w in item["warnings"]), item["warnings"]
     service.stop()
+
+
+def test_a_study_a_routed_model_scored_survives_routing_turned_off(tmp_path, shared_data):
+    """Restarted with --no-route, the service settles a study holding a fracture-scored image
+    (a chest image joined it) without crashing: the chest image scores it, the other is named."""
+    from xraytriage.serving.config import ServeConfig
+    from xraytriage.serving.service import TriageService
+
+    chest, hand = mixed_films(shared_data)
+    service = routed_service(tmp_path)
+    study_id = service.ingest(hand.read_bytes(), hand.name, study_key="visit-1").study_id
+    _run_worker(service)
+    assert service.repo.study(study_id).model == "fracture"
+    service.stop()
+    plain = TriageService(ServeConfig(data_dir=tmp_path / "data", workers=0, heatmaps=False))
+    assert plain.ingest(chest.read_bytes(), chest.name, study_key="visit-1").study_id == study_id
+    _run_worker(plain)
+    study = plain.repo.study(study_id)
+    assert (study.state, study.model) == ("done", "")
+    assert f"{hand.name}: scored by the fracture model, not in this study's score" in study.warnings
+    assert "Fracture" not in study.probabilities and "Effusion" in study.probabilities
+    plain.stop()

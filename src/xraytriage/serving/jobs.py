@@ -125,10 +125,17 @@ def decide_study(
         others = [image for image in ok if image.model != model_name]
         ok = [image for image in ok if image.model == model_name]
         engine = routing.engine_of(model_name)
-    if not ok:
-        return Settlement(error, None, body_part=parts)
     checkpoint = engine.checkpoint
     labels = list(checkpoint.label_names)
+    # scored by another model under other settings (routing turned off since): not this one's
+    others += [image for image in ok if not set(labels) <= set(image.probabilities)]
+    ok = [image for image in ok if set(labels) <= set(image.probabilities)]
+    mixed = [
+        f"{image.filename}: scored by the {image.model or 'other'} model, not in this study's score"
+        for image in others
+    ]
+    if not ok:
+        return Settlement(error or "; ".join(mixed), None, body_part=parts)
     results = [
         ImageResult(
             path=image.id,
@@ -146,9 +153,6 @@ def decide_study(
     # the images' own caveats (age, OOD; NULL for images scored before migration 0006) and the
     # low-resolution one from the stored size (which those older images lack)
     low = (low_resolution_warning(image.width, image.height, size) for image in ok)
-    mixed = [
-        f"{image.filename}: scored by the {image.model} model, not in this study's score" for image in others
-    ]
     caveats = [*(w for image in ok for w in image.warnings), *low, *mixed]
     findings = [Finding(name, p) for name, p in parse_findings(row.findings)]
     scores = StudyScores(
