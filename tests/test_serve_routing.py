@@ -91,6 +91,9 @@ def test_a_mixed_upload_gives_a_chest_row_and_a_fracture_row(tmp_path, shared_da
         page = client.get("/").text
         assert '"routed_body_part": "HAND"' in page and '"model": "fracture"' in page
         assert client.get("/api/v1/worklist", params={"finding": "fracture"}).status_code == 200
+        # the drift monitor counts the chest model's studies only (its expected rates are the chest's)
+        assert len(service.repo.recent_outcomes(10)) == 2
+        assert len(service.repo.recent_outcomes(10, models=("", "chest"))) == 1
         model = client.get("/api/v1/model").json()
         assert [m["name"] for m in model["routing"]["models"]] == ["chest", "fracture"]
     service.stop()

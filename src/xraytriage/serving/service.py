@@ -113,7 +113,9 @@ class TriageService:
         )
         # the drift monitor counts the service's own model's studies (every study when not routed)
         outcomes = (
-            functools.partial(self.repo.recent_outcomes, models=("", "chest")) if self.routing else None
+            functools.partial(self.repo.recent_outcomes, models=("", self.routing.primary.name))
+            if self.routing
+            else None
         )
         self.drift = DriftWatch(
             outcomes or self.repo.recent_outcomes,
