@@ -289,6 +289,11 @@ def execute_routed(
     parts = ", ".join(f"{k.lower()} {v}" for k, v in sorted(summary["body_parts"].items()))
     by_model = ", ".join(f"{k} {v}" for k, v in sorted(summary["models"].items()))
     console.print(f"routing: {parts or 'nothing read'}; scored by {by_model or 'no model'}", highlight=False)
+    console.print(
+        "routed worklist: sorted on one urgency scale across models (each model's priority with its own "
+        "flag threshold mapped onto the chest model's: the `urgency` column; docs/routing.md)",
+        highlight=False,
+    )
     if summary["header_disagreements"]:
         console.print(
             f"[yellow]note:[/] {summary['header_disagreements']} image(s) whose DICOM BodyPartExamined "
