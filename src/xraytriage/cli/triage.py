@@ -281,6 +281,11 @@ def execute_routed(
     journal = Journal.open(output, header, resume)
     try:
         result = routed.run(inputs, journal)
+    except KeyboardInterrupt:  # while routing: nothing scored yet in this run
+        console.print(
+            f"[yellow]interrupted while routing; run the same command with --resume ({JOURNAL_NAME}).[/]"
+        )
+        return EXIT_INTERRUPTED
     finally:
         journal.close()
     csv_path, json_path = write_worklist(result.rows, output, result.label_names)
