@@ -34,7 +34,8 @@ def chest_dicom(shared_data: Path, folder: Path, name: str, study_uid: str, **ch
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    with running_server(tmp_path_factory.mktemp("hospital"), "--no-heatmaps") as srv:
+    # --no-route: the single-model service, whose scope check refuses a hand header (routed: test_serve_routing)
+    with running_server(tmp_path_factory.mktemp("hospital"), "--no-heatmaps", "--no-route") as srv:
         yield srv
 
 

@@ -139,7 +139,7 @@ def test_triage_route_cli_writes_one_worklist_across_models(shared_data, tmp_pat
     assert {Path(r["path"]).name for r in rows} == {*truth, "broken.png"}
     ok = [r for r in rows if r["status"] == "ok"]
     assert [r["rank"] for r in ok] == list(range(1, len(ok) + 1))
-    assert np.all(np.diff([r["priority"] for r in ok]) <= 0)  # one list, by priority, across models
+    assert np.all(np.diff([r["urgency"] for r in ok]) <= 0)  # one list, on one urgency scale, across models
     assert {r["model"] for r in ok} == {"chest", "fracture"}
     broken = next(r for r in rows if r["path"].endswith("broken.png"))
     assert broken["status"] == "error" and "broken.png" in broken["error"]

@@ -187,6 +187,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="send heatmap Secondary Captures as lossy JPEG Baseline (10-20x smaller; default uncompressed)",
     )
+    route = p.add_argument_group("body-part routing (docs/routing.md)")
+    route.add_argument(
+        "--route",
+        action="store_true",
+        help="send each image to the model whose scope covers its body part (--model for chests, "
+        "--fracture-model for hand/leg/hip/shoulder films, else an error 'no model for this body part'); "
+        "the default with the bundled model, off with --model alone",
+    )
+    route.add_argument("--no-route", action="store_true", help="score every image with --model only")
+    route.add_argument(
+        "--fracture-model",
+        type=Path,
+        default=None,
+        help="routed MSK model (default: the bundled fracture model)",
+    )
+    route.add_argument(
+        "--router", type=Path, default=None, help="body-part router (default: the bundled one)"
+    )
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     p.set_defaults(handler=run_serve)
 
@@ -244,6 +262,30 @@ def build_dicom_settings(args: argparse.Namespace):
     )
 
 
+def routing_wanted(args: argparse.Namespace) -> bool:
+    """Routing is on with ``--route`` (or a ``--fracture-model``/``--router``), and by default
+    with the bundled model when the bundled router is there; ``--model`` alone keeps the one
+    model; ``--no-route`` turns it off."""
+    from xraytriage.errors import ConfigError
+    from xraytriage.serving.config import BUNDLED_FRACTURE_MODEL, BUNDLED_ROUTER
+
+    asked = bool(
+        getattr(args, "route", False)
+        or getattr(args, "fracture_model", None)
+        or getattr(args, "router", None)
+    )
+    if getattr(args, "no_route", False):
+        if asked:
+            raise ConfigError("--no-route contradicts --route, --fracture-model and --router")
+        return False
+    if asked:
+        for path in (args.router or BUNDLED_ROUTER, args.fracture_model or BUNDLED_FRACTURE_MODEL):
+            if not Path(path).is_file():
+                raise ConfigError(f"{path}: routing needs this checkpoint, and it is not there")
+        return True
+    return args.model is None and BUNDLED_ROUTER.is_file() and BUNDLED_FRACTURE_MODEL.is_file()
+
+
 def build_config(args: argparse.Namespace):
     from xraytriage.serving.config import DEFAULT_DATA_DIR, MB, ServeConfig, read_token
 
@@ -279,6 +321,9 @@ def build_config(args: argparse.Namespace):
         db_timeout_s=args.db_timeout,
         db_retry_seconds=args.db_retry,
         idle_timeout_s=args.idle_timeout,
+        route=routing_wanted(args),
+        router_path=getattr(args, "router", None),
+        fracture_model_path=getattr(args, "fracture_model", None),
     )
 
 
@@ -299,6 +344,12 @@ def run_serve(args: argparse.Namespace) -> int:
     app = create_app(config)
     print(
         f"xraytriage: http://{config.host}:{config.port}/  (API docs: /docs; data: {config.data_dir})",
+        file=sys.stderr,
+    )
+    print(
+        "routing: each image to the chest or the fracture model by body part (--no-route: one model)"
+        if config.route
+        else "routing: off (every image to --model)",
         file=sys.stderr,
     )
     from xraytriage.serving.connections import timed_protocol

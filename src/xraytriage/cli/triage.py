@@ -169,10 +169,7 @@ def execute(
         return EXIT_NOTHING_TRIAGED
     if getattr(args, "route", False):
         console = Console(stderr=False)
-        if resume or explain:
-            console.print("[red]error: --route does not combine with --resume or --explain yet[/]")
-            return 2
-        return execute_routed(inputs, output, args, study_from, aggregate, console)
+        return execute_routed(inputs, output, args, study_from, aggregate, console, explain, resume)
     model_path = resolve_model_path(args.model)
     console = Console(stderr=False)
     checkpoint = load_checkpoint(model_path)
@@ -238,13 +235,23 @@ def execute(
 
 
 def execute_routed(
-    inputs, output: Path, args: argparse.Namespace, study_from: str, aggregate: str, console
+    inputs,
+    output: Path,
+    args: argparse.Namespace,
+    study_from: str,
+    aggregate: str,
+    console,
+    explain: bool = False,
+    resume: bool = False,
 ) -> int:
-    """``triage --route``: the body-part router picks the model per image; one worklist."""
+    """``triage --route``: the body-part router picks the model per image; one worklist.
+    ``resume`` continues an interrupted run from its journal; ``explain`` draws each listed
+    study's heatmaps with the model that scored it."""
     from xraytriage.models.checkpoint import load_checkpoint
     from xraytriage.models.inference import make_predictor
     from xraytriage.triage import TriageEngine, TriageOptions, write_worklist
     from xraytriage.triage.console import print_worklist
+    from xraytriage.triage.journal import JOURNAL_NAME, Journal, file_sha256, journal_header
     from xraytriage.triage.routing import RoutedModel, RoutedTriage
     from xraytriage.triage.worklist import safe_text
 
@@ -259,20 +266,39 @@ def execute_routed(
     def predictor(path: Path):
         return make_predictor(load_checkpoint(path), args.backend, threads=args.threads, checkpoint_path=path)
 
-    models = []
+    models, files = [], [args.router or BODY_PART_ROUTER]
     for name, path in (
         ("chest", resolve_model_path(args.model)),
         ("fracture", args.fracture_model or FRACTURE_MODEL),
     ):
         models.append(RoutedModel(name, TriageEngine(predictor(path), options)))
-    routed = RoutedTriage(predictor(args.router or BODY_PART_ROUTER), models, options)
-    result = routed.run(inputs)
+        files.append(path)
+    routed = RoutedTriage(predictor(files[0]), models, options)
+    labels = [n for m in models for n in m.engine.checkpoint.label_names]
+    header = journal_header(files[0], labels, study_from)
+    header["model_sha256"] = "+".join(file_sha256(f) for f in files)  # router and every model
+    header["routed"] = True
+    journal = Journal.open(output, header, resume)
+    try:
+        result = routed.run(inputs, journal)
+    except KeyboardInterrupt:  # while routing: nothing scored yet in this run
+        console.print(
+            f"[yellow]interrupted while routing; run the same command with --resume ({JOURNAL_NAME}).[/]"
+        )
+        return EXIT_INTERRUPTED
+    finally:
+        journal.close()
     csv_path, json_path = write_worklist(result.rows, output, result.label_names)
     print_worklist(result.rows, result.images_total, result.seconds, top=args.top, console=console)
     summary = result.extra["routing"]
     parts = ", ".join(f"{k.lower()} {v}" for k, v in sorted(summary["body_parts"].items()))
     by_model = ", ".join(f"{k} {v}" for k, v in sorted(summary["models"].items()))
     console.print(f"routing: {parts or 'nothing read'}; scored by {by_model or 'no model'}", highlight=False)
+    console.print(
+        "routed worklist: sorted on one urgency scale across models (each model's priority with its own "
+        "flag threshold mapped onto the chest model's: the `urgency` column; docs/routing.md)",
+        highlight=False,
+    )
     if summary["header_disagreements"]:
         console.print(
             f"[yellow]note:[/] {summary['header_disagreements']} image(s) whose DICOM BodyPartExamined "
@@ -280,7 +306,47 @@ def execute_routed(
             highlight=False,
         )
     console.print(f"worklist: {safe_text(str(csv_path))}  and  {safe_text(str(json_path))}", markup=False)
-    return 0 if result.images_ok else EXIT_NOTHING_TRIAGED
+    if result.extra.get("resumed"):
+        console.print(f"resumed: {result.extra['resumed']} image(s) were already scored in an earlier run")
+    if result.extra.get("interrupted"):
+        console.print(
+            f"[yellow]interrupted: the worklist holds what was done. Run the same command with --resume "
+            f"to finish ({JOURNAL_NAME} keeps every scored image).[/]"
+        )
+        return EXIT_INTERRUPTED
+    if not result.images_ok:
+        return EXIT_NOTHING_TRIAGED
+    if explain:
+        from xraytriage.triage.heatmaps import write_heatmaps
+
+        painter = RoutedPainter(
+            {m.name: ExplainPainter(m.engine.checkpoint) for m in models},
+            {p: r.model for r in result.rows if r.ok for p in r.image_paths},
+        )
+        written = write_heatmaps(
+            painter, result.rows, output / "heatmaps", top=args.top, max_findings=args.explain_findings
+        )
+        console.print(f"heatmaps: {len(written)} file(s) in {output / 'heatmaps'}")
+    return 0
+
+
+class RoutedPainter:
+    """``triage --route --explain``: each image explained by the model that scored it (a
+    fracture film by the fracture model's network, a chest by the chest model's), each
+    model's explainer built only when one of its studies is drawn."""
+
+    def __init__(self, painters: dict[str, ExplainPainter], model_of: dict[str, str]) -> None:
+        self.painters = painters
+        self.model_of = model_of
+
+    def start(self) -> None:
+        """Nothing to load yet: see :meth:`paint`."""
+
+    def paint(self, image_path: str, findings):
+        painter = self.painters[self.model_of[image_path]]
+        if painter.explainer is None:
+            painter.start()
+        return painter.paint(image_path, findings)
 
 
 class ExplainPainter:

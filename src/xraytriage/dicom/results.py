@@ -14,7 +14,10 @@ local scheme ``99XRAYTRIAGE`` (private schemes start with "99", PS3.16 8.1) with
 meaning. Every group's tracking identifier is the model's own label, whichever code it has.
 
 The report also states the study's triage tier (critical | flagged | routine), the reason for
-its flag, and its out-of-distribution score when the model gives one.
+its flag, and its out-of-distribution score when the model gives one. A routed study
+(docs/routing.md) also names the body part the router gave it (Target Region, coded in SNOMED
+CT: :data:`SNOMED_BODY_PARTS`); its device observer is the model that scored it (the fracture
+model for a hand film, whose Fracture finding is SNOMED CT "Fracture of bone").
 """
 
 from __future__ import annotations
@@ -51,6 +54,16 @@ FLAGGED = hd.sr.CodedConcept("AT_OR_ABOVE_THRESHOLD", LOCAL_SCHEME, "At or above
 TRIAGE_TIER = hd.sr.CodedConcept("TRIAGE_TIER", LOCAL_SCHEME, "Triage tier")
 FLAG_REASON = hd.sr.CodedConcept("FLAG_REASON", LOCAL_SCHEME, "Reason for flag")
 OOD_SCORE = hd.sr.CodedConcept("OOD_SCORE", LOCAL_SCHEME, "Out-of-distribution score")
+TARGET_REGION = hd.sr.CodedConcept(*codes.DCM.TargetRegion[:3])
+SNOMED_BODY_PARTS: dict[str, hd.sr.CodedConcept] = {
+    # the router's body parts (DICOM BodyPartExamined terms) -> the SNOMED CT concepts PS3.16
+    # CID 4031 (Common Anatomic Regions) pairs with them, as shipped in pydicom's dictionary
+    "CHEST": hd.sr.CodedConcept(*codes.SCT.Chest[:3]),
+    "HAND": hd.sr.CodedConcept(*codes.SCT.Hand[:3]),
+    "LEG": hd.sr.CodedConcept(*codes.SCT.LowerLeg[:3]),
+    "HIP": hd.sr.CodedConcept(*codes.SCT.Hip[:3]),
+    "SHOULDER": hd.sr.CodedConcept(*codes.SCT.Shoulder[:3]),
+}
 TIERS = {
     "critical": hd.sr.CodedConcept("CRITICAL", LOCAL_SCHEME, "Critical: read now"),
     "flagged": hd.sr.CodedConcept("FLAGGED", LOCAL_SCHEME, "Flagged"),
@@ -74,6 +87,8 @@ SNOMED_FINDINGS: dict[str, tuple[str, str]] = {
     "Consolidation": ("95436008", "Lung consolidation"),  # Lung consolidation (disorder)
     "Emphysema": ("87433001", "Pulmonary emphysema"),  # Pulmonary emphysema (disorder)
     "Fibrosis": ("51615001", "Pulmonary fibrosis"),  # Fibrosis of lung (disorder)
+    # the fracture model (FracAtlas: any fracture of hand, leg, hip or shoulder bones):
+    "Fracture": ("125605004", "Fracture of bone"),  # Fracture of bone (disorder)
 }
 """Findings with a SNOMED CT code. Infiltration (no single concept: NIH's "infiltration"
 covers several opacities), Pleural Thickening and Hernia (NIH's label is mostly, not only,
@@ -293,8 +308,11 @@ def finding_code(name: str) -> hd.sr.CodedConcept:
     return hd.sr.CodedConcept(known[0], "SCT", known[1]) if known else _local_code(name)
 
 
-def procedure_for(sources: Sequence[Dataset]) -> hd.sr.CodedConcept:
-    """Plain chest X-ray when any source is a chest (or says nothing), else plain radiography."""
+def procedure_for(sources: Sequence[Dataset], body_part: str | None = None) -> hd.sr.CodedConcept:
+    """Plain chest X-ray when any source is a chest (or says nothing), else plain radiography;
+    a routed ``body_part`` (the router's decision) decides over the headers."""
+    if body_part:
+        return PLAIN_CHEST_XRAY if normalize_body_part(body_part) in CHEST_BODY_PARTS else PLAIN_RADIOGRAPHY
     parts = {normalize_body_part(ds.get("BodyPartExamined", "")) for ds in sources}
     if parts & (CHEST_BODY_PARTS | {""}):
         return PLAIN_CHEST_XRAY
@@ -345,12 +363,14 @@ def build_structured_report(
     tier: str | None = None,
     flag_reason: str = "",
     ood_score: float | None = None,
+    body_part: str | None = None,
 ) -> Dataset:
     """A TID 1500 Comprehensive SR of ``findings`` for the images ``sources`` (same study).
 
     One measurement group per finding (Probability, Operating threshold, At or above operating
     threshold: Yes/No) plus one for the abnormal score when given; the study's triage tier,
-    the reason for its flag and its OOD score when given; UNVERIFIED, PRELIMINARY.
+    the reason for its flag and its OOD score when given; the routed ``body_part`` (``HAND``,
+    ``CHEST+HAND``...) as Target Region items; UNVERIFIED, PRELIMINARY.
     """
     if tier is not None and tier not in TIERS:
         raise ValueError(f"triage tier {tier!r} is not one of {', '.join(TIERS)}")
@@ -367,8 +387,22 @@ def build_structured_report(
     with _quiet_person_names():
         return _comprehensive_sr(
             evidence, sources, groups, model, series_instance_uid, series_number, instance_number,
-            _study_items(tier, flag_reason, ood_score),
+            [*_body_part_items(body_part), *_study_items(tier, flag_reason, ood_score)],
+            procedure=procedure_for(sources, (body_part or "").split("+")[0] or None),
         )  # fmt: skip
+
+
+def _body_part_items(body_part: str | None) -> list:
+    """One Target Region (CODE) per routed body part; a part without a SNOMED concept here
+    keeps a private code rather than none."""
+    contains = hd.sr.RelationshipTypeValues.CONTAINS
+    parts = [p for p in (body_part or "").split("+") if p]
+    return [
+        hd.sr.CodeContentItem(
+            name=TARGET_REGION, value=SNOMED_BODY_PARTS.get(p, _local_code(p)), relationship_type=contains
+        )
+        for p in dict.fromkeys(parts)
+    ]
 
 
 def _study_items(tier: str | None, flag_reason: str, ood_score: float | None) -> list:
@@ -402,6 +436,7 @@ def _comprehensive_sr(
     series_number: int,
     instance_number: int,
     study_items: Sequence = (),
+    procedure: hd.sr.CodedConcept | None = None,
 ) -> Dataset:
     context = hd.sr.ObservationContext(
         observer_device_context=hd.sr.ObserverContext(
@@ -416,7 +451,7 @@ def _comprehensive_sr(
     )
     report = hd.sr.MeasurementReport(
         observation_context=context,
-        procedure_reported=procedure_for(sources),
+        procedure_reported=procedure or procedure_for(sources),
         imaging_measurements=groups,
         referenced_images=evidence if _library_possible(evidence) else None,
     )

@@ -96,7 +96,7 @@ def _filters(status: str | None, finding: str | None, state: str | None) -> str:
 def check_finding(service: TriageService, finding: str | None) -> str | None:
     """The model's name of ``finding`` (404 naming the model's findings when unknown)."""
     try:
-        return known_finding(service.checkpoint, finding)
+        return known_finding(service.checkpoint, finding, service.other_checkpoints)
     except UnknownFinding as exc:
         raise HTTPException(404, str(exc)) from None
 
@@ -214,7 +214,10 @@ def get_worklist(
     name = check_finding(service, finding)
     hide = service.config.hide_identifiers
     service.audit.request(request, "view-worklist", detail=_filters(status, name, state), once=True)
-    return worklist_json(repo, service.checkpoint, hide, service.pending, status, name, state, limit, offset)
+    return worklist_json(
+        repo, service.checkpoint, hide, service.pending, status, name, state, limit, offset,
+        checkpoint_of=service.checkpoint_lookup, findings=service.findings,
+    )  # fmt: skip
 
 
 @router.get(
@@ -232,7 +235,10 @@ def get_worklist_csv(
     state: Literal["queued", "processing", "done", "error"] | None = None,
 ):
     name = check_finding(service, finding)
-    text = worklist_csv_text(repo, service.checkpoint, service.config.hide_identifiers, status, name, state)
+    text = worklist_csv_text(
+        repo, service.checkpoint, service.config.hide_identifiers, status, name, state,
+        checkpoint_of=service.checkpoint_lookup, label_names=service.label_names,
+    )  # fmt: skip
     rows = max(text.count("\n") - 1, 0)
     service.audit.request(
         request, "export", detail=f"worklist.csv, {rows} rows; {_filters(status, name, state)}"
@@ -241,7 +247,9 @@ def get_worklist_csv(
 
 
 def study_or_404(service: TriageService, study_id: str) -> dict:
-    data = study_json(service.repo, service.checkpoint, service.config.hide_identifiers, study_id)
+    data = study_json(
+        service.repo, service.checkpoint, service.config.hide_identifiers, study_id, service.checkpoint_lookup
+    )
     if data is None:
         raise HTTPException(404, f"no study {study_id!r}")
     return data
@@ -345,6 +353,12 @@ async def get_heatmap(
     """Concurrent requests for the same heatmap share one drawing job (a bounded pool draws
     them); the request waits for it without holding a server thread."""
     name = check_finding(service, finding)
+    if name not in service.checkpoint.label_names:  # a routed model's finding (Fracture)
+        raise HTTPException(
+            404,
+            f"no {name} heatmap: the service draws the {service.checkpoint.name} model's findings only "
+            "(`xraytriage triage --route --explain` draws every model's)",
+        )
     image_id = await run_in_threadpool(_heatmap_image, repo, study_id, image)
     item = drawings.picture_item(name, style)
     await _wait_for_pictures(

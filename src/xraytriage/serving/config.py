@@ -13,6 +13,8 @@ TOKEN_ENV = "XRAYTRIAGE_TOKEN"
 MB = 1024 * 1024
 __all__ = ["BUNDLED_MODEL", "DEFAULT_DATA_DIR", "DicomSettings", "ServeConfig", "read_token"]
 
+BUNDLED_ROUTER = BUNDLED_MODEL.parents[1] / "body_part_router" / "model.pt"
+BUNDLED_FRACTURE_MODEL = BUNDLED_MODEL.parents[1] / "fracture_model" / "model.pt"
 DEFAULT_DATA_DIR = Path("out/serve")
 """``serve``'s data folder when none is given: the one ``make serve`` uses (ignored by git)."""
 
@@ -79,6 +81,14 @@ class ServeConfig:
     """A connection whose request headers are not complete after this long is closed (408)."""
     idle_timeout_s: float = 30.0
     """A request whose body sends nothing for this long is closed (slow clients)."""
+    route: bool = False
+    """Body-part routing (docs/routing.md): the router sends each image to ``model_path`` (the
+    chest model) or the fracture model; ``serve`` turns it on unless ``--no-route`` or a
+    ``--model`` without ``--route``."""
+    router_path: Path | None = None
+    """The body-part router (default: the bundled one)."""
+    fracture_model_path: Path | None = None
+    """The routed fracture model (default: the bundled one)."""
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir)
@@ -112,6 +122,18 @@ class ServeConfig:
         """The checkpoint to serve: ``model_path`` (a file or a name, ``models.published.
         resolve_model``'s rule), else the bundled model."""
         return resolve_model(self.model_path)
+
+    @property
+    def routed_models(self) -> list[tuple[str, Path]]:
+        """(name, checkpoint) of every routed model, the service's own first."""
+        return [
+            ("chest", self.model_file),
+            ("fracture", Path(self.fracture_model_path or BUNDLED_FRACTURE_MODEL)),
+        ]
+
+    @property
+    def router_file(self) -> Path:
+        return Path(self.router_path or BUNDLED_ROUTER)
 
     @property
     def database_url(self) -> str:

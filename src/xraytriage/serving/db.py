@@ -131,6 +131,14 @@ class Study(Base):
     study_date: Mapped[str] = mapped_column(String(16), default="")
     views: Mapped[str] = mapped_column(String(64), default="")
     body_parts: Mapped[str] = mapped_column(String(64), default="")
+    # body-part routing (migration 0007_i_route; docs/routing.md): empty/NULL when not routed
+    body_part: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    """The body part(s) the router gave the study's images (``CHEST``, ``HAND``...)."""
+    model: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    """The routed model that scored the study (``chest``, ``fracture``); empty: the one model."""
+    urgency: Mapped[float | None] = mapped_column(Float, nullable=True)
+    """``priority`` on the scale shared by every routed model; the worklist orders by
+    ``coalesce(urgency, priority)`` (``triage.worklist.order_score``)."""
 
     images: Mapped[list[Image]] = relationship(back_populates="study", order_by="Image.received_at")
 
@@ -170,6 +178,10 @@ class Image(Base):
     """How unlike the training images (``models.ood``; migration 0006); NULL without a reference."""
     warnings_json: Mapped[str | None] = mapped_column("warnings", Text, nullable=True)
     """The engine's caveats for the image, a JSON list (migration 0006); NULL before it."""
+    routed_body_part: Mapped[str] = mapped_column(String(32), default="", server_default="")
+    """The body part the router decided (``body_part`` is the DICOM header's); migration 0007_i_route."""
+    model: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    """The routed model that scored the image; empty when the service does not route."""
 
     study: Mapped[Study] = relationship(back_populates="images")
 

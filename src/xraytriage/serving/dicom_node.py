@@ -194,14 +194,27 @@ class DicomNode:
             write_atomic(path, buffer.getvalue())
         return folder
 
+    def model_of(self, model: str) -> ModelInfo:
+        """The SR's device observer: the routed model that scored the study (the service's own
+        model when not routed)."""
+        if not model or self.service.routing is None:
+            return self.model
+        ckpt = self.service.checkpoint_of(model)
+        return ModelInfo(ckpt.name, ckpt.package_version)
+
     def build_results(self, study_id: str) -> list[pydicom.Dataset]:
-        """SC per flagged finding (with a heatmap) + one SR, for one settled study."""
+        """SC per flagged finding (with a heatmap) + one SR, for one settled study. A routed
+        study is reported by the model that scored it, with its body part; only the service's
+        own model draws heatmaps, so another model's study gets the SR alone."""
         service = self.service
-        ckpt = service.checkpoint
         drawings = service.drawings
         inputs = service.repo.results_inputs(study_id)
         if inputs is None:
             return []
+        routed_model = inputs.study.model
+        ckpt = service.checkpoint_of(routed_model)
+        model = self.model_of(routed_model)
+        drawn = service.routing is None or routed_model in ("", service.routing.primary.name)
         probabilities = inputs.study.probabilities
         abnormal = inputs.study.abnormal
         key = inputs.key_image
@@ -214,7 +227,7 @@ class DicomNode:
             if name in probabilities
         ]
         flagged = sorted((f for f in findings if f.flagged), key=lambda f: -f.probability)
-        flagged = flagged[: service.config.heatmap_findings]
+        flagged = flagged[: service.config.heatmap_findings] if drawn else []
         datasets: list[pydicom.Dataset] = []
         if flagged:
             heatmaps = {h.finding: h for h in drawings.ensure(key_id, [f.name for f in flagged])}
@@ -228,7 +241,7 @@ class DicomNode:
                 overlay = np.asarray(drawings.overlay(key_id, heatmap, key_size, "", display))
                 caption = (
                     f"NOT FOR DIAGNOSTIC USE - AI heatmap: {finding.name} p={finding.probability:.2f} "
-                    f"(threshold {finding.threshold:.2f}) - {self.model.label}"
+                    f"(threshold {finding.threshold:.2f}) - {model.label}"
                 )
                 datasets.append(
                     build_secondary_capture(
@@ -238,7 +251,7 @@ class DicomNode:
                         series,
                         SC_SERIES_NUMBER,
                         number,
-                        self.model,
+                        model,
                         jpeg=self.settings.sc_jpeg,
                     )
                 )
@@ -246,7 +259,7 @@ class DicomNode:
             build_structured_report(
                 list(sources.values()),
                 findings,
-                self.model,
+                model,
                 generate_uid(),
                 SR_SERIES_NUMBER,
                 1,
@@ -254,6 +267,7 @@ class DicomNode:
                 tier=inputs.study.tier,
                 flag_reason=inputs.study.flag_reason,
                 ood_score=inputs.study.ood_score,
+                body_part=inputs.study.body_part or None,
             )
         )
         return datasets

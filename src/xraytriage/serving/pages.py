@@ -70,7 +70,7 @@ def worklist_page(
     finding = finding or None
     if finding is not None:
         try:
-            finding = known_finding(service.checkpoint, finding)
+            finding = known_finding(service.checkpoint, finding, service.other_checkpoints)
         except UnknownFinding as exc:
             notices.append(f"{exc}; showing every finding")
             finding = None
@@ -78,8 +78,9 @@ def worklist_page(
     hide = service.config.hide_identifiers
     service.audit.request(request, "view-worklist", detail="page", once=True)
     data = worklist_json(
-        service.repo, service.checkpoint, hide, service.pending, status, finding, None, limit
-    )
+        service.repo, service.checkpoint, hide, service.pending, status, finding, None, limit,
+        checkpoint_of=service.checkpoint_lookup, findings=service.findings,
+    )  # fmt: skip
     drift = service.drift.report().banner()
     return _render(
         request,
@@ -87,7 +88,7 @@ def worklist_page(
         "worklist.html",
         drift=drift,
         data=data,
-        labels=list(service.checkpoint.findings),
+        labels=service.findings,
         status=status or "",
         finding=finding or "",
         statuses=READ_STATUSES,
@@ -110,7 +111,9 @@ def upload_page(request: Request, service: Service) -> HTMLResponse:
 
 
 def study_page(request: Request, service: Service, study_id: str) -> HTMLResponse:
-    data = study_json(service.repo, service.checkpoint, service.config.hide_identifiers, study_id)
+    data = study_json(
+        service.repo, service.checkpoint, service.config.hide_identifiers, study_id, service.checkpoint_lookup
+    )
     if data is None:
         return _render(
             request,

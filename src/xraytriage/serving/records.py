@@ -77,6 +77,12 @@ class StudyRecord:
     study_date: str = ""
     views: str = ""
     body_parts: str = ""
+    body_part: str = ""
+    """Routed services: the body part(s) the router gave the study's images."""
+    model: str = ""
+    """Routed services: the model that scored the study (empty: the service's one model)."""
+    urgency: float | None = None
+    """Routed services: ``priority`` on the scale shared by every model (what orders the list)."""
 
     @property
     def findings_text(self) -> str:
@@ -107,6 +113,10 @@ class ImageRecord:
     ood_score: float | None = None
     warnings: tuple[str, ...] = ()
     """The triage engine's caveats for the image (age, OOD, low resolution)."""
+    routed_body_part: str = ""
+    """The body part the router decided (``body_part`` is the DICOM header's)."""
+    model: str = ""
+    """The routed model that scored the image (empty: the service's one model)."""
 
 
 @dataclass(frozen=True)
@@ -158,6 +168,9 @@ class ImageScore:
     error: str = ""
     ood_score: float | None = None
     warnings: tuple[str, ...] = ()
+    body_part: str = ""
+    """Routed services: the body part the router decided (also on an error "no model ...")."""
+    model: str = ""
 
 
 @dataclass(frozen=True)
@@ -174,6 +187,8 @@ class StudyScores:
     tier: str | None = None
     flag_reason: str = ""
     ood_score: float | None = None
+    urgency: float | None = None
+    """Routed services: ``priority`` on the scale shared by every model."""
 
 
 @dataclass(frozen=True)
@@ -184,6 +199,9 @@ class Settlement:
     error: str
     scores: StudyScores | None
     heatmaps: HeatmapsState = HeatmapsState.NONE
+    body_part: str = ""
+    """Routed services: the study's body part(s), also when no model could read it."""
+    model: str = ""
 
     @property
     def state(self) -> StudyState:

@@ -54,7 +54,7 @@ from xraytriage.serving.states import (
     check_move,
 )
 from xraytriage.triage.reasons import STAT, TIER_CRITICAL, tier_rank
-from xraytriage.triage.worklist import site_rank
+from xraytriage.triage.worklist import order_score, site_rank
 
 WAITING = (ImageState.QUEUED, ImageState.PROCESSING)
 WAITING_STUDY = (StudyState.QUEUED, StudyState.PROCESSING)
@@ -142,6 +142,12 @@ def _site_rank(column):
 def _critical_first(tier, site_priority):
     """:func:`~xraytriage.triage.reasons.tier_rank` in SQL: 1 for a critical or STAT study."""
     return case((or_(tier == TIER_CRITICAL, func.coalesce(site_priority, -1.0) >= STAT), 1), else_=0)
+
+
+def _order_score():
+    """:func:`~xraytriage.triage.worklist.order_score` in SQL: a routed study's urgency (its
+    priority on the scale shared by every model), else its priority."""
+    return func.coalesce(Study.urgency, Study.priority)
 
 
 def _group():
@@ -352,6 +358,7 @@ class Repository(AuditMixin, RetentionMixin):
                 if image is None or image.state in (ImageState.DONE, ImageState.ERROR):
                     continue  # replaced by a later copy, or finished by another instance meanwhile
                 image.processed_at = now
+                image.routed_body_part, image.model = score.body_part[:32], score.model[:64]
                 if score.probabilities is not None:
                     _move(image, "state", ImageState, ImageState.DONE)
                     image.error = ""
@@ -421,18 +428,20 @@ class Repository(AuditMixin, RetentionMixin):
                 return
             outcome = decide([image_record(image) for image in images])
             _move(study, "state", StudyState, outcome.state)
+            study.body_part, study.model = outcome.body_part[:64], outcome.model[:64]
             study.updated_at = now
             study.error = outcome.error
             study.predicted_at = now
             scores = outcome.scores
             if scores is None:
-                study.priority = study.abnormal = study.tier = study.ood_score = None
+                study.priority = study.abnormal = study.tier = study.ood_score = study.urgency = None
                 study.flag_reason = ""
                 study.findings = []
                 _move(study, "heatmaps_state", HeatmapsState, HeatmapsState.NONE)
                 return
             study.warnings = scores.warnings
             study.priority = scores.priority
+            study.urgency = scores.urgency
             study.abnormal = scores.abnormal
             study.findings = list(scores.findings)
             study.probabilities_json = json.dumps(scores.probabilities)
@@ -594,7 +603,7 @@ class Repository(AuditMixin, RetentionMixin):
                 case((Study.state == StudyState.DONE, Study.tier), else_=None),
                 case((Study.state == StudyState.DONE, Study.site_priority), else_=None),
             ).desc(),
-            func.coalesce(case((Study.state == StudyState.DONE, Study.priority), else_=None), -1.0).desc(),
+            func.coalesce(case((Study.state == StudyState.DONE, _order_score()), else_=None), -1.0).desc(),
             _site_rank(case((Study.state == StudyState.DONE, Study.site_priority), else_=None)).desc(),
             Study.received_at,
             Study.id,
@@ -629,12 +638,14 @@ class Repository(AuditMixin, RetentionMixin):
             ]
         return WorklistPage(rows, int(total or 0))
 
-    def recent_outcomes(self, limit: int) -> list[StudyOutcome]:
-        """The last ``limit`` triaged studies (latest first): what the drift monitor counts."""
+    def recent_outcomes(self, limit: int, models: Sequence[str] | None = None) -> list[StudyOutcome]:
+        """The last ``limit`` triaged studies (latest first): what the drift monitor counts;
+        ``models``: only studies scored by these routed models (``""``: not routed)."""
         with self.db.session() as s:
+            only = [] if models is None else [Study.model.in_(list(models))]
             query = (
                 select(Study.abnormal, Study.findings, Study.tier, Study.ood_score)
-                .where(Study.state == StudyState.DONE, Study.abnormal.is_not(None))
+                .where(Study.state == StudyState.DONE, Study.abnormal.is_not(None), *only)
                 .order_by(Study.predicted_at.desc(), Study.id)
                 .limit(limit)
             )
@@ -717,13 +728,14 @@ def _rank_of(session: Session, study: Study) -> int | None:
         tier_rank(study.tier, study.site_priority),
     )
     same_tier = tier == my_tier
+    score, my_score = _order_score(), order_score(study.priority, study.urgency)
     ahead = or_(
         tier > my_tier,
-        and_(same_tier, Study.priority > study.priority),
-        and_(same_tier, Study.priority == study.priority, site > mine),
+        and_(same_tier, score > my_score),
+        and_(same_tier, score == my_score, site > mine),
         and_(
             same_tier,
-            Study.priority == study.priority,
+            score == my_score,
             site == mine,
             or_(
                 Study.received_at < study.received_at,

@@ -64,6 +64,17 @@ class StudySummary(BaseModel):
     site_priority: float | None = Field(
         None, description="the priority the site gave (STAT 1.0 goes first, with the critical tier)"
     )
+    routed_body_part: str | None = Field(
+        None, description="routed services: the body part the router gave the study's images (CHEST, HAND...)"
+    )
+    model: str | None = Field(
+        None, description="routed services: the model that scored the study (chest, fracture)"
+    )
+    urgency: float | None = Field(
+        None,
+        description="routed services: priority on the scale shared by every model, which orders the worklist "
+        "(docs/routing.md)",
+    )
     findings: list[Finding] = Field(description="findings at or above their threshold, most probable first")
     findings_text: str = Field(description='the same as text: "Effusion 0.81; Mass 0.64"')
     images: int
@@ -98,6 +109,8 @@ class ImageItem(BaseModel):
     modality: str | None
     view: str | None
     body_part: str | None
+    routed_body_part: str | None = Field(None, description="routed services: the router's body part")
+    model: str | None = Field(None, description="routed services: the model that scored the image")
     abnormal: float | None
     received_at: str | None
     processed_at: str | None
@@ -192,6 +205,9 @@ class ModelInfo(BaseModel):
     )
     backend: str
     file: str
+    routing: dict[str, Any] | None = Field(
+        None, description="routed services: the router and each model (name, checkpoint, version, body parts)"
+    )
 
 
 class StorageState(BaseModel):

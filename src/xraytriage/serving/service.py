@@ -32,6 +32,7 @@ from xraytriage.serving.jobs import MAX_ATTEMPTS, HeatmapPolicy, Jobs
 from xraytriage.serving.outages import DatabaseMonitor, RetryingRepository, is_database_outage
 from xraytriage.serving.repository import Repository
 from xraytriage.serving.retention import Retention
+from xraytriage.serving.routing import ServiceRouting
 from xraytriage.serving.states import ReadStatus
 from xraytriage.serving.storage import BlobStore, StorageMonitor, is_storage_error, safe_filename
 from xraytriage.serving.worker import WorkerPool
@@ -73,13 +74,12 @@ class TriageService:
         self.model_path = config.model_file
         self.predictor = make_predictor(self.model_path, backend=config.backend)
         self.checkpoint = self.predictor.checkpoint
-        self.engine = TriageEngine(
-            self.predictor,
-            TriageOptions(batch_size=config.batch_size, workers=0, progress=False),
-            prepare=functools.partial(
-                decode.prepare_for_model, max_pixels=config.max_pixels, max_side=config.display_size
-            ),
+        options = TriageOptions(batch_size=config.batch_size, workers=0, progress=False)
+        prepare = functools.partial(
+            decode.prepare_for_model, max_pixels=config.max_pixels, max_side=config.display_size
         )
+        self.engine = TriageEngine(self.predictor, options, prepare=prepare)
+        self.routing = self._routing(options, prepare) if config.route else None
         self.drawings = Drawings(
             self.repo,
             self.store,
@@ -91,7 +91,7 @@ class TriageService:
             config.heatmap_queue,
         )
         policy = HeatmapPolicy(config.heatmaps, config.heatmap_findings)
-        self.jobs = Jobs(background, self.engine, self.store, self.drawings, policy)
+        self.jobs = Jobs(background, self.engine, self.store, self.drawings, policy, self.routing)
         self.wake = threading.Event()
         self.ready = threading.Event()
         """Set when the service is warmed up (the explainer built when heatmaps are on)."""
@@ -111,13 +111,63 @@ class TriageService:
             if config.retention_days
             else None
         )
+        # the drift monitor counts the service's own model's studies (every study when not routed)
+        outcomes = (
+            functools.partial(self.repo.recent_outcomes, models=("", self.routing.primary.name))
+            if self.routing
+            else None
+        )
         self.drift = DriftWatch(
-            self.repo.recent_outcomes,
+            outcomes or self.repo.recent_outcomes,
             DriftMonitor.for_checkpoint(
                 self.checkpoint, window=config.drift_window, min_studies=config.drift_min_studies
             ),
         )
         self.started_at = time.time()
+
+    def _routing(self, options, prepare) -> ServiceRouting:
+        """The router and the routed models (the service's own engine first)."""
+        from xraytriage.models.inference import make_predictor
+        from xraytriage.triage.engine import TriageEngine
+        from xraytriage.triage.routing import RoutedModel, RoutedTriage
+
+        config = self.config
+        models = [RoutedModel(config.routed_models[0][0], self.engine)]
+        for name, path in config.routed_models[1:]:
+            engine = TriageEngine(make_predictor(path, backend=config.backend), options, prepare=prepare)
+            models.append(RoutedModel(name, engine))
+        router = make_predictor(config.router_file, backend=config.backend)
+        return ServiceRouting(RoutedTriage(router, models, options, prepare=prepare))
+
+    def checkpoint_of(self, model: str):
+        """The checkpoint of a routed model by name (the service's own for ``""``)."""
+        return self.routing.engine_of(model).checkpoint if self.routing else self.checkpoint
+
+    @property
+    def checkpoint_lookup(self):
+        """:meth:`checkpoint_of` for the queries when routing, else None (the one model)."""
+        return self.checkpoint_of if self.routing else None
+
+    @property
+    def other_checkpoints(self) -> list:
+        """The routed models' checkpoints besides the service's own (none when not routed)."""
+        return [m.engine.checkpoint for m in self.routing.models[1:]] if self.routing else []
+
+    @property
+    def label_names(self) -> list[str]:
+        """Every model's labels (the CSV's probability columns), the service's own first."""
+        names = list(self.checkpoint.label_names)
+        for ckpt in self.other_checkpoints:
+            names.extend(n for n in ckpt.label_names if n not in names)
+        return names
+
+    @property
+    def findings(self) -> list[str]:
+        """Every model's findings (the worklist's finding filter), the service's own first."""
+        names = list(self.checkpoint.findings)
+        for ckpt in self.other_checkpoints:
+            names.extend(n for n in ckpt.findings if n not in names)
+        return names
 
     # --- life cycle ----------------------------------------------------------------------
     def start(self) -> None:
@@ -176,6 +226,25 @@ class TriageService:
             "critical": dict(ckpt.critical),
             "backend": getattr(self.predictor, "name", ""),
             "file": self.model_path.name,
+            "routing": self.routing_info,
+        }
+
+    @property
+    def routing_info(self) -> dict | None:
+        """The routed models (name, checkpoint name and version, body parts), None when off."""
+        if self.routing is None:
+            return None
+        return {
+            "router": self.config.router_file.name,
+            "models": [
+                {
+                    "name": m.name,
+                    "model": m.engine.checkpoint.name,
+                    "version": m.engine.checkpoint.package_version,
+                    "body_parts": m.body_parts,
+                }
+                for m in self.routing.models
+            ],
         }
 
     # --- intake --------------------------------------------------------------------------
@@ -216,7 +285,7 @@ class TriageService:
         name = safe_filename(filename)
         info = inspect_upload(source, name, self.config.max_file_bytes, self.config.max_pixels)
         header = {"body_part": info.body_part, "view_position": info.view_position}
-        problem = scope_problem(header, self.checkpoint)
+        problem = self.routing.accepts(header) if self.routing else scope_problem(header, self.checkpoint)
         if problem:  # a hand, a lateral view...: never stored, never given findings
             raise UploadRejected(name, problem, 422)
         warning = low_resolution_warning(info.width, info.height, int(self.checkpoint.preprocess.size))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -36,6 +36,8 @@ CSV_BASE = (
     "findings",
 )
 CSV_TAIL = ("tier", "flag_reason", "ood_score")
+CSV_ROUTED = ("urgency", "routed_body_part", "model")
+"""Added at the end of a routed service's CSV (docs/routing.md)."""
 
 
 IDENTIFIERS = ("patient_id", "accession", "patient_age", "patient_sex", "study_date")
@@ -123,6 +125,9 @@ def study_summary(
         "tier": study.tier if study.abnormal is not None else None,
         "flag_reason": study.flag_reason or None,
         "ood_score": rounded(study.ood_score),
+        "routed_body_part": study.body_part or None,
+        "model": study.model or None,
+        "urgency": rounded(study.urgency),
         "findings": [f.to_dict() for f in study.findings],
         "findings_text": study.findings_text,
         "images": images,
@@ -151,6 +156,8 @@ def image_dict(image: ImageRecord) -> dict[str, Any]:
         "modality": image.modality or None,
         "view": image.view_position or None,
         "body_part": image.body_part or None,
+        "routed_body_part": image.routed_body_part or None,
+        "model": image.model or None,
         "abnormal": rounded(image.abnormal),
         "received_at": iso(image.received_at),
         "processed_at": iso(image.processed_at),
@@ -225,15 +232,25 @@ def study_detail(view: StudyView, checkpoint, hide_identifiers: bool = False) ->
     return data
 
 
+def _routed_cells(study: StudyRecord) -> list[str]:
+    return ["" if study.urgency is None else f"{study.urgency:.6f}", study.body_part, study.model]
+
+
 def worklist_csv(
     rows: Sequence[tuple[StudyRecord, int | None, int]],
     label_names: Sequence[str],
     hide_identifiers: bool = False,
-    flag_at: float | None = None,
+    flag_at: float | Callable[[StudyRecord], float | None] | None = None,
+    routed: bool = False,
 ) -> str:
+    """The worklist CSV; ``flag_at`` may be each study's own threshold (a function of the
+    study: routed services); ``routed`` adds :data:`CSV_ROUTED`."""
     buffer = io.StringIO()
     writer = csv_writer(buffer)  # spreadsheet-safe cells (sanitize.csv_cell)
-    writer.writerow([*CSV_BASE, *label_names, "images", "error", "warnings", *CSV_TAIL])
+    writer.writerow(
+        [*CSV_BASE, *label_names, "images", "error", "warnings", *CSV_TAIL, *(CSV_ROUTED if routed else ())]
+    )
+    flag_of = flag_at if callable(flag_at) else (lambda study: flag_at)
     for study, rank, images in rows:
         probabilities = study.probabilities
         pacs = pacs_fields(study, hide_identifiers)
@@ -248,7 +265,7 @@ def worklist_csv(
                 study.read_status,
                 "" if study.priority is None else f"{study.priority:.6f}",
                 "" if study.abnormal is None else f"{study.abnormal:.6f}",
-                "" if study.abnormal is None else study_flagged(study, flag_at),
+                "" if study.abnormal is None else study_flagged(study, flag_of(study)),
                 study.findings_text,
                 *["" if probabilities.get(n) is None else f"{probabilities[n]:.6f}" for n in label_names],
                 images,
@@ -257,6 +274,7 @@ def worklist_csv(
                 study.tier or "",
                 study.flag_reason,
                 "" if study.ood_score is None else f"{study.ood_score:.6f}",
+                *(_routed_cells(study) if routed else ()),
             ]
         )
     return buffer.getvalue()

@@ -17,7 +17,7 @@ import multiprocessing
 import sys
 import time
 from collections import defaultdict, deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -274,20 +274,26 @@ class TriageEngine:
         )
         return tuple(w for w in found if w)
 
-    def out_of_scope(self, prepared: Prepared) -> Prepared:
+    def out_of_scope(self, prepared: Prepared, body_part: str | None = None) -> Prepared:
         """The prepared image, or an error when its header says the model was not made for it
-        (a hand, a lateral view...): such images are reported, never given findings."""
-        problem = scope_problem(prepared.meta, self.checkpoint)
+        (a hand, a lateral view...): such images are reported, never given findings.
+        ``body_part``: the part routing decided (``triage.routing``), which the image's pixels
+        chose over the header's BodyPartExamined; the header's view is still checked."""
+        meta = prepared.meta if body_part is None else {**prepared.meta, "body_part": body_part}
+        problem = scope_problem(meta, self.checkpoint)
         if problem is None:
             return prepared
         return Prepared(prepared.path, None, prepared.meta, f"{prepared.path}: {problem}")
 
-    def iter_results(self, paths: Iterable[str], progress: Any = None) -> Iterator[ImageResult]:
-        """Stream image results (errors included) for ``paths``; order follows batching."""
+    def iter_results(
+        self, paths: Iterable[str], progress: Any = None, body_parts: Mapping[str, str] | None = None
+    ) -> Iterator[ImageResult]:
+        """Stream image results (errors included) for ``paths``; order follows batching.
+        ``body_parts``: the routed body part per path (see :meth:`out_of_scope`)."""
         batch: list[Prepared] = []
         for prepared in self.iter_prepared(paths):
             if prepared.error is None:
-                prepared = self.out_of_scope(prepared)
+                prepared = self.out_of_scope(prepared, (body_parts or {}).get(prepared.path))
             if prepared.error is not None:
                 if progress is not None:
                     progress.update(1)

@@ -78,6 +78,8 @@ class Journal:
     header: dict[str, Any]
     previous: list[ImageResult] = field(default_factory=list)
     """Images scored by the run being resumed (successes only: failures are retried)."""
+    previous_extra: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """What a routed run wrote next to each of those images (its body part and model), by path."""
     _fh: Any = None
     _synced_at: float = 0.0
 
@@ -118,17 +120,22 @@ class Journal:
                 )
         done: dict[str, ImageResult] = {}
         for line in lines[1:]:
-            result = _result(json.loads(line))
+            record = json.loads(line)
+            result = _result(record)
             if result.ok:
                 done[result.path] = result
+                if isinstance(record.get("extra"), dict):
+                    self.previous_extra[result.path] = record["extra"]
         return list(done.values())
 
     def _write(self, record: dict[str, Any]) -> None:
         # ASCII JSON: surrogates of non-UTF-8 names are escaped and read back exactly
         self._fh.write(json.dumps(record, ensure_ascii=True) + "\n")
 
-    def append(self, result: ImageResult) -> None:
-        self._write(_record(result))
+    def append(self, result: ImageResult, extra: dict[str, Any] | None = None) -> None:
+        """Write one scored image; ``extra`` (JSON-ready) is kept with it (routed runs: the body
+        part and the model) and read back into :attr:`previous_extra`."""
+        self._write({**_record(result), **({"extra": extra} if extra else {})})
         self._fh.flush()
         if time.monotonic() - self._synced_at > FSYNC_SECONDS:
             self.sync()

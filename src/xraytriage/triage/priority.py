@@ -218,3 +218,31 @@ class PriorityRules:
     def priority(self, abnormal: float, probs: np.ndarray, site_priority: float | None = None) -> float:
         model = self.model_priority(abnormal, probs)
         return model if site_priority is None else max(model, float(site_priority))
+
+
+def flag_point(checkpoint: object) -> float | None:
+    """Where a model's study flag sits on its own P(abnormal) scale: the study threshold, or,
+    for a one-finding model flagged by its finding (the fracture model), that finding's
+    threshold; None when no single number says it (then its priorities are not rescaled)."""
+    at = getattr(checkpoint, "study_flag_threshold", None)
+    if at is not None:
+        return float(at)
+    findings = list(getattr(checkpoint, "findings", []) or [])
+    return float(checkpoint.threshold(findings[0])) if len(findings) == 1 else None  # type: ignore[attr-defined]
+
+
+def on_reference_scale(
+    model_priority: float, own: float | None, reference: float | None, site_priority: float | None = None
+) -> float:
+    """One urgency scale across models: ``model_priority`` moved onto the reference model's
+    scale by shifting its log-odds so that its own flag point lands on the reference's
+    (a study at k times its own threshold odds ranks with a reference study at k times the
+    reference threshold odds). The reference model's priorities stay as they are; a site
+    priority stays a floor on the common scale, never rescaled."""
+    p = float(model_priority)
+    if own is not None and reference is not None and own != reference and 0.0 < p < 1.0:
+        eps = 1e-9
+        own_c, ref_c = (min(max(float(t), eps), 1.0 - eps) for t in (own, reference))
+        shift = np.log(ref_c / (1.0 - ref_c)) - np.log(own_c / (1.0 - own_c))
+        p = float(1.0 / (1.0 + np.exp(-(np.log(p / (1.0 - p)) + shift))))
+    return p if site_priority is None else max(p, float(site_priority))

@@ -15,8 +15,9 @@ BodyPartExamined where there is one:
   lists that part, or becomes an error row "no model for this body part".
 
 Each model scores its images with its own engine (its preprocessing, calibration and operating
-points); the rows of all models form one worklist sorted by priority, each row naming its
-``body_part`` and the ``model`` that scored it. Like the engine, this module imports no
+points); the rows of all models form one worklist, each row naming its ``body_part`` and the
+``model`` that scored it, ordered by :func:`shared_urgency`: each model's priority on the first
+(reference, chest) model's scale, its own flag point mapped onto the reference's. Like the engine, this module imports no
 deep-learning library: predictors are handed in.
 """
 
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,8 @@ from xraytriage.models.predictor import Predictor
 from xraytriage.scope import body_part_term
 from xraytriage.triage.engine import ImageResult, Prepared, TriageEngine, TriageOptions, TriageResult
 from xraytriage.triage.grouping import study_key
+from xraytriage.triage.journal import Journal
+from xraytriage.triage.priority import flag_point, on_reference_scale
 from xraytriage.triage.worklist import WorklistRow, sort_worklist
 
 MIN_CONFIDENCE = 0.5
@@ -127,13 +130,17 @@ class RoutedTriage:
         models: Sequence[RoutedModel],
         options: TriageOptions | None = None,
         min_confidence: float = MIN_CONFIDENCE,
+        prepare: Any = None,
     ) -> None:
         self.options = options or TriageOptions()
-        self.router = TriageEngine(router, self.options)
+        # ``prepare``: the router's decode step (the service's, with its pixel limits)
+        self.router = TriageEngine(router, self.options, **({"prepare": prepare} if prepare else {}))
         self.labels = list(router.checkpoint.label_names)
         self.models = list(models)
         self.min_confidence = min_confidence
         self.model_of = {part: m.name for m in reversed(self.models) for part in m.body_parts}
+        self.reference_point = flag_point(self.models[0].engine.checkpoint) if self.models else None
+        """The first model's flag point: every model's urgency is on its scale."""
 
     def model_for(self, body_part: str) -> RoutedModel | None:
         """The first model whose scope lists ``body_part`` (an empty scope takes nothing here:
@@ -171,15 +178,29 @@ class RoutedTriage:
         flush()
         return decisions, errors
 
-    def run(self, inputs: Iterable[str | Path]) -> TriageResult:
+    def run(self, inputs: Iterable[str | Path], journal: Journal | None = None) -> TriageResult:
+        """Route and score every image under ``inputs``. With a ``journal`` (``triage --route
+        --resume``) each scored image is written down with its body part and model, and the
+        images a resumed journal already holds are neither routed nor scored again."""
         paths = [str(p) for p in iter_input_files(inputs)]
         start = time.perf_counter()
-        decisions, errors = self.route(paths)
+        previous = list(journal.previous) if journal is not None else []
+        extras = journal.previous_extra if journal is not None else {}
+        done_before: dict[str, list[ImageResult]] = {}
+        decisions: dict[str, BodyPartDecision] = {}
+        for result in previous:
+            extra = extras.get(result.path) or {}
+            if extra.get("model") in {m.name for m in self.models} and result.path in paths:
+                decisions[result.path] = BodyPartDecision(**extra["decision"])
+                done_before.setdefault(extra["model"], []).append(result)
+        todo = [p for p in paths if p not in decisions]
+        new_decisions, errors = self.route(todo)
+        decisions.update(new_decisions)
         rows: list[WorklistRow] = []
         for path, error in errors.items():
             rows.append(WorklistRow.error_row(study_key(path, None, self.options.study_from), path, error))
         by_model: dict[str, list[str]] = {}
-        for path in paths:
+        for path in todo:
             decision = decisions.get(path)
             if decision is None:
                 continue
@@ -195,34 +216,67 @@ class RoutedTriage:
                 continue
             by_model.setdefault(model.name, []).append(path)
         ok = 0
+        interrupted = False
         for model in self.models:
-            model_paths = by_model.get(model.name, [])
-            if not model_paths:
+            results: list[ImageResult] = list(done_before.get(model.name, []))
+            try:
+                mine = by_model.get(model.name, []) if not interrupted else []
+                parts = {p: decisions[p].body_part for p in mine}  # the pixels chose over the header
+                for result in model.engine.iter_results(mine, body_parts=parts):
+                    if journal is not None:
+                        decision = asdict(decisions[result.path])
+                        journal.append(result, {"model": model.name, "decision": decision})
+                    results.append(result)
+            except KeyboardInterrupt:
+                interrupted = True
+            if not results:
                 continue
-            results: list[ImageResult] = list(model.engine.iter_results(model_paths))
             ok += sum(1 for r in results if r.ok)
             for row in model.engine.study_rows(results):
-                row.model = model.name
-                parts = dict.fromkeys(decisions[p].body_part for p in row.image_paths if p in decisions)
-                row.body_part = "+".join(parts)
-                notes = [
-                    decisions[p].warning for p in row.image_paths if p in decisions and decisions[p].warning
-                ]
-                if notes:
-                    row.warnings = "; ".join(filter(None, [row.warnings, *dict.fromkeys(notes)]))
-                rows.append(row)
+                rows.append(self._label(row, model, decisions))
         labels: list[str] = []
         for model in self.models:
             labels.extend(n for n in model.engine.checkpoint.label_names if n not in labels)
         return TriageResult(
             rows=sort_worklist(rows),
             label_names=labels,
-            images_total=len(paths),
+            images_total=len(paths) if not interrupted else ok + len(errors),
             images_ok=ok,
             seconds=time.perf_counter() - start,
             backend=getattr(self.router.predictor, "name", ""),
-            extra={"routing": routing_summary(decisions, errors, self)},
+            extra={
+                "routing": routing_summary(decisions, errors, self),
+                "resumed": len(paths) - len(todo),
+                "interrupted": interrupted,
+                "inputs": len(paths),
+            },
         )
+
+    def _label(
+        self, row: WorklistRow, model: RoutedModel, decisions: Mapping[str, BodyPartDecision]
+    ) -> WorklistRow:
+        """A model's study row named with its model, body part, urgency and routing notes."""
+        row.model = model.name
+        row.urgency = shared_urgency(model.engine, row, self.reference_point)
+        parts = dict.fromkeys(decisions[p].body_part for p in row.image_paths if p in decisions)
+        row.body_part = "+".join(parts)
+        notes = [decisions[p].warning for p in row.image_paths if p in decisions and decisions[p].warning]
+        if notes:
+            row.warnings = "; ".join(filter(None, [row.warnings, *dict.fromkeys(notes)]))
+        return row
+
+
+def shared_urgency(engine: TriageEngine, row: WorklistRow, reference: float | None) -> float | None:
+    """A scored study's urgency on the reference model's scale (None for an error row): its
+    model priority (urgency weights included, the site floor not) moved so that its model's
+    flag point lands on ``reference``, then the site priority as a floor
+    (``triage.priority.on_reference_scale``)."""
+    if not row.ok or row.abnormal is None:
+        return None
+    labels = list(engine.checkpoint.label_names)
+    probs = np.array([row.probabilities.get(n, 0.0) for n in labels], dtype=np.float64)
+    model_priority = engine.rules.model_priority(row.abnormal, probs)
+    return on_reference_scale(model_priority, flag_point(engine.checkpoint), reference, row.site_priority)
 
 
 def routing_summary(

@@ -38,7 +38,7 @@ from xraytriage.triage.reasons import tier_rank
 
 BASE_COLUMNS = ("rank", "study", "path", "priority", "abnormal", "flagged", "status", "error", "findings")
 TAIL_COLUMNS = ("images", "site_priority", "warnings", "tier", "flag_reason", "ood_score")
-ROUTING_COLUMNS = ("body_part", "model")
+ROUTING_COLUMNS = ("urgency", "body_part", "model")
 """Added after the tail when images were routed by body part (``triage --route``)."""
 STATUS_OK = "ok"
 STATUS_ERROR = "error"
@@ -133,6 +133,10 @@ class WorklistRow:
     """Routed worklists: the body part the image was routed by (``triage/routing.py``)."""
     model: str = ""
     """Routed worklists: the name of the model that scored the study."""
+    urgency: float | None = None
+    """Routed worklists: ``priority`` on the one scale shared by every model
+    (``triage.priority.on_reference_scale``); what orders the rows within a tier. None: the
+    row's own ``priority`` orders it (single-model worklists)."""
 
     @classmethod
     def error_row(cls, study: str, path: str, error: str) -> WorklistRow:
@@ -166,6 +170,7 @@ class WorklistRow:
         data["flag_reason"] = self.flag_reason or None
         data["ood_score"] = rounded(self.ood_score)
         if routed or (routed is None and (self.body_part or self.model)):
+            data["urgency"] = rounded(self.urgency)
             data["body_part"] = self.body_part or None
             data["model"] = self.model or None
         return data
@@ -176,16 +181,26 @@ def site_rank(site_priority: float | None) -> float:
     return -1.0 if site_priority is None else float(site_priority)
 
 
+def order_score(priority: float | None, urgency: float | None) -> float:
+    """The score that orders studies within a tier: ``urgency`` (a routed study's priority on
+    the scale shared by every model, ``triage.priority.on_reference_scale``) when it has one,
+    else its ``priority``. The service's SQL orders by the same ``coalesce(urgency, priority)``."""
+    if urgency is not None:
+        return float(urgency)
+    return float(priority or 0.0)
+
+
 def sort_worklist(rows: Iterable[WorklistRow]) -> list[WorklistRow]:
     """Triaged studies ranked 1..n: critical and STAT ones first (``triage.reasons.tier_rank``), then by
-    priority, highest first; at equal priority the higher site priority goes first (none
+    priority (routed rows: their ``urgency``, :func:`order_score`), highest first; at equal priority the higher site priority goes first (none
     counts below ROUTINE), then the study name. Error rows after them, unranked, by path.
     See ``triage.priority`` for why a site priority is a floor."""
     rows = list(rows)
     ok = sorted(
         (r for r in rows if r.ok),
         key=lambda r: (
-            -tier_rank(r.tier, r.site_priority), -(r.priority or 0.0), -site_rank(r.site_priority), r.study, r.path,
+            -tier_rank(r.tier, r.site_priority), -order_score(r.priority, r.urgency), -site_rank(r.site_priority),
+            r.study, r.path,
         ),
     )  # fmt: skip
     errors = sorted((r for r in rows if not r.ok), key=lambda r: r.path)
@@ -234,7 +249,8 @@ def _parse_cell(column: str, text: str) -> Any:
         "warnings",
         "tier",
         "flag_reason",
-        *ROUTING_COLUMNS,
+        "body_part",
+        "model",
     ):
         return text
     return float(text)

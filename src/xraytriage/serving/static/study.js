@@ -68,6 +68,10 @@
       ["Study date", identifier(data.study_date, "study_date")],
       ["Exam", [data.body_part, data.view].filter(Boolean).join(" ") || "–"],
     ];
+    if (data.model || data.routed_body_part) {
+      facts.push(["Routed", el("span", {id: "study-routed"},
+        [data.routed_body_part, data.model ? data.model + " model" : null].filter(Boolean).join(" · "))]);
+    }
     document.getElementById("study-facts").replaceChildren(
       ...facts.map(([name, value]) => el("div", {class: "fact"}, el("dt", {}, name), el("dd", {}, value))));
     const fresh = document.getElementById("study-new-images");

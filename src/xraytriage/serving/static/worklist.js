@@ -78,6 +78,10 @@
         ageSex(item) ? el("div", {class: "small"}, identifier(ageSex(item), "age_sex")) : null),
       el("td", {class: "exam small"},
         el("div", {}, [item.body_part, item.view].filter(Boolean).join(" ") || "–"),
+        item.model || item.routed_body_part
+          ? el("div", {class: "routed muted", title: "body-part routing: the part the router saw and the model that scored it"},
+            [item.routed_body_part, item.model ? item.model + " model" : null].filter(Boolean).join(" · "))
+          : null,
         item.study_date ? el("div", {}, identifier(item.study_date, "study_date")) : null),
       el("td", {class: "priority num"}, prob(item.priority)),
       el("td", {class: "abnormal num"}, prob(item.abnormal)),
