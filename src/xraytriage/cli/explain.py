@@ -218,14 +218,14 @@ def run_explain(args) -> int:
 
 def run_localize_eval(args) -> int:
     from xraytriage.errors import ConfigError
-    from xraytriage.explain import Explainer
-    from xraytriage.explain.localization import (
+    from xraytriage.evaluate.localization import (
         CamSource,
         LocaliserSource,
         evaluate_localization,
         load_ground_truth,
         write_localization_report,
     )
+    from xraytriage.explain import Explainer
     from xraytriage.models.localiser import load_localiser
 
     if args.max_boxes < 1 or args.random_repeats < 0 or args.bootstrap < 0:
