@@ -17,9 +17,10 @@ import pydicom
 import pytest
 from PIL import Image as PILImage
 
+from xraytriage.errors import UploadRejected
 from xraytriage.serving.config import ServeConfig
 from xraytriage.serving.db import Heatmap, Image, Study
-from xraytriage.serving.intake import UploadRejected, inspect_upload
+from xraytriage.serving.intake import inspect_upload
 from xraytriage.serving.records import Finding, findings_text
 from xraytriage.serving.repository import Repository
 from xraytriage.serving.service import TriageService

@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, inspect, text
 
+from xraytriage.errors import IllegalTransition
 from xraytriage.serving import migrations
 from xraytriage.serving.db import Base, Database, Image, Study
 from xraytriage.serving.records import Finding
 from xraytriage.serving.repository import Repository
 from xraytriage.serving.states import (
     TRANSITIONS,
-    IllegalTransition,
     ImageState,
     ResultsState,
     StudyState,

@@ -38,8 +38,8 @@ from xraytriage.dicom import (
     parse_destination,
     send_datasets,
 )
+from xraytriage.errors import UploadRejected
 from xraytriage.serving.config import DicomSettings
-from xraytriage.serving.intake import UploadRejected
 from xraytriage.serving.outages import is_database_outage
 from xraytriage.serving.pictures import load_png
 from xraytriage.serving.service import TriageService

@@ -145,7 +145,7 @@ class Drawings:
 
     def futures(self, image_id: str, items: list[str]) -> list[Future]:
         """Jobs to wait on until ``items`` of one image are drawn (none when they are);
-        :class:`~xraytriage.serving.heatmap_jobs.HeatmapQueueFull` when too many wait."""
+        :class:`~xraytriage.errors.HeatmapQueueFull` when too many wait."""
         missing = self.missing(image_id, items)
         return self.jobs.submit(image_id, missing) if missing else []
 

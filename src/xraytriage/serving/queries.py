@@ -10,14 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from xraytriage.errors import XRayTriageError
+from xraytriage.errors import UnknownFinding
 from xraytriage.labels import canonical_label
 from xraytriage.serving.repository import Repository
 from xraytriage.serving.views import study_detail, study_summary, worklist_csv
-
-
-class UnknownFinding(XRayTriageError):
-    """A finding name the model does not have (HTTP 404)."""
 
 
 def known_finding(checkpoint, finding: str | None) -> str | None:
@@ -77,4 +73,4 @@ def study_json(repo: Repository, checkpoint, hide_identifiers: bool, study_id: s
     return None if view is None else study_detail(view, checkpoint, hide_identifiers)
 
 
-__all__ = ["UnknownFinding", "known_finding", "study_json", "worklist_csv_text", "worklist_json"]
+__all__ = ["known_finding", "study_json", "worklist_csv_text", "worklist_json"]

@@ -31,6 +31,7 @@ from sqlalchemy import and_, case, delete, func, insert, or_, select, type_coerc
 from sqlalchemy.orm import Session
 from sqlalchemy.types import Text
 
+from xraytriage.errors import DuplicateImage, SopConflict
 from xraytriage.serving.db import AuditEntry, Database, Heatmap, Image, Study
 from xraytriage.serving.intake import UploadInfo
 from xraytriage.serving.records import (
@@ -68,15 +69,6 @@ class Recorded:
     study_id: str
     duplicate: bool
     replaced: list[str]
-
-
-class _SopConflict(Exception):
-    """Another copy of the same SOP instance was committed while this one was being added."""
-
-
-class _Duplicate(Exception):
-    def __init__(self, study_id: str) -> None:
-        self.study_id = study_id
 
 
 def _move(row: Any, column: str, kind: type, new: Any) -> None:
@@ -266,7 +258,7 @@ class Repository(AuditMixin, RetentionMixin):
                 with db.session(lock=True) as s:
                     existing = s.get(Image, digest)
                     if existing is not None:
-                        raise _Duplicate(existing.study_id)
+                        raise DuplicateImage(existing.study_id)
                     db.insert_if_absent(s, Study, _new_study(study_id, info, name, source, calling_ae, now))
                     study = db.lock_study(s, study_id)  # uploads of one study wait for each other here
                     # earlier copies of this SOP instance go first: (study, SOP UID) is unique
@@ -274,12 +266,12 @@ class Repository(AuditMixin, RetentionMixin):
                     if not db.insert_if_absent(s, Image, _new_image(digest, study_id, info, name, size, now)):
                         holder = s.scalar(select(Image.study_id).where(Image.id == digest))
                         if holder is None:  # another copy of the instance committed meanwhile
-                            raise _SopConflict
-                        raise _Duplicate(holder)  # the same file at the same moment: theirs stands
+                            raise SopConflict
+                        raise DuplicateImage(holder)  # the same file at the same moment: theirs stands
                     _add_image_to_study(study, info, source, now)
-            except _Duplicate as duplicate:
+            except DuplicateImage as duplicate:
                 return Recorded(duplicate.study_id, True, [])
-            except _SopConflict:
+            except SopConflict:
                 continue  # again, now seeing (and replacing) the copy that won
             return Recorded(study_id, False, replaced)
         raise RuntimeError(f"image {digest[:12]}: its SOP instance kept being replaced at the same moment")
