@@ -27,7 +27,6 @@ from xraytriage.serving.service import TriageService
 from xraytriage.serving.states import StudyState
 from xraytriage.serving.storage import BlobStore, safe_filename
 from xraytriage.triage.reasons import tier_rank
-from xraytriage.triage.worklist import site_rank
 
 QUEUED, PROCESSING, DONE, ERROR = StudyState  # images have the same four states
 
@@ -401,7 +400,11 @@ def reference_worklist(db, read_status=None, finding=None) -> list[tuple[str, in
     def key(st):
         group = 0 if st.state == DONE else 2 if st.state == ERROR else 1
         priority = (
-            (-tier_rank(st.tier, st.site_priority), -(st.priority or 0.0), -site_rank(st.site_priority))
+            (
+                -tier_rank(st.tier, st.site_priority),
+                -(st.priority or 0.0),
+                -(st.site_priority if st.site_priority is not None else -1.0),
+            )
             if group == 0
             else (0, 0.0, 0.0)
         )

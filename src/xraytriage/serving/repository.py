@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
-from sqlalchemy import and_, case, delete, func, insert, or_, select, type_coerce, update
+from sqlalchemy import case, delete, func, insert, select, type_coerce, update
 from sqlalchemy.orm import Session
 from sqlalchemy.types import Text
 
@@ -54,8 +54,8 @@ from xraytriage.serving.states import (
     StudyState,
     check_move,
 )
-from xraytriage.triage.reasons import STAT, TIER_CRITICAL, tier_rank
-from xraytriage.triage.worklist import site_rank
+from xraytriage.serving.worklist_sql import ahead_of, order_by, queue_first
+from xraytriage.triage.reasons import tier_rank
 
 WAITING = (ImageState.QUEUED, ImageState.PROCESSING)
 WAITING_STUDY = (StudyState.QUEUED, StudyState.PROCESSING)
@@ -126,14 +126,20 @@ def finding_filter(name: str):
     return type_coerce(Study.findings, Text).like(pattern, escape="\\")
 
 
-def _site_rank(column):
-    """:func:`~xraytriage.triage.worklist.site_rank` in SQL (none sorts below ROUTINE)."""
-    return func.coalesce(column, -1.0)
+def _order_columns(done_only: bool) -> dict[str, Any]:
+    """The studies table's columns for the keys of ``triage.worklist_order`` (``done_only``:
+    blank unless triaged, so the waiting and unreadable ones tie and go by arrival)."""
 
+    def done(column):
+        return case((Study.state == StudyState.DONE, column), else_=None) if done_only else column
 
-def _critical_first(tier, site_priority):
-    """:func:`~xraytriage.triage.reasons.tier_rank` in SQL: 1 for a critical or STAT study."""
-    return case((or_(tier == TIER_CRITICAL, func.coalesce(site_priority, -1.0) >= STAT), 1), else_=0)
+    return {
+        "queue_first": queue_first(done(Study.tier), done(Study.site_priority)),
+        "priority": done(Study.priority),
+        "site_priority": done(Study.site_priority),
+        "received_at": Study.received_at,
+        "study": Study.id,
+    }
 
 
 def _group():
@@ -581,16 +587,7 @@ class Repository(AuditMixin, RetentionMixin):
         ones (oldest first), then unreadable ones. Ranks are those of the whole worklist, so a filtered view keeps them;
         ``finding`` is a model label name."""
         group = _group()
-        order = (
-            _critical_first(
-                case((Study.state == StudyState.DONE, Study.tier), else_=None),
-                case((Study.state == StudyState.DONE, Study.site_priority), else_=None),
-            ).desc(),
-            func.coalesce(case((Study.state == StudyState.DONE, Study.priority), else_=None), -1.0).desc(),
-            _site_rank(case((Study.state == StudyState.DONE, Study.site_priority), else_=None)).desc(),
-            Study.received_at,
-            Study.id,
-        )
+        order = order_by(_order_columns(done_only=True))
         positions = select(
             Study.id.label("id"),
             group.label("grp"),
@@ -703,26 +700,14 @@ def _rank_of(session: Session, study: Study) -> int | None:
     the same order as :meth:`Repository.worklist`."""
     if study.state != StudyState.DONE or study.priority is None:
         return None
-    site, mine = _site_rank(Study.site_priority), site_rank(study.site_priority)
-    tier, my_tier = (
-        _critical_first(Study.tier, Study.site_priority),
-        tier_rank(study.tier, study.site_priority),
-    )
-    same_tier = tier == my_tier
-    ahead = or_(
-        tier > my_tier,
-        and_(same_tier, Study.priority > study.priority),
-        and_(same_tier, Study.priority == study.priority, site > mine),
-        and_(
-            same_tier,
-            Study.priority == study.priority,
-            site == mine,
-            or_(
-                Study.received_at < study.received_at,
-                and_(Study.received_at == study.received_at, Study.id < study.id),
-            ),
-        ),
-    )
+    mine = {
+        "queue_first": tier_rank(study.tier, study.site_priority),
+        "priority": study.priority,
+        "site_priority": study.site_priority,
+        "received_at": study.received_at,
+        "study": study.id,
+    }
+    ahead = ahead_of(_order_columns(done_only=False), mine)
     query = select(func.count()).select_from(Study).where(Study.state == StudyState.DONE, ahead)
     return int(session.scalar(query) or 0) + 1
 
