@@ -7,11 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from xraytriage.errors import ConfigError
-from xraytriage.models.published import BUNDLED_MODEL, resolve_model
+from xraytriage.models.published import resolve_model
 
 TOKEN_ENV = "XRAYTRIAGE_TOKEN"
 MB = 1024 * 1024
-__all__ = ["BUNDLED_MODEL", "DEFAULT_DATA_DIR", "DicomSettings", "ServeConfig", "read_token"]
+__all__ = ["DEFAULT_DATA_DIR", "DicomSettings", "ServeConfig", "read_token"]
 
 DEFAULT_DATA_DIR = Path("out/serve")
 """``serve``'s data folder when none is given: the one ``make serve`` uses (ignored by git)."""
