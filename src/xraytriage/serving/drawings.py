@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image as PILImage
 
+from xraytriage.explain.methods import method_name
 from xraytriage.serving import decode
 from xraytriage.serving.heatmap_jobs import HeatmapJobs
 from xraytriage.serving.pictures import (
@@ -123,8 +124,7 @@ class Drawings:
     def method_for(self, finding: str) -> str:
         """What draws ``finding``'s map and box with this checkpoint ("localiser" for the findings
         its box-supervised localiser covers, else "Grad-CAM"), without building the network."""
-        localiser = self.checkpoint.get_localiser()
-        return "localiser" if localiser is not None and localiser.covers(finding) else "Grad-CAM"
+        return method_name(self.checkpoint.get_localiser(), finding)
 
     # --- asking for pictures -----------------------------------------------------------------
     def missing(self, image_id: str, items: list[str]) -> list[str]:

@@ -13,18 +13,18 @@
 from __future__ import annotations
 
 import io
-import re
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from xraytriage.explain.boxes import Box
+from xraytriage.sanitize import file_slug
 from xraytriage.serving.storage import write_atomic
 
 
 def finding_file_part(finding: str) -> str:
-    return re.sub(r"[^A-Za-z0-9]+", "_", finding).strip("_") or "finding"
+    return file_slug(finding, fallback="finding")
 
 
 def display_size_for(height: int, width: int, limit: int) -> tuple[int, int]:
