@@ -276,7 +276,7 @@ def test_web_and_dicom_pictures_name_the_localiser(bundled, tmp_path):
     legend names the localiser for the findings it covers and Grad-CAM for the others."""
     from types import SimpleNamespace
 
-    from xraytriage.serving.drawings import Drawings
+    from xraytriage.serving.picture_store import Drawings
     from xraytriage.serving.records import HeatmapRecord
 
     heat = np.zeros((64, 64), np.uint8)

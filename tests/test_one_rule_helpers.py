@@ -13,7 +13,7 @@ from xraytriage.explain.explainer import Explainer
 from xraytriage.explain.methods import method_name
 from xraytriage.labels import NIH_BOX_FINDINGS, NIH_FINDINGS
 from xraytriage.models.localiser import LocaliserSpec
-from xraytriage.serving.drawings import Drawings
+from xraytriage.serving.picture_store import Drawings
 
 PACKAGE = Path(xraytriage.__file__).parent
 HELPER = "sanitize.py"

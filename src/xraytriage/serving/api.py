@@ -24,20 +24,20 @@ from xraytriage.errors import HeatmapQueueFull, UnknownFinding, UploadError, Upl
 from xraytriage.sanitize import csv_writer
 from xraytriage.serving import schemas
 from xraytriage.serving.auth import authenticated_by
-from xraytriage.serving.drawings import DISPLAY, Drawings
 from xraytriage.serving.outages import RETRY_AFTER_S, is_database_outage
+from xraytriage.serving.picture_store import DISPLAY, Drawings
 from xraytriage.serving.queries import (
     known_finding,
     study_json,
     worklist_csv_text,
     worklist_json,
 )
+from xraytriage.serving.record_json import iso
 from xraytriage.serving.repository import Repository
 from xraytriage.serving.service import TriageService
 from xraytriage.serving.states import ImageState, StudyState
 from xraytriage.serving.storage import is_storage_error, safe_filename
 from xraytriage.serving.uploads import receive_upload
-from xraytriage.serving.views import iso
 
 PNG_HEADERS = {"Cache-Control": "private, max-age=3600"}
 MAX_OFFSET = 2**31 - 1

@@ -12,8 +12,8 @@ from typing import Any
 
 from xraytriage.errors import UnknownFinding
 from xraytriage.labels import canonical_label
+from xraytriage.serving.record_json import study_detail, study_summary, worklist_csv
 from xraytriage.serving.repository import Repository
-from xraytriage.serving.views import study_detail, study_summary, worklist_csv
 
 
 def known_finding(checkpoint, finding: str | None) -> str | None:

@@ -1,7 +1,7 @@
 """The pictures of stored images, drawn once and kept beside the blob: the display picture,
 heatmaps (map PNG + a row with the box) and the overlay/layer pictures the API serves.
 
-Every drawing is a job on :class:`~xraytriage.serving.heatmap_jobs.HeatmapJobs` (one small
+Every drawing is a job on :class:`~xraytriage.serving.job_pool.HeatmapJobs` (one small
 shared pool; one job per image and item, shared by everyone who wants it). The background
 worker, the API and the DICOM node all ask here.
 """
@@ -19,8 +19,9 @@ from PIL import Image as PILImage
 
 from xraytriage.explain.methods import method_name
 from xraytriage.serving import decode
-from xraytriage.serving.heatmap_jobs import HeatmapJobs
-from xraytriage.serving.pictures import (
+from xraytriage.serving.job_pool import HeatmapJobs
+from xraytriage.serving.records import HeatmapRecord
+from xraytriage.serving.rendering import (
     display_size_for,
     finding_file_part,
     heat_layer_png,
@@ -32,7 +33,6 @@ from xraytriage.serving.pictures import (
     scale_box,
     to_display,
 )
-from xraytriage.serving.records import HeatmapRecord
 from xraytriage.serving.repository import Repository
 from xraytriage.serving.storage import BlobStore, StorageMonitor, is_storage_error, write_atomic
 
