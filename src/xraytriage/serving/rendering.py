@@ -1,4 +1,5 @@
-"""Pictures the pages and the API serve, drawn once and kept beside the blob.
+"""How the pictures the pages and the API serve are drawn: pure functions from pixels to PNG
+(:mod:`~xraytriage.serving.picture_store` decides when, and keeps them beside the blob).
 
 - ``display.png``: the radiograph as the model reads it (DICOM modality LUT, VOI window and
   MONOCHROME1 already applied by :func:`xraytriage.io.read_radiograph`), so it looks right
