@@ -324,7 +324,7 @@ def test_silent_and_half_sent_connections_are_closed_by_the_request_timeout(coll
 
 
 def test_the_oldest_idle_connection_makes_room_for_a_new_one(collector, monkeypatch):
-    import xraytriage.dicom.admission as admission
+    import xraytriage.dicom.association_gate as admission
 
     monkeypatch.setattr(admission, "GRACE_S", 0.2)
     with StorageSCP(ScpConfig(port=0, max_pending=2), collector) as node, ExitStack() as sockets:

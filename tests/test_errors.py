@@ -1,47 +1,81 @@
-"""Every error class lives in xraytriage.errors; one "file not found" type names the file."""
+"""Every error class lives in xraytriage.errors (the scan follows base classes across modules, so
+``class X(SomeOtherError)`` counts); one "file not found" type names the file."""
 
 from __future__ import annotations
 
 import ast
+import builtins
 import pickle
 from pathlib import Path
 
 import pytest
 
+import xraytriage
 from xraytriage.errors import ConfigError, MissingFileError, XRayTriageError
 
-SRC = Path(__file__).resolve().parents[1] / "src" / "xraytriage"
-# error classes still defined elsewhere, each with who moves it (issue 17 item 1: helper i-serve)
-NOT_YET_MOVED = {
-    "serving/auth.py": {"TooLarge"},
-    "serving/heatmap_jobs.py": {"HeatmapQueueFull"},
-    "serving/intake.py": {"UploadRejected"},
-    "serving/queries.py": {"UnknownFinding"},
-    "serving/repository.py": {"_Duplicate", "_SopConflict"},
-    "serving/states.py": {"IllegalTransition"},
-    "serving/storage.py": {"StorageFull"},
-    "serving/uploads.py": {"UploadError"},
+PACKAGE = Path(xraytriage.__file__).parent
+ERRORS = PACKAGE / "errors.py"
+BUILTIN_EXCEPTIONS = {
+    name
+    for name, value in vars(builtins).items()
+    if isinstance(value, type) and issubclass(value, BaseException)
 }
+# Library exception bases: a class derived from one of them is an exception class too.
+LIBRARY_EXCEPTIONS = {"HTTPException", "SQLAlchemyError", "ValidationError"}
 
 
-def _error_classes(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    names = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ClassDef):
-            bases = {getattr(b, "id", getattr(b, "attr", "")) for b in node.bases}
-            if any(b.endswith(("Error", "Exception")) or b in ("StoreRefused", "OSError") for b in bases):
-                names.add(node.name)
-    return names
+def _base_name(node: ast.expr) -> str | None:
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        return node.attr
+    return None
 
 
-def test_error_classes_are_defined_in_errors_py():
-    found = {
-        str(path.relative_to(SRC)): classes
-        for path in SRC.rglob("*.py")
-        if path.name != "errors.py" and (classes := _error_classes(path))
-    }
-    assert found == {k: v for k, v in NOT_YET_MOVED.items() if k in found}, found
+def _classes(path: Path) -> list[tuple[str, list[str], int]]:
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    return [
+        (node.name, [b for b in map(_base_name, node.bases) if b], node.lineno)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ClassDef)
+    ]
+
+
+def exception_classes_outside(package: Path, errors_file: Path) -> list[str]:
+    """``path:line class`` for every exception class defined outside ``errors_file``."""
+    exceptions = BUILTIN_EXCEPTIONS | LIBRARY_EXCEPTIONS | {name for name, _, _ in _classes(errors_file)}
+    found = {path: _classes(path) for path in sorted(package.rglob("*.py")) if path != errors_file}
+    outside: dict[str, str] = {}
+    changed = True
+    while changed:  # a class whose base is an exception is one too, wherever that base lives
+        changed = False
+        for path, classes in found.items():
+            for name, bases, line in classes:
+                key = f"{path.relative_to(package.parent)}:{line} {name}"
+                if key not in outside and any(base in exceptions for base in bases):
+                    outside[key] = name
+                    exceptions.add(name)
+                    changed = True
+    return sorted(outside)
+
+
+def test_every_exception_class_is_in_errors_py():
+    assert exception_classes_outside(PACKAGE, ERRORS) == []
+
+
+def test_the_scan_finds_an_exception_class_outside_errors_py(tmp_path):
+    """The control: a package with exceptions outside its errors.py, directly and by inheritance."""
+    package = tmp_path / "pkg"
+    (package / "sub").mkdir(parents=True)
+    (package / "errors.py").write_text("class BaseError(Exception):\n    pass\n")
+    (package / "a.py").write_text(
+        "import errors\n\nclass Full(OSError):\n    pass\n\nclass Plain:\n    pass\n"
+    )
+    (package / "sub" / "b.py").write_text(
+        "class Refused(errors.BaseError):\n    pass\n\nclass Late(Full):\n    pass\n"
+    )
+    found = exception_classes_outside(package, package / "errors.py")
+    assert [entry.split(" ")[1] for entry in found] == ["Full", "Refused", "Late"]
 
 
 @pytest.mark.parametrize(

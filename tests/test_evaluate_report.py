@@ -13,8 +13,8 @@ from sklearn.metrics import roc_auc_score
 
 from xraytriage.cli.main import main
 from xraytriage.data import CSVDataset
+from xraytriage.evaluate.pipeline import EvaluationConfig, evaluate_predictions
 from xraytriage.evaluate.predictions import predict_dataset, read_predictions_csv
-from xraytriage.evaluate.runner import EvaluationConfig, evaluate_predictions
 
 EVALUATION_PLOTS = (
     "clinical_summary",
@@ -307,7 +307,7 @@ def test_read_predictions_rejects_files_without_probabilities(tmp_path):
 
 
 def test_cv_epochs_csv_is_read_as_fold_means(tmp_path):
-    from xraytriage.evaluate.runs import read_history, run_label_aucs
+    from xraytriage.evaluate.run_folders import read_history, run_label_aucs
 
     pd.DataFrame(
         {

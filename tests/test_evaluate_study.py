@@ -10,7 +10,7 @@ import pytest
 from sklearn.metrics import cohen_kappa_score, roc_auc_score
 
 from xraytriage.evaluate.cross_dataset import cross_dataset_metrics, label_overlap
-from xraytriage.evaluate.runner import EvaluationConfig, evaluate_predictions
+from xraytriage.evaluate.pipeline import EvaluationConfig, evaluate_predictions
 from xraytriage.evaluate.study import aggregate_studies, evaluate_studies, study_metrics
 from xraytriage.labels import CHEXPERT_NIH_OVERLAP, NIH_FINDINGS, NO_FINDING, canonical_label
 

@@ -12,8 +12,8 @@ from monai.visualize import GradCAMpp as MonaiGradCAMpp
 
 from xraytriage.errors import ConfigError
 from xraytriage.explain.cam import GradCAM
-from xraytriage.explain.geometry import map_to_original
 from xraytriage.explain.layers import find_target_layer, last_spatial_layer
+from xraytriage.geometry import map_to_original
 from xraytriage.models import ModelConfig, build_model
 from xraytriage.preprocess import PreprocessContract
 

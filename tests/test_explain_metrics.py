@@ -6,14 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from xraytriage.explain.boxes import (
-    Box,
-    SizePrior,
-    boxes_from_heatmap,
-    learn_size_priors,
-    load_size_priors,
-)
-from xraytriage.explain.localization import (
+from xraytriage.evaluate.localization import (
     box_iobb,
     box_iou,
     load_ground_truth,
@@ -22,6 +15,13 @@ from xraytriage.explain.localization import (
     random_same_size,
     score_case,
     summarize,
+)
+from xraytriage.explain.boxes import (
+    Box,
+    SizePrior,
+    boxes_from_heatmap,
+    learn_size_priors,
+    load_size_priors,
 )
 
 

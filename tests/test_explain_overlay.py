@@ -143,7 +143,7 @@ def test_boxes_only_item_and_old_render_overlay_call():
 
 
 def test_web_layer_matches_the_overlay_colours():
-    from xraytriage.serving.pictures import heat_layer_png, overlay_image
+    from xraytriage.serving.rendering import heat_layer_png, overlay_image
 
     pixels = _radiograph()
     heat = _blob(80, 100, 25)

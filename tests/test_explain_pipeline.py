@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from xraytriage.cli.main import main
-from xraytriage.explain import Explainer, evaluate_localization, explain_image, load_ground_truth
+from xraytriage.evaluate.localization import evaluate_localization, load_ground_truth
+from xraytriage.explain import Explainer, explain_image
 from xraytriage.io import read_radiograph
 
 pytestmark = pytest.mark.slow  # most tests share a localiser trained for the session

@@ -333,8 +333,9 @@ def test_non_finite_tiff_pixels_are_refused(tmp_path, bad):
 @pytest.mark.parametrize("fraction", [0.003, 0.006, 0.5, 0.99])
 def test_a_truncated_dicom_is_called_truncated(tmp_path, shared_data, fraction):
     """It was reported as "not a DICOM file": cut in the header, the meta group or the pixels."""
+    from xraytriage.errors import UploadRejected
     from xraytriage.io.dicom import truncation_problem
-    from xraytriage.serving.intake import UploadRejected, inspect_upload
+    from xraytriage.serving.intake import inspect_upload
 
     data = (shared_data / "dicom" / "siim_cr_chest_pa.dcm").read_bytes()
     cut = data[: int(len(data) * fraction)]

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 
 from xraytriage.cli.main import main
+from xraytriage.evaluate.localization import box_iou
 from xraytriage.explain.boxes import Box
-from xraytriage.explain.localization import box_iou
 
 pytestmark = pytest.mark.slow  # trains a localiser (minutes on 2 busy cores)
 
@@ -251,8 +251,8 @@ def test_bundled_localiser_boxes_land_on_real_nih_boxes(bundled, shared_data):
     """Smoke test on real Cardiomegaly/Effusion boxes (training images of the localiser: the
     held-out numbers come from `localiser cv`, docs/model-card.md)."""
     from xraytriage.data.boxes import load_ground_truth
+    from xraytriage.evaluate.localization import box_iobb
     from xraytriage.explain import Explainer, explain_image
-    from xraytriage.explain.localization import box_iobb
     from xraytriage.io import read_radiograph
 
     truth = load_ground_truth(shared_data / "nih" / "meta" / "BBox_List_2017.csv.gz")
@@ -276,7 +276,7 @@ def test_web_and_dicom_pictures_name_the_localiser(bundled, tmp_path):
     legend names the localiser for the findings it covers and Grad-CAM for the others."""
     from types import SimpleNamespace
 
-    from xraytriage.serving.drawings import Drawings
+    from xraytriage.serving.picture_store import Drawings
     from xraytriage.serving.records import HeatmapRecord
 
     heat = np.zeros((64, 64), np.uint8)

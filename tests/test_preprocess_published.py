@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from tool_support import skip_missing
-from xraytriage.explain.geometry import map_to_original
+from xraytriage.geometry import map_to_original
 from xraytriage.io import read_radiograph
 from xraytriage.models import Checkpoint, ModelConfig, build_model, load_checkpoint
 from xraytriage.preprocess import PreprocessContract

@@ -18,9 +18,9 @@ import pytest
 
 from xraytriage.serving.config import ServeConfig
 from xraytriage.serving.db import Heatmap, Image, Study
+from xraytriage.serving.record_json import study_detail, study_summary
 from xraytriage.serving.service import TriageService
 from xraytriage.serving.states import StudyState
-from xraytriage.serving.views import study_detail, study_summary
 
 DONE = StudyState.DONE
 

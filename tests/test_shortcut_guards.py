@@ -21,7 +21,7 @@ from xraytriage.evaluate.operating_points import (
     parse_method,
     specificity_threshold,
 )
-from xraytriage.evaluate.runner import EvaluationConfig, evaluate_predictions, write_evaluation
+from xraytriage.evaluate.pipeline import EvaluationConfig, evaluate_predictions, write_evaluation
 from xraytriage.models import Checkpoint, ModelConfig, build_model
 from xraytriage.preprocess import PreprocessContract, clahe_uint8, equalize_uint8
 from xraytriage.train.config import SamplerConfig

@@ -7,6 +7,11 @@ problem, so batch code can turn it into an error row and carry on.
     ├── PatientLeakError            a patient's images in more than one split
     └── ImageReadError(path, problem) and its kinds (unreadable, not a radiograph, too large...)
     StoreRefused(reason, status)    a DICOM image the node refuses for good (a C-STORE answer)
+
+The web service's own (``serving``): refusals that become an HTTP status (``UploadRejected``,
+``UploadError``, ``UnknownFinding``, ``HeatmapQueueFull``, ``TooLarge``), a full disk
+(``StorageFull``, an ``OSError``), a state move the life cycle forbids (``IllegalTransition``), and
+the repository's two signals inside one insert (``DuplicateImage``, ``SopConflict``).
 """
 
 from __future__ import annotations
@@ -127,3 +132,58 @@ class BackupError(XRayTriageError):
 
 class QuantizationError(XRayTriageError):
     """An int8 twin could not be made (no calibration images) or ranks unlike float32."""
+
+
+# --- the web service (serving) ------------------------------------------------------------------
+class UploadRejected(XRayTriageError):
+    """An upload that is not accepted; ``status`` is the HTTP status that fits the problem."""
+
+    def __init__(self, filename: str, problem: str, status: int = 422) -> None:
+        self.filename = filename
+        self.problem = problem
+        self.status = status
+        super().__init__(f"{filename}: {problem}")
+
+
+class UploadError(Exception):
+    """The request as a whole is refused (``status``: 400, 413 or 422)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        super().__init__(message)
+
+
+class TooLarge(Exception):
+    """A request body ran past the size limit while it streamed in (``size``: bytes seen so far);
+    the body-limit middleware answers 413."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+
+class UnknownFinding(XRayTriageError):
+    """A finding name the model does not have (HTTP 404)."""
+
+
+class HeatmapQueueFull(Exception):
+    """Too many heatmap jobs are waiting; the caller should retry later (HTTP 503)."""
+
+
+class StorageFull(OSError):
+    """The data folder cannot take more data (no space, quota, read-only): retry later (HTTP 507)."""
+
+
+class IllegalTransition(XRayTriageError):
+    """A write that would move a row between two states the life cycle does not connect."""
+
+
+class SopConflict(Exception):
+    """Another copy of the same SOP instance was committed while this one was being added
+    (the repository retries the insert)."""
+
+
+class DuplicateImage(Exception):
+    """The same bytes are stored already, in study ``study_id`` (theirs stands)."""
+
+    def __init__(self, study_id: str) -> None:
+        self.study_id = study_id

@@ -31,6 +31,9 @@ NIH_FINDINGS: tuple[str, ...] = (
     "Hernia",
 )
 
+NIH_BOX_FINDINGS: tuple[str, ...] = NIH_FINDINGS[:8]
+"""ChestX-ray8's eight findings (NIH's first eight), the ones BBox_List_2017 has boxes for."""
+
 CHEXPERT_OBSERVATIONS: tuple[str, ...] = (
     "No Finding",
     "Enlarged Cardiomediastinum",

@@ -21,6 +21,10 @@ ranking and probabilities are kept; a NEW checkpoint is written (the input stays
 ``--ood-reference DIR...`` stores the out-of-distribution reference (the training images'
 feature statistics; ``ood_score`` >= 1 is warned about) and ``--age-range MIN-MAX`` the
 training ages (a DICOM PatientAge outside them is warned about).
+
+This module is the one entry point (the options and the order of the steps); each mode is its
+own module: ``calibrate_predictions``, ``calibrate_site`` (with ``site_scoring``) and
+``calibrate_scope`` (the OOD reference and the age range).
 """
 
 from __future__ import annotations
@@ -189,6 +193,9 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.site_labels and not args.site_normals:
         raise ConfigError("--site-labels checks a site calibration: give --site-normals too")
+    from xraytriage.cli.calibrate_predictions import run_predictions
+    from xraytriage.cli.calibrate_scope import run_ood_reference, set_age_range
+
     source = resolve_model_path(args.model)
     checkpoint = run_predictions(args) if args.predictions else load_checkpoint(source)
     report: dict = {"model": str(source), "output": str(args.output)}
@@ -199,7 +206,7 @@ def run(args: argparse.Namespace) -> int:
     if args.ood_reference:
         report["ood"] = run_ood_reference(checkpoint, args)
     if args.site_normals:
-        from xraytriage.cli.site_report import run_site_calibration
+        from xraytriage.cli.calibrate_site import run_site_calibration
 
         report["site_calibration"] = run_site_calibration(checkpoint, args)
     checkpoint.save(args.output)
@@ -212,137 +219,3 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"wrote {args.output}")
     return 0
-
-
-def set_age_range(checkpoint, text: str) -> None:
-    """``--age-range 9-89`` into the checkpoint's scope."""
-    from xraytriage.errors import ConfigError
-
-    low, sep, high = text.partition("-")
-    try:
-        ages = [float(low), float(high)]
-    except ValueError:
-        raise ConfigError(f"--age-range must look like 9-89, got {text!r}") from None
-    if not sep or not 0 <= ages[0] < ages[1] <= 130:
-        raise ConfigError(f"--age-range must look like 9-89 (0 <= min < max <= 130), got {text!r}")
-    checkpoint.scope = {**(checkpoint.scope or {}), "age_years": ages}
-
-
-def run_ood_reference(checkpoint, args: argparse.Namespace) -> dict:
-    """Score the training images and store their feature statistics as the OOD reference."""
-    from xraytriage.cli.site_scoring import score_images
-    from xraytriage.models.ood import fit_reference
-
-    scored = score_images(checkpoint, args.ood_reference, workers=args.workers)
-    for line in scored.errors[:10]:
-        print(f"  skipped: {line}")
-    seen = len(checkpoint.seen_in_training(scored.paths))
-    source = ", ".join(str(p) for p in args.ood_reference)
-    reference = fit_reference(scored.features, args.ood_percentile, source)
-    checkpoint.ood = reference.to_dict()
-    print(
-        f"  OOD reference: {reference.images} images ({seen} of them the model's training images, "
-        f"{len(scored.errors)} unreadable), {reference.dim} features; warning line = "
-        f"{reference.percentile:g}th percentile of their distances ({reference.threshold:.2f})"
-    )
-    if checkpoint.training_images and seen < reference.images:
-        print(f"  note: {reference.images - seen} reference images are not among the model's training images")
-    return {"images": reference.images, "training_images": seen, "unreadable": len(scored.errors),
-            "percentile": reference.percentile, "threshold_distance": reference.threshold, "source": source}  # fmt: skip
-
-
-def run_predictions(args: argparse.Namespace):
-    import copy
-
-    import numpy as np
-
-    from xraytriage.errors import ConfigError
-    from xraytriage.evaluate.calibration import calibrate_checkpoint, logit
-    from xraytriage.evaluate.flag_rates import critical_thresholds, expected_rates, resolve_critical
-    from xraytriage.evaluate.operating_points import parse_label_targets, parse_method
-    from xraytriage.evaluate.predictions import (
-        evaluable_labels,
-        label_matrix,
-        prob_matrix,
-        read_predictions_csv,
-    )
-    from xraytriage.labels import ABNORMAL
-    from xraytriage.models import load_checkpoint
-
-    checkpoint = load_checkpoint(resolve_model_path(args.model))
-    frame = read_predictions_csv(args.predictions)
-    available = set(evaluable_labels(frame))
-    missing = [n for n in checkpoint.label_names if n not in available]
-    if missing:
-        raise ConfigError(f"{args.predictions}: no probability + ground truth for label(s) {missing}")
-    names = list(checkpoint.label_names)
-    # Out-of-fold probabilities are uncalibrated sigmoids of the fold models' logits.
-    logits = logit(prob_matrix(frame, names))
-    labels = label_matrix(frame, names)
-    method, target = parse_method(args.operating_point)
-    if args.max_normal_flag_rate is not None and not 0 < args.max_normal_flag_rate < 1:
-        raise ConfigError("--max-normal-flag-rate must be in (0, 1)")
-    prevalence = {}
-    if args.deployment_prevalence:
-        if not 0 < args.deployment_prevalence < 1:
-            raise ConfigError("--deployment-prevalence must be in (0, 1), or 0 to keep the data's own")
-        if ABNORMAL in names:
-            prevalence[ABNORMAL] = args.deployment_prevalence
-    if args.keep_calibration:
-        calibrated = copy.copy(checkpoint)  # its calibration and thresholds, as they are
-        calibrated.metrics = dict(checkpoint.metrics)
-    else:
-        calibrated = calibrate_checkpoint(
-            checkpoint, y_true=labels, y_score=logits, method=args.method, threshold_method=method,
-            target=target, label_targets=parse_label_targets(args.label_target),
-            deployment_prevalence=prevalence,
-            max_normal_flag_rate=args.max_normal_flag_rate,
-        )  # fmt: skip
-        calibrated.metrics = {
-            **calibrated.metrics,
-            "calibration": {**calibrated.metrics["calibration"], "source": str(args.predictions)},
-        }
-    probs = calibrated.probabilities(logits)
-    critical = resolve_critical(calibrated.findings, args.critical, names)
-    calibrated.critical = critical_thresholds(
-        labels, probs, label_names=names, critical=critical, thresholds=calibrated.thresholds,
-        specificity=args.critical_specificity, required=bool(args.critical),
-    )  # fmt: skip
-    calibrated.expected_rates = {
-        **(checkpoint.expected_rates or {}),
-        **expected_rates(
-            labels, probs, abnormal_score=calibrated.abnormal_probability(probs), label_names=names,
-            findings=calibrated.findings, thresholds=calibrated.thresholds,
-            flag_at=calibrated.study_flag_threshold, critical=calibrated.critical,
-            prevalence=args.deployment_prevalence or None, source=str(args.predictions),
-        ),
-    }  # fmt: skip
-    known = ~np.isnan(labels)
-    done = (
-        "the critical tier and expected flag rates (calibration and thresholds kept)"
-        if args.keep_calibration
-        else f"{args.method} calibration and {args.operating_point} thresholds"
-    )
-    print(f"calibrated: {done} from {len(frame)} held-out images ({int(known.sum())} known labels)")
-    for name in names:
-        crit = calibrated.critical.get(name)
-        extra = f"  critical at {crit:.3f} ({args.critical_specificity:.0%} specificity)" if crit else ""
-        print(f"  {name:<22} threshold {calibrated.threshold(name):.3f}{extra}")
-    rates = calibrated.expected_rates
-    print(
-        f"  expected at deployment: {rates['flagged']:.1%} of studies flagged, {rates['critical']:.1%} critical "
-        f"(from {rates['n']} held-out images; the service's /metrics compares with these)"
-    )
-    record = {} if args.keep_calibration else calibrated.metrics.get("calibration") or {}
-    for name, shift in (record.get("deployment_prevalence") or {}).items():
-        print(
-            f"  {name}: probabilities moved from the calibration set's prevalence "
-            f"{shift['calibration_prevalence']:.2f} to the deployment prevalence {shift['deployment_prevalence']:.2f}"
-        )
-    cap = record.get("normal_flag_cap")
-    if cap:
-        print(
-            f"  normal images with any finding flagged: {cap['rate_before']:.1%} -> {cap['rate_after']:.1%} "
-            f"(cap {cap['max_rate']:.0%}, {cap['normal_images']} normal images)"
-        )
-    return calibrated

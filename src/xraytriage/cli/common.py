@@ -29,7 +29,9 @@ def add_model_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def resolve_model_path(value: str | Path | None) -> Path:
-    """The checkpoint file for ``--model`` (``models.published.resolve_model``: the one rule)."""
+    """The checkpoint file for ``--model``: ``models.published.resolve_model``, the one rule
+    (the CLI, ``ServeConfig.model_file`` and ``load_model`` all call it), imported on use so
+    that building the parser stays light."""
     from xraytriage.models.published import resolve_model
 
     return resolve_model(value)

@@ -158,7 +158,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _config(args: argparse.Namespace):
     from xraytriage.errors import ConfigError
     from xraytriage.evaluate.operating_points import parse_method
-    from xraytriage.evaluate.runner import EvaluationConfig
+    from xraytriage.evaluate.pipeline import EvaluationConfig
 
     try:
         thresholds = tuple(float(t) for t in args.thresholds.split(",") if t.strip())
@@ -344,8 +344,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     from xraytriage.errors import ConfigError
     from xraytriage.evaluate.calibration import calibrate_checkpoint
+    from xraytriage.evaluate.pipeline import evaluate_predictions, write_evaluation
     from xraytriage.evaluate.predictions import label_matrix
-    from xraytriage.evaluate.runner import evaluate_predictions, write_evaluation
 
     check_output_dir(args.output)
     if args.model is not None and args.predictions is not None:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 
 from xraytriage.cli.common import add_model_argument, resolve_model_path
-from xraytriage.sanitize import write_csv
+from xraytriage.sanitize import file_slug, write_csv
 
 METHOD_CHOICES = ("auto", "gradcam", "gradcam++", "localiser")
 BOX_COLUMNS = ["path", "finding", "x", "y", "w", "h", "score"]
@@ -123,7 +122,7 @@ def _load_explainer(args):
 
 
 def _file_part(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.+-]+", "_", text).strip("_") or "image"
+    return file_slug(text, keep=".+-", fallback="image")
 
 
 def _unique_stem(path: Path, used: set[str]) -> str:
@@ -218,14 +217,14 @@ def run_explain(args) -> int:
 
 def run_localize_eval(args) -> int:
     from xraytriage.errors import ConfigError
-    from xraytriage.explain import Explainer
-    from xraytriage.explain.localization import (
+    from xraytriage.evaluate.localization import (
         CamSource,
         LocaliserSource,
         evaluate_localization,
         load_ground_truth,
         write_localization_report,
     )
+    from xraytriage.explain import Explainer
     from xraytriage.models.localiser import load_localiser
 
     if args.max_boxes < 1 or args.random_repeats < 0 or args.bootstrap < 0:

@@ -144,7 +144,7 @@ def run_cv(args) -> int:
 
     import pandas as pd
 
-    from xraytriage.explain.localization import evaluate_input_maps, write_localization_report
+    from xraytriage.evaluate.localization import evaluate_input_maps, write_localization_report
     from xraytriage.sanitize import write_csv
     from xraytriage.train.localiser import BoxData, cross_validate_box_prior, cross_validate_localiser
 

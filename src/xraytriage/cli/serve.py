@@ -267,7 +267,7 @@ def routing_wanted(args: argparse.Namespace) -> bool:
     with the bundled model when the bundled router is there; ``--model`` alone keeps the one
     model; ``--no-route`` turns it off."""
     from xraytriage.errors import ConfigError
-    from xraytriage.serving.config import BUNDLED_FRACTURE_MODEL, BUNDLED_ROUTER
+    from xraytriage.models.published import BUNDLED_FRACTURE_MODEL, BUNDLED_ROUTER
 
     asked = bool(
         getattr(args, "route", False)

@@ -30,6 +30,15 @@ class ScoredImages:
     features: np.ndarray
     errors: list[str] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        # Cast once, here: triage compares each probability as a Python float (float64) with the
+        # thresholds, while NumPy compares a float32 array with a Python float in float32 (NEP 50),
+        # so a float32 probability within rounding of a threshold could count on one side here and
+        # on the other in the worklist; every rate the site calibration reports (before and after)
+        # must count images as triage will flag them.
+        self.probabilities = np.asarray(self.probabilities, dtype=np.float64)
+        self.abnormal = np.asarray(self.abnormal, dtype=np.float64)
+
 
 def score_images(
     checkpoint, inputs: Iterable[str | Path], workers: int = 1, batch_size: int = 32

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from xraytriage.cli.common import add_model_argument, check_output_dir, resolve_model_path
 from xraytriage.models.predictor import BACKENDS, DEFAULT_BACKEND
+from xraytriage.models.published import BUNDLED_FRACTURE_MODEL, BUNDLED_ROUTER
 from xraytriage.triage.aggregate import AGGREGATIONS
 from xraytriage.triage.engine import TriageOptions
 from xraytriage.triage.grouping import STUDY_MODES
@@ -16,9 +17,6 @@ from xraytriage.triage.heatmaps import DEFAULT_MAX_FINDINGS
 
 EXIT_NOTHING_TRIAGED = 1
 EXIT_INTERRUPTED = 130
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
-FRACTURE_MODEL = ASSETS / "fracture_model" / "model.pt"
-BODY_PART_ROUTER = ASSETS / "body_part_router" / "model.pt"
 
 
 def _default_workers() -> int:
@@ -266,10 +264,10 @@ def execute_routed(
     def predictor(path: Path):
         return make_predictor(load_checkpoint(path), args.backend, threads=args.threads, checkpoint_path=path)
 
-    models, files = [], [args.router or BODY_PART_ROUTER]
+    models, files = [], [args.router or BUNDLED_ROUTER]
     for name, path in (
         ("chest", resolve_model_path(args.model)),
-        ("fracture", args.fracture_model or FRACTURE_MODEL),
+        ("fracture", args.fracture_model or BUNDLED_FRACTURE_MODEL),
     ):
         models.append(RoutedModel(name, TriageEngine(predictor(path), options)))
         files.append(path)

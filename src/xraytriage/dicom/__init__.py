@@ -21,7 +21,7 @@ result objects):
   timeout) -> list[SendResult]``.
 """
 
-from xraytriage.dicom.acceptance import check_acceptable
+from xraytriage.dicom.object_filter import check_acceptable
 from xraytriage.dicom.results import (
     FindingResult,
     ModelInfo,

@@ -35,8 +35,8 @@ from pydicom import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid
 
-from xraytriage.dicom.acceptance import CHEST_BODY_PARTS, normalize_body_part
-from xraytriage.dicom.copied import clean_source
+from xraytriage.dicom.object_filter import CHEST_BODY_PARTS, normalize_body_part
+from xraytriage.dicom.source_attributes import clean_source
 from xraytriage.labels import canonical_label
 
 MANUFACTURER = "xraytriage"

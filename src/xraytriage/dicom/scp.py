@@ -9,13 +9,13 @@ families a sender does not retry, only a transient one gets "out of resources".
 * ``0xA900`` (Error: data set does not match SOP class): an image storage object without pixel
   data.
 * ``0xC000`` (Error: cannot understand) with ErrorComment: refused by policy (not CR/DX, not
-  chest or skeleton; see ``acceptance.check_acceptable``), or ``on_image`` refused it for good
+  chest or skeleton; see ``object_filter.check_acceptable``), or ``on_image`` refused it for good
   (raised :class:`StoreRefused`).
 * ``0xC210`` the data set could not be decoded.
 * ``0xA700`` (Refused: out of resources): ``on_image`` raised anything else (disk full, database
   down...); the sender may retry later.
 
-Associations (see ``admission``): the called AE title must be ours, the calling AE title on the
+Associations (see ``association_gate``): the called AE title must be ours, the calling AE title on the
 allow-list (when there is one), both checked before the association takes one of
 ``max_associations`` slots; connections that have not sent a whole A-ASSOCIATE-RQ wait at a
 gate, never hold a slot and never reach pynetdicom. The request, ACSE, DIMSE and network
@@ -35,9 +35,9 @@ from pydicom import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
 from pynetdicom.sop_class import Verification
 
-from xraytriage.dicom.acceptance import check_acceptable, sop_class_name
-from xraytriage.dicom.admission import Admission, GatedAssociationServer, Verdict
 from xraytriage.dicom.aetitle import validate_ae_title
+from xraytriage.dicom.association_gate import Admission, GatedAssociationServer, Verdict
+from xraytriage.dicom.object_filter import check_acceptable, sop_class_name
 from xraytriage.errors import (  # noqa: F401 - the refusal and its statuses are re-exported
     PERMANENT_FAILURES,
     STATUS_NO_PIXEL_DATA,
@@ -162,7 +162,7 @@ class StorageSCP:
         ae.add_supported_context(Verification)
         for context in AllStoragePresentationContexts:
             ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
-        # pynetdicom's own limit counts idle sockets too; ``admission`` enforces ours (on
+        # pynetdicom's own limit counts idle sockets too; ``association_gate.Admission`` enforces ours (on
         # associations that asked), so pynetdicom's is set out of the way
         ae.maximum_associations = 100 * (self.config.max_associations + self.config.max_pending)
         ae.acse_timeout = self.config.acse_timeout

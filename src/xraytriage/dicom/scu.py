@@ -15,8 +15,8 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
-from xraytriage.dicom.acceptance import sop_class_name
 from xraytriage.dicom.aetitle import validate_ae_title
+from xraytriage.dicom.object_filter import sop_class_name
 from xraytriage.errors import ConfigError
 
 LOGGER = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ from sklearn.metrics import precision_recall_curve, roc_curve
 
 from xraytriage.evaluate.calibration import reliability_table
 from xraytriage.evaluate.metrics import average_precision, has_both_classes, roc_auc, valid_pairs
-from xraytriage.evaluate.runs import auc_columns, is_mean_column, label_of
+from xraytriage.evaluate.run_folders import auc_columns, is_mean_column, label_of
 from xraytriage.labels import ABNORMAL, CHEXPERT_OBSERVATIONS, NIH_FINDINGS, NO_FINDING, canonical_label
 
 LABEL_ORDER: tuple[str, ...] = tuple(

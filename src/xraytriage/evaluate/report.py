@@ -419,7 +419,7 @@ def build_evaluation_report(
     ``xraytriage localize-eval`` output folders (``localization.csv``) when given."""
     from xraytriage.evaluate.predictions import label_matrix, prob_matrix
     from xraytriage.evaluate.provenance import overlap_warning
-    from xraytriage.evaluate.runs import comparison_table, read_history
+    from xraytriage.evaluate.run_folders import comparison_table, read_history
 
     labels = list(result["labels"])
     y, p = label_matrix(predictions, labels), prob_matrix(predictions, labels)
@@ -555,7 +555,7 @@ def _run_header(
 ) -> pd.DataFrame:
     """Per run: where its numbers come from, its model (name, checkpoint hash) and data."""
     from xraytriage.evaluate.provenance import file_sha256
-    from xraytriage.evaluate.runs import find_evaluation
+    from xraytriage.evaluate.run_folders import find_evaluation
 
     rows = []
     for name, run in zip(names, run_dirs, strict=True):
@@ -586,14 +586,19 @@ def build_runs_report(
     command: Sequence[str] | None = None,
 ) -> Path:
     """``xraytriage compare``: the labels x runs AUC table, its heat map, every run's AUC curves
-    and, for runs with predictions on shared images (see ``runs.run_predictions``), DeLong /
+    and, for runs with predictions on shared images (see ``run_folders.run_predictions``), DeLong /
     paired-bootstrap tests of each run against the first on the images they share."""
     import datetime as _dt
     import shlex
 
     from xraytriage.evaluate.compare import compare_predictions
     from xraytriage.evaluate.predictions import read_predictions_csv
-    from xraytriage.evaluate.runs import comparison_table, find_run_metrics, read_history, run_predictions
+    from xraytriage.evaluate.run_folders import (
+        comparison_table,
+        find_run_metrics,
+        read_history,
+        run_predictions,
+    )
 
     table, sources = comparison_table(run_dirs)
     out = Path(output_dir)

@@ -1,8 +1,8 @@
 """The result of one evaluation and the frame helper its users share, below them all.
 
-:mod:`runner` builds an :class:`EvaluationResult`, :mod:`report` renders one and :mod:`compare`
+:mod:`pipeline` builds an :class:`EvaluationResult`, :mod:`report` renders one and :mod:`compare`
 fills the abnormal columns the same way; keeping both here makes those imports point one way
-(no runner <-> report <-> compare circle, issue #27). :mod:`runner` re-exports every name.
+(no pipeline <-> report <-> compare circle, issue #27). :mod:`pipeline` re-exports every name.
 """
 
 from __future__ import annotations

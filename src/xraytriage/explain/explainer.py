@@ -25,16 +25,11 @@ from xraytriage.explain.boxes import Box, SizePrior, best_box, load_size_priors,
 from xraytriage.explain.cam import GradCAM, check_method
 from xraytriage.explain.layers import find_target_layer
 from xraytriage.explain.markers import marker_mask
+from xraytriage.explain.methods import CAM_NAMES, LOCALISER_METHODS, method_name
 from xraytriage.geometry import input_coordinates, map_to_original
 from xraytriage.io import Radiograph
 from xraytriage.labels import canonical_label
 from xraytriage.models.checkpoint import Checkpoint
-
-LOCALISER_METHODS = ("auto", "localiser")
-"""``auto``: the checkpoint's localiser when it has one (Grad-CAM for the findings it does not
-cover, and for checkpoints without one); ``localiser``: the same, but a checkpoint without a
-localiser is an error."""
-CAM_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++"}
 
 MAX_TOP_FINDINGS = 4
 """``top`` explains at most this many findings above threshold (the seed tool's "Heatmap_top4")."""
@@ -125,9 +120,7 @@ class Explainer:
     def method_for(self, finding: str) -> str:
         """The name of what draws ``finding``'s map and box: the localiser for the findings it
         covers (when this explainer uses it), else the CAM method."""
-        if self.localiser is not None and self.localiser.covers(finding):
-            return "localiser"
-        return CAM_NAMES.get(self.method, self.method)
+        return method_name(self.localiser, finding, self.method)
 
     # --- inputs --------------------------------------------------------------------------
     def prepare(

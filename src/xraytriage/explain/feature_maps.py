@@ -10,13 +10,14 @@ way, centred on zero (mid-grey = 0, white = positive weight).
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import nn
+
+from xraytriage.sanitize import file_slug
 
 
 def tile_grid(tiles: np.ndarray, min_tile: int = 32, gap: int = 1) -> np.ndarray:
@@ -70,10 +71,6 @@ def first_layer_filters(model: nn.Module, max_filters: int = 64) -> np.ndarray:
     return 0.5 + 0.5 * weights / np.where(limit > 0, limit, 1.0)
 
 
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
-
-
 def write_feature_maps(
     model: nn.Module, x: torch.Tensor, output: str | Path, max_channels: int = 64
 ) -> list[Path]:
@@ -82,7 +79,7 @@ def write_feature_maps(
     output.mkdir(parents=True, exist_ok=True)
     written = []
     for i, (name, maps) in enumerate(conv_feature_maps(model, x, max_channels).items()):
-        path = output / f"{i:03d}_{_safe(name)}.png"
+        path = output / f"{i:03d}_{file_slug(name, keep='_.-', fallback='layer')}.png"
         Image.fromarray(tile_grid(_per_channel_minmax(maps)), mode="L").save(path)
         written.append(path)
     path = output / "filters_first_layer.png"

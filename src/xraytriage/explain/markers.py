@@ -184,17 +184,24 @@ def _window(rows: slice, cols: slice, pad: int) -> tuple[slice, slice]:
     return slice(max(0, rows.start - pad), rows.stop + pad), slice(max(0, cols.start - pad), cols.stop + pad)
 
 
+def _bright_components(gray: np.ndarray, size: int, grow: float):
+    """Bright regions standing ``grow`` above their surroundings (white top-hat of ``size``):
+    (grown mask, labelled components, their labels 1..n, each one's peak top-hat)."""
+    tophat = _tophat(gray, size)
+    grown = tophat >= grow
+    labelled, count = ndimage.label(grown, structure=_EIGHT)
+    index = np.arange(1, count + 1)
+    peak = ndimage.maximum(tophat, labelled, index) if count else np.zeros(0)
+    return grown, labelled, index, np.asarray(peak)
+
+
 def text_mask(gray: np.ndarray) -> np.ndarray:
     """True on small, bright, sharp-edged components near the periphery (burned-in text)."""
     short = min(gray.shape)
-    tophat = _tophat(gray, TOPHAT_SIZE)
-    grown = tophat >= GROW_CONTRAST
-    labelled, count = ndimage.label(grown, structure=_EIGHT)
-    keep = np.zeros(count + 1, dtype=bool)
-    if count == 0:
+    grown, labelled, index, peak = _bright_components(gray, TOPHAT_SIZE, GROW_CONTRAST)
+    keep = np.zeros(len(index) + 1, dtype=bool)
+    if len(index) == 0:
         return keep[labelled]
-    index = np.arange(1, count + 1)
-    peak = ndimage.maximum(tophat, labelled, index)
     steepest = ndimage.maximum(_steps(gray), labelled, index)
     for i, (rows, cols) in enumerate(ndimage.find_objects(labelled)):
         if peak[i] < SEED_CONTRAST or steepest[i] < MIN_SHARPNESS * peak[i]:
@@ -217,14 +224,10 @@ def plate_mask(gray: np.ndarray) -> np.ndarray:
     """True on bright plates near the periphery: framed side letters, lead markers, label
     rectangles -- flat, a few times wider than a text stroke, with a one-pixel edge all round."""
     short = min(gray.shape)
-    tophat = _tophat(gray, PLATE_SIZE)
-    grown = tophat >= PLATE_GROW
-    labelled, count = ndimage.label(grown, structure=_EIGHT)
-    keep = np.zeros(count + 1, dtype=bool)
-    if count == 0:
+    _, labelled, index, peak = _bright_components(gray, PLATE_SIZE, PLATE_GROW)
+    keep = np.zeros(len(index) + 1, dtype=bool)
+    if len(index) == 0:
         return keep[labelled]
-    index = np.arange(1, count + 1)
-    peak = ndimage.maximum(tophat, labelled, index)
     pixels = ndimage.sum_labels(np.ones_like(gray), labelled, index)
     steps = ndimage.maximum_filter(_steps(gray), size=3)  # the step next to each outline pixel
     inner = np.zeros(gray.shape, dtype=bool)  # the image's own edge is no edge of a plate

@@ -283,7 +283,7 @@ def default_abnormal_rule(label_names: list[str]) -> dict[str, Any]:
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
     """Load a checkpoint file; a published model's NAME and ``path=None``-style defaults are
-    resolved by the caller (``cli.common.resolve_model_path``: the checkpoint layer does not
+    resolved by the caller (``models.published.resolve_model``: the checkpoint layer does not
     import the download and conversion code that itself builds checkpoints)."""
     path = Path(path)
     if not path.is_file():

@@ -46,20 +46,25 @@ _LAYER = re.compile(r"^(features\.denseblock\d+\.denselayer\d+)\.(norm1|conv1|no
 _CLASSIFIER = re.compile(r"^classifier\.(?:0\.)?(weight|bias)$")
 
 
+def _strip_prefixes(key: str) -> str:
+    """A state-dict key without its wrapper prefixes (``module.``, ``model.``...), however nested."""
+    changed = True
+    while changed:
+        changed = False
+        for prefix in _PREFIXES:
+            if key.startswith(prefix):
+                key = key[len(prefix) :]
+                changed = True
+    return key
+
+
 def map_torchvision_densenet_keys(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Rename a torchvision-layout DenseNet state dict to MONAI's DenseNet layout."""
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         if not isinstance(value, torch.Tensor):
             continue
-        name = key
-        changed = True
-        while changed:
-            changed = False
-            for prefix in _PREFIXES:
-                if name.startswith(prefix):
-                    name = name[len(prefix) :]
-                    changed = True
+        name = _strip_prefixes(key)
         name = _OLD_STYLE.sub(lambda m: f".{m.group(1)}{m.group(2)}.", name)
         if name == "op_threshs":  # torchxrayvision's per-label thresholds: not a weight
             continue
@@ -92,14 +97,7 @@ def map_torchvision_resnet_keys(state: Mapping[str, torch.Tensor]) -> dict[str, 
     for key, value in state.items():
         if not isinstance(value, torch.Tensor):
             continue
-        name = key
-        changed = True
-        while changed:
-            changed = False
-            for prefix in _PREFIXES:
-                if name.startswith(prefix):
-                    name = name[len(prefix) :]
-                    changed = True
+        name = _strip_prefixes(key)
         if name != "op_threshs":
             out[name] = value
     return out

@@ -22,21 +22,10 @@ import torch
 from torch import nn
 
 from xraytriage.errors import ConfigError
-from xraytriage.labels import canonical_label
+from xraytriage.labels import NIH_BOX_FINDINGS, canonical_label
 from xraytriage.preprocess import PreprocessContract
 
 LOCALISER_FORMAT = "xraytriage-localiser"
-NIH_BOX_FINDINGS = (
-    "Atelectasis",
-    "Cardiomegaly",
-    "Effusion",
-    "Infiltration",
-    "Mass",
-    "Nodule",
-    "Pneumonia",
-    "Pneumothorax",
-)
-"""The eight findings with boxes in NIH's BBox_List_2017."""
 
 
 @dataclass(frozen=True)

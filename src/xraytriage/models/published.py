@@ -212,6 +212,10 @@ BUNDLED_NAME = "nih-default-compact"
 """The bundled model's name (its checkpoint's, which the web page's header shows)."""
 DEFAULT_NAMES = ("default", BUNDLED_NAME)
 """What ``--model`` accepts for the bundled model (leaving ``--model`` out means the same)."""
+BUNDLED_FRACTURE_MODEL = BUNDLED_MODEL.parents[1] / "fracture_model" / "model.pt"
+"""The bundled fracture model (FracAtlas), the MSK half of a routed worklist."""
+BUNDLED_ROUTER = BUNDLED_MODEL.parents[1] / "body_part_router" / "model.pt"
+"""The bundled body-part router that sends each film to the model whose scope covers it."""
 
 
 def model_names(cache: str | Path | None = None) -> str:

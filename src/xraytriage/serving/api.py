@@ -20,26 +20,24 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from xraytriage.errors import HeatmapQueueFull, UnknownFinding, UploadError, UploadRejected
 from xraytriage.sanitize import csv_writer
 from xraytriage.serving import schemas
 from xraytriage.serving.auth import authenticated_by
-from xraytriage.serving.drawings import DISPLAY, Drawings
-from xraytriage.serving.heatmap_jobs import HeatmapQueueFull
-from xraytriage.serving.intake import UploadRejected
 from xraytriage.serving.outages import RETRY_AFTER_S, is_database_outage
+from xraytriage.serving.picture_store import DISPLAY, Drawings
 from xraytriage.serving.queries import (
-    UnknownFinding,
     known_finding,
     study_json,
     worklist_csv_text,
     worklist_json,
 )
+from xraytriage.serving.record_json import iso
 from xraytriage.serving.repository import Repository
 from xraytriage.serving.service import TriageService
 from xraytriage.serving.states import ImageState, StudyState
 from xraytriage.serving.storage import is_storage_error, safe_filename
-from xraytriage.serving.uploads import UploadError, receive_upload
-from xraytriage.serving.views import iso
+from xraytriage.serving.uploads import receive_upload
 
 PNG_HEADERS = {"Cache-Control": "private, max-age=3600"}
 MAX_OFFSET = 2**31 - 1

@@ -27,6 +27,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from xraytriage.errors import TooLarge
+
 COOKIE = "xraytriage_session"
 OPEN_PATHS = ("/healthz", "/login", "/logout", "/static/", "/favicon.ico")
 SESSION_SECONDS = 12 * 3600
@@ -269,11 +271,6 @@ class BodyLimit:
             "status": 413,
         }
         await JSONResponse(body, status_code=413)(scope, receive, send)
-
-
-class TooLarge(Exception):
-    def __init__(self, size: int) -> None:
-        self.size = size
 
 
 def safe_next(target: str | None) -> str:

@@ -7,14 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from xraytriage.errors import ConfigError
-from xraytriage.models.published import BUNDLED_MODEL, resolve_model
+from xraytriage.models.published import BUNDLED_FRACTURE_MODEL, BUNDLED_ROUTER, resolve_model
 
 TOKEN_ENV = "XRAYTRIAGE_TOKEN"
 MB = 1024 * 1024
-__all__ = ["BUNDLED_MODEL", "DEFAULT_DATA_DIR", "DicomSettings", "ServeConfig", "read_token"]
+__all__ = ["DEFAULT_DATA_DIR", "DicomSettings", "ServeConfig", "read_token"]
 
-BUNDLED_ROUTER = BUNDLED_MODEL.parents[1] / "body_part_router" / "model.pt"
-BUNDLED_FRACTURE_MODEL = BUNDLED_MODEL.parents[1] / "fracture_model" / "model.pt"
 DEFAULT_DATA_DIR = Path("out/serve")
 """``serve``'s data folder when none is given: the one ``make serve`` uses (ignored by git)."""
 

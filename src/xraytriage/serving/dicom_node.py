@@ -38,10 +38,10 @@ from xraytriage.dicom import (
     parse_destination,
     send_datasets,
 )
+from xraytriage.errors import UploadRejected
 from xraytriage.serving.config import DicomSettings
-from xraytriage.serving.intake import UploadRejected
 from xraytriage.serving.outages import is_database_outage
-from xraytriage.serving.pictures import load_png
+from xraytriage.serving.rendering import load_png
 from xraytriage.serving.service import TriageService
 from xraytriage.serving.states import ResultsState
 from xraytriage.serving.storage import write_atomic

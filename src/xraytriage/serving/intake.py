@@ -13,21 +13,11 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
-from xraytriage.errors import XRayTriageError
+from xraytriage.errors import UploadRejected
 from xraytriage.io.formats import ImageFormat, sniff_bytes
 from xraytriage.io.reader import DEFAULT_MAX_PIXELS
 
 ACCEPTED_FORMATS = (ImageFormat.PNG, ImageFormat.JPEG, ImageFormat.TIFF, ImageFormat.DICOM)
-
-
-class UploadRejected(XRayTriageError):
-    """An upload that is not accepted; ``status`` is the HTTP status that fits the problem."""
-
-    def __init__(self, filename: str, problem: str, status: int = 422) -> None:
-        self.filename = filename
-        self.problem = problem
-        self.status = status
-        super().__init__(f"{filename}: {problem}")
 
 
 @dataclass

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from xraytriage.scope import low_resolution_warning
-from xraytriage.serving.drawings import Drawings
 from xraytriage.serving.outages import is_database_outage
+from xraytriage.serving.picture_store import Drawings
 from xraytriage.serving.records import Finding, ImageRecord, ImageScore, Settlement, StudyScores
 from xraytriage.serving.repository import Repository
 from xraytriage.serving.routing import RoutedScore, ServiceRouting

@@ -15,10 +15,11 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from xraytriage import __version__
+from xraytriage.errors import UnknownFinding
 from xraytriage.serving.api import Service
 from xraytriage.serving.auth import COOKIE
 from xraytriage.serving.config import MB
-from xraytriage.serving.queries import UnknownFinding, known_finding, study_json, worklist_json
+from xraytriage.serving.queries import known_finding, study_json, worklist_json
 from xraytriage.serving.service import TriageService
 from xraytriage.serving.states import ReadStatus
 

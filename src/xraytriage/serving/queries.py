@@ -10,15 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from xraytriage.errors import XRayTriageError
+from xraytriage.errors import UnknownFinding
 from xraytriage.labels import canonical_label
+from xraytriage.serving.record_json import study_detail, study_summary, worklist_csv
 from xraytriage.serving.repository import Repository
-from xraytriage.serving.views import study_detail, study_summary, worklist_csv
-
-
-class UnknownFinding(XRayTriageError):
-    """A finding name the model does not have (HTTP 404)."""
-
 
 CheckpointOf = Callable[[str], Any]
 """A routed service's checkpoint of a study's ``model`` (``TriageService.checkpoint_of``)."""
@@ -109,4 +104,4 @@ def study_json(
     return study_detail(view, checkpoint, hide_identifiers)
 
 
-__all__ = ["UnknownFinding", "known_finding", "study_json", "worklist_csv_text", "worklist_json"]
+__all__ = ["known_finding", "study_json", "worklist_csv_text", "worklist_json"]

@@ -27,10 +27,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
-from sqlalchemy import and_, case, delete, func, insert, or_, select, type_coerce, update
+from sqlalchemy import case, delete, func, insert, select, type_coerce, update
 from sqlalchemy.orm import Session
 from sqlalchemy.types import Text
 
+from xraytriage.errors import DuplicateImage, SopConflict
 from xraytriage.serving.db import AuditEntry, Database, Heatmap, Image, Study
 from xraytriage.serving.intake import UploadInfo
 from xraytriage.serving.records import (
@@ -53,8 +54,9 @@ from xraytriage.serving.states import (
     StudyState,
     check_move,
 )
-from xraytriage.triage.reasons import STAT, TIER_CRITICAL, tier_rank
-from xraytriage.triage.worklist import order_score, site_rank
+from xraytriage.serving.worklist_sql import ahead_of, order_by, queue_first
+from xraytriage.triage.reasons import tier_rank
+from xraytriage.triage.worklist import order_score
 
 WAITING = (ImageState.QUEUED, ImageState.PROCESSING)
 WAITING_STUDY = (StudyState.QUEUED, StudyState.PROCESSING)
@@ -68,15 +70,6 @@ class Recorded:
     study_id: str
     duplicate: bool
     replaced: list[str]
-
-
-class _SopConflict(Exception):
-    """Another copy of the same SOP instance was committed while this one was being added."""
-
-
-class _Duplicate(Exception):
-    def __init__(self, study_id: str) -> None:
-        self.study_id = study_id
 
 
 def _move(row: Any, column: str, kind: type, new: Any) -> None:
@@ -134,14 +127,20 @@ def finding_filter(name: str):
     return type_coerce(Study.findings, Text).like(pattern, escape="\\")
 
 
-def _site_rank(column):
-    """:func:`~xraytriage.triage.worklist.site_rank` in SQL (none sorts below ROUTINE)."""
-    return func.coalesce(column, -1.0)
+def _order_columns(done_only: bool) -> dict[str, Any]:
+    """The studies table's columns for the keys of ``triage.worklist_order`` (``done_only``:
+    blank unless triaged, so the waiting and unreadable ones tie and go by arrival)."""
 
+    def done(column):
+        return case((Study.state == StudyState.DONE, column), else_=None) if done_only else column
 
-def _critical_first(tier, site_priority):
-    """:func:`~xraytriage.triage.reasons.tier_rank` in SQL: 1 for a critical or STAT study."""
-    return case((or_(tier == TIER_CRITICAL, func.coalesce(site_priority, -1.0) >= STAT), 1), else_=0)
+    return {
+        "queue_first": queue_first(done(Study.tier), done(Study.site_priority)),
+        "priority": done(_order_score()),
+        "site_priority": done(Study.site_priority),
+        "received_at": Study.received_at,
+        "study": Study.id,
+    }
 
 
 def _order_score():
@@ -272,7 +271,7 @@ class Repository(AuditMixin, RetentionMixin):
                 with db.session(lock=True) as s:
                     existing = s.get(Image, digest)
                     if existing is not None:
-                        raise _Duplicate(existing.study_id)
+                        raise DuplicateImage(existing.study_id)
                     db.insert_if_absent(s, Study, _new_study(study_id, info, name, source, calling_ae, now))
                     study = db.lock_study(s, study_id)  # uploads of one study wait for each other here
                     # earlier copies of this SOP instance go first: (study, SOP UID) is unique
@@ -280,12 +279,12 @@ class Repository(AuditMixin, RetentionMixin):
                     if not db.insert_if_absent(s, Image, _new_image(digest, study_id, info, name, size, now)):
                         holder = s.scalar(select(Image.study_id).where(Image.id == digest))
                         if holder is None:  # another copy of the instance committed meanwhile
-                            raise _SopConflict
-                        raise _Duplicate(holder)  # the same file at the same moment: theirs stands
+                            raise SopConflict
+                        raise DuplicateImage(holder)  # the same file at the same moment: theirs stands
                     _add_image_to_study(study, info, source, now)
-            except _Duplicate as duplicate:
+            except DuplicateImage as duplicate:
                 return Recorded(duplicate.study_id, True, [])
-            except _SopConflict:
+            except SopConflict:
                 continue  # again, now seeing (and replacing) the copy that won
             return Recorded(study_id, False, replaced)
         raise RuntimeError(f"image {digest[:12]}: its SOP instance kept being replaced at the same moment")
@@ -598,16 +597,7 @@ class Repository(AuditMixin, RetentionMixin):
         ones (oldest first), then unreadable ones. Ranks are those of the whole worklist, so a filtered view keeps them;
         ``finding`` is a model label name."""
         group = _group()
-        order = (
-            _critical_first(
-                case((Study.state == StudyState.DONE, Study.tier), else_=None),
-                case((Study.state == StudyState.DONE, Study.site_priority), else_=None),
-            ).desc(),
-            func.coalesce(case((Study.state == StudyState.DONE, _order_score()), else_=None), -1.0).desc(),
-            _site_rank(case((Study.state == StudyState.DONE, Study.site_priority), else_=None)).desc(),
-            Study.received_at,
-            Study.id,
-        )
+        order = order_by(_order_columns(done_only=True))
         positions = select(
             Study.id.label("id"),
             group.label("grp"),
@@ -722,27 +712,14 @@ def _rank_of(session: Session, study: Study) -> int | None:
     the same order as :meth:`Repository.worklist`."""
     if study.state != StudyState.DONE or study.priority is None:
         return None
-    site, mine = _site_rank(Study.site_priority), site_rank(study.site_priority)
-    tier, my_tier = (
-        _critical_first(Study.tier, Study.site_priority),
-        tier_rank(study.tier, study.site_priority),
-    )
-    same_tier = tier == my_tier
-    score, my_score = _order_score(), order_score(study.priority, study.urgency)
-    ahead = or_(
-        tier > my_tier,
-        and_(same_tier, score > my_score),
-        and_(same_tier, score == my_score, site > mine),
-        and_(
-            same_tier,
-            score == my_score,
-            site == mine,
-            or_(
-                Study.received_at < study.received_at,
-                and_(Study.received_at == study.received_at, Study.id < study.id),
-            ),
-        ),
-    )
+    mine = {
+        "queue_first": tier_rank(study.tier, study.site_priority),
+        "priority": order_score(study.priority, study.urgency),
+        "site_priority": study.site_priority,
+        "received_at": study.received_at,
+        "study": study.id,
+    }
+    ahead = ahead_of(_order_columns(done_only=False), mine)
     query = select(func.count()).select_from(Study).where(Study.state == StudyState.DONE, ahead)
     return int(session.scalar(query) or 0) + 1
 

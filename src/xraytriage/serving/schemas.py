@@ -1,6 +1,6 @@
 """The JSON the API answers with, as pydantic models: each endpoint declares one as its
 ``response_model``, so ``/openapi.json`` (and ``/docs``) documents real types and FastAPI
-checks every answer against them. Keys and values are those :mod:`~xraytriage.serving.views`
+checks every answer against them. Keys and values are those :mod:`~xraytriage.serving.record_json`
 builds (one shape for pages and programs). Times are ISO 8601 strings (UTC); probabilities,
 priorities and thresholds are rounded as in the ``triage`` worklist.
 """

@@ -20,16 +20,17 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from xraytriage.errors import UploadRejected
 from xraytriage.scope import low_resolution_warning, scope_problem
 from xraytriage.serving import decode
 from xraytriage.serving.audit import AuditLog
 from xraytriage.serving.config import ServeConfig
 from xraytriage.serving.db import Database
-from xraytriage.serving.drawings import Drawings
 from xraytriage.serving.drift import DriftMonitor, DriftWatch
-from xraytriage.serving.intake import UploadRejected, inspect_upload, study_id_for
+from xraytriage.serving.intake import inspect_upload, study_id_for
 from xraytriage.serving.jobs import MAX_ATTEMPTS, HeatmapPolicy, Jobs
 from xraytriage.serving.outages import DatabaseMonitor, RetryingRepository, is_database_outage
+from xraytriage.serving.picture_store import Drawings
 from xraytriage.serving.repository import Repository
 from xraytriage.serving.retention import Retention
 from xraytriage.serving.routing import ServiceRouting

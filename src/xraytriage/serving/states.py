@@ -38,7 +38,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import TypeVar
 
-from xraytriage.errors import XRayTriageError
+from xraytriage.errors import IllegalTransition
 
 
 class ImageState(StrEnum):
@@ -114,10 +114,6 @@ TRANSITIONS: dict[type[StrEnum], dict[StrEnum, frozenset[StrEnum]]] = {
 """For each kind of state: from each state, the states a row may move to (besides itself)."""
 
 
-class IllegalTransition(XRayTriageError):
-    """A write that would move a row between two states the life cycle does not connect."""
-
-
 def check_move(kind: type[T], old: str | None, new: str) -> T:
     """``new`` as a member of ``kind`` when a row of that kind may move from ``old`` to it
     (``old`` None: a new row); :class:`IllegalTransition` otherwise."""
@@ -137,7 +133,6 @@ def sources(kind: type[T], new: T) -> tuple[T, ...]:
 __all__ = [
     "TRANSITIONS",
     "HeatmapsState",
-    "IllegalTransition",
     "ImageState",
     "ReadStatus",
     "ResultsState",

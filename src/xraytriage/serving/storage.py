@@ -22,12 +22,10 @@ import threading
 import time
 from pathlib import Path
 
+from xraytriage.errors import StorageFull
+
 log = logging.getLogger(__name__)
 STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
-
-
-class StorageFull(OSError):
-    """The data folder cannot take more data (no space, quota, read-only): retry later."""
 
 
 def is_storage_error(exc: BaseException) -> bool:

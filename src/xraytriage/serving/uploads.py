@@ -20,18 +20,10 @@ from pathlib import Path
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
-from xraytriage.serving.auth import TooLarge
-from xraytriage.serving.storage import BlobStore, StorageFull, StorageMonitor, is_storage_error
+from xraytriage.errors import StorageFull, TooLarge, UploadError
+from xraytriage.serving.storage import BlobStore, StorageMonitor, is_storage_error
 
 MAX_FIELD_BYTES = 64 * 1024
-
-
-class UploadError(Exception):
-    """The request as a whole is refused (``status``: 400, 413 or 422)."""
-
-    def __init__(self, status: int, message: str) -> None:
-        self.status = status
-        super().__init__(message)
 
 
 @dataclass

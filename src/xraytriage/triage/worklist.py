@@ -35,6 +35,7 @@ from typing import Any
 
 from xraytriage.sanitize import csv_cell, csv_uncell
 from xraytriage.triage.reasons import tier_rank
+from xraytriage.triage.worklist_order import sort_key
 
 BASE_COLUMNS = ("rank", "study", "path", "priority", "abnormal", "flagged", "status", "error", "findings")
 TAIL_COLUMNS = ("images", "site_priority", "warnings", "tier", "flag_reason", "ood_score")
@@ -176,9 +177,15 @@ class WorklistRow:
         return data
 
 
-def site_rank(site_priority: float | None) -> float:
-    """A site priority as a sort key: a study without one sorts below ROUTINE (0.0)."""
-    return -1.0 if site_priority is None else float(site_priority)
+def order_values(row: WorklistRow) -> dict[str, Any]:
+    """A row's values for the keys of ``triage.worklist_order.WORKLIST_ORDER``."""
+    return {
+        "queue_first": tier_rank(row.tier, row.site_priority),
+        "priority": row.priority if row.urgency is None else row.urgency,
+        "site_priority": row.site_priority,
+        "study": row.study,
+        "path": row.path,
+    }
 
 
 def order_score(priority: float | None, urgency: float | None) -> float:
@@ -191,18 +198,11 @@ def order_score(priority: float | None, urgency: float | None) -> float:
 
 
 def sort_worklist(rows: Iterable[WorklistRow]) -> list[WorklistRow]:
-    """Triaged studies ranked 1..n: critical and STAT ones first (``triage.reasons.tier_rank``), then by
-    priority (routed rows: their ``urgency``, :func:`order_score`), highest first; at equal priority the higher site priority goes first (none
-    counts below ROUTINE), then the study name. Error rows after them, unranked, by path.
-    See ``triage.priority`` for why a site priority is a floor."""
+    """Triaged studies ranked 1..n in the order of ``triage.worklist_order`` (critical and STAT
+    first, then priority (a routed row's ``urgency``, :func:`order_score`), then site priority, then the study name). Error rows after them,
+    unranked, by path. See ``triage.priority`` for why a site priority is a floor."""
     rows = list(rows)
-    ok = sorted(
-        (r for r in rows if r.ok),
-        key=lambda r: (
-            -tier_rank(r.tier, r.site_priority), -order_score(r.priority, r.urgency), -site_rank(r.site_priority),
-            r.study, r.path,
-        ),
-    )  # fmt: skip
+    ok = sorted((r for r in rows if r.ok), key=lambda r: sort_key(order_values(r)))
     errors = sorted((r for r in rows if not r.ok), key=lambda r: r.path)
     for rank, row in enumerate(ok, start=1):
         row.rank = rank

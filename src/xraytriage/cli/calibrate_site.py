@@ -1,4 +1,4 @@
-"""``calibrate --site-normals``: score the site's normals, set the thresholds, check them on
+"""``calibrate --site-normals`` (one mode of ``cli/calibrate``): score the site's normals, set the thresholds, check them on
 the labelled sample if given, and print what was done (the same record goes into the
 checkpoint's metrics and the ``.calibration.json`` report)."""
 
@@ -97,7 +97,7 @@ def _hits(checkpoint, scored, findings):
     """(listed (N, F), flagged, critical, ood_scores or None) of scored images at the
     checkpoint's (new) thresholds: what the service would count for each."""
     names = list(checkpoint.label_names)
-    probs = np.asarray(scored.probabilities, dtype=np.float64)  # as triage compares (float64)
+    probs = scored.probabilities  # float64, as triage compares (ScoredImages casts once)
     thresholds = np.array([checkpoint.threshold(n) for n in findings])
     listed = probs[:, [names.index(n) for n in findings]] >= thresholds
     flagged = np.asarray(checkpoint.study_flagged(scored.abnormal, np.any(listed, axis=1)), dtype=bool)

@@ -1,7 +1,7 @@
 """The pictures of stored images, drawn once and kept beside the blob: the display picture,
 heatmaps (map PNG + a row with the box) and the overlay/layer pictures the API serves.
 
-Every drawing is a job on :class:`~xraytriage.serving.heatmap_jobs.HeatmapJobs` (one small
+Every drawing is a job on :class:`~xraytriage.serving.job_pool.HeatmapJobs` (one small
 shared pool; one job per image and item, shared by everyone who wants it). The background
 worker, the API and the DICOM node all ask here.
 """
@@ -17,9 +17,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image as PILImage
 
+from xraytriage.explain.methods import method_name
 from xraytriage.serving import decode
-from xraytriage.serving.heatmap_jobs import HeatmapJobs
-from xraytriage.serving.pictures import (
+from xraytriage.serving.job_pool import HeatmapJobs
+from xraytriage.serving.records import HeatmapRecord
+from xraytriage.serving.rendering import (
     display_size_for,
     finding_file_part,
     heat_layer_png,
@@ -31,7 +33,6 @@ from xraytriage.serving.pictures import (
     scale_box,
     to_display,
 )
-from xraytriage.serving.records import HeatmapRecord
 from xraytriage.serving.repository import Repository
 from xraytriage.serving.storage import BlobStore, StorageMonitor, is_storage_error, write_atomic
 
@@ -123,8 +124,7 @@ class Drawings:
     def method_for(self, finding: str) -> str:
         """What draws ``finding``'s map and box with this checkpoint ("localiser" for the findings
         its box-supervised localiser covers, else "Grad-CAM"), without building the network."""
-        localiser = self.checkpoint.get_localiser()
-        return "localiser" if localiser is not None and localiser.covers(finding) else "Grad-CAM"
+        return method_name(self.checkpoint.get_localiser(), finding)
 
     # --- asking for pictures -----------------------------------------------------------------
     def missing(self, image_id: str, items: list[str]) -> list[str]:
@@ -145,7 +145,7 @@ class Drawings:
 
     def futures(self, image_id: str, items: list[str]) -> list[Future]:
         """Jobs to wait on until ``items`` of one image are drawn (none when they are);
-        :class:`~xraytriage.serving.heatmap_jobs.HeatmapQueueFull` when too many wait."""
+        :class:`~xraytriage.errors.HeatmapQueueFull` when too many wait."""
         missing = self.missing(image_id, items)
         return self.jobs.submit(image_id, missing) if missing else []
 

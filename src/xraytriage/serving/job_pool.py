@@ -13,11 +13,9 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
+from xraytriage.errors import HeatmapQueueFull
+
 log = logging.getLogger(__name__)
-
-
-class HeatmapQueueFull(Exception):
-    """Too many heatmap jobs are waiting; the caller should retry later."""
 
 
 class HeatmapJobs:

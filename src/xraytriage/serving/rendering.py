@@ -1,4 +1,5 @@
-"""Pictures the pages and the API serve, drawn once and kept beside the blob.
+"""How the pictures the pages and the API serve are drawn: pure functions from pixels to PNG
+(:mod:`~xraytriage.serving.picture_store` decides when, and keeps them beside the blob).
 
 - ``display.png``: the radiograph as the model reads it (DICOM modality LUT, VOI window and
   MONOCHROME1 already applied by :func:`xraytriage.io.read_radiograph`), so it looks right
@@ -13,18 +14,18 @@
 from __future__ import annotations
 
 import io
-import re
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from xraytriage.explain.boxes import Box
+from xraytriage.sanitize import file_slug
 from xraytriage.serving.storage import write_atomic
 
 
 def finding_file_part(finding: str) -> str:
-    return re.sub(r"[^A-Za-z0-9]+", "_", finding).strip("_") or "finding"
+    return file_slug(finding, fallback="finding")
 
 
 def display_size_for(height: int, width: int, limit: int) -> tuple[int, int]:

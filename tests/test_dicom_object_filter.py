@@ -6,7 +6,7 @@ import pytest
 from pydicom import Dataset
 
 from xraytriage.dicom import check_acceptable, parse_destination
-from xraytriage.dicom.acceptance import (
+from xraytriage.dicom.object_filter import (
     CR_IMAGE_STORAGE,
     DX_FOR_PRESENTATION,
     DX_FOR_PROCESSING,

@@ -1,5 +1,5 @@
 """Patient/study attributes copied into our results are normalised or dropped, never propagated
-invalid (``xraytriage.dicom.copied``)."""
+invalid (``xraytriage.dicom.source_attributes``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from pydicom.dataelem import RawDataElement
 from pydicom.tag import Tag
 
-from xraytriage.dicom.copied import clean_source, normalize_age, normalize_date
+from xraytriage.dicom.source_attributes import clean_source, normalize_age, normalize_date
 
 
 @pytest.mark.parametrize(
