@@ -114,6 +114,7 @@ def test_tells_pneumonia_from_normal_on_unseen_images_above_the_floor(checkpoint
     assert auc >= PNEUMONIA_AUC_FLOOR
 
 
+@pytest.mark.slow  # five networks (about 10 s): a check of the floor, not of the shipped file
 def test_untrained_copies_of_the_network_fail_the_floor(checkpoint, pediatric_sample):
     """The control: if a network that learned nothing met the floor, the test above would prove nothing."""
     images, truth, _ = pediatric_sample

@@ -238,7 +238,10 @@ def _direct_prediction(predictor, path: str) -> np.ndarray:
     return predictor.predict_proba(prepared.image[None])[0]
 
 
-@pytest.mark.parametrize(("backend", "workers"), [("torch", 0), ("onnx", 0), ("torch", 2)])
+@pytest.mark.parametrize(
+    ("backend", "workers"),
+    [("torch", 0), ("onnx", 0), pytest.param("torch", 2, marks=pytest.mark.slow)],  # slow: a process pool
+)
 def test_each_row_scores_its_own_image(tiny_checkpoint, synthetic_holdout_dir, tmp_path, backend, workers):
     """Batches of 3 with an unreadable file in the middle of one: every worklist row's scores
     equal a direct single-image prediction of that row's file (a score shifted by one image
@@ -275,7 +278,18 @@ def test_worklist_csv_rows_score_their_own_files(
     """The same through the command and its CSV: each row's probabilities are its file's own."""
     paths = [str(p) for p in sorted((synthetic_holdout_dir / "images").glob("*.png"))[10:17]]
     out = tmp_path / "out"
-    args = ["--model", tiny_checkpoint_path, "--output", out, "--workers", "0", "--batch-size", "3"]
+    args = [
+        "--model",
+        tiny_checkpoint_path,
+        "--output",
+        out,
+        "--workers",
+        "0",
+        "--batch-size",
+        "3",
+        "--backend",
+        "torch",
+    ]
     assert run_cli(*paths, *args) == 0
     rows = read_worklist_csv(out / "worklist.csv")
     predictor = make_predictor(tiny_checkpoint, "torch")
