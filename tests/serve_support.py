@@ -208,3 +208,96 @@ def wait_for(predicate, timeout: float = 60.0, interval: float = 0.2, what: str 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(interval)
+
+
+# --- the same app in this process: for API behaviour, where a real server process adds nothing ---
+
+
+@dataclass
+class InProcessServer:
+    """``xraytriage serve``'s app (built from the same command-line arguments) run in this process
+    by Starlette's TestClient: the service starts and stops with the app's lifespan, as under
+    uvicorn; requests go through every middleware, no socket and no process start. The same
+    ``url`` / ``data_dir`` / ``token`` / ``client()`` / ``log()`` as :class:`Server`."""
+
+    app: object
+    data_dir: Path
+    log_path: Path
+    token: str | None = None
+    url: str = "http://127.0.0.1"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    @contextmanager
+    def client(self, token: bool = True, **kwargs) -> Iterator[httpx.Client]:
+        """A client of the running app (with the bearer token unless ``token=False``). Like httpx
+        and a real server: redirects are not followed, a server error is an answer (500)."""
+        from fastapi.testclient import TestClient
+
+        kwargs.setdefault("follow_redirects", False)
+        kwargs.pop("timeout", None)
+        headers = {**(self.headers if token else {}), **kwargs.pop("headers", {})}
+        http = TestClient(
+            self.app, base_url=self.url, headers=headers, raise_server_exceptions=False, **kwargs
+        )
+        try:
+            yield http  # not entered: the app's lifespan belongs to in_process_server
+        finally:
+            http.close()
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+
+
+@contextmanager
+def in_process_server(
+    tmp_path: Path, *extra_args: str, token: str | None = None, data_dir: Path | None = None
+) -> Iterator[InProcessServer]:
+    """The app of ``xraytriage serve --data-dir ... *extra_args`` for the ``with`` block, its
+    service started (workers, recovery) and stopped at the end; its log lines (the ``xraytriage``
+    loggers at INFO) go to a file, as a real server's output does."""
+    import logging
+
+    from fastapi.testclient import TestClient
+
+    from xraytriage.cli.main import build_parser
+    from xraytriage.cli.serve import build_config
+    from xraytriage.serving import create_app
+
+    tmp_path = Path(tmp_path)
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    data_dir = Path(data_dir) if data_dir is not None else tmp_path / "data"
+    token_args: list[str] = []
+    if token is not None:
+        token_file = tmp_path / "token.txt"
+        token_file.write_text(token + "\n", encoding="utf-8")
+        token_args = ["--token-file", str(token_file)]
+    args = build_parser().parse_args(
+        ["serve", "--host", "127.0.0.1", "--data-dir", str(data_dir), *token_args, *extra_args]
+    )
+    log_path = tmp_path / "server.log"
+    handler = logging.FileHandler(log_path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logger = logging.getLogger("xraytriage")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    cache = os.environ.get("XRAYTRIAGE_CACHE")
+    os.environ["XRAYTRIAGE_CACHE"] = str(tmp_path / "cache")
+    try:
+        app = create_app(build_config(args))
+        with TestClient(app, base_url="http://127.0.0.1"):  # runs the lifespan: service start ... stop
+            yield InProcessServer(app, data_dir, log_path, token)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        handler.close()
+        if cache is None:
+            os.environ.pop("XRAYTRIAGE_CACHE", None)
+        else:
+            os.environ["XRAYTRIAGE_CACHE"] = cache
