@@ -16,13 +16,14 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+
+from waiting import wait_until
 
 START_TIMEOUT_S = float(os.environ.get("XRAYTRIAGE_TEST_START_TIMEOUT", "90"))  # longer on a busy machine
 STOP_TIMEOUT_S = 20.0
@@ -99,23 +100,24 @@ class Server:
 
 
 def _wait_until_healthy(server: Server, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def healthy() -> bool:
         if not server.running:
             raise RuntimeError(
                 f"xraytriage serve exited with code {server.process.returncode} while starting:\n"
                 + server.log()[-4000:]
             )
         try:
-            if httpx.get(server.url + "/healthz", timeout=2.0).status_code == 200:
-                return
+            return httpx.get(server.url + "/healthz", timeout=2.0).status_code == 200
         except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    server.stop()
-    raise RuntimeError(
-        f"xraytriage serve did not answer /healthz within {timeout:.0f} s:\n" + server.log()[-4000:]
-    )
+            return False
+
+    try:
+        wait_until(healthy, timeout, interval=0.1, what="/healthz")
+    except AssertionError:
+        server.stop()
+        raise RuntimeError(
+            f"xraytriage serve did not answer /healthz within {timeout:.0f} s:\n" + server.log()[-4000:]
+        ) from None
 
 
 def start_server(
@@ -199,15 +201,8 @@ def running_server(
 
 
 def wait_for(predicate, timeout: float = 60.0, interval: float = 0.2, what: str = "condition"):
-    """Poll ``predicate()`` until it returns something truthy; that value, or AssertionError."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
+    """``waiting.wait_until`` with the interval these HTTP polls use (kept: many tests import it)."""
+    return wait_until(predicate, timeout, interval=interval, what=what)
 
 
 # --- the same app in this process: for API behaviour, where a real server process adds nothing ---

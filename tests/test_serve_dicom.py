@@ -4,6 +4,7 @@ Secondary Captures + structured report -> a real Orthanc, read back over its RES
 from __future__ import annotations
 
 import io
+import socket
 
 import httpx
 import pydicom
@@ -15,7 +16,6 @@ from pacs import (
     dicom_copy,
     echoscu,
     findings_in,
-    free_port,
     orthanc,
     require_tools,
     storescu,
@@ -34,10 +34,9 @@ def pacs_and_node(tmp_path_factory):
     require_tools("storescu", "echoscu")
     tmp = tmp_path_factory.mktemp("pacs")
     with orthanc(tmp / "orthanc") as pacs:
-        dicom_port = free_port()
         args = [
             "--dicom-port",
-            str(dicom_port),
+            "0",  # the node binds any free port and reports it (/healthz): no port to lose in between
             "--ae-title",
             "XRAYTRIAGE",
             "--dicom-allow",
@@ -50,7 +49,9 @@ def pacs_and_node(tmp_path_factory):
             "2",
             "--dicom-sc-jpeg",
         ]
-        with running_server(tmp / "serve", *args) as server:
+        with running_server(tmp / "serve", *args) as server, server.client() as http:
+            dicom_port = http.get("/healthz").json()["dicom"]["port"]
+            assert dicom_port > 0
             yield pacs, server, dicom_port
 
 
@@ -160,4 +161,7 @@ def test_dicom_echo_command(pacs_and_node) -> None:
 
     pacs, _, _ = pacs_and_node
     assert main(["dicom-echo", f"{pacs.ae_title}@127.0.0.1:{pacs.dicom_port}"]) == 0
-    assert main(["dicom-echo", f"{pacs.ae_title}@127.0.0.1:{free_port()}", "--timeout", "2"]) == 1
+    with socket.socket() as closed:  # a port held by this test and not listening: nobody can answer there
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        assert main(["dicom-echo", f"{pacs.ae_title}@127.0.0.1:{port}", "--timeout", "2"]) == 1

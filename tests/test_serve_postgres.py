@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import event
 
 from postgres_support import postgres_server
+from waiting import wait_until
 from xraytriage.serving.config import ServeConfig
 from xraytriage.serving.db import Database, Image, Study
 from xraytriage.serving.records import ImageRecord
@@ -102,11 +103,7 @@ def test_service_on_postgresql(tmp_path: Path, shared_data: Path) -> None:
         service.workers.threads = 2
         service.start()
         try:
-            import time
-
-            deadline = time.monotonic() + 60
-            while service.pending()["images"] and time.monotonic() < deadline:
-                time.sleep(0.2)
+            wait_until(lambda: not service.pending()["images"], 60, what="the two workers to empty the queue")
         finally:
             service.stop()
         with service.db.session() as s:
