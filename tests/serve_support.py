@@ -286,8 +286,9 @@ def in_process_server(
     os.environ["XRAYTRIAGE_CACHE"] = str(tmp_path / "cache")
     try:
         app = create_app(build_config(args))
-        with TestClient(app, base_url="http://127.0.0.1"):  # runs the lifespan: service start ... stop
-            yield InProcessServer(app, data_dir, log_path, token)
+        url = f"http://127.0.0.1:{args.port}"  # the port a real server would have (Host checks see it)
+        with TestClient(app, base_url=url):  # runs the lifespan: service start ... stop
+            yield InProcessServer(app, data_dir, log_path, token, url)
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
