@@ -20,6 +20,10 @@ from PIL import Image
 
 from serve_support import in_process_server, running_server, start_server, wait_for
 
+# in process, but the whole service end to end (uploads triaged by the bundled model, heatmaps
+# drawn: about 15 s): the slow tier, so make test-fast keeps its 2-minute budget
+pytestmark = pytest.mark.slow
+
 NIH_COUNT = 4
 PATIENT_NAME, PATIENT_ID = "DOE^JANE^Q", "PID-3141592"
 
@@ -243,7 +247,6 @@ def test_token_and_limits(tmp_path, shared_data) -> None:
             assert too_many.status_code == 413 and "limit is 2" in too_many.json()["error"]
 
 
-@pytest.mark.slow  # real server processes, SIGKILLed and restarted (system test)
 def test_nothing_acknowledged_is_lost_when_killed(tmp_path, shared_data) -> None:
     files = nih_files(shared_data, 24, skip=20)
     data_dir = tmp_path / "data"

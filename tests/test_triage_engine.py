@@ -272,6 +272,7 @@ def test_each_row_scores_its_own_image(tiny_checkpoint, synthetic_holdout_dir, t
         assert row.abnormal == pytest.approx(float(abnormal), abs=tol), row.path
 
 
+@pytest.mark.slow  # the command end to end (the engine tests above run in the fast tier)
 def test_worklist_csv_rows_score_their_own_files(
     tiny_checkpoint, tiny_checkpoint_path, synthetic_holdout_dir, tmp_path
 ):
