@@ -51,6 +51,16 @@ def free_port() -> int:
             return port
 
 
+@contextmanager
+def refused_port() -> Iterator[int]:
+    """A loopback port held bound (not listening) for the ``with`` block: a connection there is
+    refused, and no other process can start listening on it meanwhile (unlike a released
+    ``free_port()``), so "nobody answers there" holds for the whole test."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
+
+
 @dataclass
 class Server:
     url: str

@@ -4,7 +4,6 @@ Secondary Captures + structured report -> a real Orthanc, read back over its RES
 from __future__ import annotations
 
 import io
-import socket
 
 import httpx
 import pydicom
@@ -21,7 +20,7 @@ from pacs import (
     storescu,
     write_image,
 )
-from serve_support import running_server, wait_for
+from serve_support import refused_port, running_server, wait_for
 from xraytriage.serving.dicom_node import SC_SERIES_NUMBER, SR_SERIES_NUMBER
 
 pytestmark = pytest.mark.slow  # a real server process (system test); make test-fast leaves it out
@@ -161,7 +160,5 @@ def test_dicom_echo_command(pacs_and_node) -> None:
 
     pacs, _, _ = pacs_and_node
     assert main(["dicom-echo", f"{pacs.ae_title}@127.0.0.1:{pacs.dicom_port}"]) == 0
-    with socket.socket() as closed:  # a port held by this test and not listening: nobody can answer there
-        closed.bind(("127.0.0.1", 0))
-        port = closed.getsockname()[1]
+    with refused_port() as port:  # held by this test, not listening: nobody can answer there
         assert main(["dicom-echo", f"{pacs.ae_title}@127.0.0.1:{port}", "--timeout", "2"]) == 1
