@@ -16,6 +16,10 @@ import pytest
 
 from serve_support import in_process_server, wait_for
 
+# in process, but a started service that triages uploads with the bundled model (about 9 s at
+# load 8): the slow tier, so make test-fast keeps its 2-minute budget
+pytestmark = pytest.mark.slow
+
 PATIENT_ID, ACCESSION = "PID-27182818", "ACC-16180339"
 
 
