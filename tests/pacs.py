@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
@@ -22,6 +21,7 @@ import pydicom
 
 from serve_support import PORT_ATTEMPTS, PORT_IN_USE, free_port
 from tool_support import skip_missing
+from waiting import wait_until
 
 ORTHANC_AE = "ORTHANC"
 
@@ -103,18 +103,23 @@ class OrthancServer:
 
 
 def _wait_ready(server: OrthancServer, proc: subprocess.Popen, deadline_s: float) -> None:
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
+    def answers() -> bool:
         if proc.poll() is not None:
             raise RuntimeError(
                 f"Orthanc exited with {proc.returncode}: {server.log_path.read_text()[-2000:]}"
             )
         try:
             server.get_json("/system")
-            return
+            return True
         except (urllib.error.URLError, ConnectionError, OSError, ValueError):
-            time.sleep(0.1)
-    raise RuntimeError(f"Orthanc did not answer within {deadline_s} s: {server.log_path.read_text()[-2000:]}")
+            return False
+
+    try:
+        wait_until(answers, deadline_s, interval=0.1, what="Orthanc's REST API")
+    except AssertionError:
+        raise RuntimeError(
+            f"Orthanc did not answer within {deadline_s} s: {server.log_path.read_text()[-2000:]}"
+        ) from None
 
 
 @contextmanager

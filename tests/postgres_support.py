@@ -18,6 +18,7 @@ from pathlib import Path
 
 from serve_support import PORT_ATTEMPTS, PORT_IN_USE, free_port
 from tool_support import importorskip_tool, skip_missing
+from waiting import wait_until
 
 SEARCH = ["/usr/local/bin", *sorted(str(p) for p in Path("/usr/lib/postgresql").glob("*/bin"))]
 
@@ -89,17 +90,16 @@ def postgres_server(folder: Path) -> Iterator[PostgresUrl]:
         if attempt == PORT_ATTEMPTS - 1 or PORT_IN_USE not in (result.stderr + log).lower():
             skip_missing(f"PostgreSQL did not start: {result.stderr.strip()[-300:]}")
     try:
-        deadline = time.monotonic() + 30
         import psycopg
 
-        while True:
+        def accepts() -> bool:
             try:
                 psycopg.connect(host="127.0.0.1", port=port, user="triage", dbname="postgres").close()
-                break
+                return True
             except psycopg.OperationalError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+                return False
+
+        wait_until(accepts, 30, interval=0.2, what=f"PostgreSQL to accept connections on port {port}")
         url = PostgresUrl(f"postgresql+psycopg://triage@127.0.0.1:{port}/postgres")
         url.restart_command = [
             *prefix,

@@ -16,13 +16,14 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+
+from waiting import wait_until
 
 START_TIMEOUT_S = float(os.environ.get("XRAYTRIAGE_TEST_START_TIMEOUT", "90"))  # longer on a busy machine
 STOP_TIMEOUT_S = 20.0
@@ -48,6 +49,16 @@ def free_port() -> int:
         if port not in _HANDED_OUT:
             _HANDED_OUT.add(port)
             return port
+
+
+@contextmanager
+def refused_port() -> Iterator[int]:
+    """A loopback port held bound (not listening) for the ``with`` block: a connection there is
+    refused, and no other process can start listening on it meanwhile (unlike a released
+    ``free_port()``), so "nobody answers there" holds for the whole test."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
 
 
 @dataclass
@@ -99,23 +110,24 @@ class Server:
 
 
 def _wait_until_healthy(server: Server, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def healthy() -> bool:
         if not server.running:
             raise RuntimeError(
                 f"xraytriage serve exited with code {server.process.returncode} while starting:\n"
                 + server.log()[-4000:]
             )
         try:
-            if httpx.get(server.url + "/healthz", timeout=2.0).status_code == 200:
-                return
+            return httpx.get(server.url + "/healthz", timeout=2.0).status_code == 200
         except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    server.stop()
-    raise RuntimeError(
-        f"xraytriage serve did not answer /healthz within {timeout:.0f} s:\n" + server.log()[-4000:]
-    )
+            return False
+
+    try:
+        wait_until(healthy, timeout, interval=0.1, what="/healthz")
+    except AssertionError:
+        server.stop()
+        raise RuntimeError(
+            f"xraytriage serve did not answer /healthz within {timeout:.0f} s:\n" + server.log()[-4000:]
+        ) from None
 
 
 def start_server(
@@ -199,12 +211,99 @@ def running_server(
 
 
 def wait_for(predicate, timeout: float = 60.0, interval: float = 0.2, what: str = "condition"):
-    """Poll ``predicate()`` until it returns something truthy; that value, or AssertionError."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
+    """``waiting.wait_until`` with the interval these HTTP polls use (kept: many tests import it)."""
+    return wait_until(predicate, timeout, interval=interval, what=what)
+
+
+# --- the same app in this process: for API behaviour, where a real server process adds nothing ---
+
+
+@dataclass
+class InProcessServer:
+    """``xraytriage serve``'s app (built from the same command-line arguments) run in this process
+    by Starlette's TestClient: the service starts and stops with the app's lifespan, as under
+    uvicorn; requests go through every middleware, no socket and no process start. The same
+    ``url`` / ``data_dir`` / ``token`` / ``client()`` / ``log()`` as :class:`Server`."""
+
+    app: object
+    data_dir: Path
+    log_path: Path
+    token: str | None = None
+    url: str = "http://127.0.0.1"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    @contextmanager
+    def client(self, token: bool = True, **kwargs) -> Iterator[httpx.Client]:
+        """A client of the running app (with the bearer token unless ``token=False``). Like httpx
+        and a real server: redirects are not followed, a server error is an answer (500)."""
+        from fastapi.testclient import TestClient
+
+        kwargs.setdefault("follow_redirects", False)
+        kwargs.pop("timeout", None)
+        headers = {**(self.headers if token else {}), **kwargs.pop("headers", {})}
+        http = TestClient(
+            self.app, base_url=self.url, headers=headers, raise_server_exceptions=False, **kwargs
+        )
+        try:
+            yield http  # not entered: the app's lifespan belongs to in_process_server
+        finally:
+            http.close()
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+
+
+@contextmanager
+def in_process_server(
+    tmp_path: Path, *extra_args: str, token: str | None = None, data_dir: Path | None = None
+) -> Iterator[InProcessServer]:
+    """The app of ``xraytriage serve --data-dir ... *extra_args`` for the ``with`` block, its
+    service started (workers, recovery) and stopped at the end; its log lines (the ``xraytriage``
+    loggers at INFO) go to a file, as a real server's output does."""
+    import logging
+
+    from fastapi.testclient import TestClient
+
+    from xraytriage.cli.main import build_parser
+    from xraytriage.cli.serve import build_config
+    from xraytriage.serving import create_app
+
+    tmp_path = Path(tmp_path)
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    data_dir = Path(data_dir) if data_dir is not None else tmp_path / "data"
+    token_args: list[str] = []
+    if token is not None:
+        token_file = tmp_path / "token.txt"
+        token_file.write_text(token + "\n", encoding="utf-8")
+        token_args = ["--token-file", str(token_file)]
+    args = build_parser().parse_args(
+        ["serve", "--host", "127.0.0.1", "--data-dir", str(data_dir), *token_args, *extra_args]
+    )
+    log_path = tmp_path / "server.log"
+    handler = logging.FileHandler(log_path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logger = logging.getLogger("xraytriage")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    cache = os.environ.get("XRAYTRIAGE_CACHE")
+    os.environ["XRAYTRIAGE_CACHE"] = str(tmp_path / "cache")
+    try:
+        app = create_app(build_config(args))
+        url = f"http://127.0.0.1:{args.port}"  # the port a real server would have (Host checks see it)
+        with TestClient(app, base_url=url):  # runs the lifespan: service start ... stop
+            yield InProcessServer(app, data_dir, log_path, token, url)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        handler.close()
+        if cache is None:
+            os.environ.pop("XRAYTRIAGE_CACHE", None)
+        else:
+            os.environ["XRAYTRIAGE_CACHE"] = cache

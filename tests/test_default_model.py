@@ -1,27 +1,43 @@
-"""The bundled default model: it loads, its ONNX export matches PyTorch, and it ranks real
-abnormal NIH images above real No Finding images.
+"""The bundled default model: it loads, its ONNX export matches PyTorch, and it tells pneumonia
+from normal on chest X-rays it never saw well above what an untrained network or an image
+statistic can.
 
-The ranking check uses images the shipped model was trained on (it is trained on every shared
-image), so it shows the bundled file works, not how well it generalises: the honest,
-cross-validated numbers are in docs/model-card.md.
+The shipped model was trained on every shared NIH image, so a ranking on NIH images would only
+show that it remembers them. The pediatric set (Kermany et al.; another hospital, children) is
+never in its training list (checked below): a seeded 100 PNEUMONIA + 100 NORMAL sample of it is
+scored with the model's ``Pneumonia`` output. On that sample the shipped model measured ROC AUC
+0.867 (docs/model-card.md: 0.840 on all 802 images); the floor sits 0.08 below. The controls run
+the same scoring with a seeded untrained copy of the network and with image statistics (mean
+intensity, contrast, either sign): each must fall below the floor, so the floor cannot be met by
+a network that learned nothing. (The ``Abnormal`` output is not used here: on this set untrained
+copies reach up to 0.77 with it, about what it measures itself, so it could not tell them apart.)
 """
 
 from __future__ import annotations
 
-import gzip
+import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
+from sklearn.metrics import roc_auc_score
 
 from xraytriage.cli.common import default_model_path
 from xraytriage.io import read_radiograph
 from xraytriage.labels import ABNORMAL, NIH_FINDINGS, NO_FINDING
 from xraytriage.models import load_checkpoint
+from xraytriage.models.factory import build_model
 from xraytriage.models.inference import OnnxPredictor, TorchPredictor
 
 MODEL = default_model_path()
+PER_CLASS = 100
+PNEUMONIA_AUC_FLOOR = 0.78
+"""Measured 0.867 on the sample below (seed 0) with the shipped model, minus 0.08 (rounded down);
+untrained copies (seeds 0-9) reach at most 0.71, the best image statistic 0.73."""
+UNTRAINED_SEEDS = (0, 1, 2, 3, 4)
 
 
 @pytest.fixture(scope="module")
@@ -48,49 +64,83 @@ def test_bundled_model_is_complete_and_small(checkpoint):
     assert total < 15 * 2**20, f"bundled model files take {total / 2**20:.1f} MiB"
 
 
-COLLECTION = "images-c"
-"""One collection that holds both classes: the ranking then cannot come from telling collections apart."""
-
-
 @pytest.fixture(scope="module")
-def nih_sample(shared_data, checkpoint):
-    """20 abnormal and 20 No Finding images from one NIH collection (seeded choice)."""
-    with gzip.open(shared_data / "nih" / "meta" / "Data_Entry_2017_v2020.csv.gz", "rt") as fh:
-        meta = pd.read_csv(fh, usecols=["Image Index", "Finding Labels"])
-    present = {p.name for p in (shared_data / "nih" / COLLECTION).glob("*.png")}
-    meta = meta[meta["Image Index"].isin(present)]
+def pediatric_sample(shared_data, checkpoint):
+    """Seeded 100 PNEUMONIA and 100 NORMAL pediatric images, preprocessed, with truth (1 = pneumonia)
+    and the raw pixels (for the image-statistic controls)."""
+    root = shared_data / "pediatric"
+    labels = pd.read_csv(root / "labels.csv")
     rng = np.random.default_rng(0)
-    normal = meta[meta["Finding Labels"] == "No Finding"]["Image Index"].to_numpy()
-    abnormal = meta[meta["Finding Labels"] != "No Finding"]["Image Index"].to_numpy()
-    picks = [*rng.choice(abnormal, 20, replace=False), *rng.choice(normal, 20, replace=False)]
-    images = np.stack(
-        [
-            checkpoint.preprocess.to_uint8(read_radiograph(shared_data / "nih" / COLLECTION / n).pixels)
-            for n in picks
-        ]
-    )
-    return images, np.array([1] * 20 + [0] * 20)
+    pneumonia = labels.loc[labels["label"] == "PNEUMONIA", "file"].to_numpy()
+    normal = labels.loc[labels["label"] == "NORMAL", "file"].to_numpy()
+    assert min(pneumonia.size, normal.size) >= PER_CLASS, "the pediatric set has too few images per class"
+    picks = [*rng.choice(pneumonia, PER_CLASS, replace=False), *rng.choice(normal, PER_CLASS, replace=False)]
+    paths = [root / p for p in picks]
+    seen = checkpoint.seen_in_training([str(p) for p in paths])
+    assert not seen, f"the model was trained on {len(seen)} of these images: the test needs unseen ones"
+    raw = [read_radiograph(p).pixels for p in paths]
+    images = np.stack([checkpoint.preprocess.to_uint8(r) for r in raw])
+    truth = np.array([1] * PER_CLASS + [0] * PER_CLASS)
+    return images, truth, raw
 
 
-def test_onnx_export_shipped_beside_the_model_matches_pytorch(checkpoint, nih_sample):
+def pneumonia_auc(checkpoint, images: np.ndarray, truth: np.ndarray) -> float:
+    """ROC AUC of the checkpoint's ``Pneumonia`` output: the one body the model and controls share."""
+    probs = TorchPredictor(checkpoint).predict_proba(images)
+    return float(roc_auc_score(truth, probs[:, checkpoint.label_names.index("Pneumonia")]))
+
+
+def untrained_copy(checkpoint, seed: int):
+    """The same architecture, labels, calibration and preprocessing with seeded random weights."""
+    torch.manual_seed(seed)
+    return dataclasses.replace(checkpoint, state_dict=build_model(checkpoint.model).state_dict())
+
+
+def test_onnx_export_shipped_beside_the_model_matches_pytorch(checkpoint, pediatric_sample):
     onnx_file = MODEL.with_suffix(".onnx")
     assert onnx_file.is_file(), "the ONNX export is shipped next to the model"
     onnx = OnnxPredictor(MODEL)
     assert onnx.onnx_path == onnx_file  # the shipped file is used, not a fresh export
-    images, _ = nih_sample
+    images = pediatric_sample[0][::10]
     np.testing.assert_allclose(
         onnx.predict_proba(images), TorchPredictor(checkpoint).predict_proba(images), atol=1e-4
     )
 
 
-def test_ranks_abnormal_images_above_no_finding_more_often_than_not(checkpoint, nih_sample):
-    images, truth = nih_sample
-    abnormal = checkpoint.abnormal_probability(TorchPredictor(checkpoint).predict_proba(images))
-    pos, neg = abnormal[truth == 1], abnormal[truth == 0]
-    wins = int((pos[:, None] > neg[None, :]).sum())
-    pairs = pos.size * neg.size
-    print(f"abnormal ranked above No Finding in {wins} of {pairs} pairs")
-    assert wins > pairs / 2
+def test_tells_pneumonia_from_normal_on_unseen_images_above_the_floor(checkpoint, pediatric_sample):
+    images, truth, _ = pediatric_sample
+    auc = pneumonia_auc(checkpoint, images, truth)
+    print(f"shipped model: pediatric Pneumonia AUC {auc:.3f} (floor {PNEUMONIA_AUC_FLOOR})")
+    assert auc >= PNEUMONIA_AUC_FLOOR
+
+
+@pytest.mark.slow  # five networks (about 10 s): a check of the floor, not of the shipped file
+def test_untrained_copies_of_the_network_fail_the_floor(checkpoint, pediatric_sample):
+    """The control: if a network that learned nothing met the floor, the test above would prove nothing."""
+    images, truth, _ = pediatric_sample
+    aucs = {seed: pneumonia_auc(untrained_copy(checkpoint, seed), images, truth) for seed in UNTRAINED_SEEDS}
+    print("untrained copies: " + ", ".join(f"seed {s} AUC {a:.3f}" for s, a in aucs.items()))
+    assert all(auc < PNEUMONIA_AUC_FLOOR for auc in aucs.values()), aucs
+    assert len({round(a, 6) for a in aucs.values()}) == len(aucs)  # the seeds really differ
+
+
+IMAGE_STATISTICS: dict[str, Callable[[np.ndarray], float]] = {
+    "mean intensity": lambda a: float(np.mean(a)),
+    "negated mean intensity": lambda a: -float(np.mean(a)),
+    "contrast (std)": lambda a: float(np.std(a)),
+    "negated contrast (std)": lambda a: -float(np.std(a)),
+}
+
+
+@pytest.mark.parametrize("statistic", IMAGE_STATISTICS)
+def test_image_statistics_fail_the_floor(pediatric_sample, statistic):
+    """A score that ignores the anatomy (raw or preprocessed pixels' mean or spread) stays below the floor."""
+    images, truth, raw = pediatric_sample
+    score = IMAGE_STATISTICS[statistic]
+    for name, pixels in (("raw", raw), ("preprocessed", list(images))):
+        auc = float(roc_auc_score(truth, [score(p) for p in pixels]))
+        print(f"{statistic} of {name} pixels: AUC {auc:.3f}")
+        assert auc < PNEUMONIA_AUC_FLOOR, f"{statistic} of {name} pixels reaches {auc:.3f}"
 
 
 def test_demo_puts_known_abnormal_samples_above_known_normal_ones(tmp_path, capsys):

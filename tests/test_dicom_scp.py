@@ -17,6 +17,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
 from pacs import echoscu, require_tools, storescu, write_image
+from waiting import wait_until
 from xraytriage.dicom import (
     STATUS_NO_PIXEL_DATA,
     STATUS_NOT_ACCEPTED,
@@ -228,7 +229,12 @@ def test_idle_sockets_do_not_lock_the_node_out(collector):
         for i in range(idle):
             # some send half an A-ASSOCIATE-RQ header and stall (slowloris)
             sockets.enter_context(_idle_socket(node, b"\x01\x00\x00" if i % 2 else b""))
-        time.sleep(0.5)
+        # every idle connection has reached the gate (pending there, or already closed as the oldest)
+        wait_until(
+            lambda: node.admission.counts[1] + node.admission.evicted >= idle,
+            30,
+            what="idle sockets at the gate",
+        )
         started = time.monotonic()
         assert _echo_ok(node)
         assert time.monotonic() - started < 30  # < 1 s on an idle machine
@@ -272,9 +278,7 @@ def test_beyond_the_limit_a_transient_reject_then_the_slot_is_free_again(collect
         extra = _associate(node)
         assert _reject_reason(extra) == (0x02, 0x03, 0x02)  # transient, local limit exceeded
         held.pop().release()
-        deadline = time.monotonic() + 10
-        while node.admission.counts[0] > 1 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: node.admission.counts[0] <= 1, 10, what="the released slot to be free")
         assert _echo_ok(node)
         held.pop().release()
 
@@ -318,20 +322,43 @@ def test_silent_and_half_sent_connections_are_closed_by_the_request_timeout(coll
                 except ConnectionResetError:
                     pass
         assert time.monotonic() - started < 8
-        while node.admission.counts != (0, 0) and time.monotonic() - started < 8:
-            time.sleep(0.05)
-        assert node.admission.counts == (0, 0)  # their threads are gone too
+        # their threads are gone too
+        wait_until(
+            lambda: node.admission.counts == (0, 0),
+            max(0.1, 8 - (time.monotonic() - started)),
+            what="no slots held",
+        )
+
+
+class _Clock:
+    """``time`` for the admission module with a ``monotonic()`` the test moves forward."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def advance(self, seconds: float) -> None:
+        self.offset += seconds
+
+    def monotonic(self) -> float:
+        return time.monotonic() + self.offset
+
+    def __getattr__(self, name: str):
+        return getattr(time, name)
 
 
 def test_the_oldest_idle_connection_makes_room_for_a_new_one(collector, monkeypatch):
     import xraytriage.dicom.association_gate as admission
 
-    monkeypatch.setattr(admission, "GRACE_S", 0.2)
+    clock = _Clock()
+    monkeypatch.setattr(admission, "time", clock)  # the gate's clock: the grace period passes at once
     with StorageSCP(ScpConfig(port=0, max_pending=2), collector) as node, ExitStack() as sockets:
         first = sockets.enter_context(_idle_socket(node))
         for _ in range(2):
             sockets.enter_context(_idle_socket(node))
-        time.sleep(0.5)  # past the grace period: the next connection closes the oldest
+        wait_until(
+            lambda: node.admission.counts[1] == 3, 30, what="three idle connections pending at the gate"
+        )
+        clock.advance(admission.GRACE_S + 1)  # past the grace period: the next connection closes the oldest
         sockets.enter_context(_idle_socket(node))
         first.settimeout(5)
         assert first.recv(16) == b""  # closed by the node

@@ -9,7 +9,8 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from pacs import findings_in, free_port, orthanc, radiograph_overlay, require_tools
+from pacs import findings_in, orthanc, radiograph_overlay, require_tools
+from serve_support import refused_port
 from xraytriage.dicom import (
     Destination,
     FindingResult,
@@ -85,9 +86,10 @@ def test_send_sc_and_sr_to_orthanc_and_read_them_back(pacs_server, destination, 
 def test_dead_destination_gives_failure_results_not_an_exception(shared_data):
     source = pydicom.dcmread(shared_data / "dicom" / "siim_cr_chest_pa.dcm")
     sr = build_structured_report([source], FINDINGS, MODEL, generate_uid(), 902, 1)
-    dead = Destination("NOBODY", "127.0.0.1", free_port())
-    assert not echo(dead, timeout=2)
-    [result] = send_datasets([sr], dead, timeout=2)
+    with refused_port() as port:  # nobody listens there for the whole check
+        dead = Destination("NOBODY", "127.0.0.1", port)
+        assert not echo(dead, timeout=2)
+        [result] = send_datasets([sr], dead, timeout=2)
     assert not result.ok and result.status is None
     assert result.sop_instance_uid == sr.SOPInstanceUID and "NOBODY@127.0.0.1" in result.message
     unresolvable = Destination("NOBODY", "no-such-host.invalid", 104)
@@ -96,4 +98,5 @@ def test_dead_destination_gives_failure_results_not_an_exception(shared_data):
 
 
 def test_nothing_to_send_makes_no_association():
-    assert send_datasets([], Destination("NOBODY", "127.0.0.1", free_port())) == []
+    with refused_port() as port:
+        assert send_datasets([], Destination("NOBODY", "127.0.0.1", port)) == []

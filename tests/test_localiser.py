@@ -247,28 +247,50 @@ def test_bundled_model_carries_a_small_localiser_for_the_nih_box_findings(bundle
     assert len(localiser.metrics["training_images"]) > 0
 
 
-def test_bundled_localiser_boxes_land_on_real_nih_boxes(bundled, shared_data):
-    """Smoke test on real Cardiomegaly/Effusion boxes (training images of the localiser: the
-    held-out numbers come from `localiser cv`, docs/model-card.md)."""
+def _centre_box(width: float, height: float, w: float, h: float) -> Box:
+    """A box of size w x h in the middle of the image: a 'localiser' that ignores the pixels."""
+    return Box((width - w) / 2, (height - h) / 2, w, h)
+
+
+def test_bundled_localiser_boxes_beat_a_fixed_centre_box_on_real_nih_boxes(bundled, shared_data):
+    """Real boxes of every finding the localiser draws (two images each; training images of the
+    localiser: the held-out numbers come from `localiser cv`, docs/model-card.md). The control is a
+    box that ignores the pixels: centred, of the finding's mean box size in the box list (a size
+    prior taken from the truth itself, so a generous control); on Cardiomegaly it does well, on
+    the others it falls away. The localiser must beat it by a margin in IoU and in hits."""
     from xraytriage.data.boxes import load_ground_truth
-    from xraytriage.evaluate.localization import box_iobb
-    from xraytriage.explain import Explainer, explain_image
+    from xraytriage.evaluate.localization import box_iou
+    from xraytriage.explain import Explainer
     from xraytriage.io import read_radiograph
 
     truth = load_ground_truth(shared_data / "nih" / "meta" / "BBox_List_2017.csv.gz")
-    folder = shared_data / "nih" / "images"
-    boxes = truth.boxes[truth.boxes["finding"].isin(["Cardiomegaly", "Effusion"])]
-    boxes = boxes[boxes["image"].map(lambda n: (folder / n).is_file())].groupby("finding").head(4)
+    where = {p.name: p for p in sorted((shared_data / "nih").glob("images*/*.png"))}
+    boxes = truth.boxes[truth.boxes["image"].isin(where.keys())]
+    mean_size = boxes.groupby("finding")[["w", "h"]].mean()
+    localiser = bundled.get_localiser()
+    chosen = boxes[boxes["finding"].isin(localiser.findings)].groupby("finding").head(2)
+    assert set(chosen["finding"]) == set(localiser.findings)
     explainer = Explainer(bundled)
-    hits = []
-    for r in boxes.itertuples():
-        radiograph = read_radiograph(folder / r.image)
-        [e] = explain_image(explainer, radiograph, [r.finding])
+    radiographs = [read_radiograph(where[name]) for name in chosen["image"]]
+    explained = explainer.explain_prepared(
+        [explainer.prepare(r) for r in radiographs], list(localiser.findings)
+    )
+    found, centre = [], []
+    for r, radiograph, explanations in zip(chosen.itertuples(), radiographs, explained, strict=True):
+        [e] = [x for x in explanations if x.finding == r.finding]
         assert e.method == "localiser"
         s = radiograph.width / truth.reference_size
         gt = Box(r.x * s, r.y * s, r.w * s, r.h * s)
-        hits.append(e.box is not None and box_iobb(gt, e.box) > 0.1)
-    assert len(hits) == 8 and np.mean(hits) >= 0.6, hits  # random same-size boxes: about 0.3
+        size = mean_size.loc[r.finding]
+        found.append(box_iou(gt, e.box) if e.box is not None else 0.0)
+        centre.append(box_iou(gt, _centre_box(radiograph.width, radiograph.height, size.w * s, size.h * s)))
+    found_arr, centre_arr = np.array(found), np.array(centre)
+    print(f"mean IoU: localiser {found_arr.mean():.3f}, centre box {centre_arr.mean():.3f}")
+    print(
+        f"IoU >= 0.1: localiser {np.mean(found_arr >= 0.1):.2f}, centre box {np.mean(centre_arr >= 0.1):.2f}"
+    )
+    assert found_arr.mean() >= centre_arr.mean() + 0.1, (found, centre)
+    assert np.mean(found_arr >= 0.1) >= np.mean(centre_arr >= 0.1) + 0.2, (found, centre)
 
 
 def test_web_and_dicom_pictures_name_the_localiser(bundled, tmp_path):

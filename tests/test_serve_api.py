@@ -1,7 +1,9 @@
-"""The REST API against the real server on a loopback port, with a real HTTP client.
+"""The REST API: the app of ``xraytriage serve`` (same arguments, middleware, service and workers)
+run in this process with Starlette's TestClient for the API's behaviour; the real server process
+on a loopback port only where the process itself is the point (SIGKILL and restart).
 
-One server per module for the ordinary calls; separate servers for the token, the limits and
-the crash-and-restart tests.
+One app per module for the ordinary calls; separate ones for the token and limits, and real
+server processes for the crash-and-restart test.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ import pydicom
 import pytest
 from PIL import Image
 
-from serve_support import running_server, start_server, wait_for
+from serve_support import in_process_server, running_server, start_server, wait_for
 
-pytestmark = pytest.mark.slow  # a real server process (system test); make test-fast leaves it out
+# in process, but the whole service end to end (uploads triaged by the bundled model, heatmaps
+# drawn: about 15 s): the slow tier, so make test-fast keeps its 2-minute budget
+pytestmark = pytest.mark.slow
 
 NIH_COUNT = 4
 PATIENT_NAME, PATIENT_ID = "DOE^JANE^Q", "PID-3141592"
@@ -49,7 +53,7 @@ def all_done(http: httpx.Client, n: int):
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    with running_server(tmp_path_factory.mktemp("api"), "--heatmap-findings", "2") as srv:
+    with in_process_server(tmp_path_factory.mktemp("api"), "--heatmap-findings", "2") as srv:
         yield srv
 
 
@@ -221,10 +225,12 @@ def test_token_and_limits(tmp_path, shared_data) -> None:
     token = "s3cret-token-for-tests"
     path = nih_files(shared_data, 1)[0]
     limit_mb = (path.stat().st_size - 1) / (1024 * 1024)
-    with running_server(
-        tmp_path, "--max-upload-mb", f"{limit_mb:.6f}", "--max-files", "2", token=token
-    ) as srv:
-        open_http = httpx.Client(base_url=srv.url, timeout=30)
+    with (
+        in_process_server(
+            tmp_path, "--max-upload-mb", f"{limit_mb:.6f}", "--max-files", "2", token=token
+        ) as srv,
+        srv.client(token=False) as open_http,
+    ):
         assert open_http.get("/healthz").status_code == 200
         denied = open_http.get("/api/v1/worklist")
         assert denied.status_code == 401 and "token" in denied.json()["error"]
@@ -239,7 +245,6 @@ def test_token_and_limits(tmp_path, shared_data) -> None:
             assert too_big.status_code == 413 and "over the limit" in too_big.json()["error"]
             too_many = http.post("/api/v1/images", files=[part(path, f"{i}.png") for i in range(3)])
             assert too_many.status_code == 413 and "limit is 2" in too_many.json()["error"]
-        open_http.close()
 
 
 def test_nothing_acknowledged_is_lost_when_killed(tmp_path, shared_data) -> None:

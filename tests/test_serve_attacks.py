@@ -11,7 +11,6 @@ import contextlib
 import os
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import httpx
@@ -27,6 +26,7 @@ from attacks import (
     upload_stream,
 )
 from serve_support import running_server, start_server, wait_for
+from waiting import wait_until
 
 pytestmark = pytest.mark.slow  # a real server process (system test); make test-fast leaves it out
 
@@ -64,6 +64,15 @@ def settled(http: httpx.Client, n: int, heatmaps: bool = False) -> list[dict] | 
     if heatmaps and any(i["heatmaps_state"] in ("pending", "processing") for i in items):
         return None
     return items
+
+
+def _settled_or_dead(server, http: httpx.Client):
+    """The settled worklist, "dead" once the server process is gone, else None (keep waiting)."""
+    if not server.running:
+        return "dead"
+    with contextlib.suppress(httpx.HTTPError):
+        return settled(http, 3)
+    return None
 
 
 def test_heatmap_requests_share_one_job_and_memory_stays_bounded(tmp_path: Path) -> None:
@@ -160,17 +169,25 @@ def test_an_image_that_kills_the_server_is_given_up_after_the_limit(
             continue
         try:
             with server.client() as http:
-                deadline = time.monotonic() + 60
-                items = None
-                while server.running and time.monotonic() < deadline and items is None:
-                    with contextlib.suppress(httpx.HTTPError):
-                        items = settled(http, 3)
-                    time.sleep(0.2)
-                if not server.running:
+                items = wait_until(
+                    lambda srv=server, client=http: _settled_or_dead(srv, client),
+                    60,
+                    interval=0.2,
+                    what="the survivors triaged",
+                    detail=lambda srv=server: srv.log()[-3000:],
+                )
+                if items == "dead":
                     deaths += 1
                     continue
-                assert items is not None, "the survivors were not triaged:\n" + server.log()[-3000:]
-                time.sleep(1.0)
+                # nothing left in the queue that could kill it again, and it is still up: no crash loop
+                wait_until(
+                    lambda srv=server, client=http: (
+                        not srv.running or client.get("/healthz").json()["queue"]["images"] == 0
+                    ),
+                    30,
+                    interval=0.2,
+                    what="an empty queue",
+                )
                 assert server.running and http.get("/healthz").status_code == 200  # no crash loop
                 studies = {i["id"]: http.get(f"/api/v1/studies/{i['id']}").json() for i in items}
         finally:
@@ -242,7 +259,8 @@ def test_a_full_disk_gets_507_degraded_health_and_recovers(
         assert late.name in refused.json()["error"] and "storage is full" in refused.json()["error"]
         health = http.get("/healthz").json()
         assert health["status"] == "degraded" and health["storage"]["ok"] is False, health
-        time.sleep(2.0)
+        # the service has met the full disk (its storage error logged) before space comes back
+        wait_for(lambda: "storage error" in srv.log(), timeout=30, what="the storage error in the log")
         filler.unlink()
         items = wait_for(lambda: settled(http, len(stored), heatmaps=True), timeout=90, what="recovery")
         assert all(i["state"] == "done" for i in items)

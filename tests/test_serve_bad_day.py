@@ -109,7 +109,7 @@ def test_slow_headers_and_an_idle_body_are_closed(server) -> None:
     # slowloris: a request line and one header, then nothing more (and never the blank line)
     sock = _raw(server)
     sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
-    time.sleep(0.5)
+    time.sleep(0.5)  # pacing a slow sender on purpose (the attack), not waiting for a condition
     sock.sendall(b"X-Slow: 1\r\n")
     closed, sent = _closed_within(sock, 6.0)
     sock.close()
@@ -128,7 +128,7 @@ def test_slow_headers_and_an_idle_body_are_closed(server) -> None:
     with server.client() as http:
         for _ in range(2):
             assert http.get("/healthz").status_code == 200
-            time.sleep(0.3)  # well inside the 1.5 s limit, even on a busy machine
+            time.sleep(0.3)  # pacing on purpose: idle well inside the 1.5 s limit, even on a busy machine
 
 
 def _signed_in(server) -> tuple[httpx.Client, str]:

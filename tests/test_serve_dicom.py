@@ -15,13 +15,12 @@ from pacs import (
     dicom_copy,
     echoscu,
     findings_in,
-    free_port,
     orthanc,
     require_tools,
     storescu,
     write_image,
 )
-from serve_support import running_server, wait_for
+from serve_support import refused_port, running_server, wait_for
 from xraytriage.serving.dicom_node import SC_SERIES_NUMBER, SR_SERIES_NUMBER
 
 pytestmark = pytest.mark.slow  # a real server process (system test); make test-fast leaves it out
@@ -34,10 +33,9 @@ def pacs_and_node(tmp_path_factory):
     require_tools("storescu", "echoscu")
     tmp = tmp_path_factory.mktemp("pacs")
     with orthanc(tmp / "orthanc") as pacs:
-        dicom_port = free_port()
         args = [
             "--dicom-port",
-            str(dicom_port),
+            "0",  # the node binds any free port and reports it (/healthz): no port to lose in between
             "--ae-title",
             "XRAYTRIAGE",
             "--dicom-allow",
@@ -50,7 +48,9 @@ def pacs_and_node(tmp_path_factory):
             "2",
             "--dicom-sc-jpeg",
         ]
-        with running_server(tmp / "serve", *args) as server:
+        with running_server(tmp / "serve", *args) as server, server.client() as http:
+            dicom_port = http.get("/healthz").json()["dicom"]["port"]
+            assert dicom_port > 0
             yield pacs, server, dicom_port
 
 
@@ -160,4 +160,5 @@ def test_dicom_echo_command(pacs_and_node) -> None:
 
     pacs, _, _ = pacs_and_node
     assert main(["dicom-echo", f"{pacs.ae_title}@127.0.0.1:{pacs.dicom_port}"]) == 0
-    assert main(["dicom-echo", f"{pacs.ae_title}@127.0.0.1:{free_port()}", "--timeout", "2"]) == 1
+    with refused_port() as port:  # held by this test, not listening: nobody can answer there
+        assert main(["dicom-echo", f"{pacs.ae_title}@127.0.0.1:{port}", "--timeout", "2"]) == 1

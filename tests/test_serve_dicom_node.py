@@ -15,6 +15,7 @@ import pytest
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 
 from pacs import dicom_copy, sr_content_items, write_image
+from waiting import wait_until
 from xraytriage.dicom import (
     STATUS_NO_PIXEL_DATA,
     STATUS_NOT_ACCEPTED,
@@ -164,7 +165,10 @@ def test_each_refusal_gets_its_status_family(node: DicomNode, shared_data: Path,
         node.service.store.put = disk_full  # type: ignore[method-assign]
         assert _send(node, shared_data / "dicom" / "siim_cr_chest_pa.dcm")[0] == STATUS_OUT_OF_RESOURCES
         del node.service.store.put  # space is back: the retry is stored
-        time.sleep(node.service.storage.probe_s + 0.2)  # the service re-probes its storage this often
+        # the service re-probes its storage at most every probe_s: wait until a probe write succeeds
+        wait_until(
+            node.service.storage.healthy, 10 * node.service.storage.probe_s, what="storage healthy again"
+        )
         assert _send(node, shared_data / "dicom" / "siim_cr_chest_pa.dcm")[0] == STATUS_SUCCESS
     finally:
         node.scp.stop()

@@ -1,4 +1,5 @@
-"""The real server as a hospital uses it and an attacker probes it: uploads racing into one
+"""The service as a hospital uses it and an attacker probes it (the serve app in process, through
+every middleware: nothing here needs a server process): uploads racing into one
 study, clinical scope, PACS fields (and hiding them), security headers, the Host check (DNS
 rebinding), the session cookie and the wrong-token limit."""
 
@@ -13,9 +14,11 @@ import httpx
 import pydicom
 import pytest
 
-from serve_support import running_server, wait_for
+from serve_support import in_process_server, wait_for
 
-pytestmark = pytest.mark.slow  # a real server process (system test); make test-fast leaves it out
+# in process, but a started service that triages uploads with the bundled model (about 9 s at
+# load 8): the slow tier, so make test-fast keeps its 2-minute budget
+pytestmark = pytest.mark.slow
 
 PATIENT_ID, ACCESSION = "PID-27182818", "ACC-16180339"
 
@@ -35,7 +38,7 @@ def chest_dicom(shared_data: Path, folder: Path, name: str, study_uid: str, **ch
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     # --no-route: the single-model service, whose scope check refuses a hand header (routed: test_serve_routing)
-    with running_server(tmp_path_factory.mktemp("hospital"), "--no-heatmaps", "--no-route") as srv:
+    with in_process_server(tmp_path_factory.mktemp("hospital"), "--no-heatmaps", "--no-route") as srv:
         yield srv
 
 
@@ -141,7 +144,7 @@ def test_token_sessions_limit_and_hidden_identifiers(tmp_path, shared_data) -> N
     token = "a-long-enough-secret-token"
     args = ("--no-heatmaps", "--hide-identifiers", "--allowed-host", "triage.hospital.example")
     name, data = chest_dicom(shared_data, tmp_path, "chest.dcm", pydicom.uid.generate_uid())
-    with running_server(tmp_path, *args, token=token) as srv:
+    with in_process_server(tmp_path, *args, token=token) as srv:
         port = srv.url.rsplit(":", 1)[1]
         with srv.client() as http:  # --hide-identifiers: the API and the CSV never carry them
             study_id = http.post("/api/v1/images", files=[("files", (name, data))]).json()["study_ids"][0]
@@ -153,7 +156,7 @@ def test_token_sessions_limit_and_hidden_identifiers(tmp_path, shared_data) -> N
         assert study["view"] == "PA" and study["body_part"] == "CHEST"
         assert PATIENT_ID not in text and ACCESSION not in text and PATIENT_ID not in str(listing)
 
-        with httpx.Client(base_url=srv.url, timeout=30) as http:
+        with srv.client(token=False) as http:
             # the Host check follows --allowed-host when a token is set
             assert (
                 http.get("/healthz", headers={"Host": f"triage.hospital.example:{port}"}).status_code == 200
@@ -166,9 +169,11 @@ def test_token_sessions_limit_and_hidden_identifiers(tmp_path, shared_data) -> N
             assert token not in cookie and cookie.count(".") == 2
             assert http.get("/api/v1/worklist").status_code == 200
             assert http.get("/logout").status_code == 303
-            replayed = httpx.get(srv.url + "/api/v1/worklist", cookies={"xraytriage_session": cookie})
+            with srv.client(token=False, cookies={"xraytriage_session": cookie}) as other:
+                replayed = other.get("/api/v1/worklist")
             assert replayed.status_code == 401  # signed out: a copy of the cookie is dead too
-            forged = httpx.get(srv.url + "/api/v1/worklist", cookies={"xraytriage_session": token})
+            with srv.client(token=False, cookies={"xraytriage_session": token}) as other:
+                forged = other.get("/api/v1/worklist")
             assert forged.status_code == 401  # the raw token is not a session
             # wrong tokens: a few are answered, then 429 without checking any token
             codes = [

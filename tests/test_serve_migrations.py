@@ -8,7 +8,6 @@ from __future__ import annotations
 import ast
 import sqlite3
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -256,8 +255,16 @@ def test_two_serve_instances_started_at_once_on_one_empty_postgresql(
 
             items = wait_for(all_triaged, timeout=240, what="every study triaged")
             assert len({i["id"] for i in items}) == len(files)
-            time.sleep(0.5)
-            logs = [server.log() for server in servers]
+            # both instances' "scored" lines are written (a log line may trail the answer that shows its work)
+            logs = wait_for(
+                lambda: (
+                    (texts := [server.log() for server in servers])
+                    and all("scored" in t for t in texts)
+                    and texts
+                ),
+                timeout=30,
+                what="both instances to log scored batches",
+            )
             for log in logs:
                 assert "already exists" not in log and "Traceback" not in log, log[-3000:]
             assert all("scored" in log for log in logs), "both instances take work from the queue"

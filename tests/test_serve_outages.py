@@ -155,6 +155,7 @@ def test_postgresql_restarted_under_load(tmp_path: Path, shared_data: Path) -> N
                                 acknowledged.update(a["study_id"] for a in answer.json()["accepted"])
                                 break
                             assert answer.status_code == 503, answer.text
+                            # pacing on purpose: a client obeys Retry-After (capped), not a wait on a condition
                             time.sleep(min(float(answer.headers["Retry-After"]), 1.0))
                         http.get("/api/v1/worklist")
 

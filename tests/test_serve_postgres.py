@@ -1,18 +1,23 @@
 """The service on PostgreSQL (``--db postgresql://...``): the same intake, claims and results.
 
-Two worker threads claim batches concurrently (``FOR UPDATE SKIP LOCKED``): every image is
-scored exactly once and the ranks equal those on SQLite.
+Two claims on two engines race at a barrier, the first held inside its transaction
+(``FOR UPDATE SKIP LOCKED``: the second takes other images, without waiting); two worker threads
+claim batches concurrently: every image is scored exactly once and the ranks equal those on SQLite.
 """
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
+from sqlalchemy import event
 
 from postgres_support import postgres_server
+from waiting import wait_until
 from xraytriage.serving.config import ServeConfig
-from xraytriage.serving.db import Image, Study
+from xraytriage.serving.db import Database, Image, Study
+from xraytriage.serving.records import ImageRecord
 from xraytriage.serving.repository import Repository
 from xraytriage.serving.service import TriageService
 from xraytriage.serving.states import StudyState
@@ -20,6 +25,63 @@ from xraytriage.serving.states import StudyState
 pytestmark = pytest.mark.slow  # a real PostgreSQL server (system test); make test-fast leaves it out
 
 DONE = StudyState.DONE
+RACE_TIMEOUT = 10.0
+"""Seconds either side of the claim race waits for the other (a broken claim fails, not hangs)."""
+
+
+def race_two_claims(url: str, limit: int) -> tuple[list[ImageRecord], list[ImageRecord]]:
+    """Two repositories on two engines (two instances of the service) claim ``limit`` images at
+    the same moment, the first caught inside its transaction.
+
+    The first claim is paused right after its SELECT ran (its rows locked by ``FOR UPDATE``, not
+    yet marked processing, nothing committed); at a barrier the second claim starts and runs to
+    its end; then the first goes on. With ``SKIP LOCKED`` the second takes the next images; with
+    a plain ``FOR UPDATE`` it would wait on the first's row locks (``lock_timeout`` turns that
+    into an error here instead of a hang); without row locks both would take the same images.
+    """
+    databases = [Database(url, migrate=False) for _ in range(2)]
+    for db in databases:
+        event.listen(db.engine, "connect", _set_lock_timeout)
+    armed, second_done = threading.Event(), threading.Event()
+    barrier = threading.Barrier(2, timeout=RACE_TIMEOUT)
+
+    def pause_after_select(conn, cursor, statement, parameters, context, executemany) -> None:
+        if armed.is_set() and statement.lstrip().upper().startswith("SELECT") and "images" in statement:
+            armed.clear()
+            barrier.wait()  # the second claim starts now, while this transaction holds its rows
+            second_done.wait(RACE_TIMEOUT)
+
+    event.listen(databases[0].engine, "after_cursor_execute", pause_after_select)
+    outcome: dict[str, object] = {}
+
+    def second_claim() -> None:
+        try:
+            barrier.wait()
+            outcome["claimed"] = Repository(databases[1]).claim_images(limit)
+        except Exception as exc:  # reported by the test below, not lost in the thread
+            outcome["error"] = exc
+        finally:
+            second_done.set()
+
+    thread = threading.Thread(target=second_claim)
+    thread.start()
+    armed.set()
+    first = Repository(databases[0]).claim_images(limit)
+    thread.join(RACE_TIMEOUT)
+    assert not thread.is_alive(), "the second claim never finished"
+    assert "error" not in outcome, (
+        f"the second claim failed while the first held its rows: {outcome['error']!r}"
+    )
+    assert second_done.is_set() and not armed.is_set(), "the first claim's SELECT was never paused"
+    for db in databases:
+        db.engine.dispose()
+    return first, outcome["claimed"]  # type: ignore[return-value]
+
+
+def _set_lock_timeout(dbapi_connection, _record) -> None:
+    """A claim that waits on another's row lock fails after 2 s instead of hanging the test."""
+    dbapi_connection.execute("SET lock_timeout = '2s'")
+    dbapi_connection.commit()
 
 
 def test_service_on_postgresql(tmp_path: Path, shared_data: Path) -> None:
@@ -33,18 +95,15 @@ def test_service_on_postgresql(tmp_path: Path, shared_data: Path) -> None:
             service.ingest(path.read_bytes(), path.name)
         assert service.ingest(files[0].read_bytes(), "again.png").duplicate
 
-        first, second = service.repo.claim_images(3), service.repo.claim_images(3)
+        first, second = race_two_claims(url, 3)
+        assert len(first) == len(second) == 3
         assert not {i.id for i in first} & {i.id for i in second}  # no image handed out twice
         for batch in (first, second):
             service.workers.predict(batch)
         service.workers.threads = 2
         service.start()
         try:
-            import time
-
-            deadline = time.monotonic() + 60
-            while service.pending()["images"] and time.monotonic() < deadline:
-                time.sleep(0.2)
+            wait_until(lambda: not service.pending()["images"], 60, what="the two workers to empty the queue")
         finally:
             service.stop()
         with service.db.session() as s:

@@ -9,12 +9,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pydicom
 import pytest
 
+from waiting import wait_until
 from xraytriage.cli.main import main
 from xraytriage.triage import read_worklist_csv
 from xraytriage.triage.journal import JOURNAL_NAME
@@ -83,9 +83,12 @@ def _journal_lines(out: Path) -> int:
 def _interrupt(command: list[str], out: Path, sig: int, after: int, env: dict) -> subprocess.CompletedProcess:
     """Run ``command``, send ``sig`` once ``after`` images are in the journal."""
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
-    deadline = time.monotonic() + 120
-    while _journal_lines(out) < after and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(
+        lambda: _journal_lines(out) >= after or process.poll() is not None,
+        120,
+        interval=0.01,
+        what=f"{after} images in the journal",
+    )
     assert process.poll() is None, "the run finished before it could be interrupted"
     process.send_signal(sig)
     output, _ = process.communicate(timeout=60)

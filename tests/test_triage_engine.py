@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -226,6 +227,79 @@ def test_onnx_and_torch_backends_give_the_same_worklist(tiny_checkpoint, shared_
         assert abs(row.priority - other.priority) < 1e-4
         for name, p in row.probabilities.items():
             assert abs(p - other.probabilities[name]) < 1e-4
+
+
+def _direct_prediction(predictor, path: str) -> np.ndarray:
+    """The calibrated probabilities of one file predicted on its own (a batch of one)."""
+    from xraytriage.triage.engine import prepare_image
+
+    prepared = prepare_image(path, predictor.checkpoint.preprocess)
+    assert prepared.error is None, prepared.error
+    return predictor.predict_proba(prepared.image[None])[0]
+
+
+@pytest.mark.parametrize(
+    ("backend", "workers"),
+    [("torch", 0), ("onnx", 0), pytest.param("torch", 2, marks=pytest.mark.slow)],  # slow: a process pool
+)
+def test_each_row_scores_its_own_image(tiny_checkpoint, synthetic_holdout_dir, tmp_path, backend, workers):
+    """Batches of 3 with an unreadable file in the middle of one: every worklist row's scores
+    equal a direct single-image prediction of that row's file (a score shifted by one image
+    within a batch, or past the bad file, fails here)."""
+    paths = [str(p) for p in sorted((synthetic_holdout_dir / "images").glob("*.png"))[:10]]
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    paths.insert(4, str(broken))
+    predictor = make_predictor(tiny_checkpoint, backend)
+    engine = TriageEngine(predictor, TriageOptions(batch_size=3, workers=workers, progress=False))
+    result = engine.run(paths)
+    direct = {p: _direct_prediction(predictor, p) for p in paths if p != str(broken)}
+    tol = 1e-5
+    # the images must score differently, or a shifted score could not show
+    scores = list(direct.values())
+    neighbours = [float(np.abs(a - b).max()) for a, b in pairwise(scores)]
+    assert min(neighbours) > 100 * tol, neighbours
+    rows = [r for r in result.rows if r.ok]
+    assert [r.image_paths for r in rows] == [[r.path] for r in rows]  # one image per study here
+    assert sorted(r.path for r in rows) == sorted(direct)
+    assert [r.path for r in result.rows if not r.ok] == [str(broken)]
+    labels = tiny_checkpoint.label_names
+    for row in rows:
+        expected = direct[row.path]
+        got = np.array([row.probabilities[name] for name in labels])
+        np.testing.assert_allclose(got, expected, atol=tol, err_msg=row.path)
+        abnormal = tiny_checkpoint.abnormal_probability(expected[None])[0]
+        assert row.abnormal == pytest.approx(float(abnormal), abs=tol), row.path
+
+
+@pytest.mark.slow  # the command end to end (the engine tests above run in the fast tier)
+def test_worklist_csv_rows_score_their_own_files(
+    tiny_checkpoint, tiny_checkpoint_path, synthetic_holdout_dir, tmp_path
+):
+    """The same through the command and its CSV: each row's probabilities are its file's own."""
+    paths = [str(p) for p in sorted((synthetic_holdout_dir / "images").glob("*.png"))[10:17]]
+    out = tmp_path / "out"
+    args = [
+        "--model",
+        tiny_checkpoint_path,
+        "--output",
+        out,
+        "--workers",
+        "0",
+        "--batch-size",
+        "3",
+        "--backend",
+        "torch",
+    ]
+    assert run_cli(*paths, *args) == 0
+    rows = read_worklist_csv(out / "worklist.csv")
+    predictor = make_predictor(tiny_checkpoint, "torch")
+    assert sorted(Path(r["path"]).name for r in rows) == sorted(Path(p).name for p in paths)
+    by_name = {Path(p).name: p for p in paths}
+    for row in rows:
+        expected = _direct_prediction(predictor, by_name[Path(row["path"]).name])
+        got = np.array([row[name] for name in tiny_checkpoint.label_names], dtype=float)
+        np.testing.assert_allclose(got, expected, atol=1e-4, err_msg=row["path"])
 
 
 def test_exit_code_is_nonzero_when_nothing_could_be_triaged(tiny_checkpoint_path, tmp_path, capsys):
