@@ -38,6 +38,26 @@ $PY scripts/fracture_card_tables.py "$RUNS/cv/oof_predictions.csv" $DATA/msk/fra
 $X evaluate --predictions "$RUNS/cv/oof_predictions.csv" --dataset fracatlas --root $DATA/msk/fracatlas \
     --group-by collection --operating-point youden --output "$RUNS/eval-oof" --quiet
 
+# 4b. the localiser on the fracture boxes (numbers only, nothing shipped): the films with a box,
+#     2-fold CV grouped by `group`, next to the random same-size control and the box prior
+LOC=configs/localiser/fracatlas-boxes.yaml
+[ -f "$RUNS/localiser/boxes128.npz" ] || $X localiser pack --dataset fracatlas --root $DATA/msk/fracatlas \
+    --config $LOC -o "$RUNS/localiser/boxes128.npz"
+[ -f "$RUNS/localiser/cv/localization.csv" ] || $X localiser cv "$RUNS/localiser/boxes128.npz" --config $LOC \
+    --set threads=1 --no-progress -o "$RUNS/localiser/cv"
+$X localiser cv "$RUNS/localiser/boxes128.npz" --config $LOC --baseline prior --no-progress -o "$RUNS/localiser/prior"
+# 4c. the card's lever rows (issue 24), only with ABLATIONS=1 (about 35 min each here): the same
+#     2-fold grouped CV with one change; their tables come from the same card script
+if [ "${ABLATIONS:-0}" = 1 ]; then
+    for lever in "size192:preprocess.size=192" "epochs20:epochs=20"; do
+        name=${lever%%:*}
+        [ -f "$RUNS/lever-$name/oof_predictions.csv" ] || $X cv $CONFIG --folds 2 \
+            --set progress=false ${lever#*:} --output "$RUNS/lever-$name"
+        $PY scripts/fracture_card_tables.py "$RUNS/lever-$name/oof_predictions.csv" $DATA/msk/fracatlas \
+            "$FRACTURE_DIR/model.pt" "$RUNS/lever-$name/card-tables.json" > "$RUNS/lever-$name/card-tables.md"
+    done
+fi
+
 # 5. the body-part router: table of every shared image with its body part, one training run
 #    whose 20% held-out patients/groups give the routing accuracy, shipped as trained
 $PY scripts/make_body_part_table.py $DATA runs/router/body_parts.csv
