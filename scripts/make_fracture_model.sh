@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Makes the bundled fracture model and the body-part router, and every number in
 # docs/fracture-model-card.md and docs/routing.md, from the repository root with the project's
-# own commands. About 1.5 hours on a busy shared 2-core CPU (20-epoch CV and final model, the router, the localiser CV). One thread per process: on an
-# oversubscribed CPU, PyTorch's default thread pool spins and ran 20-30x slower here.
+# own commands. About 1.5 hours on a busy shared 2-core CPU (the 20-epoch CV and final model,
+# the router, the localiser's CV). One thread per process: on an oversubscribed CPU, PyTorch's
+# default thread pool spins and ran 20-30x slower here.
 #
 #   scripts/make_fracture_model.sh [RUNS_DIR]      (default runs/fracture)
 #
