@@ -57,6 +57,9 @@ if [ "${ABLATIONS:-0}" = 1 ]; then
             --set progress=false ${lever#*:} --output "$RUNS/lever-$name"
         $PY scripts/fracture_card_tables.py "$RUNS/lever-$name/oof_predictions.csv" $DATA/msk/fracatlas \
             "$FRACTURE_DIR/model.pt" "$RUNS/lever-$name/card-tables.json" > "$RUNS/lever-$name/card-tables.md"
+        # paired: the shipped recipe minus this lever, on the same folds, group bootstrap
+        $PY scripts/fracture_lever_diff.py "$RUNS/cv/oof_predictions.csv" "$RUNS/lever-$name/oof_predictions.csv" \
+            $DATA/msk/fracatlas > "$RUNS/lever-$name/paired-diff.txt"
     done
 fi
 
