@@ -32,6 +32,8 @@ mkdir -p "$RUNS" "$FRACTURE_DIR" "$ROUTER_DIR"
 #    fracture flagged at Youden's threshold, P(fracture) at FracAtlas's own prevalence
 $X calibrate --model "$RUNS/final/best.pt" --predictions "$RUNS/cv/oof_predictions.csv" \
     --method platt --operating-point youden --deployment-prevalence 0 --output "$FRACTURE_DIR/model.pt"
+# 3b. its ONNX twin next to it (triage's default backend; the export checks parity with PyTorch)
+$X export --model "$FRACTURE_DIR/model.pt" --output "$FRACTURE_DIR/model.onnx"
 # 4. the model card's tables: AUC with group-bootstrap CIs within each resolution kind,
 #    sensitivity / specificity / kappa at the operating point, study level, shortcut audit
 $PY scripts/fracture_card_tables.py "$RUNS/cv/oof_predictions.csv" $DATA/msk/fracatlas \
