@@ -51,9 +51,9 @@ LOC=configs/localiser/fracatlas-boxes.yaml
 $X localiser cv "$RUNS/localiser/boxes128.npz" --config $LOC --baseline prior --no-progress -o "$RUNS/localiser/prior"
 # 4c. the card's other lever rows (issue 24), only with ABLATIONS=1 (about 35 min each here): the
 #     same 2-fold grouped CV as step 1 at the earlier 10 epochs, at 128 px (the base row) and at
-#     192 px; their AUC tables come from the same card script (ignore their operating-point columns)
+#     192 px, and at 192 px with the shipped 20 epochs; their AUC tables come from the same card script (ignore their operating-point columns)
 if [ "${ABLATIONS:-0}" = 1 ]; then
-    for lever in "base10:epochs=10" "size192:preprocess.size=192 epochs=10"; do
+    for lever in "base10:epochs=10" "size192:preprocess.size=192 epochs=10" "size192e20:preprocess.size=192"; do
         name=${lever%%:*}
         [ -f "$RUNS/lever-$name/oof_predictions.csv" ] || $X cv $CONFIG --folds 2 \
             --set progress=false ${lever#*:} --output "$RUNS/lever-$name"
