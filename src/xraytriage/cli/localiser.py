@@ -1,6 +1,7 @@
 """``xraytriage localiser pack|train|cv|attach``: the box-supervised localiser.
 
 xraytriage localiser pack --boxes BBox_List_2017.csv.gz --images nih/images --labels Data_Entry.csv.gz -o boxes.npz
+xraytriage localiser pack --dataset fracatlas --root msk/fracatlas --config configs/localiser/fracatlas-boxes.yaml -o fracture-boxes.npz
 xraytriage localiser cv boxes.npz --config configs/localiser/nih-boxes.yaml -o runs/localiser/cv
 xraytriage localiser train boxes.npz --config configs/localiser/nih-boxes.yaml -o runs/localiser/localiser.pt
 xraytriage localiser attach --model model.pt --localiser localiser.pt -o model-with-localiser.pt
@@ -28,9 +29,17 @@ def register(subparsers) -> None:
 
     pack = sub.add_parser("pack", help="read the box images once into one .npz (inputs + boxes)")
     pack.add_argument(
-        "--boxes", type=Path, required=True, help="NIH BBox_List_2017.csv(.gz) or path,finding,x,y,w,h CSV"
+        "--boxes", type=Path, default=None, help="NIH BBox_List_2017.csv(.gz) or path,finding,x,y,w,h CSV"
     )
-    pack.add_argument("--images", type=Path, nargs="+", required=True, help="image folder(s)")
+    pack.add_argument("--images", type=Path, nargs="+", default=None, help="image folder(s)")
+    pack.add_argument(
+        "--dataset",
+        choices=("fracatlas",),
+        default=None,
+        help="instead of --boxes/--images: a data set's own boxes (fracatlas: the fracture boxes, "
+        "`group` as the patient)",
+    )
+    pack.add_argument("--root", type=Path, default=None, help="the --dataset's folder")
     pack.add_argument(
         "--labels", type=Path, default=None, help="NIH Data_Entry CSV or labels.csv (patients, labels)"
     )
@@ -108,10 +117,18 @@ def load_localiser_config(path: Path | None, overrides: list[str] | None = None)
 
 
 def run_pack(args) -> int:
-    from xraytriage.train.localiser import build_box_data
+    from xraytriage.errors import ConfigError
+    from xraytriage.train.localiser import build_box_data, build_fracatlas_box_data
 
     spec, _ = load_localiser_config(args.config)
-    data, errors = build_box_data(args.boxes, args.images, spec, args.labels)
+    if args.dataset is not None:
+        if args.root is None or args.boxes is not None or args.images is not None:
+            raise ConfigError("--dataset needs --root and takes no --boxes/--images")
+        data, errors = build_fracatlas_box_data(args.root, spec)
+    else:
+        if args.boxes is None or args.images is None:
+            raise ConfigError("localiser pack needs --boxes and --images (or --dataset and --root)")
+        data, errors = build_box_data(args.boxes, args.images, spec, args.labels)
     data.save(args.output)
     boxes = data.boxes["finding"].value_counts()
     print(

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from xraytriage.data.base import RadiographDataset, study_table
+from xraytriage.data.boxes import GroundTruth
 from xraytriage.errors import ConfigError, ImageReadError, MissingFileError
 from xraytriage.labels import ABNORMAL
 
@@ -219,6 +220,12 @@ class FracAtlasDataset(RadiographDataset):
     def boxes_for(self, index: int) -> pd.DataFrame:
         """Fracture boxes (and polygons) of image ``index``, in the pixels of the file."""
         return self.boxes[self.boxes["path"] == self.table.at[index, "path"]].reset_index(drop=True)
+
+    def ground_truth(self) -> GroundTruth:
+        """The fracture boxes keyed by file name, in the pixels of the files: what the localiser
+        (``localiser pack --dataset fracatlas``) and the localisation benchmark read."""
+        boxes = self.boxes.rename(columns={"image_index": "image"})[["image", "finding", "x", "y", "w", "h"]]
+        return GroundTruth(boxes.reset_index(drop=True), None, str(self.annotations_file))
 
     def unreadable_files(self) -> dict[str, str]:
         """Every file the decoder refuses (FracAtlas ships truncated JPEGs), name -> problem.

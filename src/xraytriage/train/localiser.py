@@ -1,7 +1,7 @@
 """Training the box-supervised localiser (:mod:`xraytriage.models.localiser`) and its patient-grouped CV.
 
-Data: every image with ground-truth boxes (NIH ``BBox_List_2017``, or a pixel-space
-``path, finding, x, y, w, h`` CSV), prepared once by the localiser's contract into a
+Data: every image with ground-truth boxes (NIH ``BBox_List_2017``, a pixel-space
+``path, finding, x, y, w, h`` CSV, or FracAtlas's fracture boxes), prepared once by the localiser's contract into a
 :class:`BoxData` (uint8 inputs + boxes in input pixels), which can be saved as one ``.npz`` and
 trained from anywhere (a GPU machine without the images). Targets: for each finding channel a
 filled box mask; a channel is *ignored* on an image whose labels say the finding is present but
@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from xraytriage.data.boxes import patient_of
+from xraytriage.data.boxes import GroundTruth, patient_of
 from xraytriage.errors import ConfigError, ImageReadError
 from xraytriage.labels import canonical_label
 from xraytriage.models.localiser import Localiser, LocaliserSpec, build_localiser_net
@@ -200,20 +200,59 @@ def build_box_data(
     """Read every image that has boxes for the spec's findings; returns the data and the errors
     (unreadable images are reported and skipped, never fatal)."""
     from xraytriage.data.boxes import index_images, load_ground_truth
+
+    truth = load_ground_truth(boxes_csv)
+    files = index_images(image_folders)
+    labelled, patient_map = _labels_by_image(labels_csv)
+    where = ", ".join(str(f) for f in image_folders)
+    return pack_box_images(truth, files, spec, labelled, patient_map, progress, where)
+
+
+def build_fracatlas_box_data(
+    root: str | Path, spec: LocaliserSpec, progress: bool = True
+) -> tuple[BoxData, list[str]]:
+    """The FracAtlas fracture boxes (COCO, pixels of the files) as box data: every readable film
+    with a box, its ``group`` as the patient (FracAtlas has no patient ids), the ``Fracture``
+    channel ignored on a film labelled fractured that has no box."""
+    from xraytriage.data.fracatlas import FRACTURE, FracAtlasDataset
+
+    if FRACTURE not in spec.findings:
+        raise ConfigError(
+            f"FracAtlas boxes are {FRACTURE!r} boxes; the localiser's findings are {list(spec.findings)}"
+        )
+    dataset = FracAtlasDataset(root)
+    names = dataset.table["path"].map(lambda p: Path(p).name)
+    files = {n: Path(p) for n, p in zip(names, dataset.table["path"], strict=True)}
+    patients = dict(zip(names, dataset.table["group"].astype(str), strict=True))
+    fractured = dataset.labels[:, dataset.label_names.index(FRACTURE)] == 1
+    labelled = {n: {FRACTURE} for n, f in zip(names, fractured, strict=True) if f}
+    return pack_box_images(
+        dataset.ground_truth(), files, spec, labelled, patients, progress, str(dataset.annotations_file)
+    )
+
+
+def pack_box_images(
+    truth: GroundTruth,
+    files: dict[str, Path],
+    spec: LocaliserSpec,
+    labelled: dict[str, set[str]],
+    patient_map: dict[str, str],
+    progress: bool = True,
+    where: str = "",
+) -> tuple[BoxData, list[str]]:
+    """Box data from ground truth and image files (name -> path): each image read once by the
+    spec's contract, its boxes mapped to input pixels; unreadable images are skipped and
+    returned as errors."""
     from xraytriage.geometry import box_to_input
     from xraytriage.io import read_radiograph
     from xraytriage.progress import progress_bar
 
-    truth = load_ground_truth(boxes_csv)
-    files = index_images(image_folders)
     table = truth.boxes[truth.boxes["finding"].isin(spec.findings)]
     table = table[table["image"].isin(files)]
     if table.empty:
         raise ConfigError(
-            f"{boxes_csv}: no boxes of {', '.join(spec.findings)} on images found under "
-            + ", ".join(str(f) for f in image_folders)
+            f"{truth.source}: no boxes of {', '.join(spec.findings)} on images found under {where}"
         )
-    labelled, patient_map = _labels_by_image(labels_csv)
     contract = spec.preprocess
     images, names, patients, sizes, rows, ignore, errors = [], [], [], [], [], [], []
     for name, group in progress_bar(
@@ -242,7 +281,7 @@ def build_box_data(
         patients.append(patient_map.get(name, patient_of(name)))
         sizes.append((h, w))
     if not names:
-        raise ConfigError(f"{boxes_csv}: none of the box images could be read: " + "; ".join(errors[:3]))
+        raise ConfigError(f"{truth.source}: none of the box images could be read: " + "; ".join(errors[:3]))
     data = BoxData(
         tuple(spec.findings),
         np.stack(images),
