@@ -83,7 +83,16 @@ def test_heatmap_requests_share_one_job_and_memory_stays_bounded(tmp_path: Path)
     assert png.stat().st_size < 100_000
     with (
         running_server(
-            tmp_path, "--no-heatmaps", "--workers", "1", "--max-megapixels", "60", timeout=START_S
+            # --no-route: the synthetic giant is no radiograph the router knows; this is about
+            # the chest model's heatmap memory, not routing
+            tmp_path,
+            "--no-heatmaps",
+            "--no-route",
+            "--workers",
+            "1",
+            "--max-megapixels",
+            "60",
+            timeout=START_S,
         ) as srv,
         srv.client(timeout=300) as http,
     ):
