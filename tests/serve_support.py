@@ -307,3 +307,19 @@ def in_process_server(
             os.environ.pop("XRAYTRIAGE_CACHE", None)
         else:
             os.environ["XRAYTRIAGE_CACHE"] = cache
+
+
+def service_client(service):
+    """An in-process TestClient on a ``TriageService`` the test built itself (no server, no port)."""
+    from fastapi.testclient import TestClient
+
+    from xraytriage.serving.app import create_app
+
+    return TestClient(create_app(service.config, service), base_url="http://127.0.0.1")
+
+
+def drain_worker(service, steps: int = 100) -> None:
+    """Run the service's worker by hand until it has nothing left to do (``workers=0`` services)."""
+    for _ in range(steps):
+        if not service.workers.step():
+            break

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from serve_support import service_client
 from xraytriage.serving.drift import (
     DEPARTURE,
     NO_EXPECTATION,
@@ -125,20 +126,12 @@ def _store(service, studies: list[StudyOutcome]) -> None:
             )
 
 
-def _client(service):
-    from fastapi.testclient import TestClient
-
-    from xraytriage.serving.app import create_app
-
-    return TestClient(create_app(service.config, service), base_url="http://127.0.0.1")
-
-
 @pytest.mark.parametrize("shift", [False, True])
 def test_service_shows_a_departure_on_healthz_metrics_and_the_worklist(service, shift):
     service.drift.monitor = DriftMonitor(EXPECTED, FLAG_AT, window=300, min_studies=100)
     rates = {**EXPECTED, "findings": {**EXPECTED["findings"], "Pneumothorax": 0.3}} if shift else EXPECTED
     _store(service, outcomes(300, rates, seed=7))
-    with _client(service) as client:
+    with service_client(service) as client:
         health = client.get("/healthz").json()
         metrics = client.get("/metrics")
         page = client.get("/").text
@@ -168,7 +161,7 @@ def test_triaged_studies_carry_tier_and_reason_through_db_api_and_csv(service):
     for _ in range(100):
         if not service.workers.step():
             break
-    with _client(service) as client:
+    with service_client(service) as client:
         items = client.get("/api/v1/worklist").json()["items"]
         csv_text = client.get("/api/v1/worklist.csv").text
     assert items and all(i["state"] == "done" for i in items)

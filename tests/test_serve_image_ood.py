@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from serve_support import drain_worker, service_client
 from tool_support import skip_missing
 from xraytriage.models.ood import OOD_WARNING
 
@@ -21,20 +22,6 @@ def service(tmp_path: Path):
     from xraytriage.serving.service import TriageService
 
     return TriageService(ServeConfig(data_dir=tmp_path / "data", workers=0, heatmaps=False))
-
-
-def _client(service):
-    from fastapi.testclient import TestClient
-
-    from xraytriage.serving.app import create_app
-
-    return TestClient(create_app(service.config, service), base_url="http://127.0.0.1")
-
-
-def _run_worker(service) -> None:
-    for _ in range(100):
-        if not service.workers.step():
-            break
 
 
 def _first(folder: Path, pattern: str, count: int = 1) -> list[Path]:
@@ -51,8 +38,8 @@ def test_image_ood_scores_and_warnings_reach_study_api_and_csv(service, shared_d
     uploads = {}
     for path in [*children, *adults]:
         uploads[path.name] = service.ingest(path.read_bytes(), path.name)
-    _run_worker(service)
-    with _client(service) as client:
+    drain_worker(service)
+    with service_client(service) as client:
         items = {i["name"]: i for i in client.get("/api/v1/worklist").json()["items"]}
         rows = {r["name"]: r for r in csv.DictReader(io.StringIO(client.get("/api/v1/worklist.csv").text))}
         studies = {name: client.get(f"/api/v1/studies/{items[name]['id']}").json() for name in items}
@@ -124,8 +111,8 @@ def test_a_dicom_outside_the_models_ages_gets_the_age_warning_in_the_service(
     path = tmp_path / f"age-{age}.dcm"
     dataset.save_as(path)
     service.ingest(path.read_bytes(), path.name)
-    _run_worker(service)
-    with _client(service) as client:
+    drain_worker(service)
+    with service_client(service) as client:
         (item,) = client.get("/api/v1/worklist").json()["items"]
         study = client.get(f"/api/v1/studies/{item['id']}").json()
         csv_text = client.get("/api/v1/worklist.csv").text

@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from serve_support import drain_worker, service_client
 from tool_support import skip_missing
 
 ASSETS = Path(__file__).resolve().parents[1] / "src" / "xraytriage" / "assets"
@@ -30,20 +31,6 @@ def routed_service(tmp_path: Path, **options):
     return TriageService(config)
 
 
-def _client(service):
-    from fastapi.testclient import TestClient
-
-    from xraytriage.serving.app import create_app
-
-    return TestClient(create_app(service.config, service), base_url="http://127.0.0.1")
-
-
-def _run_worker(service) -> None:
-    for _ in range(100):
-        if not service.workers.step():
-            break
-
-
 def mixed_films(shared_data: Path) -> tuple[Path, Path]:
     """A real NIH chest PNG and a real fractured FracAtlas hand JPG."""
     chest = sorted((shared_data / "nih" / "images").glob("*.png"))[:1]
@@ -58,11 +45,11 @@ def mixed_films(shared_data: Path) -> tuple[Path, Path]:
 def test_a_mixed_upload_gives_a_chest_row_and_a_fracture_row(tmp_path, shared_data):
     chest, hand = mixed_films(shared_data)
     service = routed_service(tmp_path)
-    with _client(service) as client:
+    with service_client(service) as client:
         files = [("files", (p.name, p.read_bytes(), "application/octet-stream")) for p in (chest, hand)]
         response = client.post("/api/v1/images", files=files)
         assert response.status_code == 202, response.text
-        _run_worker(service)
+        drain_worker(service)
         items = {i["name"]: i for i in client.get("/api/v1/worklist").json()["items"]}
         assert set(items) == {chest.name, hand.name}
         got = {name: (i["state"], i["routed_body_part"], i["model"]) for name, i in items.items()}
@@ -112,8 +99,8 @@ def test_no_model_for_the_body_part_is_an_error_row(tmp_path, shared_data):
     service = routed_service(tmp_path, fracture_model_path=path)
     for p in (chest, hand):
         service.ingest(p.read_bytes(), p.name)
-    _run_worker(service)
-    with _client(service) as client:
+    drain_worker(service)
+    with service_client(service) as client:
         items = {i["name"]: i for i in client.get("/api/v1/worklist").json()["items"]}
     assert items[chest.name]["state"] == "done"
     assert items[hand.name]["state"] == "error"
@@ -143,8 +130,8 @@ def test_a_fracture_heatmap_request_says_who_draws_it(tmp_path, shared_data):
     _, hand = mixed_films(shared_data)
     service = routed_service(tmp_path)
     service.ingest(hand.read_bytes(), hand.name)
-    _run_worker(service)
-    with _client(service) as client:
+    drain_worker(service)
+    with service_client(service) as client:
         (item,) = client.get("/api/v1/worklist").json()["items"]
         response = client.get(f"/api/v1/studies/{item['id']}/heatmaps/Fracture.png")
     assert response.status_code == 404 and "--route --explain" in response.text
@@ -165,8 +152,8 @@ def test_a_chest_whose_header_says_hand_is_routed_by_its_pixels(tmp_path, shared
     ds.save_as(path)
     service = routed_service(tmp_path)
     service.ingest(path.read_bytes(), path.name)
-    _run_worker(service)
-    with _client(service) as client:
+    drain_worker(service)
+    with service_client(service) as client:
         (item,) = client.get("/api/v1/worklist").json()["items"]
     assert (item["state"], item["routed_body_part"], item["model"]) == ("done", "CHEST", "chest")
     assert any("BodyPartExamined says HAND" in w for w in item["warnings"]), item["warnings"]
@@ -182,12 +169,12 @@ def test_a_study_a_routed_model_scored_survives_routing_turned_off(tmp_path, sha
     chest, hand = mixed_films(shared_data)
     service = routed_service(tmp_path)
     study_id = service.ingest(hand.read_bytes(), hand.name, study_key="visit-1").study_id
-    _run_worker(service)
+    drain_worker(service)
     assert service.repo.study(study_id).model == "fracture"
     service.stop()
     plain = TriageService(ServeConfig(data_dir=tmp_path / "data", workers=0, heatmaps=False))
     assert plain.ingest(chest.read_bytes(), chest.name, study_key="visit-1").study_id == study_id
-    _run_worker(plain)
+    drain_worker(plain)
     study = plain.repo.study(study_id)
     assert (study.state, study.model) == ("done", "")
     assert f"{hand.name}: scored by the fracture model, not in this study's score" in study.warnings
