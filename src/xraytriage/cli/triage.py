@@ -139,6 +139,22 @@ def nothing_to_triage(inputs: list[str]) -> str | None:
     return None
 
 
+def _said_resumed_or_interrupted(console, result, done: str) -> bool:
+    """Say what ``--resume`` took from an earlier run, and whether this one was interrupted
+    (``done``: what the worklist holds); True when interrupted, so the caller exits 130."""
+    from xraytriage.triage.journal import JOURNAL_NAME
+
+    if result.extra.get("resumed"):
+        console.print(f"resumed: {result.extra['resumed']} image(s) were already scored in an earlier run")
+    if not result.extra.get("interrupted"):
+        return False
+    console.print(
+        f"[yellow]interrupted: {done}. Run the same command with --resume to finish "
+        f"({JOURNAL_NAME} keeps every scored image).[/]"
+    )
+    return True
+
+
 def execute(
     inputs: list[str],
     output: Path,
@@ -157,7 +173,7 @@ def execute(
     from xraytriage.models.inference import make_predictor
     from xraytriage.triage import SitePriorities, TriageEngine, TriageOptions, UrgencyWeights, write_worklist
     from xraytriage.triage.console import print_worklist
-    from xraytriage.triage.journal import JOURNAL_NAME, journal_header, run_journaled
+    from xraytriage.triage.journal import journal_header, run_journaled
     from xraytriage.triage.worklist import safe_text
 
     check_output_dir(output)
@@ -201,14 +217,11 @@ def execute(
         f"(model {checkpoint.name}, backend {predictor.name})",
         markup=False,
     )
-    if result.extra.get("resumed"):
-        console.print(f"resumed: {result.extra['resumed']} image(s) were already scored in an earlier run")
-    if result.extra.get("interrupted"):
-        console.print(
-            f"[yellow]interrupted: {result.images_total} of {result.extra['inputs']} image(s) done; the "
-            f"worklist holds them. Run the same command with --resume to finish "
-            f"({JOURNAL_NAME} keeps every scored image).[/]"
-        )
+    if _said_resumed_or_interrupted(
+        console,
+        result,
+        f"{result.images_total} of {result.extra.get('inputs')} image(s) done; the worklist holds them",
+    ):
         return EXIT_INTERRUPTED
     if result.images_ok == 0:
         reason = (
@@ -304,13 +317,7 @@ def execute_routed(
             highlight=False,
         )
     console.print(f"worklist: {safe_text(str(csv_path))}  and  {safe_text(str(json_path))}", markup=False)
-    if result.extra.get("resumed"):
-        console.print(f"resumed: {result.extra['resumed']} image(s) were already scored in an earlier run")
-    if result.extra.get("interrupted"):
-        console.print(
-            f"[yellow]interrupted: the worklist holds what was done. Run the same command with --resume "
-            f"to finish ({JOURNAL_NAME} keeps every scored image).[/]"
-        )
+    if _said_resumed_or_interrupted(console, result, "the worklist holds what was done"):
         return EXIT_INTERRUPTED
     if not result.images_ok:
         return EXIT_NOTHING_TRIAGED
