@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
 
@@ -79,6 +81,7 @@ def _write(folder: Path) -> None:
     (folder / "test_module_level.py").write_text(MODULE_LEVEL, encoding="utf-8")
 
 
+@pytest.mark.slow  # over 3 s: runs pytest / a DICOM node end to end
 def test_missing_tools_fail_under_ci_and_skip_otherwise(tmp_path: Path) -> None:
     _write(tmp_path)
     local = _run(tmp_path, None)

@@ -31,6 +31,10 @@ from xraytriage.dicom import (
 )
 from xraytriage.io import read_radiograph
 
+# Real DICOM associations over TCP sockets (pynetdicom on both ends): a system-level test of
+# the Storage SCP, so it runs in `make test`, not in the `make test-fast` edit loop.
+pytestmark = pytest.mark.slow
+
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 CR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
 

@@ -140,6 +140,7 @@ def _send(node: DicomNode, path: Path) -> tuple[int | None, str]:
     return result.status, result.message
 
 
+@pytest.mark.slow  # over 3 s: runs pytest / a DICOM node end to end
 def test_each_refusal_gets_its_status_family(node: DicomNode, shared_data: Path, tmp_path: Path) -> None:
     """Permanent problems (no pixels, out of policy, over the pixel limit) must never answer
     0xA700 "out of resources", which a PACS retries for ever; a full disk must."""
