@@ -96,6 +96,7 @@ def test_progress_to_a_log_file_is_one_line_not_thousands_of_redraws():
     assert transient.getvalue() == ""  # the epoch's own log line says it
 
 
+@pytest.mark.slow  # the CLI as a subprocess, end to end
 def test_triage_piped_to_a_file_writes_one_progress_line(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "xraytriage.cli.main", "demo", "--output", str(tmp_path / "demo"), "--workers", "0"],

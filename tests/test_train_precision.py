@@ -92,6 +92,7 @@ def _trainer(csv, output, amp: str) -> Trainer:
     return Trainer(config, train_set, val_set, output, source=data.source)
 
 
+@pytest.mark.slow  # a training run
 @pytest.mark.parametrize("has_bf16", [True, False])
 def test_trainer_trains_in_the_precision_auto_picks_and_still_learns(
     monkeypatch, learn_data, tmp_path, has_bf16

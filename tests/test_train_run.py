@@ -18,6 +18,10 @@ from xraytriage.train.metrics import label_auc
 from xraytriage.train.run import run_training
 from xraytriage.train.trainer import Trainer, head_module
 
+# Training runs (the whole trainer, every option combination): `make test`, not the
+# `make test-fast` edit loop.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def learn_data(tmp_path_factory):
