@@ -190,8 +190,10 @@ def write_image(
     body_part: str | None = "CHEST",
     study_uid: str | None = None,
     size: int = 16,
+    pixels=None,
 ) -> Path:
-    """A small, valid, uncompressed DICOM image file of any SOP class (e.g. a CT to refuse)."""
+    """A small, valid, uncompressed DICOM image file of any SOP class (e.g. a CT to refuse);
+    ``pixels`` (a 2-D uint8 array, e.g. a real film's) replaces the synthetic 12-bit ramp."""
     import numpy as np
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -211,14 +213,17 @@ def write_image(
     ds.PatientID = "SYN-0001"
     if body_part is not None:
         ds.BodyPartExamined = body_part
-    ds.Rows = ds.Columns = size
+    if pixels is None:
+        pixels = (np.arange(size * size, dtype=np.uint16) % 4096).reshape(size, size)
+    bits = 8 if pixels.dtype == np.uint8 else 12
+    ds.Rows, ds.Columns = pixels.shape
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = 16
-    ds.BitsStored = 12
-    ds.HighBit = 11
+    ds.BitsAllocated = 8 if bits == 8 else 16
+    ds.BitsStored = bits
+    ds.HighBit = bits - 1
     ds.PixelRepresentation = 0
-    ds.PixelData = (np.arange(size * size, dtype=np.uint16) % 4096).tobytes()
+    ds.PixelData = pixels.tobytes()
     ds.save_as(path, enforce_file_format=True)
     return path
 

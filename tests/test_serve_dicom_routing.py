@@ -14,7 +14,7 @@ import pydicom
 import pytest
 from PIL import Image as PILImage
 
-from pacs import sr_content_items
+from pacs import sr_content_items, write_image
 from test_serve_routing import ASSETS, mixed_films
 from xraytriage.dicom import ReceivedImage
 from xraytriage.serving.config import DicomSettings, ServeConfig
@@ -32,27 +32,8 @@ pytestmark = pytest.mark.skipif(
 
 def dicom_of(picture: Path, target: Path, body_part: str) -> Path:
     """A CR DICOM holding a real film's pixels (8-bit MONOCHROME2) with ``body_part`` in its header."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
     pixels = np.asarray(PILImage.open(picture).convert("L"), dtype=np.uint8)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CR_IMAGE_STORAGE
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = CR_IMAGE_STORAGE, meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.Modality, ds.BodyPartExamined = "CR", body_part
-    ds.PatientName, ds.PatientID = "Routed^Test", "ROUTE-0001"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated = ds.BitsStored = 8
-    ds.HighBit, ds.PixelRepresentation = 7, 0
-    ds.PixelData = pixels.tobytes()
-    ds.save_as(target, enforce_file_format=True)
-    return target
+    return write_image(target, CR_IMAGE_STORAGE, "CR", body_part=body_part, pixels=pixels)
 
 
 def receive(node: DicomNode, path: Path) -> str:
