@@ -181,20 +181,19 @@ def order_values(row: WorklistRow) -> dict[str, Any]:
     """A row's values for the keys of ``triage.worklist_order.WORKLIST_ORDER``."""
     return {
         "queue_first": tier_rank(row.tier, row.site_priority),
-        "priority": row.priority if row.urgency is None else row.urgency,
+        "priority": order_score(row.priority, row.urgency),
         "site_priority": row.site_priority,
         "study": row.study,
         "path": row.path,
     }
 
 
-def order_score(priority: float | None, urgency: float | None) -> float:
+def order_score(priority: float | None, urgency: float | None) -> float | None:
     """The score that orders studies within a tier: ``urgency`` (a routed study's priority on
     the scale shared by every model, ``triage.priority.on_reference_scale``) when it has one,
-    else its ``priority``. The service's SQL orders by the same ``coalesce(urgency, priority)``."""
-    if urgency is not None:
-        return float(urgency)
-    return float(priority or 0.0)
+    else its ``priority`` (None when neither: the order's null rule puts it last). The service's
+    SQL orders by the same ``coalesce(urgency, priority)``."""
+    return priority if urgency is None else urgency
 
 
 def sort_worklist(rows: Iterable[WorklistRow]) -> list[WorklistRow]:
