@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from xraytriage.scope import scope_problem
 from xraytriage.triage.engine import ImageResult, TriageEngine
-from xraytriage.triage.routing import NO_MODEL, BodyPartDecision, RoutedModel, RoutedTriage
+from xraytriage.triage.routing import BodyPartDecision, RoutedModel, RoutedTriage
 
 
 @dataclass(frozen=True)
@@ -65,17 +65,8 @@ class ServiceRouting:
         """Route ``paths`` (one decode each for the router) and score each with its model."""
         decisions, errors = self.routed.route(paths)
         out = [RoutedScore(path, None, error=error) for path, error in errors.items()]
-        groups: dict[str, list[str]] = {}
-        for path in paths:
-            decision = decisions.get(path)
-            if decision is None:
-                continue
-            model = self.routed.model_for(decision.body_part)
-            if model is None:
-                error = f"{path}: {NO_MODEL} ({decision.body_part.lower()})"
-                out.append(RoutedScore(path, decision, error=error))
-            else:
-                groups.setdefault(model.name, []).append(path)
+        groups, no_model = self.routed.assign(paths, decisions)
+        out += [RoutedScore(path, decisions[path], error=error) for path, error in no_model.items()]
         for model in self.routed.models:
             mine = groups.get(model.name, [])
             parts = {p: decisions[p].body_part for p in mine}  # the pixels chose over the header

@@ -150,6 +150,24 @@ class RoutedTriage:
                 return model
         return None
 
+    def assign(
+        self, paths: Iterable[str], decisions: dict[str, BodyPartDecision]
+    ) -> tuple[dict[str, list[str]], dict[str, str]]:
+        """The routed ``paths`` (those with a decision) per model name, in order, and the error
+        "no model for this body part (...)" per path whose body part no model's scope covers."""
+        by_model: dict[str, list[str]] = {}
+        no_model: dict[str, str] = {}
+        for path in paths:
+            decision = decisions.get(path)
+            if decision is None:
+                continue
+            model = self.model_for(decision.body_part)
+            if model is None:
+                no_model[path] = f"{path}: {NO_MODEL} ({decision.body_part.lower()})"
+            else:
+                by_model.setdefault(model.name, []).append(path)
+        return by_model, no_model
+
     def route(self, paths: Iterable[str]) -> tuple[dict[str, BodyPartDecision], dict[str, str]]:
         """Body part per readable path, and the error per unreadable one (one decode each)."""
         decisions: dict[str, BodyPartDecision] = {}
@@ -199,22 +217,11 @@ class RoutedTriage:
         rows: list[WorklistRow] = []
         for path, error in errors.items():
             rows.append(WorklistRow.error_row(study_key(path, None, self.options.study_from), path, error))
-        by_model: dict[str, list[str]] = {}
-        for path in todo:
-            decision = decisions.get(path)
-            if decision is None:
-                continue
-            model = self.model_for(decision.body_part)
-            if model is None:
-                row = WorklistRow.error_row(
-                    study_key(path, None, self.options.study_from),
-                    path,
-                    f"{path}: {NO_MODEL} ({decision.body_part.lower()})",
-                )
-                row.body_part = decision.body_part
-                rows.append(row)
-                continue
-            by_model.setdefault(model.name, []).append(path)
+        by_model, no_model = self.assign(todo, decisions)
+        for path, error in no_model.items():
+            row = WorklistRow.error_row(study_key(path, None, self.options.study_from), path, error)
+            row.body_part = decisions[path].body_part
+            rows.append(row)
         ok = 0
         interrupted = False
         for model in self.models:
