@@ -11,8 +11,6 @@ from xraytriage.cli.common import resolve_model_path
 def run_predictions(args: argparse.Namespace):
     import copy
 
-    import numpy as np
-
     from xraytriage.errors import ConfigError
     from xraytriage.evaluate.calibration import calibrate_checkpoint, logit
     from xraytriage.evaluate.flag_rates import critical_thresholds, expected_rates, resolve_critical
@@ -25,6 +23,7 @@ def run_predictions(args: argparse.Namespace):
     )
     from xraytriage.labels import ABNORMAL
     from xraytriage.models import load_checkpoint
+    from xraytriage.stats import known_rows
 
     checkpoint = load_checkpoint(resolve_model_path(args.model))
     frame = read_predictions_csv(args.predictions)
@@ -74,7 +73,7 @@ def run_predictions(args: argparse.Namespace):
             prevalence=args.deployment_prevalence or None, source=str(args.predictions),
         ),
     }  # fmt: skip
-    known = ~np.isnan(labels)
+    known = known_rows(labels)  # the one masking rule, over every label of every image
     done = (
         "the critical tier and expected flag rates (calibration and thresholds kept)"
         if args.keep_calibration
